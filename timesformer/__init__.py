@@ -1,0 +1,35 @@
+"""Fast TimeSformer inference: a drop-in replacement for the ``transformers`` TimeSformer classes.
+
+    from timesformer import TimesformerForVideoClassification   # instead of transformers'
+    model = TimesformerForVideoClassification.from_pretrained(path)          # backend="auto"
+
+Importing this package needs torch, not Triton and not transformers.
+"""
+
+from .backends import BackendInfo, BackendUnavailableError, available_backends
+from .configuration import TimesformerConfig
+from .loading import CheckpointError
+from .modeling import (
+    TimesformerForVideoClassification,
+    TimesformerModel,
+    TimesformerPreTrainedModel,
+    from_hf,
+)
+from .outputs import BaseModelOutput, ImageClassifierOutput
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendInfo",
+    "BackendUnavailableError",
+    "BaseModelOutput",
+    "CheckpointError",
+    "ImageClassifierOutput",
+    "TimesformerConfig",
+    "TimesformerForVideoClassification",
+    "TimesformerModel",
+    "TimesformerPreTrainedModel",
+    "__version__",
+    "available_backends",
+    "from_hf",
+]

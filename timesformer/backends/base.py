@@ -1,0 +1,94 @@
+"""What every backend shares: the encoder loop, the per-call state, and the training-time noise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from ..modeling import TimesformerLayer, TimesformerModel
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was asked for where it cannot run; the message says why."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """Per-call facts every layer needs.
+
+    Attributes:
+        num_frames: ``T`` of the input clip (not the config's).
+        num_patches: ``N`` of the input's patch grid (not the config's).
+        training: dropout and drop-path are active.
+        inplace: no autograd graph is recorded and the residual stream belongs to this call, so layers
+            may update it in place and use prepared (folded) weights that carry no gradient.
+    """
+
+    num_frames: int
+    num_patches: int
+    training: bool
+    inplace: bool
+
+
+def drop_path(x: torch.Tensor, rate: float, mask_shape: tuple[int, ...], training: bool) -> torch.Tensor:
+    """Stochastic depth with the reference's formula; ``mask_shape`` broadcasts against ``x``."""
+    if rate == 0.0 or not training:
+        return x
+    keep = 1.0 - rate
+    mask = torch.floor(torch.rand(mask_shape, dtype=x.dtype, device=x.device) + keep)
+    return x.div(keep) * mask
+
+
+def needs_autograd(model: torch.nn.Module, pixel_values: torch.Tensor) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    return pixel_values.requires_grad or any(p.requires_grad for p in model.parameters())
+
+
+class Backend:
+    """Runs a ``TimesformerModel``'s encoder. Subclasses implement ``layer``."""
+
+    name: str = "base"
+    # Whether ``layer`` can update the residual stream in place when autograd is off.
+    supports_inplace: bool = False
+
+    def layer(
+        self, layer: TimesformerLayer, x: torch.Tensor, step: Step, output_attentions: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def encode(
+        self,
+        model: TimesformerModel,
+        pixel_values: torch.Tensor,
+        *,
+        output_attentions: bool,
+        output_hidden_states: bool,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
+        """Embeddings and every layer; returns ``(x, hidden_states, attentions)`` before the final LayerNorm."""
+        x, num_frames, (gh, gw) = model.embeddings(pixel_values)
+        step = Step(
+            num_frames=num_frames,
+            num_patches=gh * gw,
+            training=model.training,
+            inplace=self.supports_inplace and not model.training and not needs_autograd(model, pixel_values),
+        )
+        hidden_states: list[torch.Tensor] = []
+        attentions: list[torch.Tensor] = []
+        for layer in model.encoder.layer:
+            if output_hidden_states:
+                # In-place layers would overwrite what the caller keeps, so keep a snapshot.
+                hidden_states.append(x.clone() if step.inplace else x)
+            x, attn = self.layer(layer, x, step, output_attentions)
+            if output_attentions:
+                attentions.append(attn)
+        if output_hidden_states:
+            hidden_states.append(x)
+        return (
+            x,
+            tuple(hidden_states) if output_hidden_states else None,
+            tuple(attentions) if output_attentions else None,
+        )

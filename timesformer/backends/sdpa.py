@@ -1,0 +1,138 @@
+"""The ``sdpa`` backend: the algebra of DESIGN.md section 2 on torch ops.
+
+Compared with the reference layer it
+- runs attention through ``timesformer.ops`` (``scaled_dot_product_attention``; no attention maps);
+- addresses the temporal pass where the rows lie (``x[:, 1:]``, rows of a patch are contiguous) instead of
+  permuting the residual stream, and never repeats or concatenates CLS into the spatial pass: CLS's
+  q/k/v are computed once per clip;
+- in inference (no autograd, eval mode) folds ``temporal_dense ∘ temporal out-projection`` into one
+  matrix, projects the frame-mean of the CLS context once instead of ``T`` CLS rows, and updates the
+  residual stream in place.
+
+With autograd or in training mode it keeps the unfolded projections so that gradients reach every
+parameter and dropout / drop-path act where the reference applies them.
+
+Subclasses swap the attention ops by overriding ``ops`` (the ``triton`` backend will).
+"""
+
+from __future__ import annotations
+
+import types
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from .. import ops as torch_ops
+from ..weight_cache import cached_weights
+from .base import Backend, Step, drop_path
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..modeling import TimesformerLayer
+
+
+def _fold_temporal(w_out: torch.Tensor, b_out: torch.Tensor, w_dense: torch.Tensor, b_dense: torch.Tensor):
+    # dense(out(c)) = Wd (Wo c + bo) + bd. Computed in float64 and cast once, so the folded matrix
+    # carries one rounding instead of the two the unfolded products would.
+    wd = w_dense.double()
+    weight = (wd @ w_out.double()).to(w_out.dtype)
+    bias = (wd @ b_out.double() + b_dense.double()).to(b_out.dtype)
+    return weight, bias
+
+
+def _layer_norm(x: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
+    return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+
+
+class SdpaBackend(Backend):
+    name = "sdpa"
+    supports_inplace = True
+    ops: types.ModuleType = torch_ops
+
+    def layer(
+        self, layer: TimesformerLayer, x: torch.Tensor, step: Step, output_attentions: bool
+    ) -> tuple[torch.Tensor, None]:
+        if output_attentions:
+            raise ValueError(f"the {self.name} backend does not materialize attention maps; use eager")
+        if layer.attention_type == "divided_space_time":
+            x = self._divided(layer, x, step)
+        else:
+            x = self._joint(layer, x, step)
+        return self._mlp(layer, x, step), None
+
+    # ------------------------------------------------------------------ pieces
+    def _dropout(self, module: nn.Dropout, x: torch.Tensor, step: Step) -> torch.Tensor:
+        return F.dropout(x, module.p, training=True) if step.training and module.p > 0 else x
+
+    def _attn_dropout(self, layer_attention, step: Step) -> float:
+        return layer_attention.attention.attn_drop.p if step.training else 0.0
+
+    def _joint(self, layer: TimesformerLayer, x: torch.Tensor, step: Step) -> torch.Tensor:
+        """Joint space-time (``x``: ``(B, 1 + N*T, D)``) or space-only (``x``: ``(B*T, 1 + N, D)``) attention."""
+        attn = layer.attention
+        qkv = F.linear(_layer_norm(x, layer.layernorm_before), attn.attention.qkv.weight, attn.attention.qkv.bias)
+        ctx = self.ops.attention(qkv, layer.num_heads, self._attn_dropout(attn, step))
+        out = F.linear(ctx, attn.output.dense.weight, attn.output.dense.bias)
+        if step.inplace:
+            return x.add_(out)
+        out = self._dropout(attn.output.dropout, out, step)
+        return x + drop_path(out, layer.drop_path_rate, (x.shape[0], 1, 1), step.training)
+
+    def _divided(self, layer: TimesformerLayer, x: torch.Tensor, step: Step) -> torch.Tensor:
+        batch, _, hidden = x.shape
+        frames, n = step.num_frames, step.num_patches
+
+        # Temporal pass over x[:, 1:]: the T rows of each patch are contiguous.
+        t_attn = layer.temporal_attention
+        xt = x[:, 1:]
+        qkv = F.linear(
+            _layer_norm(xt, layer.temporal_layernorm), t_attn.attention.qkv.weight, t_attn.attention.qkv.bias
+        )
+        ctx = self.ops.temporal_attention(qkv, frames, layer.num_heads, self._attn_dropout(t_attn, step))
+        if step.inplace:
+            w, b = cached_weights(
+                layer,
+                "temporal_fold",
+                (t_attn.output.dense.weight, t_attn.output.dense.bias, layer.temporal_dense.weight, layer.temporal_dense.bias),
+                _fold_temporal,
+            )
+            xt.add_(F.linear(ctx, w, b))
+        else:
+            r = self._dropout(t_attn.output.dropout, F.linear(ctx, t_attn.output.dense.weight, t_attn.output.dense.bias), step)
+            # The reference's drop-path draws once per (clip, patch) sequence of the temporal pass.
+            r = drop_path(r.view(batch, n, frames, hidden), layer.drop_path_rate, (batch, n, 1, 1), step.training)
+            xt = xt + F.linear(r.view(batch, n * frames, hidden), layer.temporal_dense.weight, layer.temporal_dense.bias)
+            x = torch.cat((x[:, :1], xt), 1)
+
+        # Spatial pass: CLS + the patches of each frame; CLS projected once per clip.
+        s_attn = layer.attention
+        qkv = F.linear(_layer_norm(x, layer.layernorm_before), s_attn.attention.qkv.weight, s_attn.attention.qkv.bias)
+        patch_ctx, cls_ctx = self.ops.spatial_attention(
+            qkv, frames, layer.num_heads, self._attn_dropout(s_attn, step)
+        )
+        w_o, b_o = s_attn.output.dense.weight, s_attn.output.dense.bias
+        if step.inplace:
+            x[:, 1:].add_(F.linear(patch_ctx, w_o, b_o))
+            # mean_t(out(c_t)) == out(mean_t c_t): project one averaged CLS row instead of T.
+            x[:, 0].add_(F.linear(cls_ctx.mean(1), w_o, b_o))
+            return x
+        r_p = self._dropout(s_attn.output.dropout, F.linear(patch_ctx, w_o, b_o), step)
+        r_c = self._dropout(s_attn.output.dropout, F.linear(cls_ctx, w_o, b_o), step)
+        if step.training and layer.drop_path_rate > 0:
+            # The reference draws once per (clip, frame) sequence of the spatial pass, CLS included.
+            keep = 1.0 - layer.drop_path_rate
+            mask = torch.floor(torch.rand((batch, frames), dtype=x.dtype, device=x.device) + keep) / keep
+            r_p = (r_p.view(batch, n, frames, hidden) * mask.view(batch, 1, frames, 1)).view(batch, n * frames, hidden)
+            r_c = r_c * mask.unsqueeze(-1)
+        return x + torch.cat((r_c.mean(1, keepdim=True), r_p), 1)
+
+    def _mlp(self, layer: TimesformerLayer, x: torch.Tensor, step: Step) -> torch.Tensor:
+        h = F.linear(_layer_norm(x, layer.layernorm_after), layer.intermediate.dense.weight, layer.intermediate.dense.bias)
+        h = self._dropout(layer.intermediate.dropout, layer.intermediate.intermediate_act_fn(h), step)
+        h = F.linear(h, layer.output.dense.weight, layer.output.dense.bias)
+        if step.inplace:
+            return x.add_(h)
+        h = self._dropout(layer.output.dropout, h, step)
+        return x + drop_path(h, layer.drop_path_rate, (x.shape[0], 1, 1), step.training)

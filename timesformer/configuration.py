@@ -1,0 +1,340 @@
+"""TimeSformer configuration, compatible with Hugging Face ``config.json`` files.
+
+``TimesformerConfig`` has the fields and defaults of ``transformers.TimesformerConfig`` plus the generic
+classification fields (``id2label``, ``label2id``, ``num_labels``, ``problem_type``) and output flags
+(``output_attentions``, ``output_hidden_states``, ``return_dict``). Keys of a ``config.json`` that this
+package does not use are kept and written back unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from .activations import ACTIVATIONS
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+
+ATTENTION_TYPES = ("divided_space_time", "space_only", "joint_space_time")
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
+SUPPORTED_ACTIVATIONS = tuple(ACTIVATIONS)
+
+# name -> default, in the order transformers writes them.
+MODEL_FIELDS: dict[str, Any] = {
+    "image_size": 224,
+    "patch_size": 16,
+    "num_channels": 3,
+    "num_frames": 8,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0,
+    "initializer_range": 0.02,
+    "layer_norm_eps": 1e-6,
+    "qkv_bias": True,
+    "attention_type": "divided_space_time",
+    "drop_path_rate": 0,
+}
+
+# Generic fields of transformers' PreTrainedConfig that change what the models compute or return.
+GENERIC_FIELDS: dict[str, Any] = {
+    "problem_type": None,
+    "output_attentions": False,
+    "output_hidden_states": False,
+    "return_dict": True,
+}
+
+
+def _pair(value: Any, name: str) -> tuple[int, int]:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if isinstance(value, int):
+        return value, value
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        return int(value[0]), int(value[1])
+    raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+class TimesformerConfig:
+    """Configuration of a TimeSformer model (same fields and defaults as ``transformers.TimesformerConfig``).
+
+    Args:
+        image_size: input resolution the position embeddings were trained for (int or (height, width)).
+        patch_size: patch size of the patch embedding (int or (height, width)).
+        num_channels: input channels.
+        num_frames: frames the time embedding was trained for.
+        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: transformer sizes.
+        hidden_act: MLP activation, one of ``SUPPORTED_ACTIVATIONS``.
+        hidden_dropout_prob, attention_probs_dropout_prob, drop_path_rate: training regularization.
+        initializer_range: std of the truncated normal used to initialize weights.
+        layer_norm_eps: epsilon of every LayerNorm.
+        qkv_bias: whether the qkv projections have a bias.
+        attention_type: ``"divided_space_time"``, ``"space_only"`` or ``"joint_space_time"``.
+        id2label / label2id / num_labels: classification labels (``num_labels`` defaults to 2).
+        problem_type: ``None`` (inferred from the labels on the first call, as in transformers),
+            ``"regression"``, ``"single_label_classification"`` or ``"multi_label_classification"``.
+        **kwargs: any other key is kept as an attribute and written back by ``to_dict``.
+
+    Raises:
+        ValueError: naming the field and the value, for values the model cannot run with.
+    """
+
+    model_type = "timesformer"
+
+    def __init__(
+        self,
+        image_size: int | tuple[int, int] = 224,
+        patch_size: int | tuple[int, int] = 16,
+        num_channels: int = 3,
+        num_frames: int = 8,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        hidden_act: str = "gelu",
+        hidden_dropout_prob: float = 0.0,
+        attention_probs_dropout_prob: float = 0.0,
+        initializer_range: float = 0.02,
+        layer_norm_eps: float = 1e-6,
+        qkv_bias: bool = True,
+        attention_type: str = "divided_space_time",
+        drop_path_rate: float = 0,
+        *,
+        id2label: Mapping[Any, str] | None = None,
+        label2id: Mapping[str, Any] | None = None,
+        num_labels: int | None = None,
+        problem_type: str | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        return_dict: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.num_channels = num_channels
+        self.num_frames = num_frames
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.initializer_range = initializer_range
+        self.layer_norm_eps = layer_norm_eps
+        self.qkv_bias = qkv_bias
+        self.attention_type = attention_type
+        self.drop_path_rate = drop_path_rate
+        self.problem_type = problem_type
+        self.output_attentions = output_attentions
+        self.output_hidden_states = output_hidden_states
+        self.return_dict = return_dict
+
+        kwargs.pop("model_type", None)
+        # Keys this package does not interpret ("architectures", "dtype", "transformers_version", ...).
+        self._extra: dict[str, Any] = {}
+        for key, value in kwargs.items():
+            self._extra[key] = value
+
+        if id2label is not None:
+            self.id2label = {int(k): str(v) for k, v in dict(id2label).items()}
+            if num_labels is not None and num_labels != len(self.id2label):
+                logger.warning(
+                    "num_labels=%d differs from the %d entries of id2label; using generic labels",
+                    num_labels,
+                    len(self.id2label),
+                )
+                self.num_labels = num_labels
+        else:
+            self.num_labels = 2 if num_labels is None else num_labels
+        if label2id is not None and id2label is not None:
+            self.label2id = {str(k): int(v) for k, v in dict(label2id).items()}
+        self.validate()
+
+    # ------------------------------------------------------------------ labels
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @num_labels.setter
+    def num_labels(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"num_labels must be a non-negative int, got {value!r}")
+        if getattr(self, "id2label", None) is None or len(self.id2label) != value:
+            self.id2label = {i: f"LABEL_{i}" for i in range(value)}
+            self.label2id = {v: k for k, v in self.id2label.items()}
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return self._id2label
+
+    @id2label.setter
+    def id2label(self, value: Mapping[Any, str]) -> None:
+        self._id2label = {int(k): str(v) for k, v in dict(value).items()}
+        self.label2id = {v: k for k, v in self._id2label.items()}
+
+    # ------------------------------------------------------------- geometry
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        """``image_size`` as (height, width)."""
+        return _pair(self.image_size, "image_size")
+
+    @property
+    def patch_hw(self) -> tuple[int, int]:
+        """``patch_size`` as (height, width)."""
+        return _pair(self.patch_size, "patch_size")
+
+    @property
+    def grid_hw(self) -> tuple[int, int]:
+        """Patch grid (rows, columns) the position embeddings were trained for."""
+        (ih, iw), (ph, pw) = self.image_hw, self.patch_hw
+        return ih // ph, iw // pw
+
+    @property
+    def num_patches(self) -> int:
+        gh, gw = self.grid_hw
+        return gh * gw
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def use_return_dict(self) -> bool:
+        return self.return_dict
+
+    # ----------------------------------------------------------- validation
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first field whose value the model cannot run with."""
+
+        def positive_int(name: str) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+        for name in (
+            "num_channels",
+            "num_frames",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+        ):
+            positive_int(name)
+        (ih, iw), (ph, pw) = self.image_hw, self.patch_hw
+        if min(ih, iw, ph, pw) <= 0:
+            raise ValueError(
+                f"image_size and patch_size must be positive, got image_size={self.image_size!r}, "
+                f"patch_size={self.patch_size!r}"
+            )
+        if ih % ph or iw % pw:
+            raise ValueError(
+                f"image_size must be divisible by patch_size, got image_size={self.image_size!r} "
+                f"and patch_size={self.patch_size!r}"
+            )
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size must be divisible by num_attention_heads, got hidden_size={self.hidden_size} "
+                f"and num_attention_heads={self.num_attention_heads}"
+            )
+        if self.attention_type not in ATTENTION_TYPES:
+            raise ValueError(f"attention_type must be one of {ATTENTION_TYPES}, got {self.attention_type!r}")
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in SUPPORTED_ACTIVATIONS:
+            raise ValueError(f"hidden_act must be one of {SUPPORTED_ACTIVATIONS}, got {self.hidden_act!r}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+        if isinstance(self.layer_norm_eps, bool) or not isinstance(self.layer_norm_eps, (int, float)) or not (
+            self.layer_norm_eps > 0
+        ):
+            raise ValueError(f"layer_norm_eps must be a positive number, got {self.layer_norm_eps!r}")
+        if not isinstance(self.qkv_bias, bool):
+            raise ValueError(f"qkv_bias must be a bool, got {self.qkv_bias!r}")
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"problem_type must be None or one of {PROBLEM_TYPES}, got {self.problem_type!r}")
+
+    # ------------------------------------------------------------ (de)serialization
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for attributes not found normally: expose kept extra keys like transformers does.
+        extra = self.__dict__.get("_extra")
+        if extra is not None and name in extra:
+            return extra[name]
+        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields (including kept unknown keys) as a JSON-serializable dict, transformers' key names."""
+        out: dict[str, Any] = dict(copy.deepcopy(self._extra))
+        for name in MODEL_FIELDS:
+            value = getattr(self, name)
+            out[name] = list(value) if isinstance(value, tuple) else value
+        out["id2label"] = {str(k): v for k, v in self.id2label.items()}
+        out["label2id"] = dict(self.label2id)
+        for name in GENERIC_FIELDS:
+            out[name] = getattr(self, name)
+        out["model_type"] = self.model_type
+        return dict(sorted(out.items()))
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, path: str | os.PathLike) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(self.to_json_string())
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], **overrides: Any) -> TimesformerConfig:
+        data = dict(data)
+        model_type = data.get("model_type")
+        if model_type is not None and model_type != cls.model_type:
+            raise ValueError(f"config has model_type={model_type!r}, expected {cls.model_type!r}")
+        data.update(overrides)
+        if "num_labels" in overrides and "id2label" not in overrides:
+            data.pop("id2label", None)
+            data.pop("label2id", None)
+        return cls(**data)
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> TimesformerConfig:
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not a valid JSON config file ({e})") from e
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> TimesformerConfig:
+        """Read ``config.json`` from a local directory (or a config file path, or a hub id)."""
+        from .loading import resolve_pretrained_dir
+
+        if os.path.isfile(path):
+            config = cls.from_json_file(path)
+            return cls.from_dict(config.to_dict(), **overrides) if overrides else config
+        directory = resolve_pretrained_dir(path)
+        config = cls.from_json_file(os.path.join(directory, CONFIG_NAME))
+        return cls.from_dict(config.to_dict(), **overrides) if overrides else config
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self.to_json_file(os.path.join(directory, CONFIG_NAME))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TimesformerConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__} {self.to_json_string()}"

@@ -1,0 +1,266 @@
+"""Reading and writing Hugging Face checkpoints (``config.json`` + safetensors or ``.bin`` weights)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .configuration import CONFIG_NAME, TimesformerConfig
+
+if TYPE_CHECKING:
+    from .modeling import TimesformerPreTrainedModel
+
+logger = logging.getLogger(__name__)
+
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+WEIGHTS_NAME = "pytorch_model.bin"
+WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
+# Order of preference, as transformers.
+WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
+
+PREFIX = "timesformer."
+HEAD_PREFIX = "classifier."
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded exactly: missing, unexpected or misshaped keys, unreadable files."""
+
+
+# --------------------------------------------------------------------------- locating files
+
+
+def resolve_pretrained_dir(path: str | os.PathLike) -> str:
+    """A local directory for ``path``: itself when it is a directory, else a hub snapshot."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return path
+    looks_like_hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~")) and not os.path.exists(path)
+    if not looks_like_hub_id:
+        raise FileNotFoundError(
+            f"{path!r} is not a directory; expected a directory holding {CONFIG_NAME} and one of {WEIGHT_FILES}"
+        )
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise FileNotFoundError(
+            f"{path!r} is not a local directory, and resolving it as a Hugging Face hub id needs the optional "
+            "package huggingface_hub (pip install huggingface_hub); or pass a directory holding "
+            f"{CONFIG_NAME} and one of {WEIGHT_FILES}"
+        ) from None
+    try:
+        return snapshot_download(
+            repo_id=path,
+            allow_patterns=[CONFIG_NAME, "*.safetensors", "*.bin", "*.index.json", "preprocessor_config.json"],
+        )
+    except Exception as e:  # network, auth, offline cache miss: say what was looked for
+        raise FileNotFoundError(
+            f"could not resolve {path!r} as a local directory or a hub model id: {type(e).__name__}: {e}"
+        ) from e
+
+
+def _weight_files(directory: str) -> list[str]:
+    for name in WEIGHT_FILES:
+        candidate = os.path.join(directory, name)
+        if not os.path.isfile(candidate):
+            continue
+        if not name.endswith(".index.json"):
+            return [candidate]
+        try:
+            with open(candidate, encoding="utf-8") as f:
+                weight_map = json.load(f)["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{candidate}: not a valid shard index ({type(e).__name__}: {e})") from e
+        return [os.path.join(directory, shard) for shard in sorted(set(weight_map.values()))]
+    raise FileNotFoundError(f"no weights in {directory!r}: looked for {', '.join(WEIGHT_FILES)}")
+
+
+def _read_weights(path: str) -> dict[str, torch.Tensor]:
+    if not os.path.isfile(path):
+        raise CheckpointError(f"weights file {path} is missing (named by the shard index)")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # safetensors and pickle report corruption with many exception types
+        raise CheckpointError(
+            f"could not read weights file {path}: {type(e).__name__}: {e} (corrupt or truncated?)"
+        ) from e
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"weights file {path} does not hold a state dict of tensors")
+    return dict(state)
+
+
+def read_state_dict(directory: str) -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = {}
+    for path in _weight_files(directory):
+        state.update(_read_weights(path))
+    return state
+
+
+# --------------------------------------------------------------------------- key mapping
+
+
+def adapt_state_dict(
+    model: TimesformerPreTrainedModel, state: Mapping[str, torch.Tensor], *, ignore_mismatched_sizes: bool = False
+) -> dict[str, torch.Tensor]:
+    """Map a checkpoint of either class onto ``model``'s keys and check it loads exactly.
+
+    A classification checkpoint loads into ``TimesformerModel`` (``timesformer.`` prefix stripped, head
+    dropped with a log line), a base checkpoint into ``TimesformerForVideoClassification`` (prefix added;
+    the head keeps its fresh initialization, with a warning, as in transformers). Anything else missing,
+    unexpected or misshaped raises ``CheckpointError`` naming the keys.
+    """
+    expected = model.state_dict()
+    has_prefix = any(k.startswith(PREFIX) for k in expected)
+    state = dict(state)
+    ckpt_prefixed = any(k.startswith(PREFIX) for k in state)
+    if has_prefix and not ckpt_prefixed:
+        state = {PREFIX + k: v for k, v in state.items()}
+    elif not has_prefix and ckpt_prefixed:
+        dropped = sorted(k for k in state if k.startswith(HEAD_PREFIX))
+        if dropped:
+            logger.info("not loading the classification head %s into a TimesformerModel", dropped)
+        state = {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
+
+    missing = [k for k in expected if k not in state]
+    if has_prefix and not ckpt_prefixed:
+        head = [k for k in missing if k.startswith(HEAD_PREFIX)]
+        if head:
+            logger.warning("classifier weights %s are newly initialized: train the model before use", head)
+            missing = [k for k in missing if not k.startswith(HEAD_PREFIX)]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
+        raise CheckpointError(
+            f"checkpoint does not match {type(model).__name__} "
+            f"(attention_type={model.config.attention_type!r}): " + "; ".join(parts)
+        )
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        want = expected[key].shape
+        if value.shape != want:
+            if ignore_mismatched_sizes:
+                logger.warning("%s: checkpoint shape %s, model shape %s: newly initialized", key, tuple(value.shape), tuple(want))
+                continue
+            raise CheckpointError(
+                f"{key}: checkpoint has shape {tuple(value.shape)}, the model expects {tuple(want)} "
+                "(pass ignore_mismatched_sizes=True to re-initialize it)"
+            )
+        if not value.is_floating_point():
+            raise CheckpointError(f"{key}: expected a floating-point tensor, got dtype {value.dtype}")
+        out[key] = value
+    return out
+
+
+# --------------------------------------------------------------------------- public entry points
+
+
+def _parse_dtype(dtype: torch.dtype | str | None, config: TimesformerConfig) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
+    try:
+        value = getattr(torch, str(dtype).replace("torch.", ""))
+    except AttributeError:
+        value = None
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point torch dtype or its name, got {dtype!r}")
+    return value
+
+
+def load_pretrained(
+    cls,
+    path: str | os.PathLike,
+    *,
+    backend: str,
+    dtype: torch.dtype | str | None,
+    device: torch.device | str | None,
+    config: TimesformerConfig | None,
+    ignore_mismatched_sizes: bool,
+    config_overrides: Mapping[str, Any],
+):
+    directory = resolve_pretrained_dir(path)
+    if config is None:
+        config_path = os.path.join(directory, CONFIG_NAME)
+        if not os.path.isfile(config_path):
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory!r}")
+        config = TimesformerConfig.from_json_file(config_path)
+    if config_overrides:
+        config = TimesformerConfig.from_dict(config.to_dict(), **config_overrides)
+    state = read_state_dict(directory)
+    torch_dtype = _parse_dtype(dtype, config)
+
+    model = cls(config, backend=backend)
+    state = adapt_state_dict(model, state, ignore_mismatched_sizes=ignore_mismatched_sizes)
+    model.load_state_dict(state, strict=False)  # exactness was checked by adapt_state_dict
+    model = model.to(dtype=torch_dtype, device=device)
+    return model.eval()
+
+
+def save_pretrained(model: TimesformerPreTrainedModel, directory: str | os.PathLike, *, safe_serialization: bool) -> None:
+    os.makedirs(directory, exist_ok=True)
+    config = model.config
+    extra = dict(config._extra)
+    config._extra.update(
+        architectures=[type(model).__name__], dtype=str(model.dtype).replace("torch.", "")
+    )
+    try:
+        config.save_pretrained(directory)
+    finally:
+        config._extra = extra
+    # Clone: safetensors refuses views and shared storage.
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    for stale in WEIGHT_FILES:
+        if os.path.exists(os.path.join(directory, stale)):
+            os.remove(os.path.join(directory, stale))
+    if safe_serialization:
+        from safetensors.torch import save_file
+
+        save_file(state, os.path.join(directory, SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
+    else:
+        torch.save(state, os.path.join(directory, WEIGHTS_NAME))
+
+
+def from_hf(hf_model: torch.nn.Module, *, backend: str = "auto") -> TimesformerPreTrainedModel:
+    from .modeling import TimesformerForVideoClassification, TimesformerModel
+
+    hf_config = getattr(hf_model, "config", None)
+    if hf_config is None or getattr(hf_config, "model_type", None) != "timesformer":
+        raise TypeError(f"expected a transformers TimeSformer model, got {type(hf_model).__name__}")
+    data = hf_config.to_dict()
+    config = TimesformerConfig.from_dict(
+        {k: v for k, v in data.items() if k in _config_keys() or not k.startswith("_")}
+    )
+    name = type(hf_model).__name__
+    if name == "TimesformerForVideoClassification":
+        cls = TimesformerForVideoClassification
+    elif name == "TimesformerModel":
+        cls = TimesformerModel
+    else:
+        raise TypeError(f"expected TimesformerModel or TimesformerForVideoClassification, got {name}")
+    param = next(hf_model.parameters())
+    model = cls(config, backend=backend)
+    model.load_state_dict(adapt_state_dict(model, hf_model.state_dict()), strict=False)
+    model = model.to(dtype=param.dtype, device=param.device)
+    return model.train(hf_model.training)
+
+
+def _config_keys() -> set[str]:
+    from .configuration import GENERIC_FIELDS, MODEL_FIELDS
+
+    return {*MODEL_FIELDS, *GENERIC_FIELDS, "id2label", "label2id"}

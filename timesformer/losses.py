@@ -1,0 +1,76 @@
+"""Classification losses with ``transformers``' ``problem_type`` rules, and label validation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .configuration import TimesformerConfig
+
+IGNORE_INDEX = -100  # CrossEntropyLoss's default, honoured as in the reference
+
+
+def infer_problem_type(num_labels: int, labels: torch.Tensor) -> str:
+    if num_labels == 1:
+        return "regression"
+    if num_labels > 1 and labels.dtype in (torch.long, torch.int):
+        return "single_label_classification"
+    return "multi_label_classification"
+
+
+def classification_loss(config: TimesformerConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Loss of ``logits`` ``(rows, num_labels)`` against ``labels``.
+
+    As in transformers, a ``problem_type`` of ``None`` is inferred from the labels on the first call and
+    stored in the config. Labels are checked first so that a shape or range error names what was
+    expected instead of failing inside the loss (or broadcasting silently, as MSE would).
+    """
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.device != logits.device:
+        raise ValueError(f"labels are on {labels.device} but the logits are on {logits.device}")
+    rows, num_labels = logits.shape[0], config.num_labels
+    if num_labels < 1:
+        raise ValueError("labels were given but the model has num_labels=0 (no classification head)")
+    if config.problem_type is None:
+        config.problem_type = infer_problem_type(num_labels, labels)
+    problem = config.problem_type
+
+    if problem == "regression":
+        if not labels.is_floating_point():
+            raise ValueError(f"regression labels must be floating point, got dtype {labels.dtype}")
+        if num_labels == 1:
+            if labels.numel() != rows or labels.dim() > 2:
+                raise ValueError(
+                    f"regression labels must have shape ({rows},) or ({rows}, 1), got {tuple(labels.shape)}"
+                )
+            return F.mse_loss(logits.squeeze(), labels.to(logits.dtype).squeeze())
+        if tuple(labels.shape) != (rows, num_labels):
+            raise ValueError(f"regression labels must have shape ({rows}, {num_labels}), got {tuple(labels.shape)}")
+        return F.mse_loss(logits, labels.to(logits.dtype))
+
+    if problem == "single_label_classification":
+        if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
+            raise ValueError(f"single-label classification labels must be integer class indices, got {labels.dtype}")
+        if labels.numel() != rows:
+            raise ValueError(
+                f"single-label classification expects {rows} labels (one per logits row), got shape "
+                f"{tuple(labels.shape)}"
+            )
+        flat = labels.reshape(-1).long()
+        bad = ((flat < 0) | (flat >= num_labels)) & (flat != IGNORE_INDEX)
+        if bool(bad.any()):
+            raise ValueError(
+                f"single-label classification labels must be in [0, {num_labels}) (or {IGNORE_INDEX} to "
+                f"ignore), got {flat[bad][:5].tolist()}"
+            )
+        return F.cross_entropy(logits.view(-1, num_labels), flat, ignore_index=IGNORE_INDEX)
+
+    # multi_label_classification
+    if tuple(labels.shape) != (rows, num_labels):
+        raise ValueError(
+            f"multi-label classification labels must have shape ({rows}, {num_labels}), got {tuple(labels.shape)}"
+        )
+    if not labels.is_floating_point():
+        raise ValueError(f"multi-label classification labels must be floating point, got dtype {labels.dtype}")
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))

@@ -1,0 +1,464 @@
+"""TimeSformer models with the module tree, ``state_dict`` keys and outputs of ``transformers``' classes.
+
+The modules here hold parameters under the reference's names; the computation of every layer lives in a
+backend (``timesformer.backends``), chosen per model with ``backend=`` and per call where a feature needs
+it (``output_attentions=True`` runs that call with ``eager``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .activations import get_activation
+from .backends import BACKEND_NAMES, Backend, get_backend, resolve_backend
+from .configuration import TimesformerConfig
+from .outputs import BaseModelOutput, ImageClassifierOutput
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- parameter holders
+# Names and nesting follow transformers.models.timesformer.modeling_timesformer exactly, because they
+# define the state_dict keys.
+
+
+class TimesformerPatchEmbeddings(nn.Module):
+    def __init__(self, config: TimesformerConfig) -> None:
+        super().__init__()
+        self.patch_size = config.patch_hw
+        self.projection = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=self.patch_size, stride=self.patch_size
+        )
+
+
+class TimesformerEmbeddings(nn.Module):
+    def __init__(self, config: TimesformerConfig) -> None:
+        super().__init__()
+        self.attention_type = config.attention_type
+        self.config_grid = config.grid_hw
+        self.patch_embeddings = TimesformerPatchEmbeddings(config)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.position_embeddings = nn.Parameter(torch.zeros(1, config.num_patches + 1, config.hidden_size))
+        self.pos_drop = nn.Dropout(p=config.hidden_dropout_prob)
+        if config.attention_type != "space_only":
+            self.time_embeddings = nn.Parameter(torch.zeros(1, config.num_frames, config.hidden_size))
+            self.time_drop = nn.Dropout(p=config.hidden_dropout_prob)
+
+    def position_embeddings_for(self, grid: tuple[int, int]) -> torch.Tensor:
+        """``(1, 1 + gh*gw, hidden)`` position embeddings for a patch grid, nearest-interpolated as the reference.
+
+        Like the reference (and the original repository) this interpolates only when the number of
+        patches differs from the config's; a grid with the same count is added as is.
+        """
+        pos = self.position_embeddings
+        gh, gw = grid
+        if gh * gw + 1 == pos.shape[1]:
+            return pos
+        cfg_h, cfg_w = self.config_grid
+        other = pos[:, 1:].transpose(1, 2).reshape(1, pos.shape[2], cfg_h, cfg_w)
+        other = F.interpolate(other, size=(gh, gw), mode="nearest")
+        return torch.cat((pos[:, :1], other.flatten(2).transpose(1, 2)), dim=1)
+
+    def time_embeddings_for(self, num_frames: int) -> torch.Tensor:
+        """``(1, T, hidden)`` time embeddings, nearest-interpolated when ``T`` differs from the config's."""
+        time = self.time_embeddings
+        if num_frames == time.shape[1]:
+            return time
+        return F.interpolate(time.transpose(1, 2), size=num_frames, mode="nearest").transpose(1, 2)
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, int, tuple[int, int]]:
+        """Embed a clip.
+
+        Args:
+            pixel_values: ``(batch, frames, channels, height, width)``.
+
+        Returns:
+            ``(x, frames, (gh, gw))`` with ``x`` of shape ``(batch, 1 + gh*gw*frames, hidden)``, rows in
+            ``(n t)`` order (``(batch*frames, 1 + gh*gw, hidden)`` for ``space_only``).
+        """
+        # The reference's op order, dropout included, so that training runs draw the same random numbers.
+        batch, frames, channels, height, width = pixel_values.shape
+        emb = self.patch_embeddings.projection(pixel_values.reshape(batch * frames, channels, height, width))
+        grid = (emb.shape[-2], emb.shape[-1])
+        emb = emb.flatten(2).transpose(1, 2)
+        emb = torch.cat((self.cls_token.expand(emb.shape[0], -1, -1), emb), dim=1)
+        emb = self.pos_drop(emb + self.position_embeddings_for(grid))
+        if self.attention_type == "space_only":
+            return emb, frames, grid
+
+        # The reference takes CLS from the first `batch` rows (all equal to cls + pos[0] before dropout).
+        cls_tokens = emb[:batch, 0].unsqueeze(1)
+        n, hidden = emb.shape[1] - 1, emb.shape[2]
+        patches = emb[:, 1:].reshape(batch, frames, n, hidden).permute(0, 2, 1, 3).reshape(batch * n, frames, hidden)
+        patches = self.time_drop(patches + self.time_embeddings_for(frames))
+        patches = patches.reshape(batch, n * frames, hidden)
+        return torch.cat((cls_tokens, patches), dim=1), frames, grid
+
+
+class TimesformerSelfAttention(nn.Module):
+    def __init__(self, config: TimesformerConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.scale = config.head_dim**-0.5
+        self.qkv = nn.Linear(config.hidden_size, config.hidden_size * 3, bias=config.qkv_bias)
+        self.attn_drop = nn.Dropout(config.attention_probs_dropout_prob)
+
+
+class TimesformerSelfOutput(nn.Module):
+    def __init__(self, config: TimesformerConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+
+class TimeSformerAttention(nn.Module):
+    def __init__(self, config: TimesformerConfig) -> None:
+        super().__init__()
+        self.attention = TimesformerSelfAttention(config)
+        self.output = TimesformerSelfOutput(config)
+
+
+class TimesformerIntermediate(nn.Module):
+    def __init__(self, config: TimesformerConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.intermediate_act_fn = get_activation(config.hidden_act)
+
+
+class TimesformerOutput(nn.Module):
+    def __init__(self, config: TimesformerConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+
+class TimesformerLayer(nn.Module):
+    def __init__(self, config: TimesformerConfig, layer_index: int) -> None:
+        super().__init__()
+        self.attention_type = config.attention_type
+        self.num_heads = config.num_attention_heads
+        self.layer_norm_eps = config.layer_norm_eps
+        # Stochastic depth decay rule of the reference.
+        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers, device="cpu")
+        self.drop_path_rate = float(rates[layer_index])
+        self.attention = TimeSformerAttention(config)
+        self.intermediate = TimesformerIntermediate(config)
+        self.output = TimesformerOutput(config)
+        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        if config.attention_type == "divided_space_time":
+            self.temporal_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            self.temporal_attention = TimeSformerAttention(config)
+            self.temporal_dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+
+class TimesformerEncoder(nn.Module):
+    def __init__(self, config: TimesformerConfig) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList([TimesformerLayer(config, i) for i in range(config.num_hidden_layers)])
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _check_pixel_values(pixel_values: Any, config: TimesformerConfig, param: torch.Tensor) -> torch.Tensor:
+    if not isinstance(pixel_values, torch.Tensor):
+        raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
+    if pixel_values.dim() != 5:
+        raise ValueError(
+            "pixel_values must have 5 dimensions (batch, frames, channels, height, width), "
+            f"got shape {tuple(pixel_values.shape)}"
+        )
+    if not pixel_values.is_floating_point():
+        raise ValueError(
+            f"pixel_values must be a floating-point tensor (normalized pixels), got dtype {pixel_values.dtype}"
+        )
+    batch, frames, channels, height, width = pixel_values.shape
+    if batch == 0 or frames == 0:
+        raise ValueError(
+            f"pixel_values must hold at least one clip of at least one frame, got shape {tuple(pixel_values.shape)}"
+        )
+    if channels != config.num_channels:
+        raise ValueError(
+            f"pixel_values must have {config.num_channels} channels (dimension 2 of (batch, frames, channels, "
+            f"height, width)), got {channels} in shape {tuple(pixel_values.shape)}"
+        )
+    ph, pw = config.patch_hw
+    if height < ph or width < pw or height % ph or width % pw:
+        raise ValueError(
+            f"pixel_values height and width must be positive multiples of the patch size {ph}x{pw}, "
+            f"got {height}x{width}"
+        )
+    if pixel_values.device != param.device:
+        raise ValueError(
+            f"pixel_values is on {pixel_values.device} but the model is on {param.device}; move one of them"
+        )
+    if pixel_values.dtype != param.dtype:
+        # A float clip of another precision is converted, as the processor output (float32) feeds
+        # half-precision models in typical use.
+        pixel_values = pixel_values.to(param.dtype)
+    return pixel_values
+
+
+class TimesformerPreTrainedModel(nn.Module):
+    """Shared construction, initialization, backend selection and checkpoint I/O."""
+
+    config_class = TimesformerConfig
+    base_model_prefix = "timesformer"
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: TimesformerConfig, *, backend: str = "auto") -> None:
+        super().__init__()
+        if not isinstance(config, TimesformerConfig):
+            raise TypeError(f"config must be a timesformer.TimesformerConfig, got {type(config).__name__}")
+        config.validate()
+        self.config = config
+        self._requested_backend = self._check_backend_name(backend)
+
+    # ------------------------------------------------------------------ init
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # Mirrors TimesformerPreTrainedModel._init_weights of transformers.
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, TimesformerEmbeddings):
+            nn.init.trunc_normal_(module.cls_token, std=std)
+            nn.init.trunc_normal_(module.position_embeddings, std=std)
+            if hasattr(module, "time_embeddings"):
+                nn.init.zeros_(module.time_embeddings)
+
+    def post_init(self) -> None:
+        self.apply(self._init_weights)
+
+    # --------------------------------------------------------------- backend
+    @staticmethod
+    def _check_backend_name(name: str) -> str:
+        if name not in (*BACKEND_NAMES, "auto"):
+            raise ValueError(f"backend must be one of {(*BACKEND_NAMES, 'auto')}, got {name!r}")
+        if name != "auto":
+            get_backend(name)  # raises with the reason where the backend cannot exist at all
+        return name
+
+    def set_backend(self, name: str) -> TimesformerPreTrainedModel:
+        """Select ``"eager"``, ``"sdpa"``, ``"triton"`` or ``"auto"``; returns ``self``."""
+        self._requested_backend = self._check_backend_name(name)
+        return self
+
+    @property
+    def backend(self) -> str:
+        """Name of the backend in force for the model's current device."""
+        return self._backend_impl().name
+
+    def _backend_impl(self) -> Backend:
+        return resolve_backend(self._requested_backend, self.device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def clear_weight_cache(self) -> None:
+        """Drop prepared weights (e.g. the folded temporal projection).
+
+        Only needed after editing parameters through ``.data``, which bypasses the version counters the
+        caches watch; ``load_state_dict``, ``.to()``, optimizers and in-place edits are picked up
+        automatically.
+        """
+        for module in self.modules():
+            module.__dict__.pop("_weight_cache", None)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ------------------------------------------------------------ checkpoints
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        backend: str = "auto",
+        dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
+        config: TimesformerConfig | None = None,
+        ignore_mismatched_sizes: bool = False,
+        **config_overrides: Any,
+    ):
+        """Load a checkpoint written by ``transformers``' ``save_pretrained`` (or ours).
+
+        Args:
+            pretrained_model_name_or_path: a local directory with ``config.json`` and ``model.safetensors``
+                (or ``pytorch_model.bin``, or a sharded index of either), or a hub id, resolved through
+                ``huggingface_hub`` when installed (its offline cache works).
+            backend: ``"auto"``, ``"eager"``, ``"sdpa"`` or ``"triton"``.
+            dtype: parameter dtype (default float32, as transformers; ``"auto"`` takes the checkpoint's).
+            device: where to put the model.
+            config: use this config instead of the checkpoint's ``config.json``.
+            ignore_mismatched_sizes: re-initialize (with a warning) weights whose shapes differ, e.g. a
+                classifier head for another number of labels.
+            **config_overrides: config fields to override (e.g. ``num_labels=10``).
+        """
+        from .loading import load_pretrained
+
+        return load_pretrained(
+            cls,
+            pretrained_model_name_or_path,
+            backend=backend,
+            dtype=dtype,
+            device=device,
+            config=config,
+            ignore_mismatched_sizes=ignore_mismatched_sizes,
+            config_overrides=config_overrides,
+        )
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *, safe_serialization: bool = True) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin``) as transformers does."""
+        from .loading import save_pretrained
+
+        save_pretrained(self, save_directory, safe_serialization=safe_serialization)
+
+    # ------------------------------------------------------------ encoder run
+    def _encode(self, model: TimesformerModel, pixel_values, output_attentions, output_hidden_states):
+        pixel_values = _check_pixel_values(pixel_values, self.config, model.embeddings.cls_token)
+        # Attention maps exist only in the eager computation.
+        impl = get_backend("eager") if output_attentions else self._backend_impl()
+        return impl.encode(
+            model, pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states
+        )
+
+    def _flags(self, output_attentions, output_hidden_states, return_dict) -> tuple[bool, bool, bool]:
+        cfg = self.config
+        return (
+            cfg.output_attentions if output_attentions is None else bool(output_attentions),
+            cfg.output_hidden_states if output_hidden_states is None else bool(output_hidden_states),
+            cfg.return_dict if return_dict is None else bool(return_dict),
+        )
+
+
+class TimesformerModel(TimesformerPreTrainedModel):
+    """The TimeSformer encoder (``transformers.TimesformerModel``).
+
+    Args:
+        config: model configuration.
+        backend: ``"auto"`` (``triton`` where it runs, else ``sdpa``), ``"eager"``, ``"sdpa"`` or ``"triton"``.
+    """
+
+    def __init__(self, config: TimesformerConfig, *, backend: str = "auto") -> None:
+        super().__init__(config, backend=backend)
+        self.embeddings = TimesformerEmbeddings(config)
+        self.encoder = TimesformerEncoder(config)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> TimesformerPatchEmbeddings:
+        return self.embeddings.patch_embeddings
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BaseModelOutput | tuple:
+        """Encode clips.
+
+        Args:
+            pixel_values: ``(batch, frames, channels, height, width)`` normalized pixels. Frame count and
+                resolution may differ from the config's (embeddings are interpolated, and every layer uses
+                the input's frames and patch grid); height and width must be multiples of the patch size.
+
+        Returns:
+            ``BaseModelOutput`` (or its tuple when ``return_dict=False``): ``last_hidden_state`` of shape
+            ``(batch, 1 + patches * frames, hidden)``, or ``(batch * frames, 1 + patches, hidden)`` for
+            ``space_only``.
+        """
+        output_attentions, output_hidden_states, return_dict = self._flags(
+            output_attentions, output_hidden_states, return_dict
+        )
+        x, hidden_states, attentions = self._encode(self, pixel_values, output_attentions, output_hidden_states)
+        ln = self.layernorm
+        x = F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+        out = BaseModelOutput(last_hidden_state=x, hidden_states=hidden_states, attentions=attentions)
+        return out if return_dict else out.to_tuple()
+
+
+class TimesformerForVideoClassification(TimesformerPreTrainedModel):
+    """TimeSformer with a linear head on the final CLS token (``transformers.TimesformerForVideoClassification``)."""
+
+    def __init__(self, config: TimesformerConfig, *, backend: str = "auto") -> None:
+        super().__init__(config, backend=backend)
+        self.num_labels = config.num_labels
+        self.timesformer = TimesformerModel(config, backend=backend)
+        self.classifier = (
+            nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        )
+        self.post_init()
+
+    def set_backend(self, name: str) -> TimesformerForVideoClassification:
+        super().set_backend(name)
+        self.timesformer.set_backend(name)
+        return self
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> ImageClassifierOutput | tuple:
+        """Classify clips.
+
+        Args:
+            pixel_values: ``(batch, frames, channels, height, width)``, see ``TimesformerModel.forward``.
+            labels: ``(batch,)`` class indices (single-label), ``(batch, num_labels)`` floats
+                (multi-label) or ``(batch,)`` / ``(batch, 1)`` floats (regression, ``num_labels == 1``).
+                For ``space_only`` there is one logits row per frame, so ``batch * frames`` labels.
+
+        Returns:
+            ``ImageClassifierOutput`` (or its tuple): ``logits`` ``(batch, num_labels)``, ``loss`` when
+            labels were given.
+        """
+        output_attentions, output_hidden_states, return_dict = self._flags(
+            output_attentions, output_hidden_states, return_dict
+        )
+        x, hidden_states, attentions = self._encode(
+            self.timesformer, pixel_values, output_attentions, output_hidden_states
+        )
+        # LayerNorm is per row and the head reads CLS only: normalize just the CLS rows.
+        ln = self.timesformer.layernorm
+        cls = F.layer_norm(x[:, 0], ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+        logits = self.classifier(cls)
+        loss = None if labels is None else self._loss(logits, labels)
+        out = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions)
+        return out if return_dict else out.to_tuple()
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        from .losses import classification_loss
+
+        return classification_loss(self.config, logits, labels)
+
+
+def from_hf(hf_model: nn.Module, *, backend: str = "auto") -> TimesformerPreTrainedModel:
+    """Convert an in-memory ``transformers`` TimeSformer model (either class) to this package's class.
+
+    The result has the same config, weights, dtype, device and train/eval mode.
+    """
+    from .loading import from_hf as _from_hf
+
+    return _from_hf(hf_model, backend=backend)

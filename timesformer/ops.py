@@ -1,0 +1,112 @@
+"""Pure-torch versions of the attention ops, in the model's own token layout.
+
+These are the ops of the ``sdpa`` backend and the references the Triton kernels are tested against.
+Every op takes the packed output of a ``qkv`` projection, ``[..., 3 * hidden]`` with the last dimension
+ordered ``(3, heads, head_dim)`` as ``transformers`` packs it, and returns contexts ``[..., hidden]`` ordered
+``(heads, head_dim)``, ready for the output projection.
+
+Token layout (DESIGN.md section 1): row ``1 + n * T + t`` of the residual stream is patch ``n`` of frame
+``t``; row 0 is CLS. Attention scaling is ``head_dim ** -0.5``, as in the reference.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _split_heads(qkv: torch.Tensor, num_heads: int) -> tuple[int, int]:
+    three_d = qkv.shape[-1]
+    if three_d % (3 * num_heads):
+        raise ValueError(
+            f"qkv last dimension must be 3 * num_heads * head_dim with num_heads={num_heads}, got {three_d}"
+        )
+    hidden = three_d // 3
+    return hidden, hidden // num_heads
+
+
+def attention(qkv: torch.Tensor, num_heads: int, dropout_p: float = 0.0) -> torch.Tensor:
+    """Plain softmax attention over the whole sequence (joint space-time and space-only layers).
+
+    Args:
+        qkv: ``(batch, seqlen, 3 * hidden)`` packed projections.
+        num_heads: attention heads; ``head_dim = hidden // num_heads``.
+        dropout_p: dropout on the attention probabilities (training only).
+
+    Returns:
+        ``(batch, seqlen, hidden)`` contexts.
+    """
+    batch, seqlen, _ = qkv.shape
+    hidden, head_dim = _split_heads(qkv, num_heads)
+    # [3, B, H, L, dh] as strided views of the projection output: no copy before SDPA.
+    q, k, v = qkv.view(batch, seqlen, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    return out.transpose(1, 2).reshape(batch, seqlen, hidden)
+
+
+def temporal_attention(
+    qkv: torch.Tensor, num_frames: int, num_heads: int, dropout_p: float = 0.0
+) -> torch.Tensor:
+    """Attention over the ``T`` frames of each (clip, patch, head): the temporal pass of a divided layer.
+
+    Args:
+        qkv: ``(batch, num_patches * T, 3 * hidden)``, rows in the model's ``(n t)`` order, any strides
+            with a unit last stride (e.g. the projection of ``x[:, 1:]``).
+        num_frames: ``T``.
+        num_heads: attention heads.
+        dropout_p: dropout on the attention probabilities (training only).
+
+    Returns:
+        ``(batch, num_patches * T, hidden)`` contexts in the same row order.
+    """
+    batch, rows, _ = qkv.shape
+    if rows % num_frames:
+        raise ValueError(f"qkv has {rows} rows, not a multiple of num_frames={num_frames}")
+    hidden, head_dim = _split_heads(qkv, num_heads)
+    n = rows // num_frames
+    # Rows of one patch are contiguous, so (clip, patch) is one batch axis: [B*N, H, T, dh] views.
+    q, k, v = (
+        qkv.reshape(batch * n, num_frames, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    )
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    return out.transpose(1, 2).reshape(batch, rows, hidden)
+
+
+def spatial_attention(
+    qkv: torch.Tensor, num_frames: int, num_heads: int, dropout_p: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention over CLS plus the patches of each frame: the spatial pass of a divided layer.
+
+    For each (clip, frame, head) the queries are CLS and the ``N`` patch rows of that frame (rows at
+    stride ``T``); the keys and values are the same ``1 + N`` rows. CLS's q/k/v come from row 0, computed
+    once per clip (LayerNorm and the projection are per row, so the reference's ``T`` copies of CLS give
+    the same values).
+
+    Args:
+        qkv: ``(batch, 1 + num_patches * T, 3 * hidden)``: row 0 CLS, then rows in ``(n t)`` order.
+        num_frames: ``T``.
+        num_heads: attention heads.
+        dropout_p: dropout on the attention probabilities (training only).
+
+    Returns:
+        ``(patch_ctx, cls_ctx)``: ``(batch, num_patches * T, hidden)`` contexts in ``(n t)`` row order,
+        and ``(batch, T, hidden)``, the CLS context of each frame (the layer averages it over frames).
+    """
+    batch, rows, _ = qkv.shape
+    if (rows - 1) % num_frames or rows < 1:
+        raise ValueError(f"qkv has {rows} rows, expected 1 + num_patches * num_frames (num_frames={num_frames})")
+    hidden, head_dim = _split_heads(qkv, num_heads)
+    n = (rows - 1) // num_frames
+    # SDPA needs each frame's keys as one sequence, so gather [CLS; patches of frame t] once into a
+    # [3, B, T, H, 1+N, dh] buffer (the Triton kernel reads them in place instead).
+    packed = qkv.new_empty(3, batch, num_frames, num_heads, 1 + n, head_dim)
+    cls = qkv[:, 0].view(batch, 3, num_heads, head_dim).transpose(0, 1)  # [3, B, H, dh]
+    packed[:, :, :, :, 0] = cls.unsqueeze(2)
+    patches = qkv[:, 1:].view(batch, n, num_frames, 3, num_heads, head_dim)
+    packed[:, :, :, :, 1:] = patches.permute(3, 0, 2, 4, 1, 5)
+    q, k, v = packed.view(3, batch * num_frames, num_heads, 1 + n, head_dim).unbind(0)
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    out = out.view(batch, num_frames, num_heads, 1 + n, head_dim)
+    cls_ctx = out[:, :, :, 0].reshape(batch, num_frames, hidden)
+    patch_ctx = out[:, :, :, 1:].permute(0, 3, 1, 2, 4).reshape(batch, n * num_frames, hidden)
+    return patch_ctx, cls_ctx

@@ -1,0 +1,90 @@
+"""Model outputs that behave like ``transformers``' ``ModelOutput``.
+
+Fields are reachable as attributes (``out.logits``), by name (``out["logits"]``) and by integer position
+(``out[0]``), where positions skip the fields that are ``None``, so ``out[0]`` is the loss when there is
+one and the logits otherwise, exactly as in transformers. ``to_tuple()`` gives the ``return_dict=False``
+form.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import torch
+
+
+class ModelOutput(OrderedDict):
+    _fields: tuple[str, ...] = ()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        if len(args) > len(self._fields):
+            raise TypeError(f"{type(self).__name__} takes at most {len(self._fields)} positional fields")
+        values = dict(zip(self._fields, args))
+        for name, value in kwargs.items():
+            if name not in self._fields:
+                raise TypeError(f"{type(self).__name__} has no field {name!r}; fields: {self._fields}")
+            if name in values:
+                raise TypeError(f"{type(self).__name__} got field {name!r} twice")
+            values[name] = value
+        for name in self._fields:
+            self.__setattr__(name, values.get(name))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._fields:
+            if value is None:
+                super().pop(name, None)
+            else:
+                super().__setitem__(name, value)
+        super().__setattr__(name, value)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key not in self._fields:
+            raise KeyError(f"{type(self).__name__} has no field {key!r}")
+        self.__setattr__(key, value)
+
+    def __getitem__(self, key: str | int | slice) -> Any:
+        if isinstance(key, str):
+            return super().__getitem__(key)
+        return self.to_tuple()[key]
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple(super().__getitem__(k) for k in self.keys())
+
+    def __reduce__(self):  # keep pickling/deepcopy working with the attribute mirror
+        return (type(self), (), None, None, iter(self.items()))
+
+
+class BaseModelOutput(ModelOutput):
+    """Output of ``TimesformerModel``.
+
+    Attributes:
+        last_hidden_state: ``(batch, 1 + num_patches * frames, hidden)`` after the final LayerNorm
+            (``(batch * frames, 1 + num_patches, hidden)`` for ``space_only``).
+        hidden_states: tuple of ``num_hidden_layers + 1`` tensors of that shape (embedding output, then
+            each layer's output, before the final LayerNorm), when requested.
+        attentions: tuple of per-layer spatial attention maps ``(batch * frames, heads, 1 + num_patches,
+            1 + num_patches)`` (joint: ``(batch, heads, L, L)``), when requested.
+    """
+
+    _fields = ("last_hidden_state", "hidden_states", "attentions")
+    last_hidden_state: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None
+    attentions: tuple[torch.Tensor, ...] | None
+
+
+class ImageClassifierOutput(ModelOutput):
+    """Output of ``TimesformerForVideoClassification`` (same class name as the reference's).
+
+    Attributes:
+        loss: scalar, when ``labels`` were given.
+        logits: ``(batch, num_labels)`` (``(batch * frames, num_labels)`` for ``space_only``).
+        hidden_states, attentions: as in ``BaseModelOutput``.
+    """
+
+    _fields = ("loss", "logits", "hidden_states", "attentions")
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None
+    attentions: tuple[torch.Tensor, ...] | None
