@@ -50,7 +50,7 @@ class ModelOutput(OrderedDict):
         return self.to_tuple()[key]
 
     def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(super().__getitem__(k) for k in self.keys())
+        return tuple(OrderedDict.__getitem__(self, k) for k in self.keys())
 
     def __reduce__(self):  # keep pickling/deepcopy working with the attribute mirror
         return (type(self), (), None, None, iter(self.items()))
