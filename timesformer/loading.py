@@ -148,19 +148,21 @@ def adapt_state_dict(
             f"(attention_type={model.config.attention_type!r}): " + "; ".join(parts)
         )
     out: dict[str, torch.Tensor] = {}
+    mismatched = []
     for key, value in state.items():
         want = expected[key].shape
-        if value.shape != want:
-            if ignore_mismatched_sizes:
-                logger.warning("%s: checkpoint shape %s, model shape %s: newly initialized", key, tuple(value.shape), tuple(want))
-                continue
-            raise CheckpointError(
-                f"{key}: checkpoint has shape {tuple(value.shape)}, the model expects {tuple(want)} "
-                "(pass ignore_mismatched_sizes=True to re-initialize it)"
-            )
         if not value.is_floating_point():
             raise CheckpointError(f"{key}: expected a floating-point tensor, got dtype {value.dtype}")
-        out[key] = value
+        if value.shape == want:
+            out[key] = value
+        elif ignore_mismatched_sizes:
+            logger.warning("%s: checkpoint shape %s, model shape %s: newly initialized", key, tuple(value.shape), tuple(want))
+        else:
+            mismatched.append(f"{key}: checkpoint has shape {tuple(value.shape)}, the model expects {tuple(want)}")
+    if mismatched:
+        raise CheckpointError(
+            "; ".join(mismatched) + " (pass ignore_mismatched_sizes=True to re-initialize these weights)"
+        )
     return out
 
 

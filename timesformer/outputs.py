@@ -36,7 +36,12 @@ class ModelOutput(OrderedDict):
             if value is None:
                 super().pop(name, None)
             else:
+                is_new = name not in self
                 super().__setitem__(name, value)
+                if is_new:  # keep field order, so positions stay those of the return_dict=False tuple
+                    for field in self._fields:
+                        if field in self:
+                            self.move_to_end(field)
         super().__setattr__(name, value)
 
     def __setitem__(self, key: str, value: Any) -> None:

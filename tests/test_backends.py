@@ -1,0 +1,118 @@
+"""Backend selection, the weight cache of the sdpa backend, and attention maps on request."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_close, random_clip, randomize_, small_config_kwargs
+
+import timesformer
+from timesformer import BackendUnavailableError, TimesformerForVideoClassification, TimesformerModel
+
+KWARGS = small_config_kwargs("divided_space_time", seed=40, num_frames=3)
+
+
+def _model(backend="auto", cls=TimesformerModel, **overrides):
+    cfg = timesformer.TimesformerConfig(**{**KWARGS, **overrides})
+    return randomize_(cls(cfg, backend=backend), 1).eval()
+
+
+def test_available_backends_on_cpu():
+    info = timesformer.available_backends("cpu")
+    assert list(info) == ["eager", "sdpa", "triton"]
+    assert info["eager"].available and info["sdpa"].available
+    assert not info["triton"].available and "not implemented" in info["triton"].reason
+    assert timesformer.available_backends() == info
+
+
+def test_auto_resolves_to_sdpa_and_reports_it():
+    model = _model("auto")
+    assert model.backend == "sdpa"
+    assert _model("eager").backend == "eager"
+    assert model.set_backend("eager") is model and model.backend == "eager"
+
+
+def test_triton_and_unknown_backends_are_refused():
+    with pytest.raises(BackendUnavailableError, match="triton backend is not implemented yet"):
+        _model("triton")
+    with pytest.raises(BackendUnavailableError, match="triton"):
+        _model().set_backend("triton")
+    with pytest.raises(ValueError, match=r"backend must be one of \('eager', 'sdpa', 'triton', 'auto'\), got 'flash'"):
+        _model("flash")
+
+
+def test_classifier_set_backend_reaches_the_encoder():
+    model = _model("eager", cls=TimesformerForVideoClassification)
+    model.set_backend("sdpa")
+    assert model.backend == model.timesformer.backend == "sdpa"
+
+
+def test_output_attentions_runs_eager_with_sdpa_backend():
+    model = _model("sdpa")
+    x = random_clip(KWARGS)
+    with torch.no_grad():
+        got = model(x, output_attentions=True)
+        model.set_backend("eager")
+        expected = model(x, output_attentions=True)
+    assert len(got.attentions) == KWARGS["num_hidden_layers"]
+    n = (KWARGS["image_size"] // 8) ** 2
+    assert got.attentions[0].shape == (2 * 3, KWARGS["num_attention_heads"], 1 + n, 1 + n)
+    for a, b in zip(got.attentions, expected.attentions, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_config_output_flags_are_defaults():
+    model = _model("sdpa", output_hidden_states=True, return_dict=False)
+    out = model(random_clip(KWARGS))
+    assert isinstance(out, tuple) and len(out) == 2 and len(out[1]) == KWARGS["num_hidden_layers"] + 1
+
+
+def _eager_reference(model, x):
+    with torch.no_grad():
+        backend = model.backend
+        out = model.set_backend("eager")(x).last_hidden_state
+        model.set_backend(backend)
+    return out
+
+
+def test_folded_weights_follow_load_state_dict_inplace_edits_and_to():
+    model = _model("sdpa")
+    x = random_clip(KWARGS)
+    with torch.no_grad():
+        model(x)  # fills the fold cache
+        other = randomize_(TimesformerModel(model.config), seed=99).state_dict()
+        model.load_state_dict(other)
+        assert_close(model(x).last_hidden_state, _eager_reference(model, x))
+
+        dense = model.encoder.layer[0].temporal_dense
+        dense.weight.mul_(1.5)
+        dense.bias.add_(0.25)
+        model.encoder.layer[0].temporal_attention.output.dense.weight.add_(0.1)
+        assert_close(model(x).last_hidden_state, _eager_reference(model, x))
+
+        model.double()
+        xd = x.double()
+        out = model(xd).last_hidden_state
+        assert out.dtype == torch.float64
+        assert_close(out, _eager_reference(model, xd), rel=1e-12, abs_=1e-12)
+
+
+def test_data_edits_need_clear_weight_cache():
+    model = _model("sdpa")
+    x = random_clip(KWARGS)
+    with torch.no_grad():
+        model(x)
+        model.encoder.layer[0].temporal_dense.weight.data.mul_(2.0)  # bypasses version counters
+        model.clear_weight_cache()
+        assert_close(model(x).last_hidden_state, _eager_reference(model, x))
+
+
+def test_hidden_states_are_snapshots_not_aliases():
+    model = _model("sdpa")
+    x = random_clip(KWARGS)
+    with torch.no_grad():
+        fast = model(x, output_hidden_states=True).hidden_states
+        model.set_backend("eager")
+        slow = model(x, output_hidden_states=True).hidden_states
+    for a, b in zip(fast, slow, strict=True):
+        assert_close(a, b)

@@ -1,0 +1,85 @@
+"""TimesformerConfig: transformers' fields and defaults, config.json round trips, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from timesformer import TimesformerConfig
+from timesformer.configuration import MODEL_FIELDS
+
+
+def test_defaults_match_transformers(hf):
+    ref, ours = hf.TimesformerConfig(), TimesformerConfig()
+    for name in MODEL_FIELDS:
+        assert getattr(ours, name) == getattr(ref, name), name
+    assert ours.num_labels == ref.num_labels == 2
+    assert ours.id2label == ref.id2label and ours.label2id == ref.label2id
+    assert ours.problem_type is ref.problem_type is None
+
+
+def test_reads_transformers_config_json_and_keeps_unknown_keys(hf, tmp_path):
+    ref = hf.TimesformerConfig(num_frames=16, image_size=448, id2label={0: "a", 1: "b", 2: "c"}, attention_type="joint_space_time")
+    ref.save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    data["some_future_key"] = {"nested": [1, 2]}
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    ours = TimesformerConfig.from_pretrained(tmp_path)
+    assert ours.num_frames == 16 and ours.image_size == 448 and ours.attention_type == "joint_space_time"
+    assert ours.id2label == {0: "a", 1: "b", 2: "c"} and ours.label2id == {"a": 0, "b": 1, "c": 2}
+    assert ours.some_future_key == {"nested": [1, 2]}
+    ours.save_pretrained(tmp_path / "out")
+    written = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert written["some_future_key"] == {"nested": [1, 2]}
+    assert written["transformers_version"] == data["transformers_version"]
+    back = hf.TimesformerConfig.from_pretrained(tmp_path / "out")
+    for name in MODEL_FIELDS:
+        assert getattr(back, name) == getattr(ref, name), name
+    assert back.id2label == ref.id2label
+
+
+def test_num_labels_and_overrides():
+    cfg = TimesformerConfig(num_labels=4)
+    assert cfg.id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2", 3: "LABEL_3"}
+    cfg.num_labels = 2
+    assert list(cfg.id2label) == [0, 1]
+    again = TimesformerConfig.from_dict(TimesformerConfig(id2label={0: "x", 1: "y"}).to_dict(), num_labels=3)
+    assert again.num_labels == 3
+    assert TimesformerConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="model_type"):
+        TimesformerConfig.from_dict({"model_type": "vit"})
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("attention_type", "divided", "attention_type must be one of .* got 'divided'"),
+        ("hidden_size", 100, "hidden_size must be divisible by num_attention_heads, got hidden_size=100 and num_attention_heads=12"),
+        ("image_size", 225, "image_size must be divisible by patch_size, got image_size=225 and patch_size=16"),
+        ("hidden_act", "gelu_magic", "hidden_act must be one of .* got 'gelu_magic'"),
+        ("num_frames", 0, "num_frames must be a positive int, got 0"),
+        ("hidden_dropout_prob", 1.5, r"hidden_dropout_prob must be a number in \[0, 1\), got 1.5"),
+        ("problem_type", "ranking", "problem_type must be None or one of"),
+        ("layer_norm_eps", -1.0, "layer_norm_eps must be a positive number"),
+        ("patch_size", (16, 16, 1), "patch_size must be an int or a pair"),
+    ],
+)
+def test_invalid_values_name_field_and_value(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TimesformerConfig(**{field: value})
+
+
+def test_invalid_value_set_after_construction_is_caught_by_model():
+    import timesformer
+
+    cfg = TimesformerConfig(hidden_size=16, num_attention_heads=2, num_hidden_layers=1, intermediate_size=8, image_size=16)
+    cfg.attention_type = "bogus"
+    with pytest.raises(ValueError, match="attention_type"):
+        timesformer.TimesformerModel(cfg)
+
+
+def test_non_square_image_size_pair():
+    cfg = TimesformerConfig(image_size=(32, 48), patch_size=16)
+    assert cfg.grid_hw == (2, 3) and cfg.num_patches == 6
+    assert json.loads(cfg.to_json_string())["image_size"] == [32, 48]

@@ -1,0 +1,269 @@
+"""Checkpoints: transformers <-> this package, both file formats, both classes, and every bad case."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from conftest import assert_close, make_pair, random_clip, randomize_, small_config_kwargs
+
+import timesformer
+from timesformer import CheckpointError, TimesformerForVideoClassification, TimesformerModel
+
+
+def _save_hf(ref, path, fmt):
+    ref.save_pretrained(path)
+    if fmt == "bin":  # transformers 5 writes safetensors only; write the .bin layout of older versions
+        os.remove(os.path.join(path, "model.safetensors"))
+        torch.save(ref.state_dict(), os.path.join(path, "pytorch_model.bin"))
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+@pytest.mark.parametrize("attention_type", ["divided_space_time", "space_only"])
+def test_transformers_checkpoint_loads(hf, tmp_path, fmt, attention_type):
+    ref, _, kwargs = make_pair(hf, attention_type, seed=1)
+    _save_hf(ref, tmp_path, fmt)
+    model = TimesformerForVideoClassification.from_pretrained(tmp_path, backend="sdpa")
+    assert not model.training and model.backend == "sdpa"
+    assert model.config.attention_type == attention_type and model.config.num_labels == kwargs["num_labels"]
+    x = random_clip(kwargs)
+    with torch.no_grad():
+        assert_close(model(x).logits, ref(x).logits)
+
+
+@pytest.mark.parametrize("safe", [True, False])
+def test_our_checkpoint_loads_in_transformers(hf, tmp_path, safe):
+    kwargs = small_config_kwargs("divided_space_time", seed=2)
+    ours = randomize_(TimesformerForVideoClassification(timesformer.TimesformerConfig(**kwargs)), 4).eval()
+    ours.config.id2label = {i: f"class {i}" for i in range(kwargs["num_labels"])}
+    ours.save_pretrained(tmp_path, safe_serialization=safe)
+    assert os.path.exists(tmp_path / ("model.safetensors" if safe else "pytorch_model.bin"))
+    ref = hf.TimesformerForVideoClassification.from_pretrained(tmp_path).eval()
+    assert ref.config.id2label[1] == "class 1"
+    x = random_clip(kwargs)
+    with torch.no_grad():
+        torch.testing.assert_close(ref(x).logits, ours(x).logits, rtol=0, atol=1e-5)
+    again = TimesformerForVideoClassification.from_pretrained(tmp_path)
+    loaded = again.config.to_dict()
+    assert loaded.pop("architectures") == ["TimesformerForVideoClassification"] and loaded.pop("dtype") == "float32"
+    assert loaded == ours.config.to_dict()
+    for (k, a), (k2, b) in zip(ours.state_dict().items(), again.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(a, b)
+
+
+def test_classification_checkpoint_into_base_model_and_back(hf, tmp_path):
+    ref, _, kwargs = make_pair(hf, "joint_space_time", seed=3)
+    ref.save_pretrained(tmp_path / "cls")
+    base = TimesformerModel.from_pretrained(tmp_path / "cls")
+    x = random_clip(kwargs)
+    with torch.no_grad():
+        assert_close(base(x).last_hidden_state, ref.timesformer(x).last_hidden_state)
+    base.save_pretrained(tmp_path / "base")
+    with open(tmp_path / "base" / "config.json") as f:
+        assert json.load(f)["architectures"] == ["TimesformerModel"]
+    # A base checkpoint into the classifier: the head is new (as transformers), the rest loads.
+    clf = TimesformerForVideoClassification.from_pretrained(tmp_path / "base", num_labels=7)
+    assert clf.classifier.out_features == 7
+    for k, v in base.state_dict().items():
+        assert torch.equal(clf.state_dict()["timesformer." + k], v)
+
+
+def test_state_dict_keys_and_strict_load_both_ways(hf):
+    for attention_type in ("divided_space_time", "joint_space_time", "space_only"):
+        ref, ours, _ = make_pair(hf, attention_type, seed=4)
+        ref_sd, our_sd = ref.state_dict(), ours.state_dict()
+        assert list(ref_sd) == list(our_sd)
+        assert all(ref_sd[k].shape == our_sd[k].shape for k in ref_sd)
+        fresh = TimesformerForVideoClassification(ours.config)
+        fresh.load_state_dict(ref_sd, strict=True)
+        ref.load_state_dict(fresh.state_dict(), strict=True)
+
+
+def test_sharded_checkpoint(hf, tmp_path):
+    ref, _, kwargs = make_pair(hf, "divided_space_time", seed=6)
+    ref.save_pretrained(tmp_path)
+    state = ref.state_dict()
+    os.remove(tmp_path / "model.safetensors")
+    from safetensors.torch import save_file
+
+    keys = list(state)
+    shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    for name, ks in shards.items():
+        save_file({k: state[k].contiguous() for k in ks}, tmp_path / name, metadata={"format": "pt"})
+    with open(tmp_path / "model.safetensors.index.json", "w") as f:
+        json.dump({"metadata": {}, "weight_map": {k: n for n, ks in shards.items() for k in ks}}, f)
+    model = TimesformerForVideoClassification.from_pretrained(tmp_path)
+    x = random_clip(kwargs)
+    with torch.no_grad():
+        assert_close(model(x).logits, ref(x).logits)
+
+
+def test_dtype_and_device_arguments(hf, tmp_path):
+    ref, _, kwargs = make_pair(hf, "divided_space_time", seed=7)
+    ref.save_pretrained(tmp_path)
+    model = TimesformerForVideoClassification.from_pretrained(tmp_path, dtype=torch.float64, device="cpu")
+    assert model.dtype == torch.float64 and model.device.type == "cpu"
+    assert TimesformerForVideoClassification.from_pretrained(tmp_path, dtype="bfloat16").dtype == torch.bfloat16
+    assert TimesformerForVideoClassification.from_pretrained(tmp_path, dtype="auto").dtype == torch.float32
+    with pytest.raises(ValueError, match="dtype"):
+        TimesformerForVideoClassification.from_pretrained(tmp_path, dtype="int8")
+
+
+def test_ignore_mismatched_sizes(hf, tmp_path):
+    ref, _, _ = make_pair(hf, "divided_space_time", seed=8, num_labels=3)
+    ref.save_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match=r"classifier.weight: checkpoint has shape \(3, "):
+        TimesformerForVideoClassification.from_pretrained(tmp_path, num_labels=6)
+    model = TimesformerForVideoClassification.from_pretrained(tmp_path, num_labels=6, ignore_mismatched_sizes=True)
+    assert model.classifier.out_features == 6
+
+
+def test_from_hf_keeps_mode_dtype_and_class(hf):
+    ref, _, _ = make_pair(hf, "space_only", seed=9, classification=False)
+    ref = ref.double().train()
+    ours = timesformer.from_hf(ref, backend="eager")
+    assert type(ours) is TimesformerModel and ours.training and ours.dtype == torch.float64
+    with pytest.raises(TypeError, match="TimeSformer"):
+        timesformer.from_hf(torch.nn.Linear(2, 2))
+
+
+# ------------------------------------------------------------------------------- bad checkpoints
+
+
+@pytest.fixture
+def saved(hf, tmp_path):
+    ref, _, _ = make_pair(hf, "divided_space_time", seed=10)
+    ref.save_pretrained(tmp_path)
+    return tmp_path, ref.state_dict()
+
+
+def _rewrite(path, state, fmt="safetensors"):
+    from safetensors.torch import save_file
+
+    os.remove(path / "model.safetensors")
+    if fmt == "bin":
+        torch.save(state, path / "pytorch_model.bin")
+    else:
+        save_file({k: v.contiguous() for k, v in state.items()}, path / "model.safetensors")
+
+
+def test_missing_key_is_named(saved):
+    path, state = saved
+    del state["timesformer.encoder.layer.0.temporal_dense.bias"]
+    _rewrite(path, state)
+    with pytest.raises(CheckpointError, match=r"missing keys \['timesformer.encoder.layer.0.temporal_dense.bias'\]"):
+        TimesformerForVideoClassification.from_pretrained(path)
+
+
+def test_unexpected_key_is_named(saved):
+    path, state = saved
+    state["timesformer.encoder.layer.0.extra.weight"] = torch.randn(2)
+    _rewrite(path, state, "bin")
+    with pytest.raises(CheckpointError, match=r"unexpected keys \['timesformer.encoder.layer.0.extra.weight'\]"):
+        TimesformerForVideoClassification.from_pretrained(path)
+
+
+def test_shape_mismatch_is_named(saved):
+    path, state = saved
+    key = "timesformer.encoder.layer.0.attention.attention.qkv.weight"
+    state[key] = torch.randn(state[key].shape[0], state[key].shape[1] + 1)
+    _rewrite(path, state)
+    with pytest.raises(CheckpointError, match=key.replace(".", r"\.") + ": checkpoint has shape"):
+        TimesformerForVideoClassification.from_pretrained(path)
+
+
+def test_attention_type_mismatch(saved):
+    path, _ = saved
+    with pytest.raises(CheckpointError, match="attention_type='joint_space_time'.*unexpected keys"):
+        TimesformerForVideoClassification.from_pretrained(path, attention_type="joint_space_time")
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_weights_file(saved, fmt, damage):
+    path, state = saved
+    _rewrite(path, state, fmt)
+    name = path / ("model.safetensors" if fmt == "safetensors" else "pytorch_model.bin")
+    data = name.read_bytes()
+    name.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x07not a checkpoint" * 20)
+    with pytest.raises(CheckpointError, match=f"could not read weights file .*{name.name}"):
+        TimesformerForVideoClassification.from_pretrained(path)
+
+
+def test_bin_with_code_is_refused(saved):
+    path, state = saved
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    os.remove(path / "model.safetensors")
+    torch.save({"x": Evil()}, path / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="pytorch_model.bin"):
+        TimesformerForVideoClassification.from_pretrained(path)
+
+
+def test_missing_files_and_paths(saved, tmp_path_factory):
+    path, _ = saved
+    empty = tmp_path_factory.mktemp("empty")
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        TimesformerForVideoClassification.from_pretrained(empty)
+    os.remove(path / "model.safetensors")
+    with pytest.raises(FileNotFoundError, match="looked for model.safetensors"):
+        TimesformerForVideoClassification.from_pretrained(path)
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        TimesformerForVideoClassification.from_pretrained(str(path / "nope"))
+    (empty / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a valid JSON config"):
+        TimesformerForVideoClassification.from_pretrained(empty)
+
+
+def test_hub_id_without_huggingface_hub(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name.startswith("huggingface_hub"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(FileNotFoundError, match="needs the optional package huggingface_hub"):
+        TimesformerForVideoClassification.from_pretrained("facebook/timesformer-base-finetuned-k400")
+
+
+def test_hub_id_offline_cache_miss(monkeypatch, tmp_path):
+    pytest.importorskip("huggingface_hub")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True, raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path), raising=False)
+    with pytest.raises(FileNotFoundError, match="facebook/timesformer-base-finetuned-k400"):
+        TimesformerForVideoClassification.from_pretrained("facebook/timesformer-base-finetuned-k400")
+
+
+def test_hub_id_resolves_through_offline_cache(hf, monkeypatch, tmp_path):
+    """A hub id found in the local cache loads without network (snapshot layout written by hand)."""
+    hub = pytest.importorskip("huggingface_hub")
+    ref, _, kwargs = make_pair(hf, "divided_space_time", seed=12)
+    snap = tmp_path / "models--someone--tiny-timesformer" / "snapshots" / ("0" * 40)
+    ref.save_pretrained(snap)
+    (tmp_path / "models--someone--tiny-timesformer" / "refs").mkdir()
+    (tmp_path / "models--someone--tiny-timesformer" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    real = hub.snapshot_download
+
+    def snapshot_download(**kw):
+        return real(cache_dir=str(tmp_path), local_files_only=True, **kw)
+
+    monkeypatch.setattr(hub, "snapshot_download", snapshot_download)
+    model = TimesformerForVideoClassification.from_pretrained("someone/tiny-timesformer")
+    x = random_clip(kwargs)
+    with torch.no_grad():
+        assert_close(model(x).logits, ref(x).logits)

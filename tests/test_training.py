@@ -1,0 +1,80 @@
+"""Training mode: dropout and drop-path act as in the reference, and gradients reach every parameter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import ATTENTION_TYPES, random_clip, randomize_, small_config_kwargs
+
+import timesformer
+
+NOISY = dict(hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.3, drop_path_rate=0.4, num_hidden_layers=3)
+
+
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+def test_eager_training_draws_the_reference_random_numbers(hf, attention_type):
+    """Same op order as the reference: with one seed, training outputs and gradients are identical."""
+    kwargs = small_config_kwargs(attention_type, seed=50, **NOISY)
+    ref_config = hf.TimesformerConfig(**{**kwargs, "drop_path_rate": 0})
+    # transformers 5 types drop_path_rate as int in its strict config; the layers accept a float.
+    object.__setattr__(ref_config, "drop_path_rate", kwargs["drop_path_rate"])
+    ref = randomize_(hf.TimesformerForVideoClassification(ref_config), 5).train()
+    ours = timesformer.from_hf(ref, backend="eager")
+    assert ours.training
+    x = random_clip(kwargs, batch=3)
+    rows = 3 * kwargs["num_frames"] if attention_type == "space_only" else 3
+    labels = torch.randint(0, kwargs["num_labels"], (rows,))
+    torch.manual_seed(123)
+    expected = ref(x, labels=labels)
+    expected.loss.backward()
+    torch.manual_seed(123)
+    got = ours(x, labels=labels)
+    got.loss.backward()
+    torch.testing.assert_close(got.logits, expected.logits, rtol=1e-6, atol=1e-6)
+    ref_params = dict(ref.named_parameters())
+    for name, p in ours.named_parameters():
+        if p.grad is None:
+            assert ref_params[name].grad is None, name
+            continue
+        torch.testing.assert_close(p.grad, ref_params[name].grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+def test_sdpa_training_is_stochastic_and_differentiable(attention_type):
+    kwargs = small_config_kwargs(attention_type, seed=51, **NOISY)
+    model = randomize_(timesformer.TimesformerForVideoClassification(timesformer.TimesformerConfig(**kwargs), backend="sdpa"), 6)
+    x = random_clip(kwargs, batch=4)
+    model.train()
+    a, b = model(x).logits, model(x).logits
+    assert not torch.allclose(a, b), "dropout / drop-path did nothing in training mode"
+    a.square().sum().backward()
+    for name, p in model.named_parameters():
+        if attention_type != "divided_space_time" and "time_embeddings" in name:
+            continue
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    model.eval()
+    with torch.no_grad():
+        c, d = model(x).logits, model(x).logits
+    assert torch.equal(c, d)
+
+
+def test_sdpa_drop_path_only_keeps_expected_value():
+    """Drop-path alone is unbiased: the mean over many training passes approaches the eval output."""
+    kwargs = small_config_kwargs("divided_space_time", seed=52, drop_path_rate=0.3, num_hidden_layers=2)
+    model = randomize_(timesformer.TimesformerModel(timesformer.TimesformerConfig(**kwargs), backend="sdpa"), 7)
+    # Residual branches scaled down so that the layers are close to linear and the mean is meaningful.
+    with torch.no_grad():
+        for layer in model.encoder.layer:
+            for lin in (layer.temporal_dense, layer.attention.output.dense, layer.output.dense):
+                lin.weight.mul_(0.05)
+                lin.bias.mul_(0.05)
+    x = random_clip(kwargs, batch=1)
+    with torch.no_grad():
+        model.eval()
+        first, last = model(x, output_hidden_states=True).hidden_states[:: kwargs["num_hidden_layers"]]
+        model.train()
+        torch.manual_seed(0)
+        mean = torch.stack([model(x, output_hidden_states=True).hidden_states[-1] for _ in range(400)]).mean(0)
+    # Compare what the layers add (without the 1/keep rescaling it would be off by the drop rate).
+    expected, got = last - first, mean - first
+    assert float((got - expected).norm() / expected.norm()) < 0.05
