@@ -333,12 +333,16 @@ class TimesformerPreTrainedModel(nn.Module):
         save_pretrained(self, save_directory, safe_serialization=safe_serialization)
 
     # ------------------------------------------------------------ encoder run
-    def _encode(self, model: TimesformerModel, pixel_values, output_attentions, output_hidden_states):
+    def _encode(self, model: TimesformerModel, pixel_values, output_attentions, output_hidden_states, cls_only=False):
         pixel_values = _check_pixel_values(pixel_values, self.config, model.embeddings.cls_token)
         # Attention maps exist only in the eager computation.
         impl = get_backend("eager") if output_attentions else self._backend_impl()
         return impl.encode(
-            model, pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states
+            model,
+            pixel_values,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            cls_only=cls_only,
         )
 
     def _flags(self, output_attentions, output_hidden_states, return_dict) -> tuple[bool, bool, bool]:
@@ -438,7 +442,7 @@ class TimesformerForVideoClassification(TimesformerPreTrainedModel):
             output_attentions, output_hidden_states, return_dict
         )
         x, hidden_states, attentions = self._encode(
-            self.timesformer, pixel_values, output_attentions, output_hidden_states
+            self.timesformer, pixel_values, output_attentions, output_hidden_states, cls_only=True
         )
         # LayerNorm is per row and the head reads CLS only: normalize just the CLS rows.
         ln = self.timesformer.layernorm

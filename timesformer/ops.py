@@ -110,3 +110,62 @@ def spatial_attention(
     cls_ctx = out[:, :, :, 0].reshape(batch, num_frames, hidden)
     patch_ctx = out[:, :, :, 1:].permute(0, 3, 1, 2, 4).reshape(batch, n * num_frames, hidden)
     return patch_ctx, cls_ctx
+
+
+def _split_kv(kv: torch.Tensor, num_heads: int) -> tuple[int, int]:
+    two_d = kv.shape[-1]
+    if two_d % (2 * num_heads):
+        raise ValueError(f"kv last dimension must be 2 * num_heads * head_dim with num_heads={num_heads}, got {two_d}")
+    hidden = two_d // 2
+    return hidden, hidden // num_heads
+
+
+def cls_attention(q: torch.Tensor, kv: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Attention of the CLS query alone over a whole sequence (last joint / space-only layer of a classifier).
+
+    Args:
+        q: ``(batch, hidden)`` CLS queries.
+        kv: ``(batch, seqlen, 2 * hidden)`` packed keys and values of every row, CLS included.
+        num_heads: attention heads.
+
+    Returns:
+        ``(batch, hidden)`` CLS contexts.
+    """
+    batch, seqlen, _ = kv.shape
+    hidden, head_dim = _split_kv(kv, num_heads)
+    k, v = kv.view(batch, seqlen, 2, num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    out = F.scaled_dot_product_attention(q.view(batch, num_heads, 1, head_dim), k, v)
+    return out.reshape(batch, hidden)
+
+
+def spatial_cls_attention(q: torch.Tensor, kv: torch.Tensor, num_frames: int, num_heads: int) -> torch.Tensor:
+    """The CLS query of each frame of a divided layer, over CLS plus that frame's patches.
+
+    Only the last layer of a classifier needs this alone: the patch rows it would update are never read.
+
+    Args:
+        q: ``(batch, hidden)`` CLS queries (the same for every frame).
+        kv: ``(batch, 1 + num_patches * T, 2 * hidden)``: row 0 CLS, then rows in ``(n t)`` order.
+        num_frames: ``T``.
+        num_heads: attention heads.
+
+    Returns:
+        ``(batch, T, hidden)`` CLS contexts per frame.
+    """
+    batch, rows, _ = kv.shape
+    hidden, head_dim = _split_kv(kv, num_heads)
+    n = (rows - 1) // num_frames
+    q = q.view(batch, num_heads, head_dim) * head_dim**-0.5
+    cls_k, cls_v = kv[:, 0].view(batch, 2, num_heads, head_dim).unbind(1)  # [B, H, dh]
+    k, v = kv[:, 1:].view(batch, n, num_frames, 2, num_heads, head_dim).unbind(3)  # [B, N, T, H, dh]
+    # One query per (clip, frame, head): scores are small, so plain products with an explicit softmax.
+    scores = torch.cat(
+        (
+            (q * cls_k).sum(-1)[:, None, :, None].expand(batch, num_frames, num_heads, 1),
+            torch.einsum("bhd,bnthd->bthn", q, k),
+        ),
+        dim=-1,
+    )
+    probs = scores.softmax(-1)  # [B, T, H, 1 + N]
+    ctx = probs[..., :1] * cls_v[:, None] + torch.einsum("bthn,bnthd->bthd", probs[..., 1:], v)
+    return ctx.reshape(batch, num_frames, hidden)

@@ -56,8 +56,9 @@ class Backend:
     supports_inplace: bool = False
 
     def layer(
-        self, layer: TimesformerLayer, x: torch.Tensor, step: Step, output_attentions: bool
+        self, layer: TimesformerLayer, x: torch.Tensor, step: Step, output_attentions: bool, cls_only: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One encoder layer. With ``cls_only`` a backend may return just the CLS rows ``(B, 1, D)``."""
         raise NotImplementedError
 
     def encode(
@@ -67,8 +68,13 @@ class Backend:
         *,
         output_attentions: bool,
         output_hidden_states: bool,
+        cls_only: bool = False,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
-        """Embeddings and every layer; returns ``(x, hidden_states, attentions)`` before the final LayerNorm."""
+        """Embeddings and every layer; returns ``(x, hidden_states, attentions)`` before the final LayerNorm.
+
+        ``cls_only``: the caller reads only ``x[:, 0]`` (a classifier without ``hidden_states``), so the
+        last layer may skip the patch rows' work and return ``x`` of shape ``(B, 1, D)``.
+        """
         x, num_frames, (gh, gw) = model.embeddings(pixel_values)
         step = Step(
             num_frames=num_frames,
@@ -78,11 +84,13 @@ class Backend:
         )
         hidden_states: list[torch.Tensor] = []
         attentions: list[torch.Tensor] = []
-        for layer in model.encoder.layer:
+        layers = model.encoder.layer
+        for i, layer in enumerate(layers):
             if output_hidden_states:
                 # In-place layers would overwrite what the caller keeps, so keep a snapshot.
                 hidden_states.append(x.clone() if step.inplace else x)
-            x, attn = self.layer(layer, x, step, output_attentions)
+            last_cls_only = cls_only and not output_hidden_states and i == len(layers) - 1
+            x, attn = self.layer(layer, x, step, output_attentions, cls_only=last_cls_only)
             if output_attentions:
                 attentions.append(attn)
         if output_hidden_states:

@@ -51,7 +51,7 @@ class EagerBackend(Backend):
     supports_inplace = False
 
     def layer(
-        self, layer: TimesformerLayer, x: torch.Tensor, step: Step, output_attentions: bool
+        self, layer: TimesformerLayer, x: torch.Tensor, step: Step, output_attentions: bool, cls_only: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if layer.attention_type != "divided_space_time":
             a, probs = _attention(layer.attention, layer.layernorm_before(x), output_attentions)

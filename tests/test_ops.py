@@ -1,0 +1,83 @@
+"""The pure-torch attention ops (the sdpa backend's, and the Triton kernels' references) against explicit math."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import ATTENTION_TYPES, assert_close, make_pair, random_clip
+
+from timesformer import ops
+
+
+def _softmax_attention(q, k, v):
+    """q: [..., Lq, dh], k/v: [..., Lk, dh], float64."""
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    return scores.softmax(-1) @ v
+
+
+def _heads(t, heads):  # [..., L, D] -> [..., heads, L, dh]
+    return t.unflatten(-1, (heads, -1)).transpose(-3, -2)
+
+
+def _merge(t):  # [..., heads, L, dh] -> [..., L, D]
+    return t.transpose(-3, -2).flatten(-2)
+
+
+SHAPES = [  # (batch, patches, frames, heads, head_dim): primes and ones on purpose
+    (1, 1, 1, 1, 4),
+    (2, 3, 5, 2, 8),
+    (1, 7, 2, 3, 5),
+    (3, 4, 1, 1, 16),
+]
+
+
+@pytest.mark.parametrize("b,n,t,h,dh", SHAPES)
+def test_temporal_attention(b, n, t, h, dh):
+    d = h * dh
+    qkv = torch.randn(b, n * t, 3 * d, dtype=torch.float64)
+    q, k, v = (_heads(x.reshape(b, n, t, d), h) for x in qkv.split(d, -1))
+    expected = _merge(_softmax_attention(q, k, v)).reshape(b, n * t, d)
+    assert_close(ops.temporal_attention(qkv, t, h), expected, rel=1e-12, abs_=1e-12)
+
+
+@pytest.mark.parametrize("b,n,t,h,dh", SHAPES)
+def test_spatial_attention_and_cls_query(b, n, t, h, dh):
+    d = h * dh
+    qkv = torch.randn(b, 1 + n * t, 3 * d, dtype=torch.float64)
+    cls, patches = qkv[:, :1], qkv[:, 1:].reshape(b, n, t, 3 * d).transpose(1, 2)  # [B, T, N, 3D]
+    seqs = torch.cat((cls[:, None].expand(b, t, 1, 3 * d), patches), 2)  # [B, T, 1+N, 3D]
+    q, k, v = (_heads(x, h) for x in seqs.split(d, -1))
+    out = _merge(_softmax_attention(q, k, v))  # [B, T, 1+N, D]
+    patch_ctx, cls_ctx = ops.spatial_attention(qkv, t, h)
+    assert_close(patch_ctx, out[:, :, 1:].transpose(1, 2).reshape(b, n * t, d), rel=1e-12, abs_=1e-12)
+    assert_close(cls_ctx, out[:, :, 0], rel=1e-12, abs_=1e-12)
+    alone = ops.spatial_cls_attention(qkv[:, 0, :d], qkv[:, :, d:], t, h)
+    assert_close(alone, out[:, :, 0], rel=1e-12, abs_=1e-12)
+
+
+@pytest.mark.parametrize("b,length,h,dh", [(1, 1, 1, 4), (2, 13, 3, 8), (3, 6, 2, 5)])
+def test_attention_and_cls_attention(b, length, h, dh):
+    d = h * dh
+    qkv = torch.randn(b, length, 3 * d, dtype=torch.float64)
+    q, k, v = (_heads(x, h) for x in qkv.split(d, -1))
+    expected = _merge(_softmax_attention(q, k, v))
+    assert_close(ops.attention(qkv, h), expected, rel=1e-12, abs_=1e-12)
+    assert_close(ops.cls_attention(qkv[:, 0, :d], qkv[:, :, d:], h), expected[:, 0], rel=1e-12, abs_=1e-12)
+
+
+def test_bad_packing_is_rejected():
+    with pytest.raises(ValueError, match="3 \\* num_heads \\* head_dim with num_heads=4, got 18"):
+        ops.attention(torch.randn(1, 2, 18), 4)
+    with pytest.raises(ValueError, match="not a multiple of num_frames=3"):
+        ops.temporal_attention(torch.randn(1, 4, 12), 3, 2)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+def test_classifier_cls_only_last_layer(hf, attention_type, layers):
+    """The classifier's last layer runs on CLS only (no hidden_states asked): logits still match."""
+    ref, ours, kwargs = make_pair(hf, attention_type, seed=70, num_hidden_layers=layers)
+    ours.set_backend("sdpa")
+    x = random_clip(kwargs, batch=3)
+    with torch.no_grad():
+        assert_close(ours(x).logits, ref(x).logits)
