@@ -26,7 +26,10 @@ import torch
 def _commit() -> str:
     try:
         return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
             cwd=os.path.dirname(os.path.abspath(__file__)),
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
@@ -35,7 +38,9 @@ def _commit() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=7, help="timed (reference, ours) pairs after one warm-up")
+    parser.add_argument(
+        "--pairs", type=int, default=7, help="timed (reference, ours) pairs after one warm-up"
+    )
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=224)
@@ -50,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    hf_config = transformers.TimesformerConfig(num_frames=args.frames, image_size=args.image_size, num_labels=400)
+    hf_config = transformers.TimesformerConfig(
+        num_frames=args.frames, image_size=args.image_size, num_labels=400
+    )
     reference = transformers.TimesformerForVideoClassification(hf_config).eval()
     with torch.no_grad():  # random values everywhere, including the zero-initialized time embedding
         for p in reference.parameters():
@@ -76,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                 fn()
                 times[name].append(time.perf_counter() - start)
 
-    ratios = [a / b for a, b in zip(times["transformers eager"], times["timesformer sdpa"])]
+    ratios = [a / b for a, b in zip(times["transformers eager"], times["timesformer sdpa"], strict=True)]
     result = {
         "benchmark": "e2e_cpu",
         "model": f"TimeSformer-base {args.frames}x{args.image_size}^2, float32, batch {args.batch_size}",

@@ -60,12 +60,16 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, rel: float = REL_TOL, abs_: float = ABS_TOL) -> None:
+def assert_close(
+    actual: torch.Tensor, expected: torch.Tensor, rel: float = REL_TOL, abs_: float = ABS_TOL
+) -> None:
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     assert torch.isfinite(expected).all()
     r = rel_err(actual, expected)
     m = float((actual.double() - expected.double()).abs().max())
-    assert r <= rel and m <= abs_, f"relative error {r:.3g} (bound {rel}), max abs error {m:.3g} (bound {abs_})"
+    assert r <= rel and m <= abs_, (
+        f"relative error {r:.3g} (bound {rel}), max abs error {m:.3g} (bound {abs_})"
+    )
 
 
 @pytest.fixture
@@ -85,7 +89,9 @@ def make_pair(hf, attention_type: str, seed: int = 0, classification: bool = Tru
     return ref, ours, kwargs
 
 
-def random_clip(kwargs: dict, batch: int = 2, frames: int | None = None, hw: tuple[int, int] | None = None, seed: int = 1):
+def random_clip(
+    kwargs: dict, batch: int = 2, frames: int | None = None, hw: tuple[int, int] | None = None, seed: int = 1
+):
     gen = torch.Generator().manual_seed(seed)
     frames = kwargs["num_frames"] if frames is None else frames
     h, w = (kwargs["image_size"],) * 2 if hw is None else hw

@@ -37,7 +37,9 @@ def test_triton_and_unknown_backends_are_refused():
         _model("triton")
     with pytest.raises(BackendUnavailableError, match="triton"):
         _model().set_backend("triton")
-    with pytest.raises(ValueError, match=r"backend must be one of \('eager', 'sdpa', 'triton', 'auto'\), got 'flash'"):
+    with pytest.raises(
+        ValueError, match=r"backend must be one of \('eager', 'sdpa', 'triton', 'auto'\), got 'flash'"
+    ):
         _model("flash")
 
 

@@ -8,7 +8,9 @@ from conftest import assert_close, random_clip, randomize_, small_config_kwargs
 
 import timesformer
 
-KWARGS = small_config_kwargs("divided_space_time", seed=30, num_channels=3, image_size=16, num_frames=2, num_labels=4)
+KWARGS = small_config_kwargs(
+    "divided_space_time", seed=30, num_channels=3, image_size=16, num_frames=2, num_labels=4
+)
 
 
 @pytest.fixture(params=["eager", "sdpa"])
@@ -65,7 +67,9 @@ def test_bad_multi_label_and_regression_labels():
     model = timesformer.TimesformerForVideoClassification(cfg).eval()
     with pytest.raises(ValueError, match=r"multi-label .* shape \(2, 4\), got \(2, 3\)"):
         model(random_clip(KWARGS), labels=torch.rand(2, 3))
-    reg = timesformer.TimesformerForVideoClassification(timesformer.TimesformerConfig(**{**KWARGS, "num_labels": 1})).eval()
+    reg = timesformer.TimesformerForVideoClassification(
+        timesformer.TimesformerConfig(**{**KWARGS, "num_labels": 1})
+    ).eval()
     with pytest.raises(ValueError, match=r"regression labels must have shape \(2,\) or \(2, 1\), got \(3,\)"):
         reg(random_clip(KWARGS), labels=torch.rand(3))
 

@@ -20,7 +20,9 @@ def test_defaults_match_transformers(hf):
 
 
 def test_reads_transformers_config_json_and_keeps_unknown_keys(hf, tmp_path):
-    ref = hf.TimesformerConfig(num_frames=16, image_size=448, id2label={0: "a", 1: "b", 2: "c"}, attention_type="joint_space_time")
+    ref = hf.TimesformerConfig(
+        num_frames=16, image_size=448, id2label={0: "a", 1: "b", 2: "c"}, attention_type="joint_space_time"
+    )
     ref.save_pretrained(tmp_path)
     data = json.loads((tmp_path / "config.json").read_text())
     data["some_future_key"] = {"nested": [1, 2]}
@@ -55,8 +57,16 @@ def test_num_labels_and_overrides():
     "field,value,message",
     [
         ("attention_type", "divided", "attention_type must be one of .* got 'divided'"),
-        ("hidden_size", 100, "hidden_size must be divisible by num_attention_heads, got hidden_size=100 and num_attention_heads=12"),
-        ("image_size", 225, "image_size must be divisible by patch_size, got image_size=225 and patch_size=16"),
+        (
+            "hidden_size",
+            100,
+            "hidden_size must be divisible by num_attention_heads, got hidden_size=100 and num_attention_heads=12",
+        ),
+        (
+            "image_size",
+            225,
+            "image_size must be divisible by patch_size, got image_size=225 and patch_size=16",
+        ),
         ("hidden_act", "gelu_magic", "hidden_act must be one of .* got 'gelu_magic'"),
         ("num_frames", 0, "num_frames must be a positive int, got 0"),
         ("hidden_dropout_prob", 1.5, r"hidden_dropout_prob must be a number in \[0, 1\), got 1.5"),
@@ -73,7 +83,9 @@ def test_invalid_values_name_field_and_value(field, value, message):
 def test_invalid_value_set_after_construction_is_caught_by_model():
     import timesformer
 
-    cfg = TimesformerConfig(hidden_size=16, num_attention_heads=2, num_hidden_layers=1, intermediate_size=8, image_size=16)
+    cfg = TimesformerConfig(
+        hidden_size=16, num_attention_heads=2, num_hidden_layers=1, intermediate_size=8, image_size=16
+    )
     cfg.attention_type = "bogus"
     with pytest.raises(ValueError, match="attention_type"):
         timesformer.TimesformerModel(cfg)

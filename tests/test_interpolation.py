@@ -48,7 +48,12 @@ def slow_timesformer(sd: dict, cfg: dict, x: torch.Tensor) -> torch.Tensor:
     sd = {k: v.double() for k, v in sd.items()}
     x = x.double()
     b_, t_, _, h_, w_ = x.shape
-    p, d, heads, eps = cfg["patch_size"], cfg["hidden_size"], cfg["num_attention_heads"], cfg["layer_norm_eps"]
+    p, d, heads, eps = (
+        cfg["patch_size"],
+        cfg["hidden_size"],
+        cfg["num_attention_heads"],
+        cfg["layer_norm_eps"],
+    )
     gh, gw = h_ // p, w_ // p
     n_ = gh * gw
     cg = cfg["image_size"] // p
@@ -82,7 +87,9 @@ def slow_timesformer(sd: dict, cfg: dict, x: torch.Tensor) -> torch.Tensor:
                 for n in range(n_):
                     seq = _ln(tokens[b, :, n], sd, pre + ".temporal_layernorm", eps)
                     a = _self_attention(seq, sd, pre + ".temporal_attention", heads)
-                    new[b, :, n] += a @ sd[pre + ".temporal_dense.weight"].T + sd[pre + ".temporal_dense.bias"]
+                    new[b, :, n] += (
+                        a @ sd[pre + ".temporal_dense.weight"].T + sd[pre + ".temporal_dense.bias"]
+                    )
             tokens = new
             new, cls_update = tokens.clone(), torch.zeros(b_, t_, d, dtype=torch.float64)
             for b in range(b_):
@@ -95,20 +102,26 @@ def slow_timesformer(sd: dict, cfg: dict, x: torch.Tensor) -> torch.Tensor:
         elif cfg["attention_type"] == "joint_space_time":
             for b in range(b_):
                 seq = torch.cat([cls[b][None], tokens[b].reshape(t_ * n_, d)])
-                a = _self_attention(_ln(seq, sd, pre + ".layernorm_before", eps), sd, pre + ".attention", heads)
+                a = _self_attention(
+                    _ln(seq, sd, pre + ".layernorm_before", eps), sd, pre + ".attention", heads
+                )
                 cls[b] += a[0]
                 tokens[b] += a[1:].reshape(t_, n_, d)
         else:
             for b in range(b_):
                 for t in range(t_):
                     seq = torch.cat([cls[b, t][None], tokens[b, t]])
-                    a = _self_attention(_ln(seq, sd, pre + ".layernorm_before", eps), sd, pre + ".attention", heads)
+                    a = _self_attention(
+                        _ln(seq, sd, pre + ".layernorm_before", eps), sd, pre + ".attention", heads
+                    )
                     cls[b, t] += a[0]
                     tokens[b, t] += a[1:]
 
-        def mlp(v):
-            h = act(_ln(v, sd, pre + ".layernorm_after", eps) @ sd[pre + ".intermediate.dense.weight"].T
-                    + sd[pre + ".intermediate.dense.bias"])
+        def mlp(v, pre=pre):
+            h = act(
+                _ln(v, sd, pre + ".layernorm_after", eps) @ sd[pre + ".intermediate.dense.weight"].T
+                + sd[pre + ".intermediate.dense.bias"]
+            )
             return v + h @ sd[pre + ".output.dense.weight"].T + sd[pre + ".output.dense.bias"]
 
         tokens, cls = mlp(tokens), mlp(cls)

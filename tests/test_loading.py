@@ -48,7 +48,10 @@ def test_our_checkpoint_loads_in_transformers(hf, tmp_path, safe):
         torch.testing.assert_close(ref(x).logits, ours(x).logits, rtol=0, atol=1e-5)
     again = TimesformerForVideoClassification.from_pretrained(tmp_path)
     loaded = again.config.to_dict()
-    assert loaded.pop("architectures") == ["TimesformerForVideoClassification"] and loaded.pop("dtype") == "float32"
+    assert (
+        loaded.pop("architectures") == ["TimesformerForVideoClassification"]
+        and loaded.pop("dtype") == "float32"
+    )
     assert loaded == ours.config.to_dict()
     for (k, a), (k2, b) in zip(ours.state_dict().items(), again.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(a, b)
@@ -102,11 +105,13 @@ def test_sharded_checkpoint(hf, tmp_path):
 
 
 def test_dtype_and_device_arguments(hf, tmp_path):
-    ref, _, kwargs = make_pair(hf, "divided_space_time", seed=7)
+    ref, _, _ = make_pair(hf, "divided_space_time", seed=7)
     ref.save_pretrained(tmp_path)
     model = TimesformerForVideoClassification.from_pretrained(tmp_path, dtype=torch.float64, device="cpu")
     assert model.dtype == torch.float64 and model.device.type == "cpu"
-    assert TimesformerForVideoClassification.from_pretrained(tmp_path, dtype="bfloat16").dtype == torch.bfloat16
+    assert (
+        TimesformerForVideoClassification.from_pretrained(tmp_path, dtype="bfloat16").dtype == torch.bfloat16
+    )
     assert TimesformerForVideoClassification.from_pretrained(tmp_path, dtype="auto").dtype == torch.float32
     with pytest.raises(ValueError, match="dtype"):
         TimesformerForVideoClassification.from_pretrained(tmp_path, dtype="int8")
@@ -117,7 +122,9 @@ def test_ignore_mismatched_sizes(hf, tmp_path):
     ref.save_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match=r"classifier.weight: checkpoint has shape \(3, "):
         TimesformerForVideoClassification.from_pretrained(tmp_path, num_labels=6)
-    model = TimesformerForVideoClassification.from_pretrained(tmp_path, num_labels=6, ignore_mismatched_sizes=True)
+    model = TimesformerForVideoClassification.from_pretrained(
+        tmp_path, num_labels=6, ignore_mismatched_sizes=True
+    )
     assert model.classifier.out_features == 6
 
 
@@ -154,7 +161,9 @@ def test_missing_key_is_named(saved):
     path, state = saved
     del state["timesformer.encoder.layer.0.temporal_dense.bias"]
     _rewrite(path, state)
-    with pytest.raises(CheckpointError, match=r"missing keys \['timesformer.encoder.layer.0.temporal_dense.bias'\]"):
+    with pytest.raises(
+        CheckpointError, match=r"missing keys \['timesformer.encoder.layer.0.temporal_dense.bias'\]"
+    ):
         TimesformerForVideoClassification.from_pretrained(path)
 
 
@@ -162,7 +171,9 @@ def test_unexpected_key_is_named(saved):
     path, state = saved
     state["timesformer.encoder.layer.0.extra.weight"] = torch.randn(2)
     _rewrite(path, state, "bin")
-    with pytest.raises(CheckpointError, match=r"unexpected keys \['timesformer.encoder.layer.0.extra.weight'\]"):
+    with pytest.raises(
+        CheckpointError, match=r"unexpected keys \['timesformer.encoder.layer.0.extra.weight'\]"
+    ):
         TimesformerForVideoClassification.from_pretrained(path)
 
 
@@ -194,7 +205,7 @@ def test_corrupt_weights_file(saved, fmt, damage):
 
 
 def test_bin_with_code_is_refused(saved):
-    path, state = saved
+    path, _ = saved
 
     class Evil:
         def __reduce__(self):

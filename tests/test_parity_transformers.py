@@ -22,7 +22,7 @@ def test_model_outputs_match(hf, attention_type, backend):
         got = ours(x, output_hidden_states=True)
     assert_close(got.last_hidden_state, expected.last_hidden_state)
     assert len(got.hidden_states) == len(expected.hidden_states) == kwargs["num_hidden_layers"] + 1
-    for g, e in zip(got.hidden_states, expected.hidden_states):
+    for g, e in zip(got.hidden_states, expected.hidden_states, strict=True):
         assert_close(g, e)
     assert got.attentions is None
 
@@ -37,8 +37,12 @@ def test_classification_all_outputs(hf, attention_type, backend, return_dict):
     rows = 3 * kwargs["num_frames"] if attention_type == "space_only" else 3
     labels = torch.randint(0, kwargs["num_labels"], (rows,))
     with torch.no_grad():
-        expected = ref(x, labels=labels, output_hidden_states=True, output_attentions=True, return_dict=return_dict)
-        got = ours(x, labels=labels, output_hidden_states=True, output_attentions=True, return_dict=return_dict)
+        expected = ref(
+            x, labels=labels, output_hidden_states=True, output_attentions=True, return_dict=return_dict
+        )
+        got = ours(
+            x, labels=labels, output_hidden_states=True, output_attentions=True, return_dict=return_dict
+        )
     if return_dict:
         assert list(got.keys()) == list(expected.keys())
         expected = expected.to_tuple()
@@ -100,11 +104,14 @@ def test_gradients_match_reference(hf, attention_type):
 
 def test_no_grad_and_grad_mode_agree():
     """The in-place inference path and the autograd path compute the same numbers."""
-    import timesformer
     from conftest import randomize_, small_config_kwargs
 
+    import timesformer
+
     kwargs = small_config_kwargs("divided_space_time", seed=4)
-    model = randomize_(timesformer.TimesformerModel(timesformer.TimesformerConfig(**kwargs), backend="sdpa")).eval()
+    model = randomize_(
+        timesformer.TimesformerModel(timesformer.TimesformerConfig(**kwargs), backend="sdpa")
+    ).eval()
     x = random_clip(kwargs)
     with torch.no_grad():
         a = model(x, output_hidden_states=True)

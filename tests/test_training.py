@@ -8,7 +8,9 @@ from conftest import ATTENTION_TYPES, random_clip, randomize_, small_config_kwar
 
 import timesformer
 
-NOISY = dict(hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.3, drop_path_rate=0.4, num_hidden_layers=3)
+NOISY = dict(
+    hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.3, drop_path_rate=0.4, num_hidden_layers=3
+)
 
 
 @pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
@@ -42,7 +44,12 @@ def test_eager_training_draws_the_reference_random_numbers(hf, attention_type):
 @pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
 def test_sdpa_training_is_stochastic_and_differentiable(attention_type):
     kwargs = small_config_kwargs(attention_type, seed=51, **NOISY)
-    model = randomize_(timesformer.TimesformerForVideoClassification(timesformer.TimesformerConfig(**kwargs), backend="sdpa"), 6)
+    model = randomize_(
+        timesformer.TimesformerForVideoClassification(
+            timesformer.TimesformerConfig(**kwargs), backend="sdpa"
+        ),
+        6,
+    )
     x = random_clip(kwargs, batch=4)
     model.train()
     a, b = model(x).logits, model(x).logits
@@ -61,7 +68,9 @@ def test_sdpa_training_is_stochastic_and_differentiable(attention_type):
 def test_sdpa_drop_path_only_keeps_expected_value():
     """Drop-path alone is unbiased: the mean over many training passes approaches the eval output."""
     kwargs = small_config_kwargs("divided_space_time", seed=52, drop_path_rate=0.3, num_hidden_layers=2)
-    model = randomize_(timesformer.TimesformerModel(timesformer.TimesformerConfig(**kwargs), backend="sdpa"), 7)
+    model = randomize_(
+        timesformer.TimesformerModel(timesformer.TimesformerConfig(**kwargs), backend="sdpa"), 7
+    )
     # Residual branches scaled down so that the layers are close to linear and the mean is meaningful.
     with torch.no_grad():
         for layer in model.encoder.layer:
@@ -74,7 +83,9 @@ def test_sdpa_drop_path_only_keeps_expected_value():
         first, last = model(x, output_hidden_states=True).hidden_states[:: kwargs["num_hidden_layers"]]
         model.train()
         torch.manual_seed(0)
-        mean = torch.stack([model(x, output_hidden_states=True).hidden_states[-1] for _ in range(400)]).mean(0)
+        mean = torch.stack([model(x, output_hidden_states=True).hidden_states[-1] for _ in range(400)]).mean(
+            0
+        )
     # Compare what the layers add (without the 1/keep rescaling it would be off by the drop rate).
     expected, got = last - first, mean - first
     assert float((got - expected).norm() / expected.norm()) < 0.05

@@ -18,7 +18,9 @@ PRESETS = {
     # TimeSformer-base, 8 x 224^2 (the K400 / SSv2 checkpoints' shape).
     "base": dict(),
     # A small model with the same token layout, for a quick look.
-    "small": dict(hidden_size=192, num_attention_heads=3, intermediate_size=768, num_hidden_layers=4, image_size=112),
+    "small": dict(
+        hidden_size=192, num_attention_heads=3, intermediate_size=768, num_hidden_layers=4, image_size=112
+    ),
 }
 
 
@@ -47,9 +49,15 @@ def demo(args: argparse.Namespace) -> int:
     if args.frames:
         config.num_frames = args.frames
     torch.manual_seed(0)
-    model = timesformer.TimesformerForVideoClassification(config, backend="eager").to(device=device, dtype=dtype).eval()
+    model = (
+        timesformer.TimesformerForVideoClassification(config, backend="eager")
+        .to(device=device, dtype=dtype)
+        .eval()
+    )
     size = config.image_hw
-    x = torch.randn(args.batch_size, config.num_frames, config.num_channels, *size, device=device, dtype=dtype)
+    x = torch.randn(
+        args.batch_size, config.num_frames, config.num_channels, *size, device=device, dtype=dtype
+    )
     print(
         f"TimeSformer-{args.preset}: {model.num_parameters() / 1e6:.1f}M parameters, "
         f"input {tuple(x.shape)} {args.dtype} on {device}"
@@ -85,14 +93,18 @@ def demo(args: argparse.Namespace) -> int:
 def info(_: argparse.Namespace) -> int:
     import timesformer
 
-    print(f"timesformer {timesformer.__version__}, torch {torch.__version__}, Python {platform.python_version()}")
+    print(
+        f"timesformer {timesformer.__version__}, torch {torch.__version__}, Python {platform.python_version()}"
+    )
     try:
         import triton
 
         print(f"triton {triton.__version__}")
     except ImportError:
         print("triton not installed")
-    devices = ["cpu"] + ([f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else [])
+    devices = ["cpu"] + (
+        [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    )
     for dev in devices:
         label = torch.cuda.get_device_name(dev) if dev.startswith("cuda") else platform.processor() or "cpu"
         print(f"{dev} ({label}):")

@@ -40,7 +40,9 @@ def resolve_pretrained_dir(path: str | os.PathLike) -> str:
     path = os.fspath(path)
     if os.path.isdir(path):
         return path
-    looks_like_hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~")) and not os.path.exists(path)
+    looks_like_hub_id = (
+        path.count("/") == 1 and not path.startswith((".", "/", "~")) and not os.path.exists(path)
+    )
     if not looks_like_hub_id:
         raise FileNotFoundError(
             f"{path!r} is not a directory; expected a directory holding {CONFIG_NAME} and one of {WEIGHT_FILES}"
@@ -56,7 +58,13 @@ def resolve_pretrained_dir(path: str | os.PathLike) -> str:
     try:
         return snapshot_download(
             repo_id=path,
-            allow_patterns=[CONFIG_NAME, "*.safetensors", "*.bin", "*.index.json", "preprocessor_config.json"],
+            allow_patterns=[
+                CONFIG_NAME,
+                "*.safetensors",
+                "*.bin",
+                "*.index.json",
+                "preprocessor_config.json",
+            ],
         )
     except Exception as e:  # network, auth, offline cache miss: say what was looked for
         raise FileNotFoundError(
@@ -109,7 +117,10 @@ def read_state_dict(directory: str) -> dict[str, torch.Tensor]:
 
 
 def adapt_state_dict(
-    model: TimesformerPreTrainedModel, state: Mapping[str, torch.Tensor], *, ignore_mismatched_sizes: bool = False
+    model: TimesformerPreTrainedModel,
+    state: Mapping[str, torch.Tensor],
+    *,
+    ignore_mismatched_sizes: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Map a checkpoint of either class onto ``model``'s keys and check it loads exactly.
 
@@ -156,9 +167,16 @@ def adapt_state_dict(
         if value.shape == want:
             out[key] = value
         elif ignore_mismatched_sizes:
-            logger.warning("%s: checkpoint shape %s, model shape %s: newly initialized", key, tuple(value.shape), tuple(want))
+            logger.warning(
+                "%s: checkpoint shape %s, model shape %s: newly initialized",
+                key,
+                tuple(value.shape),
+                tuple(want),
+            )
         else:
-            mismatched.append(f"{key}: checkpoint has shape {tuple(value.shape)}, the model expects {tuple(want)}")
+            mismatched.append(
+                f"{key}: checkpoint has shape {tuple(value.shape)}, the model expects {tuple(want)}"
+            )
     if mismatched:
         raise CheckpointError(
             "; ".join(mismatched) + " (pass ignore_mismatched_sizes=True to re-initialize these weights)"
@@ -214,13 +232,13 @@ def load_pretrained(
     return model.eval()
 
 
-def save_pretrained(model: TimesformerPreTrainedModel, directory: str | os.PathLike, *, safe_serialization: bool) -> None:
+def save_pretrained(
+    model: TimesformerPreTrainedModel, directory: str | os.PathLike, *, safe_serialization: bool
+) -> None:
     os.makedirs(directory, exist_ok=True)
     config = model.config
     extra = dict(config._extra)
-    config._extra.update(
-        architectures=[type(model).__name__], dtype=str(model.dtype).replace("torch.", "")
-    )
+    config._extra.update(architectures=[type(model).__name__], dtype=str(model.dtype).replace("torch.", ""))
     try:
         config.save_pretrained(directory)
     finally:

@@ -18,7 +18,9 @@ def infer_problem_type(num_labels: int, labels: torch.Tensor) -> str:
     return "multi_label_classification"
 
 
-def classification_loss(config: TimesformerConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def classification_loss(
+    config: TimesformerConfig, logits: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
     """Loss of ``logits`` ``(rows, num_labels)`` against ``labels``.
 
     As in transformers, a ``problem_type`` of ``None`` is inferred from the labels on the first call and
@@ -46,12 +48,16 @@ def classification_loss(config: TimesformerConfig, logits: torch.Tensor, labels:
                 )
             return F.mse_loss(logits.squeeze(), labels.to(logits.dtype).squeeze())
         if tuple(labels.shape) != (rows, num_labels):
-            raise ValueError(f"regression labels must have shape ({rows}, {num_labels}), got {tuple(labels.shape)}")
+            raise ValueError(
+                f"regression labels must have shape ({rows}, {num_labels}), got {tuple(labels.shape)}"
+            )
         return F.mse_loss(logits, labels.to(logits.dtype))
 
     if problem == "single_label_classification":
         if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
-            raise ValueError(f"single-label classification labels must be integer class indices, got {labels.dtype}")
+            raise ValueError(
+                f"single-label classification labels must be integer class indices, got {labels.dtype}"
+            )
         if labels.numel() != rows:
             raise ValueError(
                 f"single-label classification expects {rows} labels (one per logits row), got shape "
@@ -72,5 +78,7 @@ def classification_loss(config: TimesformerConfig, logits: torch.Tensor, labels:
             f"multi-label classification labels must have shape ({rows}, {num_labels}), got {tuple(labels.shape)}"
         )
     if not labels.is_floating_point():
-        raise ValueError(f"multi-label classification labels must be floating point, got dtype {labels.dtype}")
+        raise ValueError(
+            f"multi-label classification labels must be floating point, got dtype {labels.dtype}"
+        )
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))

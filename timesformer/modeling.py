@@ -95,7 +95,12 @@ class TimesformerEmbeddings(nn.Module):
         # The reference takes CLS from the first `batch` rows (all equal to cls + pos[0] before dropout).
         cls_tokens = emb[:batch, 0].unsqueeze(1)
         n, hidden = emb.shape[1] - 1, emb.shape[2]
-        patches = emb[:, 1:].reshape(batch, frames, n, hidden).permute(0, 2, 1, 3).reshape(batch * n, frames, hidden)
+        patches = (
+            emb[:, 1:]
+            .reshape(batch, frames, n, hidden)
+            .permute(0, 2, 1, 3)
+            .reshape(batch * n, frames, hidden)
+        )
         patches = self.time_drop(patches + self.time_embeddings_for(frames))
         patches = patches.reshape(batch, n * frames, hidden)
         return torch.cat((cls_tokens, patches), dim=1), frames, grid
@@ -333,7 +338,9 @@ class TimesformerPreTrainedModel(nn.Module):
         save_pretrained(self, save_directory, safe_serialization=safe_serialization)
 
     # ------------------------------------------------------------ encoder run
-    def _encode(self, model: TimesformerModel, pixel_values, output_attentions, output_hidden_states, cls_only=False):
+    def _encode(
+        self, model: TimesformerModel, pixel_values, output_attentions, output_hidden_states, cls_only=False
+    ):
         pixel_values = _check_pixel_values(pixel_values, self.config, model.embeddings.cls_token)
         # Attention maps exist only in the eager computation.
         impl = get_backend("eager") if output_attentions else self._backend_impl()
@@ -394,7 +401,9 @@ class TimesformerModel(TimesformerPreTrainedModel):
         output_attentions, output_hidden_states, return_dict = self._flags(
             output_attentions, output_hidden_states, return_dict
         )
-        x, hidden_states, attentions = self._encode(self, pixel_values, output_attentions, output_hidden_states)
+        x, hidden_states, attentions = self._encode(
+            self, pixel_values, output_attentions, output_hidden_states
+        )
         ln = self.layernorm
         x = F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
         out = BaseModelOutput(last_hidden_state=x, hidden_states=hidden_states, attentions=attentions)
@@ -449,7 +458,9 @@ class TimesformerForVideoClassification(TimesformerPreTrainedModel):
         cls = F.layer_norm(x[:, 0], ln.normalized_shape, ln.weight, ln.bias, ln.eps)
         logits = self.classifier(cls)
         loss = None if labels is None else self._loss(logits, labels)
-        out = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions)
+        out = ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions
+        )
         return out if return_dict else out.to_tuple()
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

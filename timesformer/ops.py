@@ -65,9 +65,7 @@ def temporal_attention(
     hidden, head_dim = _split_heads(qkv, num_heads)
     n = rows // num_frames
     # Rows of one patch are contiguous, so (clip, patch) is one batch axis: [B*N, H, T, dh] views.
-    q, k, v = (
-        qkv.reshape(batch * n, num_frames, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    )
+    q, k, v = qkv.reshape(batch * n, num_frames, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
     return out.transpose(1, 2).reshape(batch, rows, hidden)
 
@@ -94,7 +92,9 @@ def spatial_attention(
     """
     batch, rows, _ = qkv.shape
     if (rows - 1) % num_frames or rows < 1:
-        raise ValueError(f"qkv has {rows} rows, expected 1 + num_patches * num_frames (num_frames={num_frames})")
+        raise ValueError(
+            f"qkv has {rows} rows, expected 1 + num_patches * num_frames (num_frames={num_frames})"
+        )
     hidden, head_dim = _split_heads(qkv, num_heads)
     n = (rows - 1) // num_frames
     # SDPA needs each frame's keys as one sequence, so gather [CLS; patches of frame t] once into a
@@ -115,7 +115,9 @@ def spatial_attention(
 def _split_kv(kv: torch.Tensor, num_heads: int) -> tuple[int, int]:
     two_d = kv.shape[-1]
     if two_d % (2 * num_heads):
-        raise ValueError(f"kv last dimension must be 2 * num_heads * head_dim with num_heads={num_heads}, got {two_d}")
+        raise ValueError(
+            f"kv last dimension must be 2 * num_heads * head_dim with num_heads={num_heads}, got {two_d}"
+        )
     hidden = two_d // 2
     return hidden, hidden // num_heads
 

@@ -21,7 +21,7 @@ class ModelOutput(OrderedDict):
         super().__init__()
         if len(args) > len(self._fields):
             raise TypeError(f"{type(self).__name__} takes at most {len(self._fields)} positional fields")
-        values = dict(zip(self._fields, args))
+        values = dict(zip(self._fields, args, strict=False))
         for name, value in kwargs.items():
             if name not in self._fields:
                 raise TypeError(f"{type(self).__name__} has no field {name!r}; fields: {self._fields}")

@@ -56,7 +56,12 @@ class Backend:
     supports_inplace: bool = False
 
     def layer(
-        self, layer: TimesformerLayer, x: torch.Tensor, step: Step, output_attentions: bool, cls_only: bool = False
+        self,
+        layer: TimesformerLayer,
+        x: torch.Tensor,
+        step: Step,
+        output_attentions: bool,
+        cls_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One encoder layer. With ``cls_only`` a backend may return just the CLS rows ``(B, 1, D)``."""
         raise NotImplementedError

@@ -15,7 +15,7 @@ import torch
 from .base import Backend, Step, drop_path
 
 if TYPE_CHECKING:
-    from ..modeling import TimesformerLayer, TimeSformerAttention
+    from ..modeling import TimeSformerAttention, TimesformerLayer
 
 
 def _drop_path(layer: TimesformerLayer, x: torch.Tensor, training: bool) -> torch.Tensor:
@@ -51,7 +51,12 @@ class EagerBackend(Backend):
     supports_inplace = False
 
     def layer(
-        self, layer: TimesformerLayer, x: torch.Tensor, step: Step, output_attentions: bool, cls_only: bool = False
+        self,
+        layer: TimesformerLayer,
+        x: torch.Tensor,
+        step: Step,
+        output_attentions: bool,
+        cls_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if layer.attention_type != "divided_space_time":
             a, probs = _attention(layer.attention, layer.layernorm_before(x), output_attentions)
@@ -75,6 +80,11 @@ class EagerBackend(Backend):
         a, probs = _attention(layer.attention, layer.layernorm_before(s), output_attentions)
         r = _drop_path(layer, a, step.training)
         cls_r = r[:, 0, :].reshape(batch, frames, hidden).mean(1, keepdim=True)
-        r = r[:, 1:, :].reshape(batch, frames, n, hidden).permute(0, 2, 1, 3).reshape(batch, n * frames, hidden)
+        r = (
+            r[:, 1:, :]
+            .reshape(batch, frames, n, hidden)
+            .permute(0, 2, 1, 3)
+            .reshape(batch, n * frames, hidden)
+        )
         x = torch.cat((init_cls, xt), 1) + torch.cat((cls_r, r), 1)
         return _mlp(layer, x, step.training), probs

@@ -52,7 +52,12 @@ class SdpaBackend(Backend):
     ops: types.ModuleType = torch_ops
 
     def layer(
-        self, layer: TimesformerLayer, x: torch.Tensor, step: Step, output_attentions: bool, cls_only: bool = False
+        self,
+        layer: TimesformerLayer,
+        x: torch.Tensor,
+        step: Step,
+        output_attentions: bool,
+        cls_only: bool = False,
     ) -> tuple[torch.Tensor, None]:
         if output_attentions:
             raise ValueError(f"the {self.name} backend does not materialize attention maps; use eager")
@@ -74,7 +79,9 @@ class SdpaBackend(Backend):
     def _joint(self, layer: TimesformerLayer, x: torch.Tensor, step: Step) -> torch.Tensor:
         """Joint space-time (``x``: ``(B, 1 + N*T, D)``) or space-only (``x``: ``(B*T, 1 + N, D)``) attention."""
         attn = layer.attention
-        qkv = F.linear(_layer_norm(x, layer.layernorm_before), attn.attention.qkv.weight, attn.attention.qkv.bias)
+        qkv = F.linear(
+            _layer_norm(x, layer.layernorm_before), attn.attention.qkv.weight, attn.attention.qkv.bias
+        )
         ctx = self.ops.attention(qkv, layer.num_heads, self._attn_dropout(attn, step))
         out = F.linear(ctx, attn.output.dense.weight, attn.output.dense.bias)
         if step.inplace:
@@ -119,15 +126,28 @@ class SdpaBackend(Backend):
             w, b = cached_weights(
                 layer,
                 "temporal_fold",
-                (t_attn.output.dense.weight, t_attn.output.dense.bias, layer.temporal_dense.weight, layer.temporal_dense.bias),
+                (
+                    t_attn.output.dense.weight,
+                    t_attn.output.dense.bias,
+                    layer.temporal_dense.weight,
+                    layer.temporal_dense.bias,
+                ),
                 _fold_temporal,
             )
             xt.add_(F.linear(ctx, w, b))
         else:
-            r = self._dropout(t_attn.output.dropout, F.linear(ctx, t_attn.output.dense.weight, t_attn.output.dense.bias), step)
+            r = self._dropout(
+                t_attn.output.dropout,
+                F.linear(ctx, t_attn.output.dense.weight, t_attn.output.dense.bias),
+                step,
+            )
             # The reference's drop-path draws once per (clip, patch) sequence of the temporal pass.
-            r = drop_path(r.view(batch, n, frames, hidden), layer.drop_path_rate, (batch, n, 1, 1), step.training)
-            xt = xt + F.linear(r.view(batch, n * frames, hidden), layer.temporal_dense.weight, layer.temporal_dense.bias)
+            r = drop_path(
+                r.view(batch, n, frames, hidden), layer.drop_path_rate, (batch, n, 1, 1), step.training
+            )
+            xt = xt + F.linear(
+                r.view(batch, n * frames, hidden), layer.temporal_dense.weight, layer.temporal_dense.bias
+            )
             x = torch.cat((x[:, :1], xt), 1)
         return x
 
@@ -138,7 +158,9 @@ class SdpaBackend(Backend):
 
         # Spatial pass: CLS + the patches of each frame; CLS projected once per clip.
         s_attn = layer.attention
-        qkv = F.linear(_layer_norm(x, layer.layernorm_before), s_attn.attention.qkv.weight, s_attn.attention.qkv.bias)
+        qkv = F.linear(
+            _layer_norm(x, layer.layernorm_before), s_attn.attention.qkv.weight, s_attn.attention.qkv.bias
+        )
         patch_ctx, cls_ctx = self.ops.spatial_attention(
             qkv, frames, layer.num_heads, self._attn_dropout(s_attn, step)
         )
@@ -154,12 +176,18 @@ class SdpaBackend(Backend):
             # The reference draws once per (clip, frame) sequence of the spatial pass, CLS included.
             keep = 1.0 - layer.drop_path_rate
             mask = torch.floor(torch.rand((batch, frames), dtype=x.dtype, device=x.device) + keep) / keep
-            r_p = (r_p.view(batch, n, frames, hidden) * mask.view(batch, 1, frames, 1)).view(batch, n * frames, hidden)
+            r_p = (r_p.view(batch, n, frames, hidden) * mask.view(batch, 1, frames, 1)).view(
+                batch, n * frames, hidden
+            )
             r_c = r_c * mask.unsqueeze(-1)
         return x + torch.cat((r_c.mean(1, keepdim=True), r_p), 1)
 
     def _mlp(self, layer: TimesformerLayer, x: torch.Tensor, step: Step) -> torch.Tensor:
-        h = F.linear(_layer_norm(x, layer.layernorm_after), layer.intermediate.dense.weight, layer.intermediate.dense.bias)
+        h = F.linear(
+            _layer_norm(x, layer.layernorm_after),
+            layer.intermediate.dense.weight,
+            layer.intermediate.dense.bias,
+        )
         h = self._dropout(layer.intermediate.dropout, layer.intermediate.intermediate_act_fn(h), step)
         h = F.linear(h, layer.output.dense.weight, layer.output.dense.bias)
         if step.inplace:

@@ -1,0 +1,44 @@
+# Set-up and everyday commands. `make test` and `make demo` create .venv and install everything on
+# first use, from this repository's own files.
+#
+# torch is installed before the package, pinned to TORCH_SPEC (the CPU build on this project's
+# machines), and the package is installed with --no-build-isolation so that no isolated build
+# environment ever resolves torch (that would download the newest CUDA build). If .venv already holds
+# a torch (e.g. a CUDA build you installed yourself), it is kept.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench lint format clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "setuptools>=64" wheel
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet --no-build-isolation -e ".[test,dev,hub]"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/python -m timesformer demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python bench/bench_e2e_cpu.py
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
