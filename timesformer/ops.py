@@ -15,13 +15,14 @@ import torch
 import torch.nn.functional as F
 
 
-def _split_heads(qkv: torch.Tensor, num_heads: int) -> tuple[int, int]:
-    three_d = qkv.shape[-1]
-    if three_d % (3 * num_heads):
+def _split_heads(packed: torch.Tensor, num_heads: int, parts: int = 3) -> tuple[int, int]:
+    """(hidden, head_dim) of a ``[..., parts * hidden]`` packed projection (``parts``: 3 for qkv, 2 for kv)."""
+    width, name = packed.shape[-1], "qkv" if parts == 3 else "kv"
+    if width % (parts * num_heads):
         raise ValueError(
-            f"qkv last dimension must be 3 * num_heads * head_dim with num_heads={num_heads}, got {three_d}"
+            f"{name} last dimension must be {parts} * num_heads * head_dim with num_heads={num_heads}, got {width}"
         )
-    hidden = three_d // 3
+    hidden = width // parts
     return hidden, hidden // num_heads
 
 
@@ -112,16 +113,6 @@ def spatial_attention(
     return patch_ctx, cls_ctx
 
 
-def _split_kv(kv: torch.Tensor, num_heads: int) -> tuple[int, int]:
-    two_d = kv.shape[-1]
-    if two_d % (2 * num_heads):
-        raise ValueError(
-            f"kv last dimension must be 2 * num_heads * head_dim with num_heads={num_heads}, got {two_d}"
-        )
-    hidden = two_d // 2
-    return hidden, hidden // num_heads
-
-
 def cls_attention(q: torch.Tensor, kv: torch.Tensor, num_heads: int) -> torch.Tensor:
     """Attention of the CLS query alone over a whole sequence (last joint / space-only layer of a classifier).
 
@@ -134,7 +125,7 @@ def cls_attention(q: torch.Tensor, kv: torch.Tensor, num_heads: int) -> torch.Te
         ``(batch, hidden)`` CLS contexts.
     """
     batch, seqlen, _ = kv.shape
-    hidden, head_dim = _split_kv(kv, num_heads)
+    hidden, head_dim = _split_heads(kv, num_heads, parts=2)
     k, v = kv.view(batch, seqlen, 2, num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     out = F.scaled_dot_product_attention(q.view(batch, num_heads, 1, head_dim), k, v)
     return out.reshape(batch, hidden)
@@ -155,7 +146,7 @@ def spatial_cls_attention(q: torch.Tensor, kv: torch.Tensor, num_frames: int, nu
         ``(batch, T, hidden)`` CLS contexts per frame.
     """
     batch, rows, _ = kv.shape
-    hidden, head_dim = _split_kv(kv, num_heads)
+    hidden, head_dim = _split_heads(kv, num_heads, parts=2)
     n = (rows - 1) // num_frames
     q = q.view(batch, num_heads, head_dim) * head_dim**-0.5
     cls_k, cls_v = kv[:, 0].view(batch, 2, num_heads, head_dim).unbind(1)  # [B, H, dh]
