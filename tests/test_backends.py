@@ -118,3 +118,54 @@ def test_hidden_states_are_snapshots_not_aliases():
         slow = model(x, output_hidden_states=True).hidden_states
     for a, b in zip(fast, slow, strict=True):
         assert_close(a, b)
+
+
+def test_folded_weights_follow_fused_optimizer_steps():
+    """Fused optimizers do not bump version counters; the cache must still see their steps."""
+    model = _model("sdpa")
+    x = random_clip(KWARGS)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05, fused=True)
+    with torch.no_grad():
+        model(x)  # fills the cache
+    model.train()
+    model(x).last_hidden_state.square().mean().backward()
+    optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        assert_close(model(x).last_hidden_state, _eager_reference(model, x))
+
+
+def test_model_built_under_inference_mode():
+    with torch.inference_mode():
+        model = _model("sdpa")
+        x = random_clip(KWARGS)
+        out = model(x).last_hidden_state
+    with torch.no_grad():
+        out_no_grad = model(x).last_hidden_state
+        assert_close(out, _eager_reference(model, x))
+        assert_close(out_no_grad, out)
+
+
+def test_to_drops_prepared_weights():
+    model = _model("sdpa")
+    with torch.no_grad():
+        model(random_clip(KWARGS))
+    assert any("_weight_cache" in m.__dict__ for m in model.modules())
+    model.double()
+    assert not any("_weight_cache" in m.__dict__ for m in model.modules())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("attention_type", ["divided_space_time", "joint_space_time", "space_only"])
+def test_half_precision_error_within_twice_eager(dtype, attention_type):
+    """Low precision on CPU: sdpa's error against float64 is at most 2x that of eager at the same dtype."""
+    kwargs = small_config_kwargs(attention_type, seed=41, num_frames=3, hidden_size=48, num_attention_heads=3)
+    cfg = timesformer.TimesformerConfig(**kwargs)
+    model = randomize_(TimesformerForVideoClassification(cfg, backend="eager"), 2).eval()
+    x = random_clip(kwargs)
+    with torch.no_grad():
+        exact = model.double()(x.double()).logits
+        model.to(dtype)
+        eager_err = (model(x.to(dtype)).logits.double() - exact).norm() / exact.norm()
+        sdpa_err = (model.set_backend("sdpa")(x.to(dtype)).logits.double() - exact).norm() / exact.norm()
+    assert sdpa_err <= 2 * eager_err, (float(sdpa_err), float(eager_err))

@@ -105,3 +105,8 @@ def test_non_contiguous_and_channels_last_inputs(model):
         padded.copy_(x)
         assert_close(model(padded).logits, expected)
         assert_close(model(x.double()).logits, expected)  # other float dtypes are converted
+
+
+def test_labels_on_other_device(model):
+    with pytest.raises(ValueError, match="labels are on meta but the logits are on cpu"):
+        model(random_clip(KWARGS), labels=torch.empty(2, dtype=torch.long, device="meta"))

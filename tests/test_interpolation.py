@@ -168,3 +168,20 @@ def test_slow_reference_agrees_with_transformers_on_config_shapes(hf, attention_
     with torch.no_grad():
         expected = ref(x).last_hidden_state
     assert_close(slow_timesformer(ref.state_dict(), kwargs, x).float(), expected)
+
+
+@pytest.mark.parametrize("attention_type,frames,height,width", CASES)
+def test_classifier_on_other_shapes(attention_type, frames, height, width):
+    """The classifier's CLS-only last layer with the input's frames and grid: logits from the slow reference."""
+    kwargs = small_config_kwargs(attention_type, seed=23, image_size=16, num_frames=2, hidden_act="gelu")
+    model = randomize_(
+        timesformer.TimesformerForVideoClassification(timesformer.TimesformerConfig(**kwargs)), 4
+    )
+    model.eval()
+    x = torch.randn(2, frames, kwargs["num_channels"], height, width)
+    sd = {k[len("timesformer.") :]: v for k, v in model.state_dict().items() if k.startswith("timesformer.")}
+    cls = slow_timesformer(sd, kwargs, x)[:, 0]
+    expected = cls @ model.classifier.weight.double().T + model.classifier.bias.double()
+    with torch.no_grad():
+        assert model.backend == "sdpa"
+        assert_close(model(x).logits, expected.float())

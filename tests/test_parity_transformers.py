@@ -30,19 +30,21 @@ def test_model_outputs_match(hf, attention_type, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
 @pytest.mark.parametrize("return_dict", [True, False])
-def test_classification_all_outputs(hf, attention_type, backend, return_dict):
+@pytest.mark.parametrize("output_attentions", [True, False])
+def test_classification_all_outputs(hf, attention_type, backend, return_dict, output_attentions):
     ref, ours, kwargs = make_pair(hf, attention_type, seed=5)
     ours.set_backend(backend)
     x = random_clip(kwargs, batch=3, seed=2)
     rows = 3 * kwargs["num_frames"] if attention_type == "space_only" else 3
     labels = torch.randint(0, kwargs["num_labels"], (rows,))
     with torch.no_grad():
-        expected = ref(
-            x, labels=labels, output_hidden_states=True, output_attentions=True, return_dict=return_dict
+        kw = dict(
+            labels=labels,
+            output_hidden_states=True,
+            output_attentions=output_attentions,
+            return_dict=return_dict,
         )
-        got = ours(
-            x, labels=labels, output_hidden_states=True, output_attentions=True, return_dict=return_dict
-        )
+        expected, got = ref(x, **kw), ours(x, **kw)
     if return_dict:
         assert list(got.keys()) == list(expected.keys())
         expected = expected.to_tuple()
@@ -50,13 +52,13 @@ def test_classification_all_outputs(hf, attention_type, backend, return_dict):
     else:
         assert isinstance(got, tuple)
         got_t = got
-    assert len(got_t) == len(expected) == 4  # loss, logits, hidden_states, attentions
+    # loss, logits, hidden_states[, attentions]
+    assert len(got_t) == len(expected) == (4 if output_attentions else 3)
     assert_close(got_t[0], expected[0])
     assert_close(got_t[1], expected[1])
-    for g, e in zip(got_t[2], expected[2], strict=True):
-        assert_close(g, e)
-    for g, e in zip(got_t[3], expected[3], strict=True):
-        assert_close(g, e)
+    for entry in range(2, len(expected)):
+        for g, e in zip(got_t[entry], expected[entry], strict=True):
+            assert_close(g, e)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -89,3 +89,25 @@ def test_sdpa_drop_path_only_keeps_expected_value():
     # Compare what the layers add (without the 1/keep rescaling it would be off by the drop rate).
     expected, got = last - first, mean - first
     assert float((got - expected).norm() / expected.norm()) < 0.05
+
+
+def test_sdpa_drop_path_granularity_matches_reference(monkeypatch):
+    """Drop-path masks are drawn per (clip, patch) in the temporal pass, per (clip, frame) in the spatial
+    pass (CLS included) and per clip in the MLP, as the reference's [(B*N), T, D] / [(B*T), 1+N, D] /
+    [B, L, D] tensors imply."""
+    kwargs = small_config_kwargs("divided_space_time", seed=53, drop_path_rate=0.5, num_hidden_layers=2)
+    model = timesformer.TimesformerModel(timesformer.TimesformerConfig(**kwargs), backend="sdpa").train()
+    shapes = []
+    real_rand = torch.rand
+
+    def recording_rand(*size, **kw):
+        shape = tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)) else size
+        shapes.append(shape)
+        return real_rand(*size, **kw)
+
+    monkeypatch.setattr(torch, "rand", recording_rand)
+    b, t = 2, kwargs["num_frames"]
+    n = (kwargs["image_size"] // 8) ** 2
+    model(random_clip(kwargs, batch=b))
+    # The first layer's rate is 0 (linear decay rule); the second draws three masks.
+    assert shapes == [(b, n, 1, 1), (b, t), (b, 1, 1)]

@@ -44,6 +44,14 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _laplace(x: torch.Tensor, mu: float = 0.707107, sigma: float = 0.282095) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.erf((x - mu).div(sigma * math.sqrt(2.0))))
+
+
+def _sqrtsoftplus(x: torch.Tensor) -> torch.Tensor:
+    return F.softplus(x).sqrt()
+
+
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,
     "gelu_python": _gelu_python,
@@ -65,6 +73,8 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "tanh": torch.tanh,
     "hardswish": F.hardswish,
     "linear": _identity,
+    "laplace": _laplace,
+    "sqrtsoftplus": _sqrtsoftplus,
 }
 
 

@@ -19,6 +19,7 @@ from .activations import get_activation
 from .backends import BACKEND_NAMES, Backend, get_backend, resolve_backend
 from .configuration import TimesformerConfig
 from .outputs import BaseModelOutput, ImageClassifierOutput
+from .weight_cache import clear_weight_cache
 
 logger = logging.getLogger(__name__)
 
@@ -281,12 +282,17 @@ class TimesformerPreTrainedModel(nn.Module):
     def clear_weight_cache(self) -> None:
         """Drop prepared weights (e.g. the folded temporal projection).
 
-        Only needed after editing parameters through ``.data``, which bypasses the version counters the
-        caches watch; ``load_state_dict``, ``.to()``, optimizers and in-place edits are picked up
-        automatically.
+        Only needed after editing parameters through ``.data`` (or in place, for a model created under
+        ``torch.inference_mode``), which bypasses the version counters the caches watch;
+        ``load_state_dict``, ``.to()``, optimizer steps and in-place edits are picked up automatically.
         """
-        for module in self.modules():
-            module.__dict__.pop("_weight_cache", None)
+        clear_weight_cache(self)
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to() / .half() / .cuda() replace every parameter: drop prepared weights (and the old
+        # tensors they keep alive) now rather than at the next forward.
+        clear_weight_cache(self)
+        return super()._apply(fn, *args, **kwargs)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -7,9 +7,30 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+# Bumped after every optimizer step anywhere: fused optimizers (e.g. Adam(fused=True)) update
+# parameters without bumping their version counters, so versions alone would miss their steps.
+_optimizer_steps = 0
+_hook_registered = False
+
+
+def _count_step(*_args) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+def _register_hook() -> None:
+    global _hook_registered
+    if not _hook_registered:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        register_optimizer_step_post_hook(_count_step)
+        _hook_registered = True
+
 
 def _fingerprint(t: torch.Tensor) -> tuple:
-    return (t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape))
+    # Inference tensors (created under torch.inference_mode) carry no version counter.
+    version = None if t.is_inference() else t._version
+    return (t.data_ptr(), version, t.dtype, t.device, tuple(t.shape))
 
 
 def cached_weights(
@@ -18,15 +39,18 @@ def cached_weights(
     sources: Sequence[torch.Tensor],
     prepare: Callable[..., tuple[torch.Tensor, ...]],
 ) -> tuple[torch.Tensor, ...]:
-    """``prepare(*sources)``, recomputed only when a source changed.
+    """``prepare(*sources)``, recomputed only when a source may have changed.
 
-    A source changes when it is edited in place (``load_state_dict``, optimizer steps and ``p.add_()``
-    bump its version counter) or replaced (``.to()``, ``.half()`` give it new storage). The cache keeps
-    the old sources alive, so a new tensor can never reuse their address and look unchanged. Edits
-    through ``.data`` bypass version counters: call ``model.clear_weight_cache()`` after those.
+    A source counts as changed when it is edited in place (``load_state_dict``, ``p.add_()`` bump its
+    version counter), replaced (new storage), or after any optimizer step (fused optimizers bypass
+    version counters). The entry keeps the old sources alive so that a new tensor can never reuse
+    their address and look unchanged; the models drop all entries on ``.to()``/``.half()``/...
+    Not detected: edits through ``.data`` and in-place edits of tensors created under
+    ``torch.inference_mode``; call ``model.clear_weight_cache()`` after those.
     """
+    _register_hook()
     cache: dict = module.__dict__.setdefault("_weight_cache", {})
-    stamp = tuple(_fingerprint(s) for s in sources)
+    stamp = (_optimizer_steps, *(_fingerprint(s) for s in sources))
     hit = cache.get(key)
     if hit is not None and hit[0] == stamp:
         return hit[2]
@@ -34,3 +58,8 @@ def cached_weights(
         prepared = prepare(*(s.detach() for s in sources))
     cache[key] = (stamp, tuple(s.detach() for s in sources), prepared)
     return prepared
+
+
+def clear_weight_cache(root: nn.Module) -> None:
+    for module in root.modules():
+        module.__dict__.pop("_weight_cache", None)

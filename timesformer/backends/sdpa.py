@@ -34,11 +34,12 @@ if TYPE_CHECKING:
 
 
 def _fold_temporal(w_out: torch.Tensor, b_out: torch.Tensor, w_dense: torch.Tensor, b_dense: torch.Tensor):
-    # dense(out(c)) = Wd (Wo c + bo) + bd. Computed in float64 and cast once, so the folded matrix
-    # carries one rounding instead of the two the unfolded products would.
-    wd = w_dense.double()
-    weight = (wd @ w_out.double()).to(w_out.dtype)
-    bias = (wd @ b_out.double() + b_dense.double()).to(b_out.dtype)
+    # dense(out(c)) = Wd (Wo c + bo) + bd. Accumulated in float64 (float32 where a device has no
+    # float64, e.g. MPS) and cast once, so the folded matrix carries one rounding.
+    acc = torch.float64 if w_out.device.type in ("cpu", "cuda") else torch.float32
+    wd = w_dense.to(acc)
+    weight = (wd @ w_out.to(acc)).to(w_out.dtype)
+    bias = (wd @ b_out.to(acc) + b_dense.to(acc)).to(b_out.dtype)
     return weight, bias
 
 
