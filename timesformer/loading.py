@@ -262,9 +262,9 @@ def from_hf(hf_model: torch.nn.Module, *, backend: str = "auto") -> TimesformerP
     hf_config = getattr(hf_model, "config", None)
     if hf_config is None or getattr(hf_config, "model_type", None) != "timesformer":
         raise TypeError(f"expected a transformers TimeSformer model, got {type(hf_model).__name__}")
-    data = hf_config.to_dict()
+    # Private bookkeeping keys of transformers' config are not part of config.json.
     config = TimesformerConfig.from_dict(
-        {k: v for k, v in data.items() if k in _config_keys() or not k.startswith("_")}
+        {k: v for k, v in hf_config.to_dict().items() if not k.startswith("_")}
     )
     name = type(hf_model).__name__
     if name == "TimesformerForVideoClassification":
@@ -278,9 +278,3 @@ def from_hf(hf_model: torch.nn.Module, *, backend: str = "auto") -> TimesformerP
     model.load_state_dict(adapt_state_dict(model, hf_model.state_dict()), strict=False)
     model = model.to(dtype=param.dtype, device=param.device)
     return model.train(hf_model.training)
-
-
-def _config_keys() -> set[str]:
-    from .configuration import GENERIC_FIELDS, MODEL_FIELDS
-
-    return {*MODEL_FIELDS, *GENERIC_FIELDS, "id2label", "label2id"}
