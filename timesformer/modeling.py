@@ -410,8 +410,7 @@ class TimesformerModel(TimesformerPreTrainedModel):
         x, hidden_states, attentions = self._encode(
             self, pixel_values, output_attentions, output_hidden_states
         )
-        ln = self.layernorm
-        x = F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+        x = self.layernorm(x)
         out = BaseModelOutput(last_hidden_state=x, hidden_states=hidden_states, attentions=attentions)
         return out if return_dict else out.to_tuple()
 
@@ -460,8 +459,7 @@ class TimesformerForVideoClassification(TimesformerPreTrainedModel):
             self.timesformer, pixel_values, output_attentions, output_hidden_states, cls_only=True
         )
         # LayerNorm is per row and the head reads CLS only: normalize just the CLS rows.
-        ln = self.timesformer.layernorm
-        cls = F.layer_norm(x[:, 0], ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+        cls = self.timesformer.layernorm(x[:, 0])
         logits = self.classifier(cls)
         loss = None if labels is None else self._loss(logits, labels)
         out = ImageClassifierOutput(
