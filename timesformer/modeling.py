@@ -269,7 +269,8 @@ class TimesformerPreTrainedModel(nn.Module):
         return self._backend_impl().name
 
     def _backend_impl(self) -> Backend:
-        return resolve_backend(self._requested_backend, self.device)
+        param = next(self.parameters())
+        return resolve_backend(self._requested_backend, param.device, self.config.head_dim, param.dtype)
 
     @property
     def device(self) -> torch.device:

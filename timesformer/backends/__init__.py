@@ -1,13 +1,17 @@
 """Backend registry: the one place that maps a backend name to the code that runs the layers.
 
 ``eager`` is the reference math (attention maps materialized), ``sdpa`` the algebra of DESIGN.md section 2
-with ``torch.nn.functional.scaled_dot_product_attention``, ``triton`` the fused kernels (not implemented
-yet). ``auto`` picks the fastest one that runs on the model's device.
+with ``torch.nn.functional.scaled_dot_product_attention``, ``triton`` the Triton kernels. ``auto`` picks the
+fastest one that runs on the model's device, head size and dtype, and logs why once.
+
+Nothing here imports Triton or queries a device at import time: ``triton`` is looked up when a model on
+a CUDA device (or on the CPU under ``TRITON_INTERPRET=1``) asks for it.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 from typing import NamedTuple
 
@@ -19,10 +23,8 @@ logger = logging.getLogger(__name__)
 
 BACKEND_NAMES = ("eager", "sdpa", "triton")
 
-_TRITON_MISSING = (
-    "the triton backend is not implemented yet: its kernels arrive with the Triton attention and fusion "
-    "issues; use backend='sdpa' (or 'auto')"
-)
+# Ampere and later: bf16 tensor cores, and the architectures the kernels are written for.
+MIN_CAPABILITY = (8, 0)
 
 
 class BackendInfo(NamedTuple):
@@ -30,24 +32,72 @@ class BackendInfo(NamedTuple):
     reason: str
 
 
-def _status(name: str, device: torch.device) -> BackendInfo:
+def _triton_status(device: torch.device, head_dim: int | None, dtype: torch.dtype | None) -> BackendInfo:
+    from ..kernels._common import dtype_reason, head_dim_reason, interpreting
+
+    try:
+        found = importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        return BackendInfo(False, "Triton is not installed (pip install triton; Linux only)")
+    if device.type == "cuda":
+        if torch.version.hip is not None:
+            return BackendInfo(False, "the kernels are written and tested for NVIDIA GPUs, not ROCm")
+        if not torch.cuda.is_available():
+            return BackendInfo(False, "CUDA is not available to this torch build")
+        capability = torch.cuda.get_device_capability(device)
+        if capability < MIN_CAPABILITY:
+            need = ".".join(map(str, MIN_CAPABILITY))
+            return BackendInfo(
+                False,
+                f"the kernels need compute capability >= {need}; {torch.cuda.get_device_name(device)} "
+                f"has {capability[0]}.{capability[1]}",
+            )
+        where = "Triton kernels on " + torch.cuda.get_device_name(device)
+    elif device.type == "cpu":
+        if not interpreting():
+            return BackendInfo(
+                False,
+                "the kernels run on CUDA GPUs; on the CPU only in Triton's interpreter (TRITON_INTERPRET=1)",
+            )
+        where = "Triton kernels in the interpreter (TRITON_INTERPRET=1; slow, for tests)"
+    else:
+        return BackendInfo(False, f"the kernels run on CUDA GPUs, not on {device.type}")
+    reason = (head_dim_reason(head_dim) if head_dim is not None else None) or (
+        dtype_reason(dtype) if dtype is not None else None
+    )
+    if reason:
+        return BackendInfo(False, reason)
+    return BackendInfo(True, where)
+
+
+def _status(
+    name: str, device: torch.device, head_dim: int | None = None, dtype: torch.dtype | None = None
+) -> BackendInfo:
     if name == "eager":
         return BackendInfo(True, "reference math; runs wherever torch runs")
     if name == "sdpa":
         return BackendInfo(True, "torch scaled_dot_product_attention; runs wherever torch runs")
     if name == "triton":
-        return BackendInfo(False, _TRITON_MISSING)
+        return _triton_status(device, head_dim, dtype)
     raise ValueError(f"backend must be one of {(*BACKEND_NAMES, 'auto')}, got {name!r}")
 
 
-def available_backends(device: torch.device | str | None = None) -> dict[str, BackendInfo]:
+def available_backends(
+    device: torch.device | str | None = None, head_dim: int | None = None, dtype: torch.dtype | None = None
+) -> dict[str, BackendInfo]:
     """For each backend, whether it runs on ``device`` (default: CPU) and why (or why not).
+
+    Args:
+        device: where the model lives.
+        head_dim, dtype: a model's head size and parameter dtype, to check them too (optional).
 
     Returns:
         ``{name: BackendInfo(available, reason)}`` for ``"eager"``, ``"sdpa"`` and ``"triton"``.
     """
     device = torch.device("cpu" if device is None else device)
-    return {name: _status(name, device) for name in BACKEND_NAMES}
+    return {name: _status(name, device, head_dim, dtype) for name in BACKEND_NAMES}
 
 
 @functools.cache
@@ -62,25 +112,41 @@ def get_backend(name: str) -> Backend:
 
         return SdpaBackend()
     if name == "triton":
-        raise BackendUnavailableError(_TRITON_MISSING)
+        from .triton import TritonBackend
+
+        return TritonBackend()
     raise ValueError(f"backend must be one of {(*BACKEND_NAMES, 'auto')}, got {name!r}")
 
 
 @functools.cache
-def _auto(device_type: str) -> Backend:
-    info = _status("triton", torch.device(device_type))
+def _auto(device: torch.device, head_dim: int | None, dtype: torch.dtype | None) -> Backend:
+    # Cached per (device, head size, dtype): the reason is logged once per kind of model.
+    if device.type != "cuda":
+        info = BackendInfo(
+            False, f"auto uses the Triton kernels on CUDA devices only, this model is on {device}"
+        )
+    else:
+        from ..kernels._common import interpreting
+
+        info = _status("triton", device, head_dim, dtype)
+        if info.available and interpreting():
+            info = BackendInfo(
+                False, "TRITON_INTERPRET=1 is set: the kernels would run in the slow interpreter"
+            )
     if info.available:
-        logger.info("backend 'auto' on %s: using triton", device_type)
+        logger.info("backend 'auto' on %s: using triton (%s)", device, info.reason)
         return get_backend("triton")
-    logger.info("backend 'auto' on %s: using sdpa (triton: %s)", device_type, info.reason)
+    logger.info("backend 'auto' on %s: using sdpa (triton: %s)", device, info.reason)
     return get_backend("sdpa")
 
 
-def resolve_backend(requested: str, device: torch.device) -> Backend:
-    """The backend that runs a model whose parameters are on ``device``."""
+def resolve_backend(
+    requested: str, device: torch.device, head_dim: int | None = None, dtype: torch.dtype | None = None
+) -> Backend:
+    """The backend that runs a model whose parameters are on ``device`` (with this head size and dtype)."""
     if requested == "auto":
-        return _auto(device.type)
-    info = _status(requested, device)
+        return _auto(device, head_dim, dtype)
+    info = _status(requested, device, head_dim, dtype)
     if not info.available:
         raise BackendUnavailableError(f"backend {requested!r} cannot run on {device}: {info.reason}")
     return get_backend(requested)

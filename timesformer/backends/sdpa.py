@@ -12,13 +12,12 @@ Compared with the reference layer it
 With autograd or in training mode it keeps the unfolded projections so that gradients reach every
 parameter and dropout / drop-path act where the reference applies them.
 
-Subclasses swap the attention ops by overriding ``ops`` (the ``triton`` backend will).
+Subclasses swap the attention ops by overriding ``ops`` (the ``triton`` backend does).
 """
 
 from __future__ import annotations
 
-import types
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +49,8 @@ def _layer_norm(x: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
 class SdpaBackend(Backend):
     name = "sdpa"
     supports_inplace = True
-    ops: types.ModuleType = torch_ops
+    # timesformer.ops, or anything with its functions' signatures and layouts (the triton backend's).
+    ops: Any = torch_ops
 
     def layer(
         self,

@@ -1,0 +1,96 @@
+"""The ``triton`` backend: the ``sdpa`` backend's layer code with attention run by the Triton kernels.
+
+Attention reads q, k and v where the projections wrote them (views of one packed ``qkv``; no permute, cat
+or repeat) and writes contexts in the model's row order. The projections, LayerNorms and MLP still run on
+torch ops until the fusion kernels land.
+
+The kernels are inference kernels (no backward, no attention dropout): a call that records autograd or
+runs in training mode takes the ``sdpa`` backend's path for that call.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..kernels import attention as _attn
+from ..kernels import temporal_attention as _temporal
+from .sdpa import SdpaBackend
+
+if TYPE_CHECKING:
+    from ..modeling import TimesformerLayer
+    from .base import Step
+
+
+def _thirds(packed: torch.Tensor, parts: int = 3) -> tuple[torch.Tensor, ...]:
+    """Views of the q, k, v (or k, v) thirds of a packed projection: strided, no copy."""
+    width = packed.shape[-1]
+    if width % parts:
+        raise ValueError(f"packed projection width {width} is not a multiple of {parts}")
+    return packed.split(width // parts, dim=-1)
+
+
+def _no_dropout(dropout_p: float) -> None:
+    if dropout_p:
+        raise ValueError(f"the Triton attention kernels have no attention dropout, got dropout_p={dropout_p}")
+
+
+class KernelOps:
+    """``timesformer.ops``' signatures and layouts, computed by the Triton kernels."""
+
+    @staticmethod
+    def attention(qkv: torch.Tensor, num_heads: int, dropout_p: float = 0.0) -> torch.Tensor:
+        _no_dropout(dropout_p)
+        return _attn.attention(*_thirds(qkv), num_heads)
+
+    @staticmethod
+    def temporal_attention(
+        qkv: torch.Tensor, num_frames: int, num_heads: int, dropout_p: float = 0.0
+    ) -> torch.Tensor:
+        _no_dropout(dropout_p)
+        if num_frames <= _temporal.MAX_FRAMES:
+            return _temporal.temporal_attention(*_thirds(qkv), num_frames, num_heads)
+        # Past one tile of frames, each patch's T rows are a sequence of their own: the online-softmax
+        # kernel takes them as a (batch * N, T) batch (a view of a contiguous projection).
+        batch, rows, width = qkv.shape
+        seqs = qkv.reshape(batch * (rows // num_frames), num_frames, width)
+        return _attn.attention(*_thirds(seqs), num_heads).view(batch, rows, width // 3)
+
+    @staticmethod
+    def spatial_attention(
+        qkv: torch.Tensor, num_frames: int, num_heads: int, dropout_p: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        _no_dropout(dropout_p)
+        return _attn.spatial_attention(*_thirds(qkv), num_frames, num_heads)
+
+    @staticmethod
+    def cls_attention(q: torch.Tensor, kv: torch.Tensor, num_heads: int) -> torch.Tensor:
+        return _attn.attention(q.unsqueeze(1), *_thirds(kv, 2), num_heads).squeeze(1)
+
+    @staticmethod
+    def spatial_cls_attention(
+        q: torch.Tensor, kv: torch.Tensor, num_frames: int, num_heads: int
+    ) -> torch.Tensor:
+        return _attn.spatial_attention(q.unsqueeze(1), *_thirds(kv, 2), num_frames, num_heads)[1]
+
+
+class TritonBackend(SdpaBackend):
+    name = "triton"
+    ops = KernelOps
+
+    def __init__(self) -> None:
+        self._torch_path = SdpaBackend()
+
+    def layer(
+        self,
+        layer: TimesformerLayer,
+        x: torch.Tensor,
+        step: Step,
+        output_attentions: bool,
+        cls_only: bool = False,
+    ) -> tuple[torch.Tensor, None]:
+        # step.inplace is exactly "eval mode and no autograd" for this backend (supports_inplace).
+        if not step.inplace:
+            return self._torch_path.layer(layer, x, step, output_attentions, cls_only)
+        return super().layer(layer, x, step, output_attentions, cls_only)

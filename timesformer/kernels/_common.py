@@ -1,0 +1,130 @@
+"""What the attention kernels share: input checks, the support rules, and launch-size decisions.
+
+Nothing here imports Triton: the ``triton`` backend's availability check and the ops' fake (shape-only)
+implementations use these helpers on machines and tensors where no kernel can run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+# fp16/bf16 run the products on tensor cores with fp32 accumulation; fp32 runs them in full precision.
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Head sizes are padded to a power of two >= 16 inside the kernels (the tile width of tl.dot) and
+# masked; above 128 the fixed tiles would no longer fit in registers.
+MAX_HEAD_DIM = 128
+INT32_MAX = 2**31 - 1
+
+
+def interpreting() -> bool:
+    """Whether Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def head_dim_reason(head_dim: int) -> str | None:
+    """Why the kernels cannot take heads of this size, or ``None`` when they can."""
+    if not 1 <= head_dim <= MAX_HEAD_DIM:
+        return f"the Triton attention kernels take head sizes 1 to {MAX_HEAD_DIM}, got {head_dim}"
+    return None
+
+
+def dtype_reason(dtype: torch.dtype) -> str | None:
+    """Why the kernels cannot take this dtype, or ``None`` when they can."""
+    if dtype not in SUPPORTED_DTYPES:
+        names = ", ".join(str(d).removeprefix("torch.") for d in SUPPORTED_DTYPES)
+        return f"the Triton attention kernels take {names}, got {str(dtype).removeprefix('torch.')}"
+    return None
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def block_head(head_dim: int) -> int:
+    """Tile width for a head: ``tl.dot`` needs a power of two of at least 16 along the reduction."""
+    return max(16, next_pow2(head_dim))
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    # fp32 inputs take full-precision products (the fp32 model must match the reference to fp32
+    # accuracy; tf32 would lose ~3 decimal digits). 16-bit inputs are exact on tensor cores anyway.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def upcast_dot(dtype: torch.dtype) -> bool:
+    # The interpreter cannot multiply bfloat16 in tl.dot (see _triton_utils.mma).
+    return dtype == torch.bfloat16 and interpreting()
+
+
+def check_qkv(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> tuple[int, int]:
+    """Validate q, k, v of ``(batch, rows, hidden)`` for ``op``; returns ``(hidden, head_dim)``.
+
+    Rows may be strided (e.g. q, k, v as views into one packed projection); the last dimension must be
+    contiguous. ``q`` may have fewer rows than ``k``/``v`` (a CLS-only query).
+    """
+    tensors = {"q": q, "k": k, "v": v}
+    for name, x in tensors.items():
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 3:
+            raise ValueError(
+                f"{op}: {name} must have 3 dimensions (batch, rows, hidden), got shape {tuple(x.shape)}"
+            )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"{op}: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"{op}: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    reason = dtype_reason(q.dtype)
+    if reason:
+        raise ValueError(f"{op}: {reason}")
+    if k.shape != v.shape:
+        raise ValueError(f"{op}: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2]:
+        raise ValueError(
+            f"{op}: q {tuple(q.shape)} and k {tuple(k.shape)} must agree in batch and hidden size"
+        )
+    hidden = q.shape[2]
+    if num_heads < 1 or hidden % num_heads:
+        raise ValueError(f"{op}: hidden size {hidden} is not divisible by num_heads={num_heads}")
+    head_dim = hidden // num_heads
+    reason = head_dim_reason(head_dim)
+    if reason:
+        raise ValueError(f"{op}: {reason}")
+    for name, x in tensors.items():
+        if x.stride(2) != 1 and x.shape[2] > 1:
+            raise ValueError(
+                f"{op}: {name} must be contiguous along its last (hidden) dimension, got strides "
+                f"{tuple(x.stride())} for shape {tuple(x.shape)}; pass a view with a unit last stride"
+            )
+        if any(s < 0 for s in x.stride()):
+            raise ValueError(f"{op}: {name} has negative strides {tuple(x.stride())}")
+    return hidden, head_dim
+
+
+def check_out(op: str, name: str, out: torch.Tensor, shape, like: torch.Tensor) -> None:
+    """Validate an output tensor a launcher writes: shape, dtype and device of ``like``, unit last stride."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(out).__name__}")
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"{op}: {name} must have shape {tuple(shape)}, got {tuple(out.shape)}")
+    if out.dtype != like.dtype or out.device != like.device:
+        raise ValueError(
+            f"{op}: {name} must be {like.dtype} on {like.device} like q, got {out.dtype} on {out.device}"
+        )
+    if out.numel() and out.shape[-1] > 1 and out.stride(-1) != 1:
+        raise ValueError(
+            f"{op}: {name} must be contiguous along its last dimension, got strides {tuple(out.stride())}"
+        )
+
+
+def needs_int64(*tensors: torch.Tensor) -> bool:
+    """Whether an element offset into any of ``tensors`` can exceed int32 (then kernels index in int64)."""
+    for x in tensors:
+        if x.numel() == 0:
+            continue
+        last = sum((size - 1) * stride for size, stride in zip(x.shape, x.stride(), strict=True))
+        if last > INT32_MAX:
+            return True
+    return False

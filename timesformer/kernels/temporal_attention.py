@@ -1,0 +1,193 @@
+"""Temporal attention of a divided space-time layer, read and written in the model's ``(n t)`` row order.
+
+Row ``n * T + t`` of ``x[:, 1:]`` is patch ``n`` of frame ``t`` (DESIGN.md section 1), so the ``T`` rows a
+temporal sequence attends over are contiguous. One program takes ``BLOCK_P`` patches of one (clip, head):
+a ``[BLOCK_P, T, head_dim]`` tile of q, k and v, the ``T x T`` scores of every patch at once as one batched
+``tl.dot``, and a softmax without a key loop (``T`` <= 128 fits one tile). Packing several patches per
+program keeps programs large when ``T`` is 8; batching the product per patch, rather than one block-diagonal
+product over all rows, keeps a NaN in one patch's values out of its neighbours' outputs.
+
+Pure-torch reference: ``timesformer.ops.temporal_attention``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import block_head, check_out, check_qkv, dot_precision, needs_int64, next_pow2, upcast_dot
+from ._triton_utils import mma
+
+# T is padded to a power of two; 16 is the smallest reduction length tl.dot takes for 16-bit inputs
+# (the probabilities @ values product reduces over frames).
+MIN_BLOCK_T = 16
+MAX_FRAMES = 128
+
+
+@triton.jit
+def _temporal_attention_kernel(
+    Q,
+    K,
+    V,
+    Out,
+    stride_qb,
+    stride_qr,
+    stride_kb,
+    stride_kr,
+    stride_vb,
+    stride_vr,
+    stride_ob,
+    stride_or,
+    num_patches,
+    num_frames,
+    qk_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+    INT64: tl.constexpr,
+):
+    pid_p = tl.program_id(0)
+    b = tl.program_id(1)
+    h = tl.program_id(2)
+    if INT64:
+        b = b.to(tl.int64)
+
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_t = tl.arange(0, BLOCK_T)
+    offs_d = tl.arange(0, BLOCK_D)
+    rows = offs_p[:, None] * num_frames + offs_t[None, :]  # [P, T]: the (n t) row of each tile slot
+    if INT64:
+        rows = rows.to(tl.int64)
+    frame_ok = offs_t < num_frames
+    row_ok = (offs_p < num_patches)[:, None] & frame_ok[None, :]
+    mask = row_ok[:, :, None] & (offs_d < HEAD_DIM)[None, None, :]
+    col = h * HEAD_DIM + offs_d[None, None, :]
+
+    q = tl.load(Q + b * stride_qb + rows[:, :, None] * stride_qr + col, mask=mask, other=0.0)
+    k = tl.load(K + b * stride_kb + rows[:, :, None] * stride_kr + col, mask=mask, other=0.0)
+    v = tl.load(V + b * stride_vb + rows[:, :, None] * stride_vr + col, mask=mask, other=0.0)
+
+    # Scores in fp32; the softmax scale and log2(e) are applied here, not to q, so that q keeps its
+    # input precision for the product.
+    s = mma(q, tl.trans(k, (0, 2, 1)), DOT_PRECISION, UPCAST_DOT) * qk_scale  # [P, T, T]
+    s = tl.where(frame_ok[None, None, :], s, float("-inf"))
+    m = tl.max(s, 2)
+    p = tl.math.exp2(s - m[:, :, None])
+    denom = tl.sum(p, 2)
+    o = mma(p.to(v.dtype), v, DOT_PRECISION, UPCAST_DOT) / denom[:, :, None]
+
+    tl.store(Out + b * stride_ob + rows[:, :, None] * stride_or + col, o.to(Out.dtype.element_ty), mask=mask)
+
+
+def _launch_config(num_frames: int, head_dim: int, dtype: torch.dtype) -> dict:
+    # Fixed configurations, not autotuning: an autotuner would benchmark inside CUDA-graph capture and
+    # under the interpreter. About 64 rows per program (32 for fp32, whose products run without tensor
+    # cores and hold twice the registers) keeps a program's tiles in registers at head size 128.
+    block_t = max(MIN_BLOCK_T, next_pow2(num_frames))
+    rows = 32 if dtype == torch.float32 else 64
+    block_p = max(1, rows // block_t)
+    return dict(
+        BLOCK_T=block_t,
+        BLOCK_P=block_p,
+        BLOCK_D=block_head(head_dim),
+        num_warps=8 if block_p * block_t >= 128 else 4,
+    )
+
+
+def temporal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_frames: int, num_heads: int
+) -> torch.Tensor:
+    """Softmax attention over the ``T`` frames of each (clip, patch, head), in the model's row order.
+
+    Args:
+        q, k, v: ``(batch, num_patches * T, hidden)``, row ``n * T + t`` = patch ``n`` of frame ``t``. Any
+            strides with a contiguous last dimension, e.g. the three thirds of one packed
+            ``(batch, num_patches * T, 3 * hidden)`` projection.
+        num_frames: ``T``, 1 to 128.
+        num_heads: heads; ``head_dim = hidden // num_heads``, 1 to 128.
+
+    Returns:
+        ``(batch, num_patches * T, hidden)`` contiguous contexts, rows in the same order.
+    """
+    return torch.ops.timesformer.temporal_attention(q, k, v, num_frames, num_heads)
+
+
+def _check(q, k, v, num_frames: int, num_heads: int) -> tuple[int, int, int]:
+    op = "temporal_attention"
+    _, head_dim = check_qkv(op, q, k, v, num_heads)
+    if q.shape != k.shape:
+        raise ValueError(f"{op}: q, k, v must have the same shape, got {tuple(q.shape)} and {tuple(k.shape)}")
+    if not 1 <= num_frames <= MAX_FRAMES:
+        raise ValueError(f"{op}: num_frames must be 1 to {MAX_FRAMES}, got {num_frames}")
+    rows = q.shape[1]
+    if rows % num_frames:
+        raise ValueError(f"{op}: q has {rows} rows, not a multiple of num_frames={num_frames}")
+    return rows // num_frames, head_dim, q.shape[0]
+
+
+def temporal_attention_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    num_frames: int,
+    num_heads: int,
+    *,
+    int64: bool | None = None,
+) -> torch.Tensor:
+    """Launcher: runs the kernel, writing ``out``; returns ``out``.
+
+    Args:
+        q, k, v: as for ``temporal_attention``.
+        out: ``(batch, num_patches * T, hidden)``, any strides with a contiguous last dimension.
+        int64: index in 64 bits; default: only when an offset into a tensor can exceed 2**31 - 1.
+    """
+    num_patches, head_dim, batch = _check(q, k, v, num_frames, num_heads)
+    check_out("temporal_attention", "out", out, q.shape, q)
+    if out.numel() == 0:
+        return out
+    cfg = _launch_config(num_frames, head_dim, q.dtype)
+    grid = (triton.cdiv(num_patches, cfg["BLOCK_P"]), batch, num_heads)
+    _temporal_attention_kernel[grid](
+        q,
+        k,
+        v,
+        out,
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        v.stride(0),
+        v.stride(1),
+        out.stride(0),
+        out.stride(1),
+        num_patches,
+        num_frames,
+        head_dim**-0.5 * math.log2(math.e),
+        HEAD_DIM=head_dim,
+        DOT_PRECISION=dot_precision(q.dtype),
+        UPCAST_DOT=upcast_dot(q.dtype),
+        INT64=needs_int64(q, k, v, out) if int64 is None else int64,
+        **cfg,
+    )
+    return out
+
+
+@torch.library.custom_op("timesformer::temporal_attention", mutates_args=())
+def _temporal_attention_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_frames: int, num_heads: int
+) -> torch.Tensor:
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    return temporal_attention_fwd(q, k, v, out, num_frames, num_heads)
+
+
+@_temporal_attention_op.register_fake
+def _(q, k, v, num_frames, num_heads):
+    _check(q, k, v, num_frames, num_heads)
+    return q.new_empty(q.shape)
