@@ -1,13 +1,24 @@
-"""Shared helpers: random small configs, fully randomized weights, error metrics."""
+"""Shared helpers: random small configs, fully randomized weights, error metrics, kernel-test tools."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+from unittest import mock
 
 import pytest
 import torch
 
+# Where no GPU is present the Triton kernels run in the interpreter (numpy on the CPU). It must be set
+# before a kernel module is imported: triton.jit decides interpreted vs compiled when it decorates.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import timesformer
+
+# The device the kernel tests run on: a real GPU when present, else the interpreter on the CPU.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 ATTENTION_TYPES = ("divided_space_time", "joint_space_time", "space_only")
 
@@ -96,3 +107,61 @@ def random_clip(
     frames = kwargs["num_frames"] if frames is None else frames
     h, w = (kwargs["image_size"],) * 2 if hw is None else hw
     return torch.randn(batch, frames, kwargs["num_channels"], h, w, generator=gen)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(
+        reason="needs a CUDA GPU (marker gpu); the interpreter tests cover correctness here"
+    )
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+# ----------------------------------------------------------------------------- kernel-test tools
+
+
+def poisoned(shape, dtype, device=DEVICE) -> torch.Tensor:
+    """An output buffer full of NaN: any element a kernel fails to write fails the comparison."""
+    return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+
+def eager_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **_):
+    """The reference's attention math, op by op in the inputs' dtype (scores and probabilities rounded)."""
+    assert attn_mask is None and dropout_p == 0.0 and not is_causal
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return ((q @ k.transpose(-1, -2)) * scale).softmax(-1) @ v
+
+
+@contextlib.contextmanager
+def plain_torch_attention():
+    """Run ``timesformer.ops`` (the layouts) with the reference's eager math instead of SDPA kernels."""
+    with mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", eager_sdpa):
+        yield
+
+
+def assert_kernel_accuracy(out: torch.Tensor, exact: torch.Tensor, plain: torch.Tensor | None = None) -> None:
+    """The accuracy rule: fp32 within 1e-5 of float64 (relative, by norm); fp16/bf16 at most twice the
+    error of the plain torch computation at the same dtype, by norm and by max abs error."""
+    assert out.shape == exact.shape, (out.shape, exact.shape)
+    assert torch.isfinite(out).all(), "non-finite output: an element was not written, or the math overflowed"
+    err = rel_err(out, exact)
+    if out.dtype == torch.float32:
+        assert err <= 1e-5, f"fp32 relative error {err:.3g} > 1e-5"
+        return
+    assert plain is not None and plain.dtype == out.dtype
+    plain_err = rel_err(plain, exact)
+    assert err <= 2 * plain_err, f"{out.dtype}: relative error {err:.3g} > 2 x plain torch {plain_err:.3g}"
+    max_err = float((out.double() - exact).abs().max())
+    plain_max = float((plain.double() - exact).abs().max())
+    assert max_err <= 2 * plain_max, (
+        f"{out.dtype}: max abs error {max_err:.3g} > 2 x plain torch {plain_max:.3g}"
+    )
+
+
+def random_qkv(batch: int, rows: int, hidden: int, seed: int, device=DEVICE) -> torch.Tensor:
+    """A packed float64 ``(batch, rows, 3 * hidden)`` projection, fresh random numbers per test."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, rows, 3 * hidden, generator=gen, dtype=torch.float64).to(device)

@@ -17,11 +17,12 @@ def _model(backend="auto", cls=TimesformerModel, **overrides):
     return randomize_(cls(cfg, backend=backend), 1).eval()
 
 
-def test_available_backends_on_cpu():
+def test_available_backends_on_cpu(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     info = timesformer.available_backends("cpu")
     assert list(info) == ["eager", "sdpa", "triton"]
     assert info["eager"].available and info["sdpa"].available
-    assert not info["triton"].available and "not implemented" in info["triton"].reason
+    assert not info["triton"].available and "TRITON_INTERPRET=1" in info["triton"].reason
     assert timesformer.available_backends() == info
 
 
@@ -32,11 +33,16 @@ def test_auto_resolves_to_sdpa_and_reports_it():
     assert model.set_backend("eager") is model and model.backend == "eager"
 
 
-def test_triton_and_unknown_backends_are_refused():
-    with pytest.raises(BackendUnavailableError, match="triton backend is not implemented yet"):
-        _model("triton")
+def test_triton_without_interpreter_and_unknown_backends_are_refused(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    # Selecting it is allowed (the model may move to a GPU next); running it on the CPU is not.
+    model = _model("triton")
+    with pytest.raises(
+        BackendUnavailableError, match="backend 'triton' cannot run on cpu: .*TRITON_INTERPRET=1"
+    ):
+        model(random_clip(KWARGS))
     with pytest.raises(BackendUnavailableError, match="triton"):
-        _model().set_backend("triton")
+        _model().set_backend("triton").backend  # noqa: B018
     with pytest.raises(
         ValueError, match=r"backend must be one of \('eager', 'sdpa', 'triton', 'auto'\), got 'flash'"
     ):

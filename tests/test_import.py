@@ -28,6 +28,14 @@ def test_import_without_triton_or_transformers():
         with torch.no_grad():
             print(model(torch.randn(1, 2, 3, 16, 16)).logits.shape, model.backend)
         assert not any(m.split(".")[0] in ("triton", "transformers") for m in sys.modules)
+        info = timesformer.available_backends("cpu")["triton"]
+        assert not info.available and "Triton is not installed" in info.reason, info
+        try:
+            model.set_backend("triton")
+        except timesformer.BackendUnavailableError as e:
+            assert "needs Triton" in str(e)
+        else:
+            raise AssertionError("set_backend('triton') without Triton did not raise")
         """
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -32,14 +32,17 @@ class BackendInfo(NamedTuple):
     reason: str
 
 
+def _triton_installed() -> bool:
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _triton_status(device: torch.device, head_dim: int | None, dtype: torch.dtype | None) -> BackendInfo:
     from ..kernels._common import dtype_reason, head_dim_reason, interpreting
 
-    try:
-        found = importlib.util.find_spec("triton") is not None
-    except (ImportError, ValueError):
-        found = False
-    if not found:
+    if not _triton_installed():
         return BackendInfo(False, "Triton is not installed (pip install triton; Linux only)")
     if device.type == "cuda":
         if torch.version.hip is not None:
@@ -112,6 +115,8 @@ def get_backend(name: str) -> Backend:
 
         return SdpaBackend()
     if name == "triton":
+        if not _triton_installed():
+            raise BackendUnavailableError("the triton backend needs Triton (pip install triton; Linux only)")
         from .triton import TritonBackend
 
         return TritonBackend()

@@ -53,8 +53,8 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def upcast_dot(dtype: torch.dtype) -> bool:
-    # The interpreter cannot multiply bfloat16 in tl.dot (see _triton_utils.mma).
+def interpret_bf16(dtype: torch.dtype) -> bool:
+    # The interpreter's bfloat16 products and casts need the workarounds of _triton_utils.
     return dtype == torch.bfloat16 and interpreting()
 
 

@@ -18,8 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import block_head, check_out, check_qkv, dot_precision, needs_int64, next_pow2, upcast_dot
-from ._triton_utils import mma
+from ._common import block_head, check_out, check_qkv, dot_precision, interpret_bf16, needs_int64, next_pow2
+from ._triton_utils import mma, to_dtype
 
 # T is padded to a power of two; 16 is the smallest reduction length tl.dot takes for 16-bit inputs
 # (the probabilities @ values product reduces over frames).
@@ -49,7 +49,7 @@ def _temporal_attention_kernel(
     BLOCK_T: tl.constexpr,
     BLOCK_P: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    UPCAST_DOT: tl.constexpr,
+    INTERPRET_BF16: tl.constexpr,
     INT64: tl.constexpr,
 ):
     pid_p = tl.program_id(0)
@@ -75,14 +75,19 @@ def _temporal_attention_kernel(
 
     # Scores in fp32; the softmax scale and log2(e) are applied here, not to q, so that q keeps its
     # input precision for the product.
-    s = mma(q, tl.trans(k, (0, 2, 1)), DOT_PRECISION, UPCAST_DOT) * qk_scale  # [P, T, T]
+    s = mma(q, tl.trans(k, (0, 2, 1)), DOT_PRECISION, INTERPRET_BF16) * qk_scale  # [P, T, T]
     s = tl.where(frame_ok[None, None, :], s, float("-inf"))
     m = tl.max(s, 2)
-    p = tl.math.exp2(s - m[:, :, None])
-    denom = tl.sum(p, 2)
-    o = mma(p.to(v.dtype), v, DOT_PRECISION, UPCAST_DOT) / denom[:, :, None]
+    # The normalizer sums the probabilities as rounded for the product: each output's weights sum to one.
+    p = to_dtype(tl.math.exp2(s - m[:, :, None]), V.dtype.element_ty, INTERPRET_BF16)
+    denom = tl.sum(p.to(tl.float32), 2)
+    o = mma(p, v, DOT_PRECISION, INTERPRET_BF16) / denom[:, :, None]
 
-    tl.store(Out + b * stride_ob + rows[:, :, None] * stride_or + col, o.to(Out.dtype.element_ty), mask=mask)
+    tl.store(
+        Out + b * stride_ob + rows[:, :, None] * stride_or + col,
+        to_dtype(o, Out.dtype.element_ty, INTERPRET_BF16),
+        mask=mask,
+    )
 
 
 def _launch_config(num_frames: int, head_dim: int, dtype: torch.dtype) -> dict:
@@ -172,7 +177,7 @@ def temporal_attention_fwd(
         head_dim**-0.5 * math.log2(math.e),
         HEAD_DIM=head_dim,
         DOT_PRECISION=dot_precision(q.dtype),
-        UPCAST_DOT=upcast_dot(q.dtype),
+        INTERPRET_BF16=interpret_bf16(q.dtype),
         INT64=needs_int64(q, k, v, out) if int64 is None else int64,
         **cfg,
     )

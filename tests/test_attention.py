@@ -1,0 +1,227 @@
+"""The online-softmax attention kernel: spatial attention with CLS, and joint / space-only attention.
+
+Against the float64 references in ``timesformer.ops``. Runs on a GPU when one is present, else in Triton's
+interpreter (TRITON_INTERPRET=1, set by conftest).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import (
+    DEVICE,
+    assert_kernel_accuracy,
+    plain_torch_attention,
+    poisoned,
+    random_qkv,
+    rel_err,
+)
+
+from timesformer import ops
+from timesformer.kernels import attention as ka
+from timesformer.kernels._common import needs_int64
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+HEAD_DIMS = (32, 64, 80, 96, 128)
+
+
+def _split(qkv: torch.Tensor, hidden: int):
+    return qkv[..., :hidden], qkv[..., hidden : 2 * hidden], qkv[..., 2 * hidden :]
+
+
+def _seed(*key) -> int:
+    return hash(tuple(map(str, key))) % 2**31
+
+
+# ------------------------------------------------------------------------------------------ spatial
+
+# (batch, patches, frames, heads, head_dim): N not a multiple of the 64-key block (1, 7, 49, 196, 785),
+# T = 1 and odd T, head sizes that are not powers of two.
+SPATIAL_SHAPES = [
+    (1, 1, 1, 1, 32),
+    (2, 7, 3, 2, 80),
+    (1, 49, 5, 1, 96),
+    (2, 64, 2, 1, 16),
+    (1, 196, 2, 1, 64),
+    (1, 785, 1, 1, 32),
+    (3, 5, 8, 3, 12),
+]
+
+
+def _spatial(batch, patches, frames, heads, head_dim, dtype, seed, cls_only=False):
+    hidden = heads * head_dim
+    qkv64 = random_qkv(batch, 1 + patches * frames, hidden, seed)
+    exact_p, exact_c = ops.spatial_attention(qkv64, frames, heads)
+    qkv = qkv64.to(dtype)
+    with plain_torch_attention():
+        plain_p, plain_c = ops.spatial_attention(qkv, frames, heads)
+    q, k, v = _split(qkv, hidden)
+    if cls_only:
+        q = q[:, :1]
+    patch_out = poisoned((batch, q.shape[1] - 1, hidden), dtype)
+    cls_out = poisoned((batch, frames, hidden), dtype)
+    ka.spatial_attention_fwd(q, k, v, patch_out, cls_out, frames, heads)
+    assert_kernel_accuracy(cls_out, exact_c, plain_c)
+    if not cls_only:
+        assert_kernel_accuracy(patch_out, exact_p, plain_p)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SPATIAL_SHAPES, ids=str)
+def test_spatial_attention_shapes(shape, dtype):
+    _spatial(*shape, dtype, seed=_seed(shape, dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+def test_spatial_attention_every_head_size(head_dim, dtype):
+    _spatial(2, 9, 3, 2, head_dim, dtype, seed=_seed(head_dim, dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(2, 7, 3, 2, 16), (1, 70, 1, 1, 80)], ids=str)
+def test_spatial_cls_query_alone(shape, dtype):
+    _spatial(*shape, dtype, seed=_seed("cls", shape, dtype), cls_only=True)
+
+
+def test_spatial_custom_op_on_strided_views():
+    batch, patches, frames, heads, head_dim = 2, 5, 3, 2, 8
+    hidden = heads * head_dim
+    buf = random_qkv(2 * batch, 1 + patches * frames + 2, hidden + 3, seed=4).float()
+    qkv = buf[1::2, 2:, : 3 * hidden]
+    exact_p, exact_c = ops.spatial_attention(qkv.double(), frames, heads)
+    patch_ctx, cls_ctx = ka.spatial_attention(*_split(qkv, hidden), frames, heads)
+    assert patch_ctx.is_contiguous() and cls_ctx.is_contiguous()
+    assert_kernel_accuracy(patch_ctx, exact_p)
+    assert_kernel_accuracy(cls_ctx, exact_c)
+
+
+@pytest.mark.parametrize("int64", [False, True])
+def test_spatial_int64_indexing_path(int64):
+    qkv = random_qkv(2, 1 + 6 * 3, 16, seed=12).float()
+    exact_p, exact_c = ops.spatial_attention(qkv.double(), 3, 2)
+    p, c = ka.spatial_attention_fwd(
+        *_split(qkv, 16),
+        poisoned((2, 18, 16), torch.float32),
+        poisoned((2, 3, 16), torch.float32),
+        3,
+        2,
+        int64=int64,
+    )
+    assert_kernel_accuracy(p, exact_p)
+    assert_kernel_accuracy(c, exact_c)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy, inside the interpreter
+def test_spatial_nan_in_a_query_stays_in_its_row():
+    batch, patches, frames, heads, head_dim = 1, 5, 3, 2, 8
+    hidden = heads * head_dim
+    qkv = random_qkv(batch, 1 + patches * frames, hidden, seed=6).float()
+    qkv[0, 1 + 2 * frames + 1, 3] = float("nan")  # q of patch 2, frame 1, head 0
+    p, c = ka.spatial_attention(*_split(qkv, hidden), frames, heads)
+    with plain_torch_attention():  # torch's CPU SDPA drops a NaN query row; the reference's math keeps it
+        exact_p, exact_c = ops.spatial_attention(qkv.double(), frames, heads)
+    assert torch.equal(p.isnan(), exact_p.isnan()) and torch.equal(c.isnan(), exact_c.isnan())
+    assert exact_p.isnan().sum() == head_dim and not exact_c.isnan().any()
+    ok = ~exact_p.isnan()
+    assert rel_err(p[ok], exact_p[ok]) <= 1e-5
+
+
+# -------------------------------------------------------------------------------------------- joint
+
+# (batch, length, heads, head_dim): lengths around the 64-row blocks, 1 + N * T of small clips.
+JOINT_SHAPES = [
+    (1, 1, 1, 32),
+    (2, 2, 2, 80),
+    (1, 65, 1, 96),
+    (2, 127, 3, 16),
+    (1, 197, 1, 64),
+    (1, 300, 2, 12),
+]
+
+
+def _joint(batch, length, heads, head_dim, dtype, seed, cls_only=False):
+    hidden = heads * head_dim
+    qkv64 = random_qkv(batch, length, hidden, seed)
+    exact = ops.attention(qkv64, heads)
+    qkv = qkv64.to(dtype)
+    with plain_torch_attention():
+        plain = ops.attention(qkv, heads)
+    q, k, v = _split(qkv, hidden)
+    if cls_only:
+        q, exact, plain = q[:, :1], exact[:, :1], plain[:, :1]
+    out = ka.attention_fwd(q, k, v, poisoned(q.shape, dtype), heads)
+    assert_kernel_accuracy(out, exact, plain)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", JOINT_SHAPES, ids=str)
+def test_joint_attention_shapes(shape, dtype):
+    _joint(*shape, dtype, seed=_seed("joint", shape, dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+def test_joint_attention_every_head_size(head_dim, dtype):
+    _joint(2, 70, 2, head_dim, dtype, seed=_seed("joint", head_dim, dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_joint_cls_query_alone(dtype):
+    _joint(2, 130, 2, 32, dtype, seed=_seed("joint-cls", dtype), cls_only=True)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy, inside the interpreter
+def test_joint_nan_in_a_query_stays_in_its_row():
+    qkv = random_qkv(2, 70, 16, seed=9).float()
+    qkv[1, 66, 4] = float("nan")  # q of row 66, clip 1, head 0 (second query block)
+    out = ka.attention(*_split(qkv, 16), 2)
+    with plain_torch_attention():
+        exact = ops.attention(qkv.double(), 2)
+    assert torch.equal(out.isnan(), exact.isnan()) and exact.isnan().sum() == 8
+    ok = ~exact.isnan()
+    assert rel_err(out[ok], exact[ok]) <= 1e-5
+
+
+@pytest.mark.parametrize("int64", [False, True])
+def test_joint_int64_indexing_path(int64):
+    qkv = random_qkv(2, 70, 16, seed=13).float()
+    out = ka.attention_fwd(*_split(qkv, 16), poisoned((2, 70, 16), torch.float32), 2, int64=int64)
+    assert_kernel_accuracy(out, ops.attention(qkv.double(), 2))
+
+
+def test_offsets_past_int32_switch_to_int64():
+    """Joint attention over TimeSformer-L's 96 frames at batch 64, and HR's spatial pass at batch 96."""
+    qkv = torch.empty(64, 1 + 196 * 96, 3 * 1024, device="meta", dtype=torch.bfloat16)
+    q, k, v = _split(qkv, 1024)
+    assert needs_int64(q, k, v) and not needs_int64(*_split(qkv[:8], 1024))
+    assert torch.ops.timesformer.attention(q, k, v, 16).shape == (64, 1 + 196 * 96, 1024)
+    hr = torch.empty(96, 1 + 784 * 16, 3 * 768, device="meta", dtype=torch.bfloat16)
+    assert needs_int64(*_split(hr, 768))
+    p, c = torch.ops.timesformer.spatial_attention(*_split(hr, 768), 16, 12)
+    assert p.shape == (96, 784 * 16, 768) and c.shape == (96, 16, 768)
+
+
+def test_bad_input_is_rejected_with_the_numbers():
+    qkv = random_qkv(2, 13, 16, seed=1).float()
+    q, k, v = _split(qkv, 16)
+    with pytest.raises(
+        ValueError, match=r"q must have as many rows as k \(13\) or one \(a CLS query\), got 5"
+    ):
+        ka.attention(q[:, :5], k, v, 2)
+    with pytest.raises(ValueError, match=r"q \(2, 13, 16\) and k \(1, 13, 16\) must agree in batch"):
+        ka.attention(q, k[:1], v[:1], 2)
+    with pytest.raises(
+        ValueError, match=r"k has 13 rows, expected 1 \+ num_patches \* num_frames with num_frames=5"
+    ):
+        ka.spatial_attention(q, k, v, 5, 2)
+    with pytest.raises(
+        ValueError, match=r"must have 3 dimensions \(batch, rows, hidden\), got shape \(13, 16\)"
+    ):
+        ka.attention(q[0], k[0], v[0], 2)
+    with pytest.raises(ValueError, match=r"q must be contiguous along its last \(hidden\) dimension"):
+        ka.spatial_attention(qkv[..., ::3], k, v, 3, 2)
+    with pytest.raises(ValueError, match=r"cls_out must have shape \(2, 3, 16\), got \(2, 4, 16\)"):
+        ka.spatial_attention_fwd(
+            q, k, v, torch.empty(2, 12, 16, device=DEVICE), torch.empty(2, 4, 16, device=DEVICE), 3, 2
+        )
