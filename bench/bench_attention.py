@@ -1,0 +1,290 @@
+"""Attention kernel benchmark: the Triton kernels against the reference's path and against SDPA alone.
+
+TimeSformer-base shapes (8 x 224^2: N = 196 patches, T = 8, 12 heads of 64), bf16, batch 1, 8 and 32. Every
+variant starts from the packed ``qkv`` projection in the model's own row order and ends with contexts in that
+order, which is what a layer has and needs:
+
+- ``triton``: this package's kernel (reads q, k, v in place, writes contexts in place);
+- ``reference path``: what ``transformers`` does around attention: permute rows into sequences (temporal:
+  ``[(B N), T]``; spatial: repeat CLS ``T`` times, regroup patches by frame and cat; joint: split heads),
+  contiguous q/k/v, SDPA, and the inverse permutes (spatial: CLS averaged over frames);
+- ``sdpa``: ``scaled_dot_product_attention`` alone on inputs already arranged ``[batch, heads, seq, dim]``.
+
+Outputs are checked against a float32 computation before anything is timed. Times are medians of CUDA-event
+timings (``triton.testing.do_bench``), rotating among input sets larger than twice the L2 cache. The
+temporal kernel is memory-bound: it is reported in GB/s (q, k, v read once, contexts written once) next to
+the device-to-device copy rate measured in the same run; spatial and joint in TFLOP/s (4 * seq^2 * dim per
+sequence and head).
+
+    python bench/bench_attention.py [--batches 1 8 32] [--json bench/results/<device>/attention_bf16.json]
+
+``--smoke`` runs tiny shapes on the CPU under TRITON_INTERPRET=1 with wall-clock timing: it checks that the
+script works and says nothing about speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+BASE = dict(patches=196, frames=8, heads=12, head_dim=64)
+SMOKE = dict(patches=5, frames=3, heads=2, head_dim=16)
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+# ------------------------------------------------------------------------------ the reference paths
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:  # [S, L, D] -> [S, H, L, dh], contiguous
+    return x.unflatten(-1, (heads, -1)).transpose(1, 2).contiguous()
+
+
+def reference_temporal(qkv, frames, heads):
+    batch, rows, width = qkv.shape
+    d = width // 3
+    seqs = qkv.reshape(batch * rows // frames, frames, width)  # [(B N), T, 3D]
+    q, k, v = (_heads(t, heads) for t in seqs.split(d, -1))
+    out = F.scaled_dot_product_attention(q, k, v)
+    return out.transpose(1, 2).reshape(batch, rows, d)
+
+
+def reference_spatial(qkv, frames, heads):
+    batch, rows, width = qkv.shape
+    d, n = width // 3, (rows - 1) // frames
+    cls = qkv[:, :1].repeat(1, frames, 1).reshape(batch * frames, 1, width)
+    patches = qkv[:, 1:].reshape(batch, n, frames, width).transpose(1, 2).reshape(batch * frames, n, width)
+    seqs = torch.cat((cls, patches), 1)  # [(B T), 1 + N, 3D]
+    q, k, v = (_heads(t, heads) for t in seqs.split(d, -1))
+    out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, frames, 1 + n, d)
+    patch_ctx = out[:, :, 1:].transpose(1, 2).reshape(batch, n * frames, d)
+    return patch_ctx, out[:, :, 0].mean(1)
+
+
+def reference_joint(qkv, heads):
+    batch, rows, width = qkv.shape
+    d = width // 3
+    q, k, v = (_heads(t, heads) for t in qkv.split(d, -1))
+    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, rows, d)
+
+
+# ----------------------------------------------------------------------------------------- timing
+
+
+class Timer:
+    def __init__(self, device: torch.device, smoke: bool):
+        self.device, self.smoke = device, smoke
+        self.l2 = 0
+        if device.type == "cuda":
+            self.l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 * 2**20)
+
+    def sets(self, make, nbytes: int) -> list:
+        """Enough independent input sets that cycling through them spans twice the L2 cache."""
+        count = 1 if self.smoke else max(1, -(-2 * self.l2 // max(nbytes, 1)))
+        return [make(i) for i in range(min(count, 64))]
+
+    def median_ms(self, fn, inputs: list) -> float:
+        state = {"i": 0}
+
+        def step():
+            fn(inputs[state["i"] % len(inputs)])
+            state["i"] += 1
+
+        if self.smoke:
+            times = []
+            for _ in range(3):
+                start = time.perf_counter()
+                step()
+                times.append((time.perf_counter() - start) * 1e3)
+            return statistics.median(times)
+        import triton.testing
+
+        return triton.testing.do_bench(step, warmup=25, rep=200, return_mode="median")
+
+    def copy_gbps(self) -> float:
+        """Device-to-device copy rate, bytes read plus bytes written."""
+        n = (2 * 2**30 if not self.smoke else 2**20) // 2
+        src = torch.randn(n, device=self.device, dtype=torch.bfloat16)
+        dst = torch.empty_like(src)
+        ms = self.median_ms(lambda _: dst.copy_(src), [None])
+        return 2 * src.numel() * src.element_size() / ms / 1e6
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def run(batches, shape, dtype, device, timer, out_rows: list) -> float:
+    """Time every kernel at every batch size, appending result rows; returns the copy rate in GB/s."""
+    from timesformer.backends.triton import KernelOps
+
+    n, t, h, dh = shape["patches"], shape["frames"], shape["heads"], shape["head_dim"]
+    d = h * dh
+    elt = torch.tensor([], dtype=dtype).element_size()
+    copy = timer.copy_gbps()
+    print(f"device-to-device copy: {copy:.0f} GB/s")
+    for batch in batches:
+        gen = torch.Generator(device=device).manual_seed(batch)
+
+        def make(rows, batch=batch, gen=gen):
+            return lambda i: torch.randn(batch, rows, 3 * d, generator=gen, device=device, dtype=dtype)
+
+        cases = {
+            "temporal": dict(
+                rows=n * t,
+                ours=lambda x: KernelOps.temporal_attention(x, t, h),
+                ref=lambda x: reference_temporal(x, t, h),
+                seq=(batch * n, t),
+            ),
+            "spatial": dict(
+                rows=1 + n * t,
+                ours=lambda x: KernelOps.spatial_attention(x, t, h),
+                ref=lambda x: reference_spatial(x, t, h),
+                seq=(batch * t, 1 + n),
+            ),
+            "joint": dict(
+                rows=1 + n * t,
+                ours=lambda x: KernelOps.attention(x, h),
+                ref=lambda x: reference_joint(x, h),
+                seq=(batch, 1 + n * t),
+            ),
+        }
+        for name, case in cases.items():
+            rows = case["rows"]
+            nbytes = batch * rows * 3 * d * elt
+            inputs = timer.sets(make(rows), nbytes)
+            # Check before timing: ours and the reference path against float32 math.
+            x = inputs[0]
+            exact = case["ref"](x.float())
+            got, ref = case["ours"](x), case["ref"](x)
+            if name == "spatial":
+                got = (got[0], got[1].float().mean(1))
+                err = max(_rel(got[0], exact[0]), _rel(got[1], exact[1]))
+                ref_err = max(_rel(ref[0], exact[0]), _rel(ref[1], exact[1]))
+            else:
+                err, ref_err = _rel(got, exact), _rel(ref, exact)
+            # A sanity check (the tests enforce the accuracy rule): never time a wrong answer.
+            if not err <= 4 * ref_err + 1e-6:
+                raise SystemExit(f"{name} batch {batch}: error {err:.2e} vs reference path {ref_err:.2e}")
+            num_seq, seqlen = case["seq"]
+
+            def arrange(i, num_seq=num_seq, seqlen=seqlen, gen=gen):
+                return tuple(
+                    torch.randn(num_seq, h, seqlen, dh, generator=gen, device=device, dtype=dtype)
+                    for _ in range(3)
+                )
+
+            arranged = timer.sets(arrange, nbytes)
+            ms = {
+                "triton": timer.median_ms(case["ours"], inputs),
+                "reference path": timer.median_ms(case["ref"], inputs),
+                "sdpa (pre-arranged)": timer.median_ms(
+                    lambda a: F.scaled_dot_product_attention(*a), arranged
+                ),
+            }
+            flops = 4.0 * num_seq * h * seqlen * seqlen * dh
+            moved = batch * rows * 4 * d * elt  # q, k, v read, contexts written
+            row = {
+                "kernel": name,
+                "batch": batch,
+                "ms": ms,
+                "speedup_vs_reference_path": ms["reference path"] / ms["triton"],
+                "speedup_vs_sdpa": ms["sdpa (pre-arranged)"] / ms["triton"],
+                "relative_error_vs_fp32": err,
+                "reference_path_relative_error_vs_fp32": ref_err,
+                "accuracy_rule_met": err <= 2 * ref_err,
+                "tflops": {k: flops / v / 1e9 for k, v in ms.items()},
+                "gbps": moved / ms["triton"] / 1e6,
+                "fraction_of_copy_rate": moved / ms["triton"] / 1e6 / copy,
+            }
+            out_rows.append(row)
+            print(
+                f"{name:8s} B={batch:<3d} triton {ms['triton']:8.3f} ms | reference path "
+                f"{ms['reference path']:8.3f} ms ({row['speedup_vs_reference_path']:.2f}x) | sdpa "
+                f"{ms['sdpa (pre-arranged)']:8.3f} ms ({row['speedup_vs_sdpa']:.2f}x) | "
+                + (
+                    f"{row['gbps']:.0f} GB/s = {100 * row['fraction_of_copy_rate']:.0f}% of copy"
+                    if name == "temporal"
+                    else f"{row['tflops']['triton']:.1f} TFLOP/s"
+                )
+            )
+    return copy
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--dtype", choices=["bfloat16", "float16"], default="bfloat16")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny shapes on the CPU interpreter; no speed claims"
+    )
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+
+    if args.smoke:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+        device, shape, batches = torch.device("cpu"), SMOKE, [1, 2]
+    else:
+        if not torch.cuda.is_available():
+            print("no CUDA device: this benchmark measures GPU kernels (use --smoke to check the script)")
+            return 1
+        device, shape, batches = torch.device("cuda"), BASE, args.batches
+    import triton
+
+    import timesformer
+
+    dtype = getattr(torch, args.dtype)
+    timer = Timer(device, args.smoke)
+    rows: list = []
+    copy = run(batches, shape, dtype, device, timer, rows)
+    result = {
+        "benchmark": "attention",
+        "shape": {**shape, "dtype": args.dtype},
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else "cpu (interpreter smoke run)",
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "timesformer": timesformer.__version__,
+        "python": platform.python_version(),
+        "commit": _commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "timing": "wall clock, 3 runs (smoke)"
+        if args.smoke
+        else "triton.testing.do_bench median, CUDA events",
+        "copy_gbps": copy,
+        "results": rows,
+    }
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
