@@ -25,33 +25,18 @@ script works and says nothing about speed.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
+from _common import provenance  # bench/, on sys.path when a script here runs
 
 BASE = dict(patches=196, frames=8, heads=12, head_dim=64)
 SMOKE = dict(patches=5, frames=3, heads=2, head_dim=16)
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=os.path.dirname(os.path.abspath(__file__)),
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 # ------------------------------------------------------------------------------ the reference paths
@@ -260,8 +245,6 @@ def main(argv: list[str] | None = None) -> int:
         device, shape, batches = torch.device("cuda"), BASE, args.batches
     import triton
 
-    import timesformer
-
     dtype = getattr(torch, args.dtype)
     timer = Timer(device, args.smoke)
     rows: list = []
@@ -272,12 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else "cpu (interpreter smoke run)",
-        "torch": torch.__version__,
         "triton": triton.__version__,
-        "timesformer": timesformer.__version__,
-        "python": platform.python_version(),
-        "commit": _commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **provenance(),
         "timing": "wall clock, 3 runs (smoke)"
         if args.smoke
         else "triton.testing.do_bench median, CUDA events",

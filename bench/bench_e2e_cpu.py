@@ -11,29 +11,15 @@ the per-pair ratios.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
 import torch
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=os.path.dirname(os.path.abspath(__file__)),
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+from _common import provenance  # bench/, on sys.path when a script here runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,12 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         "device": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "timesformer": timesformer.__version__,
-        "python": platform.python_version(),
-        "commit": _commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **provenance(),
         "relative_error_vs_transformers": rel,
         "median_ms": {name: statistics.median(t) * 1e3 for name, t in times.items()},
         "all_ms": {name: [round(v * 1e3, 2) for v in t] for name, t in times.items()},

@@ -122,6 +122,10 @@ def pytest_collection_modifyitems(config, items):
 
 # ----------------------------------------------------------------------------- kernel-test tools
 
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# The head sizes the issue names; the kernels take 1 to 128 (others appear in the shape lists).
+KERNEL_HEAD_DIMS = (32, 64, 80, 96, 128)
+
 
 def poisoned(shape, dtype, device=DEVICE) -> torch.Tensor:
     """An output buffer full of NaN: any element a kernel fails to write fails the comparison."""

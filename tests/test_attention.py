@@ -10,6 +10,8 @@ import pytest
 import torch
 from conftest import (
     DEVICE,
+    KERNEL_DTYPES,
+    KERNEL_HEAD_DIMS,
     assert_kernel_accuracy,
     plain_torch_attention,
     poisoned,
@@ -20,13 +22,6 @@ from conftest import (
 from timesformer import ops
 from timesformer.kernels import attention as ka
 from timesformer.kernels._common import needs_int64
-
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-HEAD_DIMS = (32, 64, 80, 96, 128)
-
-
-def _split(qkv: torch.Tensor, hidden: int):
-    return qkv[..., :hidden], qkv[..., hidden : 2 * hidden], qkv[..., 2 * hidden :]
 
 
 def _seed(*key) -> int:
@@ -55,7 +50,7 @@ def _spatial(batch, patches, frames, heads, head_dim, dtype, seed, cls_only=Fals
     qkv = qkv64.to(dtype)
     with plain_torch_attention():
         plain_p, plain_c = ops.spatial_attention(qkv, frames, heads)
-    q, k, v = _split(qkv, hidden)
+    q, k, v = qkv.split(hidden, -1)
     if cls_only:
         q = q[:, :1]
     patch_out = poisoned((batch, q.shape[1] - 1, hidden), dtype)
@@ -66,19 +61,19 @@ def _spatial(batch, patches, frames, heads, head_dim, dtype, seed, cls_only=Fals
         assert_kernel_accuracy(patch_out, exact_p, plain_p)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SPATIAL_SHAPES, ids=str)
 def test_spatial_attention_shapes(shape, dtype):
     _spatial(*shape, dtype, seed=_seed(shape, dtype))
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
+@pytest.mark.parametrize("head_dim", KERNEL_HEAD_DIMS)
 def test_spatial_attention_every_head_size(head_dim, dtype):
     _spatial(2, 9, 3, 2, head_dim, dtype, seed=_seed(head_dim, dtype))
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
 @pytest.mark.parametrize("shape", [(2, 7, 3, 2, 16), (1, 70, 1, 1, 80)], ids=str)
 def test_spatial_cls_query_alone(shape, dtype):
     _spatial(*shape, dtype, seed=_seed("cls", shape, dtype), cls_only=True)
@@ -90,7 +85,7 @@ def test_spatial_custom_op_on_strided_views():
     buf = random_qkv(2 * batch, 1 + patches * frames + 2, hidden + 3, seed=4).float()
     qkv = buf[1::2, 2:, : 3 * hidden]
     exact_p, exact_c = ops.spatial_attention(qkv.double(), frames, heads)
-    patch_ctx, cls_ctx = ka.spatial_attention(*_split(qkv, hidden), frames, heads)
+    patch_ctx, cls_ctx = ka.spatial_attention(*qkv.split(hidden, -1), frames, heads)
     assert patch_ctx.is_contiguous() and cls_ctx.is_contiguous()
     assert_kernel_accuracy(patch_ctx, exact_p)
     assert_kernel_accuracy(cls_ctx, exact_c)
@@ -101,7 +96,7 @@ def test_spatial_int64_indexing_path(int64):
     qkv = random_qkv(2, 1 + 6 * 3, 16, seed=12).float()
     exact_p, exact_c = ops.spatial_attention(qkv.double(), 3, 2)
     p, c = ka.spatial_attention_fwd(
-        *_split(qkv, 16),
+        *qkv.split(16, -1),
         poisoned((2, 18, 16), torch.float32),
         poisoned((2, 3, 16), torch.float32),
         3,
@@ -118,7 +113,7 @@ def test_spatial_nan_in_a_query_stays_in_its_row():
     hidden = heads * head_dim
     qkv = random_qkv(batch, 1 + patches * frames, hidden, seed=6).float()
     qkv[0, 1 + 2 * frames + 1, 3] = float("nan")  # q of patch 2, frame 1, head 0
-    p, c = ka.spatial_attention(*_split(qkv, hidden), frames, heads)
+    p, c = ka.spatial_attention(*qkv.split(hidden, -1), frames, heads)
     with plain_torch_attention():  # torch's CPU SDPA drops a NaN query row; the reference's math keeps it
         exact_p, exact_c = ops.spatial_attention(qkv.double(), frames, heads)
     assert torch.equal(p.isnan(), exact_p.isnan()) and torch.equal(c.isnan(), exact_c.isnan())
@@ -147,26 +142,26 @@ def _joint(batch, length, heads, head_dim, dtype, seed, cls_only=False):
     qkv = qkv64.to(dtype)
     with plain_torch_attention():
         plain = ops.attention(qkv, heads)
-    q, k, v = _split(qkv, hidden)
+    q, k, v = qkv.split(hidden, -1)
     if cls_only:
         q, exact, plain = q[:, :1], exact[:, :1], plain[:, :1]
     out = ka.attention_fwd(q, k, v, poisoned(q.shape, dtype), heads)
     assert_kernel_accuracy(out, exact, plain)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
 @pytest.mark.parametrize("shape", JOINT_SHAPES, ids=str)
 def test_joint_attention_shapes(shape, dtype):
     _joint(*shape, dtype, seed=_seed("joint", shape, dtype))
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
+@pytest.mark.parametrize("head_dim", KERNEL_HEAD_DIMS)
 def test_joint_attention_every_head_size(head_dim, dtype):
     _joint(2, 70, 2, head_dim, dtype, seed=_seed("joint", head_dim, dtype))
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
 def test_joint_cls_query_alone(dtype):
     _joint(2, 130, 2, 32, dtype, seed=_seed("joint-cls", dtype), cls_only=True)
 
@@ -175,7 +170,7 @@ def test_joint_cls_query_alone(dtype):
 def test_joint_nan_in_a_query_stays_in_its_row():
     qkv = random_qkv(2, 70, 16, seed=9).float()
     qkv[1, 66, 4] = float("nan")  # q of row 66, clip 1, head 0 (second query block)
-    out = ka.attention(*_split(qkv, 16), 2)
+    out = ka.attention(*qkv.split(16, -1), 2)
     with plain_torch_attention():
         exact = ops.attention(qkv.double(), 2)
     assert torch.equal(out.isnan(), exact.isnan()) and exact.isnan().sum() == 8
@@ -186,25 +181,25 @@ def test_joint_nan_in_a_query_stays_in_its_row():
 @pytest.mark.parametrize("int64", [False, True])
 def test_joint_int64_indexing_path(int64):
     qkv = random_qkv(2, 70, 16, seed=13).float()
-    out = ka.attention_fwd(*_split(qkv, 16), poisoned((2, 70, 16), torch.float32), 2, int64=int64)
+    out = ka.attention_fwd(*qkv.split(16, -1), poisoned((2, 70, 16), torch.float32), 2, int64=int64)
     assert_kernel_accuracy(out, ops.attention(qkv.double(), 2))
 
 
 def test_offsets_past_int32_switch_to_int64():
     """Joint attention over TimeSformer-L's 96 frames at batch 64, and HR's spatial pass at batch 96."""
     qkv = torch.empty(64, 1 + 196 * 96, 3 * 1024, device="meta", dtype=torch.bfloat16)
-    q, k, v = _split(qkv, 1024)
-    assert needs_int64(q, k, v) and not needs_int64(*_split(qkv[:8], 1024))
+    q, k, v = qkv.split(1024, -1)
+    assert needs_int64(q, k, v) and not needs_int64(*qkv[:8].split(1024, -1))
     assert torch.ops.timesformer.attention(q, k, v, 16).shape == (64, 1 + 196 * 96, 1024)
     hr = torch.empty(96, 1 + 784 * 16, 3 * 768, device="meta", dtype=torch.bfloat16)
-    assert needs_int64(*_split(hr, 768))
-    p, c = torch.ops.timesformer.spatial_attention(*_split(hr, 768), 16, 12)
+    assert needs_int64(*hr.split(768, -1))
+    p, c = torch.ops.timesformer.spatial_attention(*hr.split(768, -1), 16, 12)
     assert p.shape == (96, 784 * 16, 768) and c.shape == (96, 16, 768)
 
 
 def test_bad_input_is_rejected_with_the_numbers():
     qkv = random_qkv(2, 13, 16, seed=1).float()
-    q, k, v = _split(qkv, 16)
+    q, k, v = qkv.split(16, -1)
     with pytest.raises(
         ValueError, match=r"q must have as many rows as k \(13\) or one \(a CLS query\), got 5"
     ):

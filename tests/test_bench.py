@@ -11,7 +11,8 @@ import pytest
 BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench"
 
 
-def _load(name: str):
+def _load(name: str, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))  # as when the script runs: its folder is on sys.path
     spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -22,7 +23,7 @@ def _load(name: str):
 def test_bench_attention_smoke(tmp_path, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     out = tmp_path / "attention.json"
-    assert _load("bench_attention").main(["--smoke", "--json", str(out)]) == 0
+    assert _load("bench_attention", monkeypatch).main(["--smoke", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["device"].startswith("cpu") and "smoke" in result["timing"]
     assert {(r["kernel"], r["batch"]) for r in result["results"]} == {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import (
+    KERNEL_DTYPES,
     assert_close,
     assert_kernel_accuracy,
     plain_torch_attention,
@@ -23,7 +24,6 @@ from timesformer import ops
 
 pytestmark = pytest.mark.gpu
 
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 CUDA = torch.device("cuda")
 
 
@@ -32,12 +32,8 @@ def _qkv(batch, rows, hidden, seed):
     return torch.randn(batch, rows, 3 * hidden, generator=gen, device=CUDA, dtype=torch.float64)
 
 
-def _split(qkv, hidden):
-    return qkv[..., :hidden], qkv[..., hidden : 2 * hidden], qkv[..., 2 * hidden :]
-
-
 # (batch, patches, frames, heads, head_dim): base 8x224, TimeSformer-L (T = 96), TimeSformer-HR (N = 784).
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
 @pytest.mark.parametrize("shape", [(2, 196, 8, 12, 64), (1, 196, 96, 16, 64), (1, 784, 16, 12, 64)], ids=str)
 def test_temporal_and_spatial_at_model_shapes(shape, dtype):
     from timesformer.kernels import attention as ka
@@ -50,20 +46,20 @@ def test_temporal_and_spatial_at_model_shapes(shape, dtype):
     exact = ops.temporal_attention(qkv64[:, 1:], t, h)
     with plain_torch_attention():
         plain = ops.temporal_attention(qkv[:, 1:], t, h)
-    out = kt.temporal_attention_fwd(*_split(qkv[:, 1:], d), poisoned(plain.shape, dtype, CUDA), t, h)
+    out = kt.temporal_attention_fwd(*qkv[:, 1:].split(d, -1), poisoned(plain.shape, dtype, CUDA), t, h)
     assert_kernel_accuracy(out, exact, plain)
 
     exact_p, exact_c = ops.spatial_attention(qkv64, t, h)
     with plain_torch_attention():
         plain_p, plain_c = ops.spatial_attention(qkv, t, h)
     p, c = ka.spatial_attention_fwd(
-        *_split(qkv, d), poisoned(plain_p.shape, dtype, CUDA), poisoned(plain_c.shape, dtype, CUDA), t, h
+        *qkv.split(d, -1), poisoned(plain_p.shape, dtype, CUDA), poisoned(plain_c.shape, dtype, CUDA), t, h
     )
     assert_kernel_accuracy(p, exact_p, plain_p)
     assert_kernel_accuracy(c, exact_c, plain_c)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
 @pytest.mark.parametrize("int64", [None, True])
 def test_joint_at_base_length(dtype, int64):
     from timesformer.kernels import attention as ka
@@ -74,7 +70,7 @@ def test_joint_at_base_length(dtype, int64):
     exact = ops.attention(qkv64, h)
     with plain_torch_attention():
         plain = ops.attention(qkv, h)
-    out = ka.attention_fwd(*_split(qkv, d), poisoned(plain.shape, dtype, CUDA), h, int64=int64)
+    out = ka.attention_fwd(*qkv.split(d, -1), poisoned(plain.shape, dtype, CUDA), h, int64=int64)
     assert_kernel_accuracy(out, exact, plain)
 
 

@@ -9,6 +9,8 @@ import pytest
 import torch
 from conftest import (
     DEVICE,
+    KERNEL_DTYPES,
+    KERNEL_HEAD_DIMS,
     assert_kernel_accuracy,
     plain_torch_attention,
     poisoned,
@@ -19,9 +21,6 @@ from conftest import (
 from timesformer import ops
 from timesformer.kernels import temporal_attention as kt
 from timesformer.kernels._common import needs_int64
-
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-HEAD_DIMS = (32, 64, 80, 96, 128)
 
 # (batch, patches, frames, heads, head_dim): every T of the issue (odd, 1, TimeSformer-L's 96) with patch
 # counts that leave a partial block of patches, and head sizes that are not powers of two.
@@ -37,10 +36,6 @@ SHAPES = [
 ]
 
 
-def _split(qkv: torch.Tensor, hidden: int):
-    return qkv[..., :hidden], qkv[..., hidden : 2 * hidden], qkv[..., 2 * hidden :]
-
-
 def _run_and_check(batch, patches, frames, heads, head_dim, dtype, seed):
     hidden = heads * head_dim
     qkv64 = random_qkv(batch, patches * frames, hidden, seed)
@@ -49,18 +44,18 @@ def _run_and_check(batch, patches, frames, heads, head_dim, dtype, seed):
     with plain_torch_attention():
         plain = ops.temporal_attention(qkv, frames, heads)
     out = poisoned((batch, patches * frames, hidden), dtype)
-    kt.temporal_attention_fwd(*_split(qkv, hidden), out, frames, heads)
+    kt.temporal_attention_fwd(*qkv.split(hidden, -1), out, frames, heads)
     assert_kernel_accuracy(out, exact, plain)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_temporal_attention_shapes(shape, dtype):
     _run_and_check(*shape, dtype, seed=hash((shape, str(dtype))) % 2**31)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
+@pytest.mark.parametrize("head_dim", KERNEL_HEAD_DIMS)
 def test_temporal_attention_every_head_size(head_dim, dtype):
     _run_and_check(2, 5, 8, 2, head_dim, dtype, seed=head_dim)
 
@@ -72,11 +67,11 @@ def test_custom_op_matches_launcher_and_strided_inputs():
     buf = random_qkv(batch * 2, patches * frames + 3, hidden + 7, seed=5).float()
     qkv = buf[::2, 3:, : 3 * hidden]  # batch stride doubled, a row offset, padding at the end of each row
     exact = ops.temporal_attention(qkv.double(), frames, heads)
-    out = kt.temporal_attention(*_split(qkv, hidden), frames, heads)
+    out = kt.temporal_attention(*qkv.split(hidden, -1), frames, heads)
     assert out.is_contiguous()
     assert_kernel_accuracy(out, exact)
     # Separate q, k, v tensors (not one packed projection) and a strided output.
-    q, k, v = (x.contiguous() for x in _split(qkv, hidden))
+    q, k, v = (x.contiguous() for x in qkv.split(hidden, -1))
     wide = poisoned((batch, patches * frames, 2 * hidden), torch.float32)
     kt.temporal_attention_fwd(q, k, v, wide[..., hidden:], frames, heads)
     assert_kernel_accuracy(wide[..., hidden:], exact)
@@ -86,7 +81,7 @@ def test_custom_op_matches_launcher_and_strided_inputs():
 @pytest.mark.parametrize("int64", [False, True])
 def test_int64_indexing_path_gives_the_same_result(int64):
     qkv = random_qkv(2, 3 * 4, 32, seed=11).float()
-    a, b, c = _split(qkv, 32)
+    a, b, c = qkv.split(32, -1)
     out = kt.temporal_attention_fwd(a, b, c, poisoned((2, 12, 32), torch.float32), 4, 2, int64=int64)
     assert_kernel_accuracy(out, ops.temporal_attention(qkv.double(), 4, 2))
 
@@ -94,9 +89,9 @@ def test_int64_indexing_path_gives_the_same_result(int64):
 def test_offsets_past_int32_switch_to_int64():
     """TimeSformer-L at batch 64 in bf16: offsets past 2**31, checked on shapes without memory."""
     qkv = torch.empty(64, 196 * 96, 3 * 1024, device="meta", dtype=torch.bfloat16)
-    q, k, v = _split(qkv, 1024)
+    q, k, v = qkv.split(1024, -1)
     assert needs_int64(q, k, v)
-    assert not needs_int64(*_split(qkv[:8], 1024))
+    assert not needs_int64(*qkv[:8].split(1024, -1))
     out = torch.ops.timesformer.temporal_attention(q, k, v, 96, 16)  # the fake implementation
     assert out.shape == (64, 196 * 96, 1024) and out.device.type == "meta"
 
@@ -108,7 +103,7 @@ def test_nan_stays_in_its_patch():
     hidden = heads * head_dim
     qkv = random_qkv(batch, patches * frames, hidden, seed=3).float()
     qkv[0, 2 * frames + 1, 2 * hidden + 5] = float("nan")  # v of patch 2, frame 1, one channel
-    out = kt.temporal_attention(*_split(qkv, hidden), frames, heads)
+    out = kt.temporal_attention(*qkv.split(hidden, -1), frames, heads)
     with plain_torch_attention():  # the reference's math (torch's CPU SDPA may drop NaN)
         exact = ops.temporal_attention(qkv.double(), frames, heads)
     assert torch.equal(out.isnan(), exact.isnan())
@@ -129,7 +124,7 @@ def test_long_clips_take_the_online_softmax_kernel():
 
 def test_bad_input_is_rejected_with_the_numbers():
     qkv = random_qkv(2, 12, 32, seed=1).float()
-    q, k, v = _split(qkv, 32)
+    q, k, v = qkv.split(32, -1)
     with pytest.raises(ValueError, match=r"q, k, v must share a dtype, got torch.float32, torch.float16"):
         kt.temporal_attention(q, k.half(), v, 4, 2)
     with pytest.raises(
@@ -150,7 +145,7 @@ def test_bad_input_is_rejected_with_the_numbers():
         kt.temporal_attention(q.double(), k.double(), v.double(), 4, 2)
     with pytest.raises(ValueError, match=r"head sizes 1 to 128, got 256"):
         big = random_qkv(1, 2, 256, seed=2).float()
-        kt.temporal_attention(*_split(big, 256), 2, 1)
+        kt.temporal_attention(*big.split(256, -1), 2, 1)
     with pytest.raises(ValueError, match=r"out must have shape \(2, 12, 32\), got \(2, 12, 16\)"):
         kt.temporal_attention_fwd(q, k, v, torch.empty(2, 12, 16, device=DEVICE), 4, 2)
     with pytest.raises(ValueError, match=r"out must be torch.float32 on"):

@@ -179,6 +179,7 @@ class _FakeCuda:
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: self.capability)
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: self.name)
         monkeypatch.setattr(torch.version, "hip", None)
+        registry._cuda_status.cache_clear()
         registry._auto.cache_clear()
 
 
@@ -205,6 +206,7 @@ def test_gpu_rules_compute_capability_and_auto(monkeypatch, caplog):
     registry._auto.cache_clear()
     assert registry.resolve_backend("auto", cuda, 64, torch.bfloat16).name == "sdpa"
     registry._auto.cache_clear()
+    registry._cuda_status.cache_clear()
 
 
 def test_other_devices_are_refused():

@@ -32,11 +32,31 @@ class BackendInfo(NamedTuple):
     reason: str
 
 
+# Both lookups run on every forward of a model with an explicit backend: cached (per process, and per
+# device for the GPU queries).
+@functools.cache
 def _triton_installed() -> bool:
     try:
         return importlib.util.find_spec("triton") is not None
     except (ImportError, ValueError):
         return False
+
+
+@functools.cache
+def _cuda_status(device: torch.device) -> BackendInfo:
+    if torch.version.hip is not None:
+        return BackendInfo(False, "the kernels are written and tested for NVIDIA GPUs, not ROCm")
+    if not torch.cuda.is_available():
+        return BackendInfo(False, "CUDA is not available to this torch build")
+    capability = torch.cuda.get_device_capability(device)
+    name = torch.cuda.get_device_name(device)
+    if capability < MIN_CAPABILITY:
+        need = ".".join(map(str, MIN_CAPABILITY))
+        return BackendInfo(
+            False,
+            f"the kernels need compute capability >= {need}; {name} has {capability[0]}.{capability[1]}",
+        )
+    return BackendInfo(True, "Triton kernels on " + name)
 
 
 def _triton_status(device: torch.device, head_dim: int | None, dtype: torch.dtype | None) -> BackendInfo:
@@ -45,19 +65,10 @@ def _triton_status(device: torch.device, head_dim: int | None, dtype: torch.dtyp
     if not _triton_installed():
         return BackendInfo(False, "Triton is not installed (pip install triton; Linux only)")
     if device.type == "cuda":
-        if torch.version.hip is not None:
-            return BackendInfo(False, "the kernels are written and tested for NVIDIA GPUs, not ROCm")
-        if not torch.cuda.is_available():
-            return BackendInfo(False, "CUDA is not available to this torch build")
-        capability = torch.cuda.get_device_capability(device)
-        if capability < MIN_CAPABILITY:
-            need = ".".join(map(str, MIN_CAPABILITY))
-            return BackendInfo(
-                False,
-                f"the kernels need compute capability >= {need}; {torch.cuda.get_device_name(device)} "
-                f"has {capability[0]}.{capability[1]}",
-            )
-        where = "Triton kernels on " + torch.cuda.get_device_name(device)
+        info = _cuda_status(device)
+        if not info.available:
+            return info
+        where = info.reason
     elif device.type == "cpu":
         if not interpreting():
             return BackendInfo(

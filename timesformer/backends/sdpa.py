@@ -52,6 +52,10 @@ class SdpaBackend(Backend):
     # timesformer.ops, or anything with its functions' signatures and layouts (the triton backend's).
     ops: Any = torch_ops
 
+    def ops_for(self, step: Step) -> Any:
+        """The attention ops for this call (a subclass may keep ``timesformer.ops`` for some calls)."""
+        return self.ops
+
     def layer(
         self,
         layer: TimesformerLayer,
@@ -83,7 +87,7 @@ class SdpaBackend(Backend):
         qkv = F.linear(
             _layer_norm(x, layer.layernorm_before), attn.attention.qkv.weight, attn.attention.qkv.bias
         )
-        ctx = self.ops.attention(qkv, layer.num_heads, self._attn_dropout(attn, step))
+        ctx = self.ops_for(step).attention(qkv, layer.num_heads, self._attn_dropout(attn, step))
         out = F.linear(ctx, attn.output.dense.weight, attn.output.dense.bias)
         if step.inplace:
             return x.add_(out)
@@ -105,9 +109,9 @@ class SdpaBackend(Backend):
         kv = F.linear(h, w[hidden:], None if b is None else b[hidden:])
         q = F.linear(h[:, 0], w[:hidden], None if b is None else b[:hidden])
         if layer.attention_type == "divided_space_time":
-            ctx = self.ops.spatial_cls_attention(q, kv, step.num_frames, layer.num_heads).mean(1)
+            ctx = self.ops_for(step).spatial_cls_attention(q, kv, step.num_frames, layer.num_heads).mean(1)
         else:
-            ctx = self.ops.cls_attention(q, kv, layer.num_heads)
+            ctx = self.ops_for(step).cls_attention(q, kv, layer.num_heads)
         cls = x[:, :1] + F.linear(ctx, attn.output.dense.weight, attn.output.dense.bias).unsqueeze(1)
         return self._mlp(layer, cls, step)
 
@@ -122,7 +126,9 @@ class SdpaBackend(Backend):
         qkv = F.linear(
             _layer_norm(xt, layer.temporal_layernorm), t_attn.attention.qkv.weight, t_attn.attention.qkv.bias
         )
-        ctx = self.ops.temporal_attention(qkv, frames, layer.num_heads, self._attn_dropout(t_attn, step))
+        ctx = self.ops_for(step).temporal_attention(
+            qkv, frames, layer.num_heads, self._attn_dropout(t_attn, step)
+        )
         if step.inplace:
             w, b = cached_weights(
                 layer,
@@ -162,7 +168,7 @@ class SdpaBackend(Backend):
         qkv = F.linear(
             _layer_norm(x, layer.layernorm_before), s_attn.attention.qkv.weight, s_attn.attention.qkv.bias
         )
-        patch_ctx, cls_ctx = self.ops.spatial_attention(
+        patch_ctx, cls_ctx = self.ops_for(step).spatial_attention(
             qkv, frames, layer.num_heads, self._attn_dropout(s_attn, step)
         )
         w_o, b_o = s_attn.output.dense.weight, s_attn.output.dense.bias

@@ -5,7 +5,7 @@ or repeat) and writes contexts in the model's row order. The projections, LayerN
 torch ops until the fusion kernels land.
 
 The kernels are inference kernels (no backward, no attention dropout): a call that records autograd or
-runs in training mode takes the ``sdpa`` backend's path for that call.
+runs in training mode uses the torch ops (the ``sdpa`` backend's path) for that call.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .. import ops as torch_ops
 from ..kernels import attention as _attn
 from ..kernels import temporal_attention as _temporal
 from .sdpa import SdpaBackend
 
 if TYPE_CHECKING:
-    from ..modeling import TimesformerLayer
     from .base import Step
 
 
@@ -79,18 +79,7 @@ class TritonBackend(SdpaBackend):
     name = "triton"
     ops = KernelOps
 
-    def __init__(self) -> None:
-        self._torch_path = SdpaBackend()
-
-    def layer(
-        self,
-        layer: TimesformerLayer,
-        x: torch.Tensor,
-        step: Step,
-        output_attentions: bool,
-        cls_only: bool = False,
-    ) -> tuple[torch.Tensor, None]:
-        # step.inplace is exactly "eval mode and no autograd" for this backend (supports_inplace).
-        if not step.inplace:
-            return self._torch_path.layer(layer, x, step, output_attentions, cls_only)
-        return super().layer(layer, x, step, output_attentions, cls_only)
+    def ops_for(self, step: Step):
+        # step.inplace is exactly "eval mode and no autograd" for this backend (supports_inplace); the
+        # kernels have no backward and no dropout, so other calls run the torch ops.
+        return KernelOps if step.inplace else torch_ops

@@ -119,6 +119,11 @@ def check_out(op: str, name: str, out: torch.Tensor, shape, like: torch.Tensor) 
         )
 
 
+def batch_row_strides(*tensors: torch.Tensor) -> list[int]:
+    """``[t.stride(0), t.stride(1)]`` of each tensor in turn: the ``stride_<t>b, stride_<t>r`` kernel args."""
+    return [s for t in tensors for s in (t.stride(0), t.stride(1))]
+
+
 def needs_int64(*tensors: torch.Tensor) -> bool:
     """Whether an element offset into any of ``tensors`` can exceed int32 (then kernels index in int64)."""
     for x in tensors:

@@ -25,7 +25,15 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import block_head, check_out, check_qkv, dot_precision, interpret_bf16, needs_int64
+from ._common import (
+    batch_row_strides,
+    block_head,
+    check_out,
+    check_qkv,
+    dot_precision,
+    interpret_bf16,
+    needs_int64,
+)
 from ._triton_utils import mma, to_dtype
 
 
@@ -149,16 +157,7 @@ def _launch(
         v,
         out_cls,
         out_rows,
-        q.stride(0),
-        q.stride(1),
-        k.stride(0),
-        k.stride(1),
-        v.stride(0),
-        v.stride(1),
-        out_cls.stride(0),
-        out_cls.stride(1),
-        out_rows.stride(0),
-        out_rows.stride(1),
+        *batch_row_strides(q, k, v, out_cls, out_rows),
         num_queries,
         num_keys,
         num_frames,

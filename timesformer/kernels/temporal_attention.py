@@ -18,7 +18,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import block_head, check_out, check_qkv, dot_precision, interpret_bf16, needs_int64, next_pow2
+from ._common import (
+    batch_row_strides,
+    block_head,
+    check_out,
+    check_qkv,
+    dot_precision,
+    interpret_bf16,
+    needs_int64,
+    next_pow2,
+)
 from ._triton_utils import mma, to_dtype
 
 # T is padded to a power of two; 16 is the smallest reduction length tl.dot takes for 16-bit inputs
@@ -164,14 +173,7 @@ def temporal_attention_fwd(
         k,
         v,
         out,
-        q.stride(0),
-        q.stride(1),
-        k.stride(0),
-        k.stride(1),
-        v.stride(0),
-        v.stride(1),
-        out.stride(0),
-        out.stride(1),
+        *batch_row_strides(q, k, v, out),
         num_patches,
         num_frames,
         head_dim**-0.5 * math.log2(math.e),
