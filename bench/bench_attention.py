@@ -25,7 +25,6 @@ script works and says nothing about speed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -33,7 +32,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from _common import provenance  # bench/, on sys.path when a script here runs
+from _common import provenance, write_json  # bench/, on sys.path when a script here runs
 
 BASE = dict(patches=196, frames=8, heads=12, head_dim=64)
 SMOKE = dict(patches=5, frames=3, heads=2, head_dim=16)
@@ -263,10 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         "copy_gbps": copy,
         "results": rows,
     }
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    write_json(args.json, result)
     return 0
 
 

@@ -11,7 +11,6 @@ the per-pair ratios.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -19,7 +18,7 @@ import sys
 import time
 
 import torch
-from _common import provenance  # bench/, on sys.path when a script here runs
+from _common import provenance, write_json  # bench/, on sys.path when a script here runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,10 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, ms in result["median_ms"].items():
         print(f"  {name:20s} median {ms:9.1f} ms")
     print(f"  speedup (median of {args.pairs} alternating pairs): {result['median_paired_speedup']:.3f}x")
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    write_json(args.json, result)
     return 0
 
 
