@@ -1,0 +1,214 @@
+"""The fused linear kernels (``timesformer.kernels.linear``) against float64 references, in the interpreter.
+
+LayerNorm -> projection (-> activation) and projection + bias + in-place residual add (with the CLS
+frame-mean), on strided row views of a residual stream, awkward sizes, every dtype.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import DEVICE, KERNEL_DTYPES, assert_kernel_accuracy, poisoned
+
+from timesformer import ops
+from timesformer.activations import ACTIVATIONS
+from timesformer.kernels import linear as lin
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _ln_linear_params(k: int, n: int, seed: int, bias: bool = True):
+    g = _gen(seed)
+    ln_w = 1.0 + 0.3 * torch.randn(k, generator=g, dtype=torch.float64)
+    ln_b = 0.3 * torch.randn(k, generator=g, dtype=torch.float64)
+    w = torch.randn(n, k, generator=g, dtype=torch.float64) / k**0.5
+    b = 0.3 * torch.randn(n, generator=g, dtype=torch.float64) if bias else None
+    return ln_w, ln_b, w, b
+
+
+def _stream(batch: int, rows: int, k: int, seed: int, offset: float = 0.0) -> torch.Tensor:
+    """A float64 residual stream with a per-row offset (LayerNorm must remove it)."""
+    g = _gen(seed)
+    x = torch.randn(batch, rows, k, generator=g, dtype=torch.float64)
+    return x + offset * torch.randn(batch, rows, 1, generator=g, dtype=torch.float64)
+
+
+def _cast(dtype, *tensors):
+    return [None if t is None else t.to(DEVICE, dtype) for t in tensors]
+
+
+def _exact(x, ln_w, ln_b, w, b, eps, activation="linear"):
+    """The float64 reference for kernel inputs (already rounded to the kernel's dtype)."""
+    d = [None if t is None else t.double() for t in (x, ln_w, ln_b, w, b)]
+    return ops.layer_norm_linear(d[0], d[1], d[2], eps, d[3], d[4], activation)
+
+
+def _run_ln_linear(x, ln_w, ln_b, w, b, eps, activation):
+    """(kernel out, plain torch in x's dtype) for x and parameters already in the kernel's dtype."""
+    folded, colsum, shift = lin.prepare_layer_norm_linear(ln_w, ln_b, w, b)
+    out = poisoned((*x.shape[:2], w.shape[0]), x.dtype)
+    lin.layer_norm_linear_fwd(x, folded, colsum, shift, out, eps=eps, activation=activation)
+    plain = ops.layer_norm_linear(x, ln_w, ln_b, eps, w, b, activation)
+    return out, plain
+
+
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+@pytest.mark.parametrize(
+    "batch,rows,k,n",
+    [(1, 1, 16, 48), (2, 7, 24, 72), (1, 37, 40, 120), (3, 5, 96, 37), (1, 130, 64, 33), (2, 20, 200, 48)],
+)
+def test_layer_norm_linear(dtype, batch, rows, k, n):
+    seed = batch * 1000 + rows * 10 + k + n
+    eps = 1e-5 if rows % 2 else 1e-6
+    x64 = _stream(batch, rows, k, seed, offset=2.0)
+    params64 = _ln_linear_params(k, n, seed + 1, bias=bool(n % 2))
+    x, *params = _cast(dtype, x64, *params64)
+    out, plain = _run_ln_linear(x, *params, eps, "linear")
+    exact = _exact(x, *params, eps)
+    assert_kernel_accuracy(out, exact, plain)
+
+
+@pytest.mark.parametrize("activation", sorted(lin.ACTIVATIONS_IN_KERNEL))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_layer_norm_linear_activations(activation, dtype):
+    x64 = _stream(2, 9, 32, 5, offset=0.5)
+    params64 = _ln_linear_params(32, 80, 6)
+    x, *params = _cast(dtype, x64, *params64)
+    out, plain = _run_ln_linear(x, *params, 1e-5, activation)
+    exact = _exact(x, *params, 1e-5, activation)
+    assert_kernel_accuracy(out, exact, plain)
+
+
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+def test_layer_norm_linear_reads_rows_in_place(dtype):
+    """The temporal pass's input is x[:, 1:] of the residual stream (skip CLS by addressing) and the
+    classifier's is x[:, :1]: strided views, read where they lie."""
+    stream64 = _stream(2, 1 + 6 * 3, 48, 11, offset=1.0)
+    params64 = _ln_linear_params(48, 3 * 48, 12)
+    stream, *params = _cast(dtype, stream64, *params64)
+    for view in (stream[:, 1:], stream[:, :1], stream[:, 1::3]):
+        out, plain = _run_ln_linear(view, *params, 1e-6, "linear")
+        exact = _exact(view, *params, 1e-6)
+        assert_kernel_accuracy(out, exact, plain)
+
+
+def test_layer_norm_without_affine_and_without_layer_norm():
+    x64 = _stream(1, 10, 24, 3)
+    _, _, w64, b64 = _ln_linear_params(24, 40, 4)
+    x, w, b = _cast(torch.float32, x64, w64, b64)
+    folded, colsum, shift = lin.prepare_layer_norm_linear(None, None, w, b)
+    out = lin.layer_norm_linear(x, folded, colsum, shift, 1e-5)
+    assert_kernel_accuracy(out, ops.layer_norm_linear(x.double(), None, None, 1e-5, w.double(), b.double()))
+    # colsum=None: a plain projection with its bias and activation in the epilogue.
+    out = lin.layer_norm_linear(x, w, None, b.float(), activation="gelu")
+    assert_kernel_accuracy(out, F.gelu(F.linear(x.double(), w.double(), b.double())))
+
+
+def test_layer_norm_statistics_are_accurate_for_large_offsets():
+    """Rows with a mean 1000x their spread: the statistics are Chan's update, not E[x^2] - E[x]^2 (which
+    loses every digit of the variance in float32 here)."""
+    x64 = _stream(1, 8, 200, 21) + 1000.0
+    params64 = _ln_linear_params(200, 24, 22)
+    x, *params = _cast(torch.float32, x64, *params64)
+    out, _ = _run_ln_linear(x, *params, 1e-5, "linear")
+    exact = _exact(x, *params, 1e-5)
+    # The fold's cancellation costs ~|mean|/std ulps in the product: 1e3 here, so not 1e-5.
+    assert torch.isfinite(out).all() and (out.double() - exact).norm() / exact.norm() < 1e-3
+
+
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+@pytest.mark.parametrize("batch,rows,k,n", [(1, 1, 16, 16), (2, 13, 40, 24), (3, 70, 37, 96)])
+def test_linear_residual_in_place(dtype, batch, rows, k, n):
+    seed = batch + rows + k + n
+    g = _gen(seed)
+    stream64 = torch.randn(batch, 1 + rows, n, generator=g, dtype=torch.float64)
+    x64 = torch.randn(batch, rows, k, generator=g, dtype=torch.float64)
+    w64 = torch.randn(n, k, generator=g, dtype=torch.float64) / k**0.5
+    b64 = torch.randn(n, generator=g, dtype=torch.float64)
+    stream, x, w = _cast(dtype, stream64, x64, w64)
+    before = stream.clone()
+    residual = stream[:, 1:]
+    lin.linear_residual_(x, w, b64.float().to(DEVICE), residual)
+    exact = ops.linear_residual(x.double(), w.double(), b64.float().double(), before[:, 1:].double())
+    plain = ops.linear_residual(x, w, b64.to(DEVICE, dtype), before[:, 1:])
+    assert_kernel_accuracy(stream[:, 1:], exact, plain)
+    assert torch.equal(stream[:, 0], before[:, 0]), "the CLS row was written"
+
+
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+@pytest.mark.parametrize("frames", [1, 3, 8])
+def test_linear_residual_of_the_frame_mean(dtype, frames):
+    """The spatial out-projection's CLS row: residual[b, 0] += mean_t(ctx[b, t]) W^T + b."""
+    g = _gen(frames)
+    batch, k, n = 2, 24, 40
+    stream64 = torch.randn(batch, 5, n, generator=g, dtype=torch.float64)
+    ctx64 = torch.randn(batch, frames, k, generator=g, dtype=torch.float64)
+    w64 = torch.randn(n, k, generator=g, dtype=torch.float64) / k**0.5
+    b64 = torch.randn(n, generator=g, dtype=torch.float64)
+    stream, ctx, w = _cast(dtype, stream64, ctx64, w64)
+    before = stream.clone()
+    lin.linear_residual_(ctx, w, b64.float().to(DEVICE), stream[:, :1], mean_rows=True)
+    exact = ops.linear_residual(ctx.double(), w.double(), b64.float().double(), before[:, :1].double(), True)
+    plain = ops.linear_residual(ctx, w, b64.to(DEVICE, dtype), before[:, :1], True)
+    assert_kernel_accuracy(stream[:, :1], exact, plain)
+    assert torch.equal(stream[:, 1:], before[:, 1:])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_forced_int64_offsets_give_the_same_result(dtype):
+    x, w = _cast(dtype, _stream(2, 9, 32, 2), torch.randn(24, 32, dtype=torch.float64, generator=_gen(3)))
+    colsum = torch.randn(24, generator=_gen(4)).to(DEVICE)
+    bias = torch.randn(24, generator=_gen(5)).to(DEVICE)
+    a = lin.layer_norm_linear_fwd(x, w, colsum, bias, poisoned((2, 9, 24), dtype), int64=False)
+    b = lin.layer_norm_linear_fwd(x, w, colsum, bias, poisoned((2, 9, 24), dtype), int64=True)
+    assert torch.equal(a, b)
+
+
+def test_ops_pass_opcheck_and_compile():
+    x = _stream(2, 5, 16, 8).float().to(DEVICE)
+    folded, colsum, shift = lin.prepare_layer_norm_linear(
+        *_cast(torch.float32, *_ln_linear_params(16, 24, 9))
+    )
+    torch.library.opcheck(torch.ops.timesformer.layer_norm_linear, (x, folded, colsum, shift, 1e-5, "gelu"))
+    residual = torch.randn(2, 5, 24, device=DEVICE)
+    w = torch.randn(24, 16, device=DEVICE)
+    torch.library.opcheck(torch.ops.timesformer.linear_residual_, (x, w, shift, residual, False, None))
+
+    def f(x, residual):
+        h = lin.layer_norm_linear(x, folded, colsum, shift, 1e-5, "gelu")
+        return lin.linear_residual_(h[..., :16], w, shift, residual)
+
+    expected = f(x, residual.clone())
+    got = torch.compile(f, backend="aot_eager", fullgraph=True)(x, residual.clone())
+    assert torch.equal(got, expected)
+
+
+def test_every_config_activation_has_a_torch_formula_and_kernel_names_are_config_names():
+    assert set(lin.ACTIVATIONS_IN_KERNEL) <= set(ACTIVATIONS)
+
+
+def test_bad_input_is_refused_with_the_numbers():
+    x = torch.randn(2, 3, 16, device=DEVICE)
+    w = torch.randn(8, 16, device=DEVICE)
+    vec = torch.randn(8, device=DEVICE)
+    with pytest.raises(ValueError, match="3 dimensions"):
+        lin.layer_norm_linear(x[0], w, vec, vec)
+    with pytest.raises(ValueError, match="12 features but weight"):
+        lin.layer_norm_linear(x[..., :12], w, vec, vec)
+    with pytest.raises(ValueError, match="weight must be torch.float32"):
+        lin.layer_norm_linear(x, w.double(), vec, vec)
+    with pytest.raises(ValueError, match=r"colsum must be a float32 \(8,\)"):
+        lin.layer_norm_linear(x, w, vec[:4], vec)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        lin.layer_norm_linear(x, w, vec, vec, activation="mish")
+    with pytest.raises(ValueError, match="contiguous along its last"):
+        lin.layer_norm_linear(torch.randn(2, 16, 3, device=DEVICE).transpose(1, 2), w, vec, vec)
+    with pytest.raises(ValueError, match=r"residual must be torch.float32 \(2, 3, 8\)"):
+        lin.linear_residual_(x, w, vec, torch.randn(2, 4, 8, device=DEVICE))
+    with pytest.raises(ValueError, match=r"residual must be torch.float32 \(2, 1, 8\)"):
+        lin.linear_residual_(x, w, vec, torch.randn(2, 3, 8, device=DEVICE), mean_rows=True)
+    with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
+        lin.layer_norm_linear(x.double(), w.double(), vec, vec)

@@ -1,0 +1,461 @@
+"""Fused linear layers: LayerNorm -> projection (-> activation), and projection + bias + residual add.
+
+One GEMM kernel, ``out = epilogue(A @ W^T)``, with constexpr features for the six products of a layer
+(DESIGN.md section 3):
+
+- ``LN`` (``LN_t -> qkv_t``, ``LN_1 -> qkv_s``, ``LN_2 -> fc1``, final LayerNorm -> classifier). The
+  scheme is *folding*: with ``W' = W diag(gamma)``, ``c1 = W' 1`` and ``c2 = W beta + b``,
+
+      LN(x) W^T + b = rstd * (x W'^T - mean * c1) + c2.
+
+  So the main loop multiplies the raw rows ``x`` (no normalize-and-round step between the load and the
+  tensor-core product, which would put ALU work on the A tile's path), and the LayerNorm costs a per-row
+  correction in the epilogue. The row statistics come from the same A tiles the loop loads anyway, combined
+  tile by tile with Chan's parallel update of (mean, M2), which is as accurate as the two-pass formula
+  (no ``E[x^2] - E[x]^2`` cancellation); no separate statistics pass, no extra read of ``x``. ``c1`` is
+  summed from the *rounded* ``W'`` the loop uses, so the ``mean * c1`` term cancels what the loop added.
+  Accuracy: the normalized rows are never rounded to 16 bits (torch rounds them), ``W'`` is rounded once
+  where torch uses ``W``: the two errors are of one size (tests check the 2x rule against torch).
+- ``ACTIVATION``: exact (erf) GELU, the tanh GELU, ReLU, SiLU, quick GELU or none, in fp32 before the one
+  rounding. Other activations of the config run in torch after the kernel (``ACTIVATIONS_IN_KERNEL``).
+- ``RESIDUAL``: ``out = residual + A W^T + b``, written in place into the residual stream (out-projections,
+  the folded temporal projection, ``fc2``): each element is read and written by the same program.
+- ``MEAN_ROWS``: each A row is the mean of ``rows`` input rows, i.e. the spatial out-projection's CLS row
+  taking the frame-mean of its per-frame contexts (``out_s`` is linear, DESIGN.md section 2).
+
+Rows are addressed as ``(batch, rows)`` with two strides, so ``x[:, 1:]`` (the temporal pass skipping CLS)
+and ``x[:, :1]`` are read and written in place, with no copy.
+
+Pure-torch references: ``timesformer.ops.layer_norm_linear`` and ``linear_residual``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import SUPPORTED_DTYPES, dot_precision, interpret_bf16, needs_int64, next_pow2
+from ._triton_utils import mma, to_dtype
+
+# hidden_act names computed in the epilogue, and their codes (ACTIVATION constexpr).
+ACTIVATIONS_IN_KERNEL = {
+    "linear": 0,
+    "gelu": 1,
+    "gelu_python": 1,
+    "gelu_new": 2,
+    "gelu_accurate": 2,
+    "gelu_python_tanh": 2,
+    "gelu_pytorch_tanh": 2,
+    "relu": 3,
+    "silu": 4,
+    "swish": 4,
+    "quick_gelu": 5,
+}
+
+
+@triton.jit
+def _tanh(x):
+    # tl has no tanh; 1 - 2 / (e^2x + 1) saturates correctly at both ends (e^2x -> inf or 0).
+    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+
+
+@triton.jit
+def _activation(x, ACTIVATION: tl.constexpr):
+    if ACTIVATION == 1:
+        x = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+    elif ACTIVATION == 2:
+        x = 0.5 * x * (1.0 + _tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+    elif ACTIVATION == 3:
+        x = tl.maximum(x, 0.0)
+    elif ACTIVATION == 4:
+        x = x * tl.sigmoid(x)
+    elif ACTIVATION == 5:
+        x = x * tl.sigmoid(1.702 * x)
+    return x
+
+
+@triton.jit
+def _linear_kernel(
+    X,
+    W,
+    Out,
+    Res,
+    Bias,
+    Colsum,
+    stride_xb,
+    stride_xr,
+    stride_xk,
+    stride_wn,
+    stride_wk,
+    stride_ob,
+    stride_or,
+    stride_rb,
+    stride_rr,
+    out_rows,
+    mean_rows,
+    M,
+    N,
+    K,
+    eps,
+    LN: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    RESIDUAL: tl.constexpr,
+    MEAN_ROWS: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    INTERPRET_BF16: tl.constexpr,
+    INT64: tl.constexpr,
+):
+    # Grouped order (Triton's matmul tutorial): GROUP_M row blocks sweep the columns together, so their
+    # A rows and the W columns they share stay in L2.
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    group = pid // (GROUP_M * num_n)
+    first_m = group * GROUP_M
+    group_size = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * num_n)) % group_size
+    pid_n = (pid % (GROUP_M * num_n)) // group_size
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    # GEMM row m is row (b, r) of the 3-D output (and residual); A's row is the same (b, r), or for
+    # MEAN_ROWS the rows (b, 0 .. mean_rows-1).
+    b = offs_m // out_rows
+    r = offs_m % out_rows
+    if INT64:
+        b = b.to(tl.int64)
+        r = r.to(tl.int64)
+    if MEAN_ROWS:
+        x_rows = X + b * stride_xb
+    else:
+        x_rows = X + b * stride_xb + r * stride_xr
+    offs_k = tl.arange(0, BLOCK_K)
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    mean = tl.zeros([BLOCK_M], tl.float32)
+    m2 = tl.zeros([BLOCK_M], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + offs_k
+        k_ok = k < K
+        a_mask = m_ok[:, None] & k_ok[None, :]
+        a_ptrs = x_rows[:, None] + k[None, :] * stride_xk
+        if MEAN_ROWS:
+            a32 = tl.zeros([BLOCK_M, BLOCK_K], tl.float32)
+            for t in range(0, mean_rows):
+                a32 += tl.load(a_ptrs + t * stride_xr, mask=a_mask, other=0.0).to(tl.float32)
+            a = to_dtype(a32 / mean_rows, X.dtype.element_ty, INTERPRET_BF16)
+        else:
+            a = tl.load(a_ptrs, mask=a_mask, other=0.0)
+        w = tl.load(
+            W + offs_n[None, :] * stride_wn + k[:, None] * stride_wk,
+            mask=k_ok[:, None] & n_ok[None, :],
+            other=0.0,
+        )
+        acc += mma(a, w, DOT_PRECISION, INTERPRET_BF16)
+        if LN:
+            # Chan et al.: merge this tile's (count, mean, M2) into the running ones.
+            a32 = a.to(tl.float32)
+            count_a = k0 * 1.0
+            count_b = tl.sum(k_ok.to(tl.float32), 0)
+            mean_b = tl.sum(a32, 1) / count_b
+            dev = tl.where(k_ok[None, :], a32 - mean_b[:, None], 0.0)
+            delta = mean_b - mean
+            total = count_a + count_b
+            mean += delta * (count_b / total)
+            m2 += tl.sum(dev * dev, 1) + delta * delta * (count_a * count_b / total)
+
+    if LN:
+        rstd = 1.0 / tl.sqrt(m2 / K + eps)
+        c1 = tl.load(Colsum + offs_n, mask=n_ok, other=0.0)
+        acc = (acc - mean[:, None] * c1[None, :]) * rstd[:, None]
+    if HAS_BIAS:
+        acc += tl.load(Bias + offs_n, mask=n_ok, other=0.0)[None, :]
+    acc = _activation(acc, ACTIVATION)
+    out_mask = m_ok[:, None] & n_ok[None, :]
+    if RESIDUAL:
+        res_ptrs = Res + (b * stride_rb + r * stride_rr)[:, None] + offs_n[None, :]
+        acc += tl.load(res_ptrs, mask=out_mask, other=0.0).to(tl.float32)
+    out_ptrs = Out + (b * stride_ob + r * stride_or)[:, None] + offs_n[None, :]
+    tl.store(out_ptrs, to_dtype(acc, Out.dtype.element_ty, INTERPRET_BF16), mask=out_mask)
+
+
+def _launch_config(m: int, dtype: torch.dtype) -> dict:
+    # Fixed configurations, not autotuning: an autotuner would benchmark inside CUDA-graph capture and
+    # under the interpreter. 128 x 128 x 64 with 3 stages is the usual Hopper bf16 GEMM tile that fits in
+    # shared memory; the row block shrinks for the few-row products (CLS rows, the classifier) so that they
+    # do not compute 128-row tiles of padding. fp32 takes full-precision (non-tensor-core) products, which
+    # hold more registers: half the tile each way.
+    if dtype == torch.float32:
+        block_m, block_n, block_k, warps, stages = 64, 64, 32, 4, 2
+    else:
+        block_m, block_n, block_k, warps, stages = 128, 128, 64, 8, 3
+    return dict(
+        BLOCK_M=min(block_m, max(16, next_pow2(m))),
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        GROUP_M=8,
+        num_warps=warps,
+        num_stages=stages,
+    )
+
+
+# ------------------------------------------------------------------------------------------ checks
+
+
+def _check_3d(op: str, name: str, t: torch.Tensor) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 3:
+        raise ValueError(f"{op}: {name} must have 3 dimensions (batch, rows, features), got {tuple(t.shape)}")
+    if t.shape[2] > 1 and t.stride(2) != 1:
+        raise ValueError(
+            f"{op}: {name} must be contiguous along its last dimension, got strides {tuple(t.stride())}"
+        )
+
+
+def _check_operands(op: str, x: torch.Tensor, weight: torch.Tensor, vectors: dict) -> tuple[int, int]:
+    _check_3d(op, "x", x)
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"{op}: x must be float32, float16 or bfloat16, got {x.dtype}")
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(f"{op}: weight must be a 2-D (out_features, in_features) tensor, got {shape}")
+    if weight.dtype != x.dtype or weight.device != x.device:
+        raise ValueError(
+            f"{op}: weight must be {x.dtype} on {x.device} like x, got {weight.dtype} on {weight.device}"
+        )
+    n, k = weight.shape
+    if x.shape[2] != k:
+        raise ValueError(f"{op}: x has {x.shape[2]} features but weight {tuple(weight.shape)} takes {k}")
+    for name, vec in vectors.items():
+        if vec is None:
+            continue
+        if vec.shape != (n,) or vec.dtype != torch.float32 or vec.device != x.device:
+            raise ValueError(
+                f"{op}: {name} must be a float32 ({n},) vector on {x.device}, got {vec.dtype} "
+                f"{tuple(vec.shape)} on {vec.device}"
+            )
+    return n, k
+
+
+def _activation_code(op: str, activation: str) -> int:
+    try:
+        return ACTIVATIONS_IN_KERNEL[activation]
+    except KeyError:
+        raise ValueError(
+            f"{op}: activation must be one of {tuple(ACTIVATIONS_IN_KERNEL)}, got {activation!r}"
+        ) from None
+
+
+def _launch(x, weight, out, res, bias, colsum, out_rows, mean_rows, eps, activation, int64):
+    n, k = weight.shape
+    m = out.shape[0] * out_rows
+    if m == 0 or n == 0:
+        return
+    cfg = _launch_config(m, x.dtype)
+    grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
+    dummy = out  # unread pointer for absent operands (their constexpr flag is off)
+    res_ = dummy if res is None else res
+    _linear_kernel[grid](
+        x,
+        weight,
+        out,
+        res_,
+        dummy if bias is None else bias,
+        dummy if colsum is None else colsum,
+        x.stride(0),
+        x.stride(1),
+        x.stride(2),
+        weight.stride(0),
+        weight.stride(1),
+        out.stride(0),
+        out.stride(1),
+        res_.stride(0),
+        res_.stride(1),
+        out_rows,
+        mean_rows,
+        m,
+        n,
+        k,
+        eps,
+        LN=colsum is not None,
+        HAS_BIAS=bias is not None,
+        RESIDUAL=res is not None,
+        MEAN_ROWS=mean_rows > 0,
+        ACTIVATION=activation,
+        DOT_PRECISION=dot_precision(x.dtype),
+        INTERPRET_BF16=interpret_bf16(x.dtype),
+        INT64=needs_int64(x, weight, out, res_) if int64 is None else int64,
+        **cfg,
+    )
+
+
+# ----------------------------------------------------------------------------- weight preparation
+
+
+def prepare_layer_norm_linear(
+    ln_weight: torch.Tensor | None,
+    ln_bias: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fold a LayerNorm's affine map into the projection after it: returns ``(W', c1, c2)``.
+
+    ``W' = W diag(gamma)`` in ``weight``'s dtype (one rounding), ``c1 = W' 1`` summed from the rounded
+    ``W'`` and ``c2 = W beta + b``, both float32 (the epilogue works in fp32). Sums in float64.
+
+    Args:
+        ln_weight, ln_bias: ``(in_features,)`` (``None``: 1 and 0, a LayerNorm without affine map).
+        weight: ``(out_features, in_features)``; bias: ``(out_features,)`` or ``None``.
+    """
+    acc = torch.float64 if weight.device.type in ("cpu", "cuda") else torch.float32
+    w = weight.to(acc)
+    folded = (w if ln_weight is None else w * ln_weight.to(acc)).to(weight.dtype)
+    colsum = folded.to(acc).sum(1).float()
+    shift = torch.zeros(weight.shape[0], dtype=acc, device=weight.device)
+    if ln_bias is not None:
+        shift += w @ ln_bias.to(acc)
+    if bias is not None:
+        shift += bias.to(acc)
+    return folded, colsum, shift.float()
+
+
+# ------------------------------------------------------------------------------------- the ops
+
+
+def layer_norm_linear_fwd(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    colsum: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    out: torch.Tensor,
+    *,
+    eps: float = 1e-5,
+    activation: str = "linear",
+    int64: bool | None = None,
+) -> torch.Tensor:
+    """Launcher of ``layer_norm_linear``: writes ``out`` ``(batch, rows, out_features)`` and returns it.
+
+    ``colsum=None`` skips the LayerNorm (a plain projection with bias and activation epilogue).
+    """
+    op = "layer_norm_linear"
+    n, _ = _check_operands(op, x, weight, {"colsum": colsum, "bias": bias})
+    code = _activation_code(op, activation)
+    _check_3d(op, "out", out)
+    if tuple(out.shape) != (*x.shape[:2], n) or out.dtype != x.dtype or out.device != x.device:
+        raise ValueError(
+            f"{op}: out must be {x.dtype} {(*x.shape[:2], n)} on {x.device}, got {out.dtype} "
+            f"{tuple(out.shape)} on {out.device}"
+        )
+    _launch(x, weight, out, None, bias, colsum, x.shape[1], 0, float(eps), code, int64)
+    return out
+
+
+def layer_norm_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    colsum: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float = 1e-5,
+    activation: str = "linear",
+) -> torch.Tensor:
+    """``act(LayerNorm(x) @ W^T + b)`` with the LayerNorm folded into prepared weights.
+
+    Args:
+        x: ``(batch, rows, in_features)``, any batch and row strides (e.g. ``x[:, 1:]``), contiguous
+            features.
+        weight, colsum, bias: ``prepare_layer_norm_linear``'s ``(W', c1, c2)``: ``(out_features,
+            in_features)`` in ``x``'s dtype, two float32 ``(out_features,)`` vectors. ``colsum=None``: no
+            LayerNorm, ``bias`` (float32 or ``None``) is the plain bias.
+        eps: the LayerNorm's epsilon.
+        activation: a name in ``ACTIVATIONS_IN_KERNEL``.
+
+    Returns:
+        ``(batch, rows, out_features)``, contiguous, in ``x``'s dtype.
+    """
+    return torch.ops.timesformer.layer_norm_linear(x, weight, colsum, bias, float(eps), activation)
+
+
+@torch.library.custom_op("timesformer::layer_norm_linear", mutates_args=())
+def _layer_norm_linear_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    colsum: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    activation: str,
+) -> torch.Tensor:
+    out = torch.empty((*x.shape[:2], weight.shape[0]), dtype=x.dtype, device=x.device)
+    return layer_norm_linear_fwd(x, weight, colsum, bias, out, eps=eps, activation=activation)
+
+
+@_layer_norm_linear_op.register_fake
+def _(x, weight, colsum, bias, eps, activation):
+    n, _ = _check_operands("layer_norm_linear", x, weight, {"colsum": colsum, "bias": bias})
+    _activation_code("layer_norm_linear", activation)
+    return x.new_empty((*x.shape[:2], n))
+
+
+def _check_residual(op: str, x, weight, bias, residual, mean_rows: bool) -> None:
+    n, _ = _check_operands(op, x, weight, {"bias": bias})
+    _check_3d(op, "residual", residual)
+    rows = 1 if mean_rows else x.shape[1]
+    expected = (x.shape[0], rows, n)
+    if tuple(residual.shape) != expected or residual.dtype != x.dtype or residual.device != x.device:
+        raise ValueError(
+            f"{op}: residual must be {x.dtype} {expected} on {x.device}, got {residual.dtype} "
+            f"{tuple(residual.shape)} on {residual.device}"
+        )
+
+
+def linear_residual_(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor,
+    *,
+    mean_rows: bool = False,
+    int64: bool | None = None,
+) -> torch.Tensor:
+    """``residual += x @ W^T + b`` in place (one rounding of the sum); returns ``residual``.
+
+    Args:
+        x: ``(batch, rows, in_features)``, any batch and row strides, contiguous features.
+        weight: ``(out_features, in_features)`` in ``x``'s dtype; bias: float32 ``(out_features,)`` or None.
+        residual: ``(batch, rows, out_features)`` (any batch and row strides, e.g. ``x[:, 1:]`` of the
+            residual stream), or ``(batch, 1, out_features)`` with ``mean_rows``.
+        mean_rows: project the mean of each batch's ``rows`` rows of ``x`` (the frame-mean of the CLS
+            contexts) into its one residual row.
+    """
+    _check_residual("linear_residual_", x, weight, bias, residual, mean_rows)
+    torch.ops.timesformer.linear_residual_(x, weight, bias, residual, mean_rows, int64)
+    return residual
+
+
+@torch.library.custom_op("timesformer::linear_residual_", mutates_args=("residual",))
+def _linear_residual_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor,
+    mean_rows: bool,
+    int64: bool | None,
+) -> None:
+    _check_residual("linear_residual_", x, weight, bias, residual, mean_rows)
+    out_rows = residual.shape[1]
+    _launch(
+        x, weight, residual, residual, bias, None, out_rows, x.shape[1] if mean_rows else 0, 0.0, 0, int64
+    )
+
+
+@_linear_residual_op.register_fake
+def _(x, weight, bias, residual, mean_rows, int64):
+    _check_residual("linear_residual_", x, weight, bias, residual, mean_rows)
