@@ -26,7 +26,7 @@ def model(request):
         ((1, 2, 4, 16, 16), torch.float32, r"3 channels .* got 4"),
         ((1, 2, 3, 16, 12), torch.float32, r"multiples of the patch size 8x8, got 16x12"),
         ((1, 2, 3, 4, 16), torch.float32, r"multiples of the patch size 8x8, got 4x16"),
-        ((1, 2, 3, 16, 16), torch.uint8, r"floating-point .* got dtype torch.uint8"),
+        ((1, 2, 16, 16, 3), torch.uint8, r"uint8 pixel_values are frames .*set_input_normalization"),
         ((1, 2, 3, 16, 16), torch.bool, r"floating-point .* got dtype torch.bool"),
         ((1, 2, 3, 16, 16), torch.int64, r"floating-point .* got dtype torch.int64"),
         ((0, 2, 3, 16, 16), torch.float32, r"at least one clip .* got shape \(0, 2, 3, 16, 16\)"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -38,10 +38,20 @@ class TimesformerPatchEmbeddings(nn.Module):
         )
 
 
+class InputNormalization(NamedTuple):
+    """How uint8 frames become the model's ``pixel_values``: ``(u * rescale_factor - mean[c]) / std[c]``."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    rescale_factor: float
+
+
 class TimesformerEmbeddings(nn.Module):
     def __init__(self, config: TimesformerConfig) -> None:
         super().__init__()
         self.attention_type = config.attention_type
+        # Set by ``set_input_normalization`` (not a parameter or buffer: state_dict keys stay the reference's).
+        self.input_normalization: InputNormalization | None = None
         self.config_grid = config.grid_hw
         self.patch_embeddings = TimesformerPatchEmbeddings(config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
@@ -77,12 +87,20 @@ class TimesformerEmbeddings(nn.Module):
         """Embed a clip.
 
         Args:
-            pixel_values: ``(batch, frames, channels, height, width)``.
+            pixel_values: ``(batch, frames, channels, height, width)`` normalized pixels, or uint8 frames
+                ``(batch, frames, height, width, channels)`` normalized here with ``input_normalization``.
 
         Returns:
             ``(x, frames, (gh, gw))`` with ``x`` of shape ``(batch, 1 + gh*gw*frames, hidden)``, rows in
             ``(n t)`` order (``(batch*frames, 1 + gh*gw, hidden)`` for ``space_only``).
         """
+        if pixel_values.dtype == torch.uint8:
+            from .ops import normalize_frames
+
+            norm = self.input_normalization
+            pixel_values = normalize_frames(
+                pixel_values, norm.mean, norm.std, norm.rescale_factor, dtype=self.cls_token.dtype
+            )
         # The reference's op order, dropout included, so that training runs draw the same random numbers.
         batch, frames, channels, height, width = pixel_values.shape
         emb = self.patch_embeddings.projection(pixel_values.reshape(batch * frames, channels, height, width))
@@ -159,6 +177,7 @@ class TimesformerLayer(nn.Module):
         self.output = TimesformerOutput(config)
         self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.hidden_act = config.hidden_act
         if config.attention_type == "divided_space_time":
             self.temporal_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
             self.temporal_attention = TimeSformerAttention(config)
@@ -174,7 +193,9 @@ class TimesformerEncoder(nn.Module):
 # --------------------------------------------------------------------------- models
 
 
-def _check_pixel_values(pixel_values: Any, config: TimesformerConfig, param: torch.Tensor) -> torch.Tensor:
+def _check_pixel_values(
+    pixel_values: Any, config: TimesformerConfig, param: torch.Tensor, norm: InputNormalization | None
+) -> torch.Tensor:
     if not isinstance(pixel_values, torch.Tensor):
         raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
     if pixel_values.dim() != 5:
@@ -182,19 +203,35 @@ def _check_pixel_values(pixel_values: Any, config: TimesformerConfig, param: tor
             "pixel_values must have 5 dimensions (batch, frames, channels, height, width), "
             f"got shape {tuple(pixel_values.shape)}"
         )
-    if not pixel_values.is_floating_point():
+    frames_u8 = pixel_values.dtype == torch.uint8
+    if frames_u8:
+        if norm is None:
+            raise ValueError(
+                "uint8 pixel_values are frames (batch, frames, height, width, channels) that the model "
+                "normalizes itself: call model.set_input_normalization(image_mean, image_std) first (the "
+                "values of the checkpoint's preprocessor_config.json), or pass normalized float pixels"
+            )
+        batch, frames, height, width, channels = pixel_values.shape
+    elif not pixel_values.is_floating_point():
         raise ValueError(
-            f"pixel_values must be a floating-point tensor (normalized pixels), got dtype {pixel_values.dtype}"
+            "pixel_values must be floating-point normalized pixels (batch, frames, channels, height, width) "
+            f"or uint8 frames (batch, frames, height, width, channels), got dtype {pixel_values.dtype}"
         )
-    batch, frames, channels, height, width = pixel_values.shape
+    else:
+        batch, frames, channels, height, width = pixel_values.shape
     if batch == 0 or frames == 0:
         raise ValueError(
             f"pixel_values must hold at least one clip of at least one frame, got shape {tuple(pixel_values.shape)}"
         )
     if channels != config.num_channels:
+        layout = (
+            "dimension 4 of uint8 (batch, frames, height, width, channels)"
+            if frames_u8
+            else ("dimension 2 of (batch, frames, channels, height, width)")
+        )
         raise ValueError(
-            f"pixel_values must have {config.num_channels} channels (dimension 2 of (batch, frames, channels, "
-            f"height, width)), got {channels} in shape {tuple(pixel_values.shape)}"
+            f"pixel_values must have {config.num_channels} channels ({layout}), got {channels} in shape "
+            f"{tuple(pixel_values.shape)}"
         )
     ph, pw = config.patch_hw
     if height < ph or width < pw or height % ph or width % pw:
@@ -206,7 +243,7 @@ def _check_pixel_values(pixel_values: Any, config: TimesformerConfig, param: tor
         raise ValueError(
             f"pixel_values is on {pixel_values.device} but the model is on {param.device}; move one of them"
         )
-    if pixel_values.dtype != param.dtype:
+    if pixel_values.dtype != param.dtype and not frames_u8:
         # A float clip of another precision is converted, as the processor output (float32) feeds
         # half-precision models in typical use.
         pixel_values = pixel_values.to(param.dtype)
@@ -261,6 +298,41 @@ class TimesformerPreTrainedModel(nn.Module):
     def set_backend(self, name: str) -> TimesformerPreTrainedModel:
         """Select ``"eager"``, ``"sdpa"``, ``"triton"`` or ``"auto"``; returns ``self``."""
         self._requested_backend = self._check_backend_name(name)
+        return self
+
+    def set_input_normalization(
+        self,
+        image_mean: Any,
+        image_std: Any,
+        rescale_factor: float = 1 / 255,
+    ) -> TimesformerPreTrainedModel:
+        """Let ``forward`` take uint8 frames ``(batch, frames, height, width, channels)``, as a video
+        decoder returns them, normalizing ``(u * rescale_factor - mean[c]) / std[c]`` itself (inside the
+        patch-embedding kernel with the ``triton`` backend). The frames must already have the model's
+        input size (resize and crop are the processor's job). Returns ``self``.
+
+        Args:
+            image_mean, image_std: one value per channel (or one for all), e.g. a checkpoint's
+                ``preprocessor_config.json`` values.
+            rescale_factor: the processor's ``rescale_factor`` (1/255).
+        """
+        channels = self.config.num_channels
+
+        def per_channel(name, values) -> tuple[float, ...]:
+            values = (values,) if isinstance(values, (int, float)) else tuple(float(v) for v in values)
+            if len(values) == 1:
+                values = values * channels
+            if len(values) != channels:
+                raise ValueError(f"{name} must have {channels} values (one per channel), got {len(values)}")
+            return values
+
+        std = per_channel("image_std", image_std)
+        if any(not v > 0 for v in std):
+            raise ValueError(f"image_std must be positive, got {std}")
+        norm = InputNormalization(per_channel("image_mean", image_mean), std, float(rescale_factor))
+        for module in self.modules():
+            if isinstance(module, TimesformerEmbeddings):
+                module.input_normalization = norm
         return self
 
     @property
@@ -348,10 +420,11 @@ class TimesformerPreTrainedModel(nn.Module):
     def _encode(
         self, model: TimesformerModel, pixel_values, output_attentions, output_hidden_states, cls_only=False
     ):
-        pixel_values = _check_pixel_values(pixel_values, self.config, model.embeddings.cls_token)
+        emb = model.embeddings
+        pixel_values = _check_pixel_values(pixel_values, self.config, emb.cls_token, emb.input_normalization)
         # Attention maps exist only in the eager computation.
         impl = get_backend("eager") if output_attentions else self._backend_impl()
-        return impl.encode(
+        return impl, *impl.encode(
             model,
             pixel_values,
             output_attentions=output_attentions,
@@ -408,7 +481,7 @@ class TimesformerModel(TimesformerPreTrainedModel):
         output_attentions, output_hidden_states, return_dict = self._flags(
             output_attentions, output_hidden_states, return_dict
         )
-        x, hidden_states, attentions = self._encode(
+        _, x, hidden_states, attentions, _ = self._encode(
             self, pixel_values, output_attentions, output_hidden_states
         )
         x = self.layernorm(x)
@@ -456,12 +529,11 @@ class TimesformerForVideoClassification(TimesformerPreTrainedModel):
         output_attentions, output_hidden_states, return_dict = self._flags(
             output_attentions, output_hidden_states, return_dict
         )
-        x, hidden_states, attentions = self._encode(
+        impl, x, hidden_states, attentions, step = self._encode(
             self.timesformer, pixel_values, output_attentions, output_hidden_states, cls_only=True
         )
         # LayerNorm is per row and the head reads CLS only: normalize just the CLS rows.
-        cls = self.timesformer.layernorm(x[:, 0])
-        logits = self.classifier(cls)
+        logits = impl.classify(self.timesformer.layernorm, self.classifier, x[:, :1], step)
         loss = None if labels is None else self._loss(logits, labels)
         out = ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions

@@ -162,3 +162,113 @@ def spatial_cls_attention(q: torch.Tensor, kv: torch.Tensor, num_frames: int, nu
     probs = scores.softmax(-1)  # [B, T, H, 1 + N]
     ctx = probs[..., :1] * cls_v[:, None] + torch.einsum("bthn,bnthd->bthd", probs[..., 1:], v)
     return ctx.reshape(batch, num_frames, hidden)
+
+
+# ------------------------------------------------------------------------ projections (fusion refs)
+
+
+def layer_norm_linear(
+    x: torch.Tensor,
+    ln_weight: torch.Tensor | None,
+    ln_bias: torch.Tensor | None,
+    eps: float,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    activation: str = "linear",
+) -> torch.Tensor:
+    """``act(LayerNorm(x) @ W^T + b)``, unfused: the reference of ``kernels.linear.layer_norm_linear``.
+
+    Args:
+        x: ``(..., in_features)``; ln_weight, ln_bias: ``(in_features,)`` or ``None``.
+        weight: ``(out_features, in_features)``; bias: ``(out_features,)`` or ``None``.
+        activation: a ``hidden_act`` name.
+    """
+    from .activations import get_activation
+
+    h = F.layer_norm(x, x.shape[-1:], ln_weight, ln_bias, eps)
+    return get_activation(activation)(F.linear(h, weight, bias))
+
+
+def linear_residual(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor,
+    mean_rows: bool = False,
+) -> torch.Tensor:
+    """``residual + x @ W^T + b`` (out of place): the reference of ``kernels.linear.linear_residual_``.
+
+    Args:
+        x: ``(batch, rows, in_features)``; with ``mean_rows`` its rows are averaged first (``keepdim``).
+        residual: ``(batch, rows, out_features)``, or ``(batch, 1, out_features)`` with ``mean_rows``.
+    """
+    if mean_rows:
+        x = x.mean(1, keepdim=True)
+    return residual + F.linear(x, weight, None if bias is None else bias.to(x.dtype))
+
+
+# ------------------------------------------------------------------------------------- embeddings
+
+
+def patch_embed(
+    pixel_values: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    pos: torch.Tensor,
+    time: torch.Tensor | None,
+    cls: torch.Tensor,
+    space_only: bool = False,
+) -> torch.Tensor:
+    """The embeddings ``TimesformerEmbeddings.forward`` computes in eval mode, given interpolated tables.
+
+    The reference's op order: per-frame ``Conv2d`` (stride = patch size), flatten, prepend CLS, add the
+    position table; then, unless ``space_only``, reorder the patches to ``(n t)`` and add the time table.
+
+    Args:
+        pixel_values: ``(B, T, C, H, W)``.
+        weight: ``(D, C, ph, pw)`` conv weight; bias: ``(D,)``.
+        pos: ``(1 + N, D)`` position table for the grid, ``N = (H / ph) * (W / pw)``.
+        time: ``(T, D)`` time table (unused, may be ``None``, for ``space_only``).
+        cls: ``(D,)``.
+        space_only: return the space-only layout.
+
+    Returns:
+        ``(B, 1 + N * T, D)``, row 0 CLS and row ``1 + n * T + t`` patch ``n`` of frame ``t``; or
+        ``(B * T, 1 + N, D)`` for ``space_only``.
+    """
+    batch, frames, channels, height, width = pixel_values.shape
+    frames2d = pixel_values.reshape(batch * frames, channels, height, width)
+    emb = F.conv2d(frames2d, weight, bias, stride=tuple(weight.shape[-2:]))
+    emb = emb.flatten(2).transpose(1, 2)
+    emb = torch.cat((cls.reshape(1, 1, -1).expand(emb.shape[0], -1, -1), emb), dim=1)
+    emb = emb + pos
+    if space_only:
+        return emb
+    cls_tokens = emb[:batch, 0].unsqueeze(1)
+    n, hidden = emb.shape[1] - 1, emb.shape[2]
+    patches = (
+        emb[:, 1:].reshape(batch, frames, n, hidden).permute(0, 2, 1, 3).reshape(batch * n, frames, hidden)
+    )
+    patches = patches + time
+    return torch.cat((cls_tokens, patches.reshape(batch, n * frames, hidden)), dim=1)
+
+
+def normalize_frames(
+    frames: torch.Tensor, mean, std, rescale: float, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """What an image processor does to decoded frames: ``(u * rescale - mean[c]) / std[c]``, channels first.
+
+    Args:
+        frames: uint8 ``(B, T, H, W, C)``.
+        mean, std: ``C`` numbers each.
+        rescale: e.g. ``1 / 255``.
+        dtype: the result's dtype. Computed in float32 (float64 when ``dtype`` is float64) and cast once.
+
+    Returns:
+        ``(B, T, C, H, W)`` pixel values.
+    """
+    work = torch.promote_types(dtype, torch.float32)
+    x = frames.permute(0, 1, 4, 2, 3).to(work)
+    mean = torch.as_tensor(mean, dtype=work, device=frames.device).reshape(-1, 1, 1)
+    std = torch.as_tensor(std, dtype=work, device=frames.device).reshape(-1, 1, 1)
+    return ((x * rescale - mean) / std).to(dtype)

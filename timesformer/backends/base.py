@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from ..modeling import TimesformerLayer, TimesformerModel
+    from torch import nn
+
+    from ..modeling import TimesformerEmbeddings, TimesformerLayer, TimesformerModel
 
 
 class BackendUnavailableError(RuntimeError):
@@ -66,6 +68,19 @@ class Backend:
         """One encoder layer. With ``cls_only`` a backend may return just the CLS rows ``(B, 1, D)``."""
         raise NotImplementedError
 
+    def embed(
+        self, embeddings: TimesformerEmbeddings, pixel_values: torch.Tensor, inplace: bool
+    ) -> tuple[torch.Tensor, int, tuple[int, int]]:
+        """The embeddings module's ``(x, frames, grid)``; a backend may compute them its own way when
+        ``inplace`` (no autograd, eval mode)."""
+        return embeddings(pixel_values)
+
+    def classify(
+        self, layernorm: nn.LayerNorm, classifier: nn.Module, cls: torch.Tensor, step: Step
+    ) -> torch.Tensor:
+        """Logits ``(rows, labels)`` from the final CLS rows ``cls`` ``(rows, 1, hidden)`` (strided view)."""
+        return classifier(layernorm(cls[:, 0]))
+
     def encode(
         self,
         model: TimesformerModel,
@@ -74,19 +89,16 @@ class Backend:
         output_attentions: bool,
         output_hidden_states: bool,
         cls_only: bool = False,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
-        """Embeddings and every layer; returns ``(x, hidden_states, attentions)`` before the final LayerNorm.
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None, Step]:
+        """Embeddings and every layer; returns ``(x, hidden_states, attentions, step)`` before the final
+        LayerNorm.
 
         ``cls_only``: the caller reads only ``x[:, 0]`` (a classifier without ``hidden_states``), so the
         last layer may skip the patch rows' work and return ``x`` of shape ``(B, 1, D)``.
         """
-        x, num_frames, (gh, gw) = model.embeddings(pixel_values)
-        step = Step(
-            num_frames=num_frames,
-            num_patches=gh * gw,
-            training=model.training,
-            inplace=self.supports_inplace and not model.training and not needs_autograd(model, pixel_values),
-        )
+        inplace = self.supports_inplace and not model.training and not needs_autograd(model, pixel_values)
+        x, num_frames, (gh, gw) = self.embed(model.embeddings, pixel_values, inplace)
+        step = Step(num_frames=num_frames, num_patches=gh * gw, training=model.training, inplace=inplace)
         hidden_states: list[torch.Tensor] = []
         attentions: list[torch.Tensor] = []
         layers = model.encoder.layer
@@ -104,4 +116,5 @@ class Backend:
             x,
             tuple(hidden_states) if output_hidden_states else None,
             tuple(attentions) if output_attentions else None,
+            step,
         )

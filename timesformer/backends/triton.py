@@ -1,11 +1,29 @@
-"""The ``triton`` backend: the ``sdpa`` backend's layer code with attention run by the Triton kernels.
+"""The ``triton`` backend: every layer as the launches of DESIGN.md section 3.
 
-Attention reads q, k and v where the projections wrote them (views of one packed ``qkv``; no permute, cat
-or repeat) and writes contexts in the model's row order. The projections, LayerNorms and MLP still run on
-torch ops until the fusion kernels land.
+In inference (no autograd, eval mode) a divided layer is
 
-The kernels are inference kernels (no backward, no attention dropout): a call that records autograd or
-runs in training mode uses the torch ops (the ``sdpa`` backend's path) for that call.
+    1  LN_t -> qkv_t over x[:, 1:]            kernels.linear.layer_norm_linear (LayerNorm folded)
+    2  temporal attention                       kernels.temporal_attention
+    3  folded out_t/dense_t, + residual         kernels.linear.linear_residual_ into x[:, 1:]
+    4  LN_1 -> qkv_s over all rows              layer_norm_linear
+    5  spatial attention (CLS once per clip)    kernels.attention.spatial_attention
+    6  out_s + residual; CLS row from the       linear_residual_ into x[:, 1:], and into x[:, :1] with the
+       frame-mean of its contexts               frame-mean of the CLS contexts (two launches)
+    7  LN_2 -> fc1 + GELU                       layer_norm_linear
+    8  fc2 + residual                           linear_residual_ into x
+
+with q, k, v read as strided thirds of one packed projection and every residual update written in place:
+no permute, cat, repeat or contiguous copy of an activation. Joint and space-only layers are steps 4-8
+with joint attention. The embeddings are one kernel (``kernels.patch_embed``); a classifier's last layer
+runs the query, out-projection and MLP on the CLS rows only, and its final LayerNorm and head are one
+fused launch on those rows.
+
+Prepared weights (LayerNorm folded into the projections, the folded temporal projection, fp32 bias
+vectors, interpolated position and time tables) are cached per module and follow the parameters
+(``timesformer.weight_cache``).
+
+The kernels are inference kernels (no backward, no dropout): a call that records autograd or runs in
+training mode takes the ``sdpa`` backend's path.
 """
 
 from __future__ import annotations
@@ -13,13 +31,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from .. import ops as torch_ops
 from ..kernels import attention as _attn
+from ..kernels import linear as _linear
+from ..kernels import patch_embed as _patch
 from ..kernels import temporal_attention as _temporal
-from .sdpa import SdpaBackend
+from ..weight_cache import cached_weights
+from .sdpa import SdpaBackend, _fold_temporal
 
 if TYPE_CHECKING:
+    from ..modeling import TimeSformerAttention, TimesformerEmbeddings, TimesformerLayer
     from .base import Step
 
 
@@ -37,7 +60,7 @@ def _no_dropout(dropout_p: float) -> None:
 
 
 class KernelOps:
-    """``timesformer.ops``' signatures and layouts, computed by the Triton kernels."""
+    """``timesformer.ops``' attention signatures and layouts, computed by the Triton kernels."""
 
     @staticmethod
     def attention(qkv: torch.Tensor, num_heads: int, dropout_p: float = 0.0) -> torch.Tensor:
@@ -75,6 +98,42 @@ class KernelOps:
         return _attn.spatial_attention(q.unsqueeze(1), *_thirds(kv, 2), num_frames, num_heads)[1]
 
 
+# ------------------------------------------------------------------------------ prepared weights
+
+
+def _ln_proj(owner: nn.Module, key: str, ln: nn.LayerNorm, proj: nn.Linear) -> tuple[torch.Tensor, ...]:
+    """``(W', c1, c2)`` of ``kernels.linear.prepare_layer_norm_linear`` for ``proj(ln(.))``, cached."""
+    return cached_weights(
+        owner,
+        key,
+        tuple(t for t in (ln.weight, ln.bias, proj.weight, proj.bias) if t is not None),
+        lambda *_: _linear.prepare_layer_norm_linear(ln.weight, ln.bias, proj.weight, proj.bias),
+    )
+
+
+def _proj(owner: nn.Module, key: str, proj: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(W, fp32 bias)`` of a projection followed by a residual add, cached."""
+    sources = (proj.weight,) if proj.bias is None else (proj.weight, proj.bias)
+    return cached_weights(owner, key, sources, lambda w, b=None: (w, None if b is None else b.float()))
+
+
+def _temporal_proj(layer: TimesformerLayer) -> tuple[torch.Tensor, torch.Tensor]:
+    """``temporal_dense ∘ temporal out-projection`` as one matrix and fp32 bias (DESIGN.md section 2)."""
+    out, dense = layer.temporal_attention.output.dense, layer.temporal_dense
+
+    def prepare(*sources):
+        w, b = _fold_temporal(*sources)
+        return w, b.float()
+
+    return cached_weights(
+        layer, "triton_temporal_fold", (out.weight, out.bias, dense.weight, dense.bias), prepare
+    )
+
+
+def _eps(ln: nn.LayerNorm) -> float:
+    return float(ln.eps)
+
+
 class TritonBackend(SdpaBackend):
     name = "triton"
     ops = KernelOps
@@ -83,3 +142,150 @@ class TritonBackend(SdpaBackend):
         # step.inplace is exactly "eval mode and no autograd" for this backend (supports_inplace); the
         # kernels have no backward and no dropout, so other calls run the torch ops.
         return KernelOps if step.inplace else torch_ops
+
+    # ------------------------------------------------------------------ embeddings and head
+    def embed(
+        self, embeddings: TimesformerEmbeddings, pixel_values: torch.Tensor, inplace: bool
+    ) -> tuple[torch.Tensor, int, tuple[int, int]]:
+        if not inplace:
+            return super().embed(embeddings, pixel_values, inplace)
+        frames_u8 = pixel_values.dtype == torch.uint8
+        if frames_u8:
+            _, frames, height, width, _ = pixel_values.shape
+        else:
+            _, frames, _, height, width = pixel_values.shape
+        ph, pw = embeddings.patch_embeddings.patch_size
+        grid = (height // ph, width // pw)
+        conv = embeddings.patch_embeddings.projection
+        pos = cached_weights(
+            embeddings,
+            f"triton_pos_{grid}",
+            (embeddings.position_embeddings,),
+            lambda _: embeddings.position_embeddings_for(grid)[0],
+        )
+        space_only = embeddings.attention_type == "space_only"
+        time = None
+        if not space_only:
+            time = cached_weights(
+                embeddings,
+                f"triton_time_{frames}",
+                (embeddings.time_embeddings,),
+                lambda _: embeddings.time_embeddings_for(frames)[0],
+            )
+        if frames_u8:
+            norm = embeddings.input_normalization
+            weight, bias = cached_weights(
+                embeddings,
+                f"triton_patch_fold_{norm}",
+                (conv.weight, conv.bias),
+                lambda w, b: _patch.fold_normalization(w, b, norm.mean, norm.std, norm.rescale_factor),
+            )
+        else:
+            weight, bias = conv.weight, conv.bias
+        x = _patch.patch_embed(
+            pixel_values,
+            weight,
+            bias,
+            pos,
+            time,
+            embeddings.cls_token.view(-1),
+            channels_last=frames_u8,
+            space_only=space_only,
+        )
+        return x, frames, grid
+
+    def classify(
+        self, layernorm: nn.LayerNorm, classifier: nn.Module, cls: torch.Tensor, step: Step
+    ) -> torch.Tensor:
+        if not step.inplace or not isinstance(classifier, nn.Linear):
+            return super().classify(layernorm, classifier, cls, step)
+        w, c1, c2 = _ln_proj(classifier, "triton_head", layernorm, classifier)
+        return _linear.layer_norm_linear(cls, w, c1, c2, _eps(layernorm))[:, 0]
+
+    # ------------------------------------------------------------------------------ layers
+    def layer(
+        self,
+        layer: TimesformerLayer,
+        x: torch.Tensor,
+        step: Step,
+        output_attentions: bool,
+        cls_only: bool = False,
+    ) -> tuple[torch.Tensor, None]:
+        if not step.inplace or output_attentions:
+            return super().layer(layer, x, step, output_attentions, cls_only)
+        divided = layer.attention_type == "divided_space_time"
+        if divided:
+            self._fused_temporal(layer, x, step)
+        if cls_only:
+            return self._fused_cls_only(layer, x, step), None
+        if divided:
+            self._fused_spatial(layer, x, step)
+        else:
+            self._fused_joint(layer, x)
+        self._fused_mlp(layer, x)
+        return x, None
+
+    def _fused_temporal(self, layer: TimesformerLayer, x: torch.Tensor, step: Step) -> None:
+        """Steps 1-3 on ``x[:, 1:]`` (the ``T`` rows of a patch are contiguous there), in place."""
+        xt = x[:, 1:]
+        ln = layer.temporal_layernorm
+        qkv = _linear.layer_norm_linear(
+            xt, *_ln_proj(layer, "triton_qkv_t", ln, layer.temporal_attention.attention.qkv), _eps(ln)
+        )
+        ctx = KernelOps.temporal_attention(qkv, step.num_frames, layer.num_heads)
+        _linear.linear_residual_(ctx, *_temporal_proj(layer), xt)
+
+    def _qkv_s(self, layer: TimesformerLayer, rows: torch.Tensor, part: slice) -> torch.Tensor:
+        ln = layer.layernorm_before
+        w, c1, c2 = _ln_proj(layer, "triton_qkv_s", ln, layer.attention.attention.qkv)
+        return _linear.layer_norm_linear(rows, w[part], c1[part], c2[part], _eps(ln))
+
+    def _out_s(self, attention: TimeSformerAttention, owner: nn.Module) -> tuple[torch.Tensor, ...]:
+        return _proj(owner, "triton_out_s", attention.output.dense)
+
+    def _fused_spatial(self, layer: TimesformerLayer, x: torch.Tensor, step: Step) -> None:
+        """Steps 4-6: CLS's q/k/v once per clip, its context averaged over frames in the projection."""
+        qkv = self._qkv_s(layer, x, slice(None))
+        patch_ctx, cls_ctx = KernelOps.spatial_attention(qkv, step.num_frames, layer.num_heads)
+        w, b = self._out_s(layer.attention, layer)
+        _linear.linear_residual_(patch_ctx, w, b, x[:, 1:])
+        _linear.linear_residual_(cls_ctx, w, b, x[:, :1], mean_rows=True)
+
+    def _fused_joint(self, layer: TimesformerLayer, x: torch.Tensor) -> None:
+        qkv = self._qkv_s(layer, x, slice(None))
+        ctx = KernelOps.attention(qkv, layer.num_heads)
+        _linear.linear_residual_(ctx, *self._out_s(layer.attention, layer), x)
+
+    def _fused_mlp(self, layer: TimesformerLayer, x: torch.Tensor) -> None:
+        """Steps 7-8: GELU (or the config's activation) in fc1's epilogue, fc2 adds into ``x``."""
+        ln, act = layer.layernorm_after, layer.hidden_act
+        in_kernel = act in _linear.ACTIVATIONS_IN_KERNEL
+        h = _linear.layer_norm_linear(
+            x,
+            *_ln_proj(layer, "triton_fc1", ln, layer.intermediate.dense),
+            _eps(ln),
+            act if in_kernel else "linear",
+        )
+        if not in_kernel:
+            # An activation the epilogue does not implement: torch applies it (one more pass over h).
+            h = layer.intermediate.intermediate_act_fn(h)
+        _linear.linear_residual_(h, *_proj(layer, "triton_fc2", layer.output.dense), x)
+
+    def _fused_cls_only(self, layer: TimesformerLayer, x: torch.Tensor, step: Step) -> torch.Tensor:
+        """The last layer of a classifier: keys and values from every row, the rest on CLS rows only.
+
+        Returns ``x[:, :1]`` (a view) updated in place.
+        """
+        hidden = x.shape[-1]
+        cls = x[:, :1]
+        q = self._qkv_s(layer, cls, slice(0, hidden))
+        k, v = _thirds(self._qkv_s(layer, x, slice(hidden, None)), 2)
+        w, b = self._out_s(layer.attention, layer)
+        if layer.attention_type == "divided_space_time":
+            cls_ctx = _attn.spatial_attention(q, k, v, step.num_frames, layer.num_heads)[1]
+            _linear.linear_residual_(cls_ctx, w, b, cls, mean_rows=True)
+        else:
+            ctx = _attn.attention(q, k, v, layer.num_heads)
+            _linear.linear_residual_(ctx, w, b, cls)
+        self._fused_mlp(layer, cls)
+        return cls

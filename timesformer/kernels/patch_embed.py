@@ -1,0 +1,475 @@
+"""Patch embedding in one kernel: im2col GEMM with the conv weight, bias + position + time embedding, CLS rows.
+
+``Conv2d(C, D, (ph, pw), stride=(ph, pw))`` on each frame is a GEMM with one row per (clip ``b``, frame ``t``,
+patch ``n``) and a reduction over ``K = C * ph * pw`` ordered like the conv weight ``(D, C, ph, pw)``. The
+kernel addresses the pixels of a row straight in the input (im2col by address arithmetic: no unfold, permute or
+copy), multiplies by the weight with fp32 accumulation and, in the fp32 epilogue, adds ``bias[d]``,
+``pos[1 + n, d]`` and ``time[t, d]``, rounds once to the output dtype and stores the row at its place in the
+model's layout (DESIGN.md section 1):
+
+- divided / joint space-time: ``out`` is ``(B, 1 + N * T, D)`` and patch ``(b, t, n)`` is ``out[b, 1 + n * T + t]``;
+- space-only: ``out`` is ``(B * T, 1 + N, D)`` and patch ``(b, t, n)`` is ``out[b * T + t, 1 + n]``, no time term.
+
+The GEMM's rows are numbered in the output's own order (``m = (b, n, t)``, resp. ``(b, t, n)``), so that row
+``m`` of sequence ``s`` is row ``1 + m % S`` of ``out[s]`` (``S`` patch rows per sequence): a row block is one
+contiguous run of output rows (coalesced stores of the largest tensor the kernel writes), and the program whose
+block holds a sequence's first patch row also writes that sequence's CLS row, ``cls + pos[0]``. The pixels of a
+row are read once either way (each pixel belongs to one patch); the ``D / BLOCK_N`` programs that share a row
+block are neighbours in the grid, so they share its pixels in L2.
+
+Inputs: float ``pixel_values (B, T, C, H, W)``, or uint8 frames ``(B, T, H, W, C)`` as a video decoder gives
+them, normalized by folding ``(u * rescale - mean[c]) / std[c]`` into the weights (``fold_normalization``).
+
+Pure-torch references: ``timesformer.ops.patch_embed`` and ``timesformer.ops.normalize_frames``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import SUPPORTED_DTYPES, dot_precision, interpret_bf16, needs_int64
+from ._triton_utils import mma, to_dtype
+
+
+@triton.jit
+def _patch_embed_kernel(
+    X,
+    W,
+    Bias,
+    Pos,
+    Time,
+    Cls,
+    Out,
+    stride_xb,
+    stride_xt,
+    stride_xc,
+    stride_xh,
+    stride_xw,
+    stride_wd,
+    stride_wc,
+    stride_wh,
+    stride_ww,
+    stride_bd,
+    stride_pr,
+    stride_pd,
+    stride_tt,
+    stride_td,
+    stride_cd,
+    stride_os,
+    stride_or,
+    stride_od,
+    num_rows,
+    hidden,
+    reduction,
+    num_frames,
+    num_patches,
+    grid_w,
+    PATCH_H: tl.constexpr,
+    PATCH_W: tl.constexpr,
+    HAS_TIME: tl.constexpr,
+    PIXELS_U8: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    INTERPRET_BF16: tl.constexpr,
+    INT64: tl.constexpr,
+):
+    # The column blocks of one row block are neighbours on the (flattened) grid: they run together and
+    # read the block's pixels from L2 after the first; the weight (D x K) stays in L2 throughout.
+    num_n = tl.cdiv(hidden, BLOCK_N)
+    pid = tl.program_id(0)
+    offs_m = (pid // num_n) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = (pid % num_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < num_rows
+    n_ok = offs_n < hidden
+
+    # GEMM row -> (sequence, position in it) in the output's order -> (clip, frame, patch).
+    if HAS_TIME:
+        seq_len = num_patches * num_frames
+        seq = offs_m // seq_len
+        r = offs_m % seq_len
+        n = r // num_frames
+        t = r % num_frames
+        b = seq
+    else:
+        seq = offs_m // num_patches
+        r = offs_m % num_patches
+        n = r
+        b = seq // num_frames
+        t = seq % num_frames
+    gy = n // grid_w
+    gx = n % grid_w
+    if INT64:
+        seq = seq.to(tl.int64)
+        r = r.to(tl.int64)
+        b = b.to(tl.int64)
+        t = t.to(tl.int64)
+        gy = gy.to(tl.int64)
+        gx = gx.to(tl.int64)
+
+    # im2col: the address of pixel (row m, k) is row_part[m] + col_part[k].
+    x_rows = X + b * stride_xb + t * stride_xt + (gy * PATCH_H) * stride_xh + (gx * PATCH_W) * stride_xw
+    w_cols = W + offs_n * stride_wd
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for k0 in range(0, reduction, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < reduction
+        c = offs_k // (PATCH_H * PATCH_W)
+        kh = (offs_k // PATCH_W) % PATCH_H
+        kw = offs_k % PATCH_W
+        if INT64:
+            c = c.to(tl.int64)
+            kh = kh.to(tl.int64)
+            kw = kw.to(tl.int64)
+        x = tl.load(
+            x_rows[:, None] + (c * stride_xc + kh * stride_xh + kw * stride_xw)[None, :],
+            mask=m_ok[:, None] & k_ok[None, :],
+            other=0,
+        )
+        w = tl.load(
+            w_cols[None, :] + (c * stride_wc + kh * stride_wh + kw * stride_ww)[:, None],
+            mask=k_ok[:, None] & n_ok[None, :],
+            other=0.0,
+        )
+        if PIXELS_U8:
+            # 0..255 are exact in every compute dtype: the conversion is exact (the normalization is in W).
+            x = to_dtype(x.to(tl.float32), W.dtype.element_ty, INTERPRET_BF16)
+        acc += mma(x, w, DOT_PRECISION, INTERPRET_BF16)
+
+    # Epilogue in fp32, one rounding: + bias + pos[1 + n] (+ time[t]).
+    mask = m_ok[:, None] & n_ok[None, :]
+    acc += tl.load(Bias + offs_n * stride_bd, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    acc += tl.load(Pos + (1 + n)[:, None] * stride_pr + offs_n[None, :] * stride_pd, mask=mask, other=0.0).to(
+        tl.float32
+    )
+    if HAS_TIME:
+        time_ptrs = Time + t[:, None] * stride_tt + offs_n[None, :] * stride_td
+        acc += tl.load(time_ptrs, mask=mask, other=0.0).to(tl.float32)
+    out_seq = Out + seq[:, None] * stride_os + offs_n[None, :] * stride_od
+    tl.store(
+        out_seq + (1 + r)[:, None] * stride_or, to_dtype(acc, Out.dtype.element_ty, INTERPRET_BF16), mask=mask
+    )
+
+    # CLS row of each sequence whose first patch row is in this block: cls + pos[0], one rounding.
+    cls = tl.load(Cls + offs_n * stride_cd, mask=n_ok, other=0.0).to(tl.float32)
+    cls += tl.load(Pos + offs_n * stride_pd, mask=n_ok, other=0.0).to(tl.float32)
+    cls_tile = tl.zeros([BLOCK_M, BLOCK_N], tl.float32) + cls[None, :]
+    first = m_ok & (r == 0)
+    tl.store(
+        out_seq, to_dtype(cls_tile, Out.dtype.element_ty, INTERPRET_BF16), mask=first[:, None] & n_ok[None, :]
+    )
+
+
+def _launch_config(dtype: torch.dtype) -> dict:
+    # Fixed configurations, not autotuning: an autotuner would benchmark inside CUDA-graph capture and under
+    # the interpreter. 16-bit: the standard tensor-core GEMM tile, 128 x 128 with a 64-deep reduction step
+    # (K = 768 for TimeSformer-base: 12 steps), an fp32 accumulator of 64 registers per thread over 8 warps,
+    # 3 pipeline stages of (128 x 64 + 64 x 128) x 2 bytes = 96 KiB of shared memory (fits A100 and H100).
+    # fp32 takes full-precision products, which run on the FMA units, not tensor cores: a smaller tile
+    # (twice the bytes per element, no tensor-core shape to fill) with 4 warps and 2 stages.
+    if dtype == torch.float32:
+        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=2)
+    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3)
+
+
+# ----------------------------------------------------------------------------------------- checks
+
+_OP = "patch_embed"
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _check_tensor(name: str, x, dims: int, what: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{_OP}: {name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != dims:
+        raise ValueError(f"{_OP}: {name} must have {dims} dimensions {what}, got shape {tuple(x.shape)}")
+
+
+def _check(
+    pixels, weight, bias, pos, time, cls, channels_last: bool, space_only: bool
+) -> tuple[tuple[int, int, int], tuple[int, int, int, int, int]]:
+    """Validate the op's inputs; returns ``(out_shape, (B, T, N, grid_w, D))``."""
+    layout = (
+        "(batch, frames, height, width, channels)"
+        if channels_last
+        else "(batch, frames, channels, height, width)"
+    )
+    _check_tensor("pixels", pixels, 5, layout)
+    _check_tensor("weight", weight, 4, "(hidden, channels, patch_h, patch_w)")
+    if weight.dtype not in SUPPORTED_DTYPES:
+        names = ", ".join(_name(d) for d in SUPPORTED_DTYPES)
+        raise ValueError(f"{_OP}: weight must be one of {names}, got {_name(weight.dtype)}")
+    if channels_last:
+        if pixels.dtype != torch.uint8:
+            raise ValueError(
+                f"{_OP}: channels_last pixels must be uint8 frames {layout}, got {_name(pixels.dtype)}"
+            )
+        batch, frames, height, width, channels = pixels.shape
+    else:
+        if pixels.dtype != weight.dtype:
+            raise ValueError(
+                f"{_OP}: pixels must have the weight's dtype {_name(weight.dtype)}, got {_name(pixels.dtype)}"
+            )
+        batch, frames, channels, height, width = pixels.shape
+    hidden, w_channels, patch_h, patch_w = weight.shape
+    if w_channels != channels:
+        raise ValueError(f"{_OP}: weight takes {w_channels} channels, pixels have {channels}")
+    if frames < 1:
+        raise ValueError(f"{_OP}: pixels must have at least one frame, got shape {tuple(pixels.shape)}")
+    if (
+        patch_h < 1
+        or patch_w < 1
+        or height < patch_h
+        or width < patch_w
+        or height % patch_h
+        or width % patch_w
+    ):
+        raise ValueError(
+            f"{_OP}: frame size {height}x{width} must be a positive multiple of the patch size {patch_h}x{patch_w}"
+        )
+    grid_h, grid_w = height // patch_h, width // patch_w
+    num_patches = grid_h * grid_w
+
+    if space_only:
+        if time is not None:
+            raise ValueError(f"{_OP}: space_only has no time embedding: time must be None, got a tensor")
+    elif time is None:
+        raise ValueError(f"{_OP}: time must be a ({frames}, {hidden}) tensor unless space_only, got None")
+    tables = {"bias": (bias, (hidden,)), "pos": (pos, (1 + num_patches, hidden)), "cls": (cls, (hidden,))}
+    if time is not None:
+        tables["time"] = (time, (frames, hidden))
+    allowed = f"{_name(weight.dtype)} (the weight's dtype)"
+    if weight.dtype != torch.float32:
+        allowed += " or float32"
+    for name, (x, shape) in tables.items():
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{_OP}: {name} must be a torch.Tensor, got {type(x).__name__}")
+        if tuple(x.shape) != shape:
+            extra = f" (1 + {grid_h}x{grid_w} patches)" if name == "pos" else ""
+            raise ValueError(f"{_OP}: {name} must have shape {shape}{extra}, got {tuple(x.shape)}")
+        if x.dtype not in (weight.dtype, torch.float32):
+            raise ValueError(f"{_OP}: {name} must be {allowed}, got {_name(x.dtype)}")
+    for name, x in {"pixels": pixels, **{k: v for k, (v, _) in tables.items()}}.items():
+        if x.device != weight.device:
+            raise ValueError(f"{_OP}: {name} must be on the weight's device {weight.device}, got {x.device}")
+    if space_only:
+        out_shape = (batch * frames, 1 + num_patches, hidden)
+    else:
+        out_shape = (batch, 1 + num_patches * frames, hidden)
+    return out_shape, (batch, frames, num_patches, grid_w, hidden)
+
+
+# -------------------------------------------------------------------------------------- launcher
+
+
+def patch_embed_fwd(
+    pixels: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    pos: torch.Tensor,
+    time: torch.Tensor | None,
+    cls: torch.Tensor,
+    out: torch.Tensor,
+    *,
+    channels_last: bool,
+    space_only: bool,
+    int64: bool | None = None,
+) -> torch.Tensor:
+    """Launcher of ``patch_embed``: writes every element of ``out`` and returns it.
+
+    Args:
+        pixels: float ``(B, T, C, H, W)`` in the weight's dtype, or (``channels_last``) uint8 frames
+            ``(B, T, H, W, C)`` for a weight with the normalization folded in (``fold_normalization``). Any
+            strides; ``H``, ``W`` multiples of the patch size.
+        weight: ``(D, C, ph, pw)`` conv weight (float32, float16 or bfloat16), any strides: it sets the
+            compute and output dtype and the patch size.
+        bias: ``(D,)``. pos: ``(1 + N, D)`` position table already interpolated to the grid
+            (``N = (H / ph) * (W / pw)``). time: ``(T, D)`` time table already interpolated to ``T``, or
+            ``None`` for ``space_only``. cls: ``(D,)``. These four: any strides, the weight's dtype or float32
+            (they are added in fp32).
+        out: ``(B, 1 + N * T, D)``, rows in ``(n t)`` order, or ``(B * T, 1 + N, D)`` for ``space_only``; the
+            weight's dtype and device, any strides.
+        channels_last: the pixels are uint8 ``(B, T, H, W, C)`` frames.
+        space_only: space-only layout, no time embedding.
+        int64: index in 64 bits (default: only where offsets need it).
+    """
+    out_shape, (batch, frames, num_patches, grid_w, hidden) = _check(
+        pixels, weight, bias, pos, time, cls, channels_last, space_only
+    )
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{_OP}: out must be a torch.Tensor, got {type(out).__name__}")
+    if tuple(out.shape) != out_shape:
+        raise ValueError(f"{_OP}: out must have shape {out_shape}, got {tuple(out.shape)}")
+    if out.dtype != weight.dtype or out.device != weight.device:
+        raise ValueError(
+            f"{_OP}: out must be {_name(weight.dtype)} on {weight.device} like the weight, "
+            f"got {_name(out.dtype)} on {out.device}"
+        )
+    if out.numel() == 0:
+        return out
+    # Logical (B, T, C, H, W) strides whatever the memory order: channels-last frames are a permuted view.
+    x = pixels.permute(0, 1, 4, 2, 3) if channels_last else pixels
+    num_rows = batch * frames * num_patches
+    cfg = _launch_config(weight.dtype)
+    grid = (triton.cdiv(num_rows, cfg["BLOCK_M"]) * triton.cdiv(hidden, cfg["BLOCK_N"]),)
+    tables = [bias, pos, cls] + ([] if time is None else [time])
+    time_arg = pos if time is None else time  # never read without HAS_TIME
+    _patch_embed_kernel[grid](
+        x,
+        weight,
+        bias,
+        pos,
+        time_arg,
+        cls,
+        out,
+        *x.stride(),
+        *weight.stride(),
+        bias.stride(0),
+        *pos.stride(),
+        *time_arg.stride(),
+        cls.stride(0),
+        *out.stride(),
+        num_rows,
+        hidden,
+        weight[0].numel(),
+        frames,
+        num_patches,
+        grid_w,
+        PATCH_H=weight.shape[2],
+        PATCH_W=weight.shape[3],
+        HAS_TIME=not space_only,
+        PIXELS_U8=channels_last,
+        DOT_PRECISION=dot_precision(weight.dtype),
+        INTERPRET_BF16=interpret_bf16(weight.dtype),
+        INT64=needs_int64(pixels, weight, out, *tables) if int64 is None else int64,
+        **cfg,
+    )
+    return out
+
+
+# ------------------------------------------------------------------------------------------- op
+
+
+def patch_embed(
+    pixels: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    pos: torch.Tensor,
+    time: torch.Tensor | None,
+    cls: torch.Tensor,
+    *,
+    channels_last: bool = False,
+    space_only: bool = False,
+) -> torch.Tensor:
+    """Embeddings of a clip in the model's layout: conv patch embedding, CLS, position and time embeddings.
+
+    Args:
+        pixels: float ``(B, T, C, H, W)`` in the weight's dtype (normalized pixel values), or with
+            ``channels_last`` uint8 frames ``(B, T, H, W, C)`` (pass the weight and bias of
+            ``fold_normalization``). Any strides; ``H``, ``W`` multiples of the patch size ``(ph, pw)``.
+        weight: ``(D, C, ph, pw)`` conv weight, float32 / float16 / bfloat16: the output dtype.
+        bias: ``(D,)``.
+        pos: ``(1 + N, D)``, the position table already interpolated to the grid, ``N = (H/ph) * (W/pw)``.
+        time: ``(T, D)``, the time table already interpolated to ``T``; ``None`` for ``space_only``.
+        cls: ``(D,)``.
+        channels_last: the pixels are uint8 ``(B, T, H, W, C)`` frames.
+        space_only: the space-only layout (no time embedding).
+
+    Returns:
+        A new contiguous ``(B, 1 + N * T, D)`` tensor, row 0 CLS and row ``1 + n * T + t`` patch ``n`` of frame
+        ``t``; or ``(B * T, 1 + N, D)`` for ``space_only``. Bias, tables and CLS may be float32 with a 16-bit
+        weight: everything after the product is added in fp32 and rounded once.
+    """
+    return torch.ops.timesformer.patch_embed(pixels, weight, bias, pos, time, cls, channels_last, space_only)
+
+
+@torch.library.custom_op("timesformer::patch_embed", mutates_args=())
+def _patch_embed_op(
+    pixels: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    pos: torch.Tensor,
+    time: torch.Tensor | None,
+    cls: torch.Tensor,
+    channels_last: bool,
+    space_only: bool,
+) -> torch.Tensor:
+    out_shape, _ = _check(pixels, weight, bias, pos, time, cls, channels_last, space_only)
+    out = torch.empty(out_shape, dtype=weight.dtype, device=weight.device)
+    return patch_embed_fwd(
+        pixels, weight, bias, pos, time, cls, out, channels_last=channels_last, space_only=space_only
+    )
+
+
+@_patch_embed_op.register_fake
+def _(pixels, weight, bias, pos, time, cls, channels_last, space_only):
+    out_shape, _ = _check(pixels, weight, bias, pos, time, cls, channels_last, space_only)
+    return weight.new_empty(out_shape)
+
+
+# ----------------------------------------------------------------------------------- normalization
+
+
+def fold_normalization(
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    mean: Sequence[float] | torch.Tensor,
+    std: Sequence[float] | torch.Tensor,
+    rescale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold the image processor's normalization ``(u * rescale - mean[c]) / std[c]`` into the conv.
+
+    ``conv(W, (u * rescale - mean) / std) + bias = conv(W', u) + bias'`` with
+    ``W'[d, c, kh, kw] = W[d, c, kh, kw] * rescale / std[c]`` and
+    ``bias'[d] = bias[d] - sum_{c, kh, kw} W[d, c, kh, kw] * mean[c] / std[c]``.
+
+    Why fold rather than normalize in the kernel's prologue: the mainloop stays a plain product of the raw
+    uint8 values (exact in every compute dtype) with ``W'`` (no per-element multiply-add, no channel lookup
+    per loaded pixel); the algebra is exact (the conv is linear); and the only rounding it adds is one
+    rounding of each ``W'`` to the weight's dtype, the same size of error as rounding each normalized pixel
+    to that dtype, which the unfused pipeline does. Computed once per weight (callers cache it).
+
+    Args:
+        weight: ``(D, C, ph, pw)`` conv weight.
+        bias: ``(D,)``.
+        mean, std: ``C`` numbers each (sequences or tensors).
+        rescale: the factor applied to the raw values first (``1 / 255`` for the usual processors).
+
+    Returns:
+        ``(weight', bias')``: computed in float64 and cast once, ``weight'`` to the weight's dtype, ``bias'`` to
+        float32 at least (it is added in the kernel's fp32 epilogue, and can be larger than the bias itself:
+        keeping it in fp32 costs nothing and avoids a 16-bit rounding).
+    """
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
+        raise ValueError(
+            f"fold_normalization: weight must be a (hidden, channels, patch_h, patch_w) tensor, got "
+            f"{tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__}"
+        )
+    channels = weight.shape[1]
+    mean64 = torch.as_tensor(mean, dtype=torch.float64, device=weight.device).reshape(-1)
+    std64 = torch.as_tensor(std, dtype=torch.float64, device=weight.device).reshape(-1)
+    for name, v in (("mean", mean64), ("std", std64)):
+        if v.numel() != channels:
+            raise ValueError(
+                f"fold_normalization: {name} must have {channels} values (one per channel), got {v.numel()}"
+            )
+    if not bool((std64 != 0).all()):
+        raise ValueError(f"fold_normalization: std must be nonzero, got {std64.tolist()}")
+    if tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(
+            f"fold_normalization: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}"
+        )
+    w64 = weight.detach().to(torch.float64)
+    scale = (rescale / std64).view(1, channels, 1, 1)
+    shift = (mean64 / std64).view(1, channels, 1, 1)
+    w_folded = (w64 * scale).to(weight.dtype)
+    b_folded = bias.detach().to(torch.float64) - (w64 * shift).sum(dim=(1, 2, 3))
+    return w_folded, b_folded.to(torch.promote_types(bias.dtype, torch.float32))
