@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
-from _common import provenance, write_json  # bench/, on sys.path when a script here runs
+from _common import Timer, provenance, write_json  # bench/, on sys.path when a script here runs
 
 BASE = dict(patches=196, frames=8, heads=12, head_dim=64)
 SMOKE = dict(patches=5, frames=3, heads=2, head_dim=16)
@@ -71,48 +69,6 @@ def reference_joint(qkv, heads):
     d = width // 3
     q, k, v = (_heads(t, heads) for t in qkv.split(d, -1))
     return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, rows, d)
-
-
-# ----------------------------------------------------------------------------------------- timing
-
-
-class Timer:
-    def __init__(self, device: torch.device, smoke: bool):
-        self.device, self.smoke = device, smoke
-        self.l2 = 0
-        if device.type == "cuda":
-            self.l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 * 2**20)
-
-    def sets(self, make, nbytes: int) -> list:
-        """Enough independent input sets that cycling through them spans twice the L2 cache."""
-        count = 1 if self.smoke else max(1, -(-2 * self.l2 // max(nbytes, 1)))
-        return [make(i) for i in range(min(count, 64))]
-
-    def median_ms(self, fn, inputs: list) -> float:
-        state = {"i": 0}
-
-        def step():
-            fn(inputs[state["i"] % len(inputs)])
-            state["i"] += 1
-
-        if self.smoke:
-            times = []
-            for _ in range(3):
-                start = time.perf_counter()
-                step()
-                times.append((time.perf_counter() - start) * 1e3)
-            return statistics.median(times)
-        import triton.testing
-
-        return triton.testing.do_bench(step, warmup=25, rep=200, return_mode="median")
-
-    def copy_gbps(self) -> float:
-        """Device-to-device copy rate, bytes read plus bytes written."""
-        n = (2 * 2**30 if not self.smoke else 2**20) // 2
-        src = torch.randn(n, device=self.device, dtype=torch.bfloat16)
-        dst = torch.empty_like(src)
-        ms = self.median_ms(lambda _: dst.copy_(src), [None])
-        return 2 * src.numel() * src.element_size() / ms / 1e6
 
 
 def _mean_cls(outputs):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine: the GPU tests, the kernel tests on the GPU, then the attention benchmark.
+# One call on a lent GPU machine: the GPU tests, the kernel tests on the GPU, then the kernel benchmarks.
 # The machine's Python already has torch and Triton; the package is put on the path, not installed.
 # Results go to bench/results/<device>/ and, when $OUT is set (the device tool), to $OUT as well.
 set -uo pipefail
@@ -12,6 +12,8 @@ mkdir -p "$dest"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,power.limit --format=csv | tee "$dest/nvidia-smi.csv"
 $PY -m pip install --quiet --no-deps pytest safetensors 2>/dev/null || true
 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_attention.py tests/test_temporal_attention.py \
-    tests/test_triton_backend.py 2>&1 | tail -40 | tee "$dest/gpu_tests.txt"
+    tests/test_linear.py tests/test_patch_embed.py tests/test_triton_backend.py tests/test_triton_fast_path.py \
+    tests/test_cuda_graphs.py 2>&1 | tail -40 | tee "$dest/gpu_tests.txt"
 $PY bench/bench_attention.py --json "$dest/attention_bf16.json" 2>&1 | tee "$dest/attention_bf16.txt"
+$PY bench/bench_fusion.py --json "$dest/fusion_bf16.json" 2>&1 | tee "$dest/fusion_bf16.txt"
 if [ -n "${OUT:-}" ]; then cp -r "$dest" "$OUT/"; fi

@@ -30,3 +30,17 @@ def test_bench_attention_smoke(tmp_path, monkeypatch):
         (k, b) for k in ("temporal", "spatial", "joint") for b in (1, 2)
     }
     assert all(r["accuracy_rule_met"] for r in result["results"])
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_bench_fusion_smoke(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    out = tmp_path / "fusion.json"
+    assert _load("bench_fusion", monkeypatch).main(["--smoke", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    ops = {r["op"] for r in result["results"]}
+    assert "patch embedding" in ops and "LN_2 -> fc1 + GELU" in ops and len(ops) == 7
+    assert all(
+        r["relative_error_vs_fp32"] <= 4 * r["unfused_relative_error_vs_fp32"] + 1e-6
+        for r in result["results"]
+    )
