@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench bench-attention lint format clean
+.PHONY: install demo test bench bench-attention bench-fusion lint format clean
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ bench: install
 # GPU kernels against the reference path and SDPA (needs CUDA; results under bench/results/<device>/).
 bench-attention: install
 	$(BIN)/python bench/bench_attention.py --json bench/results/$$($(BIN)/python -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-').lower())")/attention_bf16.json
+
+# Fused projections and patch embedding against unfused torch and the bare cuBLAS product (needs CUDA).
+bench-fusion: install
+	$(BIN)/python bench/bench_fusion.py --json bench/results/$$($(BIN)/python -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-').lower())")/fusion_bf16.json
 
 lint: install
 	$(BIN)/ruff check .

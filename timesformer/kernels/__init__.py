@@ -2,7 +2,11 @@
 
 - ``temporal_attention``: attention over the ``T`` frames of each patch, rows in the model's ``(n t)`` order;
 - ``attention``: spatial attention with CLS (rows gathered at stride ``T``) and joint / space-only attention,
-  one online-softmax kernel.
+  one online-softmax kernel;
+- ``linear``: one GEMM with the LayerNorm folded in (``LN -> qkv``, ``LN -> fc1``, final LN -> head) and
+  epilogues for bias, activation, in-place residual add and the CLS frame-mean;
+- ``patch_embed``: im2col GEMM from float pixels or uint8 frames (normalization folded into the weights)
+  with bias, position and time embeddings and the CLS row, written in the model's row order.
 
 Nothing here is imported at package import time (the ``triton`` backend imports these modules lazily), so
 the package imports where Triton or a GPU is missing. Pure-torch references: ``timesformer.ops``.
