@@ -8,6 +8,7 @@ Importing this package needs torch, not Triton and not transformers.
 
 from .backends import BackendInfo, BackendUnavailableError, available_backends
 from .configuration import TimesformerConfig
+from .cuda_graphs import CudaGraphRunner
 from .loading import CheckpointError
 from .modeling import (
     TimesformerForVideoClassification,
@@ -24,6 +25,7 @@ __all__ = [
     "BackendUnavailableError",
     "BaseModelOutput",
     "CheckpointError",
+    "CudaGraphRunner",
     "ImageClassifierOutput",
     "TimesformerConfig",
     "TimesformerForVideoClassification",

@@ -335,6 +335,14 @@ class TimesformerPreTrainedModel(nn.Module):
                 module.input_normalization = norm
         return self
 
+    def cuda_graphs(self, *, max_graphs: int = 8):
+        """A ``CudaGraphRunner`` for this model: call it like the model; eval-mode, no-autograd CUDA calls
+        replay a graph captured once per input shape and dtype (batch-1 latency is launch-bound), others
+        run the model as usual. Weight changes re-capture; see ``timesformer.cuda_graphs``."""
+        from .cuda_graphs import CudaGraphRunner
+
+        return CudaGraphRunner(self, max_graphs=max_graphs)
+
     @property
     def backend(self) -> str:
         """Name of the backend in force for the model's current device."""
