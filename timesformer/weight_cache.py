@@ -48,6 +48,10 @@ def cached_weights(
     Not detected: edits through ``.data`` and in-place edits of tensors created under
     ``torch.inference_mode``; call ``model.clear_weight_cache()`` after those.
     """
+    if torch.compiler.is_compiling():
+        # Under torch.compile the preparation is traced into the graph (recomputed per call, never
+        # stale): the cache's pointer and version checks cannot be traced (graph breaks).
+        return prepare(*(s.detach() for s in sources))
     _register_hook()
     cache: dict = module.__dict__.setdefault("_weight_cache", {})
     stamp = (_optimizer_steps, *(_fingerprint(s) for s in sources))
