@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -86,3 +87,46 @@ class Timer:
         dst = torch.empty_like(src)
         ms = self.median_ms(lambda _: dst.copy_(src), [None])
         return 2 * src.numel() * src.element_size() / ms / 1e6
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative error ``|a - b| / |b|`` by norm, in float32."""
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def kernel_bench_setup(description: str, argv: list[str] | None, base: dict, smoke: dict):
+    """The kernel benchmarks' shared command line: ``(args, device, shape, batches)``, or ``None`` (after
+    saying why) when there is no GPU and no ``--smoke``. ``--smoke`` runs in Triton's CPU interpreter."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--dtype", choices=["bfloat16", "float16"], default="bfloat16")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny shapes on the CPU interpreter; no speed claims"
+    )
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+        return args, torch.device("cpu"), smoke, [1, 2]
+    if not torch.cuda.is_available():
+        print("no CUDA device: this benchmark measures GPU kernels (use --smoke to check the script)")
+        return None
+    return args, torch.device("cuda"), base, args.batches
+
+
+def kernel_bench_record(name: str, args, device: torch.device, shape: dict) -> dict:
+    """The header of a kernel benchmark's JSON: what ran, where, with which versions and timing method."""
+    import triton
+
+    return {
+        "benchmark": name,
+        "shape": {**shape, "dtype": args.dtype},
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else "cpu (interpreter smoke run)",
+        "triton": triton.__version__,
+        **provenance(),
+        "timing": "wall clock, 3 runs (smoke)"
+        if args.smoke
+        else "triton.testing.do_bench median, CUDA events",
+    }

@@ -24,13 +24,13 @@ script works and says nothing about speed.
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 
 import torch
 import torch.nn.functional as F
-from _common import Timer, provenance, write_json  # bench/, on sys.path when a script here runs
+
+# bench/ is on sys.path when a script here runs.
+from _common import Timer, kernel_bench_record, kernel_bench_setup, rel_err, write_json
 
 BASE = dict(patches=196, frames=8, heads=12, head_dim=64)
 SMOKE = dict(patches=5, frames=3, heads=2, head_dim=16)
@@ -74,10 +74,6 @@ def reference_joint(qkv, heads):
 def _mean_cls(outputs):
     patch_ctx, cls_ctx = outputs
     return patch_ctx, cls_ctx.mean(1)
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm())
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -128,10 +124,10 @@ def run(batches, shape, dtype, device, timer, out_rows: list) -> float:
             exact = case["ref"](x.float())
             got, ref = case["ours"](x), case["ref"](x)
             if name == "spatial":
-                err = max(_rel(got[0], exact[0]), _rel(got[1], exact[1]))
-                ref_err = max(_rel(ref[0], exact[0]), _rel(ref[1], exact[1]))
+                err = max(rel_err(got[0], exact[0]), rel_err(got[1], exact[1]))
+                ref_err = max(rel_err(ref[0], exact[0]), rel_err(ref[1], exact[1]))
             else:
-                err, ref_err = _rel(got, exact), _rel(ref, exact)
+                err, ref_err = rel_err(got, exact), rel_err(ref, exact)
             # A sanity check (the tests enforce the accuracy rule): never time a wrong answer.
             if not err <= 4 * ref_err + 1e-6:
                 raise SystemExit(f"{name} batch {batch}: error {err:.2e} vs reference path {ref_err:.2e}")
@@ -181,44 +177,16 @@ def run(batches, shape, dtype, device, timer, out_rows: list) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--dtype", choices=["bfloat16", "float16"], default="bfloat16")
-    parser.add_argument(
-        "--smoke", action="store_true", help="tiny shapes on the CPU interpreter; no speed claims"
-    )
-    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
-    args = parser.parse_args(argv)
-
-    if args.smoke:
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-        device, shape, batches = torch.device("cpu"), SMOKE, [1, 2]
-    else:
-        if not torch.cuda.is_available():
-            print("no CUDA device: this benchmark measures GPU kernels (use --smoke to check the script)")
-            return 1
-        device, shape, batches = torch.device("cuda"), BASE, args.batches
-    import triton
-
-    dtype = getattr(torch, args.dtype)
-    timer = Timer(device, args.smoke)
+    setup = kernel_bench_setup(__doc__.splitlines()[0], argv, BASE, SMOKE)
+    if setup is None:
+        return 1
+    args, device, shape, batches = setup
     rows: list = []
-    copy = run(batches, shape, dtype, device, timer, rows)
-    result = {
-        "benchmark": "attention",
-        "shape": {**shape, "dtype": args.dtype},
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else "cpu (interpreter smoke run)",
-        "triton": triton.__version__,
-        **provenance(),
-        "timing": "wall clock, 3 runs (smoke)"
-        if args.smoke
-        else "triton.testing.do_bench median, CUDA events",
-        "copy_gbps": copy,
-        "results": rows,
-    }
-    write_json(args.json, result)
+    copy = run(batches, shape, getattr(torch, args.dtype), device, Timer(device, args.smoke), rows)
+    write_json(
+        args.json,
+        {**kernel_bench_record("attention", args, device, shape), "copy_gbps": copy, "results": rows},
+    )
     return 0
 
 

@@ -21,20 +21,16 @@ script works and says nothing about speed.
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 
 import torch
 import torch.nn.functional as F
-from _common import Timer, provenance, write_json  # bench/, on sys.path when a script here runs
+
+# bench/ is on sys.path when a script here runs.
+from _common import Timer, kernel_bench_record, kernel_bench_setup, rel_err, write_json
 
 BASE = dict(patches=196, frames=8, hidden=768, mlp=3072, patch=16, channels=3)
 SMOKE = dict(patches=4, frames=3, hidden=32, mlp=64, patch=4, channels=3)
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm())
 
 
 def _cases(shape, batch, dtype, device, gen):
@@ -148,7 +144,7 @@ def run(batches, shape, dtype, device, timer, out_rows: list) -> None:
             exact = case["exact"](first)
             got = case["fused"](_clone(first))
             ref = case["unfused"](_clone(first))
-            err, ref_err = _rel(got, exact), _rel(ref, exact)
+            err, ref_err = rel_err(got, exact), rel_err(ref, exact)
             if not err <= 4 * ref_err + 1e-6:
                 raise SystemExit(f"{name} batch {batch}: error {err:.2e} vs unfused torch {ref_err:.2e}")
             bare_inputs = timer.sets(case["bare_make"], nbytes)
@@ -177,41 +173,13 @@ def run(batches, shape, dtype, device, timer, out_rows: list) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--dtype", choices=["bfloat16", "float16"], default="bfloat16")
-    parser.add_argument(
-        "--smoke", action="store_true", help="tiny shapes on the CPU interpreter; no speed claims"
-    )
-    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
-    args = parser.parse_args(argv)
-
-    if args.smoke:
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-        device, shape, batches = torch.device("cpu"), SMOKE, [1, 2]
-    else:
-        if not torch.cuda.is_available():
-            print("no CUDA device: this benchmark measures GPU kernels (use --smoke to check the script)")
-            return 1
-        device, shape, batches = torch.device("cuda"), BASE, args.batches
-    import triton
-
+    setup = kernel_bench_setup(__doc__.splitlines()[0], argv, BASE, SMOKE)
+    if setup is None:
+        return 1
+    args, device, shape, batches = setup
     rows: list = []
     run(batches, shape, getattr(torch, args.dtype), device, Timer(device, args.smoke), rows)
-    result = {
-        "benchmark": "fusion",
-        "shape": {**shape, "dtype": args.dtype},
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else "cpu (interpreter smoke run)",
-        "triton": triton.__version__,
-        **provenance(),
-        "timing": "wall clock, 3 runs (smoke)"
-        if args.smoke
-        else "triton.testing.do_bench median, CUDA events",
-        "results": rows,
-    }
-    write_json(args.json, result)
+    write_json(args.json, {**kernel_bench_record("fusion", args, device, shape), "results": rows})
     return 0
 
 

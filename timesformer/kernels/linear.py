@@ -435,7 +435,6 @@ def linear_residual_(
         mean_rows: project the mean of each batch's ``rows`` rows of ``x`` (the frame-mean of the CLS
             contexts) into its one residual row.
     """
-    _check_residual("linear_residual_", x, weight, bias, residual, mean_rows)
     torch.ops.timesformer.linear_residual_(x, weight, bias, residual, mean_rows, int64)
     return residual
 
