@@ -17,6 +17,7 @@ from conftest import (
     random_clip,
     randomize_,
     rel_err,
+    stable_seed,
 )
 
 import timesformer
@@ -41,15 +42,14 @@ def test_temporal_and_spatial_at_model_shapes(shape, dtype):
 
     batch, n, t, h, dh = shape
     d = h * dh
-    qkv64 = _qkv(batch, 1 + n * t, d, seed=hash(shape) % 2**31)
-    qkv = qkv64.to(dtype)
-    exact = ops.temporal_attention(qkv64[:, 1:], t, h)
+    qkv = _qkv(batch, 1 + n * t, d, seed=stable_seed(shape)).to(dtype)
+    exact = ops.temporal_attention(qkv.double()[:, 1:], t, h)
     with plain_torch_attention():
         plain = ops.temporal_attention(qkv[:, 1:], t, h)
     out = kt.temporal_attention_fwd(*qkv[:, 1:].split(d, -1), poisoned(plain.shape, dtype, CUDA), t, h)
     assert_kernel_accuracy(out, exact, plain)
 
-    exact_p, exact_c = ops.spatial_attention(qkv64, t, h)
+    exact_p, exact_c = ops.spatial_attention(qkv.double(), t, h)
     with plain_torch_attention():
         plain_p, plain_c = ops.spatial_attention(qkv, t, h)
     p, c = ka.spatial_attention_fwd(
@@ -65,9 +65,8 @@ def test_joint_at_base_length(dtype, int64):
     from timesformer.kernels import attention as ka
 
     d, h = 768, 12
-    qkv64 = _qkv(2, 1 + 196 * 8, d, seed=3)
-    qkv = qkv64.to(dtype)
-    exact = ops.attention(qkv64, h)
+    qkv = _qkv(2, 1 + 196 * 8, d, seed=3).to(dtype)
+    exact = ops.attention(qkv.double(), h)
     with plain_torch_attention():
         plain = ops.attention(qkv, h)
     out = ka.attention_fwd(*qkv.split(d, -1), poisoned(plain.shape, dtype, CUDA), h, int64=int64)
