@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench bench-attention bench-fusion lint format clean
+.PHONY: install demo test bench bench-quick bench-attention bench-fusion lint format clean
 
 install: $(STAMP)
 
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "setuptools>=64" wheel
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet --no-build-isolation -e ".[test,dev,hub]"
+	$(BIN)/python -m pip install --quiet --no-build-isolation -e ".[test,dev,hub,bench]"
 	touch $(STAMP)
 
 demo: install
@@ -29,16 +29,23 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# The benchmark suite for the device found (GPU: full suite; CPU: the short one). JSON, Markdown and PNG
+# under bench/results/<device>/. ARGS passes options, e.g. make bench ARGS="--configs base --batches 32".
 bench: install
-	$(BIN)/python bench/bench_e2e_cpu.py
+	$(BIN)/python -m bench $(ARGS)
+
+bench-quick: install
+	$(BIN)/python -m bench --quick $(ARGS)
+
+SLUG = $$($(BIN)/python -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-').lower())")
 
 # GPU kernels against the reference path and SDPA (needs CUDA; results under bench/results/<device>/).
 bench-attention: install
-	$(BIN)/python bench/bench_attention.py --json bench/results/$$($(BIN)/python -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-').lower())")/attention_bf16.json
+	$(BIN)/python -m bench.bench_attention --json bench/results/$(SLUG)/attention_bf16.json
 
 # Fused projections and patch embedding against unfused torch and the bare cuBLAS product (needs CUDA).
 bench-fusion: install
-	$(BIN)/python bench/bench_fusion.py --json bench/results/$$($(BIN)/python -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-').lower())")/fusion_bf16.json
+	$(BIN)/python -m bench.bench_fusion --json bench/results/$(SLUG)/fusion_bf16.json
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,8 +1,9 @@
-"""What every benchmark records about the run: versions, commit and date (imported by the bench scripts)."""
+"""What every benchmark shares: versions, commit and date of the run, the device, timing and peak rates."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -38,6 +39,66 @@ def provenance() -> dict:
         "commit": commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def device_slug(device: torch.device) -> str:
+    """The folder name of a device's results: ``nvidia-h200``, ``cpu``."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device).replace(" ", "-").lower()
+    return "cpu"
+
+
+def device_info(device: torch.device) -> dict:
+    """Name, driver and size of the device the run used."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        driver = "unknown"
+        with contextlib.suppress(OSError, subprocess.CalledProcessError):
+            driver = subprocess.run(
+                [
+                    "nvidia-smi",
+                    "--query-gpu=driver_version",
+                    "--format=csv,noheader",
+                    f"--id={device.index or 0}",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+        return {
+            "type": "cuda",
+            "name": torch.cuda.get_device_name(device),
+            "driver": driver,
+            "cuda": torch.version.cuda,
+            "memory_gib": round(props.total_memory / 2**30, 1),
+            "multiprocessors": props.multi_processor_count,
+        }
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(
+                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model
+            )
+    except OSError:
+        pass
+    return {"type": "cpu", "name": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+
+
+def versions() -> dict:
+    """Versions of everything a result depends on (None where a package is not installed)."""
+    import importlib.metadata
+
+    out = {"torch": torch.__version__, "python": platform.python_version()}
+    for dist, key in (
+        ("triton", "triton"),
+        ("transformers", "transformers"),
+        ("timesformer-triton", "timesformer"),
+    ):
+        try:
+            out[key] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[key] = None
+    return out
 
 
 def write_json(path: str | None, result: dict) -> None:
@@ -79,6 +140,23 @@ class Timer:
         import triton.testing
 
         return triton.testing.do_bench(step, warmup=25, rep=200, return_mode="median")
+
+    def matmul_tflops(self, dtype: torch.dtype) -> float:
+        """The device's matrix rate for ``dtype`` as torch reaches it: a large square product (8192^3 on a
+        GPU, 2048^3 on a CPU, 256^3 in smoke runs), median TFLOP/s."""
+        n = 256 if self.smoke else 8192 if self.device.type == "cuda" else 2048
+        a = torch.randn(n, n, device=self.device, dtype=dtype)
+        b = torch.randn(n, n, device=self.device, dtype=dtype)
+        if self.device.type == "cuda":
+            ms = self.median_ms(lambda _: torch.mm(a, b), [None])
+        else:
+            times = []
+            for _ in range(5):
+                start = time.perf_counter()
+                torch.mm(a, b)
+                times.append((time.perf_counter() - start) * 1e3)
+            ms = statistics.median(times)
+        return 2.0 * n**3 / ms / 1e9
 
     def copy_gbps(self) -> float:
         """Device-to-device copy rate, bytes read plus bytes written."""

@@ -16,7 +16,7 @@ temporal kernel is memory-bound: it is reported in GB/s (q, k, v read once, cont
 the device-to-device copy rate measured in the same run; spatial and joint in TFLOP/s (4 * seq^2 * dim per
 sequence and head).
 
-    python bench/bench_attention.py [--batches 1 8 32] [--json bench/results/<device>/attention_bf16.json]
+    python -m bench.bench_attention [--batches 1 8 32] [--json bench/results/<device>/attention_bf16.json]
 
 ``--smoke`` runs tiny shapes on the CPU under TRITON_INTERPRET=1 with wall-clock timing: it checks that the
 script works and says nothing about speed.
@@ -29,8 +29,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-# bench/ is on sys.path when a script here runs.
-from _common import Timer, kernel_bench_record, kernel_bench_setup, rel_err, write_json
+from bench._common import Timer, kernel_bench_record, kernel_bench_setup, rel_err, write_json
 
 BASE = dict(patches=196, frames=8, heads=12, head_dim=64)
 SMOKE = dict(patches=5, frames=3, heads=2, head_dim=16)

@@ -13,7 +13,7 @@ The issue's targets at batch 32 on an H100/H200: each fused product within 10% o
 anything is timed; times are medians of CUDA-event timings (``triton.testing.do_bench``) rotating among
 input sets larger than twice the L2 cache.
 
-    python bench/bench_fusion.py [--batches 1 8 32] [--json bench/results/<device>/fusion_bf16.json]
+    python -m bench.bench_fusion [--batches 1 8 32] [--json bench/results/<device>/fusion_bf16.json]
 
 ``--smoke`` runs tiny shapes on the CPU under TRITON_INTERPRET=1 with wall-clock timing: it checks that the
 script works and says nothing about speed.
@@ -26,8 +26,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-# bench/ is on sys.path when a script here runs.
-from _common import Timer, kernel_bench_record, kernel_bench_setup, rel_err, write_json
+from bench._common import Timer, kernel_bench_record, kernel_bench_setup, rel_err, write_json
 
 BASE = dict(patches=196, frames=8, hidden=768, mlp=3072, patch=16, channels=3)
 SMOKE = dict(patches=4, frames=3, hidden=32, mlp=64, patch=4, channels=3)

@@ -1,29 +1,253 @@
-"""The benchmark scripts run (tiny shapes, CPU): they must not rot where no GPU is at hand to run them."""
+"""The benchmark suite without a GPU: argument handling, the CPU suite end to end on a tiny config, failure
+reporting, the largest-batch search, report writing from GPU-shaped rows, and the kernel scripts' smoke runs.
+No speed is asserted anywhere here."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pathlib
 
 import pytest
+import torch
 
-BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench"
+from bench import e2e, report, suite
 
 
-def _load(name: str, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))  # as when the script runs: its folder is on sys.path
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def test_defaults_follow_the_device():
+    cpu = suite.parse_args([], cuda_available=False)
+    assert (cpu.device, cpu.configs, cpu.batches, cpu.dtypes) == ("cpu", ["base"], [1], ["float32"])
+    assert cpu.impls == [e2e.EAGER, "timesformer sdpa"] and not cpu.largest_batch
+    gpu = suite.parse_args([], cuda_available=True)
+    assert (gpu.device, gpu.configs, gpu.batches) == ("cuda", ["base", "hr", "large"], [1, 8, 32])
+    assert gpu.dtypes == ["bfloat16", "float16"] and gpu.impls == list(e2e.IMPLEMENTATIONS)
+    assert gpu.largest_batch and gpu.graphs_batches == [1] and gpu.compile_mode == "default"
+    quick = suite.parse_args(["--quick"], cuda_available=True)
+    assert (quick.configs, quick.batches, quick.dtypes, quick.largest_batch) == (
+        ["base"],
+        [1, 32],
+        ["bfloat16"],
+        False,
+    )
+    chosen = suite.parse_args(
+        ["--configs", "hr", "--batches", "2", "3", "--impls", "timesformer triton", "--no-largest-batch"],
+        cuda_available=True,
+    )
+    assert (chosen.configs, chosen.batches, chosen.impls, chosen.largest_batch) == (
+        ["hr"],
+        [2, 3],
+        ["timesformer triton"],
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    "argv,cuda,message",
+    [
+        (["--dtypes", "bfloat16"], False, "float32 only"),
+        (["--device", "cuda"], False, "no CUDA device"),
+        (["--batches", "0"], True, "batch sizes must be >= 1"),
+        (["--impls", "onnxruntime"], True, "invalid choice"),
+        (["--configs", "huge"], True, "invalid choice"),
+    ],
+)
+def test_bad_arguments_are_named(argv, cuda, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        suite.parse_args(argv, cuda_available=cuda)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def _run_tiny(tmp_path, *extra):
+    code = suite.main(
+        [
+            "--configs",
+            "tiny",
+            "--rounds",
+            "2",
+            "--no-kernels",
+            "--out",
+            str(tmp_path),
+            "--stem",
+            "run",
+            *extra,
+        ]
+    )
+    result = json.loads((tmp_path / "run.json").read_text())
+    return code, result
+
+
+def test_cpu_suite_end_to_end(tmp_path):
+    code, result = _run_tiny(tmp_path)
+    assert code == 0
+    assert result["device"]["type"] == "cpu" and result["commit"] and result["versions"]["torch"]
+    assert result["peak_tflops"]["float32"] > 0
+    rows = {r["impl"]: r for r in result["e2e"]}
+    assert set(rows) == {e2e.EAGER, "timesformer sdpa"}
+    for r in rows.values():
+        assert r["status"] == "ok" and r["median_ms"] > 0 and len(r["all_ms"]) == 2
+        assert r["rel_err_vs_fp32_eager"] <= 1e-4
+        assert r["flops"] > 0 and r["tflops"] == pytest.approx(r["flops"] / r["median_ms"] / 1e9)
+        assert r["clips_per_s"] == pytest.approx(1e3 / r["median_ms"])
+    assert rows["timesformer sdpa"]["speedup_vs_eager"] == rows["timesformer sdpa"]["paired_speedup_vs_eager"]
+    assert rows[e2e.EAGER]["speedup_vs_eager"] is None
+    md = (tmp_path / "run.md").read_text()
+    assert result["device"]["name"] in md and "| timesformer sdpa |" in md
+    assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result["outputs"] == {"json": "run.json", "png": "run.png", "md": "run.md"}
+
+
+def test_a_wrong_answer_is_reported_not_timed(tmp_path, monkeypatch):
+    real_build = e2e.build
+
+    def build(impl, *args):
+        fn = real_build(impl, *args)
+        return (lambda x: fn(x) * 1.01) if impl == "timesformer sdpa" else fn
+
+    monkeypatch.setattr(e2e, "build", build)
+    code, result = _run_tiny(tmp_path)
+    assert code == 2
+    bad = next(r for r in result["e2e"] if r["impl"] == "timesformer sdpa")
+    assert bad["status"].startswith("failed: wrong output") and bad["median_ms"] is None
+    assert bad["clips_per_s"] is None and bad["speedup_vs_eager"] is None
+    assert "failed: wrong output" in (tmp_path / "run.md").read_text()
+
+
+def test_triton_rows_are_skipped_with_the_reason_on_cpu(tmp_path):
+    code, result = _run_tiny(tmp_path, "--impls", e2e.EAGER, "timesformer triton")
+    assert code == 0
+    row = next(r for r in result["e2e"] if r["impl"] == "timesformer triton")
+    assert row["status"] == "skipped: needs a CUDA GPU" and row["median_ms"] is None
+
+
+def test_largest_batch_search(monkeypatch):
+    calls = []
+
+    def build(impl, name, state, opts):
+        def fn(x):
+            calls.append(x.shape[0])
+            if x.shape[0] > 8:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return x
+
+        return fn
+
+    monkeypatch.setattr(e2e, "build", build)
+    monkeypatch.setattr(e2e, "unavailable", lambda impl, device: None)
+    opts = e2e.Options(dtype=torch.float32, device=torch.device("cpu"))
+    assert e2e.largest_batch("tiny", opts, start=2, limit=64, log=lambda s: None) == 8
+    assert calls == [4, 8, 16]
+    assert e2e.largest_batch("tiny", opts, start=8, limit=64, log=lambda s: None) is None
+
+
+def _gpu_result() -> dict:
+    """Rows shaped like a GPU run's (numbers made up for the test, never written to bench/results)."""
+
+    def row(impl, batch, ms, mem, status="ok"):
+        return {
+            "config": "base",
+            "model": e2e.CONFIGS["base"]["title"],
+            "dtype": "bfloat16",
+            "batch": batch,
+            "impl": impl,
+            "status": status,
+            "median_ms": ms if status == "ok" else None,
+            "peak_mem_gib": mem,
+            "rel_err_vs_fp32_eager": 1e-3,
+            "flops": 369.1e9 * batch,
+        }
+
+    return {
+        "command": "python -m bench",
+        "mode": "full",
+        "date": "2026-01-01T00:00:00+00:00",
+        "commit": "abc1234",
+        "device": {"type": "cuda", "name": "Test GPU", "driver": "1.0", "cuda": "12.8"},
+        "versions": {"torch": "x", "triton": "y", "transformers": "z", "timesformer": "0.1.0"},
+        "peak_tflops": {"bfloat16": 800.0},
+        "copy_gbps": 3000.0,
+        "e2e": [
+            row(e2e.EAGER, 32, 100.0, 20.0),
+            row(e2e.COMPILE, 32, 60.0, 12.0),
+            row(report.TRITON, 32, 30.0, 10.0),
+            row(report.GRAPHS, 1, 1.2, 1.0),
+            row("timesformer sdpa + compile", 32, None, None, status="out of memory"),
+        ],
+        "kernels": [
+            {
+                "kernel": "temporal attention",
+                "batch": 32,
+                "ms": 0.1,
+                "baseline": "reference path",
+                "baseline_ms": 0.3,
+                "speedup": 3.0,
+                "achieved": 2400.0,
+                "unit": "GB/s",
+                "roofline": "copy rate",
+                "fraction_of_roofline": 0.8,
+            }
+        ],
+    }
+
+
+def test_report_from_gpu_rows(tmp_path):
+    result = _gpu_result()
+    report.derive(result)
+    triton = next(r for r in result["e2e"] if r["impl"] == report.TRITON)
+    assert triton["speedup_vs_eager"] == pytest.approx(100 / 30)
+    assert triton["speedup_vs_compile"] == pytest.approx(2.0)
+    assert triton["tflops"] == pytest.approx(369.1 * 32 / 30)
+    assert triton["fraction_of_peak"] == pytest.approx(369.1 * 32 / 30 / 800)
+    assert triton["clips_per_s"] == pytest.approx(32 / 0.030)
+    met = {t["target"]: t["met"] for t in result["targets"]}
+    assert met == {
+        "base bf16 batch 32: triton vs transformers eager": True,
+        "base bf16 batch 32: triton vs transformers + compile": True,
+        "base bf16 batch 32: model FLOPs / measured bf16 matrix peak": False,  # 49%
+        "base bf16 batch 32: peak memory, triton / transformers eager": True,
+        "base bf16 batch 1: triton + CUDA graphs, ms per clip": True,
+    }
+    paths = report.write_all(result, str(tmp_path), "gpu")
+    md = pathlib.Path(paths["md"]).read_text()
+    assert "Test GPU" in md and "driver 1.0" in md and "2026-01-01" in md and "bfloat16 800.0 TFLOP/s" in md
+    assert "| out of memory |" in md and "80% of copy rate" in md and "| **no** |" in md
+    assert pathlib.Path(paths["png"]).read_bytes()[:4] == b"\x89PNG"
+    assert json.loads(pathlib.Path(paths["json"]).read_text())["targets"] == result["targets"]
+
+
+def test_flop_count_of_the_rows_is_the_package_count():
+    from timesformer.flops import count_flops
+
+    assert suite._flops("base", 32).total == count_flops(e2e.hf_config("base"), 32).total
+    assert round(suite._flops("base", 1).total / 1e9, 1) == 369.1
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_cpu_microbenchmarks_run_through_pytest_benchmark(monkeypatch):
+    monkeypatch.setenv("TIMESFORMER_BENCH_SHAPE", "tiny")
+    result = {"kernels": []}
+    args = suite.parse_args(["--quick"], cuda_available=False)
+    assert suite.run_cpu_kernels(args, result) == 0
+    names = {k["kernel"] for k in result["kernels"]}
+    assert names == {"temporal attention", "spatial attention", "joint attention", "frame normalization"}
+    assert all(k["ms"] > 0 and k["baseline_ms"] > 0 for k in result["kernels"])
+
+
+def test_timesformer_bench_hands_over(capsys):
+    from timesformer.__main__ import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--help"])
+    assert exc.value.code == 0
+    assert "python -m bench" in capsys.readouterr().out
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_bench_attention_smoke(tmp_path, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
+    from bench import bench_attention
+
     out = tmp_path / "attention.json"
-    assert _load("bench_attention", monkeypatch).main(["--smoke", "--json", str(out)]) == 0
+    assert bench_attention.main(["--smoke", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["device"].startswith("cpu") and "smoke" in result["timing"]
     assert {(r["kernel"], r["batch"]) for r in result["results"]} == {
@@ -35,8 +259,10 @@ def test_bench_attention_smoke(tmp_path, monkeypatch):
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_bench_fusion_smoke(tmp_path, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
+    from bench import bench_fusion
+
     out = tmp_path / "fusion.json"
-    assert _load("bench_fusion", monkeypatch).main(["--smoke", "--json", str(out)]) == 0
+    assert bench_fusion.main(["--smoke", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     ops = {r["op"] for r in result["results"]}
     assert "patch embedding" in ops and "LN_2 -> fc1 + GELU" in ops and len(ops) == 7
@@ -44,3 +270,34 @@ def test_bench_fusion_smoke(tmp_path, monkeypatch):
         r["relative_error_vs_fp32"] <= 4 * r["unfused_relative_error_vs_fp32"] + 1e-6
         for r in result["results"]
     )
+
+
+def test_gpu_path_control_flow_on_cpu(monkeypatch):
+    """``run_gpu`` with the CUDA calls faked: building, checking, memory and timing bookkeeping, skips."""
+    for name in ("synchronize", "reset_peak_memory_stats", "empty_cache"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a: 3 * 2**30)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: 5 * 2**30)
+    monkeypatch.setattr(e2e, "_cuda_median_ms", lambda fn, inputs, reps: 1.5)
+
+    class FakeTimer:
+        def sets(self, make, nbytes):
+            return [make(i) for i in range(2)]
+
+    opts = e2e.Options(dtype=torch.float32, device=torch.device("cpu"), graphs_batches=(1,))
+    impls = [e2e.EAGER, "timesformer sdpa", "timesformer triton + graphs"]
+    rows = e2e.run_gpu("tiny", impls, [1, 2], opts, FakeTimer(), log=lambda s: None)
+    got = {(r["impl"], r["batch"]): r for r in rows}
+    assert set(got) == {
+        (e2e.EAGER, 1),
+        (e2e.EAGER, 2),
+        ("timesformer sdpa", 1),
+        ("timesformer sdpa", 2),
+        ("timesformer triton + graphs", 1),  # graphs: batch 1 only
+    }
+    assert got[("timesformer triton + graphs", 1)]["status"] == "skipped: needs a CUDA GPU"
+    for impl in (e2e.EAGER, "timesformer sdpa"):
+        for batch in (1, 2):
+            r = got[(impl, batch)]
+            assert r["status"] == "ok" and r["median_ms"] == 1.5 and r["rel_err_vs_fp32_eager"] <= 1e-4
+            assert r["peak_mem_gib"] < 5 and r["resident_gib"] < 3  # the inputs are not counted

@@ -115,7 +115,32 @@ def info(_: argparse.Namespace) -> int:
     return 0
 
 
+def bench(suite_args: list[str]) -> int:
+    """Hand over to the benchmark suite (``python -m bench``), which lives in the repository, not the wheel."""
+    import importlib.util
+    import pathlib
+
+    if importlib.util.find_spec("bench") is None:
+        # An editable install or a source checkout: the repository root is the package's parent.
+        root = pathlib.Path(__file__).resolve().parents[1]
+        if (root / "bench" / "suite.py").is_file():
+            sys.path.insert(0, str(root))
+    try:
+        from bench.suite import main as suite_main
+    except ImportError:
+        print(
+            "timesformer bench: the benchmark suite is not here; it lives in the repository's bench/ folder "
+            "(git clone, then `python -m bench` from the checkout)",
+            file=sys.stderr,
+        )
+        return 2
+    return suite_main(suite_args)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # every other argument is the suite's (argparse would claim --help)
+        return bench(argv[1:])
     parser = argparse.ArgumentParser(prog="timesformer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="run a random model through every available backend")
@@ -128,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=demo)
     p = sub.add_parser("info", help="versions and which backends run here")
     p.set_defaults(func=info)
+    sub.add_parser("bench", help="the benchmark suite (python -m bench); its arguments pass through")
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -1,0 +1,1 @@
+"""The benchmark suite: ``python -m bench`` (or ``timesformer bench``); see ``bench/suite.py``."""

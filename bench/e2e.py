@@ -1,0 +1,414 @@
+"""End-to-end inference: this package's backends against what users run today, on one model config.
+
+Implementations (``IMPLEMENTATIONS``), all loading the same random weights:
+
+- ``transformers eager``: ``transformers.TimesformerForVideoClassification`` as it loads by default;
+- ``transformers + compile``: the same model under ``torch.compile`` (``mode`` from the command line,
+  ``dynamic=False``: one graph per batch size, as a serving user would run it);
+- ``timesformer sdpa``, ``timesformer sdpa + compile``: this package's SDPA backend, bare and compiled;
+- ``timesformer triton``: the fused kernels (GPU);
+- ``timesformer triton + graphs``: the same under CUDA graph replay (``model.cuda_graphs()``; batch 1 by
+  default, where launch overhead dominates).
+
+Before anything is timed, every implementation's logits are compared with ``transformers`` eager in
+float32 on the same (dtype-rounded) input: a wrong answer is reported as failed and not timed. On a GPU each
+implementation is built alone (so its peak memory is its own: weights, caches and activations) and timed
+with CUDA events, median of many calls after warm-up. On a CPU the implementations run in alternating
+rounds (drifts in machine load hit all of them) and each speedup is the median of the per-round ratios.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+# Hugging Face configs of the published checkpoints (K400 heads); the weights are random.
+CONFIGS = {
+    "base": dict(title="TimeSformer-base 8x224^2", num_frames=8, image_size=224),
+    "hr": dict(title="TimeSformer-HR 16x448^2", num_frames=16, image_size=448),
+    "large": dict(title="TimeSformer-L 96x224^2", num_frames=96, image_size=224),
+    # For tests and smoke runs only: seconds on a CPU.
+    "tiny": dict(
+        title="tiny 4x32^2 (smoke)",
+        num_frames=4,
+        image_size=32,
+        patch_size=8,
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        intermediate_size=96,
+    ),
+}
+NUM_LABELS = 400
+
+EAGER = "transformers eager"
+COMPILE = "transformers + compile"
+IMPLEMENTATIONS = (
+    EAGER,
+    COMPILE,
+    "timesformer sdpa",
+    "timesformer sdpa + compile",
+    "timesformer triton",
+    "timesformer triton + graphs",
+)
+
+
+@dataclass
+class Options:
+    dtype: torch.dtype
+    device: torch.device
+    compile_mode: str = "default"
+    # Timing: GPU calls per measurement (at most; fewer when a call is slow), CPU alternating rounds.
+    reps: int = 30
+    rounds: int = 5
+    graphs_batches: tuple[int, ...] = (1,)
+    seed: int = 0
+
+
+def hf_config(name: str):
+    import transformers
+
+    fields = {k: v for k, v in CONFIGS[name].items() if k != "title"}
+    return transformers.TimesformerConfig(num_labels=NUM_LABELS, **fields)
+
+
+def random_state(name: str, seed: int) -> dict:
+    """Random float32 weights for config ``name``: every parameter, including the zero-initialized time
+    embedding and the LayerNorms, perturbed from its initialization (CPU tensors)."""
+    import transformers
+
+    torch.manual_seed(seed)
+    model = transformers.TimesformerForVideoClassification(hf_config(name))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.02)
+    return model.state_dict()
+
+
+def _hf_model(name: str, state: dict, opts: Options, dtype: torch.dtype):
+    import transformers
+
+    model = transformers.TimesformerForVideoClassification(hf_config(name))
+    model.load_state_dict(state)
+    return model.to(opts.device, dtype).eval()
+
+
+def _ours(name: str, state: dict, opts: Options, backend: str):
+    import timesformer
+
+    model = timesformer.from_hf(_hf_model(name, state, opts, torch.float32).cpu(), backend=backend)
+    return model.to(opts.device, opts.dtype).eval()
+
+
+def _compiled(model, opts: Options):
+    return torch.compile(
+        model, mode=None if opts.compile_mode == "default" else opts.compile_mode, dynamic=False
+    )
+
+
+def build(impl: str, name: str, state: dict, opts: Options) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function ``pixel_values -> logits`` for one implementation."""
+    if impl == EAGER:
+        model = _hf_model(name, state, opts, opts.dtype)
+        return lambda x: model(pixel_values=x).logits
+    if impl == COMPILE:
+        model = _compiled(_hf_model(name, state, opts, opts.dtype), opts)
+        return lambda x: model(pixel_values=x).logits
+    if impl == "timesformer sdpa":
+        model = _ours(name, state, opts, "sdpa")
+        return lambda x: model(x).logits
+    if impl == "timesformer sdpa + compile":
+        model = _compiled(_ours(name, state, opts, "sdpa"), opts)
+        return lambda x: model(x).logits
+    if impl == "timesformer triton":
+        model = _ours(name, state, opts, "triton")
+        return lambda x: model(x).logits
+    if impl == "timesformer triton + graphs":
+        runner = _ours(name, state, opts, "triton").cuda_graphs()
+        return lambda x: runner(x).logits
+    raise ValueError(f"unknown implementation {impl!r}; expected one of {', '.join(IMPLEMENTATIONS)}")
+
+
+def unavailable(impl: str, device: torch.device) -> str | None:
+    """Why ``impl`` cannot run on ``device`` (None when it can)."""
+    if "triton" in impl:
+        if device.type != "cuda":
+            return "needs a CUDA GPU"
+        from timesformer import available_backends
+
+        info = available_backends(device)["triton"]
+        if not info.available:
+            return info.reason
+    return None
+
+
+def clip(name: str, batch: int, seed: int) -> torch.Tensor:
+    """A random float32 ``(batch, T, 3, H, W)`` clip on the CPU."""
+    cfg = CONFIGS[name]
+    gen = torch.Generator().manual_seed(seed)
+    size = cfg["image_size"]
+    return torch.randn(batch, cfg["num_frames"], 3, size, size, generator=gen)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+def error_bound(dtype: torch.dtype, eager_err: float | None) -> float:
+    """Largest relative error of the logits that counts as a right answer: 1e-4 in float32 (the model
+    rule of the fusion issue), else twice ``transformers`` eager's own error at that dtype."""
+    if dtype == torch.float32:
+        return 1e-4
+    return 2.0 * max(eager_err or 0.0, 1e-3)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+@contextlib.contextmanager
+def _no_tf32():
+    """The float32 reference uses full-precision products."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def reference_logits(name: str, state: dict, batches, opts: Options) -> dict[int, torch.Tensor | None]:
+    """float32 ``transformers`` eager logits of each batch's clip (rounded to the run's dtype first), on the
+    CPU; None where even the reference does not fit."""
+    ref_opts = Options(dtype=torch.float32, device=opts.device, seed=opts.seed)
+    model = _hf_model(name, state, ref_opts, torch.float32)
+    out: dict[int, torch.Tensor | None] = {}
+    with torch.inference_mode(), _no_tf32():
+        for batch in batches:
+            x = clip(name, batch, opts.seed + batch).to(opts.dtype).float().to(opts.device)
+            try:
+                out[batch] = model(pixel_values=x).logits.float().cpu()
+            except RuntimeError as exc:
+                if not _is_oom(exc):
+                    raise
+                out[batch] = None
+            del x
+    del model
+    _free(opts.device)
+    return out
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _row(name: str, impl: str, batch: int, opts: Options, **fields) -> dict:
+    row = {
+        "config": name,
+        "model": CONFIGS[name]["title"],
+        "dtype": str(opts.dtype).replace("torch.", ""),
+        "batch": batch,
+        "impl": impl,
+        "status": "ok",
+        "median_ms": None,
+        "rel_err_vs_fp32_eager": None,
+        "peak_mem_gib": None,
+    }
+    row.update(fields)
+    return row
+
+
+def _check(fn, x, expected, bound) -> tuple[float, str]:
+    got = fn(x)
+    err = rel_err(got.float().cpu(), expected)
+    if not err <= bound:  # also catches NaN
+        return err, f"failed: wrong output (relative error {err:.2e} > {bound:.1e}); not timed"
+    return err, "ok"
+
+
+def _wanted(impl: str, batch: int, opts: Options) -> bool:
+    return impl != "timesformer triton + graphs" or batch in opts.graphs_batches
+
+
+def run_gpu(name: str, impls, batches, opts: Options, timer, log=print) -> list[dict]:
+    """Every implementation alone on the GPU: check, warm up, time (CUDA events), peak memory."""
+    state = random_state(name, opts.seed)
+    expected = reference_logits(name, state, batches, opts)
+    eager_err: dict[int, float] = {}
+    rows = []
+    for impl in impls:
+        reason = unavailable(impl, opts.device)
+        if reason:
+            rows += [
+                _row(name, impl, b, opts, status=f"skipped: {reason}")
+                for b in batches
+                if _wanted(impl, b, opts)
+            ]
+            continue
+        _free(opts.device)
+        try:
+            fn = build(impl, name, state, opts)
+        except RuntimeError as exc:
+            if not _is_oom(exc):
+                raise
+            rows += [_row(name, impl, b, opts, status="out of memory") for b in batches]
+            continue
+        for batch in batches:
+            if not _wanted(impl, batch, opts):
+                continue
+            if expected[batch] is None:
+                rows.append(
+                    _row(name, impl, batch, opts, status="skipped: the float32 reference does not fit")
+                )
+                continue
+            row = _row(name, impl, batch, opts)
+            rows.append(row)
+            try:
+                with torch.inference_mode():
+
+                    def make(i, batch=batch):
+                        return clip(name, batch, opts.seed + batch + 1000 * i).to(opts.device, opts.dtype)
+
+                    first = clip(name, batch, opts.seed + batch).to(opts.device, opts.dtype)
+                    bound = error_bound(opts.dtype, eager_err.get(batch))
+                    err, row["status"] = _check(fn, first, expected[batch], bound)
+                    row["rel_err_vs_fp32_eager"] = err
+                    if impl == EAGER:
+                        eager_err[batch] = err
+                    if row["status"] != "ok":
+                        continue
+                    inputs = [first, *timer.sets(make, first.numel() * first.element_size())[1:]]
+                    for x in inputs[:3]:  # warm-up: compilation, autotuning, graph capture, caches
+                        fn(x)
+                    torch.cuda.synchronize()
+                    base = torch.cuda.memory_allocated()
+                    torch.cuda.reset_peak_memory_stats()
+                    fn(inputs[0])
+                    torch.cuda.synchronize()
+                    # Everything this implementation holds (weights, caches) plus its transient peak;
+                    # the inputs are not counted.
+                    inputs_bytes = sum(t.numel() * t.element_size() for t in inputs)
+                    row["peak_mem_gib"] = (torch.cuda.max_memory_allocated() - inputs_bytes) / 2**30
+                    row["resident_gib"] = (base - inputs_bytes) / 2**30
+                    row["median_ms"] = _cuda_median_ms(fn, inputs, opts.reps)
+            except RuntimeError as exc:
+                if not _is_oom(exc):
+                    raise
+                row["status"] = "out of memory"
+            log(_describe(row))
+        del fn
+        _free(opts.device)
+        if impl in (COMPILE, "timesformer sdpa + compile"):
+            torch._dynamo.reset()
+    return rows
+
+
+def _cuda_median_ms(fn, inputs, reps: int) -> float:
+    """Median of per-call CUDA-event times, rotating the inputs; fewer calls when one is slow (~3 s)."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for i in range(reps):
+        start.record()
+        fn(inputs[i % len(inputs)])
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+        if sum(times) > 3000 and len(times) >= 5:
+            break
+    return statistics.median(times)
+
+
+def run_cpu(name: str, impls, batches, opts: Options, log=print) -> list[dict]:
+    """All implementations built at once, checked, then timed in alternating rounds (wall clock)."""
+    state = random_state(name, opts.seed)
+    expected = reference_logits(name, state, batches, opts)
+    rows = []
+    fns = {}
+    for impl in impls:
+        reason = unavailable(impl, opts.device)
+        if reason:
+            rows += [
+                _row(name, impl, b, opts, status=f"skipped: {reason}")
+                for b in batches
+                if _wanted(impl, b, opts)
+            ]
+        else:
+            fns[impl] = build(impl, name, state, opts)
+    for batch in batches:
+        x = clip(name, batch, opts.seed + batch).to(opts.dtype)
+        live: dict[str, dict] = {}
+        eager_err = None
+        with torch.inference_mode():
+            for impl, fn in fns.items():
+                if not _wanted(impl, batch, opts):
+                    continue
+                bound = error_bound(opts.dtype, eager_err)
+                err, status = _check(fn, x, expected[batch], bound)  # also the warm-up
+                if impl == EAGER:
+                    eager_err = err
+                row = _row(name, impl, batch, opts, status=status, rel_err_vs_fp32_eager=err)
+                rows.append(row)
+                if status == "ok":
+                    live[impl] = row
+                    fn(x)  # second warm-up: compiled code runs its first real call here
+            times: dict[str, list[float]] = {impl: [] for impl in live}
+            for _ in range(opts.rounds):
+                for impl in live:
+                    start = time.perf_counter()
+                    fns[impl](x)
+                    times[impl].append((time.perf_counter() - start) * 1e3)
+        for impl, row in live.items():
+            row["median_ms"] = statistics.median(times[impl])
+            row["all_ms"] = [round(t, 2) for t in times[impl]]
+            for base in (EAGER, COMPILE):
+                if base in times and impl != base:
+                    ratios = [b / t for b, t in zip(times[base], times[impl], strict=True)]
+                    key = "paired_speedup_vs_eager" if base == EAGER else "paired_speedup_vs_compile"
+                    row[key] = statistics.median(ratios)
+            log(_describe(row))
+    return rows
+
+
+def _describe(row: dict) -> str:
+    head = f"{row['model']} {row['dtype']} B={row['batch']:<3d} {row['impl']:28s}"
+    if row["status"] != "ok":
+        return f"{head} {row['status']}"
+    mem = f" | peak {row['peak_mem_gib']:.2f} GiB" if row.get("peak_mem_gib") is not None else ""
+    return f"{head} {row['median_ms']:10.2f} ms | err {row['rel_err_vs_fp32_eager']:.1e}{mem}"
+
+
+def largest_batch(name: str, opts: Options, start: int, limit: int, log=print) -> int | None:
+    """The largest power-of-two batch above ``start`` (at most ``limit``) at which this package's triton
+    backend runs a forward without running out of memory; None if even ``2 * start`` does not fit."""
+    if unavailable("timesformer triton", opts.device):
+        return None
+    state = random_state(name, opts.seed)
+    fn = build("timesformer triton", name, state, opts)
+    best, batch = None, 2 * start
+    while batch <= limit:
+        try:
+            with torch.inference_mode():
+                fn(clip(name, batch, 0).to(opts.device, opts.dtype))
+                if opts.device.type == "cuda":
+                    torch.cuda.synchronize()
+        except RuntimeError as exc:
+            if not _is_oom(exc):
+                raise
+            break
+        finally:
+            _free(opts.device)
+        best, batch = batch, 2 * batch
+    log(f"{CONFIGS[name]['title']}: largest power-of-two batch that fits (triton): {best}")
+    del fn
+    _free(opts.device)
+    return best
