@@ -115,7 +115,7 @@ def markdown(result: dict, png_name: str | None = None) -> str:
             "(weights, caches, activations), inputs excluded."
             if dev["type"] == "cuda"
             else "CPU times: wall clock, implementations alternating round by round; speedups are medians of "
-            "the per-round ratios."
+            "the per-round ratios. Peak memory is measured on GPUs only."
         ),
         "",
     ]
