@@ -150,6 +150,7 @@ class Timer:
         if self.device.type == "cuda":
             ms = self.median_ms(lambda _: torch.mm(a, b), [None])
         else:
+            torch.mm(a, b)  # warm-up: thread pool, first-touch of the output
             times = []
             for _ in range(5):
                 start = time.perf_counter()
