@@ -123,7 +123,7 @@ def markdown(result: dict, png_name: str | None = None) -> str:
     if peaks:
         lines += [
             "Matrix peak measured in this run (large square product through torch): "
-            + ", ".join(f"{k} {v:.1f} TFLOP/s" for k, v in peaks.items()),
+            + ", ".join(f"{k} {v:.3g} TFLOP/s" for k, v in peaks.items()),
             "",
         ]
     if result.get("copy_gbps"):
@@ -147,7 +147,7 @@ def markdown(result: dict, png_name: str | None = None) -> str:
             pct = None if r.get("fraction_of_peak") is None else 100 * r["fraction_of_peak"]
             lines.append(
                 f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['impl']} | {_fmt(r['median_ms'], '.2f')} | "
-                f"{_fmt(r.get('clips_per_s'), '.1f')} | {_fmt(r.get('tflops'), '.2f')} | {_fmt(pct, '.1f')} | "
+                f"{_fmt(r.get('clips_per_s'), '.3g')} | {_fmt(r.get('tflops'), '.2f')} | {_fmt(pct, '.1f')} | "
                 f"{_fmt(r.get('peak_mem_gib'), '.2f')} | {_fmt(r.get('speedup_vs_eager'), '.2f', '')}"
                 f"{'x' if r.get('speedup_vs_eager') is not None else ''} | "
                 f"{_fmt(r.get('speedup_vs_compile'), '.2f')}{'x' if r.get('speedup_vs_compile') is not None else ''} | "
@@ -252,3 +252,23 @@ def write_all(result: dict, out_dir: str, stem: str) -> dict[str, str]:
     result["outputs"] = {k: os.path.basename(v) for k, v in paths.items()}
     write_json(paths["json"], result)
     return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Re-render the Markdown and PNG of a run from its JSON: ``python -m bench.report RUN.json``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=main.__doc__)
+    parser.add_argument("json_path")
+    args = parser.parse_args(argv)
+    with open(args.json_path) as f:
+        result = json.load(f)
+    derive(result)
+    out_dir, name = os.path.split(os.path.abspath(args.json_path))
+    for path in write_all(result, out_dir, os.path.splitext(name)[0]).values():
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -208,7 +208,7 @@ def test_report_from_gpu_rows(tmp_path):
     }
     paths = report.write_all(result, str(tmp_path), "gpu")
     md = pathlib.Path(paths["md"]).read_text()
-    assert "Test GPU" in md and "driver 1.0" in md and "2026-01-01" in md and "bfloat16 800.0 TFLOP/s" in md
+    assert "Test GPU" in md and "driver 1.0" in md and "2026-01-01" in md and "bfloat16 800 TFLOP/s" in md
     assert "| out of memory |" in md and "80% of copy rate" in md and "| **no** |" in md
     assert pathlib.Path(paths["png"]).read_bytes()[:4] == b"\x89PNG"
     assert json.loads(pathlib.Path(paths["json"]).read_text())["targets"] == result["targets"]

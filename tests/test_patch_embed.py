@@ -36,7 +36,7 @@ SHAPES = [
 
 def _params(channels, patch_h, patch_w, hidden, num_patches, frames, seed, space_only=False):
     """Float64 (weight, bias, pos, time, cls), random and nonzero, weights scaled like a trained conv."""
-    gen = torch.Generator().manualstable_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
 
     def randn(*shape, scale=1.0):
         return scale * torch.randn(*shape, generator=gen, dtype=torch.float64)
@@ -61,7 +61,7 @@ def _float_case(shape, dtype, layout, seed, pixels_view=None):
     batch, frames, channels, height, width, patch_h, patch_w, hidden = shape
     space_only = layout == "space_only"
     num_patches = (height // patch_h) * (width // patch_w)
-    gen = torch.Generator().manualstable_seed(seed + 1)
+    gen = torch.Generator().manual_seed(seed + 1)
     pixels64 = torch.randn(batch, frames, channels, height, width, generator=gen, dtype=torch.float64)
     params64 = _params(channels, patch_h, patch_w, hidden, num_patches, frames, seed, space_only)
     pixels = pixels64.to(device=DEVICE, dtype=dtype)
@@ -100,7 +100,7 @@ def test_strided_inputs_and_output(dtype):
     """Pixels as a permuted, cropped view; a permuted weight; a strided table; an output with a row pitch."""
     batch, frames, channels, height, width, patch_h, patch_w, hidden = 2, 3, 3, 8, 12, 4, 4, 40
     num_patches = 6
-    gen = torch.Generator().manualstable_seed(stable_seed("strided", dtype))
+    gen = torch.Generator().manual_seed(stable_seed("strided", dtype))
     big = torch.randn(batch, channels, frames, height + 1, width + 2, generator=gen, dtype=torch.float64)
     pixels = big.to(device=DEVICE, dtype=dtype).permute(0, 2, 1, 3, 4)[..., 1:, 2:]
     assert not pixels.is_contiguous()
@@ -121,7 +121,7 @@ def test_strided_inputs_and_output(dtype):
 
 def _frames(batch, frames, height, width, channels, seed):
     """uint8 channels-last frames as a strided view: every other frame of an RGBA-like buffer, alpha dropped."""
-    gen = torch.Generator().manualstable_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
     buf = torch.randint(
         0, 256, (batch, 2 * frames, height, width, channels + 1), generator=gen, dtype=torch.uint8
     )
@@ -182,7 +182,7 @@ def test_fold_normalization_is_exact_algebra():
 def test_int64_indexing_path(int64):
     shape = (2, 3, 3, 8, 12, 4, 4, 24)
     batch, frames, channels, height, width, patch_h, patch_w, hidden = shape
-    gen = torch.Generator().manualstable_seed(11)
+    gen = torch.Generator().manual_seed(11)
     pixels = torch.randn(batch, frames, channels, height, width, generator=gen).to(DEVICE)
     params = _to(_params(channels, patch_h, patch_w, hidden, 6, frames, 12), torch.float32)
     out = poisoned((batch, 1 + 6 * frames, hidden), torch.float32)
