@@ -1,0 +1,280 @@
+"""Frame preprocessing: resize (shortest edge), center crop, rescale, normalize, channels first.
+
+What ``VideoMAEImageProcessor`` (the processor the TimeSformer model cards use) does to each decoded frame,
+as one op: uint8 ``[T, H, W, 3]`` frames in, ``[T, 3, crop_h, crop_w]`` pixel values out. The resize is
+bilinear with antialiasing (a triangle filter widened by the scale when shrinking, as PIL's ``BILINEAR``
+and ``F.interpolate(..., antialias=True)`` do), computed in float32 without rounding to uint8 in between.
+
+Two implementations with the same results:
+
+- the native op ``torch.ops.timesformer_csrc.preprocess_frames`` (``csrc/``, CPU parallel over frames and
+  rows, CUDA), which computes only the pixels inside the crop;
+- ``preprocess_frames_torch``, pure torch (``F.interpolate``, then slicing), used when the extension is not
+  built; the package says so once (logging).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger("timesformer")
+
+# transformers' IMAGENET_DEFAULT_MEAN / _STD: VideoMAEImageProcessor's defaults.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def resize_output_size(height: int, width: int, shortest_edge: int) -> tuple[int, int]:
+    """``(h, w)`` after resizing the shortest edge to ``shortest_edge``, keeping the aspect ratio the way
+    ``transformers`` rounds it (the long edge truncated: ``int(shortest_edge * long / short)``)."""
+    if height <= 0 or width <= 0 or shortest_edge <= 0:
+        raise ValueError(f"sizes must be positive, got {height}x{width} and shortest_edge={shortest_edge}")
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = shortest_edge, int(shortest_edge * long / short)
+    return (new_long, new_short) if width <= height else (new_short, new_long)
+
+
+def center_crop_box(height: int, width: int, crop_h: int, crop_w: int) -> tuple[int, int]:
+    """``(top, left)`` of a ``crop_h x crop_w`` center crop, as ``transformers``' ``center_crop`` places it."""
+    if crop_h > height or crop_w > width:
+        raise ValueError(
+            f"center crop {crop_h}x{crop_w} is larger than the resized frame {height}x{width}; "
+            "expected a crop no larger than the resize (shortest_edge >= crop size)"
+        )
+    return (height - crop_h) // 2, (width - crop_w) // 2
+
+
+def _check(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype) -> None:
+    if (
+        not isinstance(frames, torch.Tensor)
+        or frames.dtype != torch.uint8
+        or frames.dim() != 4
+        or frames.shape[-1] != 3
+    ):
+        got = (
+            f"{tuple(frames.shape)} {frames.dtype}"
+            if isinstance(frames, torch.Tensor)
+            else type(frames).__name__
+        )
+        raise ValueError(f"expected uint8 frames of shape (T, H, W, 3), got {got}")
+    if frames.shape[0] == 0 or frames.shape[1] == 0 or frames.shape[2] == 0:
+        raise ValueError(
+            f"expected at least one frame of at least 1x1 pixels, got shape {tuple(frames.shape)}"
+        )
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"expected 3 means and 3 stds (RGB), got {len(mean)} and {len(std)}")
+    if any(s == 0 for s in std):
+        raise ValueError(f"std must be nonzero, got {list(std)}")
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"expected dtype float32, bfloat16 or float16, got {dtype}")
+
+
+def preprocess_frames_torch(
+    frames: torch.Tensor,
+    size: tuple[int, int],
+    crop: tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    rescale: float = 1 / 255,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """The pure-torch implementation (the reference of the native op). Arguments as ``preprocess_frames``."""
+    _check(frames, mean, std, dtype)
+    (rh, rw), (ch, cw) = size, crop
+    top, left = center_crop_box(rh, rw, ch, cw)
+    x = frames.permute(0, 3, 1, 2).float()
+    if (rh, rw) != tuple(x.shape[-2:]):
+        x = F.interpolate(x, size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)
+    x = x[:, :, top : top + ch, left : left + cw]
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    return ((x * rescale - m) / s).to(dtype).contiguous()
+
+
+@functools.cache
+def native_available() -> bool:
+    """Whether the ``csrc/`` extension is built and loaded (says once, by logging, when it is not)."""
+    try:
+        from . import _C  # noqa: F401  (registers torch.ops.timesformer_csrc)
+    except ImportError as exc:
+        logger.info(
+            "timesformer: native preprocessing extension not built (%s); using the pure-torch implementation "
+            "(same results, slower). Reinstall with a C++ compiler to build it.",
+            exc,
+        )
+        return False
+    return hasattr(torch.ops, "timesformer_csrc") and hasattr(torch.ops.timesformer_csrc, "preprocess_frames")
+
+
+def preprocess_frames(
+    frames: torch.Tensor,
+    size: tuple[int, int],
+    crop: tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    rescale: float = 1 / 255,
+    dtype: torch.dtype = torch.float32,
+    *,
+    native: bool | None = None,
+) -> torch.Tensor:
+    """Resize, center crop, rescale and normalize decoded frames.
+
+    Args:
+        frames: uint8 ``(T, H, W, 3)`` RGB frames (any strides), on the CPU or a CUDA device.
+        size: ``(h, w)`` to resize to (see ``resize_output_size``); the frames' own size skips the resize.
+        crop: ``(crop_h, crop_w)`` of the center crop taken from the resized frames.
+        mean, std: per channel, applied after ``rescale``.
+        rescale: multiplies the 0..255 values first (``1 / 255``).
+        dtype: float32, bfloat16 or float16 (computed in float32, rounded once).
+        native: force (True) or avoid (False) the native op; default: native when built.
+
+    Returns:
+        ``(T, 3, crop_h, crop_w)`` contiguous tensor of ``dtype`` on the frames' device.
+    """
+    use_native = native_available() if native is None else native
+    if native and not native_available():
+        raise RuntimeError("the native preprocessing extension is not built (see README: Native extension)")
+    if not use_native:
+        return preprocess_frames_torch(frames, size, crop, mean, std, rescale, dtype)
+    _check(frames, mean, std, dtype)
+    (rh, rw), (ch, cw) = size, crop
+    top, left = center_crop_box(rh, rw, ch, cw)
+    return torch.ops.timesformer_csrc.preprocess_frames(
+        frames,
+        rh,
+        rw,
+        top,
+        left,
+        ch,
+        cw,
+        [float(m) for m in mean],
+        [float(s) for s in std],
+        float(rescale),
+        dtype,
+    )
+
+
+class VideoProcessor:
+    """The image processor's video path, configurable the same way: ``shortest_edge`` resize, center crop,
+    rescale, normalize; ``from_pretrained(dir)`` reads a Hugging Face ``preprocessor_config.json``.
+
+    Calling it on uint8 ``(T, H, W, 3)`` frames (or a list of such clips, all the same length) returns
+    ``pixel_values`` ``(batch, T, 3, crop_h, crop_w)``.
+    """
+
+    def __init__(
+        self,
+        shortest_edge: int = 224,
+        crop_size: tuple[int, int] = (224, 224),
+        image_mean: Sequence[float] = IMAGENET_MEAN,
+        image_std: Sequence[float] = IMAGENET_STD,
+        rescale_factor: float = 1 / 255,
+        do_resize: bool = True,
+        do_center_crop: bool = True,
+        do_rescale: bool = True,
+        do_normalize: bool = True,
+    ):
+        self.shortest_edge = int(shortest_edge)
+        self.crop_size = (int(crop_size[0]), int(crop_size[1]))
+        self.image_mean = tuple(float(m) for m in image_mean)
+        self.image_std = tuple(float(s) for s in image_std)
+        self.rescale_factor = float(rescale_factor)
+        self.do_resize, self.do_center_crop = do_resize, do_center_crop
+        self.do_rescale, self.do_normalize = do_rescale, do_normalize
+
+    @classmethod
+    def from_dict(cls, config: dict) -> VideoProcessor:
+        """From the fields of a ``preprocessor_config.json`` (missing ones take the reference's defaults)."""
+        size = config.get("size", {"shortest_edge": 224})
+        if isinstance(size, int):
+            size = {"shortest_edge": size}
+        if "shortest_edge" not in size:
+            raise ValueError(
+                f"preprocessor config: expected size with 'shortest_edge' (as VideoMAEImageProcessor), got {size}"
+            )
+        crop = config.get("crop_size", {"height": 224, "width": 224})
+        if isinstance(crop, int):
+            crop = {"height": crop, "width": crop}
+        return cls(
+            shortest_edge=size["shortest_edge"],
+            crop_size=(crop["height"], crop["width"]),
+            image_mean=config.get("image_mean", IMAGENET_MEAN),
+            image_std=config.get("image_std", IMAGENET_STD),
+            rescale_factor=config.get("rescale_factor", 1 / 255),
+            do_resize=config.get("do_resize", True),
+            do_center_crop=config.get("do_center_crop", True),
+            do_rescale=config.get("do_rescale", True),
+            do_normalize=config.get("do_normalize", True),
+        )
+
+    @classmethod
+    def from_pretrained(cls, path) -> VideoProcessor:
+        """Read ``preprocessor_config.json`` from a model directory (or the file itself)."""
+        import json
+        import os
+
+        file = path if os.path.isfile(path) else os.path.join(path, "preprocessor_config.json")
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"no preprocessor_config.json in {path}")
+        with open(file) as f:
+            return cls.from_dict(json.load(f))
+
+    def to_dict(self) -> dict:
+        return {
+            "image_processor_type": "VideoMAEImageProcessor",
+            "do_resize": self.do_resize,
+            "size": {"shortest_edge": self.shortest_edge},
+            "resample": 2,  # PIL.Image.BILINEAR
+            "do_center_crop": self.do_center_crop,
+            "crop_size": {"height": self.crop_size[0], "width": self.crop_size[1]},
+            "do_rescale": self.do_rescale,
+            "rescale_factor": self.rescale_factor,
+            "do_normalize": self.do_normalize,
+            "image_mean": list(self.image_mean),
+            "image_std": list(self.image_std),
+        }
+
+    def save_pretrained(self, directory) -> None:
+        import json
+        import os
+
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "preprocessor_config.json"), "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+
+    def output_size(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """``(resize (h, w), crop (h, w))`` for frames of ``height x width``."""
+        size = resize_output_size(height, width, self.shortest_edge) if self.do_resize else (height, width)
+        crop = self.crop_size if self.do_center_crop else size
+        return size, crop
+
+    def preprocess(
+        self, frames: torch.Tensor, dtype: torch.dtype = torch.float32, native: bool | None = None
+    ):
+        """One clip: uint8 ``(T, H, W, 3)`` -> ``(T, 3, crop_h, crop_w)``."""
+        if not isinstance(frames, torch.Tensor):
+            frames = torch.as_tensor(frames)
+        if frames.dim() != 4:
+            raise ValueError(f"expected uint8 frames of shape (T, H, W, 3), got shape {tuple(frames.shape)}")
+        size, crop = self.output_size(frames.shape[1], frames.shape[2])
+        rescale = self.rescale_factor if self.do_rescale else 1.0
+        mean, std = (self.image_mean, self.image_std) if self.do_normalize else ((0.0,) * 3, (1.0,) * 3)
+        return preprocess_frames(frames, size, crop, mean, std, rescale, dtype, native=native)
+
+    def __call__(self, clips, dtype: torch.dtype = torch.float32, native: bool | None = None) -> torch.Tensor:
+        """One clip ``(T, H, W, 3)`` or a list of clips -> ``pixel_values`` ``(batch, T, 3, h, w)``."""
+        if (isinstance(clips, torch.Tensor) and clips.dim() == 4) or not isinstance(clips, (list, tuple)):
+            clips = [clips]
+        out = [self.preprocess(c, dtype, native) for c in clips]
+        shapes = {tuple(o.shape) for o in out}
+        if len(shapes) > 1:
+            raise ValueError(f"clips of one batch must give the same shape, got {sorted(shapes)}")
+        return torch.stack(out)
+
+    def __repr__(self) -> str:
+        return f"VideoProcessor({self.to_dict()})"
