@@ -1,0 +1,188 @@
+"""timesformer.video: exact frames from real files the tests write with av (several codecs, containers,
+sizes, frame rates, variable frame rate, clips shorter than the request), sampling, and every error case."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+import torch
+from _videos import index_frame, read_index, write_indexed_video
+
+from timesformer import video
+from timesformer.video import VideoError, read_video, sample_frame_indices
+
+
+def _indices(frames: torch.Tensor) -> list[int]:
+    return [read_index(f) for f in frames.numpy()]
+
+
+@pytest.mark.parametrize(
+    "codec,ext,height,width,fps",
+    [
+        ("libx264", "mp4", 96, 160, 30),  # landscape, H.264
+        ("libx264", "mkv", 160, 96, 25),  # portrait; Matroska reports no frame count
+        ("mpeg4", "mp4", 120, 120, 8),
+        ("libvpx-vp9", "webm", 64, 200, 30),  # no frame count either
+        ("mjpeg", "avi", 72, 130, 12),  # every frame a keyframe
+    ],
+)
+def test_exact_frames_round_trip(tmp_path, codec, ext, height, width, fps):
+    path = tmp_path / f"clip.{ext}"
+    write_indexed_video(path, 75, height, width, fps=fps, codec=codec)
+    assert video.video_info(path)["frames"] == 75
+    wanted = [3, 40, 40, 12, 74, 0]  # unsorted, repeated, first and last frame
+    frames = read_video(path, indices=wanted)
+    assert frames.dtype == torch.uint8 and frames.shape == (6, height, width, 3)
+    assert _indices(frames) == wanted
+    for strategy in ("center", "uniform"):
+        expected = sample_frame_indices(8, 4, 75, strategy)
+        assert _indices(read_video(path, 8, 4, strategy=strategy)) == expected
+    got = _indices(read_video(path, 8, 4, strategy="random", seed=7))
+    assert got == sample_frame_indices(8, 4, 75, "random", np.random.default_rng(7))
+
+
+def test_pixels_match_a_full_decode(tmp_path):
+    """Seeking must not change a frame: the frames equal those of decoding everything from the start."""
+    path = tmp_path / "clip.mp4"
+    write_indexed_video(path, 60, 96, 128, gop=10)
+    with av.open(str(path)) as c:
+        everything = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    wanted = [33, 47, 59]
+    got = read_video(path, indices=wanted).numpy()
+    for g, i in zip(got, wanted, strict=True):
+        np.testing.assert_array_equal(g, everything[i])
+
+
+def test_variable_frame_rate(tmp_path):
+    path = tmp_path / "vfr.mp4"
+    write_indexed_video(path, 50, 96, 160, vfr=True, gop=10)
+    wanted = [0, 1, 2, 3, 25, 26, 49]
+    assert _indices(read_video(path, indices=wanted)) == wanted
+    assert _indices(read_video(path, 8, 2, strategy="center")) == sample_frame_indices(8, 2, 50, "center")
+
+
+def test_short_clip_samples_what_exists_then_repeats(tmp_path):
+    path = tmp_path / "short.mp4"
+    write_indexed_video(path, 10, 64, 96)
+    for strategy in ("random", "center"):
+        assert _indices(read_video(path, 8, 4, strategy=strategy, seed=0)) == [0, 4, 8, 8, 8, 8, 8, 8]
+    assert _indices(read_video(path, 8, 4, strategy="uniform")) == [0, 1, 3, 4, 5, 6, 8, 9]
+    tiny = tmp_path / "three.mp4"
+    write_indexed_video(tiny, 3, 64, 96)
+    assert _indices(read_video(tiny, 8, 1, strategy="uniform")) == [0, 0, 0, 1, 1, 2, 2, 2]
+
+
+class _CountingContainer:
+    """An av container whose decode() counts the frames it yields."""
+
+    def __init__(self, real, counter):
+        self._real, self._counter = real, counter
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def decode(self, *args, **kwargs):
+        for frame in self._real.decode(*args, **kwargs):
+            self._counter.append(frame.pts)
+            yield frame
+
+
+def test_decodes_only_from_the_keyframe_before_to_the_last_frame(tmp_path, monkeypatch):
+    path = tmp_path / "long.mp4"
+    write_indexed_video(path, 300, 64, 96, gop=30)
+    decoded: list = []
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda *a, **k: _CountingContainer(real_open(*a, **k), decoded))
+    wanted = list(range(250, 282, 4))
+    assert _indices(read_video(path, indices=wanted)) == wanted
+    # read_video_pyav decodes 279 frames here. Seeking starts at the last keyframe at or before frame 250
+    # (keyframes at most 30 apart) and stopping at frame 278 leaves at most 30 + 28 frames, plus the
+    # decoder's look-ahead.
+    assert len(decoded) <= 30 + 29 + 8, len(decoded)
+
+
+def test_sampling_rules():
+    # The model cards' sample_frame_indices for a given window end.
+    for total in (32, 33, 100, 301):
+        for seed in range(5):
+            got = sample_frame_indices(8, 4, total, "random", np.random.default_rng(seed))
+            end = got[0] + 32
+            expected = np.clip(np.linspace(end - 32, end, num=8), end - 32, end - 1).astype(np.int64).tolist()
+            assert got == expected and got[0] >= 0 and got[-1] < total
+    assert sample_frame_indices(8, 4, 100, "center") == [34, 38, 43, 47, 52, 56, 61, 65]
+    assert sample_frame_indices(4, 4, 100, "uniform") == [12, 37, 62, 87]
+    assert sample_frame_indices(1, 1, 1, "center") == [0]
+    with pytest.raises(ValueError, match="strategy"):
+        sample_frame_indices(8, 4, 100, "middle")
+    with pytest.raises(ValueError, match="no frames"):
+        sample_frame_indices(8, 4, 0)
+    with pytest.raises(ValueError, match=">= 1"):
+        sample_frame_indices(0, 4, 100)
+
+
+def test_bad_explicit_indices(tmp_path):
+    path = tmp_path / "clip.mp4"
+    write_indexed_video(path, 20, 64, 96)
+    with pytest.raises(ValueError, match=r"in \[0, 20\)"):
+        read_video(path, indices=[3, 20])
+
+
+def _audio_only(path):
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.ones((1, 800), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 8000
+        c.mux(s.encode(frame))
+        c.mux(s.encode())
+
+
+def _no_frames(path):
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=30)
+        s.width = s.height = 64
+        s.pix_fmt = "yuv420p"
+        c.start_encoding()
+
+
+@pytest.mark.parametrize(
+    "make,name,reason",
+    [
+        (None, "missing.mp4", "no such file"),
+        (lambda p: p.write_text("not a video\n" * 40), "notes.mp4", "not a readable video file"),
+        (_audio_only, "sound.wav", "has no video stream"),
+        (_no_frames, "empty.mkv", "not a readable video file"),
+        (_no_frames, "empty.mp4", "has no video stream"),
+        ("truncate-mp4", "cut.mp4", "not a readable video file"),
+        ("truncate-mkv", "cut.mkv", "truncated video"),
+        ("garble", "garbled.mp4", "corrupt or truncated"),
+    ],
+)
+def test_errors_name_the_file_and_the_reason(tmp_path, make, name, reason):
+    path = tmp_path / name
+    if isinstance(make, str):
+        source = tmp_path / ("source" + path.suffix)
+        write_indexed_video(source, 90, 96, 160)
+        data = bytearray(source.read_bytes())
+        if make.startswith("truncate"):
+            data = data[: len(data) // 2]
+        else:  # overwrite a run of bytes in the middle of the frame data
+            for k in range(len(data) // 3, len(data) // 3 + 2000):
+                data[k] = (data[k] * 37 + 11) % 256
+        path.write_bytes(bytes(data))
+    elif make is not None:
+        make(path)
+    with pytest.raises(VideoError) as exc:
+        read_video(path, 8, 4, strategy="center")
+    assert str(path) in str(exc.value) and reason in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_directory_is_not_a_video(tmp_path):
+    with pytest.raises(VideoError, match="directory"):
+        read_video(tmp_path)
+
+
+def test_index_frames_decode_back():
+    for i in (0, 1, 513, 1023):
+        assert read_index(index_frame(i, 48, 80)) == i

@@ -1,0 +1,249 @@
+"""Video decoding with PyAV: the frames a clip classifier needs, and only those.
+
+``read_video(path, num_frames=8, sample_rate=4)`` returns uint8 ``(T, H, W, 3)`` RGB frames. Compared
+with the model cards' ``read_video_pyav`` (decode every frame from the start up to the last index), it:
+
+- indexes the stream first by demuxing packets (no decoding): the exact frame count and each frame's
+  presentation timestamp, whether or not the container reports a count, and for variable frame rates;
+- seeks to the keyframe before the first sampled frame instead of decoding from frame 0, and stops after
+  the last one;
+- lets the decoder use its threads (``thread_type="AUTO"``), and converts only the sampled frames to RGB.
+
+Frame ``i`` is the ``i``-th frame in presentation order, as in ``read_video_pyav``'s enumeration.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+STRATEGIES = ("random", "center", "uniform")
+
+
+class VideoError(RuntimeError):
+    """A video that cannot be read: missing, not a video, corrupt, without a video stream or frames."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
+
+
+def sample_frame_indices(
+    num_frames: int,
+    sample_rate: int,
+    total: int,
+    strategy: str = "random",
+    rng: np.random.Generator | None = None,
+) -> list[int]:
+    """Frame indices of one clip.
+
+    Args:
+        num_frames: frames to return (``T``).
+        sample_rate: spacing of the frames inside a window of ``num_frames * sample_rate`` frames.
+        total: frames in the video.
+        strategy:
+            ``"random"``: the model cards' ``sample_frame_indices``: a window ending at a random frame,
+            ``num_frames`` indices spread evenly over it (``np.linspace``, clipped, truncated);
+            ``"center"``: the same window placed in the middle of the video (deterministic, for evaluation);
+            ``"uniform"``: ``num_frames`` indices spread over the whole video, one at the center of each of
+            ``num_frames`` equal segments (deterministic; ignores ``sample_rate``).
+        rng: random generator for ``"random"`` (default: a fresh unseeded one).
+
+    A video shorter than the window (``total < num_frames * sample_rate``) gives every ``sample_rate``-th
+    frame that exists, from frame 0, then repeats the last of them up to ``num_frames`` (for every strategy
+    except ``"uniform"``, which repeats frames only when ``total < num_frames``).
+    """
+    if num_frames < 1 or sample_rate < 1:
+        raise ValueError(f"num_frames and sample_rate must be >= 1, got {num_frames} and {sample_rate}")
+    if total < 1:
+        raise ValueError(f"the video has no frames (total={total})")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if strategy == "uniform":
+        return [min(int((i + 0.5) * total / num_frames), total - 1) for i in range(num_frames)]
+    window = num_frames * sample_rate
+    if total < window:
+        picked = list(range(0, total, sample_rate))[:num_frames]
+        return picked + [picked[-1]] * (num_frames - len(picked))
+    if strategy == "random":
+        rng = np.random.default_rng() if rng is None else rng
+        # np.random.randint(window, total) in the model cards: high is exclusive; a video of exactly
+        # `window` frames has one possible window.
+        end = int(rng.integers(window, total)) if total > window else window
+    else:
+        end = (total - window) // 2 + window
+    start = end - window
+    indices = np.linspace(start, end, num=num_frames)
+    return np.clip(indices, start, end - 1).astype(np.int64).tolist()
+
+
+def _open(path):
+    import av
+
+    if not os.path.exists(path):
+        raise VideoError(path, "no such file")
+    if os.path.isdir(path):
+        raise VideoError(path, "is a directory, not a video file")
+    try:
+        container = av.open(os.fspath(path))
+    except av.error.FFmpegError as exc:
+        raise VideoError(path, f"not a readable video file ({exc.strerror or type(exc).__name__})") from exc
+    if not container.streams.video:
+        container.close()
+        raise VideoError(path, "has no video stream")
+    return container
+
+
+def _frame_index(container, stream, path) -> list[int]:
+    """Presentation timestamps of every frame, sorted: frame ``i`` has the ``i``-th smallest pts."""
+    import av
+
+    pts = []
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:  # the demuxer's flush packet
+                continue
+            stamp = packet.pts if packet.pts is not None else packet.dts
+            if stamp is not None:
+                pts.append(stamp)
+    except av.error.FFmpegError as exc:
+        raise VideoError(path, f"corrupt or truncated video ({exc.strerror or type(exc).__name__})") from exc
+    pts.sort()
+    return pts
+
+
+def _check_complete(container, stream, total: int, path) -> None:
+    """A file cut short still demuxes (the packets before the cut): compare with what its header announces."""
+    expected = float(stream.frames or 0)
+    if not expected and stream.average_rate:
+        seconds = None
+        if stream.duration is not None and stream.time_base is not None:
+            seconds = float(stream.duration * stream.time_base)
+        elif container.duration is not None and len(container.streams) == 1:
+            # The container's duration covers all streams: only trusted when video is the only one.
+            seconds = container.duration / 1e6
+        if seconds:
+            expected = seconds * float(stream.average_rate)
+    if expected and total < 0.9 * expected - 2:
+        raise VideoError(
+            path,
+            f"truncated video (its header announces about {expected:.0f} frames, {total} are in the file)",
+        )
+
+
+def read_video(
+    path: str | os.PathLike,
+    num_frames: int = 8,
+    sample_rate: int = 4,
+    *,
+    strategy: str = "random",
+    seed: int | None = None,
+    indices: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Decode the sampled frames of a video.
+
+    Args:
+        path: a video file.
+        num_frames: frames to return.
+        sample_rate: spacing of the frames (see ``sample_frame_indices``).
+        strategy: ``"random"`` (the model cards' sampling), ``"center"`` or ``"uniform"``.
+        seed: seed of the ``"random"`` strategy (None: unseeded).
+        indices: explicit frame indices (sorted or not; repeats allowed) instead of a strategy.
+
+    Returns:
+        uint8 ``(num_frames, height, width, 3)`` RGB frames (``len(indices)`` frames when given).
+
+    Raises:
+        VideoError: missing file, not a video, no video stream, no frames, corrupt or truncated data.
+    """
+    import av
+
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame and slice threads: the decoder's own parallelism
+        pts_index = _frame_index(container, stream, path)
+        total = len(pts_index)
+        if total == 0:
+            raise VideoError(path, "has no frames (zero-length video)")
+        _check_complete(container, stream, total, path)
+        if indices is None:
+            rng = np.random.default_rng(seed)
+            indices = sample_frame_indices(num_frames, sample_rate, total, strategy, rng)
+        else:
+            indices = [int(i) for i in indices]
+            bad = [i for i in indices if not 0 <= i < total]
+            if bad or not indices:
+                raise ValueError(f"frame indices must be in [0, {total}) for {path}, got {bad or indices}")
+        wanted = sorted(set(indices))
+        by_pts = {pts_index[i]: i for i in wanted}
+        first_pts, last_pts = pts_index[wanted[0]], pts_index[wanted[-1]]
+        frames: dict[int, np.ndarray] = {}
+        try:
+            # backward=True: the keyframe at or before the first wanted frame; decoding starts there.
+            container.seek(first_pts, stream=stream, backward=True, any_frame=False)
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    continue
+                i = by_pts.get(frame.pts)
+                if i is not None:
+                    frames[i] = frame.to_ndarray(format="rgb24")
+                if frame.pts >= last_pts:
+                    break
+        except av.error.FFmpegError as exc:
+            raise VideoError(
+                path, f"corrupt or truncated video ({exc.strerror or type(exc).__name__})"
+            ) from exc
+        missing = [i for i in wanted if i not in frames]
+        if missing:
+            frames.update(_decode_sequentially(container, stream, set(missing), path))
+        missing = [i for i in wanted if i not in frames]
+        if missing:
+            got = bisect.bisect_left(wanted, missing[0])
+            raise VideoError(
+                path,
+                f"corrupt or truncated video (frame {missing[0]} of {total} could not be decoded; {got} were)",
+            )
+    finally:
+        container.close()
+    return torch.from_numpy(np.stack([frames[i] for i in indices]))
+
+
+def _decode_sequentially(container, stream, wanted: set[int], path) -> dict[int, np.ndarray]:
+    """The slow, safe way (from frame 0, counting): for streams whose timestamps do not match their packets."""
+    import av
+
+    out = {}
+    last = max(wanted)
+    try:
+        container.seek(0, stream=stream, backward=True, any_frame=False)
+        for i, frame in enumerate(container.decode(stream)):
+            if i in wanted:
+                out[i] = frame.to_ndarray(format="rgb24")
+            if i >= last:
+                break
+    except av.error.FFmpegError:
+        pass  # the caller reports the frames that are still missing
+    return out
+
+
+def video_info(path: str | os.PathLike) -> dict:
+    """Frame count (exact, from the packet index), size, average frame rate and codec of a video."""
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        total = len(_frame_index(container, stream, path))
+        rate = stream.average_rate
+        return {
+            "frames": total,
+            "height": stream.codec_context.height,
+            "width": stream.codec_context.width,
+            "fps": float(rate) if rate else None,
+            "codec": stream.codec_context.name,
+        }
+    finally:
+        container.close()
