@@ -1,7 +1,10 @@
-"""Command line: ``python -m timesformer demo`` and ``python -m timesformer info``.
+"""The ``timesformer`` command (also ``python -m timesformer``).
 
-``demo`` builds a randomly initialized model, runs one clip-shaped input through every backend that runs
-on the chosen device, and prints each backend's agreement with ``eager`` and its median time.
+- ``classify VIDEO...``: top-k labels per video (default model: the bundled one, offline);
+- ``sample OUT.mp4``: write a synthetic clip the bundled model knows (a real H.264 MP4);
+- ``info``: versions, devices, which backends run here and why, whether the native extension is built;
+- ``bench``: the benchmark suite (``python -m bench``) from a repository checkout;
+- ``demo``: a randomly initialized model through every backend that runs here, agreement and time.
 """
 
 from __future__ import annotations
@@ -112,6 +115,123 @@ def info(_: argparse.Namespace) -> int:
         print(f"{dev} ({label}):")
         for name, status in timesformer.available_backends(dev).items():
             print(f"  {name:7s} {'yes' if status.available else 'no '}  {status.reason}")
+    from .preprocess import native_available
+
+    if native_available():
+        cuda = (
+            "with its CUDA kernel"
+            if torch._C._dispatch_has_kernel_for_dispatch_key("timesformer_csrc::preprocess_frames", "CUDA")
+            else "CPU only"
+        )
+        print(f"native preprocessing extension: built ({cuda})")
+    else:
+        print("native preprocessing extension: not built (the pure-torch preprocessing runs instead)")
+    try:
+        import av
+
+        print(f"PyAV {av.__version__} (video decoding)")
+    except ImportError:
+        print("PyAV not installed: video decoding (timesformer classify) needs it (pip install av)")
+    from .assets import BUNDLED_MODEL
+
+    print(
+        f"bundled model: {BUNDLED_MODEL} ({'present' if (BUNDLED_MODEL / 'config.json').is_file() else 'missing'})"
+    )
+    return 0
+
+
+def _error(message: str) -> None:
+    print(f"timesformer: error: {message}", file=sys.stderr)
+
+
+class _Progress:
+    """A one-line progress bar on stderr (only for more than a few videos)."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.done, self.enabled = total, 0, enabled and total > 3
+
+    def step(self) -> None:
+        self.done += 1
+        if self.enabled:
+            filled = 30 * self.done // self.total
+            end = "\n" if self.done == self.total else ""
+            bar = "#" * filled + "." * (30 - filled)
+            print(f"\r[{bar}] {self.done}/{self.total} videos", end=end, file=sys.stderr, flush=True)
+
+
+def classify(args: argparse.Namespace) -> int:
+    import json
+
+    from .classify import classify_videos, load_model
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    try:
+        model, processor = load_model(args.model, backend=args.backend, device=args.device, dtype=dtype)
+    except (OSError, ValueError, RuntimeError) as exc:
+        _error(f"cannot load the model {args.model or '(bundled)'}: {exc}")
+        return 2
+    progress = _Progress(len(args.videos), enabled=not args.no_progress)
+    failed = 0
+    totals = {"decode": 0.0, "preprocess": 0.0, "model": 0.0}
+    done = 0
+    for pred in classify_videos(
+        args.videos,
+        model,
+        processor,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        num_frames=args.num_frames,
+        sample_rate=args.sample_rate,
+        strategy=args.strategy,
+        seed=args.seed,
+        workers=args.workers,
+    ):
+        progress.step()
+        if pred.error is not None:
+            failed += 1
+            _error(f"{pred.path}: {pred.error}")
+            if args.json:
+                print(json.dumps(pred.to_json()), flush=True)
+            continue
+        done += 1
+        totals["decode"] += pred.decode_ms
+        totals["preprocess"] += pred.preprocess_ms
+        totals["model"] += pred.model_ms
+        if args.json:
+            print(json.dumps(pred.to_json()), flush=True)
+        else:
+            print(pred.path)
+            for label, p in pred.labels:
+                print(f"  {100 * p:6.2f}%  {label}")
+    if done and not args.json:
+        param = next(model.parameters())
+        per = {k: v / done for k, v in totals.items()}
+        print(
+            f"time per video: decode {per['decode']:.1f} ms, preprocess {per['preprocess']:.1f} ms, "
+            f"model {per['model']:.1f} ms ({done} video{'s' if done > 1 else ''}; backend {model.backend}, "
+            f"{param.device.type}, {str(param.dtype).replace('torch.', '')})"
+        )
+    return 1 if failed else 0
+
+
+def sample(args: argparse.Namespace) -> int:
+    from .synthetic import LABELS, sample_clip
+
+    label = args.label
+    if not label.isdigit():
+        matches = [i for i, name in enumerate(LABELS) if name == label]
+        if not matches:
+            _error(
+                f"unknown label {label!r}; expected an index 0-{len(LABELS) - 1} or one of: {', '.join(LABELS)}"
+            )
+            return 2
+        label = matches[0]
+    label = int(label)
+    if not 0 <= label < len(LABELS):
+        _error(f"label index {label} out of range 0-{len(LABELS) - 1}")
+        return 2
+    sample_clip(args.out, label, seed=args.seed)
+    print(f"wrote {args.out} (a synthetic clip: {LABELS[label]})")
     return 0
 
 
@@ -154,7 +274,30 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("info", help="versions and which backends run here")
     p.set_defaults(func=info)
     sub.add_parser("bench", help="the benchmark suite (python -m bench); its arguments pass through")
+    p = sub.add_parser("classify", help="top-k labels of video files")
+    p.add_argument("videos", nargs="+", metavar="VIDEO")
+    p.add_argument("--model", default=None, help="model directory or hub id (default: the bundled model)")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--backend", choices=["auto", "eager", "sdpa", "triton"], default="auto")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--num-frames", type=int, default=None, help="default: the model's")
+    p.add_argument("--sample-rate", type=int, default=4)
+    p.add_argument("--strategy", choices=["center", "uniform", "random"], default="center")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random strategy")
+    p.add_argument("--workers", type=int, default=2, help="decoding threads")
+    p.add_argument("--json", action="store_true", help="one JSON object per video on stdout")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=classify)
+    p = sub.add_parser("sample", help="write a synthetic clip that the bundled model classifies")
+    p.add_argument("out", metavar="OUT.mp4")
+    p.add_argument("--label", default="0", help="class index or name (default 0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=sample)
     args = parser.parse_args(argv)
+    if getattr(args, "batch_size", 1) < 1 or getattr(args, "top_k", 1) < 1:
+        parser.error("--batch-size and --top-k must be >= 1")
     return args.func(args)
 
 

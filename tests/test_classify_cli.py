@@ -1,0 +1,136 @@
+"""``timesformer classify``: labels per video, JSON lines, progress, order, and every error case, with a
+random small model saved the way transformers saves one (plus a preprocessor_config.json)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from _videos import write_indexed_video
+from conftest import randomize_
+
+from timesformer import TimesformerConfig, TimesformerForVideoClassification
+from timesformer.__main__ import main
+from timesformer.preprocess import VideoProcessor
+from timesformer.video import read_video
+
+LABELS = ["walking", "running", "jumping", "sitting", "waving"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model")
+    config = TimesformerConfig(
+        image_size=32,
+        patch_size=8,
+        num_frames=4,
+        hidden_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=40,
+        id2label=dict(enumerate(LABELS)),
+        label2id={n: i for i, n in enumerate(LABELS)},
+    )
+    model = randomize_(TimesformerForVideoClassification(config), seed=3)
+    model.save_pretrained(path)
+    VideoProcessor(
+        shortest_edge=36, crop_size=(32, 32), image_mean=[0.45] * 3, image_std=[0.225] * 3
+    ).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    path = tmp_path_factory.mktemp("videos")
+    out = []
+    for k, (frames, h, w) in enumerate(
+        [(40, 64, 96), (25, 96, 64), (9, 48, 48), (60, 72, 128), (33, 64, 64)]
+    ):
+        file = path / f"clip{k}.mp4"
+        write_indexed_video(file, frames, h, w)
+        out.append(str(file))
+    return out
+
+
+def _expected(model_dir, path, top_k=5):
+    """The same pipeline by hand: read_video, the processor, the model, softmax, top-k."""
+    model = TimesformerForVideoClassification.from_pretrained(model_dir, backend="sdpa").eval()
+    frames = read_video(path, 4, 4, strategy="center")
+    with torch.no_grad():
+        probs = model(VideoProcessor.from_pretrained(model_dir)(frames)).logits.softmax(-1)[0]
+    values, indices = probs.topk(top_k)
+    return [(LABELS[i], v) for i, v in zip(indices.tolist(), values.tolist(), strict=True)]
+
+
+def test_json_lines_match_the_pipeline_by_hand(model_dir, videos, capsys):
+    code = main(
+        ["classify", *videos, "--model", str(model_dir), "--json", "--top-k", "3", "--batch-size", "2"]
+        + ["--backend", "sdpa", "--workers", "3", "--no-progress"]
+    )
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(videos)
+    for line, path in zip(lines, videos, strict=True):  # one object per video, in the input order
+        obj = json.loads(line)
+        assert obj["video"] == path
+        expected = _expected(model_dir, path, 3)
+        assert [x["label"] for x in obj["labels"]] == [n for n, _ in expected]
+        for x, (_, p) in zip(obj["labels"], expected, strict=True):
+            assert x["probability"] == pytest.approx(p, abs=1e-5)
+        assert set(obj["time_ms"]) == {"decode", "preprocess", "model"}
+
+
+def test_text_output_and_timing(model_dir, videos, capsys):
+    assert main(["classify", videos[0], "--model", str(model_dir), "--top-k", "2"]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[0] == videos[0] and len(lines) == 4 and lines[1].strip().endswith(tuple(LABELS))
+    assert "time per video: decode" in lines[3] and "model" in lines[3]
+    assert err == ""  # one video: no progress bar
+
+
+def test_progress_bar_for_many_videos(model_dir, videos, capsys):
+    assert main(["classify", *videos, "--model", str(model_dir)]) == 0
+    err = capsys.readouterr().err
+    assert f"{len(videos)}/{len(videos)} videos" in err and err.endswith("\n")
+
+
+def test_bad_videos_fail_alone(model_dir, videos, tmp_path, capsys):
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video\n" * 40)
+    cut = tmp_path / "cut.mkv"
+    write_indexed_video(tmp_path / "full.mkv", 90, 64, 96)
+    data = (tmp_path / "full.mkv").read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    missing = tmp_path / "missing.mp4"
+    args = [videos[0], str(missing), str(text), videos[1], str(cut)]
+    code = main(
+        ["classify", *args, "--model", str(model_dir), "--json", "--no-progress", "--batch-size", "2"]
+    )
+    assert code == 1
+    out, err = capsys.readouterr()
+    results = [json.loads(line) for line in out.strip().splitlines()]
+    assert [r["video"] for r in results] == args
+    assert "labels" in results[0] and "labels" in results[3]
+    errors = err.strip().splitlines()
+    assert len(errors) == 3
+    for line, path, reason in zip(
+        errors,
+        [missing, text, cut],
+        ["no such file", "not a readable video file", "truncated video"],
+        strict=True,
+    ):
+        assert line.startswith("timesformer: error: ") and str(path) in line and reason in line
+
+
+def test_missing_model(tmp_path, videos, capsys):
+    assert main(["classify", videos[0], "--model", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("timesformer: error: cannot load the model") and "\n" not in err
+
+
+def test_bad_arguments(videos, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["classify", videos[0], "--batch-size", "0"])
+    assert exc.value.code == 2 and "--batch-size" in capsys.readouterr().err
