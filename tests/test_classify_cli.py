@@ -64,10 +64,8 @@ def _expected(model_dir, path, top_k=5):
 
 
 def test_json_lines_match_the_pipeline_by_hand(model_dir, videos, capsys):
-    code = main(
-        ["classify", *videos, "--model", str(model_dir), "--json", "--top-k", "3", "--batch-size", "2"]
-        + ["--backend", "sdpa", "--workers", "3", "--no-progress"]
-    )
+    options = ["--json", "--top-k", "3", "--batch-size", "2", "--backend", "sdpa", "--workers", "3"]
+    code = main(["classify", *videos, "--model", str(model_dir), *options, "--no-progress"])
     assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == len(videos)
