@@ -185,7 +185,8 @@ def run_gpu_kernels(args, device: torch.device, timer: Timer, result: dict) -> N
 
 
 def run_cpu_kernels(args, result: dict) -> int:
-    """The pytest-benchmark file, its JSON turned into kernel rows (ours against the reference path)."""
+    """The pytest-benchmark files (ops, video decoding and preprocessing), their JSON turned into kernel rows
+    (ours against the reference's path)."""
     here = os.path.dirname(os.path.abspath(__file__))
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "cpu_ops.json")
@@ -204,6 +205,7 @@ def run_cpu_kernels(args, result: dict) -> int:
                 "-m",
                 "pytest",
                 os.path.join(here, "bench_cpu_ops.py"),
+                os.path.join(here, "bench_video.py"),
                 "-q",
                 "-p",
                 "no:cacheprovider",
@@ -222,6 +224,8 @@ def run_cpu_kernels(args, result: dict) -> int:
     for b in data["benchmarks"]:
         groups.setdefault(b["group"], {})[b["extra_info"]["role"]] = b["stats"]["median"] * 1e3
     for name, ms in groups.items():
+        if "ours" not in ms or "reference" not in ms:  # e.g. the native op's group without the extension
+            continue
         result["kernels"].append(
             {
                 "kernel": name,

@@ -228,7 +228,12 @@ def test_cpu_microbenchmarks_run_through_pytest_benchmark(monkeypatch):
     args = suite.parse_args(["--quick"], cuda_available=False)
     assert suite.run_cpu_kernels(args, result) == 0
     names = {k["kernel"] for k in result["kernels"]}
-    assert names == {"temporal attention", "spatial attention", "joint attention", "frame normalization"}
+    assert {"temporal attention", "spatial attention", "joint attention", "frame normalization"} <= names
+    assert {n for n in names if n.startswith("decode 8 frames")} == {
+        "decode 8 frames, 2 s 128x72 H.264 (keyframe every 2 s)",
+        "decode 8 frames, 2 s 128x72 H.264 (x264 default keyframes)",
+    }
+    assert "preprocess 8 frames 128x72 -> 224^2 (pure-torch fallback)" in names
     assert all(k["ms"] > 0 and k["baseline_ms"] > 0 for k in result["kernels"])
 
 
