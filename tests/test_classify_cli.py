@@ -132,3 +132,35 @@ def test_bad_arguments(videos, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["classify", videos[0], "--batch-size", "0"])
     assert exc.value.code == 2 and "--batch-size" in capsys.readouterr().err
+
+
+def test_sample_writes_a_clip_classify_can_read(tmp_path, model_dir, capsys):
+    from timesformer.synthetic import LABELS as MOTIONS
+
+    out = tmp_path / "sample.mp4"
+    assert main(["sample", str(out), "--label", MOTIONS[1], "--seed", "3"]) == 0
+    assert MOTIONS[1] in capsys.readouterr().out
+    frames = read_video(out, 8, 4, strategy="center")
+    assert frames.shape[0] == 8 and frames.dtype == torch.uint8 and frames.float().std() > 5
+    assert main(["classify", str(out), "--model", str(model_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["video"] == str(out)
+    for bad in ("flying", "99"):
+        assert main(["sample", str(tmp_path / "x.mp4"), "--label", bad]) == 2
+        assert capsys.readouterr().err.startswith("timesformer: error: ")
+
+
+def test_synthetic_clips_are_a_function_of_the_seed():
+    from timesformer.synthetic import make_clip
+
+    a, b = make_clip(2, seed=5, height=48, width=64), make_clip(2, seed=5, height=48, width=64)
+    assert a.dtype == torch.uint8 and a.shape == (8, 48, 64, 3) and torch.equal(a, b)
+    assert not torch.equal(a, make_clip(2, seed=6, height=48, width=64))
+
+
+def test_no_bundled_model_says_what_to_do(videos, tmp_path, monkeypatch, capsys):
+    import timesformer.classify
+
+    monkeypatch.setattr(timesformer.classify, "bundled_model_dir", lambda: str(tmp_path))
+    assert main(["classify", videos[0]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no bundled model" in err and "--model" in err and "\n" not in err

@@ -61,6 +61,10 @@ def load_model(
     from .modeling import TimesformerForVideoClassification
     from .preprocess import VideoProcessor
 
+    if model is None and not os.path.isfile(os.path.join(bundled_model_dir(), "config.json")):
+        raise FileNotFoundError(
+            "no bundled model is shipped with this build yet; pass --model DIR (or a hub id)"
+        )
     directory = resolve_pretrained_dir(bundled_model_dir() if model is None else model)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     net = TimesformerForVideoClassification.from_pretrained(
