@@ -4,11 +4,15 @@
 
 The classes (``timesformer.synthetic.LABELS``) are four orderings of the same frames, so the label needs
 the order of the frames: the script reports the held-out accuracy on ordered clips and on the same clips
-with their frames shuffled (chance: 25 %). Every batch is freshly rendered (never the same clip twice) at a
-random size and aspect, a share of them round-tripped through H.264, and preprocessed by the bundled
-``VideoProcessor``: the frames ``read_video`` + the processor give the model at inference. Reproducible:
-the model's initialization is seeded by ``--seed`` and batch ``i`` is ``make_processed_dataset(seed=
-seed * 1_000_003 + i)``; the held-out sets use seeds no training batch uses (``EVAL_SEEDS``).
+with their frames shuffled (chance: 25 %). The training clips are rendered up front (``--pool``) at random
+frame sizes and aspects, a share of them round-tripped through H.264, and preprocessed by the bundled
+``VideoProcessor``: the frames ``read_video`` + the processor give the model at inference. Batches draw
+from that pool, half of them mirrored left-right (which swaps the labels right <-> left).
+
+Reproducible: everything is a function of ``--seed`` (pool chunk ``i`` is ``make_processed_dataset(seed=
+seed * 1_000_003 + i)``, the model's initialization and the batches use ``--seed`` too); the held-out
+sets use seeds the pool does not use (``EVAL_SEEDS``). Results can still differ in the last bits between
+machines (thread counts, BLAS kernels).
 
 Writes ``config.json`` (with ``id2label``), ``model.safetensors`` (float32), ``preprocessor_config.json``
 and ``README.md`` (the model card, with the measured accuracies) into ``--out``.
@@ -27,6 +31,7 @@ import tempfile
 import time
 
 import torch
+import torch.nn.functional as F
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
@@ -34,27 +39,85 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 from timesformer import TimesformerConfig, TimesformerForVideoClassification  # noqa: E402
 from timesformer.assets import BUNDLED_MODEL  # noqa: E402
 from timesformer.preprocess import VideoProcessor  # noqa: E402
-from timesformer.synthetic import LABELS, make_processed_dataset, sample_clip, shuffle_frames  # noqa: E402
+from timesformer.synthetic import (  # noqa: E402
+    LABELS,
+    make_processed_dataset,
+    sample_clip,
+    shuffle_frames,
+)
 
-CROP = 48
+CROP = int(os.environ.get("TIMESFORMER_SYNTHETIC_CROP", "32"))
 MODEL = dict(
     image_size=CROP,
     patch_size=8,
     num_frames=8,
-    hidden_size=96,
+    hidden_size=64,
     num_hidden_layers=4,
     num_attention_heads=4,
-    intermediate_size=384,
+    intermediate_size=256,
     attention_type="divided_space_time",
+    # Five times the reference's 0.02: at 0.02 the MLPs start almost linear and the model stays a function
+    # of the *set* of frames (chance) for thousands of steps; see ``init_embeddings``.
+    initializer_range=0.1,
 )
-# Held-out data: seeds of another range than the training batches' (seed * 1_000_003 + step).
+# Amplitude of the initial time embeddings (sin/cos features of the frame index).
+TIME_AMPLITUDE = 3.0
+# Held-out data: seeds of another range than the training pool's (seed * 1_000_003).
 EVAL_SEEDS = {"heldout": 7_000_000_001, "mp4": 7_000_000_002, "shuffle": 7_000_000_003}
 # The tests' clips (tests/test_bundled_model.py) use yet another seed.
+# Mirroring a clip left-right swaps "right" and "left": 0 <-> 1 and 2 <-> 3.
+MIRRORED_LABEL = torch.tensor([1, 0, 3, 2])
 
 
 def processor() -> VideoProcessor:
     # Shortest edge = crop: the model sees the whole central square of the frame, where the shapes move.
     return VideoProcessor(shortest_edge=CROP, crop_size=(CROP, CROP))
+
+
+def _sincos(n: int, dim: int, temperature: float) -> torch.Tensor:
+    """``(n, dim)`` sin/cos features of positions ``0..n-1`` (the transformer paper's, as MAE initializes)."""
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    omega = temperature ** -(torch.arange(dim // 2, dtype=torch.float32) / (dim // 2))
+    return torch.cat([(pos * omega).sin(), (pos * omega).cos()], 1)
+
+
+@torch.no_grad()
+def init_embeddings(model: TimesformerForVideoClassification) -> None:
+    """Start with position and time embeddings that tell patches and frames apart.
+
+    The reference initializes the time embeddings to zero, which leaves the untrained model a function of
+    the *set* of frames; the order enters only through products of content and time features, whose
+    gradients are then tiny. With sin/cos time features of amplitude ``TIME_AMPLITUDE`` (and the larger
+    ``initializer_range``, which makes the MLPs' GELUs curved from the start) the products are there at
+    step 0 and training leaves chance after a few hundred steps. Training changes all of it freely.
+    """
+    cfg = model.config
+    hidden = cfg.hidden_size
+    emb = model.timesformer.embeddings
+    gh, gw = cfg.grid_hw
+    py, px = _sincos(gh, hidden // 2, 100.0), _sincos(gw, hidden // 2, 100.0)
+    grid = torch.cat([py[:, None].expand(gh, gw, -1), px[None].expand(gh, gw, -1)], -1)
+    emb.position_embeddings[0, 1:] = grid.reshape(gh * gw, hidden)
+    emb.time_embeddings[0] = _sincos(cfg.num_frames, hidden, 10.0) * TIME_AMPLITUDE
+
+
+def render_pool(n: int, seed: int, proc: VideoProcessor, mp4_fraction: float, chunk: int = 500):
+    """The training clips: ``make_processed_dataset`` in chunks, stored as float16 (half the memory).
+
+    Returns ``(pixel_values (n, T, 3, CROP, CROP) float16, labels (n,))``.
+    """
+    xs, ys = [], []
+    for i, start in enumerate(range(0, n, chunk)):
+        x, y, _ = make_processed_dataset(
+            min(chunk, n - start),
+            seed=seed * 1_000_003 + i,
+            processor=proc,
+            mp4_fraction=mp4_fraction,
+            mp4_preset="veryfast",
+        )
+        xs.append(x.half())
+        ys.append(y)
+    return torch.cat(xs), torch.cat(ys)
 
 
 def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
@@ -117,9 +180,9 @@ videos.
 
 ## Task
 
-Each clip shows one random asymmetric shape (an L, arrow, flag, T, S or scalene triangle; random colour,
-size, rolling rotation) travelling horizontally over a random textured background with up to two static
-distractor shapes (`timesformer/synthetic.py`). The four classes are four orderings of the same frames:
+Each clip shows one random dark asymmetric shape (an L, arrow, flag, T, S or scalene triangle; random
+colour, size, rolling rotation) travelling horizontally over a random mid-tone textured background
+(`timesformer/synthetic.py`). The four classes are four orderings of the same frames:
 
 | id | label |
 |----|-------|
@@ -134,31 +197,34 @@ Make a demo clip and classify it:
 
 ```python
 from timesformer.synthetic import sample_clip
+
 sample_clip("clip.mp4", label=2)  # 32 frames at 8 fps, 320x240, "right then back left"
 ```
 
 ## Model
 
-`{cfg["num_hidden_layers"]}` layers, hidden size `{cfg["hidden_size"]}`, `{cfg["num_attention_heads"]}` heads,
-MLP `{cfg["intermediate_size"]}`, patch `{cfg["patch_size"]}`, input `{cfg["num_frames"]} x 3 x {cfg["image_size"]} x
-{cfg["image_size"]}`: {r["params"] / 1e6:.2f} M parameters, float32 weights ({r["weights_bytes"] / 1e6:.2f} MB;
-{r["folder_bytes"] / 1e6:.2f} MB for the whole folder). Preprocessing (`preprocessor_config.json`): resize the
-shortest edge to {CROP}, center crop {CROP}x{CROP}, ImageNet mean/std.
+{cfg["num_hidden_layers"]} layers, hidden size {cfg["hidden_size"]}, {cfg["num_attention_heads"]} heads, MLP {cfg["intermediate_size"]}, patch {cfg["patch_size"]}, input
+{cfg["num_frames"]} x 3 x {cfg["image_size"]} x {cfg["image_size"]} (a 4 x 4 patch grid): {r["params"] / 1e6:.2f} M parameters, float32 weights
+({r["weights_bytes"] / 1e6:.2f} MB; {r["folder_bytes"] / 1e6:.2f} MB for the whole folder). Preprocessing (`preprocessor_config.json`):
+resize the shortest edge to {CROP}, center crop {CROP}x{CROP}, ImageNet mean/std.
 
 ## Training
 
 {r["steps"]} AdamW steps (peak lr {r["lr"]:g}, weight decay {r["weight_decay"]:g}, {r["warmup"]} warm-up steps, cosine
-decay), batch {r["batch_size"]}, backend `sdpa`, on {r["steps"] * r["batch_size"]:,} freshly rendered clips (never the
-same twice): frame sizes from 96x96 to 240x320, landscape and portrait, frame steps as `read_video` samples
-them at sample rates 1 to 4, {r["mp4_fraction"]:.0%} of them round-tripped through H.264 (CRF 18), all through the
-processor above. Seed {r["seed"]}. Command (run from the repository root):
+decay), batch {r["batch_size"]}, backend `sdpa`, drawn from a pool of {r["pool"]:,} rendered clips (half of each batch
+mirrored left-right, which swaps the labels right and left): frame sizes from 96x96 to 240x320, landscape
+and portrait, frame steps as `read_video` samples them at sample rates 1 to 4, {r["mp4_fraction"]:.0%} of them
+round-tripped through H.264 (CRF 18), all through the processor above. Initialization: the reference's,
+with `initializer_range` 0.1 instead of 0.02 and sin/cos position and time embeddings instead of random and
+zero ones (with the reference's initialization the model stayed at chance: see `init_embeddings` in the
+script). Seed {r["seed"]}. Command (run from the repository root):
 
 ```
 {r["command"]}
 ```
 
-Training took **{r["train_seconds"] / 60:.1f} min** ({r["total_seconds"] / 60:.1f} min with evaluation) on {r["machine"]}
-({r["threads"]} threads, torch {torch.__version__}).
+Rendering the pool took {r["render_seconds"] / 60:.1f} min, training **{r["train_seconds"] / 60:.1f} min**, {r["total_seconds"] / 60:.1f} min in all
+with evaluation, on {r["machine"]} ({r["threads"]} threads, torch {torch.__version__}).
 
 ## Evaluation (held-out seeds, varied frame sizes)
 
@@ -179,27 +245,34 @@ clips it is in the middle, and `read_video`'s default sample rate 4 covers all 3
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=pathlib.Path, default=BUNDLED_MODEL)
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--pool", type=int, default=8000, help="training clips rendered up front")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1.5e-3)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=0.05)
-    parser.add_argument("--warmup", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--mp4-fraction", type=float, default=0.2)
     parser.add_argument("--eval-size", type=int, default=600, help="held-out clips without H.264")
     parser.add_argument("--eval-mp4-size", type=int, default=200, help="held-out clips through H.264")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--log-every", type=int, default=100)
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     proc = processor()
+    x_pool, y_pool = render_pool(args.pool, args.seed, proc, args.mp4_fraction)
+    render_seconds = time.perf_counter() - start
+    print(f"rendered {args.pool} training clips in {render_seconds:.0f} s", flush=True)
+
     config = TimesformerConfig(**MODEL, id2label=dict(enumerate(LABELS)))
     model = TimesformerForVideoClassification(config, backend="sdpa")
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embeddings" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embeddings" not in n)]
+    init_embeddings(model)
+    named = list(model.named_parameters())
+    decay = [p for n, p in named if p.dim() >= 2 and "embeddings" not in n]
+    no_decay = [p for n, p in named if not (p.dim() >= 2 and "embeddings" not in n)]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=args.lr,
@@ -211,36 +284,34 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     model.train()
-    data_time, loss_sum, correct, seen = 0.0, 0.0, 0, 0
+    gen = torch.Generator().manual_seed(args.seed)
+    loss_sum, correct, seen = 0.0, 0, 0
     for step in range(args.steps):
-        t0 = time.perf_counter()
-        x, y, _ = make_processed_dataset(
-            args.batch_size,
-            seed=args.seed * 1_000_003 + step,
-            processor=proc,
-            mp4_fraction=args.mp4_fraction,
-            mp4_preset="veryfast",  # half the encoding time of write_video's "medium"; same artefacts
-        )
-        data_time += time.perf_counter() - t0
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
-        out = model(x, labels=y)
+        idx = torch.randint(0, len(y_pool), (args.batch_size,), generator=gen)
+        x, y = x_pool[idx].float(), y_pool[idx]
+        # Mirror half the clips (and swap their labels): twice the clips for free.
+        mirror = torch.rand(args.batch_size, generator=gen) < 0.5
+        x[mirror] = x[mirror].flip(-1)
+        y = torch.where(mirror, MIRRORED_LABEL[y], y)
+        logits = model(x).logits
+        loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        loss_sum += float(out.loss.detach()) * len(y)
-        correct += int((out.logits.argmax(-1) == y).sum())
+        loss_sum += float(loss.detach()) * len(y)
+        correct += int((logits.argmax(-1) == y).sum())
         seen += len(y)
         if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
-            elapsed = time.perf_counter() - start
             print(
                 f"step {step + 1:5d}  loss {loss_sum / seen:.4f}  train acc {correct / seen:.3f}  "
-                f"lr {opt.param_groups[0]['lr']:.2e}  {elapsed:6.0f} s (data {data_time:.0f} s)",
+                f"lr {opt.param_groups[0]['lr']:.2e}  {time.perf_counter() - start:6.0f} s",
                 flush=True,
             )
             loss_sum, correct, seen = 0.0, 0, 0
-    train_seconds = time.perf_counter() - start
+    train_seconds = time.perf_counter() - start - render_seconds
 
     model.eval()
     x_h, y_h, _ = make_processed_dataset(args.eval_size, seed=EVAL_SEEDS["heldout"], processor=proc)
@@ -262,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         mp4_fraction=args.mp4_fraction,
         seed=args.seed,
         threads=args.threads,
+        pool=args.pool,
+        render_seconds=render_seconds,
         train_seconds=train_seconds,
         n_heldout=len(y_h),
         n_mp4=len(y_m),
@@ -274,8 +347,10 @@ def main(argv: list[str] | None = None) -> int:
         machine=f"{platform.machine()} {platform.processor() or ''} ({os.cpu_count()} CPUs), {platform.system()}".replace(
             "  ", " "
         ),
-        command="python scripts/train_synthetic_model.py "
-        + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
+        command=" ".join(
+            ["python scripts/train_synthetic_model.py"]
+            + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)]
+        ),
     )
     print(
         f"held-out accuracy {results['acc_heldout']:.4f} ({len(y_h)} clips), "
