@@ -86,3 +86,26 @@ def test_readme_command_classifies_a_real_mp4(tmp_path, capsys):
     assert [line["video"] for line in lines] == paths
     top = [line["labels"][0]["label"] for line in lines]
     assert top == LABELS
+
+
+def test_training_script_smoke(tmp_path):
+    """The script that made the bundled model runs end to end (a few steps; says nothing about accuracy)."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "train_synthetic_model.py"
+    spec = importlib.util.spec_from_file_location("train_synthetic_model", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "model"
+    args = ["--out", str(out), "--steps", "2", "--pool", "8", "--batch-size", "4", "--warmup", "1"]
+    threads = torch.get_num_threads()
+    try:
+        assert script.main([*args, "--eval-size", "4", "--eval-mp4-size", "4", "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)  # the script sets the process-wide count
+    model = TimesformerForVideoClassification.from_pretrained(out, backend="sdpa")
+    assert model.config.id2label == dict(enumerate(LABELS))
+    assert VideoProcessor.from_pretrained(out).crop_size == (script.CROP, script.CROP)
+    card = (out / "README.md").read_text()
+    assert "--steps 2" in card and "frames shuffled" in card
