@@ -12,7 +12,8 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-backends test bench bench-quick bench-attention bench-fusion lint format clean
+.PHONY: install demo demo-backends test bench bench-quick bench-attention bench-fusion lint format clean \
+	gpu-compile gpu-compile-compat compat
 
 install: $(STAMP)
 
@@ -37,6 +38,31 @@ demo-backends: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Every launch of the triton backend compiled for sm_80 and sm_90 on this machine (no GPU needed): registers,
+# spills, shared memory, tensor-core instructions, occupancy; fails on a spill or a compile error. Results are
+# cached in .cache/gpu-compile/. ARGS passes options, e.g. make gpu-compile ARGS="--quick".
+gpu-compile: install
+	env -u TRITON_INTERPRET $(BIN)/python -m tools.gpu_compile $(ARGS)
+
+# The oldest Triton the package supports (the H200 test machine's), installed beside the venv's own and put
+# first on PYTHONPATH for the two targets below; torch stays the venv's.
+TRITON_COMPAT ?= 3.6.0
+COMPAT_DIR := .triton-$(TRITON_COMPAT)
+
+$(COMPAT_DIR)/.installed:
+	$(BIN)/python -m pip install --quiet --no-deps --target $(COMPAT_DIR) "triton==$(TRITON_COMPAT)"
+	touch $@
+
+gpu-compile-compat: install $(COMPAT_DIR)/.installed
+	env -u TRITON_INTERPRET PYTHONPATH=$(COMPAT_DIR) $(BIN)/python -m tools.gpu_compile $(ARGS)
+
+# The kernel and backend tests in the interpreter of the oldest supported Triton.
+compat: install $(COMPAT_DIR)/.installed
+	PYTHONPATH=$(COMPAT_DIR) $(BIN)/python -c "import triton; assert triton.__version__ == '$(TRITON_COMPAT)', triton.__version__"
+	PYTHONPATH=$(COMPAT_DIR) TRITON_INTERPRET=1 $(BIN)/python -m pytest -q tests/test_attention.py \
+		tests/test_temporal_attention.py tests/test_linear.py tests/test_patch_embed.py \
+		tests/test_triton_backend.py tests/test_triton_fast_path.py
 
 # The benchmark suite for the device found (GPU: full suite; CPU: the short one). JSON, Markdown and PNG
 # under bench/results/<device>/. ARGS passes options, e.g. make bench ARGS="--configs base --batches 32".
@@ -65,4 +91,4 @@ format: install
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .cache .triton-*

@@ -140,11 +140,53 @@ def eager_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=No
     return ((q @ k.transpose(-1, -2)) * scale).softmax(-1) @ v
 
 
+def round_tf32(x: torch.Tensor) -> torch.Tensor:
+    """float32 ``x`` rounded to TF32 (10 mantissa bits, to nearest even): a tensor core's product input."""
+    bits = x.float().view(torch.int32)
+    bits = (bits + (0xFFF + ((bits >> 13) & 1))) & ~0x1FFF
+    return bits.view(torch.float32)
+
+
+def eager_sdpa_tf32(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **_):
+    """``eager_sdpa`` with TF32 products: each product's inputs rounded to TF32, fp32 accumulation."""
+    assert attn_mask is None and dropout_p == 0.0 and not is_causal
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    p = ((round_tf32(q) @ round_tf32(k).transpose(-1, -2)) * scale).softmax(-1)
+    return round_tf32(p) @ round_tf32(v)
+
+
 @contextlib.contextmanager
-def plain_torch_attention():
-    """Run ``timesformer.ops`` (the layouts) with the reference's eager math instead of SDPA kernels."""
-    with mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", eager_sdpa):
+def plain_torch_attention(tf32: bool = False):
+    """Run ``timesformer.ops`` (the layouts) with the reference's eager math instead of SDPA kernels
+    (``tf32``: with TF32 products, as torch computes them on a GPU with TF32 allowed)."""
+    math = eager_sdpa_tf32 if tf32 else eager_sdpa
+    with mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", math):
         yield
+
+
+@contextlib.contextmanager
+def tf32_allowed():
+    """TF32 allowed for float32 products (``torch.set_float32_matmul_precision("high")``) in the block."""
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved)
+
+
+def assert_tf32_accuracy(out: torch.Tensor, exact: torch.Tensor, plain: torch.Tensor) -> None:
+    """The TF32 rule: a float32 kernel run with TF32 allowed has at most twice the error (by norm and by max
+    abs error) of the plain torch computation with TF32 products (``round_tf32`` inputs, fp32
+    accumulation), against float64 on the same inputs. And it did use TF32: an error above fp32's 1e-5
+    shows that the products' inputs were rounded (a full-precision kernel would pass the rule silently)."""
+    assert out.dtype == torch.float32 and plain.dtype == torch.float32
+    assert torch.isfinite(out).all(), "non-finite output: an element was not written, or the math overflowed"
+    err, plain_err = rel_err(out, exact), rel_err(plain, exact)
+    assert 1e-5 < err <= 2 * plain_err, f"TF32: relative error {err:.3g}, plain torch TF32 {plain_err:.3g}"
+    max_err = float((out.double() - exact).abs().max())
+    plain_max = float((plain.double() - exact).abs().max())
+    assert max_err <= 2 * plain_max, f"TF32: max abs error {max_err:.3g} > 2 x plain torch {plain_max:.3g}"
 
 
 def assert_kernel_accuracy(out: torch.Tensor, exact: torch.Tensor, plain: torch.Tensor | None = None) -> None:

@@ -13,11 +13,13 @@ from conftest import (
     KERNEL_DTYPES,
     KERNEL_HEAD_DIMS,
     assert_kernel_accuracy,
+    assert_tf32_accuracy,
     plain_torch_attention,
     poisoned,
     random_qkv,
     rel_err,
     stable_seed,
+    tf32_allowed,
 )
 
 from timesformer import ops
@@ -117,6 +119,22 @@ def test_spatial_nan_in_a_query_stays_in_its_row():
     assert rel_err(p[ok], exact_p[ok]) <= 1e-5
 
 
+@pytest.mark.parametrize("shape", [(2, 7, 3, 2, 80), (1, 70, 2, 1, 64)], ids=str)
+def test_spatial_attention_tf32(shape):
+    batch, patches, frames, heads, head_dim = shape
+    hidden = heads * head_dim
+    qkv = random_qkv(batch, 1 + patches * frames, hidden, stable_seed("tf32", shape)).float()
+    exact_p, exact_c = ops.spatial_attention(qkv.double(), frames, heads)
+    with plain_torch_attention(tf32=True):
+        plain_p, plain_c = ops.spatial_attention(qkv, frames, heads)
+    patch_out = poisoned((batch, patches * frames, hidden), torch.float32)
+    cls_out = poisoned((batch, frames, hidden), torch.float32)
+    with tf32_allowed():
+        ka.spatial_attention_fwd(*qkv.split(hidden, -1), patch_out, cls_out, frames, heads)
+    assert_tf32_accuracy(patch_out, exact_p, plain_p)
+    assert_tf32_accuracy(cls_out, exact_c, plain_c)
+
+
 # -------------------------------------------------------------------------------------------- joint
 
 # (batch, length, heads, head_dim): lengths around the 64-row blocks, 1 + N * T of small clips.
@@ -158,6 +176,19 @@ def test_joint_attention_every_head_size(head_dim, dtype):
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
 def test_joint_cls_query_alone(dtype):
     _joint(2, 130, 2, 32, dtype, seed=stable_seed("joint-cls", dtype), cls_only=True)
+
+
+def test_joint_attention_tf32():
+    batch, length, heads, head_dim = 2, 97, 2, 48
+    hidden = heads * head_dim
+    qkv = random_qkv(batch, length, hidden, stable_seed("tf32 joint")).float()
+    exact = ops.attention(qkv.double(), heads)
+    with plain_torch_attention(tf32=True):
+        plain = ops.attention(qkv, heads)
+    out = poisoned((batch, length, hidden), torch.float32)
+    with tf32_allowed():
+        ka.attention_fwd(*qkv.split(hidden, -1), out, heads)
+    assert_tf32_accuracy(out, exact, plain)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy, inside the interpreter

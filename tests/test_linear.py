@@ -9,7 +9,15 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICE, KERNEL_DTYPES, assert_kernel_accuracy, poisoned
+from conftest import (
+    DEVICE,
+    KERNEL_DTYPES,
+    assert_kernel_accuracy,
+    assert_tf32_accuracy,
+    poisoned,
+    round_tf32,
+    tf32_allowed,
+)
 
 from timesformer import ops
 from timesformer.activations import ACTIVATIONS
@@ -69,6 +77,36 @@ def test_layer_norm_linear(dtype, batch, rows, k, n):
     out, plain = _run_ln_linear(x, *params, eps, "linear")
     exact = _exact(x, *params, eps)
     assert_kernel_accuracy(out, exact, plain)
+
+
+@pytest.mark.parametrize("offset", [0.0, 2.0])
+def test_layer_norm_linear_tf32(offset):
+    batch, rows, k, n, eps = 2, 37, 96, 72, 1e-5
+    x = _stream(batch, rows, k, 7, offset=offset).float().to(DEVICE)
+    ln_w, ln_b, w, b = _cast(torch.float32, *_ln_linear_params(k, n, 8))
+    folded, colsum, shift = lin.prepare_layer_norm_linear(ln_w, ln_b, w, b)
+    out = poisoned((batch, rows, n), torch.float32)
+    with tf32_allowed():
+        lin.layer_norm_linear_fwd(x, folded, colsum, shift, out, eps=eps)
+    # Plain torch with TF32 products: the normalized rows and the weight rounded to TF32.
+    h = F.layer_norm(x, (k,), ln_w, ln_b, eps)
+    plain = round_tf32(h) @ round_tf32(w).T + b
+    assert_tf32_accuracy(out, _exact(x, ln_w, ln_b, w, b, eps), plain)
+
+
+def test_linear_residual_tf32():
+    batch, rows, k, n = 2, 29, 80, 48
+    g = _gen(11)
+    x = torch.randn(batch, rows, k, generator=g).to(DEVICE)
+    w = (torch.randn(n, k, generator=g) / k**0.5).to(DEVICE)
+    b = torch.randn(n, generator=g).to(DEVICE)
+    res = torch.randn(batch, rows, n, generator=g).to(DEVICE)
+    exact = res.double() + x.double() @ w.double().T + b.double()
+    plain = res + round_tf32(x) @ round_tf32(w).T + b
+    out = res.clone()
+    with tf32_allowed():
+        lin.linear_residual_(x, w, b, out)
+    assert_tf32_accuracy(out, exact, plain)
 
 
 @pytest.mark.parametrize("activation", sorted(lin.ACTIVATIONS_IN_KERNEL))

@@ -5,6 +5,8 @@ Runs on a GPU when one is present, else in Triton's interpreter (TRITON_INTERPRE
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 from conftest import (
@@ -12,11 +14,13 @@ from conftest import (
     KERNEL_DTYPES,
     KERNEL_HEAD_DIMS,
     assert_kernel_accuracy,
+    assert_tf32_accuracy,
     plain_torch_attention,
     poisoned,
     random_qkv,
     rel_err,
     stable_seed,
+    tf32_allowed,
 )
 
 from timesformer import ops
@@ -58,6 +62,20 @@ def test_temporal_attention_shapes(shape, dtype):
 @pytest.mark.parametrize("head_dim", KERNEL_HEAD_DIMS)
 def test_temporal_attention_every_head_size(head_dim, dtype):
     _run_and_check(2, 5, 8, 2, head_dim, dtype, seed=head_dim)
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 8, 2, 64), (1, 3, 96, 1, 80)], ids=str)
+def test_temporal_attention_tf32(shape):
+    batch, patches, frames, heads, head_dim = shape
+    hidden = heads * head_dim
+    qkv = random_qkv(batch, patches * frames, hidden, stable_seed("tf32", shape)).float()
+    exact = ops.temporal_attention(qkv.double(), frames, heads)
+    with plain_torch_attention(tf32=True):
+        plain = ops.temporal_attention(qkv, frames, heads)
+    out = poisoned((batch, patches * frames, hidden), torch.float32)
+    with tf32_allowed():
+        kt.temporal_attention_fwd(*qkv.split(hidden, -1), out, frames, heads)
+    assert_tf32_accuracy(out, exact, plain)
 
 
 def test_custom_op_matches_launcher_and_strided_inputs():
@@ -112,14 +130,25 @@ def test_nan_stays_in_its_patch():
     assert rel_err(out[ok], exact[ok]) <= 1e-5
 
 
-def test_long_clips_take_the_online_softmax_kernel():
-    """Past 128 frames the backend's op runs each patch's frames as a sequence of the joint kernel."""
-    from timesformer.backends.triton import KernelOps
-
-    frames = kt.MAX_FRAMES + 3
-    qkv = random_qkv(1, 2 * frames, 16, seed=8).float()
-    out = KernelOps.temporal_attention(qkv, frames, 1)
-    assert_kernel_accuracy(out, ops.temporal_attention(qkv.double(), frames, 1))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("batch_view", ["packed", "strided batch"])
+def test_long_clips_take_the_online_softmax_kernel(dtype, batch_view):
+    """Past one tile of frames each patch's frames are a sequence of the online-softmax kernel: one launch over
+    a packed projection, one per clip where the batch stride does not allow the (batch * N, T) view."""
+    frames = kt.max_frames_in_tile(dtype) + 3
+    heads, head_dim = 2, 16
+    hidden = heads * head_dim
+    qkv = random_qkv(2, 3 * frames, hidden, seed=8).to(dtype)
+    exact = ops.temporal_attention(qkv.double(), frames, heads)
+    with plain_torch_attention():
+        plain = ops.temporal_attention(qkv, frames, heads)
+    out = poisoned((2, 3 * frames, hidden), dtype)
+    if batch_view == "strided batch":
+        out = poisoned((2, 3 * frames + 5, hidden), dtype)[:, 5:]
+    with mock.patch.object(kt, "attention_fwd", wraps=kt.attention_fwd) as online:
+        kt.temporal_attention_fwd(*qkv.split(hidden, -1), out, frames, heads)
+    assert online.call_count == (1 if batch_view == "packed" else 2)
+    assert_kernel_accuracy(out, exact, plain)
 
 
 def test_bad_input_is_rejected_with_the_numbers():
@@ -135,7 +164,7 @@ def test_bad_input_is_rejected_with_the_numbers():
         kt.temporal_attention(q, k, v, 5, 2)
     with pytest.raises(ValueError, match=r"hidden size 32 is not divisible by num_heads=3"):
         kt.temporal_attention(q, k, v, 4, 3)
-    with pytest.raises(ValueError, match=r"num_frames must be 1 to 128, got 0"):
+    with pytest.raises(ValueError, match=r"num_frames must be at least 1, got 0"):
         kt.temporal_attention(q, k, v, 0, 2)
     with pytest.raises(
         ValueError, match=r"v must be contiguous along its last \(hidden\) dimension, got strides"

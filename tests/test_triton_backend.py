@@ -158,7 +158,7 @@ def test_unsupported_head_size_and_dtype_are_refused_with_the_reason():
 
 
 def test_auto_on_cpu_is_sdpa_even_under_the_interpreter(caplog):
-    registry._auto.cache_clear()
+    registry._auto_cached.cache_clear()
     model, _ = _pair("divided_space_time", 0)
     model.cpu()
     with caplog.at_level(logging.INFO, logger="timesformer.backends"):
@@ -180,7 +180,7 @@ class _FakeCuda:
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: self.name)
         monkeypatch.setattr(torch.version, "hip", None)
         registry._cuda_status.cache_clear()
-        registry._auto.cache_clear()
+        registry._auto_cached.cache_clear()
 
 
 def test_gpu_rules_compute_capability_and_auto(monkeypatch, caplog):
@@ -203,10 +203,46 @@ def test_gpu_rules_compute_capability_and_auto(monkeypatch, caplog):
     assert "using triton" in messages[0] and "head sizes 1 to 128, got 256" in messages[1]
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    registry._auto.cache_clear()
+    registry._auto_cached.cache_clear()
     assert registry.resolve_backend("auto", cuda, 64, torch.bfloat16).name == "sdpa"
-    registry._auto.cache_clear()
+    registry._auto_cached.cache_clear()
     registry._cuda_status.cache_clear()
+
+
+def test_fp32_auto_takes_sdpa_unless_tf32_is_allowed(monkeypatch, caplog):
+    from timesformer.kernels._common import dot_precision
+
+    cuda = torch.device("cuda", 0)
+    _FakeCuda((9, 0), "NVIDIA H200").install(monkeypatch)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    saved = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        with caplog.at_level(logging.INFO, logger="timesformer.backends"):
+            assert registry.resolve_backend("auto", cuda, 64, torch.float32).name == "sdpa"
+            assert dot_precision(torch.float32) == "ieee"
+            # An explicit choice is honoured: full-precision products.
+            assert registry.resolve_backend("triton", cuda, 64, torch.float32).name == "triton"
+            torch.set_float32_matmul_precision("high")
+            assert registry.resolve_backend("auto", cuda, 64, torch.float32).name == "triton"
+            assert dot_precision(torch.float32) == "tf32"
+            torch.set_float32_matmul_precision("highest")
+            torch.backends.cuda.matmul.allow_tf32 = True  # the older spelling of the same switch
+            assert registry.resolve_backend("auto", cuda, 64, torch.float32).name == "triton"
+            torch.backends.cuda.matmul.allow_tf32 = False
+            assert registry.resolve_backend("auto", cuda, 64, torch.float32).name == "sdpa"
+            # 16-bit models are not affected by the switch.
+            assert registry.resolve_backend("auto", cuda, 64, torch.bfloat16).name == "triton"
+    finally:
+        torch.set_float32_matmul_precision(saved)
+        registry._auto_cached.cache_clear()
+        registry._cuda_status.cache_clear()
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 3, messages  # once per (dtype, TF32) kind
+    assert "using sdpa" in messages[0] and "float32 without TF32" in messages[0]
+    assert "set_float32_matmul_precision('high')" in messages[0] and "bfloat16" in messages[0]
+    assert "using triton" in messages[1] and "TF32 products" in messages[1]
+    assert "using triton" in messages[2]
 
 
 def test_other_devices_are_refused():

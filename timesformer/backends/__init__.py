@@ -134,9 +134,26 @@ def get_backend(name: str) -> Backend:
     raise ValueError(f"backend must be one of {(*BACKEND_NAMES, 'auto')}, got {name!r}")
 
 
-@functools.cache
+FP32_WITHOUT_TF32 = (
+    "float32 without TF32: full-precision products run on the FMA units, where cuBLAS and SDPA are faster; "
+    "allow TF32 (torch.set_float32_matmul_precision('high')) or use bfloat16 "
+    "(model.to(torch.bfloat16)) for the Triton kernels"
+)
+
+
 def _auto(device: torch.device, head_dim: int | None, dtype: torch.dtype | None) -> Backend:
-    # Cached per (device, head size, dtype): the reason is logged once per kind of model.
+    from ..kernels._common import tf32_allowed
+
+    # TF32 is a process-wide setting the user may change between calls: part of the cache key.
+    tf32 = dtype == torch.float32 and tf32_allowed()
+    return _auto_cached(device, head_dim, dtype, tf32)
+
+
+@functools.cache
+def _auto_cached(
+    device: torch.device, head_dim: int | None, dtype: torch.dtype | None, tf32: bool
+) -> Backend:
+    # Cached per (device, head size, dtype, TF32): the reason is logged once per kind of model.
     if device.type != "cuda":
         info = BackendInfo(
             False, f"auto uses the Triton kernels on CUDA devices only, this model is on {device}"
@@ -149,6 +166,12 @@ def _auto(device: torch.device, head_dim: int | None, dtype: torch.dtype | None)
             info = BackendInfo(
                 False, "TRITON_INTERPRET=1 is set: the kernels would run in the slow interpreter"
             )
+        elif info.available and dtype == torch.float32 and not tf32:
+            # Predicted slower than sdpa, not measured: without tensor cores the kernels' fp32 products
+            # run at the FMA rate (a fraction of cuBLAS's fp32 throughput on the same device).
+            info = BackendInfo(False, FP32_WITHOUT_TF32)
+        elif info.available and dtype == torch.float32:
+            info = BackendInfo(True, info.reason + "; float32 with TF32 products (TF32 is allowed)")
     if info.available:
         logger.info("backend 'auto' on %s: using triton (%s)", device, info.reason)
         return get_backend("triton")

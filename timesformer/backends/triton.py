@@ -72,13 +72,7 @@ class KernelOps:
         qkv: torch.Tensor, num_frames: int, num_heads: int, dropout_p: float = 0.0
     ) -> torch.Tensor:
         _no_dropout(dropout_p)
-        if num_frames <= _temporal.MAX_FRAMES:
-            return _temporal.temporal_attention(*_thirds(qkv), num_frames, num_heads)
-        # Past one tile of frames, each patch's T rows are a sequence of their own: the online-softmax
-        # kernel takes them as a (batch * N, T) batch (a view of a contiguous projection).
-        batch, rows, width = qkv.shape
-        seqs = qkv.reshape(batch * (rows // num_frames), num_frames, width)
-        return _attn.attention(*_thirds(seqs), num_heads).view(batch, rows, width // 3)
+        return _temporal.temporal_attention(*_thirds(qkv), num_frames, num_heads)
 
     @staticmethod
     def spatial_attention(

@@ -8,6 +8,12 @@
 - ``patch_embed``: im2col GEMM from float pixels or uint8 frames (normalization folded into the weights)
   with bias, position and time embeddings and the CLS row, written in the model's row order.
 
+Launch configurations are fixed per dtype, head size and frame count, not autotuned: an autotuner would
+benchmark inside CUDA-graph capture and under the interpreter, and a tuned choice could spill on another
+Triton version. ``make gpu-compile`` (``tools/gpu_compile.py``) compiles every launch the ``triton`` backend
+makes for sm_80 and sm_90 and fails on a spill, so each configuration here is checked for zero spills with
+Triton 3.6 and the current release.
+
 Nothing here is imported at package import time (the ``triton`` backend imports these modules lazily), so
 the package imports where Triton or a GPU is missing. Pure-torch references: ``timesformer.ops``.
 """

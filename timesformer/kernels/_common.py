@@ -47,15 +47,19 @@ def block_head(head_dim: int) -> int:
     return max(16, next_pow2(head_dim))
 
 
+def tf32_allowed() -> bool:
+    """Whether the user let float32 products run as TF32, the way torch's own CUDA matmuls do:
+    ``torch.backends.cuda.matmul.allow_tf32 = True`` or ``torch.set_float32_matmul_precision("high")``
+    (one flag in torch: either call sets both)."""
+    return torch.get_float32_matmul_precision() != "highest" or bool(torch.backends.cuda.matmul.allow_tf32)
+
+
 def dot_precision(dtype: torch.dtype) -> str:
-    # fp32 inputs take full-precision products (the fp32 model must match the reference to fp32
-    # accuracy; tf32 would lose ~3 decimal digits). 16-bit inputs are exact on tensor cores anyway.
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
-def interpret_bf16(dtype: torch.dtype) -> bool:
-    # The interpreter's bfloat16 products and casts need the workarounds of _triton_utils.
-    return dtype == torch.bfloat16 and interpreting()
+    """The ``tl.dot`` input precision for ``dtype``: float32 takes full-precision (FMA) products unless TF32
+    is allowed (``tf32_allowed``), as torch's matmuls do; 16-bit inputs are exact on tensor cores anyway."""
+    if dtype == torch.float32 and not tf32_allowed():
+        return "ieee"
+    return "tf32"
 
 
 def check_qkv(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> tuple[int, int]:

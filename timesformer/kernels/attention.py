@@ -31,7 +31,7 @@ from ._common import (
     check_out,
     check_qkv,
     dot_precision,
-    interpret_bf16,
+    interpreting,
     needs_int64,
 )
 from ._triton_utils import mma, to_dtype
@@ -64,7 +64,7 @@ def _attention_fwd_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    INTERPRET_BF16: tl.constexpr,
+    INTERPRET: tl.constexpr,
     INT64: tl.constexpr,
 ):
     # Query blocks of one sequence are neighbours on axis 0, so they run together and share its keys
@@ -106,16 +106,16 @@ def _attention_fwd_kernel(
         k = tl.load(K_seq + k_rows[:, None] * stride_kr, mask=kv_mask, other=0.0)
         # fp32 scores; the scale (with log2(e), for exp2) is applied after the product so that q keeps
         # its input precision.
-        s = mma(q, tl.trans(k), DOT_PRECISION, INTERPRET_BF16) * qk_scale
+        s = mma(q, tl.trans(k), DOT_PRECISION, INTERPRET) * qk_scale
         s = tl.where(n_ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.math.exp2(m_i - m_new)
         # The normalizer sums the probabilities as rounded for the product, so that the weights of each
         # output still sum to one (halves the error of 16-bit outputs on short sequences).
-        p = to_dtype(tl.math.exp2(s - m_new[:, None]), V.dtype.element_ty, INTERPRET_BF16)
+        p = to_dtype(tl.math.exp2(s - m_new[:, None]), V.dtype.element_ty, INTERPRET)
         l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
         v = tl.load(V_seq + k_rows[:, None] * stride_vr, mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + mma(p, v, DOT_PRECISION, INTERPRET_BF16)
+        acc = acc * alpha[:, None] + mma(p, v, DOT_PRECISION, INTERPRET)
         m_i = m_new
     acc = acc / l_i[:, None]
 
@@ -127,22 +127,25 @@ def _attention_fwd_kernel(
     row_ptrs = Out_rows + b * stride_ob + out_rows[:, None] * stride_or + col
     out_ptrs = tl.where((offs_m == 0)[:, None], cls_ptrs, row_ptrs)
     tl.store(
-        out_ptrs, to_dtype(acc, Out_rows.dtype.element_ty, INTERPRET_BF16), mask=m_ok[:, None] & d_ok[None, :]
+        out_ptrs, to_dtype(acc, Out_rows.dtype.element_ty, INTERPRET), mask=m_ok[:, None] & d_ok[None, :]
     )
 
 
 def _launch_config(head_dim: int, dtype: torch.dtype) -> dict:
-    # Fixed configurations, not autotuning: an autotuner would benchmark inside CUDA-graph capture and
-    # under the interpreter. 64 x 64 tiles suit the short sequences here (197 keys per spatial
-    # sequence: a 128-row query block would be 23% padding either way) and keep q, the fp32 accumulator
-    # and one key block in registers at head size 128; fp32 halves the key block (twice the bytes, and its
-    # full-precision products do not use tensor cores).
+    # Fixed configurations, not autotuning (see kernels/__init__.py). 64 x 64 tiles suit the short sequences
+    # here (197 keys per spatial sequence: a 128-row query block would be 23% padding either way). Heads
+    # above 64 take 8 warps: with 4, q, the fp32 accumulator and a key block reach 255 registers and spill
+    # on sm_80. Full-precision float32 products run on the FMA units and keep whole operand strips in
+    # registers: 32 x 16 tiles (64 x 32 spills at head size 64, heavily at 128).
+    if dot_precision(dtype) == "ieee":
+        block_m, block_n, warps, stages = 32, 16, 4, 2
+    elif head_dim > 64:
+        block_m, block_n, warps, stages = 64, 64, 8, 2
+    else:
+        # 3 stages: with 2, ptxas spills a few bytes at head size 32 on sm_80 (96 registers, Triton 3.9).
+        block_m, block_n, warps, stages = 64, 64, 4, 3
     return dict(
-        BLOCK_M=64,
-        BLOCK_N=32 if dtype == torch.float32 else 64,
-        BLOCK_D=block_head(head_dim),
-        num_warps=4,
-        num_stages=2,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_head(head_dim), num_warps=warps, num_stages=stages
     )
 
 
@@ -165,7 +168,7 @@ def _launch(
         head_dim**-0.5 * math.log2(math.e),
         HEAD_DIM=head_dim,
         DOT_PRECISION=dot_precision(q.dtype),
-        INTERPRET_BF16=interpret_bf16(q.dtype),
+        INTERPRET=interpreting(),
         INT64=needs_int64(q, k, v, out_cls, out_rows) if int64 is None else int64,
         **cfg,
     )

@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import SUPPORTED_DTYPES, dot_precision, interpret_bf16, needs_int64, next_pow2
+from ._common import SUPPORTED_DTYPES, dot_precision, interpreting, needs_int64, next_pow2
 from ._triton_utils import mma, to_dtype
 
 # hidden_act names computed in the epilogue, and their codes (ACTIVATION constexpr).
@@ -103,12 +103,13 @@ def _linear_kernel(
     RESIDUAL: tl.constexpr,
     MEAN_ROWS: tl.constexpr,
     ACTIVATION: tl.constexpr,
+    CENTER_TF32: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    INTERPRET_BF16: tl.constexpr,
+    INTERPRET: tl.constexpr,
     INT64: tl.constexpr,
 ):
     # Grouped order (Triton's matmul tutorial): GROUP_M row blocks sweep the columns together, so their
@@ -151,7 +152,7 @@ def _linear_kernel(
             a32 = tl.zeros([BLOCK_M, BLOCK_K], tl.float32)
             for t in range(0, mean_rows):
                 a32 += tl.load(a_ptrs + t * stride_xr, mask=a_mask, other=0.0).to(tl.float32)
-            a = to_dtype(a32 / mean_rows, X.dtype.element_ty, INTERPRET_BF16)
+            a = to_dtype(a32 / mean_rows, X.dtype.element_ty, INTERPRET)
         else:
             a = tl.load(a_ptrs, mask=a_mask, other=0.0)
         w = tl.load(
@@ -159,7 +160,6 @@ def _linear_kernel(
             mask=k_ok[:, None] & n_ok[None, :],
             other=0.0,
         )
-        acc += mma(a, w, DOT_PRECISION, INTERPRET_BF16)
         if LN:
             # Chan et al.: merge this tile's (count, mean, M2) into the running ones.
             a32 = a.to(tl.float32)
@@ -167,10 +167,20 @@ def _linear_kernel(
             count_b = tl.sum(k_ok.to(tl.float32), 0)
             mean_b = tl.sum(a32, 1) / count_b
             dev = tl.where(k_ok[None, :], a32 - mean_b[:, None], 0.0)
+            if CENTER_TF32:
+                # fp32 rows into TF32 products: the product rounds its inputs to 10 bits relative to their
+                # size, and a row's mean can dwarf its spread (which is all LayerNorm keeps). Multiply the
+                # tile's deviations instead and add its mean times the tile's weight sums back in fp32.
+                acc += mma(dev, w, DOT_PRECISION, INTERPRET)
+                acc += mean_b[:, None] * tl.sum(w, 0)[None, :]
+            else:
+                acc += mma(a, w, DOT_PRECISION, INTERPRET)
             delta = mean_b - mean
             total = count_a + count_b
             mean += delta * (count_b / total)
             m2 += tl.sum(dev * dev, 1) + delta * delta * (count_a * count_b / total)
+        else:
+            acc += mma(a, w, DOT_PRECISION, INTERPRET)
 
     if LN:
         rstd = 1.0 / tl.sqrt(m2 / K + eps)
@@ -184,15 +194,14 @@ def _linear_kernel(
         res_ptrs = Res + (b * stride_rb + r * stride_rr)[:, None] + offs_n[None, :]
         acc += tl.load(res_ptrs, mask=out_mask, other=0.0).to(tl.float32)
     out_ptrs = Out + (b * stride_ob + r * stride_or)[:, None] + offs_n[None, :]
-    tl.store(out_ptrs, to_dtype(acc, Out.dtype.element_ty, INTERPRET_BF16), mask=out_mask)
+    tl.store(out_ptrs, to_dtype(acc, Out.dtype.element_ty, INTERPRET), mask=out_mask)
 
 
 def _launch_config(m: int, dtype: torch.dtype) -> dict:
-    # Fixed configurations, not autotuning: an autotuner would benchmark inside CUDA-graph capture and
-    # under the interpreter. 128 x 128 x 64 with 3 stages is the usual Hopper bf16 GEMM tile that fits in
-    # shared memory; the row block shrinks for the few-row products (CLS rows, the classifier) so that they
-    # do not compute 128-row tiles of padding. fp32 takes full-precision (non-tensor-core) products, which
-    # hold more registers: half the tile each way.
+    # Fixed configurations, not autotuning (see kernels/__init__.py). 128 x 128 x 64 with 3 stages is the
+    # usual Hopper bf16 GEMM tile that fits in shared memory; the row block shrinks for the few-row products
+    # (CLS rows, the classifier) so that they do not compute 128-row tiles of padding. fp32 (full-precision
+    # FMA products, or TF32 where allowed) holds twice the bytes per element: half the tile each way.
     if dtype == torch.float32:
         block_m, block_n, block_k, warps, stages = 64, 64, 32, 4, 2
     else:
@@ -260,6 +269,7 @@ def _launch(x, weight, out, res, bias, colsum, out_rows, mean_rows, eps, activat
     m = out.shape[0] * out_rows
     if m == 0 or n == 0:
         return
+    precision = dot_precision(x.dtype)
     cfg = _launch_config(m, x.dtype)
     grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
     dummy = out  # unread pointer for absent operands (their constexpr flag is off)
@@ -291,8 +301,9 @@ def _launch(x, weight, out, res, bias, colsum, out_rows, mean_rows, eps, activat
         RESIDUAL=res is not None,
         MEAN_ROWS=mean_rows > 0,
         ACTIVATION=activation,
-        DOT_PRECISION=dot_precision(x.dtype),
-        INTERPRET_BF16=interpret_bf16(x.dtype),
+        CENTER_TF32=colsum is not None and x.dtype == torch.float32 and precision == "tf32",
+        DOT_PRECISION=precision,
+        INTERPRET=interpreting(),
         INT64=needs_int64(x, weight, out, res_) if int64 is None else int64,
         **cfg,
     )

@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import SUPPORTED_DTYPES, dot_precision, interpret_bf16, needs_int64
+from ._common import SUPPORTED_DTYPES, dot_precision, interpreting, needs_int64
 from ._triton_utils import mma, to_dtype
 
 
@@ -76,7 +76,7 @@ def _patch_embed_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    INTERPRET_BF16: tl.constexpr,
+    INTERPRET: tl.constexpr,
     INT64: tl.constexpr,
 ):
     # The column blocks of one row block are neighbours on the (flattened) grid: they run together and
@@ -138,8 +138,8 @@ def _patch_embed_kernel(
         )
         if PIXELS_U8:
             # 0..255 are exact in every compute dtype: the conversion is exact (the normalization is in W).
-            x = to_dtype(x.to(tl.float32), W.dtype.element_ty, INTERPRET_BF16)
-        acc += mma(x, w, DOT_PRECISION, INTERPRET_BF16)
+            x = to_dtype(x.to(tl.float32), W.dtype.element_ty, INTERPRET)
+        acc += mma(x, w, DOT_PRECISION, INTERPRET)
 
     # Epilogue in fp32, one rounding: + bias + pos[1 + n] (+ time[t]).
     mask = m_ok[:, None] & n_ok[None, :]
@@ -152,7 +152,7 @@ def _patch_embed_kernel(
         acc += tl.load(time_ptrs, mask=mask, other=0.0).to(tl.float32)
     out_seq = Out + seq[:, None] * stride_os + offs_n[None, :] * stride_od
     tl.store(
-        out_seq + (1 + r)[:, None] * stride_or, to_dtype(acc, Out.dtype.element_ty, INTERPRET_BF16), mask=mask
+        out_seq + (1 + r)[:, None] * stride_or, to_dtype(acc, Out.dtype.element_ty, INTERPRET), mask=mask
     )
 
     # CLS row of each sequence whose first patch row is in this block: cls + pos[0], one rounding.
@@ -161,20 +161,21 @@ def _patch_embed_kernel(
     cls_tile = tl.zeros([BLOCK_M, BLOCK_N], tl.float32) + cls[None, :]
     first = m_ok & (r == 0)
     tl.store(
-        out_seq, to_dtype(cls_tile, Out.dtype.element_ty, INTERPRET_BF16), mask=first[:, None] & n_ok[None, :]
+        out_seq, to_dtype(cls_tile, Out.dtype.element_ty, INTERPRET), mask=first[:, None] & n_ok[None, :]
     )
 
 
-def _launch_config(dtype: torch.dtype) -> dict:
-    # Fixed configurations, not autotuning: an autotuner would benchmark inside CUDA-graph capture and under
-    # the interpreter. 16-bit: the standard tensor-core GEMM tile, 128 x 128 with a 64-deep reduction step
-    # (K = 768 for TimeSformer-base: 12 steps), an fp32 accumulator of 64 registers per thread over 8 warps,
-    # 3 pipeline stages of (128 x 64 + 64 x 128) x 2 bytes = 96 KiB of shared memory (fits A100 and H100).
-    # fp32 takes full-precision products, which run on the FMA units, not tensor cores: a smaller tile
-    # (twice the bytes per element, no tensor-core shape to fill) with 4 warps and 2 stages.
+def _launch_config(dtype: torch.dtype, pixels_u8: bool) -> dict:
+    # Fixed configurations, not autotuning (see kernels/__init__.py). 16-bit: the standard tensor-core GEMM
+    # tile, 128 x 128 with a 64-deep reduction step (K = 768 for TimeSformer-base: 12 steps), an fp32
+    # accumulator of 64 registers per thread over 8 warps, 3 pipeline stages of (128 x 64 + 64 x 128) x 2
+    # bytes = 96 KiB of shared memory (fits A100 and H100). uint8 frames take a 32-deep step: their
+    # conversion to the compute dtype holds a second copy of the pixel tile in registers, and with 64 the
+    # int64-offset variant spills on sm_80. fp32 (full-precision FMA products, or TF32 where
+    # allowed) holds twice the bytes per element: a smaller tile with 4 warps and 2 stages.
     if dtype == torch.float32:
         return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=2)
-    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3)
+    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32 if pixels_u8 else 64, num_warps=8, num_stages=3)
 
 
 # ----------------------------------------------------------------------------------------- checks
@@ -318,7 +319,7 @@ def patch_embed_fwd(
     # Logical (B, T, C, H, W) strides whatever the memory order: channels-last frames are a permuted view.
     x = pixels.permute(0, 1, 4, 2, 3) if channels_last else pixels
     num_rows = batch * frames * num_patches
-    cfg = _launch_config(weight.dtype)
+    cfg = _launch_config(weight.dtype, channels_last)
     grid = (triton.cdiv(num_rows, cfg["BLOCK_M"]) * triton.cdiv(hidden, cfg["BLOCK_N"]),)
     tables = [bias, pos, cls] + ([] if time is None else [time])
     time_arg = pos if time is None else time  # never read without HAS_TIME
@@ -348,7 +349,7 @@ def patch_embed_fwd(
         HAS_TIME=not space_only,
         PIXELS_U8=channels_last,
         DOT_PRECISION=dot_precision(weight.dtype),
-        INTERPRET_BF16=interpret_bf16(weight.dtype),
+        INTERPRET=interpreting(),
         INT64=needs_int64(pixels, weight, out, *tables) if int64 is None else int64,
         **cfg,
     )

@@ -3,9 +3,15 @@
 Row ``n * T + t`` of ``x[:, 1:]`` is patch ``n`` of frame ``t`` (DESIGN.md section 1), so the ``T`` rows a
 temporal sequence attends over are contiguous. One program takes ``BLOCK_P`` patches of one (clip, head):
 a ``[BLOCK_P, T, head_dim]`` tile of q, k and v, the ``T x T`` scores of every patch at once as one batched
-``tl.dot``, and a softmax without a key loop (``T`` <= 128 fits one tile). Packing several patches per
-program keeps programs large when ``T`` is 8; batching the product per patch, rather than one block-diagonal
-product over all rows, keeps a NaN in one patch's values out of its neighbours' outputs.
+``tl.dot``, and a softmax without a key loop. Packing several patches per program keeps programs large when
+``T`` is 8; batching the product per patch, rather than one block-diagonal product over all rows, keeps a NaN
+in one patch's values out of its neighbours' outputs.
+
+The ``T x T`` scores of a tile live in registers, so one tile holds at most ``max_frames_in_tile(dtype)``
+frames (32, or 16 for full-precision float32, whose FMA products hold whole operand strips in registers):
+past that the compiled kernel spills (``make gpu-compile``). Longer clips (TimeSformer-L's 96 frames) run
+each patch's ``T`` rows as one sequence of the online-softmax kernel of ``attention.py``, which walks the keys
+in blocks.
 
 Pure-torch reference: ``timesformer.ops.temporal_attention``.
 """
@@ -24,16 +30,22 @@ from ._common import (
     check_out,
     check_qkv,
     dot_precision,
-    interpret_bf16,
+    interpreting,
     needs_int64,
     next_pow2,
 )
 from ._triton_utils import mma, to_dtype
+from .attention import attention_fwd
 
 # T is padded to a power of two; 16 is the smallest reduction length tl.dot takes for 16-bit inputs
 # (the probabilities @ values product reduces over frames).
 MIN_BLOCK_T = 16
-MAX_FRAMES = 128
+
+
+def max_frames_in_tile(dtype: torch.dtype) -> int:
+    """The most frames one program's tile holds without spilling (checked by ``make gpu-compile`` on
+    sm_80/sm_90 with Triton 3.6 and the current version: 64 frames spill on 3.6 at head size 128)."""
+    return 16 if dot_precision(dtype) == "ieee" else 32
 
 
 @triton.jit
@@ -58,7 +70,7 @@ def _temporal_attention_kernel(
     BLOCK_T: tl.constexpr,
     BLOCK_P: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    INTERPRET_BF16: tl.constexpr,
+    INTERPRET: tl.constexpr,
     INT64: tl.constexpr,
 ):
     pid_p = tl.program_id(0)
@@ -84,34 +96,28 @@ def _temporal_attention_kernel(
 
     # Scores in fp32; the softmax scale and log2(e) are applied here, not to q, so that q keeps its
     # input precision for the product.
-    s = mma(q, tl.trans(k, (0, 2, 1)), DOT_PRECISION, INTERPRET_BF16) * qk_scale  # [P, T, T]
+    s = mma(q, tl.trans(k, (0, 2, 1)), DOT_PRECISION, INTERPRET) * qk_scale  # [P, T, T]
     s = tl.where(frame_ok[None, None, :], s, float("-inf"))
     m = tl.max(s, 2)
     # The normalizer sums the probabilities as rounded for the product: each output's weights sum to one.
-    p = to_dtype(tl.math.exp2(s - m[:, :, None]), V.dtype.element_ty, INTERPRET_BF16)
+    p = to_dtype(tl.math.exp2(s - m[:, :, None]), V.dtype.element_ty, INTERPRET)
     denom = tl.sum(p.to(tl.float32), 2)
-    o = mma(p, v, DOT_PRECISION, INTERPRET_BF16) / denom[:, :, None]
+    o = mma(p, v, DOT_PRECISION, INTERPRET) / denom[:, :, None]
 
     tl.store(
         Out + b * stride_ob + rows[:, :, None] * stride_or + col,
-        to_dtype(o, Out.dtype.element_ty, INTERPRET_BF16),
+        to_dtype(o, Out.dtype.element_ty, INTERPRET),
         mask=mask,
     )
 
 
 def _launch_config(num_frames: int, head_dim: int, dtype: torch.dtype) -> dict:
-    # Fixed configurations, not autotuning: an autotuner would benchmark inside CUDA-graph capture and
-    # under the interpreter. About 64 rows per program (32 for fp32, whose products run without tensor
-    # cores and hold twice the registers) keeps a program's tiles in registers at head size 128.
+    # Fixed configurations, not autotuning (see kernels/__init__.py). 64 rows per program on tensor cores
+    # (4 patches of 16 padded frames at TimeSformer's T = 8); 16 for full-precision float32, whose FMA
+    # products keep whole operand strips in registers (32 rows spill at head size 128).
     block_t = max(MIN_BLOCK_T, next_pow2(num_frames))
-    rows = 32 if dtype == torch.float32 else 64
-    block_p = max(1, rows // block_t)
-    return dict(
-        BLOCK_T=block_t,
-        BLOCK_P=block_p,
-        BLOCK_D=block_head(head_dim),
-        num_warps=8 if block_p * block_t >= 128 else 4,
-    )
+    rows = 16 if dot_precision(dtype) == "ieee" else 64
+    return dict(BLOCK_T=block_t, BLOCK_P=max(1, rows // block_t), BLOCK_D=block_head(head_dim), num_warps=4)
 
 
 def temporal_attention(
@@ -123,7 +129,8 @@ def temporal_attention(
         q, k, v: ``(batch, num_patches * T, hidden)``, row ``n * T + t`` = patch ``n`` of frame ``t``. Any
             strides with a contiguous last dimension, e.g. the three thirds of one packed
             ``(batch, num_patches * T, 3 * hidden)`` projection.
-        num_frames: ``T``, 1 to 128.
+        num_frames: ``T`` (any; past ``max_frames_in_tile`` each patch is a sequence of the online-softmax
+            kernel).
         num_heads: heads; ``head_dim = hidden // num_heads``, 1 to 128.
 
     Returns:
@@ -137,8 +144,8 @@ def _check(q, k, v, num_frames: int, num_heads: int) -> tuple[int, int, int]:
     _, head_dim = check_qkv(op, q, k, v, num_heads)
     if q.shape != k.shape:
         raise ValueError(f"{op}: q, k, v must have the same shape, got {tuple(q.shape)} and {tuple(k.shape)}")
-    if not 1 <= num_frames <= MAX_FRAMES:
-        raise ValueError(f"{op}: num_frames must be 1 to {MAX_FRAMES}, got {num_frames}")
+    if num_frames < 1:
+        raise ValueError(f"{op}: num_frames must be at least 1, got {num_frames}")
     rows = q.shape[1]
     if rows % num_frames:
         raise ValueError(f"{op}: q has {rows} rows, not a multiple of num_frames={num_frames}")
@@ -166,6 +173,20 @@ def temporal_attention_fwd(
     check_out("temporal_attention", "out", out, q.shape, q)
     if out.numel() == 0:
         return out
+    if num_frames > max_frames_in_tile(q.dtype):
+        # Each patch's T contiguous rows as one sequence: (batch, N * T, hidden) seen as (batch * N, T, hidden)
+        # where the batch stride allows that view, else one launch per clip.
+        def seqs(x: torch.Tensor) -> torch.Tensor:
+            return x.as_strided((x.shape[0] * num_patches, num_frames, x.shape[2]),
+                                (num_frames * x.stride(1), x.stride(1), 1))  # fmt: skip
+
+        tensors = (q, k, v, out)
+        if batch == 1 or all(x.stride(0) == num_patches * num_frames * x.stride(1) for x in tensors):
+            attention_fwd(*map(seqs, tensors), num_heads, int64=int64)
+        else:
+            for b in range(batch):
+                attention_fwd(*(seqs(x[b : b + 1]) for x in tensors), num_heads, int64=int64)
+        return out
     cfg = _launch_config(num_frames, head_dim, q.dtype)
     grid = (triton.cdiv(num_patches, cfg["BLOCK_P"]), batch, num_heads)
     _temporal_attention_kernel[grid](
@@ -179,7 +200,7 @@ def temporal_attention_fwd(
         head_dim**-0.5 * math.log2(math.e),
         HEAD_DIM=head_dim,
         DOT_PRECISION=dot_precision(q.dtype),
-        INTERPRET_BF16=interpret_bf16(q.dtype),
+        INTERPRET=interpreting(),
         INT64=needs_int64(q, k, v, out) if int64 is None else int64,
         **cfg,
     )
