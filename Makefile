@@ -46,12 +46,13 @@ gpu-compile: install
 	env -u TRITON_INTERPRET $(BIN)/python -m tools.gpu_compile $(ARGS)
 
 # The oldest Triton the package supports (the H200 test machine's), installed beside the venv's own and put
-# first on PYTHONPATH for the two targets below; torch stays the venv's.
+# first on PYTHONPATH for the two targets below; torch stays the venv's. Triton 3.6's interpreter converts
+# 1-element arrays to Python ints, which NumPy 2.4 refuses: an older NumPy goes with it.
 TRITON_COMPAT ?= 3.6.0
 COMPAT_DIR := .triton-$(TRITON_COMPAT)
 
 $(COMPAT_DIR)/.installed:
-	$(BIN)/python -m pip install --quiet --no-deps --target $(COMPAT_DIR) "triton==$(TRITON_COMPAT)"
+	$(BIN)/python -m pip install --quiet --no-deps --target $(COMPAT_DIR) "triton==$(TRITON_COMPAT)" "numpy<2.4"
 	touch $@
 
 gpu-compile-compat: install $(COMPAT_DIR)/.installed
@@ -60,7 +61,8 @@ gpu-compile-compat: install $(COMPAT_DIR)/.installed
 # The kernel and backend tests in the interpreter of the oldest supported Triton.
 compat: install $(COMPAT_DIR)/.installed
 	PYTHONPATH=$(COMPAT_DIR) $(BIN)/python -c "import triton; assert triton.__version__ == '$(TRITON_COMPAT)', triton.__version__"
-	PYTHONPATH=$(COMPAT_DIR) TRITON_INTERPRET=1 $(BIN)/python -m pytest -q tests/test_attention.py \
+	PYTHONPATH=$(COMPAT_DIR) TRITON_INTERPRET=1 $(BIN)/python -m pytest -q \
+		-W "ignore:Conversion of an array:DeprecationWarning" tests/test_attention.py \
 		tests/test_temporal_attention.py tests/test_linear.py tests/test_patch_embed.py \
 		tests/test_triton_backend.py tests/test_triton_fast_path.py
 

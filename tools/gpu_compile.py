@@ -209,6 +209,30 @@ def capture(cases: list[Case], log=print) -> list[Launch]:
     return launches
 
 
+def uncovered(launches: list[Launch]) -> list[str]:
+    """The ``@triton.jit`` kernels of ``timesformer.kernels`` that no captured launch ran: a kernel the sweep
+    misses is a kernel nobody compiled."""
+    import importlib
+    import pkgutil
+
+    from triton.runtime.jit import JITFunction
+
+    import timesformer.kernels as package
+
+    launched = {launch.kernel.fn.__qualname__ for launch in launches}
+    kernels = set()
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        for name, value in vars(module).items():
+            if (
+                isinstance(value, JITFunction)
+                and name.endswith("_kernel")
+                and value.__module__ == module.__name__
+            ):
+                kernels.add(name)
+    return sorted(kernels - launched)
+
+
 # ------------------------------------------------------------------------------------- compile
 
 
@@ -509,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Triton {triton.__version__}, torch {torch.__version__}: capturing the triton backend's launches")
     start = time.perf_counter()
     launches = capture(sweep(args.quick))
+    missed = [] if args.quick else uncovered(launches)
     jobs = plan(launches, tuple(args.arch or ARCHS))
     print(f"{len(launches)} launches -> {len(jobs)} unique compiles ({time.perf_counter() - start:.0f} s)")
     results = compile_all(jobs, args.workers, use_cache=not args.no_cache)
@@ -520,11 +545,13 @@ def main(argv: list[str] | None = None) -> int:
                    for j, r in zip(jobs, results, strict=True)]  # fmt: skip
         args.json.write_text(json.dumps(dict(triton=triton.__version__, torch=torch.__version__,
                                              compiles=records), indent=1))  # fmt: skip
-    print(f"\n{len(jobs)} compiles, {len(bad)} findings, {time.perf_counter() - start:.0f} s")
+    print(f"\n{len(jobs)} compiles, {len(bad) + len(missed)} findings, {time.perf_counter() - start:.0f} s")
     for job, finding in bad:
         d = describe(job)
         print(f"  FAIL {d['kernel']} sm_{job.arch} {d['dtype']} {d['tiles']} ({job.cases[0]}): {finding}")
-    return 1 if bad else 0
+    for name in missed:
+        print(f"  FAIL {name}: no forward of the sweep launches it (add a case to tools/gpu_compile.sweep)")
+    return 1 if bad or missed else 0
 
 
 if __name__ == "__main__":

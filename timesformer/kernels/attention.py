@@ -133,20 +133,17 @@ def _attention_fwd_kernel(
 
 def _launch_config(head_dim: int, dtype: torch.dtype) -> dict:
     # Fixed configurations, not autotuning (see kernels/__init__.py). 64 x 64 tiles suit the short sequences
-    # here (197 keys per spatial sequence: a 128-row query block would be 23% padding either way). Heads
-    # above 64 take 8 warps: with 4, q, the fp32 accumulator and a key block reach 255 registers and spill
-    # on sm_80. Full-precision float32 products run on the FMA units and keep whole operand strips in
-    # registers: 32 x 16 tiles (64 x 32 spills at head size 64, heavily at 128).
+    # here (197 keys per spatial sequence: a 128-row query block would be 23% padding either way) at
+    # TimeSformer's head size 64. Other head sizes take 32-key blocks: at 96-128 (padded) q, the fp32
+    # accumulator and a 64-key block reach 255 registers and spill on sm_80, and at 32 ptxas spills a few
+    # bytes on sm_80 with 64 keys (96 registers; both Triton 3.6 and 3.9). Full-precision float32 products run
+    # on the FMA units and keep whole operand strips in registers: 32 x 16 tiles (64 x 32 spills at head size
+    # 64, heavily at 128).
     if dot_precision(dtype) == "ieee":
-        block_m, block_n, warps, stages = 32, 16, 4, 2
-    elif head_dim > 64:
-        block_m, block_n, warps, stages = 64, 64, 8, 2
+        block_m, block_n = 32, 16
     else:
-        # 3 stages: with 2, ptxas spills a few bytes at head size 32 on sm_80 (96 registers, Triton 3.9).
-        block_m, block_n, warps, stages = 64, 64, 4, 3
-    return dict(
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_head(head_dim), num_warps=warps, num_stages=stages
-    )
+        block_m, block_n = 64, 64 if 32 < head_dim <= 64 else 32
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_head(head_dim), num_warps=4, num_stages=2)
 
 
 def _launch(
