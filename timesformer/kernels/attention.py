@@ -135,15 +135,20 @@ def _launch_config(head_dim: int, dtype: torch.dtype) -> dict:
     # Fixed configurations, not autotuning (see kernels/__init__.py). 64 x 64 tiles suit the short sequences
     # here (197 keys per spatial sequence: a 128-row query block would be 23% padding either way) at
     # TimeSformer's head size 64. Other head sizes take 32-key blocks: at 96-128 (padded) q, the fp32
-    # accumulator and a 64-key block reach 255 registers and spill on sm_80, and at 32 ptxas spills a few
-    # bytes on sm_80 with 64 keys (96 registers; both Triton 3.6 and 3.9). Full-precision float32 products run
-    # on the FMA units and keep whole operand strips in registers: 32 x 16 tiles (64 x 32 spills at head size
-    # 64, heavily at 128).
+    # accumulator and a 64-key block reach 255 registers and spill on sm_80. Heads of 32 or less take 2
+    # warps: with 4, ptxas spills 4-28 bytes on sm_80 at 72-96 registers in some specializations (Triton 3.6
+    # and 3.9). Full-precision float32 products run on the FMA units and keep whole operand strips in
+    # registers: 32 x 16 tiles (64 x 32 spills at head size 64, heavily at 128).
+    warps = 4
     if dot_precision(dtype) == "ieee":
         block_m, block_n = 32, 16
+    elif 32 < head_dim <= 64:
+        block_m, block_n = 64, 64
     else:
-        block_m, block_n = 64, 64 if 32 < head_dim <= 64 else 32
-    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_head(head_dim), num_warps=4, num_stages=2)
+        block_m, block_n = 64, 32
+        if head_dim <= 32:
+            warps = 2
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_head(head_dim), num_warps=warps, num_stages=2)
 
 
 def _launch(
