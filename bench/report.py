@@ -170,6 +170,10 @@ def markdown(result: dict, png_name: str | None = None) -> str:
                 f"{_fmt(k.get('speedup'), '.2f')}x | {achieved} | {roof} |"
             )
         lines.append("")
+    if result.get("evaluate"):
+        from .bench_evaluate import markdown as evaluate_markdown
+
+        lines += evaluate_markdown(result["evaluate"])
     if result.get("targets"):
         lines += ["## Targets", "", "| target | goal | measured | met |", "|---|---|--:|---|"]
         for t in result["targets"]:

@@ -47,6 +47,12 @@ def parse_args(argv: list[str] | None, cuda_available: bool | None = None) -> ar
     parser.add_argument("--no-e2e", dest="e2e", action="store_false", help="skip the end-to-end part")
     parser.add_argument("--no-kernels", dest="kernels", action="store_false", help="skip the microbenchmarks")
     parser.add_argument(
+        "--no-evaluate",
+        dest="evaluate",
+        action="store_false",
+        help="skip the video evaluation pipeline (timesformer evaluate: videos/s by decode workers)",
+    )
+    parser.add_argument(
         "--largest-batch",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -285,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
             run_gpu_kernels(args, device, timer, result)
         else:
             status = run_cpu_kernels(args, result)
+    if args.evaluate:
+        from . import bench_evaluate
+
+        result["evaluate"] = bench_evaluate.run(device, videos=8 if args.quick else 16)
     report.derive(result)
     paths = report.write_all(result, out_dir, stem)
     print(report.markdown(result))

@@ -65,6 +65,7 @@ def _run_tiny(tmp_path, *extra):
             "--rounds",
             "2",
             "--no-kernels",
+            "--no-evaluate",
             "--out",
             str(tmp_path),
             "--stem",
@@ -306,3 +307,15 @@ def test_gpu_path_control_flow_on_cpu(monkeypatch):
             r = got[(impl, batch)]
             assert r["status"] == "ok" and r["median_ms"] == 1.5 and r["rel_err_vs_fp32_eager"] <= 1e-4
             assert r["peak_mem_gib"] < 5 and r["resident_gib"] < 3  # the inputs are not counted
+
+
+def test_evaluate_pipeline_rows_and_report():
+    from bench import bench_evaluate
+
+    rows = bench_evaluate.run("cpu", workers=[1, 2], videos=4)
+    assert [r["workers"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["videos"] == 4 and r["top1"] == 1.0 and r["videos_per_s"] > 0
+        assert set(r["ms_per_video"]) == {"decode", "preprocess", "model"} and r["ms_per_video"]["decode"] > 0
+    md = "\n".join(bench_evaluate.markdown(rows))
+    assert "| decode workers | videos/s |" in md and md.count("\n| ") >= 3

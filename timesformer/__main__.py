@@ -185,6 +185,8 @@ def classify(args: argparse.Namespace) -> int:
         strategy=args.strategy,
         seed=args.seed,
         workers=args.workers,
+        clips=args.clips,
+        crops=args.crops,
     ):
         progress.step()
         if pred.error is not None:
@@ -212,6 +214,76 @@ def classify(args: argparse.Namespace) -> int:
             f"{param.device.type}, {str(param.dtype).replace('torch.', '')})"
         )
     return 1 if failed else 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    import json
+    import warnings
+
+    from .classify import load_model
+    from .evaluate import default_device, evaluate
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    device = args.device or default_device()
+    try:
+        model, processor = load_model(args.model, backend=args.backend, device=device, dtype=dtype)
+    except (OSError, ValueError, RuntimeError) as exc:
+        _error(f"cannot load the model {args.model or '(bundled)'}: {exc}")
+        return 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *_a, **_k: print(
+            f"timesformer: warning: {message}", file=sys.stderr
+        )
+        try:
+            metrics = evaluate(
+                args.data,
+                model,
+                processor,
+                args.output,
+                clips=args.clips,
+                crops=args.crops,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                num_frames=args.num_frames,
+                sample_rate=args.sample_rate,
+                top_k=args.top_k,
+                resume=args.resume,
+                limit=args.limit,
+                model_name=args.model or "(bundled) synthetic-motion",
+                progress=False if args.no_progress else None,
+            )
+        except (OSError, ValueError) as exc:
+            _error(str(exc))
+            return 2
+    if not metrics:  # a rank other than 0 of a torchrun job: rank 0 reports
+        return 0
+    summary = {k: v for k, v in metrics.items() if k not in ("confusion", "per_class")}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(
+            f"{metrics['num_scored']} of {metrics['num_videos']} videos scored ({metrics['num_errors']} errors): "
+            f"top-1 {_percent(metrics['top1'])}, top-5 {_percent(metrics['top5'])}, mean class accuracy "
+            f"{_percent(metrics['mean_class_accuracy'])}; {metrics['videos_per_second']:.2f} videos/s; "
+            f"results in {args.output}"
+        )
+    if metrics["num_errors"]:
+        _error(
+            f"{metrics['num_errors']} video(s) could not be evaluated: see the error lines of predictions.jsonl"
+        )
+    return 0
+
+
+def _percent(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def _clips(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def sample(args: argparse.Namespace) -> int:
@@ -287,9 +359,43 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strategy", choices=["center", "uniform", "random"], default="center")
     p.add_argument("--seed", type=int, default=0, help="seed of the random strategy")
     p.add_argument("--workers", type=int, default=2, help="decoding threads")
+    p.add_argument("--clips", type=_clips, default=1, help="uniform temporal clips per video (default 1)")
+    p.add_argument(
+        "--crops", type=int, choices=[1, 3], default=1, help="spatial crops: 1 center, 3 along the long side"
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per video on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=classify)
+    p = sub.add_parser(
+        "evaluate",
+        help="accuracy of a model on a labelled video set (multi-view, parallel decoding, resumable, torchrun)",
+    )
+    p.add_argument(
+        "data", metavar="DATA", help="a folder of class-named subfolders, or a 'path label' list file"
+    )
+    p.add_argument("--model", default=None, help="model directory or hub id (default: the bundled model)")
+    p.add_argument("--output", required=True, metavar="DIR", help="where predictions and metrics go")
+    p.add_argument("--clips", type=_clips, default=1, help="uniform temporal clips per video (default 1)")
+    p.add_argument(
+        "--crops", type=int, choices=[1, 3], default=1, help="spatial crops: 1 center, 3 along the long side"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=4, help="videos per forward (each with clips x crops views)"
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, help="decoding processes per rank (default: the cores)"
+    )
+    p.add_argument("--backend", choices=["auto", "eager", "sdpa", "triton"], default="auto")
+    p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if available, else cpu")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--num-frames", type=int, default=None, help="frames per clip (default: the model's)")
+    p.add_argument("--sample-rate", type=int, default=4)
+    p.add_argument("--top-k", type=int, default=5, help="labels kept per video in the predictions")
+    p.add_argument("--resume", action="store_true", help="skip the videos already in DIR's predictions")
+    p.add_argument("--limit", type=int, default=None, help="only the first N videos (sorted by path)")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=evaluate)
     p = sub.add_parser("sample", help="write a synthetic clip that the bundled model classifies")
     p.add_argument("out", metavar="OUT.mp4")
     p.add_argument("--label", default="0", help="class index or name (default 0)")
@@ -298,6 +404,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "batch_size", 1) < 1 or getattr(args, "top_k", 1) < 1:
         parser.error("--batch-size and --top-k must be >= 1")
+    if getattr(args, "workers", 0) is not None and getattr(args, "workers", 0) < 0:
+        parser.error(f"--workers must be >= 0, got {args.workers}")
+    if getattr(args, "limit", None) is not None and args.limit < 1:
+        parser.error(f"--limit must be >= 1, got {args.limit}")
     return args.func(args)
 
 

@@ -93,6 +93,8 @@ def classify_videos(
     strategy: str = "center",
     seed: int | None = 0,
     workers: int = 2,
+    clips: int = 1,
+    crops: int = 1,
 ) -> Iterator[Prediction]:
     """Classify video files, yielding one ``Prediction`` per path in order.
 
@@ -105,8 +107,15 @@ def classify_videos(
         num_frames: frames per clip (default: the model config's).
         sample_rate, strategy, seed: frame sampling (``timesformer.video.read_video``).
         workers: decoding threads.
+        clips, crops: views per video (``timesformer.evaluate``): ``clips`` uniform temporal clips (the
+            sampling strategy then does not apply) x 1 or 3 spatial crops; the labels' probabilities are the
+            mean of the views' softmax probabilities.
     """
-    from .video import VideoError, read_video
+    from .evaluate import clip_indices, cut_views
+    from .video import VideoError, read_video, video_info
+
+    if clips < 1 or crops not in (1, 3):
+        raise ValueError(f"clips must be >= 1 and crops 1 or 3, got clips={clips}, crops={crops}")
 
     paths = [os.fspath(p) for p in paths]
     param = next(model.parameters())
@@ -118,10 +127,14 @@ def classify_videos(
     def load(path: str):
         try:
             start = time.perf_counter()
-            frames = read_video(path, num_frames, sample_rate, strategy=strategy, seed=seed)
+            if clips == 1 and crops == 1:
+                frames = read_video(path, num_frames, sample_rate, strategy=strategy, seed=seed)
+            else:
+                per_clip = clip_indices(video_info(path)["frames"], num_frames, sample_rate, clips)
+                frames = read_video(path, indices=[j for clip in per_clip for j in clip])
             decoded = time.perf_counter()
-            # uint8 to the device (4x less to copy than floats), preprocessed there.
-            pixels = processor(frames.to(device), dtype=dtype)
+            # uint8 to the device (4x less to copy than floats), preprocessed there: (views, T, 3, h, w).
+            pixels = cut_views(frames.to(device), processor, num_frames, crops, dtype, uint8=False)
             _sync(device)
             done = time.perf_counter()
         except (VideoError, ValueError) as exc:
@@ -140,6 +153,7 @@ def classify_videos(
             probs = model(pixels).logits.float().softmax(-1)
         _sync(device)
         share = (time.perf_counter() - start) * 1e3 / len(batch)
+        probs = torch.stack([p.mean(0) for p in probs.split([len(x) for _, x in batch])])
         values, indices = probs.topk(top_k, dim=-1)
         for pred, v, i in zip(preds, values.tolist(), indices.tolist(), strict=True):
             pred.labels = [(id2label.get(k, str(k)), p) for k, p in zip(i, v, strict=True)]

@@ -74,6 +74,30 @@ def _check(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float], dt
         raise ValueError(f"expected dtype float32, bfloat16 or float16, got {dtype}")
 
 
+def crop_boxes(height: int, width: int, crop_h: int, crop_w: int, crops: int = 1) -> list[tuple[int, int]]:
+    """``(top, left)`` of each spatial view of a ``height x width`` (resized) frame: ``crops=1`` the center
+    crop; ``crops=3`` three crops along the long side (left, center, right; top, center, bottom for portrait
+    frames), the test protocol of the TimeSformer and VideoMAE papers."""
+    if crops not in (1, 3):
+        raise ValueError(f"crops must be 1 or 3, got {crops}")
+    top, left = center_crop_box(height, width, crop_h, crop_w)
+    if crops == 1:
+        return [(top, left)]
+    if height > width:
+        return [(0, left), (top, left), (height - crop_h, left)]
+    return [(top, 0), (top, left), (top, width - crop_w)]
+
+
+def _box(size: tuple[int, int], crop: tuple[int, int], box: tuple[int, int] | None) -> tuple[int, int]:
+    (rh, rw), (ch, cw) = size, crop
+    if box is None:
+        return center_crop_box(rh, rw, ch, cw)
+    top, left = box
+    if not (0 <= top <= rh - ch and 0 <= left <= rw - cw):
+        raise ValueError(f"crop {ch}x{cw} at (top, left) = {box} does not fit in the resized frame {rh}x{rw}")
+    return top, left
+
+
 def preprocess_frames_torch(
     frames: torch.Tensor,
     size: tuple[int, int],
@@ -82,11 +106,12 @@ def preprocess_frames_torch(
     std: Sequence[float],
     rescale: float = 1 / 255,
     dtype: torch.dtype = torch.float32,
+    box: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """The pure-torch implementation (the reference of the native op). Arguments as ``preprocess_frames``."""
     _check(frames, mean, std, dtype)
     (rh, rw), (ch, cw) = size, crop
-    top, left = center_crop_box(rh, rw, ch, cw)
+    top, left = _box(size, crop, box)
     x = frames.permute(0, 3, 1, 2).float()
     if (rh, rw) != tuple(x.shape[-2:]):
         x = F.interpolate(x, size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)
@@ -120,9 +145,10 @@ def preprocess_frames(
     rescale: float = 1 / 255,
     dtype: torch.dtype = torch.float32,
     *,
+    box: tuple[int, int] | None = None,
     native: bool | None = None,
 ) -> torch.Tensor:
-    """Resize, center crop, rescale and normalize decoded frames.
+    """Resize, crop (the center crop unless ``box`` says where), rescale and normalize decoded frames.
 
     Args:
         frames: uint8 ``(T, H, W, 3)`` RGB frames (any strides), on the CPU or a CUDA device.
@@ -131,6 +157,7 @@ def preprocess_frames(
         mean, std: per channel, applied after ``rescale``.
         rescale: multiplies the 0..255 values first (``1 / 255``).
         dtype: float32, bfloat16 or float16 (computed in float32, rounded once).
+        box: ``(top, left)`` of the crop in the resized frame (``crop_boxes``); default: the center crop.
         native: force (True) or avoid (False) the native op; default: native when built.
 
     Returns:
@@ -140,10 +167,10 @@ def preprocess_frames(
     if native and not native_available():
         raise RuntimeError("the native preprocessing extension is not built (see README: Native extension)")
     if not use_native:
-        return preprocess_frames_torch(frames, size, crop, mean, std, rescale, dtype)
+        return preprocess_frames_torch(frames, size, crop, mean, std, rescale, dtype, box)
     _check(frames, mean, std, dtype)
     (rh, rw), (ch, cw) = size, crop
-    top, left = center_crop_box(rh, rw, ch, cw)
+    top, left = _box(size, crop, box)
     return torch.ops.timesformer_csrc.preprocess_frames(
         frames,
         rh,
@@ -254,9 +281,14 @@ class VideoProcessor:
         return size, crop
 
     def preprocess(
-        self, frames: torch.Tensor, dtype: torch.dtype = torch.float32, native: bool | None = None
+        self,
+        frames: torch.Tensor,
+        dtype: torch.dtype = torch.float32,
+        native: bool | None = None,
+        box: tuple[int, int] | None = None,
     ):
-        """One clip: uint8 ``(T, H, W, 3)`` -> ``(T, 3, crop_h, crop_w)``."""
+        """One clip: uint8 ``(T, H, W, 3)`` -> ``(T, 3, crop_h, crop_w)``; ``box``: ``(top, left)`` of the
+        crop in the resized frame (``view_boxes``), default the center crop."""
         if not isinstance(frames, torch.Tensor):
             frames = torch.as_tensor(frames)
         if frames.dim() != 4:
@@ -264,7 +296,28 @@ class VideoProcessor:
         size, crop = self.output_size(frames.shape[1], frames.shape[2])
         rescale = self.rescale_factor if self.do_rescale else 1.0
         mean, std = (self.image_mean, self.image_std) if self.do_normalize else ((0.0,) * 3, (1.0,) * 3)
-        return preprocess_frames(frames, size, crop, mean, std, rescale, dtype, native=native)
+        return preprocess_frames(frames, size, crop, mean, std, rescale, dtype, box=box, native=native)
+
+    def view_boxes(self, height: int, width: int, crops: int = 1) -> list[tuple[int, int]]:
+        """``(top, left)`` of each of ``crops`` spatial views (``crop_boxes``) of ``height x width`` frames."""
+        size, crop = self.output_size(height, width)
+        return crop_boxes(*size, *crop, crops)
+
+    def resize_crop(self, frames: torch.Tensor, box: tuple[int, int] | None = None) -> torch.Tensor:
+        """One view as uint8 frames ``(T, crop_h, crop_w, 3)``: resized (antialiased bilinear, as
+        ``preprocess``) and cropped, rounded back to 0..255 like the PIL resize of ``transformers``' processor.
+        For a model that normalizes uint8 frames itself (``set_input_normalization``)."""
+        if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8 or frames.dim() != 4:
+            raise ValueError(
+                f"expected uint8 frames of shape (T, H, W, 3), got {getattr(frames, 'shape', frames)}"
+            )
+        size, crop = self.output_size(frames.shape[1], frames.shape[2])
+        (ch, cw), (top, left) = crop, _box(size, crop, box)
+        x = frames.permute(0, 3, 1, 2)
+        if size != tuple(x.shape[-2:]):
+            x = F.interpolate(x.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+            x = x.round_().clamp_(0, 255).to(torch.uint8)
+        return x[:, :, top : top + ch, left : left + cw].permute(0, 2, 3, 1).contiguous()
 
     def __call__(self, clips, dtype: torch.dtype = torch.float32, native: bool | None = None) -> torch.Tensor:
         """One clip ``(T, H, W, 3)`` or a list of clips -> ``pixel_values`` ``(batch, T, 3, h, w)``."""

@@ -1,0 +1,355 @@
+"""``timesformer evaluate``: data layouts, views, results that survive a kill, and torchrun across processes.
+
+The videos are clips of the bundled model's synthetic classes (``timesformer sample``), written as MP4 files;
+the bundled model classifies them all correctly, so any lost, doubled or mixed-up video shows in the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from timesformer.evaluate import (
+    PREDICTIONS,
+    clip_indices,
+    clip_starts,
+    load_samples,
+    read_predictions,
+)
+from timesformer.preprocess import crop_boxes
+from timesformer.synthetic import LABELS, sample_clip
+
+ROOT = Path(__file__).resolve().parent.parent
+LABEL2ID = {name: i for i, name in enumerate(LABELS)}
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    """4 classes x 2 clips in class-named folders, plus one file that is not a video (9 in all)."""
+    root = tmp_path_factory.mktemp("videos")
+    for label, name in enumerate(LABELS):
+        (root / name).mkdir()
+        for k in range(2):
+            sample_clip(root / name / f"clip{k}.mp4", label, seed=100 + 10 * k + label, height=72, width=96)
+    (root / LABELS[1] / "broken.mp4").write_bytes(b"this is not a video")
+    return root
+
+
+def _cli(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "timesformer", *args], capture_output=True, text=True, cwd=ROOT, env=env
+    )
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def _metrics(out: Path) -> dict:
+    metrics = json.loads((out / "metrics.json").read_text())
+    # What differs between runs of the same evaluation: timing and how the work was split.
+    for key in ("wall_time_s", "videos_per_second", "time_per_video_ms", "videos_evaluated", "world_size"):
+        metrics.pop(key)
+    return metrics
+
+
+def _paths(out: Path) -> list[str]:
+    return [r["path"] for r in read_predictions(out / PREDICTIONS)]
+
+
+@pytest.fixture(scope="module")
+def reference(videos, tmp_path_factory) -> Path:
+    """One uninterrupted single-process run."""
+    out = tmp_path_factory.mktemp("reference")
+    _cli("evaluate", str(videos), "--output", str(out), "--workers", "2", "--batch-size", "3")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def test_folder_layout(videos):
+    samples = load_samples(videos, LABEL2ID, 4)
+    assert len(samples) == 9 and [s.path for s in samples] == sorted(s.path for s in samples)
+    assert {(Path(s.path).parent.name, s.label) for s in samples} == {(n, i) for n, i in LABEL2ID.items()}
+
+
+def test_list_file_separators_relative_paths_names_and_indices(tmp_path):
+    (tmp_path / "sub").mkdir()
+    listing = tmp_path / "sub" / "list.txt"
+    listing.write_text("# comment\n\na.mp4 moving left\nb.mp4\t2\n/abs/c.mp4,moving right\n d e.mp4 , 3\n")
+    samples = load_samples(listing, LABEL2ID, 4)
+    assert len(samples) == 4 and [s.path for s in samples] == sorted(s.path for s in samples)
+    by_name = {Path(s.path).name: s for s in samples}
+    assert by_name["a.mp4"].path == str(tmp_path / "sub" / "a.mp4")  # relative to the list's folder
+    assert by_name["c.mp4"].path == "/abs/c.mp4" and by_name["c.mp4"].label == 0
+    assert by_name["b.mp4"].label == 2 and by_name["d e.mp4"].label == 3
+
+
+def test_bad_data_gives_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        load_samples(tmp_path / "missing", LABEL2ID, 4)
+    with pytest.raises(ValueError, match="no videos; expected class-named subfolders"):
+        load_samples(tmp_path, LABEL2ID, 4)
+    listing = tmp_path / "list.txt"
+    listing.write_text("a.mp4 0\nb.mp4\n")
+    with pytest.raises(ValueError, match=r"line 2: expected 'path label'"):
+        load_samples(listing, LABEL2ID, 4)
+    listing.write_text("a.mp4 7\n")
+    with pytest.raises(ValueError, match=r"line 1: label index 7 is out of range 0-3"):
+        load_samples(listing, LABEL2ID, 4)
+    listing.write_text("a.mp4 jumping\nb.mp4 swimming\nc.mp4 jumping\n")
+    with pytest.raises(
+        ValueError, match=r"2 label name\(s\) are not in the model's label2id: 'jumping' \(line 1\)"
+    ):
+        load_samples(listing, LABEL2ID, 4)
+    listing.write_text("")
+    with pytest.raises(ValueError, match="the list file has no videos"):
+        load_samples(listing, LABEL2ID, 4)
+    (tmp_path / "swimming").mkdir()
+    (tmp_path / "swimming" / "x.mp4").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"'swimming' \(folder "):
+        load_samples(tmp_path, LABEL2ID, 4)
+
+
+def test_duplicates_warn_and_count_once(tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text("a.mp4 0\nb.mp4 1\na.mp4 moving right\n")
+    with pytest.warns(UserWarning, match="1 duplicate path"):
+        samples = load_samples(listing, LABEL2ID, 4)
+    assert len(samples) == 2
+    listing.write_text("a.mp4 0\na.mp4 1\n")
+    with warnings.catch_warnings(), pytest.raises(ValueError, match="listed with two labels"):
+        warnings.simplefilter("ignore")
+        load_samples(listing, LABEL2ID, 4)
+
+
+# ----------------------------------------------------------------------------------------- views
+
+
+def test_temporal_clips_are_uniform_and_spatial_crops_follow_the_long_side():
+    assert clip_starts(100, 32, 1) == [34]
+    assert clip_starts(100, 32, 3) == [0, 34, 68]
+    assert clip_starts(20, 32, 3) == [0, 0, 0]
+    clips = clip_indices(100, 8, 4, 3)
+    assert len(clips) == 3 and all(len(c) == 8 for c in clips)
+    assert clips[0][0] == 0 and clips[-1][-1] == 99 and clips[0] < clips[1] < clips[2]
+    assert clip_indices(10, 8, 4, 2) == [[0, 4, 8, 8, 8, 8, 8, 8]] * 2  # short video: the last frame repeats
+    assert crop_boxes(224, 298, 224, 224, 1) == [(0, 37)]
+    assert crop_boxes(224, 298, 224, 224, 3) == [(0, 0), (0, 37), (0, 74)]  # left, center, right
+    assert crop_boxes(298, 224, 224, 224, 3) == [(0, 0), (37, 0), (74, 0)]  # top, center, bottom
+    with pytest.raises(ValueError, match="crops must be 1 or 3, got 2"):
+        crop_boxes(224, 298, 224, 224, 2)
+
+
+# ------------------------------------------------------------------------------------- the runs
+
+
+def test_single_process_run_scores_every_video_once(videos, reference):
+    metrics = json.loads((reference / "metrics.json").read_text())
+    assert metrics["num_videos"] == 9 and metrics["num_scored"] == 8 and metrics["num_errors"] == 1
+    assert metrics["top1"] == 1.0 and metrics["top5"] == 1.0 and metrics["mean_class_accuracy"] == 1.0
+    assert metrics["views"] == {
+        "clips": 1,
+        "crops": 1,
+        "num_frames": 8,
+        "sample_rate": 4,
+        "aggregation": "mean of the views' softmax probabilities",
+    }
+    assert set(metrics["per_class"]) == set(LABELS)
+    paths = _paths(reference)
+    assert sorted(paths) == paths and len(set(paths)) == 9
+    errors = [r for r in read_predictions(reference / PREDICTIONS) if "error" in r]
+    assert (
+        len(errors) == 1
+        and errors[0]["path"].endswith("broken.mp4")
+        and "not a readable video" in errors[0]["error"]
+    )
+    assert (reference / "metrics.md").read_text().startswith("# Evaluation")
+    assert (reference / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_multi_view_and_uint8_frames(videos, tmp_path):
+    from timesformer.classify import load_model
+    from timesformer.evaluate import evaluate
+
+    model, processor = load_model(backend="sdpa", device="cpu")
+    metrics = evaluate(videos, model, processor, tmp_path / "a", clips=2, crops=1, workers=0, limit=4)
+    assert metrics["num_videos"] == 4 and metrics["views"]["clips"] == 2
+    # Frames as uint8 (resized and cropped, normalized inside the model): the same decisions.
+    metrics_u8 = evaluate(
+        videos, model, processor, tmp_path / "b", clips=2, workers=0, limit=4, uint8_frames=True
+    )
+    assert metrics_u8["top1"] == metrics["top1"] == 1.0
+    probs = [r["top"][0]["probability"] for r in read_predictions(tmp_path / "a" / PREDICTIONS) if "top" in r]
+    probs_u8 = [
+        r["top"][0]["probability"] for r in read_predictions(tmp_path / "b" / PREDICTIONS) if "top" in r
+    ]
+    assert max(abs(a - b) for a, b in zip(probs, probs_u8, strict=True)) < 1e-2
+    # Workers that only decode, the views cut where the model is (CUDA in practice): the same numbers.
+    evaluate(videos, model, processor, tmp_path / "c", clips=2, workers=1, limit=4, device_preprocess=True)
+    assert (tmp_path / "c" / PREDICTIONS).read_text().count('"top"') == 3  # the 4th is broken.mp4
+    by_path = {r["path"]: r.get("top") for r in read_predictions(tmp_path / "c" / PREDICTIONS)}
+    assert by_path == {r["path"]: r.get("top") for r in read_predictions(tmp_path / "a" / PREDICTIONS)}
+
+
+def test_existing_results_are_not_overwritten_without_resume(videos, reference):
+    proc = _cli("evaluate", str(videos), "--output", str(reference), check=False)
+    assert proc.returncode == 2 and "already holds predictions of 9 videos; pass --resume" in proc.stderr
+
+
+def test_argument_errors():
+    for args, message in [
+        (["--clips", "0"], "--clips: must be >= 1, got 0"),
+        (["--crops", "2"], "--crops: invalid choice: 2"),
+        (["--workers", "-1"], "--workers must be >= 0"),
+    ]:
+        proc = _cli("evaluate", "DATA", "--output", "OUT", *args, check=False)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_torn_last_line_is_redone_on_resume(videos, reference, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    lines = (reference / PREDICTIONS).read_text().splitlines()
+    # A run killed after 4 results, in the middle of writing the fifth.
+    (out / PREDICTIONS).write_text("\n".join(lines[:4]) + "\n" + lines[4][:25])
+    _cli("evaluate", str(videos), "--output", str(out), "--resume", "--workers", "1")
+    assert _paths(out) == _paths(reference)
+    assert _metrics(out) == _metrics(reference)
+    assert json.loads((out / "metrics.json").read_text())["videos_evaluated"] == 5
+
+
+def test_sigkill_at_any_moment_then_resume_loses_nothing(videos, reference, tmp_path):
+    """SIGKILL the command as soon as its first results are on disk, then resume (twice if it finished)."""
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        "-m",
+        "timesformer",
+        "evaluate",
+        str(videos),
+        "--output",
+        str(out),
+        "--workers",
+        "0",
+        "--batch-size",
+        "1",
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / PREDICTIONS).exists() and (out / PREDICTIONS).stat().st_size > 0:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert (
+        proc.returncode == -signal.SIGKILL
+    )  # killed mid-run (9 one-video batches take far longer than 10 ms)
+    assert not (out / "metrics.json").exists() and len(_paths(out)) < 9
+    _cli("evaluate", str(videos), "--output", str(out), "--resume", "--workers", "1")
+    assert _paths(out) == _paths(reference)
+    assert _metrics(out) == _metrics(reference)
+
+
+# -------------------------------------------------------------------------------------- torchrun
+
+
+def _torchrun(videos: Path, out: Path, *extra: str) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "timesformer",
+        "evaluate",
+        str(videos),
+        "--output",
+        str(out),
+        "--workers",
+        "0",
+        "--batch-size",
+        "1",
+        "--no-progress",
+        *extra,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _rank_pids(parent: int) -> dict[int, int]:
+    """``{rank: pid}`` of torchrun's worker processes (read from their environment)."""
+    pids = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid != parent:
+                continue
+            env = dict(
+                item.split("=", 1) for item in (entry / "environ").read_text().split("\0") if "=" in item
+            )
+        except (OSError, ValueError):
+            continue
+        if "RANK" in env:
+            pids[int(env["RANK"])] = int(entry.name)
+    return pids
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_match_one_process_and_survive_a_killed_rank(videos, reference, tmp_path):
+    out = tmp_path / "two"
+    proc = _torchrun(videos, out)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stdout + stderr
+    assert _paths(out) == _paths(reference)  # every video exactly once, in order
+    assert _metrics(out) == _metrics(reference)
+    assert json.loads((out / "metrics.json").read_text())["world_size"] == 2
+    assert not list(out.glob("predictions.part-*"))  # merged
+
+    # Kill rank 1 as soon as it has written a result; torchrun then stops the job. Resume with torchrun.
+    out = tmp_path / "killed"
+    proc = _torchrun(videos, out)
+    part = out / "predictions.part-00001.jsonl"
+    deadline = time.monotonic() + 300
+    killed = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        if part.exists() and part.stat().st_size > 0:
+            pid = _rank_pids(proc.pid).get(1)
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+                killed = True
+                break
+        time.sleep(0.01)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert killed and proc.returncode != 0, stdout + stderr
+    assert not (out / "metrics.json").exists()
+    proc = _torchrun(videos, out, "--resume")
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stdout + stderr
+    assert _paths(out) == _paths(reference)
+    assert _metrics(out) == _metrics(reference)
+
+
+def test_classify_takes_the_same_views(videos):
+    clip = videos / LABELS[2] / "clip0.mp4"
+    out = _cli("classify", str(clip), "--clips", "3", "--crops", "3", "--json", "--top-k", "4").stdout
+    labels = json.loads(out)["labels"]
+    assert abs(sum(x["probability"] for x in labels) - 1) < 1e-4  # a mean of softmaxes is a distribution
+    out = _cli("classify", str(clip), "--clips", "2", "--json").stdout
+    assert json.loads(out)["labels"][0]["label"] == LABELS[2]
+    proc = _cli("classify", str(clip), "--crops", "2", check=False)
+    assert proc.returncode == 2 and "--crops: invalid choice: 2" in proc.stderr

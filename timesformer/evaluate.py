@@ -1,0 +1,763 @@
+"""A checkpoint's accuracy on a labelled video set: the pipeline behind ``timesformer evaluate``.
+
+Data flow (DESIGN.md section 8): the (path, label) list, sorted by path, is sharded across the ranks of a
+``torchrun`` job (sample ``i`` to rank ``i % world_size``); a ``torch.utils.data.DataLoader`` with worker
+processes decodes each video once and cuts its views (``clips`` uniform temporal clips x ``crops`` spatial
+crops after resizing the short side); the model scores all views of a batch of videos in one forward; a
+video's score is the **mean of the softmax probabilities of its views**; each result is appended to a JSON
+lines file and flushed per batch, so a killed run resumes where it stopped (``resume=True``); after a barrier,
+rank 0 merges the ranks' files into ``predictions.jsonl`` and writes ``metrics.json``, ``metrics.md`` and a
+confusion matrix.
+
+A video that cannot be decoded (or whose batch fails in the model) is written as an error line and counted;
+it never stops the run. Accuracy is over the videos that were scored; ``num_errors`` says how many were not.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import logging
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+logger = logging.getLogger("timesformer")
+
+PREDICTIONS = "predictions.jsonl"
+# One file per rank while a distributed run works; merged into PREDICTIONS by rank 0 at the end.
+PART = "predictions.part-{rank:05d}.jsonl"
+MAX_DEFAULT_WORKERS = 16
+
+
+# ------------------------------------------------------------------------------------------ the data
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str
+    label: int
+
+
+def _label_of(text: str, label2id: dict[str, int], num_labels: int, where: str) -> int | str:
+    """A label index from a name or an integer string; an unknown name is returned as a str."""
+    text = text.strip()
+    if text in label2id:
+        return int(label2id[text])
+    try:
+        index = int(text)
+    except ValueError:
+        return text
+    if not 0 <= index < num_labels:
+        raise ValueError(f"{where}: label index {index} is out of range 0-{num_labels - 1}")
+    return index
+
+
+def _unknown_labels_error(unknown: dict[str, str], label2id: dict[str, int]) -> ValueError:
+    names = sorted(unknown)
+    shown = ", ".join(f"{n!r} ({unknown[n]})" for n in names[:5])
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    known = ", ".join(repr(k) for k in sorted(label2id)[:5])
+    return ValueError(
+        f"{len(names)} label name(s) are not in the model's label2id: {shown}{more}; expected a class name "
+        f"(e.g. {known}) or an index 0-{len(label2id) - 1}"
+    )
+
+
+def _split_on_spaces(text: str, label2id: dict[str, int]) -> list[str]:
+    """``path label`` separated by spaces, where class names may hold spaces too (``playing guitar``): the
+    longest trailing run of words that is a class name or an integer is the label, else the last word."""
+    words = text.split()
+    for i in range(1, len(words)):
+        label = " ".join(words[i:])
+        if label in label2id or label.lstrip("-").isdigit():
+            return [" ".join(words[:i]), label]
+    return text.rsplit(None, 1)
+
+
+def load_samples(data: str | os.PathLike, label2id: dict[str, int], num_labels: int) -> list[Sample]:
+    """The labelled videos of ``data``, sorted by path, each path once.
+
+    Args:
+        data: a folder of class-named subfolders of videos (the ImageFolder / Kinetics-by-class layout), or a
+            list file with ``path label`` per line, separated by spaces, a tab or a comma; the label is a
+            name of ``label2id`` (with spaces, a class name may hold spaces) or an integer index; relative
+            paths are relative to the list file's folder.
+            Blank lines and lines starting with ``#`` are skipped.
+        label2id: the model's ``{name: index}``.
+        num_labels: the model's number of classes.
+
+    Raises:
+        FileNotFoundError: ``data`` does not exist. ValueError: no videos, a line that does not parse (with its
+        number), label indices out of range, or label names the model does not know (all of them listed
+        once, before any work starts).
+    """
+    root = Path(data)
+    if not root.exists():
+        raise FileNotFoundError(f"DATA {data}: no such file or folder")
+    samples: list[Sample] = []
+    unknown: dict[str, str] = {}
+    if root.is_dir():
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        for folder in folders:
+            label = _label_of(folder.name, label2id, num_labels, f"folder {folder}")
+            files = sorted(f for f in folder.rglob("*") if f.is_file() and not f.name.startswith("."))
+            if isinstance(label, str):
+                if files:
+                    unknown[label] = f"folder {folder}"
+                continue
+            samples += [Sample(str(f), label) for f in files]
+        if not samples and not unknown:
+            raise ValueError(
+                f"DATA {data}: no videos; expected class-named subfolders of videos (e.g. {root}/<class>/x.mp4)"
+            )
+    else:
+        base = root.resolve().parent
+        with open(root, newline="") as f:
+            lines = f.read().splitlines()
+        for number, line in enumerate(lines, 1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            if "\t" in text or "," in text:
+                fields = next(csv.reader([text], delimiter="\t" if "\t" in text else ","))
+            else:
+                fields = _split_on_spaces(text, label2id)
+            fields = [x.strip() for x in fields if x.strip()]
+            if len(fields) != 2:
+                raise ValueError(
+                    f"{data}, line {number}: expected 'path label' (space, tab or comma separated), got {line!r}"
+                )
+            where = f"{data}, line {number}"
+            label = _label_of(fields[1], label2id, num_labels, where)
+            if isinstance(label, str):
+                unknown.setdefault(label, f"line {number}")
+                continue
+            path = Path(fields[0]).expanduser()
+            samples.append(Sample(str(path if path.is_absolute() else base / path), label))
+        if not samples and not unknown:
+            raise ValueError(f"DATA {data}: the list file has no videos")
+    if unknown:
+        raise _unknown_labels_error(unknown, label2id)
+    by_path: dict[str, Sample] = {}
+    duplicates = 0
+    for s in samples:
+        if s.path in by_path:
+            duplicates += 1
+            if by_path[s.path].label != s.label:
+                raise ValueError(
+                    f"DATA {data}: {s.path} is listed with two labels, {by_path[s.path].label} and {s.label}"
+                )
+            continue
+        by_path[s.path] = s
+    if duplicates:
+        warnings.warn(
+            f"DATA {data}: {duplicates} duplicate path(s); each video is evaluated once", stacklevel=2
+        )
+    return sorted(by_path.values(), key=lambda s: s.path)
+
+
+# ------------------------------------------------------------------------------------------ the views
+
+
+def clip_starts(total: int, window: int, clips: int) -> list[int]:
+    """First frame of each of ``clips`` uniformly spaced temporal windows of ``window`` frames (one clip: the
+    centered window, as the ``"center"`` sampling strategy places it)."""
+    if total <= window:
+        return [0] * clips
+    if clips == 1:
+        return [(total - window) // 2]
+    return [round(k * (total - window) / (clips - 1)) for k in range(clips)]
+
+
+def clip_indices(total: int, num_frames: int, sample_rate: int, clips: int) -> list[list[int]]:
+    """Frame indices of ``clips`` uniform temporal clips of ``num_frames`` frames ``sample_rate`` apart (a video
+    shorter than the window repeats its last sampled frame, as ``sample_frame_indices`` does)."""
+    from .video import sample_frame_indices
+
+    window = num_frames * sample_rate
+    if total < window:
+        return [sample_frame_indices(num_frames, sample_rate, total, "center")] * clips
+    out = []
+    for start in clip_starts(total, window, clips):
+        indices = np.linspace(start, start + window, num=num_frames)
+        out.append(np.clip(indices, start, min(start + window, total) - 1).astype(np.int64).tolist())
+    return out
+
+
+def cut_views(frames: torch.Tensor, processor, num_frames: int, crops: int, dtype: torch.dtype, uint8: bool):
+    """The views of one video from its decoded clips ``(clips * T, H, W, 3)`` (uint8, on any device): ``(V, T,
+    3, h, w)`` pixel values of ``dtype`` (``V = clips * crops``, clip-major), or with ``uint8`` the resized and
+    cropped frames ``(V, T, h, w, 3)`` for a model that normalizes them itself."""
+    boxes = processor.view_boxes(frames.shape[1], frames.shape[2], crops)
+    views = []
+    for clip in frames.split(num_frames):
+        for box in boxes:
+            views.append(
+                processor.resize_crop(clip, box) if uint8 else processor.preprocess(clip, dtype, box=box)
+            )
+    return torch.stack(views)
+
+
+class VideoViews(torch.utils.data.Dataset):
+    """Item ``i``: the views of video ``samples[i]`` (``cut_views``), or the error that prevented them.
+
+    With ``raw``, the decoded clips ``(clips * T, H, W, 3)`` instead, for views cut on the model's device.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        processor,
+        *,
+        num_frames: int,
+        sample_rate: int = 4,
+        clips: int = 1,
+        crops: int = 1,
+        dtype: torch.dtype = torch.float32,
+        uint8: bool = False,
+        raw: bool = False,
+    ):
+        self.samples, self.processor = list(samples), processor
+        self.num_frames, self.sample_rate, self.clips, self.crops = num_frames, sample_rate, clips, crops
+        self.dtype, self.uint8, self.raw = dtype, uint8, raw
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict:
+        from .video import VideoError, read_video, video_info
+
+        sample = self.samples[i]
+        item = {
+            "path": sample.path,
+            "label": sample.label,
+            "views": None,
+            "error": None,
+            "preprocess_ms": 0.0,
+        }
+        try:
+            start = time.perf_counter()
+            total = video_info(sample.path)["frames"]
+            per_clip = clip_indices(total, self.num_frames, self.sample_rate, self.clips)
+            # One decoding pass for every clip (read_video takes repeated and unsorted indices).
+            frames = read_video(sample.path, indices=[j for clip in per_clip for j in clip])
+            decoded = time.perf_counter()
+            item["decode_ms"] = (decoded - start) * 1e3
+            if self.raw:
+                item["frames"] = frames
+            else:
+                item["views"] = cut_views(
+                    frames, self.processor, self.num_frames, self.crops, self.dtype, self.uint8
+                )
+                item["preprocess_ms"] = (time.perf_counter() - decoded) * 1e3
+        except VideoError as exc:
+            item["error"] = exc.reason
+        except Exception as exc:  # anything else about this one video: recorded, the run goes on
+            item["error"] = f"could not be read ({type(exc).__name__}: {exc})"
+        return item
+
+
+def _collate(items: list[dict]) -> list[dict]:
+    return items
+
+
+# ------------------------------------------------------------------------------------- result files
+
+
+def read_predictions(path: Path, repair: bool = False) -> list[dict]:
+    """The complete lines of a predictions file. A torn last line (a run killed while writing it) is left out,
+    and with ``repair`` cut off the file, so that appending goes on after the last complete line."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    records, good_end, offset = [], 0, 0
+    for raw in data.split(b"\n"):
+        end = offset + len(raw) + 1
+        if end <= len(data) and raw.strip():
+            try:
+                record = json.loads(raw)
+                if isinstance(record, dict) and "path" in record:
+                    records.append(record)
+                    good_end = end
+                else:
+                    logger.warning("%s: skipping a line that is not a prediction: %r", path, raw[:80])
+            except json.JSONDecodeError:
+                logger.warning("%s: skipping a line that is not JSON: %r", path, raw[:80])
+        elif end <= len(data):
+            good_end = end
+        offset = end
+    if repair and good_end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(good_end)
+    return records
+
+
+def _part_files(output: Path) -> list[Path]:
+    return sorted(output.glob("predictions.part-*.jsonl"))
+
+
+def _done_paths(output: Path) -> set[str]:
+    done: set[str] = set()
+    for file in [output / PREDICTIONS, *_part_files(output)]:
+        done.update(r["path"] for r in read_predictions(file))
+    return done
+
+
+def merge_predictions(output: Path, order: Sequence[str]) -> list[dict]:
+    """Merge ``predictions.jsonl`` and the ranks' part files into ``predictions.jsonl`` (one line per video, in
+    ``order``, then any others), atomically; then remove the parts. Returns the merged records."""
+    by_path: dict[str, dict] = {}
+    parts = _part_files(output)
+    for file in [output / PREDICTIONS, *parts]:
+        for record in read_predictions(file):
+            by_path.setdefault(record["path"], record)
+    rank = {p: i for i, p in enumerate(order)}
+    records = sorted(by_path.values(), key=lambda r: (rank.get(r["path"], len(rank)), r["path"]))
+    tmp = output / (PREDICTIONS + ".tmp")
+    with open(tmp, "w") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(output / PREDICTIONS)
+    for part in parts:
+        part.unlink()
+    return records
+
+
+# ------------------------------------------------------------------------------------------- metrics
+
+
+def compute_metrics(records: Sequence[dict], samples: Sequence[Sample], id2label: dict[int, str]) -> dict:
+    """Accuracy over the scored videos of ``samples``: top-1, top-5, mean class accuracy and per class, and the
+    confusion matrix (true label x predicted label) over the label indices."""
+    wanted = {s.path for s in samples}
+    records = [r for r in records if r["path"] in wanted]
+    num_labels = len(id2label)
+    confusion = np.zeros((num_labels, num_labels), dtype=np.int64)
+    top1 = top5 = scored = errors = 0
+    per_class = {i: [0, 0] for i in range(num_labels)}
+    for r in records:
+        if r.get("error") is not None:
+            errors += 1
+            continue
+        scored += 1
+        truth, ranked = int(r["label_id"]), [int(x["label_id"]) for x in r["top"]]
+        confusion[truth, ranked[0]] += 1
+        top1 += ranked[0] == truth
+        top5 += truth in ranked[:5]
+        per_class[truth][0] += 1
+        per_class[truth][1] += ranked[0] == truth
+    classes = {i: v for i, v in per_class.items() if v[0]}
+    return {
+        "num_videos": len(samples),
+        "num_scored": scored,
+        "num_errors": errors,
+        "num_missing": len(samples) - len(records),
+        "top1": top1 / scored if scored else None,
+        "top5": top5 / scored if scored else None,
+        "mean_class_accuracy": float(np.mean([c / n for n, c in classes.values()])) if classes else None,
+        "per_class": {id2label.get(i, str(i)): {"videos": n, "top1": c / n} for i, (n, c) in classes.items()},
+        "confusion": confusion.tolist(),
+    }
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def write_reports(output: Path, metrics: dict, id2label: dict[int, str]) -> None:
+    """``metrics.json``, ``metrics.md`` and ``confusion.png`` (when matplotlib is installed)."""
+    tmp = output / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=1) + "\n")
+    tmp.replace(output / "metrics.json")
+    views = metrics["views"]
+    lines = [
+        "# Evaluation",
+        "",
+        f"- model: `{metrics['model']}` ({metrics['backend']}, {metrics['device']}, {metrics['dtype']})",
+        f"- videos: {metrics['num_videos']} ({metrics['num_scored']} scored, {metrics['num_errors']} errors)",
+        f"- views per video: {views['clips']} clip(s) x {views['crops']} crop(s) of {views['num_frames']} frames "
+        f"(sample rate {views['sample_rate']}); score = mean of the views' softmax probabilities",
+        f"- top-1 {_pct(metrics['top1'])}, top-5 {_pct(metrics['top5'])}, "
+        f"mean class accuracy {_pct(metrics['mean_class_accuracy'])}",
+        f"- this run: {metrics['videos_evaluated']} videos in {metrics['wall_time_s']:.1f} s "
+        f"({metrics['videos_per_second']:.2f} videos/s) on {metrics['world_size']} process(es)",
+        "",
+        "| class | videos | top-1 |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {name} | {c['videos']} | {_pct(c['top1'])} |" for name, c in metrics["per_class"].items()]
+    (output / "metrics.md").write_text("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.info("matplotlib is not installed: no confusion.png")
+        return
+    confusion = np.asarray(metrics["confusion"])
+    n = len(confusion)
+    fig, ax = plt.subplots(figsize=(min(4 + 0.4 * n, 24), min(3.5 + 0.4 * n, 24)))
+    image = ax.imshow(confusion, cmap="Blues")
+    fig.colorbar(image, ax=ax, label="videos")
+    if n <= 40:
+        names = [id2label.get(i, str(i)) for i in range(n)]
+        ax.set_xticks(range(n), names, rotation=90)
+        ax.set_yticks(range(n), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"top-1 {_pct(metrics['top1'])} over {metrics['num_scored']} videos")
+    fig.tight_layout()
+    fig.savefig(output / "confusion.png", dpi=100)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------- distribution
+
+
+def _world() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` of this process (torchrun's environment, else a single process)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return (
+            torch.distributed.get_rank(),
+            torch.distributed.get_world_size(),
+            int(os.environ.get("LOCAL_RANK", 0)),
+        )
+    return (
+        int(os.environ.get("RANK", 0)),
+        int(os.environ.get("WORLD_SIZE", 1)),
+        int(os.environ.get("LOCAL_RANK", 0)),
+    )
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """Join the process group torchrun describes (gloo on CPU, nccl on CUDA); ``(rank, world_size)``."""
+    rank, world, _ = _world()
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    return rank, world
+
+
+def default_device() -> torch.device:
+    """``cuda:LOCAL_RANK`` where CUDA is available (one GPU per local rank), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", _world()[2] % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def default_workers() -> int:
+    """Decoding processes per rank: this process's cores shared among the ranks of the machine, capped."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(1, min(MAX_DEFAULT_WORKERS, cores // max(1, local)))
+
+
+# ------------------------------------------------------------------------------------------- the run
+
+
+class Progress:
+    """A one-line progress bar on stderr: videos done, videos/s, ETA (only on a terminal, by default)."""
+
+    def __init__(self, total: int, enabled: bool | None = None, stream=sys.stderr):
+        self.total, self.done, self.stream = total, 0, stream
+        self.enabled = stream.isatty() if enabled is None else enabled
+        self.start = time.perf_counter()
+
+    def step(self, n: int = 1) -> None:
+        self.done += n
+        if not self.enabled or not self.total:
+            return
+        elapsed = time.perf_counter() - self.start
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.done) / rate if rate else math.inf
+        bar = "#" * (30 * self.done // self.total) + "." * (30 - 30 * self.done // self.total)
+        eta_text = f"{eta:.0f} s" if math.isfinite(eta) else "?"
+        end = "\n" if self.done >= self.total else ""
+        print(
+            f"\r[{bar}] {self.done}/{self.total} videos, {rate:.2f}/s, ETA {eta_text}  ",
+            end=end,
+            file=self.stream,
+            flush=True,
+        )
+
+
+def _closes_its_process_group(fn):
+    """A process group the call creates (``init_distributed``) is closed when it returns or raises: left to
+    interpreter shutdown, gloo's threads can abort the process (``std::terminate``) after the work is done."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        def active() -> bool:
+            return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+        owned = not active()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if owned and active():
+                torch.distributed.destroy_process_group()
+
+    return wrapper
+
+
+@_closes_its_process_group
+def evaluate(
+    data: str | os.PathLike,
+    model,
+    processor,
+    output: str | os.PathLike,
+    *,
+    clips: int = 1,
+    crops: int = 1,
+    batch_size: int = 4,
+    workers: int | None = None,
+    num_frames: int | None = None,
+    sample_rate: int = 4,
+    top_k: int = 5,
+    resume: bool = False,
+    limit: int | None = None,
+    uint8_frames: bool | None = None,
+    device_preprocess: bool | None = None,
+    model_name: str | None = None,
+    progress: bool | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict:
+    """Evaluate ``model`` on the videos of ``data`` and write the results to ``output``; returns the metrics.
+
+    Run it in one process, or in every process of a ``torchrun`` job (each rank takes samples ``rank::world``
+    of the sorted list; rank 0 merges the results after a barrier and returns the metrics, the other ranks
+    return ``{}``).
+
+    Args:
+        data: a folder of class-named subfolders, or a list file (``load_samples``).
+        model: a ``TimesformerForVideoClassification`` in eval mode, on this rank's device.
+        processor: a ``VideoProcessor`` (resize of the short side, crop size, normalization).
+        output: folder of ``predictions.jsonl``, ``metrics.json``, ``metrics.md`` and ``confusion.png``.
+        clips: uniform temporal clips per video (``>= 1``). crops: 1 (center) or 3 (along the long side).
+        batch_size: videos per forward (each with ``clips * crops`` views).
+        workers: DataLoader worker processes that decode and preprocess (default: ``default_workers()``;
+            0 decodes in this process).
+        num_frames: frames per clip (default: the model's); sample_rate: spacing of a clip's frames.
+        top_k: labels kept per video in the predictions.
+        resume: skip the videos already in ``output``'s predictions (complete lines; a torn last line is
+            redone). Without it, an ``output`` that holds predictions is refused.
+        limit: evaluate only the first ``limit`` videos of the sorted list.
+        uint8_frames: send resized and cropped uint8 frames to the model, normalized inside it (default: on
+            the ``triton`` backend, where the fused patch embedding does it).
+        device_preprocess: the workers only decode; the decoded uint8 frames go to the model's device, where
+            the views are resized, cropped (and normalized) (default: on CUDA where the native extension has
+            its CUDA kernel).
+        model_name: recorded in the metrics.
+        progress: show the progress bar (default: on a terminal).
+        on_batch: called with the number of videos written after each batch (for tests and tools).
+    """
+    if clips < 1:
+        raise ValueError(f"clips must be >= 1, got {clips}")
+    if crops not in (1, 3):
+        raise ValueError(f"crops must be 1 or 3, got {crops}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    config = model.config
+    id2label = {int(k): v for k, v in config.id2label.items()}
+    samples = load_samples(data, {k: int(v) for k, v in config.label2id.items()}, config.num_labels)
+    if limit is not None:
+        samples = samples[:limit]
+    output = Path(output)
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    rank, world = init_distributed(device)
+    if rank == 0:
+        output.mkdir(parents=True, exist_ok=True)
+    if world > 1:
+        torch.distributed.barrier()
+    done = _done_paths(output)
+    if done and not resume:
+        raise FileExistsError(
+            f"{output} already holds predictions of {len(done)} videos; pass --resume to go on with them, or "
+            "choose another --output"
+        )
+    mine = samples[rank::world]
+    todo = [s for s in mine if s.path not in done]
+    num_frames = num_frames or config.num_frames
+    top_k = max(1, min(top_k, len(id2label)))
+    uint8 = model.backend == "triton" if uint8_frames is None else uint8_frames
+    if uint8:
+        model.set_input_normalization(
+            processor.image_mean if processor.do_normalize else (0.0,) * 3,
+            processor.image_std if processor.do_normalize else (1.0,) * 3,
+            processor.rescale_factor if processor.do_rescale else 1.0,
+        )
+    if device_preprocess is None:
+        device_preprocess = device.type == "cuda" and _native_cuda()
+    dataset = VideoViews(
+        todo,
+        processor,
+        num_frames=num_frames,
+        sample_rate=sample_rate,
+        clips=clips,
+        crops=crops,
+        dtype=dtype,
+        uint8=uint8,
+        raw=device_preprocess,
+    )
+    workers = default_workers() if workers is None else workers
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=min(workers, len(todo)),
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=2 if min(workers, len(todo)) > 0 else None,
+    )
+    mine_file = output / (PREDICTIONS if world == 1 else PART.format(rank=rank))
+    read_predictions(mine_file, repair=True)  # cut a torn last line before appending
+    bar = Progress(len(todo), enabled=progress if rank == 0 else False)
+    totals = {"decode": 0.0, "preprocess": 0.0, "model": 0.0}
+    start = time.perf_counter()
+    written = 0
+    with open(mine_file, "a") as out:
+        for batch in loader:
+            if device_preprocess:
+                _cut_on_device(batch, processor, device, num_frames, crops, dtype, uint8)
+            records = _score(batch, model, device, id2label, top_k, totals)
+            out.write("".join(json.dumps(r) + "\n" for r in records))
+            out.flush()
+            os.fsync(out.fileno())
+            written += len(records)
+            bar.step(len(records))
+            if on_batch is not None:
+                on_batch(written)
+    written_all = written
+    if world > 1:
+        # The barrier also makes rank 0's wall time the job's (it waits for the slowest rank).
+        count = torch.tensor([written], dtype=torch.int64, device=device if device.type == "cuda" else None)
+        torch.distributed.all_reduce(count)
+        written_all = int(count.item())
+    wall = time.perf_counter() - start
+    if rank != 0:
+        return {}
+    records = merge_predictions(output, [s.path for s in samples])
+    metrics = compute_metrics(records, samples, id2label)
+    scored = max(1, sum(1 for r in records if r.get("error") is None and "time_ms" in r))
+    metrics.update(
+        views={
+            "clips": clips,
+            "crops": crops,
+            "num_frames": num_frames,
+            "sample_rate": sample_rate,
+            "aggregation": "mean of the views' softmax probabilities",
+        },
+        model=model_name or getattr(model, "name_or_path", None) or type(model).__name__,
+        backend=model.backend,
+        device=str(device),
+        dtype=str(dtype).removeprefix("torch."),
+        world_size=world,
+        videos_evaluated=written_all,
+        wall_time_s=wall,
+        videos_per_second=written_all / wall if wall > 0 else 0.0,
+        time_per_video_ms={k: v / scored for k, v in totals.items()},
+    )
+    write_reports(output, metrics, id2label)
+    return metrics
+
+
+def _native_cuda() -> bool:
+    from .preprocess import native_available
+
+    return native_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "timesformer_csrc::preprocess_frames", "CUDA"
+    )
+
+
+def _cut_on_device(
+    batch: list[dict], processor, device, num_frames: int, crops: int, dtype, uint8: bool
+) -> None:
+    """Cut the views of the decoded videos of ``batch`` on ``device`` (pinned memory, non-blocking copies)."""
+    for item in batch:
+        if item["error"] is not None:
+            continue
+        try:
+            start = time.perf_counter()
+            frames = item.pop("frames")
+            frames = (frames.pin_memory() if device.type == "cuda" else frames).to(device, non_blocking=True)
+            item["views"] = cut_views(frames, processor, num_frames, crops, dtype, uint8)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            item["preprocess_ms"] = (time.perf_counter() - start) * 1e3
+        except Exception as exc:  # this video only
+            item["error"] = f"preprocessing failed ({type(exc).__name__}: {exc})"
+
+
+def _score(batch: list[dict], model, device, id2label, top_k: int, totals: dict) -> list[dict]:
+    """Predictions of one batch of videos (all their views in one forward); error records for the videos that
+    could not be read, and for every video of a batch whose forward failed."""
+    good = [item for item in batch if item["error"] is None]
+    records = {}
+    for item in batch:
+        if item["error"] is not None:
+            records[item["path"]] = _record(item, id2label, error=item["error"])
+    if good:
+        try:
+            views = torch.cat([item["views"] for item in good]).to(device, non_blocking=True)
+            start = time.perf_counter()
+            with torch.inference_mode():
+                logits = model(views).logits
+                probs = logits.float().softmax(-1)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            model_ms = (time.perf_counter() - start) * 1e3 / len(good)
+            per_video = probs.split([item["views"].shape[0] for item in good])
+            for item, p in zip(good, per_video, strict=True):
+                mean = p.mean(0)
+                values, indices = mean.topk(top_k)
+                top = [
+                    {"label": id2label.get(i, str(i)), "label_id": i, "probability": round(v, 6)}
+                    for v, i in zip(values.tolist(), indices.tolist(), strict=True)
+                ]
+                record = _record(item, id2label, top=top)
+                record["time_ms"] = {
+                    "decode": round(item["decode_ms"], 2),
+                    "preprocess": round(item["preprocess_ms"], 2),
+                    "model": round(model_ms, 2),
+                }
+                totals["decode"] += item["decode_ms"]
+                totals["preprocess"] += item["preprocess_ms"]
+                totals["model"] += model_ms
+                records[item["path"]] = record
+        except Exception as exc:  # the model failed on this batch: its videos are errors, the run goes on
+            message = f"model forward failed ({type(exc).__name__}: {exc})"
+            for item in good:
+                records[item["path"]] = _record(item, id2label, error=message)
+    return [records[item["path"]] for item in batch]
+
+
+def _record(item: dict, id2label: dict[int, str], *, top=None, error=None) -> dict:
+    record = {
+        "path": item["path"],
+        "label": id2label.get(item["label"], str(item["label"])),
+        "label_id": item["label"],
+    }
+    if error is not None:
+        record["error"] = error
+    else:
+        record["top"] = top
+        record["correct"] = top[0]["label_id"] == item["label"]
+    return record
+
+
+__all__ = ["Sample", "VideoViews", "clip_indices", "compute_metrics", "evaluate", "load_samples"]
