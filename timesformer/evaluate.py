@@ -1,13 +1,13 @@
 """A checkpoint's accuracy on a labelled video set: the pipeline behind ``timesformer evaluate``.
 
-Data flow (DESIGN.md section 8): the (path, label) list, sorted by path, is sharded across the ranks of a
-``torchrun`` job (sample ``i`` to rank ``i % world_size``); a ``torch.utils.data.DataLoader`` with worker
-processes decodes each video once and cuts its views (``clips`` uniform temporal clips x ``crops`` spatial
-crops after resizing the short side); the model scores all views of a batch of videos in one forward; a
-video's score is the **mean of the softmax probabilities of its views**; each result is appended to a JSON
-lines file and flushed per batch, so a killed run resumes where it stopped (``resume=True``); after a barrier,
-rank 0 merges the ranks' files into ``predictions.jsonl`` and writes ``metrics.json``, ``metrics.md`` and a
-confusion matrix.
+Data flow (DESIGN.md section 8): the (path, label) list, sorted by path, less the videos a resumed run has
+already done, is sharded across the ranks of a ``torchrun`` job (video ``i`` to rank ``i % world_size``); a
+``torch.utils.data.DataLoader`` with worker processes decodes each video once and cuts its views (``clips``
+uniform temporal clips x ``crops`` spatial crops after resizing the short side); the model scores all views
+of a batch of videos in one forward; a video's score is the **mean of the softmax probabilities of its
+views**; each result is appended to a JSON lines file and flushed per batch, so a killed run resumes where it
+stopped (``resume=True``); after a barrier, rank 0 merges the ranks' files into ``predictions.jsonl`` and
+writes ``metrics.json``, ``metrics.md`` and a confusion matrix.
 
 A video that cannot be decoded (or whose batch fails in the model) is written as an error line and counted;
 it never stops the run. Accuracy is over the videos that were scored; ``num_errors`` says how many were not.
@@ -537,9 +537,9 @@ def evaluate(
 ) -> dict:
     """Evaluate ``model`` on the videos of ``data`` and write the results to ``output``; returns the metrics.
 
-    Run it in one process, or in every process of a ``torchrun`` job (each rank takes samples ``rank::world``
-    of the sorted list; rank 0 merges the results after a barrier and returns the metrics, the other ranks
-    return ``{}``).
+    Run it in one process, or in every process of a ``torchrun`` job (each rank takes videos ``rank::world``
+    of the sorted list of those not done yet; rank 0 merges the results after a barrier and returns the
+    metrics, the other ranks return ``{}``).
 
     Args:
         data: a folder of class-named subfolders, or a list file (``load_samples``).
@@ -581,18 +581,19 @@ def evaluate(
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     rank, world = init_distributed(device)
-    if rank == 0:
-        output.mkdir(parents=True, exist_ok=True)
-    if world > 1:
-        torch.distributed.barrier()
+    output.mkdir(parents=True, exist_ok=True)
     done = _done_paths(output)
     if done and not resume:
         raise FileExistsError(
             f"{output} already holds predictions of {len(done)} videos; pass --resume to go on with them, or "
             "choose another --output"
         )
-    mine = samples[rank::world]
-    todo = [s for s in mine if s.path not in done]
+    if world > 1:
+        # Every rank has read the same results before any rank writes: the same `done`, so the same split.
+        torch.distributed.barrier()
+    # The videos still to do are split across the ranks (sample i of them to rank i % world_size), so a
+    # resumed run is balanced however the interrupted one had progressed.
+    todo = [s for s in samples if s.path not in done][rank::world]
     num_frames = num_frames or config.num_frames
     top_k = max(1, min(top_k, len(id2label)))
     uint8 = model.backend == "triton" if uint8_frames is None else uint8_frames
