@@ -72,19 +72,66 @@ def resolve_pretrained_dir(path: str | os.PathLike) -> str:
         ) from e
 
 
-def _weight_files(directory: str) -> list[str]:
+def _allowed_roots(directory: str) -> list[str]:
+    """Where the weight files of ``directory`` may live once symlinks are resolved: the directory itself, and
+    for a Hugging Face hub snapshot (``<repo>/snapshots/<revision>``, whose files link to ``<repo>/blobs``)
+    the repository's blob store."""
+    real = os.path.realpath(directory)
+    roots = [real]
+    parent = os.path.dirname(real)
+    if os.path.basename(parent) == "snapshots":
+        roots.append(os.path.join(os.path.dirname(parent), "blobs"))
+    return roots
+
+
+def _inside(path: str, roots: list[str]) -> bool:
+    real = os.path.realpath(path)
+    return any(os.path.commonpath([real, root]) == root for root in roots)
+
+
+def _shard_path(directory: str, index: str, shard: object) -> str:
+    """The file a shard index names, refused unless it is a plain file name inside ``directory``."""
+    if not isinstance(shard, str) or not shard or "\0" in shard:
+        raise CheckpointError(f"{index}: shard names must be non-empty strings, got {shard!r}")
+    if os.path.isabs(shard) or os.path.normpath(shard).split(os.sep)[0] == os.pardir:
+        raise CheckpointError(
+            f"{index}: shard {shard!r} is outside the model directory; expected a file name in it"
+        )
+    path = os.path.join(directory, shard)
+    if not _inside(path, _allowed_roots(directory)):
+        raise CheckpointError(
+            f"{index}: shard {shard!r} resolves (through a symlink) outside the model directory"
+        )
+    return path
+
+
+def _weight_map(directory: str) -> tuple[str, dict[str, str] | None]:
+    """``(file, None)`` for a single weights file, or ``(index file, {key: shard path})`` for a sharded one."""
+    roots = _allowed_roots(directory)
     for name in WEIGHT_FILES:
         candidate = os.path.join(directory, name)
         if not os.path.isfile(candidate):
             continue
+        if not _inside(candidate, roots):
+            raise CheckpointError(f"{candidate} resolves (through a symlink) outside the model directory")
         if not name.endswith(".index.json"):
-            return [candidate]
+            return candidate, None
         try:
             with open(candidate, encoding="utf-8") as f:
                 weight_map = json.load(f)["weight_map"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{candidate}: not a valid shard index ({type(e).__name__}: {e})") from e
-        return [os.path.join(directory, shard) for shard in sorted(set(weight_map.values()))]
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(
+                f"{candidate}: weight_map must be a non-empty object of parameter name -> shard file name, "
+                f"got {type(weight_map).__name__}"
+            )
+        resolved = {}
+        for key, shard in weight_map.items():
+            if not isinstance(key, str):
+                raise CheckpointError(f"{candidate}: weight_map keys must be parameter names, got {key!r}")
+            resolved[key] = _shard_path(directory, candidate, shard)
+        return candidate, resolved
     raise FileNotFoundError(f"no weights in {directory!r}: looked for {', '.join(WEIGHT_FILES)}")
 
 
@@ -107,9 +154,28 @@ def _read_weights(path: str) -> dict[str, torch.Tensor]:
 
 
 def read_state_dict(directory: str) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors. For a sharded checkpoint, each key comes from the shard the index assigns it
+    to (a key that shard lacks is an error; other keys a shard holds are not read into the result)."""
+    file, weight_map = _weight_map(directory)
+    if weight_map is None:
+        return _read_weights(file)
+    by_shard: dict[str, list[str]] = {}
+    for key, shard in weight_map.items():
+        by_shard.setdefault(shard, []).append(key)
     state: dict[str, torch.Tensor] = {}
-    for path in _weight_files(directory):
-        state.update(_read_weights(path))
+    for shard, keys in sorted(by_shard.items()):
+        tensors = _read_weights(shard)
+        missing = [k for k in keys if k not in tensors]
+        if missing:
+            raise CheckpointError(
+                f"{file}: {len(missing)} key(s) assigned to {os.path.basename(shard)} are not in it: {missing[:5]}"
+            )
+        ignored = len(tensors) - len(keys)
+        if ignored:
+            logger.warning(
+                "%s: %d tensor(s) the index does not assign to this shard are ignored", shard, ignored
+            )
+        state.update((k, tensors[k]) for k in keys)
     return state
 
 

@@ -81,15 +81,37 @@ def sample_frame_indices(
     return np.clip(indices, start, end - 1).astype(np.int64).tolist()
 
 
+# Seconds FFmpeg may wait in one open or read call before giving up (a regular file never comes close).
+IO_TIMEOUT_S = 60.0
+
+
 def _open(path):
+    """Open a local regular file with FFmpeg's ``file:`` protocol, never a URL, device or pipe.
+
+    A path string goes to FFmpeg as ``file:`` + its resolved absolute path, so that names shaped like
+    protocols (``http:/host/x.mp4``, ``pipe:0``, ``concat:a|b``) are only ever file names; FIFOs, devices and
+    other non-regular files are refused before anything opens them (a FIFO would block forever).
+    """
+    import stat
+
     import av
 
-    if not os.path.exists(path):
-        raise VideoError(path, "no such file")
-    if os.path.isdir(path):
-        raise VideoError(path, "is a directory, not a video file")
+    if not isinstance(path, (str, os.PathLike)):
+        raise VideoError(path, f"expected a file path, got {type(path).__name__}")
     try:
-        container = av.open(os.fspath(path))
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise VideoError(path, "no such file") from None
+    except OSError as exc:
+        raise VideoError(path, f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise VideoError(path, "is a directory, not a video file")
+    if not stat.S_ISREG(info.st_mode):
+        raise VideoError(path, "is not a regular file (a FIFO, device or socket); expected a video file")
+    if not os.access(path, os.R_OK):
+        raise VideoError(path, "cannot be read (permission denied)")
+    try:
+        container = av.open("file:" + os.path.realpath(path), timeout=IO_TIMEOUT_S)
     except av.error.FFmpegError as exc:
         raise VideoError(path, f"not a readable video file ({exc.strerror or type(exc).__name__})") from exc
     if not container.streams.video:

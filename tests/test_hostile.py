@@ -1,0 +1,162 @@
+"""Hostile files and settings: the checkpoint loader reads nothing outside the model directory, ``read_video``
+opens only local regular files, and bad setups fail before any work with an error that names the problem."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import pytest
+import torch
+from _videos import write_indexed_video
+from conftest import randomize_, small_config_kwargs
+from safetensors.torch import load_file, save_file
+
+from timesformer import CheckpointError, TimesformerConfig, TimesformerForVideoClassification
+from timesformer.video import VideoError, read_video
+
+# ------------------------------------------------------------------------------ checkpoint shards
+
+
+@pytest.fixture
+def sharded(tmp_path):
+    """A small checkpoint split into two shards with an index: ``(directory, state, index dict)``."""
+    model = randomize_(TimesformerForVideoClassification(TimesformerConfig(**small_config_kwargs(seed=3))), 3)
+    directory = tmp_path / "model"
+    model.save_pretrained(directory)
+    state = load_file(directory / "model.safetensors")
+    os.remove(directory / "model.safetensors")
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    for name, ks in shards.items():
+        save_file({k: state[k] for k in ks}, directory / name)
+    index = {"metadata": {}, "weight_map": {k: n for n, ks in shards.items() for k in ks}}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index))
+    return directory, state, index
+
+
+def _write_index(directory, index):
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize(
+    "escape", ["../elsewhere/x.safetensors", "/etc/passwd", "/proc/self/environ", "a/../../x"]
+)
+def test_shard_names_outside_the_directory_are_refused(sharded, escape):
+    directory, _, index = sharded
+    (directory.parent / "elsewhere").mkdir(exist_ok=True)
+    save_file({"x": torch.zeros(1)}, directory.parent / "elsewhere" / "x.safetensors")
+    first = next(iter(index["weight_map"]))
+    index["weight_map"][first] = escape
+    _write_index(directory, index)
+    with pytest.raises(CheckpointError, match=r"is outside the model directory"):
+        TimesformerForVideoClassification.from_pretrained(directory)
+
+
+def test_a_shard_symlinked_outside_the_directory_is_refused(sharded, tmp_path):
+    directory, _, _ = sharded
+    outside = tmp_path / "outside.safetensors"
+    os.replace(directory / "model-00002-of-00002.safetensors", outside)
+    os.symlink(outside, directory / "model-00002-of-00002.safetensors")
+    with pytest.raises(CheckpointError, match=r"resolves \(through a symlink\) outside the model directory"):
+        TimesformerForVideoClassification.from_pretrained(directory)
+    # A hub snapshot's files link into the repository's blob store: that is allowed.
+    repo = tmp_path / "models--x--y"
+    (repo / "blobs").mkdir(parents=True)
+    snapshot = repo / "snapshots" / "abc123"
+    os.makedirs(snapshot)
+    for f in directory.iterdir():
+        target = repo / "blobs" / f.name
+        os.replace(os.path.realpath(f), target)
+        os.symlink(target, snapshot / f.name)
+    TimesformerForVideoClassification.from_pretrained(snapshot)
+
+
+@pytest.mark.parametrize(
+    "weight_map,message",
+    [
+        ([1, 2], "weight_map must be a non-empty object"),
+        ({}, "weight_map must be a non-empty object"),
+        ({"a": 3}, "shard names must be non-empty strings, got 3"),
+        ({"a": ""}, "shard names must be non-empty strings"),
+    ],
+)
+def test_a_malformed_index_is_a_checkpoint_error(sharded, weight_map, message):
+    directory, _, index = sharded
+    index["weight_map"] = weight_map
+    _write_index(directory, index)
+    with pytest.raises(CheckpointError, match=message):
+        TimesformerForVideoClassification.from_pretrained(directory)
+
+
+def test_keys_come_from_the_shard_the_index_names(sharded):
+    directory, state, index = sharded
+    # Shard 1 also carries a wrong copy of a key the index assigns to shard 2: it must not override it.
+    key = next(k for k, n in index["weight_map"].items() if n.startswith("model-00002"))
+    shard1 = directory / "model-00001-of-00002.safetensors"
+    tensors = load_file(shard1)
+    tensors[key] = torch.full_like(state[key], 1e6)
+    save_file(tensors, shard1)
+    model = TimesformerForVideoClassification.from_pretrained(directory)
+    assert torch.equal(model.state_dict()[key], state[key])
+    # A key its shard lacks is named.
+    index["weight_map"][key] = "model-00001-of-00002.safetensors"
+    del tensors[key]
+    save_file(tensors, shard1)
+    _write_index(directory, index)
+    with pytest.raises(
+        CheckpointError, match=r"1 key\(s\) assigned to model-00001-of-00002.safetensors are not in it"
+    ):
+        TimesformerForVideoClassification.from_pretrained(directory)
+
+
+# ----------------------------------------------------------------------------------- video paths
+
+
+@pytest.fixture
+def clip(tmp_path):
+    path = tmp_path / "clip.mp4"
+    write_indexed_video(path, 12, 32, 48, gop=4)
+    return path
+
+
+@pytest.mark.parametrize("name", ["http:/127.0.0.1:9/x.mp4", "pipe:0", "concat:a.mp4|b.mp4", "file:x.mp4"])
+def test_paths_shaped_like_protocols_are_local_files(clip, tmp_path, monkeypatch, name):
+    """FFmpeg would send an HTTP request, read stdin or concatenate: the file of that name is read instead."""
+    monkeypatch.chdir(tmp_path)
+    os.makedirs(os.path.dirname(name) or ".", exist_ok=True)
+    os.link(clip, name)
+    frames = read_video(name, 4, 2, strategy="center")
+    assert torch.equal(frames, read_video(clip, 4, 2, strategy="center"))
+
+
+def _returns_within(fn, seconds: float):
+    result = {}
+
+    def run():
+        try:
+            result["value"] = fn()
+        except BaseException as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still blocked after {seconds} s"
+    return result
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "video.mp4"
+    os.mkfifo(fifo)
+    result = _returns_within(lambda: read_video(fifo, 4, 2), 20)
+    assert isinstance(result.get("error"), VideoError)
+    assert "not a regular file" in str(result["error"])
+
+
+def test_devices_and_non_paths_are_refused():
+    with pytest.raises(VideoError, match="not a regular file"):
+        read_video("/dev/zero", 4, 2)
+    with pytest.raises(VideoError, match="expected a file path, got int"):
+        read_video(0, 4, 2)
