@@ -160,3 +160,33 @@ def test_devices_and_non_paths_are_refused():
         read_video("/dev/zero", 4, 2)
     with pytest.raises(VideoError, match="expected a file path, got int"):
         read_video(0, 4, 2)
+
+
+# ----------------------------------------------------------------------------------- model limits
+
+
+def test_a_config_that_does_not_fit_the_weights_fails_before_building_the_model(sharded, monkeypatch):
+    import timesformer.modeling as modeling
+
+    directory, _, _ = sharded
+    config = json.loads((directory / "config.json").read_text())
+    config["intermediate_size"] = 100_000  # within the bounds, far from the checkpoint's
+    (directory / "config.json").write_text(json.dumps(config))
+    built = []
+    real_init = modeling.TimesformerForVideoClassification.__init__
+
+    def init(self, *args, **kwargs):
+        built.append(torch.empty(0).device.type)  # the default device in force: "meta" for the skeleton
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(modeling.TimesformerForVideoClassification, "__init__", init)
+    with pytest.raises(CheckpointError, match=r"intermediate.dense.weight: checkpoint has shape"):
+        TimesformerForVideoClassification.from_pretrained(directory)
+    assert built == ["meta"]  # only the storage-less skeleton was built
+
+
+@pytest.mark.parametrize("dtype", ["float8_e4m3fn", torch.int8, "complex64"])
+def test_dtypes_without_kernels_are_refused_at_load(sharded, dtype):
+    directory, _, _ = sharded
+    with pytest.raises(ValueError, match=r"dtype must be one of float32, float16, bfloat16, float64"):
+        TimesformerForVideoClassification.from_pretrained(directory, dtype=dtype)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -53,6 +54,21 @@ GENERIC_FIELDS: dict[str, Any] = {
     "output_hidden_states": False,
     "return_dict": True,
 }
+
+
+# Upper bounds checked before anything is allocated: far above every published TimeSformer (base 768 wide,
+# L 96 frames, HR 448 px), low enough that a typo or a hostile config.json fails with the field's name
+# instead of a long initialization or an allocator error.
+LIMITS = {
+    "num_channels": 64,
+    "num_frames": 4096,
+    "hidden_size": 16384,
+    "num_hidden_layers": 512,
+    "num_attention_heads": 1024,
+    "intermediate_size": 131072,
+    "image_size": 8192,
+}
+MAX_LABELS = 1_000_000
 
 
 def _pair(value: Any, name: str) -> tuple[int, int]:
@@ -151,7 +167,7 @@ class TimesformerConfig:
             self._extra[key] = value
 
         if id2label is not None:
-            self.id2label = {int(k): str(v) for k, v in dict(id2label).items()}
+            self.id2label = id2label
             if num_labels is not None and num_labels != len(self.id2label):
                 logger.warning(
                     "num_labels=%d differs from the %d entries of id2label; using generic labels",
@@ -162,7 +178,12 @@ class TimesformerConfig:
         else:
             self.num_labels = 2 if num_labels is None else num_labels
         if label2id is not None and id2label is not None:
-            self.label2id = {str(k): int(v) for k, v in dict(label2id).items()}
+            try:
+                self.label2id = {str(k): int(v) for k, v in dict(label2id).items()}
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"label2id must map class names to class indices, got {label2id!r:.200}"
+                ) from None
         self.validate()
 
     # ------------------------------------------------------------------ labels
@@ -172,8 +193,8 @@ class TimesformerConfig:
 
     @num_labels.setter
     def num_labels(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"num_labels must be a non-negative int, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_LABELS:
+            raise ValueError(f"num_labels must be an int from 0 to {MAX_LABELS:,}, got {value!r}")
         if getattr(self, "id2label", None) is None or len(self.id2label) != value:
             self.id2label = {i: f"LABEL_{i}" for i in range(value)}
             self.label2id = {v: k for k, v in self.id2label.items()}
@@ -184,7 +205,27 @@ class TimesformerConfig:
 
     @id2label.setter
     def id2label(self, value: Mapping[Any, str]) -> None:
-        self._id2label = {int(k): str(v) for k, v in dict(value).items()}
+        if not isinstance(value, Mapping):
+            raise ValueError(f"id2label must be a mapping of class index -> name, got {type(value).__name__}")
+        if len(value) > MAX_LABELS:
+            raise ValueError(
+                f"id2label has {len(value):,} entries; at most {MAX_LABELS:,} classes are supported"
+            )
+        labels = {}
+        for k, v in value.items():
+            try:
+                index = int(k)
+            except (TypeError, ValueError):
+                raise ValueError(f"id2label keys must be class indices 0..n-1, got {k!r}") from None
+            if isinstance(k, float) or str(index) != str(k).strip():
+                raise ValueError(f"id2label keys must be class indices 0..n-1, got {k!r}")
+            labels[index] = str(v)
+        if sorted(labels) != list(range(len(labels))):
+            bad = sorted(set(labels) - set(range(len(labels))))[:5]
+            raise ValueError(
+                f"id2label keys must be 0..{len(labels) - 1} (one per class), got {bad} among them"
+            )
+        self._id2label = labels
         self.label2id = {v: k for k, v in self._id2label.items()}
 
     # ------------------------------------------------------------- geometry
@@ -222,9 +263,9 @@ class TimesformerConfig:
         """Raise ``ValueError`` naming the first field whose value the model cannot run with."""
 
         def positive_int(name: str) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            value, limit = getattr(self, name), LIMITS[name]
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
+                raise ValueError(f"{name} must be an int from 1 to {limit:,}, got {value!r}")
 
         for name in (
             "num_channels",
@@ -236,10 +277,10 @@ class TimesformerConfig:
         ):
             positive_int(name)
         (ih, iw), (ph, pw) = self.image_hw, self.patch_hw
-        if min(ih, iw, ph, pw) <= 0:
+        if min(ih, iw, ph, pw) <= 0 or max(ih, iw) > LIMITS["image_size"]:
             raise ValueError(
-                f"image_size and patch_size must be positive, got image_size={self.image_size!r}, "
-                f"patch_size={self.patch_size!r}"
+                f"image_size and patch_size must be positive and image_size at most {LIMITS['image_size']:,}, "
+                f"got image_size={self.image_size!r}, patch_size={self.patch_size!r}"
             )
         if ih % ph or iw % pw:
             raise ValueError(
@@ -262,11 +303,12 @@ class TimesformerConfig:
         if (
             isinstance(self.layer_norm_eps, bool)
             or not isinstance(self.layer_norm_eps, (int, float))
-            or not (self.layer_norm_eps > 0)
+            or not (0 < self.layer_norm_eps < math.inf)
         ):
-            raise ValueError(f"layer_norm_eps must be a positive number, got {self.layer_norm_eps!r}")
-        if not isinstance(self.qkv_bias, bool):
-            raise ValueError(f"qkv_bias must be a bool, got {self.qkv_bias!r}")
+            raise ValueError(f"layer_norm_eps must be a positive finite number, got {self.layer_norm_eps!r}")
+        for name in ("qkv_bias", "output_attentions", "output_hidden_states", "return_dict"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
             raise ValueError(
                 f"problem_type must be None or one of {PROBLEM_TYPES}, got {self.problem_type!r}"

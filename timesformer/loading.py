@@ -24,6 +24,9 @@ WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
 # Order of preference, as transformers.
 WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
 
+# The dtypes a model runs in (float8 and other storage formats have no kernels or matmuls to run with).
+MODEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
 PREFIX = "timesformer."
 HEAD_PREFIX = "classifier."
 
@@ -257,6 +260,9 @@ def _parse_dtype(dtype: torch.dtype | str | None, config: TimesformerConfig) -> 
     if dtype is None:
         return torch.float32
     if isinstance(dtype, torch.dtype):
+        if dtype not in MODEL_DTYPES:
+            names = ", ".join(str(d).removeprefix("torch.") for d in MODEL_DTYPES)
+            raise ValueError(f"dtype must be one of {names}, got {dtype}")
         return dtype
     if dtype == "auto":
         dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
@@ -264,8 +270,9 @@ def _parse_dtype(dtype: torch.dtype | str | None, config: TimesformerConfig) -> 
         value = getattr(torch, str(dtype).replace("torch.", ""))
     except AttributeError:
         value = None
-    if not isinstance(value, torch.dtype) or not value.is_floating_point:
-        raise ValueError(f"dtype must be a floating-point torch dtype or its name, got {dtype!r}")
+    if value not in MODEL_DTYPES:
+        names = ", ".join(str(d).removeprefix("torch.") for d in MODEL_DTYPES)
+        raise ValueError(f"dtype must be one of {names} (or its torch dtype), got {dtype!r}")
     return value
 
 
@@ -291,6 +298,16 @@ def load_pretrained(
     state = read_state_dict(directory)
     torch_dtype = _parse_dtype(dtype, config)
 
+    # The checkpoint's keys and shapes against a model without storage first: a config that does not fit
+    # the weights (or asks for a huge model) fails here, before anything is allocated or initialized.
+    with torch.device("meta"):
+        skeleton = cls(config, backend=backend)
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # its warnings come once, from the real load below
+    try:
+        adapt_state_dict(skeleton, state, ignore_mismatched_sizes=ignore_mismatched_sizes)
+    finally:
+        logger.setLevel(level)
     model = cls(config, backend=backend)
     state = adapt_state_dict(model, state, ignore_mismatched_sizes=ignore_mismatched_sizes)
     model.load_state_dict(state, strict=False)  # exactness was checked by adapt_state_dict
