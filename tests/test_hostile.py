@@ -190,3 +190,54 @@ def test_dtypes_without_kernels_are_refused_at_load(sharded, dtype):
     directory, _, _ = sharded
     with pytest.raises(ValueError, match=r"dtype must be one of float32, float16, bfloat16, float64"):
         TimesformerForVideoClassification.from_pretrained(directory, dtype=dtype)
+
+
+def test_the_prepared_weight_cache_is_bounded():
+    from torch import nn
+
+    from timesformer.weight_cache import MAX_ENTRIES_PER_MODULE, cached_weights
+
+    module, weight = nn.Linear(3, 3), torch.randn(3)
+    for frames in range(5 * MAX_ENTRIES_PER_MODULE):  # e.g. one table per clip length seen
+        cached_weights(module, f"table_{frames}", (weight,), lambda w, n=frames: (w * n,))
+    cache = module.__dict__["_weight_cache"]
+    assert len(cache) == MAX_ENTRIES_PER_MODULE
+    assert f"table_{5 * MAX_ENTRIES_PER_MODULE - 1}" in cache and "table_0" not in cache
+    # A recently used entry stays.
+    cached_weights(module, f"table_{4 * MAX_ENTRIES_PER_MODULE}", (weight,), lambda w: (w,))
+    cached_weights(module, "new", (weight,), lambda w: (w,))
+    assert f"table_{4 * MAX_ENTRIES_PER_MODULE}" in cache
+
+
+# ---------------------------------------------------------------------------------- video limits
+
+
+def _png_header_only(path, width: int, height: int) -> None:
+    """A few hundred bytes that announce a ``width x height`` PNG (named like a video)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    body = zlib.compress(b"\0" * 64)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+def test_huge_frames_are_refused_before_decoding(tmp_path, clip):
+    bomb = tmp_path / "bomb.mp4"
+    _png_header_only(bomb, 16000, 16000)
+    result = _returns_within(lambda: read_video(bomb, 1, 1), 20)
+    assert isinstance(result.get("error"), VideoError), result
+    assert "16000x16000 pixels are over the limit of 16,777,216 pixels" in str(result["error"])
+    with pytest.raises(VideoError, match=r"48x32 pixels are over the limit of 1,000 pixels"):
+        read_video(clip, 4, 2, max_frame_pixels=1000)
+    assert read_video(clip, 4, 2, max_frame_pixels=48 * 32).shape == (4, 32, 48, 3)
+
+
+def test_frame_counts_are_bounded(clip):
+    with pytest.raises(ValueError, match=r"num_frames must be 1 to 1024, got 100000"):
+        read_video(clip, 100_000, 1)
+    with pytest.raises(ValueError, match=r"num_frames must be 1 to 1024, got 0"):
+        read_video(clip, 0, 1)

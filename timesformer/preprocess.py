@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Sequence
 
 import torch
@@ -186,6 +187,28 @@ def preprocess_frames(
     )
 
 
+def _number(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 16384:
+        raise ValueError(f"{name} must be an int from 1 to 16384, got {value!r}")
+    return value
+
+
+def _per_channel(name: str, values) -> tuple[float, float, float]:
+    """Three finite numbers (one per RGB channel); one number stands for all three, as in ``transformers``."""
+    if isinstance(values, (int, float)):
+        values = [values] * 3
+    if not isinstance(values, (list, tuple)) or len(values) not in (1, 3):
+        raise ValueError(f"{name} must be 3 numbers (one per channel) or one number, got {values!r}")
+    values = [_number(name, v) for v in values] * (3 if len(values) == 1 else 1)
+    return tuple(values)
+
+
 class VideoProcessor:
     """The image processor's video path, configurable the same way: ``shortest_edge`` resize, center crop,
     rescale, normalize; ``from_pretrained(dir)`` reads a Hugging Face ``preprocessor_config.json``.
@@ -206,13 +229,49 @@ class VideoProcessor:
         do_rescale: bool = True,
         do_normalize: bool = True,
     ):
-        self.shortest_edge = int(shortest_edge)
-        self.crop_size = (int(crop_size[0]), int(crop_size[1]))
-        self.image_mean = tuple(float(m) for m in image_mean)
-        self.image_std = tuple(float(s) for s in image_std)
-        self.rescale_factor = float(rescale_factor)
+        self.shortest_edge = _positive_int("size.shortest_edge", shortest_edge)
+        if isinstance(crop_size, (int, float)):
+            crop_size = (crop_size, crop_size)
+        if not isinstance(crop_size, (tuple, list)) or len(crop_size) != 2:
+            raise ValueError(f"crop_size must be (height, width), got {crop_size!r}")
+        self.crop_size = (
+            _positive_int("crop_size.height", crop_size[0]),
+            _positive_int("crop_size.width", crop_size[1]),
+        )
+        self.image_mean = _per_channel("image_mean", image_mean)
+        self.image_std = _per_channel("image_std", image_std)
+        if any(not s > 0 for s in self.image_std):
+            raise ValueError(f"image_std must be positive and finite, got {list(self.image_std)}")
+        self.rescale_factor = _number("rescale_factor", rescale_factor)
+        if not self.rescale_factor > 0:
+            raise ValueError(f"rescale_factor must be positive and finite, got {rescale_factor!r}")
+        for name, flag in (("do_resize", do_resize), ("do_center_crop", do_center_crop),
+                           ("do_rescale", do_rescale), ("do_normalize", do_normalize)):  # fmt: skip
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be true or false, got {flag!r}")
         self.do_resize, self.do_center_crop = do_resize, do_center_crop
         self.do_rescale, self.do_normalize = do_rescale, do_normalize
+
+    def check_model(self, config, source: str = "the preprocessor") -> None:
+        """Refuse settings that cannot feed ``config``'s model, naming ``source`` (e.g. the config file): the
+        views must have one fixed size (a center crop) that is a multiple of the patch size, and the crop
+        must fit in every resized frame."""
+        ph, pw = config.patch_hw
+        ch, cw = self.crop_size
+        if not self.do_center_crop:
+            raise ValueError(
+                f"{source}: do_center_crop is false: frames would keep their resized size, which depends on "
+                "each video's aspect ratio; expected do_center_crop true with a crop_size"
+            )
+        if ch % ph or cw % pw:
+            raise ValueError(
+                f"{source}: crop_size {ch}x{cw} is not a multiple of the model's patch size {ph}x{pw}"
+            )
+        if self.do_resize and max(ch, cw) > self.shortest_edge:
+            raise ValueError(
+                f"{source}: crop_size {ch}x{cw} is larger than size.shortest_edge {self.shortest_edge}: the crop "
+                "would not fit in a resized frame"
+            )
 
     @classmethod
     def from_dict(cls, config: dict) -> VideoProcessor:
@@ -248,8 +307,17 @@ class VideoProcessor:
         file = path if os.path.isfile(path) else os.path.join(path, "preprocessor_config.json")
         if not os.path.isfile(file):
             raise FileNotFoundError(f"no preprocessor_config.json in {path}")
-        with open(file) as f:
-            return cls.from_dict(json.load(f))
+        try:
+            with open(file, encoding="utf-8") as f:
+                config = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{file}: not a valid JSON file ({exc})") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"{file}: expected a JSON object, got {type(config).__name__}")
+        try:
+            return cls.from_dict(config)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"{file}: {exc}") from None
 
     def to_dict(self) -> dict:
         return {

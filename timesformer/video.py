@@ -81,6 +81,12 @@ def sample_frame_indices(
     return np.clip(indices, start, end - 1).astype(np.int64).tolist()
 
 
+# Limits checked before decoding: a frame larger than MAX_FRAME_PIXELS (a 16000x16000 header in a few KB of
+# file would take minutes and gigabytes), more than MAX_NUM_FRAMES frames per call. Both are keyword
+# arguments of read_video (and options of the command line) for the rare video that needs more.
+MAX_FRAME_PIXELS = 4096 * 4096
+MAX_NUM_FRAMES = 1024
+
 # Seconds FFmpeg may wait in one open or read call before giving up (a regular file never comes close).
 IO_TIMEOUT_S = 60.0
 
@@ -165,6 +171,8 @@ def read_video(
     strategy: str = "random",
     seed: int | None = None,
     indices: Sequence[int] | None = None,
+    max_frame_pixels: int = MAX_FRAME_PIXELS,
+    max_num_frames: int = MAX_NUM_FRAMES,
 ) -> torch.Tensor:
     """Decode the sampled frames of a video.
 
@@ -175,6 +183,9 @@ def read_video(
         strategy: ``"random"`` (the model cards' sampling), ``"center"`` or ``"uniform"``.
         seed: seed of the ``"random"`` strategy (None: unseeded).
         indices: explicit frame indices (sorted or not; repeats allowed) instead of a strategy.
+        max_frame_pixels: refuse a video whose frames have more pixels (width x height, read from the stream
+            before decoding; default 4096 x 4096).
+        max_num_frames: refuse to return more frames than this (default 1024).
 
     Returns:
         uint8 ``(num_frames, height, width, 3)`` RGB frames (``len(indices)`` frames when given).
@@ -184,9 +195,21 @@ def read_video(
     """
     import av
 
+    count = num_frames if indices is None else len(indices)
+    if not 1 <= count <= max_num_frames:
+        raise ValueError(
+            f"{'num_frames' if indices is None else 'len(indices)'} must be 1 to {max_num_frames}, got {count}"
+        )
     container = _open(path)
     try:
         stream = container.streams.video[0]
+        width, height = stream.codec_context.width or 0, stream.codec_context.height or 0
+        if width * height > max_frame_pixels:
+            raise VideoError(
+                path,
+                f"frames of {width}x{height} pixels are over the limit of {max_frame_pixels:,} pixels "
+                "(max_frame_pixels, --max-frame-pixels)",
+            )
         stream.thread_type = "AUTO"  # frame and slice threads: the decoder's own parallelism
         pts_index = _frame_index(container, stream, path)
         total = len(pts_index)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+
+# Entries per module, least recently used evicted first. Some keys depend on the input (the position and
+# time tables per frame grid and frame count), so an unbounded cache would grow with every new clip size.
+MAX_ENTRIES_PER_MODULE = 16
 
 # Bumped after every optimizer step anywhere: fused optimizers (e.g. Adam(fused=True)) update
 # parameters without bumping their version counters, so versions alone would miss their steps.
@@ -53,14 +58,18 @@ def cached_weights(
         # stale): the cache's pointer and version checks cannot be traced (graph breaks).
         return prepare(*(s.detach() for s in sources))
     _register_hook()
-    cache: dict = module.__dict__.setdefault("_weight_cache", {})
+    cache: OrderedDict = module.__dict__.setdefault("_weight_cache", OrderedDict())
     stamp = (_optimizer_steps, *(_fingerprint(s) for s in sources))
     hit = cache.get(key)
     if hit is not None and hit[0] == stamp:
+        cache.move_to_end(key)
         return hit[2]
     with torch.no_grad():
         prepared = prepare(*(s.detach() for s in sources))
     cache[key] = (stamp, tuple(s.detach() for s in sources), prepared)
+    cache.move_to_end(key)
+    while len(cache) > MAX_ENTRIES_PER_MODULE:
+        cache.popitem(last=False)  # the least recently used: e.g. tables for an input size seen once
     return prepared
 
 
