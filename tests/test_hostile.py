@@ -241,3 +241,203 @@ def test_frame_counts_are_bounded(clip):
         read_video(clip, 100_000, 1)
     with pytest.raises(ValueError, match=r"num_frames must be 1 to 1024, got 0"):
         read_video(clip, 0, 1)
+
+
+# ------------------------------------------------------------------------------ the command line
+
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cli(*args, **kwargs) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run(
+        [sys.executable, "-m", "timesformer", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="module")
+def demo_clip(tmp_path_factory) -> Path:
+    from timesformer.synthetic import sample_clip
+
+    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    sample_clip(path, 1, seed=5, height=48, width=64)
+    return path
+
+
+@pytest.fixture
+def model_dir(tmp_path) -> Path:
+    from timesformer.assets import BUNDLED_MODEL
+
+    directory = tmp_path / "model"
+    shutil.copytree(BUNDLED_MODEL, directory)
+    return directory
+
+
+def _edit_json(path: Path, **changes) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def _one_error_line(proc, message: str) -> None:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and message in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_bad_setups_fail_before_decoding_with_one_line(model_dir, demo_clip):
+    missing = "no-such-video.mp4"  # a setup error must come first, not this video's
+    _one_error_line(_cli("classify", missing, "--backend", "triton"), "backend 'triton' cannot run on cpu")
+    _one_error_line(_cli("classify", missing, "--device", "cuda"), "CUDA is not available")
+    _one_error_line(_cli("classify", missing, "--device", "tpu:0"), "is not a device name")
+    _one_error_line(_cli("classify", missing, "--device", "meta"), "device meta: expected cpu or cuda")
+    preprocessor = model_dir / "preprocessor_config.json"
+    _edit_json(preprocessor, crop_size={"height": 36, "width": 36})
+    _one_error_line(
+        _cli("classify", missing, "--model", model_dir),
+        "crop_size 36x36 is not a multiple of the model's patch size 8x8",
+    )
+    _edit_json(preprocessor, crop_size={"height": 32, "width": 32}, do_center_crop=False)
+    _one_error_line(_cli("classify", missing, "--model", model_dir), "do_center_crop is false")
+    _edit_json(preprocessor, do_center_crop=True, image_std=[0.2, -0.1, 0.2])
+    _one_error_line(_cli("classify", missing, "--model", model_dir), "image_std must be positive and finite")
+    _edit_json(preprocessor, image_std=[0.2, 0.2, 0.2], rescale_factor=0)
+    _one_error_line(
+        _cli("classify", missing, "--model", model_dir), "rescale_factor must be positive and finite"
+    )
+    preprocessor.write_text("{ not json")
+    _one_error_line(
+        _cli("classify", missing, "--model", model_dir), "preprocessor_config.json: not a valid JSON file"
+    )
+    _one_error_line(
+        _cli("evaluate", demo_clip.parent, "--output", model_dir.parent / "o", "--model", model_dir),
+        "preprocessor_config.json: not a valid JSON file",
+    )
+    _edit_json(model_dir / "config.json", id2label={"0": "a", "x": "b", "2": "c", "3": "d"})
+    _one_error_line(
+        _cli("classify", missing, "--model", model_dir), "id2label keys must be class indices 0..n-1, got 'x'"
+    )
+
+
+def test_settings_that_work_once_understood(model_dir, demo_clip):
+    # return_dict false in config.json, and a scalar image_std (one value for every channel).
+    _edit_json(model_dir / "config.json", return_dict=False)
+    _edit_json(model_dir / "preprocessor_config.json", image_std=0.225)
+    proc = _cli("classify", demo_clip, "--model", model_dir)
+    assert proc.returncode == 0 and "%" in proc.stdout, proc.stderr
+
+
+def test_nan_output_is_an_error_for_that_video(model_dir, demo_clip):
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(model_dir / "model.safetensors")
+    key = next(k for k in weights if k.endswith("classifier.weight"))
+    weights[key][0, 0] = float("nan")
+    save_file(weights, model_dir / "model.safetensors")
+    proc = _cli("classify", demo_clip, "--model", model_dir, "--json")
+    assert proc.returncode == 1
+    record = json.loads(proc.stdout, parse_constant=lambda c: pytest.fail(f"bare {c} in the JSON"))
+    assert "not finite" in record["error"]
+    proc = _cli("classify", demo_clip, "--model", model_dir)
+    assert "nan%" not in proc.stdout and "not finite" in proc.stderr
+
+
+def test_names_and_labels_are_escaped_in_text_output(model_dir, demo_clip, tmp_path):
+    tricky = tmp_path / "a\n  99.99%  moving right\nb.mp4"
+    shutil.copy(demo_clip, tricky)
+    _edit_json(model_dir / "config.json",
+               id2label={"0": "moving right", "1": "\x1b[2Jleft", "2": "r", "3": "l"},
+               label2id={"moving right": 0, "\x1b[2Jleft": 1, "r": 2, "l": 3})  # fmt: skip
+    proc = _cli("classify", tricky, "--model", model_dir)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == str(tricky).replace("\n", "\\n")
+    assert "\x1b" not in proc.stdout and "\\x1b[2Jleft" in proc.stdout
+    assert not any(line.startswith("  99.99%") for line in lines)
+
+
+def test_sigint_stops_cleanly_with_complete_lines(demo_clip, tmp_path):
+    videos = []
+    for i in range(40):
+        videos.append(tmp_path / f"v{i:02d}.mp4")
+        os.link(demo_clip, videos[-1])
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.Popen([sys.executable, "-m", "timesformer", "classify", *map(str, videos), "--json",
+                             "--batch-size", "1", "--workers", "1"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    first = proc.stdout.readline()
+    proc.send_signal(signal.SIGINT)
+    rest, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    lines = [first, *rest.splitlines(keepends=True)]
+    assert len(lines) < 40 and all(line.endswith("\n") and json.loads(line) for line in lines)
+
+
+@pytest.mark.parametrize("command", [["info"], ["classify", "CLIP", "CLIP", "CLIP", "CLIP", "--top-k", "4"]])
+def test_a_reader_that_goes_away_gets_no_traceback(demo_clip, command):
+    command = [str(demo_clip) if c == "CLIP" else c for c in command]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.Popen([sys.executable, "-m", "timesformer", *command], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc.stdout.readline()
+    proc.stdout.close()  # as `| head -1` does
+    stderr = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
+def test_closed_or_full_stdout_is_an_error(demo_clip):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # Started with stdout closed (`timesformer info >&-`): Python has no sys.stdout.
+    closed = subprocess.run([sys.executable, "-m", "timesformer", "info"], cwd=ROOT, env=env,
+                            preexec_fn=lambda: os.close(1), stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert closed.returncode == 2 and "standard output is closed" in closed.stderr
+    # Closed while running: the first write fails.
+    code = "import os, sys; os.close(1); from timesformer.__main__ import main; sys.exit(main(['info']))"
+    closed = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
+    )
+    assert closed.returncode == 1 and "cannot write the output: Bad file descriptor" in closed.stderr
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "timesformer", "classify", str(demo_clip)], cwd=ROOT, env=env,
+                              stdout=full, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert (
+        proc.returncode == 1 and "No space left on device" in proc.stderr and "Traceback" not in proc.stderr
+    )
+
+
+def test_sample_and_demo_refuse_bad_arguments(tmp_path):
+    _one_error_line(_cli("sample", tmp_path / "missing" / "x.mp4"), "does not exist")
+    _one_error_line(_cli("sample", tmp_path / "x.gif"), "expected a file name ending in .mp4, .mkv, .mov")
+    for args, message in [
+        (["--repeats", "0"], "--repeats: must be 1 to 1,000, got 0"),
+        (["--frames", "-1"], "--frames: must be 1 to 4,096, got -1"),
+        (["--frames", "0"], "--frames: must be 1 to 4,096, got 0"),
+    ]:
+        proc = _cli("demo", *args)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    _one_error_line(_cli("demo", "--device", "cuda"), "CUDA is not available")
+    proc = _cli("classify", "x.mp4", "--num-frames", "0")
+    assert proc.returncode == 2 and "--num-frames: must be 1 to 1,024, got 0" in proc.stderr
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(demo_clip, tmp_path):
+    videos = [tmp_path / f"v{i}.mp4" for i in range(5)]
+    for v in videos:
+        os.link(demo_clip, v)
+    (tmp_path / "bad.mp4").write_bytes(b"x")
+    proc = _cli("classify", *videos, tmp_path / "bad.mp4")
+    assert proc.returncode == 1
+    assert "[#" not in proc.stderr and proc.stderr.strip().startswith("timesformer: error:"), proc.stderr

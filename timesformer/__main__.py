@@ -10,12 +10,19 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import platform
 import statistics
 import sys
 import time
 
 import torch
+
+from .video import MAX_FRAME_PIXELS, MAX_NUM_FRAMES
+
+# What `timesformer sample` writes: H.264 in these containers.
+SAMPLE_EXTENSIONS = (".mp4", ".mkv", ".mov")
 
 PRESETS = {
     # TimeSformer-base, 8 x 224^2 (the K400 / SSv2 checkpoints' shape).
@@ -46,10 +53,16 @@ def _time(fn, device: torch.device, repeats: int) -> list[float]:
 def demo(args: argparse.Namespace) -> int:
     import timesformer
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from .classify import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        _error(str(exc))
+        return 2
     dtype = getattr(torch, args.dtype)
     config = timesformer.TimesformerConfig(num_labels=400, **PRESETS[args.preset])
-    if args.frames:
+    if args.frames is not None:
         config.num_frames = args.frames
     torch.manual_seed(0)
     model = (
@@ -145,10 +158,13 @@ def _error(message: str) -> None:
 
 
 class _Progress:
-    """A one-line progress bar on stderr (only for more than a few videos)."""
+    """A one-line progress bar on stderr: only on a terminal and for more than a few videos. ``message``
+    ends the bar's line before an error line, so that the two never share one."""
 
     def __init__(self, total: int, enabled: bool):
-        self.total, self.done, self.enabled = total, 0, enabled and total > 3
+        self.total, self.done = total, 0
+        self.enabled = enabled and total > 3 and sys.stderr.isatty()
+        self.open = False
 
     def step(self) -> None:
         self.done += 1
@@ -157,6 +173,19 @@ class _Progress:
             end = "\n" if self.done == self.total else ""
             bar = "#" * filled + "." * (30 - filled)
             print(f"\r[{bar}] {self.done}/{self.total} videos", end=end, file=sys.stderr, flush=True)
+            self.open = self.done != self.total
+
+    def message(self, text: str) -> None:
+        if self.open:
+            print(file=sys.stderr)
+            self.open = False
+        _error(text)
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x1b``): a file name or label can then not
+    fake a result line or send terminal escape sequences."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
 
 
 def classify(args: argparse.Namespace) -> int:
@@ -166,9 +195,10 @@ def classify(args: argparse.Namespace) -> int:
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     try:
+        # Model, backend, device and preprocessing are all checked here, before any video is decoded.
         model, processor = load_model(args.model, backend=args.backend, device=args.device, dtype=dtype)
-    except (OSError, ValueError, RuntimeError) as exc:
-        _error(f"cannot load the model {args.model or '(bundled)'}: {exc}")
+    except Exception as exc:  # a bad setup: one line, exit 2
+        _error(f"cannot load the model {args.model or '(bundled)'}: {printable(exc)}")
         return 2
     progress = _Progress(len(args.videos), enabled=not args.no_progress)
     failed = 0
@@ -187,11 +217,12 @@ def classify(args: argparse.Namespace) -> int:
         workers=args.workers,
         clips=args.clips,
         crops=args.crops,
+        max_frame_pixels=args.max_frame_pixels,
     ):
         progress.step()
         if pred.error is not None:
             failed += 1
-            _error(f"{pred.path}: {pred.error}")
+            progress.message(f"{printable(pred.path)}: {printable(pred.error)}")
             if args.json:
                 print(json.dumps(pred.to_json()), flush=True)
             continue
@@ -202,9 +233,9 @@ def classify(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(pred.to_json()), flush=True)
         else:
-            print(pred.path)
+            print(printable(pred.path))
             for label, p in pred.labels:
-                print(f"  {100 * p:6.2f}%  {label}")
+                print(f"  {100 * p:6.2f}%  {printable(label)}")
     if done and not args.json:
         param = next(model.parameters())
         per = {k: v / done for k, v in totals.items()}
@@ -224,11 +255,11 @@ def evaluate(args: argparse.Namespace) -> int:
     from .evaluate import default_device, evaluate
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    device = args.device or default_device()
     try:
+        device = args.device or default_device()
         model, processor = load_model(args.model, backend=args.backend, device=device, dtype=dtype)
-    except (OSError, ValueError, RuntimeError) as exc:
-        _error(f"cannot load the model {args.model or '(bundled)'}: {exc}")
+    except Exception as exc:  # a bad setup: one line, exit 2
+        _error(f"cannot load the model {args.model or '(bundled)'}: {printable(exc)}")
         return 2
     with warnings.catch_warnings():
         warnings.simplefilter("always")
@@ -250,11 +281,12 @@ def evaluate(args: argparse.Namespace) -> int:
                 top_k=args.top_k,
                 resume=args.resume,
                 limit=args.limit,
+                max_frame_pixels=args.max_frame_pixels,
                 model_name=args.model or "(bundled) synthetic-motion",
                 progress=False if args.no_progress else None,
             )
         except (OSError, ValueError) as exc:
-            _error(str(exc))
+            _error(printable(exc))
             return 2
     if not metrics:  # a rank other than 0 of a torchrun job: rank 0 reports
         return 0
@@ -279,11 +311,22 @@ def _percent(x) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
-def _clips(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _int_in(low: int, high: int):
+    """An argparse type: an int from ``low`` to ``high``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low} to {high:,}, got {value}")
+        return value
+
+    return parse
+
+
+_clips = _int_in(1, 64)
 
 
 def sample(args: argparse.Namespace) -> int:
@@ -302,7 +345,20 @@ def sample(args: argparse.Namespace) -> int:
     if not 0 <= label < len(LABELS):
         _error(f"label index {label} out of range 0-{len(LABELS) - 1}")
         return 2
-    sample_clip(args.out, label, seed=args.seed)
+    folder, ext = os.path.dirname(os.path.abspath(args.out)), os.path.splitext(args.out)[1].lower()
+    if ext not in SAMPLE_EXTENSIONS:
+        _error(
+            f"{printable(args.out)}: expected a file name ending in {', '.join(SAMPLE_EXTENSIONS)} (H.264 video)"
+        )
+        return 2
+    if not os.path.isdir(folder):
+        _error(f"{printable(args.out)}: the folder {printable(folder)} does not exist")
+        return 2
+    try:
+        sample_clip(args.out, label, seed=args.seed)
+    except OSError as exc:
+        _error(f"cannot write {printable(args.out)}: {exc.strerror or exc}")
+        return 1
     print(f"wrote {args.out} (a synthetic clip: {LABELS[label]})")
     return 0
 
@@ -337,11 +393,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="run a random model through every available backend")
     p.add_argument("--preset", choices=sorted(PRESETS), default="base")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--frames", type=int, default=None, help="frames per clip (default: the preset's 8)")
+    p.add_argument("--batch-size", type=_int_in(1, 4096), default=1)
+    p.add_argument(
+        "--frames", type=_int_in(1, 4096), default=None, help="frames per clip (default: the preset's 8)"
+    )
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=_int_in(1, 1000), default=3)
     p.set_defaults(func=demo)
     p = sub.add_parser("info", help="versions and which backends run here")
     p.set_defaults(func=info)
@@ -354,8 +412,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--num-frames", type=int, default=None, help="default: the model's")
-    p.add_argument("--sample-rate", type=int, default=4)
+    p.add_argument("--num-frames", type=_int_in(1, MAX_NUM_FRAMES), default=None, help="default: the model's")
+    p.add_argument(
+        "--max-frame-pixels",
+        type=_int_in(1, 2**40),
+        default=MAX_FRAME_PIXELS,
+        help=f"refuse videos with larger frames (default {MAX_FRAME_PIXELS:,} = 4096x4096)",
+    )
+    p.add_argument("--sample-rate", type=_int_in(1, 10000), default=4)
     p.add_argument("--strategy", choices=["center", "uniform", "random"], default="center")
     p.add_argument("--seed", type=int, default=0, help="seed of the random strategy")
     p.add_argument("--workers", type=int, default=2, help="decoding threads")
@@ -388,8 +452,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", choices=["auto", "eager", "sdpa", "triton"], default="auto")
     p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if available, else cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    p.add_argument("--num-frames", type=int, default=None, help="frames per clip (default: the model's)")
-    p.add_argument("--sample-rate", type=int, default=4)
+    p.add_argument(
+        "--num-frames",
+        type=_int_in(1, MAX_NUM_FRAMES),
+        default=None,
+        help="frames per clip (default: the model's)",
+    )
+    p.add_argument(
+        "--max-frame-pixels",
+        type=_int_in(1, 2**40),
+        default=MAX_FRAME_PIXELS,
+        help=f"refuse videos with larger frames (default {MAX_FRAME_PIXELS:,} = 4096x4096)",
+    )
+    p.add_argument("--sample-rate", type=_int_in(1, 10000), default=4)
     p.add_argument("--top-k", type=int, default=5, help="labels kept per video in the predictions")
     p.add_argument("--resume", action="store_true", help="skip the videos already in DIR's predictions")
     p.add_argument("--limit", type=int, default=None, help="only the first N videos (sorted by path)")
@@ -402,13 +477,39 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=sample)
     args = parser.parse_args(argv)
+    if sys.stdout is None or sys.stdout.closed:
+        _error("standard output is closed; nothing could be reported")
+        return 2
     if getattr(args, "batch_size", 1) < 1 or getattr(args, "top_k", 1) < 1:
         parser.error("--batch-size and --top-k must be >= 1")
     if getattr(args, "workers", 0) is not None and getattr(args, "workers", 0) < 0:
         parser.error(f"--workers must be >= 0, got {args.workers}")
     if getattr(args, "limit", None) is not None and args.limit < 1:
         parser.error(f"--limit must be >= 1, got {args.limit}")
-    return args.func(args)
+    return _run(args.func, args)
+
+
+def _run(func, args) -> int:
+    """Run a command: Ctrl-C stops it cleanly (exit 130), a reader that goes away (``| head``) ends it
+    quietly, and a standard output that cannot be written (full disk) is one error line, exit 1."""
+    try:
+        code = func(args)
+        sys.stdout.flush()
+        return code
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        _error("interrupted")
+        return 130
+    except BrokenPipeError:
+        # Nothing more can reach the reader; point stdout at /dev/null so that the flush at exit is quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # as a shell reports a process ended by SIGPIPE
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EIO, errno.EBADF, errno.EDQUOT, errno.EFBIG):
+            _error(f"cannot write the output: {exc.strerror or exc}")
+            return 1
+        raise
 
 
 if __name__ == "__main__":

@@ -61,19 +61,52 @@ def load_model(
     from .modeling import TimesformerForVideoClassification
     from .preprocess import VideoProcessor
 
+    device = resolve_device(device)
     if model is None and not os.path.isfile(os.path.join(bundled_model_dir(), "config.json")):
         raise FileNotFoundError(
             "no bundled model is shipped with this build yet; pass --model DIR (or a hub id)"
         )
     directory = resolve_pretrained_dir(bundled_model_dir() if model is None else model)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     net = TimesformerForVideoClassification.from_pretrained(
         directory, backend=backend, device=device, dtype=dtype
     )
     net.eval()
+    net.backend  # noqa: B018  (resolves the backend now: one that cannot run here fails before any decoding)
     config_file = os.path.join(directory, "preprocessor_config.json")
-    processor = VideoProcessor.from_pretrained(directory) if os.path.isfile(config_file) else VideoProcessor()
+    if os.path.isfile(config_file):
+        processor = VideoProcessor.from_pretrained(directory)
+        processor.check_model(net.config, config_file)
+    else:
+        processor = VideoProcessor()  # VideoMAEImageProcessor's defaults, as transformers does
+        processor.check_model(net.config, "the default preprocessing (no preprocessor_config.json)")
     return net, processor
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` checked against what this machine has (default: CUDA when available, else the CPU)."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(
+            f"device {device!r} is not a device name; expected e.g. cpu, cuda or cuda:1"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device}: CUDA is not available (no GPU, or a CPU build of torch)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise ValueError(f"device {device}: expected cpu or cuda")
+    return device
+
+
+def nan_error(probs: torch.Tensor) -> str | None:
+    """Why a video's probabilities cannot be reported (non-finite model output), or ``None``."""
+    if not bool(torch.isfinite(probs).all()):
+        return "the model's output is not finite (NaN or infinity): the weights or the input hold NaN/inf"
+    return None
 
 
 def _sync(device: torch.device) -> None:
@@ -95,6 +128,7 @@ def classify_videos(
     workers: int = 2,
     clips: int = 1,
     crops: int = 1,
+    max_frame_pixels: int | None = None,
 ) -> Iterator[Prediction]:
     """Classify video files, yielding one ``Prediction`` per path in order.
 
@@ -110,9 +144,10 @@ def classify_videos(
         clips, crops: views per video (``timesformer.evaluate``): ``clips`` uniform temporal clips (the
             sampling strategy then does not apply) x 1 or 3 spatial crops; the labels' probabilities are the
             mean of the views' softmax probabilities.
+        max_frame_pixels: videos with larger frames are errors (``read_video``'s limit by default).
     """
     from .evaluate import clip_indices, cut_views
-    from .video import VideoError, read_video, video_info
+    from .video import MAX_NUM_FRAMES, VideoError, read_video, video_info
 
     if clips < 1 or crops not in (1, 3):
         raise ValueError(f"clips must be >= 1 and crops 1 or 3, got clips={clips}, crops={crops}")
@@ -120,6 +155,8 @@ def classify_videos(
     paths = [os.fspath(p) for p in paths]
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
+    if num_frames is not None and not 1 <= num_frames <= MAX_NUM_FRAMES:
+        raise ValueError(f"num_frames must be 1 to {MAX_NUM_FRAMES}, got {num_frames}")
     num_frames = num_frames or model.config.num_frames
     id2label = model.config.id2label
     top_k = max(1, min(top_k, len(id2label)))
@@ -127,11 +164,13 @@ def classify_videos(
     def load(path: str):
         try:
             start = time.perf_counter()
+            limits = {} if max_frame_pixels is None else {"max_frame_pixels": max_frame_pixels}
             if clips == 1 and crops == 1:
-                frames = read_video(path, num_frames, sample_rate, strategy=strategy, seed=seed)
+                frames = read_video(path, num_frames, sample_rate, strategy=strategy, seed=seed, **limits)
             else:
                 per_clip = clip_indices(video_info(path)["frames"], num_frames, sample_rate, clips)
-                frames = read_video(path, indices=[j for clip in per_clip for j in clip])
+                indices = [j for clip in per_clip for j in clip]
+                frames = read_video(path, indices=indices, max_num_frames=len(indices), **limits)
             decoded = time.perf_counter()
             # uint8 to the device (4x less to copy than floats), preprocessed there: (views, T, 3, h, w).
             pixels = cut_views(frames.to(device), processor, num_frames, crops, dtype, uint8=False)
@@ -147,16 +186,23 @@ def classify_videos(
 
     def run(batch: list[tuple[Prediction, torch.Tensor]]) -> list[Prediction]:
         preds = [p for p, _ in batch]
-        pixels = torch.cat([x for _, x in batch])
-        start = time.perf_counter()
-        with torch.inference_mode():
-            probs = model(pixels).logits.float().softmax(-1)
-        _sync(device)
+        try:
+            pixels = torch.cat([x for _, x in batch])
+            start = time.perf_counter()
+            with torch.inference_mode():
+                probs = model(pixels, return_dict=True).logits.float().softmax(-1)
+            _sync(device)
+        except Exception as exc:  # the model failed on this batch: its videos get the error, the others go on
+            for pred in preds:
+                pred.error = f"model forward failed ({type(exc).__name__}: {exc})"
+            return preds
         share = (time.perf_counter() - start) * 1e3 / len(batch)
         probs = torch.stack([p.mean(0) for p in probs.split([len(x) for _, x in batch])])
         values, indices = probs.topk(top_k, dim=-1)
-        for pred, v, i in zip(preds, values.tolist(), indices.tolist(), strict=True):
-            pred.labels = [(id2label.get(k, str(k)), p) for k, p in zip(i, v, strict=True)]
+        for pred, p, v, i in zip(preds, probs, values.tolist(), indices.tolist(), strict=True):
+            pred.error = nan_error(p)
+            if pred.error is None:
+                pred.labels = [(id2label.get(k, str(k)), q) for k, q in zip(i, v, strict=True)]
             pred.model_ms = share
         return preds
 

@@ -31,6 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .classify import nan_error
+from .video import MAX_FRAME_PIXELS, MAX_NUM_FRAMES
+
 logger = logging.getLogger("timesformer")
 
 PREDICTIONS = "predictions.jsonl"
@@ -226,7 +229,9 @@ class VideoViews(torch.utils.data.Dataset):
         dtype: torch.dtype = torch.float32,
         uint8: bool = False,
         raw: bool = False,
+        max_frame_pixels: int = MAX_FRAME_PIXELS,
     ):
+        self.max_frame_pixels = max_frame_pixels
         self.samples, self.processor = list(samples), processor
         self.num_frames, self.sample_rate, self.clips, self.crops = num_frames, sample_rate, clips, crops
         self.dtype, self.uint8, self.raw = dtype, uint8, raw
@@ -250,7 +255,12 @@ class VideoViews(torch.utils.data.Dataset):
             total = video_info(sample.path)["frames"]
             per_clip = clip_indices(total, self.num_frames, self.sample_rate, self.clips)
             # One decoding pass for every clip (read_video takes repeated and unsorted indices).
-            frames = read_video(sample.path, indices=[j for clip in per_clip for j in clip])
+            frames = read_video(
+                sample.path,
+                indices=[j for clip in per_clip for j in clip],
+                max_frame_pixels=self.max_frame_pixels,
+                max_num_frames=MAX_NUM_FRAMES * self.clips,
+            )
             decoded = time.perf_counter()
             item["decode_ms"] = (decoded - start) * 1e3
             if self.raw:
@@ -531,6 +541,7 @@ def evaluate(
     limit: int | None = None,
     uint8_frames: bool | None = None,
     device_preprocess: bool | None = None,
+    max_frame_pixels: int = MAX_FRAME_PIXELS,
     model_name: str | None = None,
     progress: bool | None = None,
     on_batch: Callable[[int], None] | None = None,
@@ -560,12 +571,15 @@ def evaluate(
         device_preprocess: the workers only decode; the decoded uint8 frames go to the model's device, where
             the views are resized, cropped (and normalized) (default: on CUDA where the native extension has
             its CUDA kernel).
+        max_frame_pixels: videos with larger frames are error lines (``read_video``).
         model_name: recorded in the metrics.
         progress: show the progress bar (default: on a terminal).
         on_batch: called with the number of videos written after each batch (for tests and tools).
     """
-    if clips < 1:
-        raise ValueError(f"clips must be >= 1, got {clips}")
+    if not 1 <= clips <= 64:
+        raise ValueError(f"clips must be 1 to 64, got {clips}")
+    if num_frames is not None and not 1 <= num_frames <= MAX_NUM_FRAMES:
+        raise ValueError(f"num_frames must be 1 to {MAX_NUM_FRAMES}, got {num_frames}")
     if crops not in (1, 3):
         raise ValueError(f"crops must be 1 or 3, got {crops}")
     if batch_size < 1:
@@ -615,6 +629,7 @@ def evaluate(
         dtype=dtype,
         uint8=uint8,
         raw=device_preprocess,
+        max_frame_pixels=max_frame_pixels,
     )
     workers = default_workers() if workers is None else workers
     loader = torch.utils.data.DataLoader(
@@ -717,14 +732,17 @@ def _score(batch: list[dict], model, device, id2label, top_k: int, totals: dict)
             views = torch.cat([item["views"] for item in good]).to(device, non_blocking=True)
             start = time.perf_counter()
             with torch.inference_mode():
-                logits = model(views).logits
-                probs = logits.float().softmax(-1)
+                probs = model(views, return_dict=True).logits.float().softmax(-1)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             model_ms = (time.perf_counter() - start) * 1e3 / len(good)
             per_video = probs.split([item["views"].shape[0] for item in good])
             for item, p in zip(good, per_video, strict=True):
                 mean = p.mean(0)
+                error = nan_error(mean)
+                if error is not None:
+                    records[item["path"]] = _record(item, id2label, error=error)
+                    continue
                 values, indices = mean.topk(top_k)
                 top = [
                     {"label": id2label.get(i, str(i)), "label_id": i, "probability": round(v, 6)}
