@@ -4,6 +4,7 @@ random small model saved the way transformers saves one (plus a preprocessor_con
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -88,7 +89,10 @@ def test_text_output_and_timing(model_dir, videos, capsys):
     assert err == ""  # one video: no progress bar
 
 
-def test_progress_bar_for_many_videos(model_dir, videos, capsys):
+def test_progress_bar_for_many_videos_on_a_terminal(model_dir, videos, capsys, monkeypatch):
+    assert main(["classify", *videos, "--model", str(model_dir)]) == 0
+    assert "videos" not in capsys.readouterr().err  # stderr is not a terminal here: no bar
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     assert main(["classify", *videos, "--model", str(model_dir)]) == 0
     err = capsys.readouterr().err
     assert f"{len(videos)}/{len(videos)} videos" in err and err.endswith("\n")

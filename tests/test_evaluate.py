@@ -52,6 +52,12 @@ def _cli(*args: str, env: dict | None = None, check: bool = True) -> subprocess.
     return proc
 
 
+def _evaluate_args(videos: Path, out: Path, *extra: str) -> list[str]:
+    """``timesformer evaluate`` one video per batch, decoding in the main process: many small steps to kill."""
+    return ["timesformer", "evaluate", str(videos), "--output", str(out), "--workers", "0", "--batch-size", "1",
+            *extra]  # fmt: skip
+
+
 def _metrics(out: Path) -> dict:
     metrics = json.loads((out / "metrics.json").read_text())
     # What differs between runs of the same evaluation: timing and how the work was split.
@@ -230,19 +236,7 @@ def test_torn_last_line_is_redone_on_resume(videos, reference, tmp_path):
 def test_sigkill_at_any_moment_then_resume_loses_nothing(videos, reference, tmp_path):
     """SIGKILL the command as soon as its first results are on disk, then resume (twice if it finished)."""
     out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        "-m",
-        "timesformer",
-        "evaluate",
-        str(videos),
-        "--output",
-        str(out),
-        "--workers",
-        "0",
-        "--batch-size",
-        "1",
-    ]
+    cmd = [sys.executable, "-m", *_evaluate_args(videos, out)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -264,26 +258,8 @@ def test_sigkill_at_any_moment_then_resume_loses_nothing(videos, reference, tmp_
 
 
 def _torchrun(videos: Path, out: Path, *extra: str) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "timesformer",
-        "evaluate",
-        str(videos),
-        "--output",
-        str(out),
-        "--workers",
-        "0",
-        "--batch-size",
-        "1",
-        "--no-progress",
-        *extra,
-    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+           *_evaluate_args(videos, out, "--no-progress", *extra)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

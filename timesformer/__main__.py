@@ -329,6 +329,32 @@ def _int_in(low: int, high: int):
 _clips = _int_in(1, 64)
 
 
+def _video_model_options(p: argparse.ArgumentParser, device_help: str) -> None:
+    """The options ``classify`` and ``evaluate`` share: the model, where it runs, and the views."""
+    p.add_argument("--model", default=None, help="model directory or hub id (default: the bundled model)")
+    p.add_argument("--backend", choices=["auto", "eager", "sdpa", "triton"], default="auto")
+    p.add_argument("--device", default=None, help=device_help)
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument(
+        "--num-frames",
+        type=_int_in(1, MAX_NUM_FRAMES),
+        default=None,
+        help="frames per clip (default: the model's)",
+    )
+    p.add_argument("--sample-rate", type=_int_in(1, 10000), default=4)
+    p.add_argument("--clips", type=_clips, default=1, help="uniform temporal clips per video (default 1)")
+    p.add_argument(
+        "--crops", type=int, choices=[1, 3], default=1, help="spatial crops: 1 center, 3 along the long side"
+    )
+    p.add_argument(
+        "--max-frame-pixels",
+        type=_int_in(1, 2**40),
+        default=MAX_FRAME_PIXELS,
+        help=f"refuse videos with larger frames (default {MAX_FRAME_PIXELS:,} = 4096x4096)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
 def sample(args: argparse.Namespace) -> int:
     from .synthetic import LABELS, sample_clip
 
@@ -406,29 +432,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("bench", help="the benchmark suite (python -m bench); its arguments pass through")
     p = sub.add_parser("classify", help="top-k labels of video files")
     p.add_argument("videos", nargs="+", metavar="VIDEO")
-    p.add_argument("--model", default=None, help="model directory or hub id (default: the bundled model)")
+    _video_model_options(p, device_help="default: cuda if available, else cpu")
     p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--backend", choices=["auto", "eager", "sdpa", "triton"], default="auto")
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--num-frames", type=_int_in(1, MAX_NUM_FRAMES), default=None, help="default: the model's")
-    p.add_argument(
-        "--max-frame-pixels",
-        type=_int_in(1, 2**40),
-        default=MAX_FRAME_PIXELS,
-        help=f"refuse videos with larger frames (default {MAX_FRAME_PIXELS:,} = 4096x4096)",
-    )
-    p.add_argument("--sample-rate", type=_int_in(1, 10000), default=4)
     p.add_argument("--strategy", choices=["center", "uniform", "random"], default="center")
     p.add_argument("--seed", type=int, default=0, help="seed of the random strategy")
     p.add_argument("--workers", type=int, default=2, help="decoding threads")
-    p.add_argument("--clips", type=_clips, default=1, help="uniform temporal clips per video (default 1)")
-    p.add_argument(
-        "--crops", type=int, choices=[1, 3], default=1, help="spatial crops: 1 center, 3 along the long side"
-    )
     p.add_argument("--json", action="store_true", help="one JSON object per video on stdout")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=classify)
     p = sub.add_parser(
         "evaluate",
@@ -437,39 +447,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "data", metavar="DATA", help="a folder of class-named subfolders, or a 'path label' list file"
     )
-    p.add_argument("--model", default=None, help="model directory or hub id (default: the bundled model)")
     p.add_argument("--output", required=True, metavar="DIR", help="where predictions and metrics go")
-    p.add_argument("--clips", type=_clips, default=1, help="uniform temporal clips per video (default 1)")
-    p.add_argument(
-        "--crops", type=int, choices=[1, 3], default=1, help="spatial crops: 1 center, 3 along the long side"
-    )
+    _video_model_options(p, device_help="default: cuda:LOCAL_RANK if available, else cpu")
     p.add_argument(
         "--batch-size", type=int, default=4, help="videos per forward (each with clips x crops views)"
     )
     p.add_argument(
         "--workers", type=int, default=None, help="decoding processes per rank (default: the cores)"
     )
-    p.add_argument("--backend", choices=["auto", "eager", "sdpa", "triton"], default="auto")
-    p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if available, else cpu")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    p.add_argument(
-        "--num-frames",
-        type=_int_in(1, MAX_NUM_FRAMES),
-        default=None,
-        help="frames per clip (default: the model's)",
-    )
-    p.add_argument(
-        "--max-frame-pixels",
-        type=_int_in(1, 2**40),
-        default=MAX_FRAME_PIXELS,
-        help=f"refuse videos with larger frames (default {MAX_FRAME_PIXELS:,} = 4096x4096)",
-    )
-    p.add_argument("--sample-rate", type=_int_in(1, 10000), default=4)
     p.add_argument("--top-k", type=int, default=5, help="labels kept per video in the predictions")
     p.add_argument("--resume", action="store_true", help="skip the videos already in DIR's predictions")
     p.add_argument("--limit", type=int, default=None, help="only the first N videos (sorted by path)")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=evaluate)
     p = sub.add_parser("sample", help="write a synthetic clip that the bundled model classifies")
     p.add_argument("out", metavar="OUT.mp4")
