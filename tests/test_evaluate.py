@@ -213,7 +213,7 @@ def test_existing_results_are_not_overwritten_without_resume(videos, reference):
 
 def test_argument_errors():
     for args, message in [
-        (["--clips", "0"], "--clips: must be >= 1, got 0"),
+        (["--clips", "0"], "--clips: must be 1 to 64, got 0"),
         (["--crops", "2"], "--crops: invalid choice: 2"),
         (["--workers", "-1"], "--workers must be >= 0"),
     ]:

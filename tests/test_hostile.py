@@ -441,3 +441,18 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(demo_clip, tmp_path):
     proc = _cli("classify", *videos, tmp_path / "bad.mp4")
     assert proc.returncode == 1
     assert "[#" not in proc.stderr and proc.stderr.strip().startswith("timesformer: error:"), proc.stderr
+
+
+@pytest.mark.parametrize(
+    "mean,std,rescale,message",
+    [
+        ((float("nan"), 0.4, 0.4), 0.2, 1 / 255, r"image_mean must be finite numbers"),
+        (0.45, (0.2, float("inf"), 0.2), 1 / 255, r"image_std must be finite numbers"),
+        (0.45, (0.2, -0.2, 0.2), 1 / 255, r"image_std must be positive"),
+        (0.45, 0.2, 0.0, r"rescale_factor must be a positive finite number, got 0.0"),
+    ],
+)
+def test_input_normalization_must_be_finite(mean, std, rescale, message):
+    model = TimesformerForVideoClassification(TimesformerConfig(**small_config_kwargs(seed=1)))
+    with pytest.raises(ValueError, match=message):
+        model.set_input_normalization(mean, std, rescale)

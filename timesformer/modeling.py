@@ -8,6 +8,7 @@ it (``output_attentions=True`` runs that call with ``eager``).
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Any, NamedTuple
 
@@ -324,11 +325,15 @@ class TimesformerPreTrainedModel(nn.Module):
                 values = values * channels
             if len(values) != channels:
                 raise ValueError(f"{name} must have {channels} values (one per channel), got {len(values)}")
+            if not all(math.isfinite(v) for v in values):
+                raise ValueError(f"{name} must be finite numbers, got {list(values)}")
             return values
 
         std = per_channel("image_std", image_std)
         if any(not v > 0 for v in std):
             raise ValueError(f"image_std must be positive, got {std}")
+        if not (isinstance(rescale_factor, (int, float)) and 0 < rescale_factor < math.inf):
+            raise ValueError(f"rescale_factor must be a positive finite number, got {rescale_factor!r}")
         norm = InputNormalization(per_channel("image_mean", image_mean), std, float(rescale_factor))
         for module in self.modules():
             if isinstance(module, TimesformerEmbeddings):

@@ -58,7 +58,9 @@ def cached_weights(
         # stale): the cache's pointer and version checks cannot be traced (graph breaks).
         return prepare(*(s.detach() for s in sources))
     _register_hook()
-    cache: OrderedDict = module.__dict__.setdefault("_weight_cache", OrderedDict())
+    cache = module.__dict__.get("_weight_cache")
+    if not isinstance(cache, OrderedDict):  # absent, or a plain dict someone stored back
+        cache = module.__dict__["_weight_cache"] = OrderedDict(cache or {})
     stamp = (_optimizer_steps, *(_fingerprint(s) for s in sources))
     hit = cache.get(key)
     if hit is not None and hit[0] == stamp:
