@@ -31,7 +31,7 @@ PREFIX = "timesformer."
 HEAD_PREFIX = "classifier."
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ValueError, RuntimeError):
     """A checkpoint that cannot be loaded exactly: missing, unexpected or misshaped keys, unreadable files."""
 
 
@@ -287,6 +287,11 @@ def load_pretrained(
     ignore_mismatched_sizes: bool,
     config_overrides: Mapping[str, Any],
 ):
+    if torch.empty(0).device.type == "meta":
+        raise RuntimeError(
+            "from_pretrained was called under torch.device('meta'): the checkpoint's weights would be dropped; "
+            "load the model outside that context"
+        )
     directory = resolve_pretrained_dir(path)
     if config is None:
         config_path = os.path.join(directory, CONFIG_NAME)
@@ -312,6 +317,7 @@ def load_pretrained(
     state = adapt_state_dict(model, state, ignore_mismatched_sizes=ignore_mismatched_sizes)
     model.load_state_dict(state, strict=False)  # exactness was checked by adapt_state_dict
     model = model.to(dtype=torch_dtype, device=device)
+    model.name_or_path = os.fspath(path)
     return model.eval()
 
 

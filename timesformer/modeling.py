@@ -258,13 +258,19 @@ class TimesformerPreTrainedModel(nn.Module):
     base_model_prefix = "timesformer"
     main_input_name = "pixel_values"
 
+    supports_gradient_checkpointing = True
+
     def __init__(self, config: TimesformerConfig, *, backend: str = "auto") -> None:
         super().__init__()
-        if not isinstance(config, TimesformerConfig):
-            raise TypeError(f"config must be a timesformer.TimesformerConfig, got {type(config).__name__}")
+        config = _our_config(config)
         config.validate()
         self.config = config
         self._requested_backend = self._check_backend_name(backend)
+        # Where the weights came from (a directory or hub id), as transformers' ``name_or_path``.
+        self.name_or_path = ""
+        # torch.utils.checkpoint.checkpoint with the caller's options, or None (gradient_checkpointing_enable).
+        self._checkpoint = None
+        self._input_grads_hook = None
 
     # ------------------------------------------------------------------ init
     @torch.no_grad()
@@ -380,8 +386,73 @@ class TimesformerPreTrainedModel(nn.Module):
         clear_weight_cache(self)
         return super()._apply(fn, *args, **kwargs)
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Parameter count, as ``transformers``: ``only_trainable`` counts those that require grad,
+        ``exclude_embeddings`` leaves out ``nn.Embedding`` weights (TimeSformer has none: its embeddings are a
+        convolution and parameter tables, which transformers counts too)."""
+        skip = set()
+        if exclude_embeddings:
+            skip = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        return sum(
+            p.numel()
+            for p in self.parameters()
+            if id(p) not in skip and (p.requires_grad or not only_trainable)
+        )
+
+    # ----------------------------------------------------- transformers' API used by users and PEFT
+    @property
+    def base_model(self) -> nn.Module:
+        """The encoder (``TimesformerModel``): itself, or the classifier's ``timesformer``."""
+        return getattr(self, self.base_model_prefix, self)
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The patch embedding (``embeddings.patch_embeddings``), as in ``transformers``."""
+        return self.base_model.embeddings.patch_embeddings
+
+    def get_output_embeddings(self) -> None:
+        return None
+
+    def enable_input_require_grads(self) -> None:
+        """Make the patch embedding's output require grad (for adapters and gradient checkpointing on a
+        frozen embedding, as ``transformers``)."""
+        if self._input_grads_hook is None:
+            # On the convolution the embeddings call (the patch embedding module wraps it).
+            self._input_grads_hook = self.get_input_embeddings().projection.register_forward_hook(
+                lambda _module, _inputs, output: output.requires_grad_(True)
+            )
+
+    def disable_input_require_grads(self) -> None:
+        if self._input_grads_hook is not None:
+            self._input_grads_hook.remove()
+            self._input_grads_hook = None
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute each layer's activations in the backward pass instead of keeping them (training only).
+
+        Args:
+            gradient_checkpointing_kwargs: options of ``torch.utils.checkpoint.checkpoint`` (default
+                ``{"use_reentrant": True}``, as ``transformers``).
+        """
+        import functools
+
+        from torch.utils.checkpoint import checkpoint
+
+        options = {"use_reentrant": True, **(gradient_checkpointing_kwargs or {})}
+        for module in self.modules():
+            if isinstance(module, TimesformerPreTrainedModel):
+                module._checkpoint = functools.partial(checkpoint, **options)
+        if options["use_reentrant"]:
+            # Reentrant checkpoints need an input that requires grad to reach the parameters inside.
+            self.enable_input_require_grads()
+
+    def gradient_checkpointing_disable(self) -> None:
+        for module in self.modules():
+            if isinstance(module, TimesformerPreTrainedModel):
+                module._checkpoint = None
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self._checkpoint is not None
 
     # ------------------------------------------------------------ checkpoints
     @classmethod
@@ -454,6 +525,19 @@ class TimesformerPreTrainedModel(nn.Module):
         )
 
 
+def _our_config(config) -> TimesformerConfig:
+    """``config``, or a ``transformers.TimesformerConfig`` converted (its public fields)."""
+    if isinstance(config, TimesformerConfig):
+        return config
+    if getattr(config, "model_type", None) == "timesformer" and callable(getattr(config, "to_dict", None)):
+        return TimesformerConfig.from_dict(
+            {k: v for k, v in config.to_dict().items() if not k.startswith("_")}
+        )
+    raise TypeError(
+        f"config must be a TimesformerConfig (ours or transformers'), got {type(config).__name__}"
+    )
+
+
 class TimesformerModel(TimesformerPreTrainedModel):
     """The TimeSformer encoder (``transformers.TimesformerModel``).
 
@@ -463,14 +547,12 @@ class TimesformerModel(TimesformerPreTrainedModel):
     """
 
     def __init__(self, config: TimesformerConfig, *, backend: str = "auto") -> None:
+        config = _our_config(config)
         super().__init__(config, backend=backend)
         self.embeddings = TimesformerEmbeddings(config)
         self.encoder = TimesformerEncoder(config)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
-
-    def get_input_embeddings(self) -> TimesformerPatchEmbeddings:
-        return self.embeddings.patch_embeddings
 
     def forward(
         self,
@@ -506,6 +588,7 @@ class TimesformerForVideoClassification(TimesformerPreTrainedModel):
     """TimeSformer with a linear head on the final CLS token (``transformers.TimesformerForVideoClassification``)."""
 
     def __init__(self, config: TimesformerConfig, *, backend: str = "auto") -> None:
+        config = _our_config(config)
         super().__init__(config, backend=backend)
         self.num_labels = config.num_labels
         self.timesformer = TimesformerModel(config, backend=backend)

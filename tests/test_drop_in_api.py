@@ -1,0 +1,134 @@
+"""The parts of the ``transformers`` model API that users and PEFT call (issue 16, items 2-4): gradient
+checkpointing, embeddings accessors, input require-grads, ``base_model``, ``num_parameters``, ``name_or_path``,
+``transformers`` config objects, loading under ``torch.device("meta")`` and the error classes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import random_clip, randomize_, small_config_kwargs
+
+from timesformer import (
+    CheckpointError,
+    TimesformerConfig,
+    TimesformerForVideoClassification,
+    TimesformerModel,
+)
+
+
+def _model(attention="divided_space_time", backend="sdpa", seed=0, **overrides):
+    kwargs = small_config_kwargs(attention, seed, num_hidden_layers=3, **overrides)
+    model = TimesformerForVideoClassification(TimesformerConfig(**kwargs), backend=backend)
+    return randomize_(model, seed), kwargs
+
+
+def _grads(model, x, labels):
+    model.zero_grad(set_to_none=True)
+    model(x, labels=labels).loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _saved_tensor_bytes(model, x, labels) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass of one forward."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(x, labels=labels).loss
+    loss.backward()
+    return total
+
+
+@pytest.mark.parametrize("attention", ["divided_space_time", "joint_space_time", "space_only"])
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_gradient_checkpointing_gives_the_same_gradients_and_keeps_less(attention, backend, reentrant):
+    model, kwargs = _model(attention, backend, seed=4)
+    model.train()
+    x = random_clip(kwargs, batch=2)
+    labels = torch.tensor([0, 1])
+    if attention == "space_only":
+        labels = labels.repeat_interleave(x.shape[1])
+    assert model.supports_gradient_checkpointing and not model.is_gradient_checkpointing
+    reference = _grads(model, x, labels)
+    plain_bytes = _saved_tensor_bytes(model, x, labels)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    assert model.is_gradient_checkpointing and model.timesformer.is_gradient_checkpointing
+    checkpointed = _grads(model, x, labels)
+    assert reference.keys() == checkpointed.keys()
+    for name in reference:
+        torch.testing.assert_close(checkpointed[name], reference[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert _saved_tensor_bytes(model, x, labels) < 0.7 * plain_bytes
+    model.gradient_checkpointing_disable()
+    assert not model.is_gradient_checkpointing
+    # Evaluation never checkpoints.
+    model.gradient_checkpointing_enable()
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, model.eval()(x).logits)
+
+
+def test_embeddings_accessors_base_model_and_parameter_counts():
+    model, _ = _model()
+    assert model.get_input_embeddings() is model.timesformer.embeddings.patch_embeddings
+    assert model.timesformer.get_input_embeddings() is model.get_input_embeddings()
+    assert model.get_output_embeddings() is None
+    assert model.base_model is model.timesformer and model.timesformer.base_model is model.timesformer
+    total = sum(p.numel() for p in model.parameters())
+    assert model.num_parameters() == total == model.num_parameters(exclude_embeddings=True)
+    model.classifier.requires_grad_(False)
+    head = sum(p.numel() for p in model.classifier.parameters())
+    assert model.num_parameters(only_trainable=True) == total - head
+
+
+def test_input_require_grads_on_a_frozen_embedding():
+    model, kwargs = _model()
+    model.train()
+    model.timesformer.embeddings.requires_grad_(False)
+    x = random_clip(kwargs, batch=1)
+    seen = []
+    conv = model.timesformer.embeddings.patch_embeddings.projection
+
+    def forward_and_look():
+        # Registered last, so it sees the output after enable_input_require_grads' hook.
+        handle = conv.register_forward_hook(lambda m, i, o: seen.append(o.requires_grad))
+        model(x)
+        handle.remove()
+
+    forward_and_look()
+    model.enable_input_require_grads()
+    forward_and_look()
+    model.disable_input_require_grads()
+    forward_and_look()
+    assert seen == [False, True, False]
+
+
+def test_name_or_path_and_transformers_configs(hf, tmp_path):
+    model, kwargs = _model()
+    assert model.name_or_path == ""
+    model.save_pretrained(tmp_path)
+    loaded = TimesformerForVideoClassification.from_pretrained(tmp_path)
+    assert loaded.name_or_path == str(tmp_path)
+    ours = TimesformerModel(hf.TimesformerConfig(**kwargs))
+    assert ours.config.hidden_size == kwargs["hidden_size"] and isinstance(ours.config, TimesformerConfig)
+    with pytest.raises(TypeError, match="config must be a TimesformerConfig"):
+        TimesformerModel(hf.BertConfig())
+
+
+def test_loading_under_the_meta_device_is_refused(tmp_path):
+    model, _ = _model()
+    model.save_pretrained(tmp_path)
+    with torch.device("meta"), pytest.raises(RuntimeError, match=r"under torch.device\('meta'\)"):
+        TimesformerForVideoClassification.from_pretrained(tmp_path)
+
+
+def test_checkpoint_errors_are_runtime_errors_too(tmp_path):
+    model, _ = _model()
+    model.save_pretrained(tmp_path)
+    with pytest.raises(RuntimeError) as info:  # what code written for transformers catches
+        TimesformerForVideoClassification.from_pretrained(tmp_path, num_labels=7)
+    assert isinstance(info.value, CheckpointError) and isinstance(info.value, ValueError)
