@@ -4,6 +4,8 @@ checkpointing, embeddings accessors, input require-grads, ``base_model``, ``num_
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from conftest import random_clip, randomize_, small_config_kwargs
@@ -132,3 +134,82 @@ def test_checkpoint_errors_are_runtime_errors_too(tmp_path):
     with pytest.raises(RuntimeError) as info:  # what code written for transformers catches
         TimesformerForVideoClassification.from_pretrained(tmp_path, num_labels=7)
     assert isinstance(info.value, CheckpointError) and isinstance(info.value, ValueError)
+
+
+# ------------------------------------------------------------------- from_pretrained's keywords
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model, kwargs = _model(seed=9)
+    model.save_pretrained(tmp_path / "ckpt")
+    return tmp_path / "ckpt", model, kwargs
+
+
+def test_torch_dtype_is_honoured_and_round_trips(saved, tmp_path):
+    path, _, _ = saved
+    model = TimesformerForVideoClassification.from_pretrained(path, torch_dtype=torch.float16)
+    assert model.dtype == torch.float16
+    model.save_pretrained(tmp_path / "again")  # no torch.dtype left in the config to fail JSON
+    assert (
+        TimesformerForVideoClassification.from_pretrained(tmp_path / "again", dtype="auto").dtype
+        == torch.float16
+    )
+    with pytest.raises(ValueError, match="disagree"):
+        TimesformerForVideoClassification.from_pretrained(
+            path, dtype=torch.float32, torch_dtype=torch.float16
+        )
+
+
+def test_attn_implementation_maps_to_a_backend(saved):
+    path, _, _ = saved
+    load = TimesformerForVideoClassification.from_pretrained
+    assert load(path, attn_implementation="eager").backend == "eager"
+    assert load(path, attn_implementation="sdpa").backend == "sdpa"
+    assert load(path, attn_implementation="flash_attention_2")._requested_backend == "auto"
+    with pytest.raises(ValueError, match="attn_implementation must be one of"):
+        load(path, attn_implementation="flex_attention")
+    with pytest.raises(ValueError, match="disagree"):
+        load(path, backend="eager", attn_implementation="sdpa")
+
+
+def test_device_map_takes_one_device_only(saved):
+    path, _, _ = saved
+    load = TimesformerForVideoClassification.from_pretrained
+    assert load(path, device_map="cpu").device.type == "cpu"
+    assert load(path, device_map={"": "cpu"}).device.type == "cpu"
+    for bad in ("auto", {"timesformer": "cpu", "classifier": "cpu"}):
+        with pytest.raises(ValueError, match="not supported; pass one device"):
+            load(path, device_map=bad)
+
+
+def test_subfolder_local_files_only_loading_info_and_low_cpu_mem_usage(saved, tmp_path):
+    path, model, kwargs = saved
+    outer = tmp_path / "repo"
+    outer.mkdir()
+    os.replace(path, outer / "sub")
+    loaded, info = TimesformerForVideoClassification.from_pretrained(
+        outer, subfolder="sub", local_files_only=True, output_loading_info=True, low_cpu_mem_usage=True
+    )
+    assert info == {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+    x = random_clip(kwargs, batch=1)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x).logits, model.eval()(x).logits)
+    _, info = TimesformerForVideoClassification.from_pretrained(
+        outer, subfolder="sub", num_labels=9, ignore_mismatched_sizes=True, output_loading_info=True
+    )
+    assert {k for k, *_ in info["mismatched_keys"]} == {"classifier.weight", "classifier.bias"}
+    with pytest.raises(ValueError, match="subfolder must be a relative folder"):
+        TimesformerForVideoClassification.from_pretrained(outer, subfolder="../x")
+
+
+def test_unknown_keywords_are_refused(saved):
+    path, _, _ = saved
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['trust_remote_code'\]"):
+        TimesformerForVideoClassification.from_pretrained(path, trust_remote_code=True)
+    assert (
+        TimesformerForVideoClassification.from_pretrained(
+            path, hidden_dropout_prob=0.1
+        ).config.hidden_dropout_prob
+        == 0.1
+    )

@@ -38,8 +38,19 @@ class CheckpointError(ValueError, RuntimeError):
 # --------------------------------------------------------------------------- locating files
 
 
-def resolve_pretrained_dir(path: str | os.PathLike) -> str:
-    """A local directory for ``path``: itself when it is a directory, else a hub snapshot."""
+def resolve_pretrained_dir(
+    path: str | os.PathLike, subfolder: str = "", local_files_only: bool = False
+) -> str:
+    """A local directory for ``path`` (and ``subfolder`` of it): itself when it is a directory, else a hub
+    snapshot (from the local cache only with ``local_files_only``)."""
+    if subfolder:
+        if os.path.isabs(subfolder) or os.pardir in os.path.normpath(subfolder).split(os.sep):
+            raise ValueError(f"subfolder must be a relative folder inside the model, got {subfolder!r}")
+        directory = resolve_pretrained_dir(path, local_files_only=local_files_only)
+        inner = os.path.join(directory, subfolder)
+        if not os.path.isdir(inner):
+            raise FileNotFoundError(f"no subfolder {subfolder!r} in {directory!r}")
+        return inner
     path = os.fspath(path)
     if os.path.isdir(path):
         return path
@@ -61,6 +72,7 @@ def resolve_pretrained_dir(path: str | os.PathLike) -> str:
     try:
         return snapshot_download(
             repo_id=path,
+            local_files_only=local_files_only,
             allow_patterns=[
                 CONFIG_NAME,
                 "*.safetensors",
@@ -276,6 +288,61 @@ def _parse_dtype(dtype: torch.dtype | str | None, config: TimesformerConfig) -> 
     return value
 
 
+# attn_implementation of transformers -> backend of this package.
+ATTN_IMPLEMENTATIONS = {"eager": "eager", "sdpa": "sdpa", "flash_attention_2": "auto"}
+
+
+def _config_fields() -> set[str]:
+    import inspect
+
+    names = set(inspect.signature(TimesformerConfig.__init__).parameters) - {"self", "kwargs"}
+    return names | {"model_type", "architectures", "dtype", "torch_dtype", "transformers_version"}
+
+
+def loading_options(
+    *, backend, dtype, device, torch_dtype, attn_implementation, device_map, config_overrides
+) -> dict:
+    """``transformers``' ``from_pretrained`` keywords turned into this package's ``backend``, ``dtype``,
+    ``device`` and config overrides, or refused with the reason."""
+    if torch_dtype is not None:
+        if dtype is not None and dtype != torch_dtype:
+            raise ValueError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree; pass one (dtype)")
+        dtype = torch_dtype
+    if attn_implementation is not None:
+        if attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(
+                f"attn_implementation must be one of {sorted(ATTN_IMPLEMENTATIONS)} (mapped to this package's "
+                f"backends), got {attn_implementation!r}"
+            )
+        mapped = ATTN_IMPLEMENTATIONS[attn_implementation]
+        if backend not in ("auto", mapped):
+            raise ValueError(f"backend={backend!r} and attn_implementation={attn_implementation!r} disagree")
+        backend = mapped
+    if device_map is not None:
+        if isinstance(device_map, Mapping):
+            if set(device_map) != {""}:
+                raise ValueError(
+                    f"device_map splits the model over devices ({len(device_map)} entries): not supported; pass "
+                    "one device, e.g. device_map='cuda:0'"
+                )
+            device_map = device_map[""]
+        if device_map in ("auto", "balanced", "balanced_low_0", "sequential"):
+            raise ValueError(
+                f"device_map={device_map!r} (splitting over devices) is not supported; pass one device"
+            )
+        target = torch.device("cuda", device_map) if isinstance(device_map, int) else torch.device(device_map)
+        if device is not None and torch.device(device) != target:
+            raise ValueError(f"device={device!r} and device_map={device_map!r} disagree")
+        device = target
+    unknown = sorted(set(config_overrides) - _config_fields())
+    if unknown:
+        raise TypeError(
+            f"from_pretrained got unexpected keyword argument(s) {unknown}: neither a loading option nor a "
+            "TimesformerConfig field"
+        )
+    return {"backend": backend, "dtype": dtype, "device": device, "config_overrides": config_overrides}
+
+
 def load_pretrained(
     cls,
     path: str | os.PathLike,
@@ -286,13 +353,16 @@ def load_pretrained(
     config: TimesformerConfig | None,
     ignore_mismatched_sizes: bool,
     config_overrides: Mapping[str, Any],
+    subfolder: str = "",
+    local_files_only: bool = False,
+    output_loading_info: bool = False,
 ):
     if torch.empty(0).device.type == "meta":
         raise RuntimeError(
             "from_pretrained was called under torch.device('meta'): the checkpoint's weights would be dropped; "
             "load the model outside that context"
         )
-    directory = resolve_pretrained_dir(path)
+    directory = resolve_pretrained_dir(path, subfolder=subfolder, local_files_only=local_files_only)
     if config is None:
         config_path = os.path.join(directory, CONFIG_NAME)
         if not os.path.isfile(config_path):
@@ -314,11 +384,25 @@ def load_pretrained(
     finally:
         logger.setLevel(level)
     model = cls(config, backend=backend)
+    full_state = state
     state = adapt_state_dict(model, state, ignore_mismatched_sizes=ignore_mismatched_sizes)
     model.load_state_dict(state, strict=False)  # exactness was checked by adapt_state_dict
     model = model.to(dtype=torch_dtype, device=device)
     model.name_or_path = os.fspath(path)
-    return model.eval()
+    model.eval()
+    if output_loading_info:
+        mismatched = [
+            (k, tuple(v.shape), tuple(expected[k].shape))
+            for k, v in full_state.items()
+            if k in (expected := model.state_dict()) and tuple(v.shape) != tuple(expected[k].shape)
+        ]
+        return model, {
+            "missing_keys": [],
+            "unexpected_keys": [],
+            "mismatched_keys": mismatched,
+            "error_msgs": [],
+        }
+    return model
 
 
 def save_pretrained(

@@ -465,6 +465,13 @@ class TimesformerPreTrainedModel(nn.Module):
         device: torch.device | str | None = None,
         config: TimesformerConfig | None = None,
         ignore_mismatched_sizes: bool = False,
+        torch_dtype: torch.dtype | str | None = None,
+        attn_implementation: str | None = None,
+        device_map: Any = None,
+        subfolder: str = "",
+        local_files_only: bool = False,
+        output_loading_info: bool = False,
+        low_cpu_mem_usage: bool | None = None,
         **config_overrides: Any,
     ):
         """Load a checkpoint written by ``transformers``' ``save_pretrained`` (or ours).
@@ -479,19 +486,40 @@ class TimesformerPreTrainedModel(nn.Module):
             config: use this config instead of the checkpoint's ``config.json``.
             ignore_mismatched_sizes: re-initialize (with a warning) weights whose shapes differ, e.g. a
                 classifier head for another number of labels.
-            **config_overrides: config fields to override (e.g. ``num_labels=10``).
+            torch_dtype: ``transformers``' older name of ``dtype``.
+            attn_implementation: ``transformers``' attention choice, mapped to a backend: ``"eager"`` ->
+                ``eager``, ``"sdpa"`` -> ``sdpa``, ``"flash_attention_2"`` -> ``auto`` (the fused kernels
+                where they run); others are refused.
+            device_map: one device (``"cuda:0"``, ``0``, ``torch.device``, or ``{"": device}``); splitting a
+                model over devices (``"auto"``, several entries) is refused.
+            subfolder: the checkpoint lies in this subfolder of the directory or hub repository.
+            local_files_only: never download (a hub id must be in the local cache).
+            output_loading_info: also return ``{"missing_keys", "unexpected_keys", "mismatched_keys",
+                "error_msgs"}`` (the first two are always empty: such checkpoints raise ``CheckpointError``).
+            low_cpu_mem_usage: accepted for compatibility; loading never holds more than the checkpoint and one
+                model.
+            **config_overrides: config fields to override (e.g. ``num_labels=10``); other names are refused.
         """
-        from .loading import load_pretrained
+        from .loading import load_pretrained, loading_options
 
-        return load_pretrained(
-            cls,
-            pretrained_model_name_or_path,
+        options = loading_options(
             backend=backend,
             dtype=dtype,
             device=device,
+            torch_dtype=torch_dtype,
+            attn_implementation=attn_implementation,
+            device_map=device_map,
+            config_overrides=config_overrides,
+        )
+        return load_pretrained(
+            cls,
+            pretrained_model_name_or_path,
             config=config,
             ignore_mismatched_sizes=ignore_mismatched_sizes,
-            config_overrides=config_overrides,
+            subfolder=subfolder,
+            local_files_only=local_files_only,
+            output_loading_info=output_loading_info,
+            **options,
         )
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, safe_serialization: bool = True) -> None:
