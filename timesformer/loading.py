@@ -70,9 +70,11 @@ def resolve_pretrained_dir(
             f"{CONFIG_NAME} and one of {WEIGHT_FILES}"
         ) from None
     try:
+        # local_files_only is passed only when asked for: the hub's own default (and HF_HUB_OFFLINE) apply otherwise.
+        offline = {"local_files_only": True} if local_files_only else {}
         return snapshot_download(
             repo_id=path,
-            local_files_only=local_files_only,
+            **offline,
             allow_patterns=[
                 CONFIG_NAME,
                 "*.safetensors",
