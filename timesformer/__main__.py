@@ -128,14 +128,10 @@ def info(_: argparse.Namespace) -> int:
         print(f"{dev} ({label}):")
         for name, status in timesformer.available_backends(dev).items():
             print(f"  {name:7s} {'yes' if status.available else 'no '}  {status.reason}")
-    from .preprocess import native_available
+    from .preprocess import native_available, native_cuda_available
 
     if native_available():
-        cuda = (
-            "with its CUDA kernel"
-            if torch._C._dispatch_has_kernel_for_dispatch_key("timesformer_csrc::preprocess_frames", "CUDA")
-            else "CPU only"
-        )
+        cuda = "with its CUDA kernel" if native_cuda_available() else "CPU only"
         print(f"native preprocessing extension: built ({cuda})")
     else:
         print("native preprocessing extension: not built (the pure-torch preprocessing runs instead)")
@@ -157,31 +153,6 @@ def _error(message: str) -> None:
     print(f"timesformer: error: {message}", file=sys.stderr)
 
 
-class _Progress:
-    """A one-line progress bar on stderr: only on a terminal and for more than a few videos. ``message``
-    ends the bar's line before an error line, so that the two never share one."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.done = total, 0
-        self.enabled = enabled and total > 3 and sys.stderr.isatty()
-        self.open = False
-
-    def step(self) -> None:
-        self.done += 1
-        if self.enabled:
-            filled = 30 * self.done // self.total
-            end = "\n" if self.done == self.total else ""
-            bar = "#" * filled + "." * (30 - filled)
-            print(f"\r[{bar}] {self.done}/{self.total} videos", end=end, file=sys.stderr, flush=True)
-            self.open = self.done != self.total
-
-    def message(self, text: str) -> None:
-        if self.open:
-            print(file=sys.stderr)
-            self.open = False
-        _error(text)
-
-
 def printable(text: str) -> str:
     """``text`` with control characters escaped (``\\n``, ``\\x1b``): a file name or label can then not
     fake a result line or send terminal escape sequences."""
@@ -192,6 +163,7 @@ def classify(args: argparse.Namespace) -> int:
     import json
 
     from .classify import classify_videos, load_model
+    from .evaluate import Progress
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     try:
@@ -200,7 +172,7 @@ def classify(args: argparse.Namespace) -> int:
     except Exception as exc:  # a bad setup: one line, exit 2
         _error(f"cannot load the model {args.model or '(bundled)'}: {printable(exc)}")
         return 2
-    progress = _Progress(len(args.videos), enabled=not args.no_progress)
+    progress = Progress(len(args.videos), enabled=False if args.no_progress else None, min_total=4)
     failed = 0
     totals = {"decode": 0.0, "preprocess": 0.0, "model": 0.0}
     done = 0
@@ -222,7 +194,8 @@ def classify(args: argparse.Namespace) -> int:
         progress.step()
         if pred.error is not None:
             failed += 1
-            progress.message(f"{printable(pred.path)}: {printable(pred.error)}")
+            progress.end_line()  # an error line never shares the bar's line
+            _error(f"{printable(pred.path)}: {printable(pred.error)}")
             if args.json:
                 print(json.dumps(pred.to_json()), flush=True)
             continue

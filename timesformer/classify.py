@@ -7,6 +7,7 @@ A video that cannot be read yields an error result and the others go on.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -146,8 +147,8 @@ def classify_videos(
             mean of the views' softmax probabilities.
         max_frame_pixels: videos with larger frames are errors (``read_video``'s limit by default).
     """
-    from .evaluate import clip_indices, cut_views
-    from .video import MAX_NUM_FRAMES, VideoError, read_video, video_info
+    from .evaluate import cut_views, views_frame_indices
+    from .video import MAX_NUM_FRAMES, VideoError, read_video
 
     if clips < 1 or crops not in (1, 3):
         raise ValueError(f"clips must be >= 1 and crops 1 or 3, got clips={clips}, crops={crops}")
@@ -168,9 +169,14 @@ def classify_videos(
             if clips == 1 and crops == 1:
                 frames = read_video(path, num_frames, sample_rate, strategy=strategy, seed=seed, **limits)
             else:
-                per_clip = clip_indices(video_info(path)["frames"], num_frames, sample_rate, clips)
-                indices = [j for clip in per_clip for j in clip]
-                frames = read_video(path, indices=indices, max_num_frames=len(indices), **limits)
+                frames = read_video(
+                    path,
+                    indices=functools.partial(
+                        views_frame_indices, num_frames=num_frames, sample_rate=sample_rate, clips=clips
+                    ),
+                    max_num_frames=num_frames * clips,
+                    **limits,
+                )
             decoded = time.perf_counter()
             # uint8 to the device (4x less to copy than floats), preprocessed there: (views, T, 3, h, w).
             pixels = cut_views(frames.to(device), processor, num_frames, crops, dtype, uint8=False)

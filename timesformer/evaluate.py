@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .classify import nan_error
+from .preprocess import native_cuda_available
 from .video import MAX_FRAME_PIXELS, MAX_NUM_FRAMES
 
 logger = logging.getLogger("timesformer")
@@ -197,6 +198,11 @@ def clip_indices(total: int, num_frames: int, sample_rate: int, clips: int) -> l
     return out
 
 
+def views_frame_indices(total: int, num_frames: int, sample_rate: int, clips: int) -> list[int]:
+    """The frame indices of all ``clips`` of a ``total``-frame video, clip after clip (``clip_indices``)."""
+    return [j for clip in clip_indices(total, num_frames, sample_rate, clips) for j in clip]
+
+
 def cut_views(frames: torch.Tensor, processor, num_frames: int, crops: int, dtype: torch.dtype, uint8: bool):
     """The views of one video from its decoded clips ``(clips * T, H, W, 3)`` (uint8, on any device): ``(V, T,
     3, h, w)`` pixel values of ``dtype`` (``V = clips * crops``, clip-major), or with ``uint8`` the resized and
@@ -239,8 +245,11 @@ class VideoViews(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def frame_indices(self, total: int) -> list[int]:
+        return views_frame_indices(total, self.num_frames, self.sample_rate, self.clips)
+
     def __getitem__(self, i: int) -> dict:
-        from .video import VideoError, read_video, video_info
+        from .video import VideoError, read_video
 
         sample = self.samples[i]
         item = {
@@ -252,12 +261,10 @@ class VideoViews(torch.utils.data.Dataset):
         }
         try:
             start = time.perf_counter()
-            total = video_info(sample.path)["frames"]
-            per_clip = clip_indices(total, self.num_frames, self.sample_rate, self.clips)
             # One decoding pass for every clip (read_video takes repeated and unsorted indices).
             frames = read_video(
                 sample.path,
-                indices=[j for clip in per_clip for j in clip],
+                indices=self.frame_indices,
                 max_frame_pixels=self.max_frame_pixels,
                 max_num_frames=MAX_NUM_FRAMES * self.clips,
             )
@@ -479,11 +486,13 @@ def default_workers() -> int:
 
 
 class Progress:
-    """A one-line progress bar on stderr: videos done, videos/s, ETA (only on a terminal, by default)."""
+    """A one-line progress bar on stderr: videos done, videos/s, ETA. By default only on a terminal, and only
+    for at least ``min_total`` videos; ``end_line`` ends an unfinished bar's line before other output."""
 
-    def __init__(self, total: int, enabled: bool | None = None, stream=sys.stderr):
-        self.total, self.done, self.stream = total, 0, stream
-        self.enabled = stream.isatty() if enabled is None else enabled
+    def __init__(self, total: int, enabled: bool | None = None, stream=None, min_total: int = 1):
+        self.stream = sys.stderr if stream is None else stream
+        self.total, self.done, self.open = total, 0, False
+        self.enabled = (self.stream.isatty() if enabled is None else enabled) and total >= min_total
         self.start = time.perf_counter()
 
     def step(self, n: int = 1) -> None:
@@ -495,13 +504,18 @@ class Progress:
         eta = (self.total - self.done) / rate if rate else math.inf
         bar = "#" * (30 * self.done // self.total) + "." * (30 - 30 * self.done // self.total)
         eta_text = f"{eta:.0f} s" if math.isfinite(eta) else "?"
-        end = "\n" if self.done >= self.total else ""
+        self.open = self.done < self.total
         print(
             f"\r[{bar}] {self.done}/{self.total} videos, {rate:.2f}/s, ETA {eta_text}  ",
-            end=end,
+            end="" if self.open else "\n",
             file=self.stream,
             flush=True,
         )
+
+    def end_line(self) -> None:
+        if self.open:
+            print(file=self.stream)
+            self.open = False
 
 
 def _closes_its_process_group(fn):
@@ -618,7 +632,7 @@ def evaluate(
             processor.rescale_factor if processor.do_rescale else 1.0,
         )
     if device_preprocess is None:
-        device_preprocess = device.type == "cuda" and _native_cuda()
+        device_preprocess = device.type == "cuda" and native_cuda_available()
     dataset = VideoViews(
         todo,
         processor,
@@ -690,14 +704,6 @@ def evaluate(
     )
     write_reports(output, metrics, id2label)
     return metrics
-
-
-def _native_cuda() -> bool:
-    from .preprocess import native_available
-
-    return native_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "timesformer_csrc::preprocess_frames", "CUDA"
-    )
 
 
 def _cut_on_device(

@@ -106,16 +106,16 @@ def _inside(path: str, roots: list[str]) -> bool:
     return any(os.path.commonpath([real, root]) == root for root in roots)
 
 
-def _shard_path(directory: str, index: str, shard: object) -> str:
+def _shard_path(directory: str, roots: list[str], index: str, shard: str) -> str:
     """The file a shard index names, refused unless it is a plain file name inside ``directory``."""
-    if not isinstance(shard, str) or not shard or "\0" in shard:
+    if not shard or "\0" in shard:
         raise CheckpointError(f"{index}: shard names must be non-empty strings, got {shard!r}")
     if os.path.isabs(shard) or os.path.normpath(shard).split(os.sep)[0] == os.pardir:
         raise CheckpointError(
             f"{index}: shard {shard!r} is outside the model directory; expected a file name in it"
         )
     path = os.path.join(directory, shard)
-    if not _inside(path, _allowed_roots(directory)):
+    if not _inside(path, roots):
         raise CheckpointError(
             f"{index}: shard {shard!r} resolves (through a symlink) outside the model directory"
         )
@@ -143,11 +143,16 @@ def _weight_map(directory: str) -> tuple[str, dict[str, str] | None]:
                 f"{candidate}: weight_map must be a non-empty object of parameter name -> shard file name, "
                 f"got {type(weight_map).__name__}"
             )
+        paths: dict[object, str] = {}  # each shard name checked once, however many keys it holds
         resolved = {}
         for key, shard in weight_map.items():
             if not isinstance(key, str):
                 raise CheckpointError(f"{candidate}: weight_map keys must be parameter names, got {key!r}")
-            resolved[key] = _shard_path(directory, candidate, shard)
+            if not isinstance(shard, str):
+                raise CheckpointError(f"{candidate}: shard names must be non-empty strings, got {shard!r}")
+            if shard not in paths:
+                paths[shard] = _shard_path(directory, roots, candidate, shard)
+            resolved[key] = paths[shard]
         return candidate, resolved
     raise FileNotFoundError(f"no weights in {directory!r}: looked for {', '.join(WEIGHT_FILES)}")
 
@@ -379,15 +384,9 @@ def load_pretrained(
     # the weights (or asks for a huge model) fails here, before anything is allocated or initialized.
     with torch.device("meta"):
         skeleton = cls(config, backend=backend)
-    level = logger.level
-    logger.setLevel(logging.ERROR)  # its warnings come once, from the real load below
-    try:
-        adapt_state_dict(skeleton, state, ignore_mismatched_sizes=ignore_mismatched_sizes)
-    finally:
-        logger.setLevel(level)
-    model = cls(config, backend=backend)
     full_state = state
-    state = adapt_state_dict(model, state, ignore_mismatched_sizes=ignore_mismatched_sizes)
+    state = adapt_state_dict(skeleton, state, ignore_mismatched_sizes=ignore_mismatched_sizes)
+    model = cls(config, backend=backend)
     model.load_state_dict(state, strict=False)  # exactness was checked by adapt_state_dict
     model = model.to(dtype=torch_dtype, device=device)
     model.name_or_path = os.fspath(path)

@@ -137,6 +137,13 @@ def native_available() -> bool:
     return hasattr(torch.ops, "timesformer_csrc") and hasattr(torch.ops.timesformer_csrc, "preprocess_frames")
 
 
+def native_cuda_available() -> bool:
+    """Whether the native extension is built with its CUDA kernel (frames can be preprocessed on the GPU)."""
+    return native_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "timesformer_csrc::preprocess_frames", "CUDA"
+    )
+
+
 def preprocess_frames(
     frames: torch.Tensor,
     size: tuple[int, int],

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -170,7 +170,7 @@ def read_video(
     *,
     strategy: str = "random",
     seed: int | None = None,
-    indices: Sequence[int] | None = None,
+    indices: Sequence[int] | Callable[[int], Sequence[int]] | None = None,
     max_frame_pixels: int = MAX_FRAME_PIXELS,
     max_num_frames: int = MAX_NUM_FRAMES,
 ) -> torch.Tensor:
@@ -182,7 +182,9 @@ def read_video(
         sample_rate: spacing of the frames (see ``sample_frame_indices``).
         strategy: ``"random"`` (the model cards' sampling), ``"center"`` or ``"uniform"``.
         seed: seed of the ``"random"`` strategy (None: unseeded).
-        indices: explicit frame indices (sorted or not; repeats allowed) instead of a strategy.
+        indices: explicit frame indices (sorted or not; repeats allowed) instead of a strategy, or a function
+            of the video's frame count that returns them (one pass over the file, where ``video_info`` first
+            would index its packets twice).
         max_frame_pixels: refuse a video whose frames have more pixels (width x height, read from the stream
             before decoding; default 4096 x 4096).
         max_num_frames: refuse to return more frames than this (default 1024).
@@ -195,11 +197,14 @@ def read_video(
     """
     import av
 
-    count = num_frames if indices is None else len(indices)
-    if not 1 <= count <= max_num_frames:
-        raise ValueError(
-            f"{'num_frames' if indices is None else 'len(indices)'} must be 1 to {max_num_frames}, got {count}"
-        )
+    def check_count(count: int, name: str) -> None:
+        if not 1 <= count <= max_num_frames:
+            raise ValueError(f"{name} must be 1 to {max_num_frames}, got {count}")
+
+    if indices is None:
+        check_count(num_frames, "num_frames")
+    elif not callable(indices):
+        check_count(len(indices), "len(indices)")
     container = _open(path)
     try:
         stream = container.streams.video[0]
@@ -220,6 +225,9 @@ def read_video(
             rng = np.random.default_rng(seed)
             indices = sample_frame_indices(num_frames, sample_rate, total, strategy, rng)
         else:
+            if callable(indices):  # chosen from the frame count, found by this one pass over the packets
+                indices = indices(total)
+                check_count(len(indices), "len(indices)")
             indices = [int(i) for i in indices]
             bad = [i for i in indices if not 0 <= i < total]
             if bad or not indices:
