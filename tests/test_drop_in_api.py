@@ -213,3 +213,61 @@ def test_unknown_keywords_are_refused(saved):
         ).config.hidden_dropout_prob
         == 0.1
     )
+
+
+def test_from_pretrained_with_a_state_dict_and_no_directory(saved):
+    path, model, kwargs = saved
+    x = random_clip(kwargs, batch=1)
+    with torch.no_grad():
+        expected = model.eval()(x).logits
+    # transformers' way of building a model from weights in memory, with its key names or ours.
+    for state in (model.state_dict(), {"timesformer." + k if not k.startswith(("timesformer.", "classifier."))
+                                       else k: v for k, v in model.state_dict().items()}):
+        loaded = TimesformerForVideoClassification.from_pretrained(
+            None, config=model.config, state_dict=state
+        )
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x).logits, expected)
+        assert loaded.name_or_path == ""
+    # state_dict replaces the directory's weights.
+    other = randomize_(TimesformerForVideoClassification(model.config), 10)
+    loaded = TimesformerForVideoClassification.from_pretrained(path, state_dict=other.state_dict())
+    torch.testing.assert_close(loaded.classifier.weight, other.classifier.weight)
+    with pytest.raises(ValueError, match=r"needs config= and state_dict=|builds the model from config="):
+        TimesformerForVideoClassification.from_pretrained(None, config=model.config)
+    with pytest.raises(TypeError, match="state_dict must map parameter names to tensors"):
+        TimesformerForVideoClassification.from_pretrained(None, config=model.config, state_dict={"a": 1})
+    with pytest.raises(CheckpointError, match="missing"):
+        TimesformerForVideoClassification.from_pretrained(
+            None, config=model.config, state_dict=dict(list(model.state_dict().items())[1:])
+        )
+
+
+def test_dtype_defaults_to_the_checkpoints_and_is_written_as_a_string(saved, tmp_path):
+    import json
+
+    path, model, _ = saved
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"
+    # transformers 5 loads a checkpoint in its own dtype unless told otherwise.
+    loaded = TimesformerForVideoClassification.from_pretrained(tmp_path / "bf16")
+    assert loaded.dtype == torch.bfloat16 and loaded.config.dtype == "bfloat16"
+    loaded = TimesformerForVideoClassification.from_pretrained(tmp_path / "bf16", dtype=torch.float32)
+    assert loaded.dtype == torch.float32 and loaded.config.dtype == "float32"
+    # A torch.dtype given to the config is written as transformers writes it.
+    config = TimesformerConfig(**{**model.config.to_dict(), "dtype": torch.float16})
+    assert json.loads(config.to_json_string())["dtype"] == "float16"
+
+
+def test_label_maps_and_dtype_survive_a_save_and_load(tmp_path):
+    names = ["walk", "run", "jump", "swim", "ride"]
+    model, kwargs = _model(
+        num_labels=5, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
+    )
+    model.to(torch.float16).save_pretrained(tmp_path / "m")
+    loaded = TimesformerForVideoClassification.from_pretrained(tmp_path / "m")
+    assert loaded.config.label2id == {n: i for i, n in enumerate(names)}
+    assert loaded.config.id2label == dict(enumerate(names))
+    assert loaded.config.to_dict()["dtype"] == "float16" and loaded.dtype == torch.float16
+    loaded.save_pretrained(tmp_path / "again")
+    assert (tmp_path / "again" / "config.json").read_text() == (tmp_path / "m" / "config.json").read_text()

@@ -57,7 +57,8 @@ def load_model(
     dtype: torch.dtype | None = None,
 ):
     """``(model, processor)`` from a directory or hub id (default: the bundled model); the processor comes
-    from the model's ``preprocessor_config.json``, else ``VideoMAEImageProcessor``'s defaults."""
+    from the model's ``preprocessor_config.json``, else ``TimesformerVideoProcessor``'s defaults (ImageNet
+    mean and std)."""
     from .loading import resolve_pretrained_dir
     from .modeling import TimesformerForVideoClassification
     from .preprocess import VideoProcessor
@@ -78,7 +79,7 @@ def load_model(
         processor = VideoProcessor.from_pretrained(directory)
         processor.check_model(net.config, config_file)
     else:
-        processor = VideoProcessor()  # VideoMAEImageProcessor's defaults, as transformers does
+        processor = VideoProcessor()  # transformers' TimesformerVideoProcessor defaults (ImageNet mean/std)
         processor.check_model(net.config, "the default preprocessing (no preprocessor_config.json)")
     return net, processor
 

@@ -325,6 +325,9 @@ class TimesformerConfig:
     def to_dict(self) -> dict[str, Any]:
         """All fields (including kept unknown keys) as a JSON-serializable dict, transformers' key names."""
         out: dict[str, Any] = dict(copy.deepcopy(self._extra))
+        for key in ("dtype", "torch_dtype"):
+            if key in out and not isinstance(out[key], (str, type(None))):
+                out[key] = str(out[key]).removeprefix("torch.")  # a torch.dtype, written as transformers does
         for name in MODEL_FIELDS:
             value = getattr(self, name)
             out[name] = list(value) if isinstance(value, tuple) else value

@@ -276,8 +276,10 @@ def adapt_state_dict(
 
 
 def _parse_dtype(dtype: torch.dtype | str | None, config: TimesformerConfig) -> torch.dtype:
+    """The model dtype for ``dtype``; ``None`` and ``"auto"`` (transformers 5's default) take the checkpoint's
+    ``dtype``/``torch_dtype`` from its config, float32 when it records none."""
     if dtype is None:
-        return torch.float32
+        dtype = "auto"
     if isinstance(dtype, torch.dtype):
         if dtype not in MODEL_DTYPES:
             names = ", ".join(str(d).removeprefix("torch.") for d in MODEL_DTYPES)
@@ -352,7 +354,7 @@ def loading_options(
 
 def load_pretrained(
     cls,
-    path: str | os.PathLike,
+    path: str | os.PathLike | None,
     *,
     backend: str,
     dtype: torch.dtype | str | None,
@@ -363,13 +365,19 @@ def load_pretrained(
     subfolder: str = "",
     local_files_only: bool = False,
     output_loading_info: bool = False,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
 ):
     if torch.empty(0).device.type == "meta":
         raise RuntimeError(
             "from_pretrained was called under torch.device('meta'): the checkpoint's weights would be dropped; "
             "load the model outside that context"
         )
-    directory = resolve_pretrained_dir(path, subfolder=subfolder, local_files_only=local_files_only)
+    if path is None and (config is None or state_dict is None):
+        raise ValueError(
+            "from_pretrained(None, ...) builds the model from config= and state_dict=; got "
+            f"config={'set' if config is not None else None}, state_dict={'set' if state_dict is not None else None}"
+        )
+    directory = None if path is None else resolve_pretrained_dir(path, subfolder, local_files_only)
     if config is None:
         config_path = os.path.join(directory, CONFIG_NAME)
         if not os.path.isfile(config_path):
@@ -377,7 +385,14 @@ def load_pretrained(
         config = TimesformerConfig.from_json_file(config_path)
     if config_overrides:
         config = TimesformerConfig.from_dict(config.to_dict(), **config_overrides)
-    state = read_state_dict(directory)
+    if state_dict is None:
+        state = read_state_dict(directory)
+    elif isinstance(state_dict, Mapping) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()
+    ):
+        state = dict(state_dict)
+    else:
+        raise TypeError(f"state_dict must map parameter names to tensors, got {type(state_dict).__name__}")
     torch_dtype = _parse_dtype(dtype, config)
 
     # The checkpoint's keys and shapes against a model without storage first: a config that does not fit
@@ -389,7 +404,9 @@ def load_pretrained(
     model = cls(config, backend=backend)
     model.load_state_dict(state, strict=False)  # exactness was checked by adapt_state_dict
     model = model.to(dtype=torch_dtype, device=device)
-    model.name_or_path = os.fspath(path)
+    model.name_or_path = "" if path is None else os.fspath(path)
+    # As transformers: the config records the dtype the model was loaded in (written to config.json).
+    model.config._extra["dtype"] = str(torch_dtype).removeprefix("torch.")
     model.eval()
     if output_loading_info:
         mismatched = [

@@ -458,7 +458,7 @@ class TimesformerPreTrainedModel(nn.Module):
     @classmethod
     def from_pretrained(
         cls,
-        pretrained_model_name_or_path: str | os.PathLike,
+        pretrained_model_name_or_path: str | os.PathLike | None,
         *,
         backend: str = "auto",
         dtype: torch.dtype | str | None = None,
@@ -472,6 +472,7 @@ class TimesformerPreTrainedModel(nn.Module):
         local_files_only: bool = False,
         output_loading_info: bool = False,
         low_cpu_mem_usage: bool | None = None,
+        state_dict: dict[str, torch.Tensor] | None = None,
         **config_overrides: Any,
     ):
         """Load a checkpoint written by ``transformers``' ``save_pretrained`` (or ours).
@@ -479,9 +480,11 @@ class TimesformerPreTrainedModel(nn.Module):
         Args:
             pretrained_model_name_or_path: a local directory with ``config.json`` and ``model.safetensors``
                 (or ``pytorch_model.bin``, or a sharded index of either), or a hub id, resolved through
-                ``huggingface_hub`` when installed (its offline cache works).
+                ``huggingface_hub`` when installed (its offline cache works); ``None`` builds the model from
+                ``config`` and ``state_dict``.
             backend: ``"auto"``, ``"eager"``, ``"sdpa"`` or ``"triton"``.
-            dtype: parameter dtype (default float32, as transformers; ``"auto"`` takes the checkpoint's).
+            dtype: parameter dtype; the default ``"auto"`` (as transformers 5) takes the checkpoint's
+                (its config's ``dtype``), float32 when it records none.
             device: where to put the model.
             config: use this config instead of the checkpoint's ``config.json``.
             ignore_mismatched_sizes: re-initialize (with a warning) weights whose shapes differ, e.g. a
@@ -498,6 +501,7 @@ class TimesformerPreTrainedModel(nn.Module):
                 "error_msgs"}`` (the first two are always empty: such checkpoints raise ``CheckpointError``).
             low_cpu_mem_usage: accepted for compatibility; loading never holds more than the checkpoint and one
                 model.
+            state_dict: use these weights (``transformers``' key names or ours) instead of the checkpoint's files.
             **config_overrides: config fields to override (e.g. ``num_labels=10``); other names are refused.
         """
         from .loading import load_pretrained, loading_options
@@ -514,11 +518,12 @@ class TimesformerPreTrainedModel(nn.Module):
         return load_pretrained(
             cls,
             pretrained_model_name_or_path,
-            config=config,
+            config=None if config is None else _our_config(config),
             ignore_mismatched_sizes=ignore_mismatched_sizes,
             subfolder=subfolder,
             local_files_only=local_files_only,
             output_loading_info=output_loading_info,
+            state_dict=state_dict,
             **options,
         )
 

@@ -1,9 +1,10 @@
 """Frame preprocessing: resize (shortest edge), center crop, rescale, normalize, channels first.
 
-What ``VideoMAEImageProcessor`` (the processor the TimeSformer model cards use) does to each decoded frame,
-as one op: uint8 ``[T, H, W, 3]`` frames in, ``[T, 3, crop_h, crop_w]`` pixel values out. The resize is
-bilinear with antialiasing (a triangle filter widened by the scale when shrinking, as PIL's ``BILINEAR``
-and ``F.interpolate(..., antialias=True)`` do), computed in float32 without rounding to uint8 in between.
+What ``transformers``' ``TimesformerVideoProcessor`` (and ``VideoMAEImageProcessor``, which the model cards'
+``preprocessor_config.json`` names) does to each decoded frame, as one op: uint8 ``[T, H, W, 3]`` frames
+in, ``[T, 3, crop_h, crop_w]`` pixel values out. The resize is bilinear with antialiasing (a triangle filter
+widened by the scale when shrinking, as PIL's ``BILINEAR`` and ``F.interpolate(..., antialias=True)`` do),
+computed in float32 without rounding to uint8 in between.
 
 Two implementations with the same results:
 
@@ -25,7 +26,8 @@ import torch.nn.functional as F
 
 logger = logging.getLogger("timesformer")
 
-# transformers' IMAGENET_DEFAULT_MEAN / _STD: VideoMAEImageProcessor's defaults.
+# transformers' IMAGENET_DEFAULT_MEAN / _STD: TimesformerVideoProcessor's defaults (VideoMAEImageProcessor's
+# are 0.5 / 0.5; the model cards' preprocessor_config.json files give theirs explicitly).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -237,10 +239,14 @@ class VideoProcessor:
         do_normalize: bool = True,
     ):
         self.shortest_edge = _positive_int("size.shortest_edge", shortest_edge)
-        if isinstance(crop_size, (int, float)):
-            crop_size = (crop_size, crop_size)
+        if isinstance(crop_size, dict) and set(crop_size) == {"height", "width"}:
+            crop_size = (crop_size["height"], crop_size["width"])
+        if isinstance(crop_size, (int, float)) or (isinstance(crop_size, (tuple, list)) and len(crop_size) == 1):
+            crop_size = (crop_size, crop_size) if isinstance(crop_size, (int, float)) else tuple(crop_size) * 2
         if not isinstance(crop_size, (tuple, list)) or len(crop_size) != 2:
-            raise ValueError(f"crop_size must be (height, width), got {crop_size!r}")
+            raise ValueError(
+                f"crop_size must be (height, width), one int, or {{'height', 'width'}}, got {crop_size!r}"
+            )
         self.crop_size = (
             _positive_int("crop_size.height", crop_size[0]),
             _positive_int("crop_size.width", crop_size[1]),
@@ -290,12 +296,9 @@ class VideoProcessor:
             raise ValueError(
                 f"preprocessor config: expected size with 'shortest_edge' (as VideoMAEImageProcessor), got {size}"
             )
-        crop = config.get("crop_size", {"height": 224, "width": 224})
-        if isinstance(crop, int):
-            crop = {"height": crop, "width": crop}
         return cls(
             shortest_edge=size["shortest_edge"],
-            crop_size=(crop["height"], crop["width"]),
+            crop_size=config.get("crop_size", {"height": 224, "width": 224}),
             image_mean=config.get("image_mean", IMAGENET_MEAN),
             image_std=config.get("image_std", IMAGENET_STD),
             rescale_factor=config.get("rescale_factor", 1 / 255),
@@ -394,15 +397,140 @@ class VideoProcessor:
             x = x.round_().clamp_(0, 255).to(torch.uint8)
         return x[:, :, top : top + ch, left : left + cw].permute(0, 2, 3, 1).contiguous()
 
-    def __call__(self, clips, dtype: torch.dtype = torch.float32, native: bool | None = None) -> torch.Tensor:
-        """One clip ``(T, H, W, 3)`` or a list of clips -> ``pixel_values`` ``(batch, T, 3, h, w)``."""
-        if (isinstance(clips, torch.Tensor) and clips.dim() == 4) or not isinstance(clips, (list, tuple)):
-            clips = [clips]
-        out = [self.preprocess(c, dtype, native) for c in clips]
+    def __call__(
+        self,
+        videos,
+        return_tensors: str | None = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+        native: bool | None = None,
+        **settings,
+    ):
+        """``pixel_values`` ``(batch, T, 3, crop_h, crop_w)`` for one video or a list of videos.
+
+        Args:
+            videos: uint8 RGB frames, as ``transformers``' video processors take them: one video as a
+                ``(T, H, W, 3)`` or ``(T, 3, H, W)`` tensor or array, or a list of frames (PIL images, or
+                ``(H, W, 3)`` / ``(3, H, W)`` arrays or tensors); several videos as a list of those or a 5-D
+                tensor or array. All videos of a call must give the same shape.
+            return_tensors: ``None`` returns the tensor itself; ``"pt"`` (or ``"np"``) returns a mapping
+                ``{"pixel_values": ...}`` of torch tensors (numpy arrays), so that
+                ``model(**processor(video, return_tensors="pt"))`` works as with ``transformers``.
+            dtype: dtype of the pixel values.
+            native: force (``True``) or avoid (``False``) the native op; default: when built.
+            **settings: this call's values of the processor's settings (``size``, ``crop_size``,
+                ``image_mean``, ``image_std``, ``rescale_factor``, ``do_resize``, ``do_center_crop``,
+                ``do_rescale``, ``do_normalize``), as ``transformers`` takes them.
+        """
+        if return_tensors not in (None, "pt", "np"):
+            raise ValueError(f"return_tensors must be None, 'pt' or 'np', got {return_tensors!r}")
+        processor = self
+        if settings:
+            unknown = sorted(set(settings) - _SETTINGS)
+            if unknown:
+                raise TypeError(f"unknown processor setting(s) {unknown}; expected some of {sorted(_SETTINGS)}")
+            processor = type(self).from_dict({**self.to_dict(), **settings})
+        out = [processor.preprocess(video, dtype, native) for video in _videos(videos)]
         shapes = {tuple(o.shape) for o in out}
         if len(shapes) > 1:
-            raise ValueError(f"clips of one batch must give the same shape, got {sorted(shapes)}")
-        return torch.stack(out)
+            raise ValueError(f"the videos of one call must give the same shape, got {sorted(shapes)}")
+        pixel_values = torch.stack(out)
+        if return_tensors is None:
+            return pixel_values
+        return BatchFeature(pixel_values=pixel_values if return_tensors == "pt" else pixel_values.numpy())
 
     def __repr__(self) -> str:
         return f"VideoProcessor({self.to_dict()})"
+
+
+# The settings a call may override, by their preprocessor_config.json names.
+_SETTINGS = frozenset(
+    {"size", "crop_size", "image_mean", "image_std", "rescale_factor"}
+    | {"do_resize", "do_center_crop", "do_rescale", "do_normalize"}
+)
+
+
+class BatchFeature(dict):
+    """The processor's ``return_tensors`` output: a dict (``model(**features)``) whose keys are also
+    attributes, with ``to(device or dtype)`` as ``transformers.BatchFeature`` (a dtype applies to floating
+    tensors only)."""
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def to(self, *args, **kwargs) -> BatchFeature:
+        def move(value):
+            if not isinstance(value, torch.Tensor):
+                return value
+            if value.is_floating_point():
+                return value.to(*args, **kwargs)
+            # Only the device of an integer tensor changes, as transformers does.
+            device = kwargs.get("device") or next((a for a in args if not isinstance(a, torch.dtype)), None)
+            return value if device is None else value.to(device=device)
+
+        return BatchFeature({k: move(v) for k, v in self.items()})
+
+
+def _frame(frame) -> torch.Tensor:
+    """One frame as uint8 ``(H, W, 3)``: a PIL image (converted to RGB), or an ``(H, W, 3)`` / ``(3, H, W)``
+    array or tensor."""
+    if hasattr(frame, "convert") and hasattr(frame, "size"):  # a PIL image, without importing PIL
+        import numpy as np
+
+        frame = np.array(frame.convert("RGB"))
+    frame = torch.as_tensor(frame)
+    if frame.dim() == 3 and frame.shape[-1] != 3 and frame.shape[0] == 3:
+        frame = frame.permute(1, 2, 0)
+    if frame.dim() != 3 or frame.shape[-1] != 3:
+        raise ValueError(
+            f"expected a frame as a PIL image or an (H, W, 3) or (3, H, W) array, got shape {tuple(frame.shape)}"
+        )
+    return frame
+
+
+def _video(video) -> torch.Tensor:
+    """One video as uint8 ``(T, H, W, 3)``."""
+    if isinstance(video, (list, tuple)):
+        if not video:
+            raise ValueError("expected a video with at least one frame, got an empty list")
+        video = torch.stack([_frame(f) for f in video])
+    else:
+        video = torch.as_tensor(video)
+        if video.dim() == 4 and video.shape[-1] != 3 and video.shape[1] == 3:
+            video = video.permute(0, 2, 3, 1)
+        if video.dim() != 4 or video.shape[-1] != 3:
+            raise ValueError(
+                f"expected a video of shape (T, H, W, 3) or (T, 3, H, W), got shape {tuple(video.shape)}"
+            )
+    if video.dtype != torch.uint8:
+        raise ValueError(
+            f"expected uint8 frames (0..255, as decoded), got {str(video.dtype).removeprefix('torch.')}; "
+            "convert with (frames * 255).round().to(torch.uint8) if they are floats in [0, 1]"
+        )
+    return video
+
+
+def _is_frame(item) -> bool:
+    if hasattr(item, "convert") and hasattr(item, "size"):
+        return True
+    return getattr(item, "ndim", None) == 3
+
+
+def _videos(videos) -> list[torch.Tensor]:
+    """``videos`` (see ``VideoProcessor.__call__``) as a list of uint8 ``(T, H, W, 3)`` tensors."""
+    if isinstance(videos, (list, tuple)):
+        if not videos:
+            raise ValueError("expected a video or a list of videos, got an empty list")
+        return [_video(videos)] if _is_frame(videos[0]) else [_video(v) for v in videos]
+    ndim = getattr(videos, "ndim", None)
+    if ndim == 5:
+        return [_video(v) for v in videos]
+    if ndim == 4:
+        return [_video(videos)]
+    raise ValueError(
+        "expected a video (a (T, H, W, 3) tensor or array, or a list of frames) or a list of videos, got "
+        + (f"shape {tuple(videos.shape)}" if ndim is not None else type(videos).__name__)
+    )

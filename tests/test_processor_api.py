@@ -1,0 +1,139 @@
+"""``VideoProcessor`` called the way ``transformers``' video processors are (issue 16, item 5): the input
+forms they take, ``return_tensors``, per-call settings, their defaults, and the pixel values of
+``transformers``' PIL processor with the same settings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import random_clip, randomize_, small_config_kwargs
+
+from timesformer import TimesformerConfig, TimesformerForVideoClassification
+from timesformer.preprocess import BatchFeature, VideoProcessor
+
+PIL = pytest.importorskip("PIL.Image")
+transformers = pytest.importorskip("transformers")
+
+
+def _frames(t=3, h=37, w=53, seed=0) -> torch.Tensor:
+    return torch.randint(0, 256, (t, h, w, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_defaults_are_transformers_timesformer_video_processor():
+    # The class attributes are read from the module: instantiating it needs torchvision.
+    from transformers.models.timesformer.video_processing_timesformer import TimesformerVideoProcessor as Ref
+
+    ours = VideoProcessor()
+    assert list(ours.image_mean) == pytest.approx(Ref.image_mean)
+    assert list(ours.image_std) == pytest.approx(Ref.image_std)
+    assert ours.shortest_edge == Ref.size["shortest_edge"]
+    assert ours.crop_size == (Ref.crop_size["height"], Ref.crop_size["width"])
+    assert ours.rescale_factor == pytest.approx(Ref.rescale_factor)
+    assert (ours.do_resize, ours.do_center_crop, ours.do_rescale, ours.do_normalize) == (
+        Ref.do_resize, Ref.do_center_crop, Ref.do_rescale, Ref.do_normalize,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "size,crop,hw", [(24, (16, 24), (37, 53)), (17, (17, 11), (64, 29)), (31, (31, 31), (31, 40))]
+)
+def test_pixel_values_match_transformers_pil_processor(size, crop, hw):
+    gen = torch.Generator().manual_seed(size)
+    mean = (torch.rand(3, generator=gen) * 0.6 + 0.2).tolist()
+    std = (torch.rand(3, generator=gen) * 0.3 + 0.15).tolist()
+    frames = _frames(4, *hw, seed=size)
+    settings = dict(image_mean=mean, image_std=std, rescale_factor=1 / 255)
+    reference = transformers.VideoMAEImageProcessorPil(
+        size={"shortest_edge": size}, crop_size={"height": crop[0], "width": crop[1]}, **settings
+    )
+    ours = VideoProcessor(shortest_edge=size, crop_size=crop, **settings)
+    pil_frames = [PIL.fromarray(f.numpy()) for f in frames]
+    expected = reference(pil_frames, return_tensors="pt")["pixel_values"]
+    got = ours(pil_frames, return_tensors="pt")["pixel_values"]
+    assert got.shape == expected.shape == (1, 4, 3, *crop)
+    # PIL rounds the resized frame to 8 bits (and uses fixed-point weights); we round nowhere: at most one
+    # 8-bit level apart, and far less on average.
+    level = torch.tensor([1 / 255 / s for s in std]).view(1, 1, 3, 1, 1)
+    diff = (got - expected).abs()
+    assert (diff <= 1.01 * level).all(), (diff / level).max()
+    assert (diff / level).mean() < 0.3
+
+
+def test_every_input_form_gives_the_same_pixel_values():
+    processor = VideoProcessor(shortest_edge=24, crop_size=16)
+    video = _frames()
+    expected = processor(video)
+    assert expected.shape == (1, 3, 3, 16, 16)
+    arrays = video.numpy()
+    forms = {
+        "tensor THWC": video,
+        "tensor TCHW": video.permute(0, 3, 1, 2),
+        "array THWC": arrays,
+        "array TCHW": arrays.transpose(0, 3, 1, 2),
+        "list of PIL images": [PIL.fromarray(f) for f in arrays],
+        "list of HWC arrays": list(arrays),
+        "list of CHW tensors": [f.permute(2, 0, 1) for f in video],
+        "RGBA PIL images": [PIL.fromarray(f).convert("RGBA") for f in arrays],
+    }
+    for name, form in forms.items():
+        torch.testing.assert_close(processor(form), expected, rtol=0, atol=0, msg=name)
+    other = _frames(seed=1)
+    batch = processor(torch.stack([video, other]))
+    assert batch.shape == (2, 3, 3, 16, 16)
+    torch.testing.assert_close(batch[0], expected[0], rtol=0, atol=0)
+    for videos in ([video, other], [[PIL.fromarray(f) for f in v.numpy()] for v in (video, other)]):
+        torch.testing.assert_close(processor(videos), batch, rtol=0, atol=0)
+
+
+def test_return_tensors_feeds_the_model():
+    kwargs = small_config_kwargs("divided_space_time", 3)
+    config = TimesformerConfig(**kwargs)
+    model = randomize_(TimesformerForVideoClassification(config, backend="sdpa"), 3).eval()
+    side = config.image_size
+    processor = VideoProcessor(shortest_edge=side, crop_size=side)
+    video = [PIL.fromarray(f) for f in _frames(config.num_frames, side + 5, side + 9).numpy()]
+    features = processor(video, return_tensors="pt")
+    assert isinstance(features, BatchFeature) and set(features) == {"pixel_values"}
+    assert features.pixel_values is features["pixel_values"]
+    with torch.no_grad():
+        logits = model(**features).logits
+        torch.testing.assert_close(logits, model(processor(video)).logits)
+    assert features.to(torch.float64).pixel_values.dtype == torch.float64
+    as_numpy = processor(video, return_tensors="np")["pixel_values"]
+    assert isinstance(as_numpy, np.ndarray)
+    np.testing.assert_array_equal(as_numpy, features.pixel_values.numpy())
+    assert random_clip(kwargs).shape[2:] == features.pixel_values.shape[2:]
+
+
+def test_settings_per_call_and_transformers_spellings():
+    video = _frames(2, 40, 60)
+    base = VideoProcessor(shortest_edge=32, crop_size=(32, 32))
+    per_call = base(video, crop_size={"height": 16, "width": 24}, do_normalize=False)
+    assert per_call.shape == (1, 2, 3, 16, 24) and per_call.min() >= 0 and per_call.max() <= 1
+    torch.testing.assert_close(
+        per_call, VideoProcessor(shortest_edge=32, crop_size=[16, 24], do_normalize=False)(video)
+    )
+    assert base.crop_size == (32, 32)  # the call did not change the processor
+    scalar = VideoProcessor(shortest_edge=32, crop_size=32, image_mean=0.5, image_std=0.25)
+    assert scalar.image_mean == (0.5,) * 3 and scalar.image_std == (0.25,) * 3
+    assert VideoProcessor(crop_size=[20]).crop_size == (20, 20)
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda p, v: p(v, return_tensors="tf"), "return_tensors must be None, 'pt' or 'np'"),
+        (lambda p, v: p(v.float() / 255), "expected uint8 frames"),
+        (lambda p, v: p(v, do_sample_frames=True), r"unknown processor setting\(s\) \['do_sample_frames'\]"),
+        (lambda p, v: p([]), "got an empty list"),
+        (lambda p, v: p(v[0, :, :, 0]), r"got shape \(37, 53\)"),
+        (lambda p, v: p([v[0, :, :, :2]]), r"expected a frame .* got shape \(37, 53, 2\)"),
+        (lambda p, v: p("video.mp4"), "got str"),
+        (lambda p, v: p([v, v[:, :20]], do_center_crop=False), "must give the same shape"),
+    ],
+)
+def test_bad_input_is_refused_with_what_was_expected(call, match):
+    processor = VideoProcessor(shortest_edge=16, crop_size=16)
+    with pytest.raises((ValueError, TypeError), match=match):
+        call(processor, _frames())
