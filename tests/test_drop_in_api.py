@@ -221,8 +221,13 @@ def test_from_pretrained_with_a_state_dict_and_no_directory(saved):
     with torch.no_grad():
         expected = model.eval()(x).logits
     # transformers' way of building a model from weights in memory, with its key names or ours.
-    for state in (model.state_dict(), {"timesformer." + k if not k.startswith(("timesformer.", "classifier."))
-                                       else k: v for k, v in model.state_dict().items()}):
+    for state in (
+        model.state_dict(),
+        {
+            "timesformer." + k if not k.startswith(("timesformer.", "classifier.")) else k: v
+            for k, v in model.state_dict().items()
+        },
+    ):
         loaded = TimesformerForVideoClassification.from_pretrained(
             None, config=model.config, state_dict=state
         )
@@ -246,7 +251,7 @@ def test_from_pretrained_with_a_state_dict_and_no_directory(saved):
 def test_dtype_defaults_to_the_checkpoints_and_is_written_as_a_string(saved, tmp_path):
     import json
 
-    path, model, _ = saved
+    _, model, _ = saved
     model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"
     # transformers 5 loads a checkpoint in its own dtype unless told otherwise.
@@ -261,7 +266,7 @@ def test_dtype_defaults_to_the_checkpoints_and_is_written_as_a_string(saved, tmp
 
 def test_label_maps_and_dtype_survive_a_save_and_load(tmp_path):
     names = ["walk", "run", "jump", "swim", "ride"]
-    model, kwargs = _model(
+    model, _ = _model(
         num_labels=5, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
     )
     model.to(torch.float16).save_pretrained(tmp_path / "m")

@@ -17,7 +17,9 @@ transformers = pytest.importorskip("transformers")
 
 
 def _frames(t=3, h=37, w=53, seed=0) -> torch.Tensor:
-    return torch.randint(0, 256, (t, h, w, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    return torch.randint(
+        0, 256, (t, h, w, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def test_defaults_are_transformers_timesformer_video_processor():

@@ -241,8 +241,12 @@ class VideoProcessor:
         self.shortest_edge = _positive_int("size.shortest_edge", shortest_edge)
         if isinstance(crop_size, dict) and set(crop_size) == {"height", "width"}:
             crop_size = (crop_size["height"], crop_size["width"])
-        if isinstance(crop_size, (int, float)) or (isinstance(crop_size, (tuple, list)) and len(crop_size) == 1):
-            crop_size = (crop_size, crop_size) if isinstance(crop_size, (int, float)) else tuple(crop_size) * 2
+        if isinstance(crop_size, (int, float)) or (
+            isinstance(crop_size, (tuple, list)) and len(crop_size) == 1
+        ):
+            crop_size = (
+                (crop_size, crop_size) if isinstance(crop_size, (int, float)) else tuple(crop_size) * 2
+            )
         if not isinstance(crop_size, (tuple, list)) or len(crop_size) != 2:
             raise ValueError(
                 f"crop_size must be (height, width), one int, or {{'height', 'width'}}, got {crop_size!r}"
@@ -428,7 +432,9 @@ class VideoProcessor:
         if settings:
             unknown = sorted(set(settings) - _SETTINGS)
             if unknown:
-                raise TypeError(f"unknown processor setting(s) {unknown}; expected some of {sorted(_SETTINGS)}")
+                raise TypeError(
+                    f"unknown processor setting(s) {unknown}; expected some of {sorted(_SETTINGS)}"
+                )
             processor = type(self).from_dict({**self.to_dict(), **settings})
         out = [processor.preprocess(video, dtype, native) for video in _videos(videos)]
         shapes = {tuple(o.shape) for o in out}
