@@ -276,3 +276,24 @@ def test_label_maps_and_dtype_survive_a_save_and_load(tmp_path):
     assert loaded.config.to_dict()["dtype"] == "float16" and loaded.dtype == torch.float16
     loaded.save_pretrained(tmp_path / "again")
     assert (tmp_path / "again" / "config.json").read_text() == (tmp_path / "m" / "config.json").read_text()
+
+
+def test_every_n_layers_and_offload():
+    model, kwargs = _model(seed=11)
+    model.train()
+    x, labels = random_clip(kwargs, batch=2), torch.tensor([0, 1])
+    reference = _grads(model, x, labels)
+    plain = _saved_tensor_bytes(model, x, labels)
+    model.activation_checkpointing_enable(every_n_layers=3)  # of 3 layers: layer 0 only
+    assert [m.checkpoint_every for m in model.modules() if hasattr(m, "checkpoint_every")] == [3]
+    every_third = _saved_tensor_bytes(model, x, labels)
+    model.activation_checkpointing_enable()
+    every_layer = _saved_tensor_bytes(model, x, labels)
+    assert every_layer < every_third < plain
+    for options in ({"every_n_layers": 2}, {"offload": True}):
+        model.activation_checkpointing_enable(**options)
+        grads = _grads(model, x, labels)
+        for name in reference:
+            torch.testing.assert_close(grads[name], reference[name], rtol=1e-5, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="every_n_layers must be a positive int"):
+        model.activation_checkpointing_enable(every_n_layers=0)

@@ -189,6 +189,22 @@ class TimesformerEncoder(nn.Module):
     def __init__(self, config: TimesformerConfig) -> None:
         super().__init__()
         self.layer = nn.ModuleList([TimesformerLayer(config, i) for i in range(config.num_hidden_layers)])
+        # As transformers' encoder: when true (and training), every ``checkpoint_every``-th layer is recomputed
+        # in the backward pass by ``checkpoint_function`` (set by ``activation_checkpointing_enable``).
+        self.gradient_checkpointing = False
+        self.checkpoint_function = None
+        self.checkpoint_every = 1
+
+    def run_layer(self, index: int, fn, *args):
+        """``fn(*args)`` for layer ``index``, checkpointed when checkpointing is on and autograd records."""
+        checkpointed = self.gradient_checkpointing and index % self.checkpoint_every == 0
+        if not (checkpointed and self.training and torch.is_grad_enabled()):
+            return fn(*args)
+        if self.checkpoint_function is None:  # the flag set directly, as older transformers code does
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(fn, *args, use_reentrant=False)
+        return self.checkpoint_function(fn, *args)
 
 
 # --------------------------------------------------------------------------- models
@@ -268,8 +284,6 @@ class TimesformerPreTrainedModel(nn.Module):
         self._requested_backend = self._check_backend_name(backend)
         # Where the weights came from (a directory or hub id), as transformers' ``name_or_path``.
         self.name_or_path = ""
-        # torch.utils.checkpoint.checkpoint with the caller's options, or None (gradient_checkpointing_enable).
-        self._checkpoint = None
         self._input_grads_hook = None
 
     # ------------------------------------------------------------------ init
@@ -426,33 +440,70 @@ class TimesformerPreTrainedModel(nn.Module):
             self._input_grads_hook.remove()
             self._input_grads_hook = None
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        """Recompute each layer's activations in the backward pass instead of keeping them (training only).
+    def activation_checkpointing_enable(
+        self,
+        activation_checkpointing_kwargs: dict | None = None,
+        every_n_layers: int = 1,
+        offload: bool = False,
+    ) -> None:
+        """Recompute layers' activations in the backward pass instead of keeping them (training only).
 
         Args:
-            gradient_checkpointing_kwargs: options of ``torch.utils.checkpoint.checkpoint`` (default
-                ``{"use_reentrant": True}``, as ``transformers``).
+            activation_checkpointing_kwargs: options of ``torch.utils.checkpoint.checkpoint`` (default
+                ``{"use_reentrant": False}``, as ``transformers`` 5). A reentrant checkpoint also makes the
+                patch embedding's output require grad (``enable_input_require_grads``), so that a frozen
+                embedding still lets gradients reach the layers.
+            every_n_layers: checkpoint layers 0, n, 2n, ...; the others keep their activations.
+            offload: keep the activations saved for the recomputation in (pinned) host memory.
         """
         import functools
 
         from torch.utils.checkpoint import checkpoint
 
-        options = {"use_reentrant": True, **(gradient_checkpointing_kwargs or {})}
+        if isinstance(every_n_layers, bool) or not isinstance(every_n_layers, int) or every_n_layers < 1:
+            raise ValueError(f"every_n_layers must be a positive int, got {every_n_layers!r}")
+        options = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
+        function = functools.partial(checkpoint, **options)
+        if offload:
+            pin = torch.cuda.is_available()
+
+            def function(fn, *args, _checkpoint=function):
+                with torch.autograd.graph.save_on_cpu(pin_memory=pin):
+                    return _checkpoint(fn, *args)
+
         for module in self.modules():
-            if isinstance(module, TimesformerPreTrainedModel):
-                module._checkpoint = functools.partial(checkpoint, **options)
+            if isinstance(module, TimesformerEncoder):
+                module.gradient_checkpointing = True
+                module.checkpoint_function = function
+                module.checkpoint_every = every_n_layers
         if options["use_reentrant"]:
             # Reentrant checkpoints need an input that requires grad to reach the parameters inside.
             self.enable_input_require_grads()
 
-    def gradient_checkpointing_disable(self) -> None:
+    def activation_checkpointing_disable(self) -> None:
         for module in self.modules():
-            if isinstance(module, TimesformerPreTrainedModel):
-                module._checkpoint = None
+            if isinstance(module, TimesformerEncoder):
+                module.gradient_checkpointing = False
+                module.checkpoint_function = None
+                module.checkpoint_every = 1
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
+
+    # transformers' names before 5.x (still the ones most code calls).
+    def gradient_checkpointing_enable(
+        self, gradient_checkpointing_kwargs: dict | None = None, **kwargs
+    ) -> None:
+        """``activation_checkpointing_enable`` under its older name."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.activation_checkpointing_disable()
 
     @property
     def is_gradient_checkpointing(self) -> bool:
-        return self._checkpoint is not None
+        return self.is_activation_checkpointing
 
     # ------------------------------------------------------------ checkpoints
     @classmethod

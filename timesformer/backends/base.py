@@ -107,12 +107,9 @@ class Backend:
                 # In-place layers would overwrite what the caller keeps, so keep a snapshot.
                 hidden_states.append(x.clone() if step.inplace else x)
             last_cls_only = cls_only and not output_hidden_states and i == len(layers) - 1
-            if model._checkpoint is not None and model.training and torch.is_grad_enabled():
-                # Gradient checkpointing: the layer runs again in the backward pass instead of keeping its
-                # activations (its dropout masks are replayed from the saved RNG state).
-                x, attn = model._checkpoint(self.layer, layer, x, step, output_attentions, last_cls_only)
-            else:
-                x, attn = self.layer(layer, x, step, output_attentions, cls_only=last_cls_only)
+            # With gradient checkpointing the layer runs again in the backward pass instead of keeping its
+            # activations (its dropout masks are replayed from the saved RNG state).
+            x, attn = model.encoder.run_layer(i, self.layer, layer, x, step, output_attentions, last_cls_only)
             if output_attentions:
                 attentions.append(attn)
         if output_hidden_states:

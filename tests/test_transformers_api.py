@@ -1,0 +1,251 @@
+"""A compact version of ``transformers``' own model and config checks (``ModelTesterMixin``,
+``ConfigTester``) for the API a drop-in replacement is used through, run on ``transformers``' classes and on
+ours alike: a check that holds upstream and fails here is an incompatibility, and running it upstream shows
+the check itself is right. The numerics are compared in ``test_parity_transformers.py``."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import warnings
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import random_clip, randomize_, small_config_kwargs
+
+import timesformer
+
+transformers = pytest.importorskip("transformers")
+
+IMPLS = ["transformers", "eager", "sdpa"]
+
+
+def _api(impl: str) -> SimpleNamespace:
+    """The classes of ``impl`` and a constructor that picks our backend."""
+    lib = transformers if impl == "transformers" else timesformer
+    kwargs = {} if impl == "transformers" else {"backend": impl}
+    return SimpleNamespace(
+        Config=lib.TimesformerConfig,
+        Model=lib.TimesformerModel,
+        Classifier=lib.TimesformerForVideoClassification,
+        make=lambda cls, config: cls(config, **kwargs),
+        load=lambda cls, path, **kw: cls.from_pretrained(path, **kwargs, **kw),
+    )
+
+
+def _model(impl, seed=0, cls="Classifier", **overrides):
+    api = _api(impl)
+    kwargs = small_config_kwargs("divided_space_time", seed, num_hidden_layers=2, **overrides)
+    model = randomize_(api.make(getattr(api, cls), api.Config(**kwargs)), seed)
+    return api, model, kwargs
+
+
+# --------------------------------------------------------------------------- ConfigTester
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_config_common_properties_json_and_num_labels(impl, tmp_path):
+    api = _api(impl)
+    kwargs = small_config_kwargs("joint_space_time", 5)
+    config = api.Config(**kwargs)
+    for name in ("hidden_size", "num_attention_heads", "num_hidden_layers"):
+        assert getattr(config, name) == kwargs[name]
+    as_json = json.loads(config.to_json_string())
+    for key, value in kwargs.items():
+        if key != "num_labels":
+            assert as_json[key] == value, key
+    config.to_json_file(tmp_path / "config.json")
+    assert api.Config.from_json_file(tmp_path / "config.json").to_dict() == config.to_dict()
+    config.save_pretrained(tmp_path / "saved")
+    assert api.Config.from_pretrained(tmp_path / "saved").to_dict() == config.to_dict()
+    config.num_labels = 5
+    assert len(config.id2label) == 5 and len(config.label2id) == 5
+    config.num_labels = 3
+    assert len(config.id2label) == 3 and len(config.label2id) == 3
+    # Config kwargs the base class takes (ConfigTester.check_config_can_be_init_without_params and friends).
+    assert api.Config().to_dict()["model_type"] == "timesformer"
+    assert api.Config(problem_type="multi_label_classification").problem_type == "multi_label_classification"
+
+
+# --------------------------------------------------------------------------- ModelTesterMixin
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("cls", ["Model", "Classifier"])
+def test_forward_signature(impl, cls):
+    api = _api(impl)
+    params = list(inspect.signature(getattr(api, cls).forward).parameters)
+    assert params[:2] == ["self", "pixel_values"]
+    expected = ["pixel_values", "output_attentions", "output_hidden_states", "return_dict"]
+    if cls == "Classifier":
+        expected.append("labels")
+    assert set(expected) <= set(params)
+
+
+@pytest.mark.parametrize("impl", [*IMPLS, "triton"])
+def test_save_load_and_determinism(impl, tmp_path):
+    api, model, kwargs = _model(impl, seed=1)
+    model.eval()
+    x = random_clip(kwargs, batch=1)
+    with torch.no_grad():
+        first, second = model(x).logits, model(x).logits
+    torch.testing.assert_close(first, second, rtol=0, atol=0)  # test_determinism
+    model.save_pretrained(tmp_path)
+    loaded = api.load(api.Classifier, tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, first, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_model_outputs_equivalence(impl):
+    _, model, kwargs = _model(impl, seed=2)
+    model.eval()
+    x = random_clip(kwargs, batch=2)
+    labels = torch.tensor([0, 1])
+    with torch.no_grad():
+        as_dict = model(x, labels=labels, output_hidden_states=True, output_attentions=True)
+        as_tuple = model(
+            x, labels=labels, output_hidden_states=True, output_attentions=True, return_dict=False
+        )
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == len(as_dict.to_tuple())
+    for a, b in zip(as_tuple, as_dict.to_tuple(), strict=True):
+        for ta, tb in zip(*((a,) if isinstance(a, torch.Tensor) else a for a in (a, b)), strict=True):
+            torch.testing.assert_close(ta, tb, rtol=0, atol=1e-6)
+    assert len(as_dict.hidden_states) == model.config.num_hidden_layers + 1
+    assert len(as_dict.attentions) == model.config.num_hidden_layers
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_hidden_states_and_attention_shapes_equal_transformers(impl):
+    _, model, kwargs = _model(impl, seed=3, cls="Model")
+    _, reference, _ = _model("transformers", seed=3, cls="Model")
+    x = random_clip(kwargs, batch=2)
+    with torch.no_grad():
+        ours = model.eval()(x, output_hidden_states=True, output_attentions=True)
+        ref = reference.eval()(x, output_hidden_states=True, output_attentions=True)
+    for name in ("last_hidden_state", "hidden_states", "attentions"):
+        shapes = [tuple(t.shape) for t in (ours[name] if name != "last_hidden_state" else [ours[name]])]
+        want = [tuple(t.shape) for t in (ref[name] if name != "last_hidden_state" else [ref[name]])]
+        assert shapes == want, name
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_model_get_set_embeddings(impl):
+    _, model, _ = _model(impl)
+    assert isinstance(model.get_input_embeddings(), torch.nn.Module)
+    out = model.get_output_embeddings()
+    assert out is None or isinstance(out, torch.nn.Linear)
+    assert model.base_model is model.timesformer
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_activation_checkpointing_enable_disable(impl):
+    _, model, _ = _model(impl)
+    assert model.supports_gradient_checkpointing and not model.is_activation_checkpointing
+    model.activation_checkpointing_enable()
+    assert model.is_activation_checkpointing
+    flagged = [n for n, m in model.named_modules() if hasattr(m, "gradient_checkpointing")]
+    assert flagged and all(model.get_submodule(n).gradient_checkpointing for n in flagged)
+    model.activation_checkpointing_disable()
+    assert not model.is_activation_checkpointing
+    assert not any(model.get_submodule(n).gradient_checkpointing for n in flagged)
+    # The names before transformers 5 (deprecated there, kept here).
+    with warnings.catch_warnings(action="ignore", category=FutureWarning):
+        model.gradient_checkpointing_enable()
+        assert model.is_gradient_checkpointing
+        model.gradient_checkpointing_disable()
+        assert not model.is_gradient_checkpointing
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_training_gradient_checkpointing(impl, reentrant):
+    _, model, kwargs = _model(impl, seed=4)
+    model.train()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
+    loss = model(random_clip(kwargs, batch=2), labels=torch.tensor([0, 1])).loss
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing
+
+
+# transformers' enable_input_require_grads hooks the embeddings module, whose TimeSformer forward returns a
+# tuple: ``AttributeError: 'tuple' object has no attribute 'requires_grad_'`` (transformers 5.24). Ours hooks
+# the patch projection. strict: this fails loudly once upstream is fixed, and the mark must go.
+UPSTREAM_INPUT_GRADS_BUG = pytest.mark.xfail(raises=AttributeError, strict=True, reason="transformers bug")
+
+
+@pytest.mark.parametrize(
+    "impl", [pytest.param("transformers", marks=UPSTREAM_INPUT_GRADS_BUG), "eager", "sdpa"]
+)
+def test_peft_style_frozen_model_with_input_require_grads(impl):
+    """What PEFT does for adapters: freeze the model, make the embedding output require grad, checkpoint
+    (reentrant), and train a few parameters inside the layers."""
+    _, model, kwargs = _model(impl, seed=5)
+    model.train()
+    model.requires_grad_(False)
+    trainable = model.timesformer.encoder.layer[0].intermediate.dense.weight
+    trainable.requires_grad_(True)
+    model.enable_input_require_grads()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    model(random_clip(kwargs, batch=2), labels=torch.tensor([0, 1])).loss.backward()
+    assert trainable.grad is not None and trainable.grad.abs().sum() > 0
+    assert model.num_parameters(only_trainable=True) == trainable.numel()
+    model.disable_input_require_grads()
+
+
+def test_num_parameters_equal_transformers():
+    _, ours, _ = _model("sdpa", seed=6)
+    _, ref, _ = _model("transformers", seed=6)
+    for kwargs in ({}, {"only_trainable": True}, {"exclude_embeddings": True}):
+        assert ours.num_parameters(**kwargs) == ref.num_parameters(**kwargs), kwargs
+    for model in (ours, ref):
+        model.timesformer.embeddings.requires_grad_(False)
+    assert ours.num_parameters(only_trainable=True) == ref.num_parameters(only_trainable=True)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_load_with_mismatched_shapes(impl, tmp_path):
+    api, model, kwargs = _model(impl, seed=7)
+    model.save_pretrained(tmp_path)
+    with pytest.raises(RuntimeError):
+        api.load(api.Classifier, tmp_path, num_labels=kwargs["num_labels"] + 2)
+    loaded = api.load(
+        api.Classifier, tmp_path, num_labels=kwargs["num_labels"] + 2, ignore_mismatched_sizes=True
+    )
+    with torch.no_grad():
+        assert loaded.eval()(random_clip(kwargs, batch=1)).logits.shape == (1, kwargs["num_labels"] + 2)
+    # The encoder of a classification checkpoint loads into the base model.
+    encoder = api.load(api.Model, tmp_path)
+    torch.testing.assert_close(encoder.layernorm.weight, model.timesformer.layernorm.weight)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_from_pretrained_without_a_checkpoint(impl):
+    api, model, _ = _model(impl, seed=8)
+    loaded = api.load(api.Classifier, None, config=model.config, state_dict=model.state_dict())
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_dtype_round_trip(impl, tmp_path):
+    api, model, _ = _model(impl, seed=9)
+    model.to(torch.bfloat16).save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "bfloat16"
+    assert api.load(api.Classifier, tmp_path).dtype == torch.bfloat16
+    assert api.load(api.Classifier, tmp_path, dtype=torch.float32).dtype == torch.float32
+    assert api.load(api.Classifier, tmp_path, torch_dtype=torch.float16).dtype == torch.float16
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_checkpoints_cross_between_implementations(impl, tmp_path):
+    """Each side's checkpoint loads in the other with the same logits."""
+    _, model, kwargs = _model(impl, seed=10)
+    model.eval().save_pretrained(tmp_path)
+    other = transformers if impl != "transformers" else timesformer
+    loaded = other.TimesformerForVideoClassification.from_pretrained(tmp_path).eval()
+    x = random_clip(kwargs, batch=1)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, model(x).logits, rtol=1e-5, atol=1e-5)
