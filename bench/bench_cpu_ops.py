@@ -3,9 +3,9 @@
 Each group times this package's op and the path ``transformers`` (or its image processor) takes for the
 same result, on the same input, after checking that the two agree:
 
-- temporal / spatial / joint attention: ``timesformer.ops`` (views of the model's row order, SDPA) against
+- temporal / spatial / joint attention: ``timesformer.torch_ops`` (views of the model's row order, SDPA) against
   the reference's permute / repeat / cat / contiguous then SDPA (``bench.bench_attention``'s reference paths);
-- frame normalization: ``ops.normalize_frames`` (uint8 ``[B, T, H, W, C]`` to normalized float
+- frame normalization: ``torch_ops.normalize_frames`` (uint8 ``[B, T, H, W, C]`` to normalized float
   ``[B, T, C, H, W]``) against the image processor's numpy rescale, normalize and transpose.
 
 Shapes are TimeSformer-base's (8 x 224^2, D = 768, 12 heads) in float32; ``TIMESFORMER_BENCH_SHAPE=tiny``
@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from bench.bench_attention import reference_joint, reference_spatial, reference_temporal
-from timesformer import ops
+from timesformer import torch_ops
 
 SHAPES = {
     "base": dict(patches=196, frames=8, heads=12, head_dim=64, side=224),
@@ -48,17 +48,17 @@ def _agree(a, b) -> None:
 CASES = {
     "temporal attention": (
         lambda: _qkv(N * T, 0),
-        lambda x: ops.temporal_attention(x, T, H),
+        lambda x: torch_ops.temporal_attention(x, T, H),
         lambda x: reference_temporal(x, T, H),
     ),
     "spatial attention": (
         lambda: _qkv(1 + N * T, 1),
-        lambda x: (lambda p, c: (p, c.mean(1)))(*ops.spatial_attention(x, T, H)),
+        lambda x: (lambda p, c: (p, c.mean(1)))(*torch_ops.spatial_attention(x, T, H)),
         lambda x: reference_spatial(x, T, H),
     ),
     "joint attention": (
         lambda: _qkv(1 + N * T, 2),
-        lambda x: ops.attention(x, H),
+        lambda x: torch_ops.attention(x, H),
         lambda x: reference_joint(x, H),
     ),
 }
@@ -89,12 +89,12 @@ def test_normalize_frames(benchmark, impl):
     gen = torch.Generator().manual_seed(3)
     frames = torch.randint(0, 256, (1, T, side, side, 3), dtype=torch.uint8, generator=gen)
     _agree(
-        ops.normalize_frames(frames, MEAN, STD, 1 / 255),
+        torch_ops.normalize_frames(frames, MEAN, STD, 1 / 255),
         torch.from_numpy(_processor_normalize(frames.numpy())),
     )
     benchmark.group = "frame normalization"
     benchmark.extra_info["role"] = impl
     if impl == "ours":
-        benchmark(ops.normalize_frames, frames, MEAN, STD, 1 / 255)
+        benchmark(torch_ops.normalize_frames, frames, MEAN, STD, 1 / 255)
     else:
         benchmark(_processor_normalize, frames.numpy())

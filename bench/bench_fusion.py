@@ -34,7 +34,7 @@ SMOKE = dict(patches=4, frames=3, hidden=32, mlp=64, patch=4, channels=3)
 
 def _cases(shape, batch, dtype, device, gen):
     """name -> dict(make, fused, unfused, bare, flops, out): ``make(i)`` builds one input set."""
-    from timesformer import ops
+    from timesformer import torch_ops
     from timesformer.kernels import linear as lin
     from timesformer.kernels import patch_embed as pe
 
@@ -112,7 +112,7 @@ def _cases(shape, batch, dtype, device, gen):
     m_rows = batch * t * n
 
     def embed_ref(x, w=w, b=b, pos=pos, time_=time_, cls=cls):
-        return ops.patch_embed(x, w, b, pos, time_, cls)
+        return torch_ops.patch_embed(x, w, b, pos, time_, cls)
 
     cases["patch embedding"] = dict(
         make=lambda i: randn(batch, t, c, side, side),

@@ -18,6 +18,17 @@ if not torch.cuda.is_available():
 
 import timesformer
 
+if os.environ.get("TRITON_INTERPRET") == "1":
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is not None:
+        # triton.jit picks interpreted or compiled when a kernel module is imported: import them all now,
+        # so a test that unsets TRITON_INTERPRET for a while cannot make a later first import compile.
+        import timesformer.kernels.attention
+        import timesformer.kernels.linear
+        import timesformer.kernels.patch_embed
+        import timesformer.kernels.temporal_attention
+
 # The device the kernel tests run on: a real GPU when present, else the interpreter on the CPU.
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -157,7 +168,7 @@ def eager_sdpa_tf32(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, sca
 
 @contextlib.contextmanager
 def plain_torch_attention(tf32: bool = False):
-    """Run ``timesformer.ops`` (the layouts) with the reference's eager math instead of SDPA kernels
+    """Run ``timesformer.torch_ops`` (the layouts) with the reference's eager math instead of SDPA kernels
     (``tf32``: with TF32 products, as torch computes them on a GPU with TF32 allowed)."""
     math = eager_sdpa_tf32 if tf32 else eager_sdpa
     with mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", math):

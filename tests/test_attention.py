@@ -1,6 +1,6 @@
 """The online-softmax attention kernel: spatial attention with CLS, and joint / space-only attention.
 
-Against the float64 references in ``timesformer.ops``. Runs on a GPU when one is present, else in Triton's
+Against the float64 references in ``timesformer.torch_ops``. Runs on a GPU when one is present, else in Triton's
 interpreter (TRITON_INTERPRET=1, set by conftest).
 """
 
@@ -22,7 +22,7 @@ from conftest import (
     tf32_allowed,
 )
 
-from timesformer import ops
+from timesformer import torch_ops
 from timesformer.kernels import attention as ka
 from timesformer.kernels._common import needs_int64
 
@@ -44,9 +44,9 @@ SPATIAL_SHAPES = [
 def _spatial(batch, patches, frames, heads, head_dim, dtype, seed, cls_only=False):
     hidden = heads * head_dim
     qkv = random_qkv(batch, 1 + patches * frames, hidden, seed).to(dtype)
-    exact_p, exact_c = ops.spatial_attention(qkv.double(), frames, heads)
+    exact_p, exact_c = torch_ops.spatial_attention(qkv.double(), frames, heads)
     with plain_torch_attention():
-        plain_p, plain_c = ops.spatial_attention(qkv, frames, heads)
+        plain_p, plain_c = torch_ops.spatial_attention(qkv, frames, heads)
     q, k, v = qkv.split(hidden, -1)
     if cls_only:
         q = q[:, :1]
@@ -81,7 +81,7 @@ def test_spatial_custom_op_on_strided_views():
     hidden = heads * head_dim
     buf = random_qkv(2 * batch, 1 + patches * frames + 2, hidden + 3, seed=4).float()
     qkv = buf[1::2, 2:, : 3 * hidden]
-    exact_p, exact_c = ops.spatial_attention(qkv.double(), frames, heads)
+    exact_p, exact_c = torch_ops.spatial_attention(qkv.double(), frames, heads)
     patch_ctx, cls_ctx = ka.spatial_attention(*qkv.split(hidden, -1), frames, heads)
     assert patch_ctx.is_contiguous() and cls_ctx.is_contiguous()
     assert_kernel_accuracy(patch_ctx, exact_p)
@@ -91,7 +91,7 @@ def test_spatial_custom_op_on_strided_views():
 @pytest.mark.parametrize("int64", [False, True])
 def test_spatial_int64_indexing_path(int64):
     qkv = random_qkv(2, 1 + 6 * 3, 16, seed=12).float()
-    exact_p, exact_c = ops.spatial_attention(qkv.double(), 3, 2)
+    exact_p, exact_c = torch_ops.spatial_attention(qkv.double(), 3, 2)
     p, c = ka.spatial_attention_fwd(
         *qkv.split(16, -1),
         poisoned((2, 18, 16), torch.float32),
@@ -112,7 +112,7 @@ def test_spatial_nan_in_a_query_stays_in_its_row():
     qkv[0, 1 + 2 * frames + 1, 3] = float("nan")  # q of patch 2, frame 1, head 0
     p, c = ka.spatial_attention(*qkv.split(hidden, -1), frames, heads)
     with plain_torch_attention():  # torch's CPU SDPA drops a NaN query row; the reference's math keeps it
-        exact_p, exact_c = ops.spatial_attention(qkv.double(), frames, heads)
+        exact_p, exact_c = torch_ops.spatial_attention(qkv.double(), frames, heads)
     assert torch.equal(p.isnan(), exact_p.isnan()) and torch.equal(c.isnan(), exact_c.isnan())
     assert exact_p.isnan().sum() == head_dim and not exact_c.isnan().any()
     ok = ~exact_p.isnan()
@@ -124,9 +124,9 @@ def test_spatial_attention_tf32(shape):
     batch, patches, frames, heads, head_dim = shape
     hidden = heads * head_dim
     qkv = random_qkv(batch, 1 + patches * frames, hidden, stable_seed("tf32", shape)).float()
-    exact_p, exact_c = ops.spatial_attention(qkv.double(), frames, heads)
+    exact_p, exact_c = torch_ops.spatial_attention(qkv.double(), frames, heads)
     with plain_torch_attention(tf32=True):
-        plain_p, plain_c = ops.spatial_attention(qkv, frames, heads)
+        plain_p, plain_c = torch_ops.spatial_attention(qkv, frames, heads)
     patch_out = poisoned((batch, patches * frames, hidden), torch.float32)
     cls_out = poisoned((batch, frames, hidden), torch.float32)
     with tf32_allowed():
@@ -151,9 +151,9 @@ JOINT_SHAPES = [
 def _joint(batch, length, heads, head_dim, dtype, seed, cls_only=False):
     hidden = heads * head_dim
     qkv = random_qkv(batch, length, hidden, seed).to(dtype)
-    exact = ops.attention(qkv.double(), heads)
+    exact = torch_ops.attention(qkv.double(), heads)
     with plain_torch_attention():
-        plain = ops.attention(qkv, heads)
+        plain = torch_ops.attention(qkv, heads)
     q, k, v = qkv.split(hidden, -1)
     if cls_only:
         q, exact, plain = q[:, :1], exact[:, :1], plain[:, :1]
@@ -182,9 +182,9 @@ def test_joint_attention_tf32():
     batch, length, heads, head_dim = 2, 97, 2, 48
     hidden = heads * head_dim
     qkv = random_qkv(batch, length, hidden, stable_seed("tf32 joint")).float()
-    exact = ops.attention(qkv.double(), heads)
+    exact = torch_ops.attention(qkv.double(), heads)
     with plain_torch_attention(tf32=True):
-        plain = ops.attention(qkv, heads)
+        plain = torch_ops.attention(qkv, heads)
     out = poisoned((batch, length, hidden), torch.float32)
     with tf32_allowed():
         ka.attention_fwd(*qkv.split(hidden, -1), out, heads)
@@ -197,7 +197,7 @@ def test_joint_nan_in_a_query_stays_in_its_row():
     qkv[1, 66, 4] = float("nan")  # q of row 66, clip 1, head 0 (second query block)
     out = ka.attention(*qkv.split(16, -1), 2)
     with plain_torch_attention():
-        exact = ops.attention(qkv.double(), 2)
+        exact = torch_ops.attention(qkv.double(), 2)
     assert torch.equal(out.isnan(), exact.isnan()) and exact.isnan().sum() == 8
     ok = ~exact.isnan()
     assert rel_err(out[ok], exact[ok]) <= 1e-5
@@ -207,7 +207,7 @@ def test_joint_nan_in_a_query_stays_in_its_row():
 def test_joint_int64_indexing_path(int64):
     qkv = random_qkv(2, 70, 16, seed=13).float()
     out = ka.attention_fwd(*qkv.split(16, -1), poisoned((2, 70, 16), torch.float32), 2, int64=int64)
-    assert_kernel_accuracy(out, ops.attention(qkv.double(), 2))
+    assert_kernel_accuracy(out, torch_ops.attention(qkv.double(), 2))
 
 
 def test_offsets_past_int32_switch_to_int64():

@@ -21,7 +21,7 @@ from conftest import (
 )
 
 import timesformer
-from timesformer import ops
+from timesformer import torch_ops
 
 pytestmark = pytest.mark.gpu
 
@@ -43,15 +43,15 @@ def test_temporal_and_spatial_at_model_shapes(shape, dtype):
     batch, n, t, h, dh = shape
     d = h * dh
     qkv = _qkv(batch, 1 + n * t, d, seed=stable_seed(shape)).to(dtype)
-    exact = ops.temporal_attention(qkv.double()[:, 1:], t, h)
+    exact = torch_ops.temporal_attention(qkv.double()[:, 1:], t, h)
     with plain_torch_attention():
-        plain = ops.temporal_attention(qkv[:, 1:], t, h)
+        plain = torch_ops.temporal_attention(qkv[:, 1:], t, h)
     out = kt.temporal_attention_fwd(*qkv[:, 1:].split(d, -1), poisoned(plain.shape, dtype, CUDA), t, h)
     assert_kernel_accuracy(out, exact, plain)
 
-    exact_p, exact_c = ops.spatial_attention(qkv.double(), t, h)
+    exact_p, exact_c = torch_ops.spatial_attention(qkv.double(), t, h)
     with plain_torch_attention():
-        plain_p, plain_c = ops.spatial_attention(qkv, t, h)
+        plain_p, plain_c = torch_ops.spatial_attention(qkv, t, h)
     p, c = ka.spatial_attention_fwd(
         *qkv.split(d, -1), poisoned(plain_p.shape, dtype, CUDA), poisoned(plain_c.shape, dtype, CUDA), t, h
     )
@@ -66,9 +66,9 @@ def test_joint_at_base_length(dtype, int64):
 
     d, h = 768, 12
     qkv = _qkv(2, 1 + 196 * 8, d, seed=3).to(dtype)
-    exact = ops.attention(qkv.double(), h)
+    exact = torch_ops.attention(qkv.double(), h)
     with plain_torch_attention():
-        plain = ops.attention(qkv, h)
+        plain = torch_ops.attention(qkv, h)
     out = ka.attention_fwd(*qkv.split(d, -1), poisoned(plain.shape, dtype, CUDA), h, int64=int64)
     assert_kernel_accuracy(out, exact, plain)
 

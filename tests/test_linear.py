@@ -19,7 +19,7 @@ from conftest import (
     tf32_allowed,
 )
 
-from timesformer import ops
+from timesformer import torch_ops
 from timesformer.activations import ACTIVATIONS
 from timesformer.kernels import linear as lin
 
@@ -51,7 +51,7 @@ def _cast(dtype, *tensors):
 def _exact(x, ln_w, ln_b, w, b, eps, activation="linear"):
     """The float64 reference for kernel inputs (already rounded to the kernel's dtype)."""
     d = [None if t is None else t.double() for t in (x, ln_w, ln_b, w, b)]
-    return ops.layer_norm_linear(d[0], d[1], d[2], eps, d[3], d[4], activation)
+    return torch_ops.layer_norm_linear(d[0], d[1], d[2], eps, d[3], d[4], activation)
 
 
 def _run_ln_linear(x, ln_w, ln_b, w, b, eps, activation):
@@ -59,7 +59,7 @@ def _run_ln_linear(x, ln_w, ln_b, w, b, eps, activation):
     folded, colsum, shift = lin.prepare_layer_norm_linear(ln_w, ln_b, w, b)
     out = poisoned((*x.shape[:2], w.shape[0]), x.dtype)
     lin.layer_norm_linear_fwd(x, folded, colsum, shift, out, eps=eps, activation=activation)
-    plain = ops.layer_norm_linear(x, ln_w, ln_b, eps, w, b, activation)
+    plain = torch_ops.layer_norm_linear(x, ln_w, ln_b, eps, w, b, activation)
     return out, plain
 
 
@@ -139,7 +139,9 @@ def test_layer_norm_without_affine_and_without_layer_norm():
     x, w, b = _cast(torch.float32, x64, w64, b64)
     folded, colsum, shift = lin.prepare_layer_norm_linear(None, None, w, b)
     out = lin.layer_norm_linear(x, folded, colsum, shift, 1e-5)
-    assert_kernel_accuracy(out, ops.layer_norm_linear(x.double(), None, None, 1e-5, w.double(), b.double()))
+    assert_kernel_accuracy(
+        out, torch_ops.layer_norm_linear(x.double(), None, None, 1e-5, w.double(), b.double())
+    )
     # colsum=None: a plain projection with its bias and activation in the epilogue.
     out = lin.layer_norm_linear(x, w, None, b.float(), activation="gelu")
     assert_kernel_accuracy(out, F.gelu(F.linear(x.double(), w.double(), b.double())))
@@ -170,8 +172,8 @@ def test_linear_residual_in_place(dtype, batch, rows, k, n):
     before = stream.clone()
     residual = stream[:, 1:]
     lin.linear_residual_(x, w, b64.float().to(DEVICE), residual)
-    exact = ops.linear_residual(x.double(), w.double(), b64.float().double(), before[:, 1:].double())
-    plain = ops.linear_residual(x, w, b64.to(DEVICE, dtype), before[:, 1:])
+    exact = torch_ops.linear_residual(x.double(), w.double(), b64.float().double(), before[:, 1:].double())
+    plain = torch_ops.linear_residual(x, w, b64.to(DEVICE, dtype), before[:, 1:])
     assert_kernel_accuracy(stream[:, 1:], exact, plain)
     assert torch.equal(stream[:, 0], before[:, 0]), "the CLS row was written"
 
@@ -189,8 +191,10 @@ def test_linear_residual_of_the_frame_mean(dtype, frames):
     stream, ctx, w = _cast(dtype, stream64, ctx64, w64)
     before = stream.clone()
     lin.linear_residual_(ctx, w, b64.float().to(DEVICE), stream[:, :1], mean_rows=True)
-    exact = ops.linear_residual(ctx.double(), w.double(), b64.float().double(), before[:, :1].double(), True)
-    plain = ops.linear_residual(ctx, w, b64.to(DEVICE, dtype), before[:, :1], True)
+    exact = torch_ops.linear_residual(
+        ctx.double(), w.double(), b64.float().double(), before[:, :1].double(), True
+    )
+    plain = torch_ops.linear_residual(ctx, w, b64.to(DEVICE, dtype), before[:, :1], True)
     assert_kernel_accuracy(stream[:, :1], exact, plain)
     assert torch.equal(stream[:, 1:], before[:, 1:])
 

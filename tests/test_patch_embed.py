@@ -1,6 +1,6 @@
 """The patch-embedding kernel: im2col GEMM with the conv weight, bias, position and time embeddings, CLS rows.
 
-Against the float64 reference ``timesformer.ops.patch_embed`` (and ``normalize_frames`` for uint8 frames). Runs
+Against the float64 reference ``timesformer.torch_ops.patch_embed`` (and ``normalize_frames`` for uint8 frames). Runs
 on a GPU when one is present, else in Triton's interpreter (TRITON_INTERPRET=1, set by conftest).
 """
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import DEVICE, KERNEL_DTYPES, assert_kernel_accuracy, poisoned, rel_err, stable_seed
 
-from timesformer import ops
+from timesformer import torch_ops
 from timesformer.kernels import patch_embed as kp
 from timesformer.kernels._common import needs_int64
 
@@ -69,8 +69,8 @@ def _float_case(shape, dtype, layout, seed, pixels_view=None):
         pixels = pixels_view(pixels)
     params = _to(params64, dtype)
     # The reference on the inputs as the kernel sees them (rounded to dtype), in float64.
-    exact = ops.patch_embed(pixels.double(), *_to(params, torch.float64), space_only=space_only)
-    plain = ops.patch_embed(pixels, *params, space_only=space_only)
+    exact = torch_ops.patch_embed(pixels.double(), *_to(params, torch.float64), space_only=space_only)
+    plain = torch_ops.patch_embed(pixels, *params, space_only=space_only)
     out = poisoned(_out_shape(batch, frames, num_patches, hidden, space_only), dtype)
     kp.patch_embed_fwd(pixels, *params, out, channels_last=False, space_only=space_only)
     assert_kernel_accuracy(out, exact, plain)
@@ -111,8 +111,8 @@ def test_strided_inputs_and_output(dtype):
     weight = weight.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # channels-last conv weight
     pos = torch.stack((pos, -pos), dim=-1)[..., 0]  # the same values, every other element of a buffer
     assert not weight.is_contiguous() and pos.stride(1) == 2
-    exact = ops.patch_embed(*_to((pixels, weight, bias, pos, time, cls), torch.float64))
-    plain = ops.patch_embed(pixels, weight, bias, pos, time, cls)
+    exact = torch_ops.patch_embed(*_to((pixels, weight, bias, pos, time, cls), torch.float64))
+    plain = torch_ops.patch_embed(pixels, weight, bias, pos, time, cls)
     rows = 1 + num_patches * frames
     out = poisoned((batch, rows + 2, hidden + 5), dtype)[:, 1 : 1 + rows, 3 : 3 + hidden]
     kp.patch_embed_fwd(pixels, weight, bias, pos, time, cls, out, channels_last=False, space_only=False)
@@ -140,14 +140,14 @@ def test_uint8_frames_with_folded_normalization(dtype, layout):
     weight, bias, pos, time, cls = _to(
         _params(channels, patch_h, patch_w, hidden, num_patches, frames, seed, space_only), dtype
     )
-    exact = ops.patch_embed(
-        ops.normalize_frames(u8, MEAN, STD, RESCALE, torch.float64),
+    exact = torch_ops.patch_embed(
+        torch_ops.normalize_frames(u8, MEAN, STD, RESCALE, torch.float64),
         *_to((weight, bias, pos, time, cls), torch.float64),
         space_only=space_only,
     )
     # What a user would run instead: the image processor's float32 math cast to dtype, then the model.
-    plain = ops.patch_embed(
-        ops.normalize_frames(u8, MEAN, STD, RESCALE, dtype),
+    plain = torch_ops.patch_embed(
+        torch_ops.normalize_frames(u8, MEAN, STD, RESCALE, dtype),
         weight,
         bias,
         pos,
@@ -170,7 +170,10 @@ def test_fold_normalization_is_exact_algebra():
     w_folded, b_folded = kp.fold_normalization(weight, bias, MEAN, STD, RESCALE)
     assert w_folded.dtype == b_folded.dtype == torch.float64
     ref = torch.nn.functional.conv2d(
-        ops.normalize_frames(u8, MEAN, STD, RESCALE, torch.float64).flatten(0, 1), weight, bias, stride=(4, 3)
+        torch_ops.normalize_frames(u8, MEAN, STD, RESCALE, torch.float64).flatten(0, 1),
+        weight,
+        bias,
+        stride=(4, 3),
     )
     folded = torch.nn.functional.conv2d(
         u8.permute(0, 1, 4, 2, 3).flatten(0, 1).double(), w_folded, b_folded, stride=(4, 3)
@@ -187,7 +190,7 @@ def test_int64_indexing_path(int64):
     params = _to(_params(channels, patch_h, patch_w, hidden, 6, frames, 12), torch.float32)
     out = poisoned((batch, 1 + 6 * frames, hidden), torch.float32)
     kp.patch_embed_fwd(pixels, *params, out, channels_last=False, space_only=False, int64=int64)
-    assert_kernel_accuracy(out, ops.patch_embed(pixels.double(), *_to(params, torch.float64)))
+    assert_kernel_accuracy(out, torch_ops.patch_embed(pixels.double(), *_to(params, torch.float64)))
 
 
 def test_fake_shapes_and_int64_switch():

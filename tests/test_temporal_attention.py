@@ -1,4 +1,4 @@
-"""The temporal attention kernel against the float64 reference (``timesformer.ops.temporal_attention``).
+"""The temporal attention kernel against the float64 reference (``timesformer.torch_ops.temporal_attention``).
 
 Runs on a GPU when one is present, else in Triton's interpreter (TRITON_INTERPRET=1, set by conftest).
 """
@@ -23,7 +23,7 @@ from conftest import (
     tf32_allowed,
 )
 
-from timesformer import ops
+from timesformer import torch_ops
 from timesformer.kernels import temporal_attention as kt
 from timesformer.kernels._common import needs_int64
 
@@ -44,9 +44,9 @@ SHAPES = [
 def _run_and_check(batch, patches, frames, heads, head_dim, dtype, seed):
     hidden = heads * head_dim
     qkv = random_qkv(batch, patches * frames, hidden, seed).to(dtype)
-    exact = ops.temporal_attention(qkv.double(), frames, heads)
+    exact = torch_ops.temporal_attention(qkv.double(), frames, heads)
     with plain_torch_attention():
-        plain = ops.temporal_attention(qkv, frames, heads)
+        plain = torch_ops.temporal_attention(qkv, frames, heads)
     out = poisoned((batch, patches * frames, hidden), dtype)
     kt.temporal_attention_fwd(*qkv.split(hidden, -1), out, frames, heads)
     assert_kernel_accuracy(out, exact, plain)
@@ -69,9 +69,9 @@ def test_temporal_attention_tf32(shape):
     batch, patches, frames, heads, head_dim = shape
     hidden = heads * head_dim
     qkv = random_qkv(batch, patches * frames, hidden, stable_seed("tf32", shape)).float()
-    exact = ops.temporal_attention(qkv.double(), frames, heads)
+    exact = torch_ops.temporal_attention(qkv.double(), frames, heads)
     with plain_torch_attention(tf32=True):
-        plain = ops.temporal_attention(qkv, frames, heads)
+        plain = torch_ops.temporal_attention(qkv, frames, heads)
     out = poisoned((batch, patches * frames, hidden), torch.float32)
     with tf32_allowed():
         kt.temporal_attention_fwd(*qkv.split(hidden, -1), out, frames, heads)
@@ -84,7 +84,7 @@ def test_custom_op_matches_launcher_and_strided_inputs():
     hidden = heads * head_dim
     buf = random_qkv(batch * 2, patches * frames + 3, hidden + 7, seed=5).float()
     qkv = buf[::2, 3:, : 3 * hidden]  # batch stride doubled, a row offset, padding at the end of each row
-    exact = ops.temporal_attention(qkv.double(), frames, heads)
+    exact = torch_ops.temporal_attention(qkv.double(), frames, heads)
     out = kt.temporal_attention(*qkv.split(hidden, -1), frames, heads)
     assert out.is_contiguous()
     assert_kernel_accuracy(out, exact)
@@ -101,7 +101,7 @@ def test_int64_indexing_path_gives_the_same_result(int64):
     qkv = random_qkv(2, 3 * 4, 32, seed=11).float()
     a, b, c = qkv.split(32, -1)
     out = kt.temporal_attention_fwd(a, b, c, poisoned((2, 12, 32), torch.float32), 4, 2, int64=int64)
-    assert_kernel_accuracy(out, ops.temporal_attention(qkv.double(), 4, 2))
+    assert_kernel_accuracy(out, torch_ops.temporal_attention(qkv.double(), 4, 2))
 
 
 def test_offsets_past_int32_switch_to_int64():
@@ -123,7 +123,7 @@ def test_nan_stays_in_its_patch():
     qkv[0, 2 * frames + 1, 2 * hidden + 5] = float("nan")  # v of patch 2, frame 1, one channel
     out = kt.temporal_attention(*qkv.split(hidden, -1), frames, heads)
     with plain_torch_attention():  # the reference's math (torch's CPU SDPA may drop NaN)
-        exact = ops.temporal_attention(qkv.double(), frames, heads)
+        exact = torch_ops.temporal_attention(qkv.double(), frames, heads)
     assert torch.equal(out.isnan(), exact.isnan())
     assert exact.isnan().any() and not exact[0, : 2 * frames].isnan().any()
     ok = ~exact.isnan()
@@ -139,9 +139,9 @@ def test_long_clips_take_the_online_softmax_kernel(dtype, batch_view):
     heads, head_dim = 2, 16
     hidden = heads * head_dim
     qkv = random_qkv(2, 3 * frames, hidden, seed=8).to(dtype)
-    exact = ops.temporal_attention(qkv.double(), frames, heads)
+    exact = torch_ops.temporal_attention(qkv.double(), frames, heads)
     with plain_torch_attention():
-        plain = ops.temporal_attention(qkv, frames, heads)
+        plain = torch_ops.temporal_attention(qkv, frames, heads)
     out = poisoned((2, 3 * frames, hidden), dtype)
     if batch_view == "strided batch":
         out = poisoned((2, 3 * frames + 5, hidden), dtype)[:, 5:]

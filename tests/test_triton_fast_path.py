@@ -22,7 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import timesformer
 from timesformer import TimesformerForVideoClassification, TimesformerModel
-from timesformer.ops import normalize_frames
+from timesformer.torch_ops import normalize_frames
 
 
 def _model(attention_type, seed, cls=TimesformerModel, backend="triton", **overrides):

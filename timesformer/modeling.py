@@ -96,7 +96,7 @@ class TimesformerEmbeddings(nn.Module):
             ``(n t)`` order (``(batch*frames, 1 + gh*gw, hidden)`` for ``space_only``).
         """
         if pixel_values.dtype == torch.uint8:
-            from .ops import normalize_frames
+            from .torch_ops import normalize_frames
 
             norm = self.input_normalization
             pixel_values = normalize_frames(

@@ -1,7 +1,7 @@
 """The ``sdpa`` backend: the algebra of DESIGN.md section 2 on torch ops.
 
 Compared with the reference layer it
-- runs attention through ``timesformer.ops`` (``scaled_dot_product_attention``; no attention maps);
+- runs attention through ``timesformer.torch_ops`` (``scaled_dot_product_attention``; no attention maps);
 - addresses the temporal pass where the rows lie (``x[:, 1:]``, rows of a patch are contiguous) instead of
   permuting the residual stream, and never repeats or concatenates CLS into the spatial pass: CLS's
   q/k/v are computed once per clip;
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from .. import ops as torch_ops
+from .. import torch_ops
 from ..weight_cache import cached_weights
 from .base import Backend, Step, drop_path
 
@@ -49,11 +49,11 @@ def _layer_norm(x: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
 class SdpaBackend(Backend):
     name = "sdpa"
     supports_inplace = True
-    # timesformer.ops, or anything with its functions' signatures and layouts (the triton backend's).
+    # timesformer.torch_ops, or anything with its functions' signatures and layouts (the triton backend's).
     ops: Any = torch_ops
 
     def ops_for(self, step: Step) -> Any:
-        """The attention ops for this call (a subclass may keep ``timesformer.ops`` for some calls)."""
+        """The attention ops for this call (a subclass may keep ``timesformer.torch_ops`` for some calls)."""
         return self.ops
 
     def layer(

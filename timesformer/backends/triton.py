@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .. import ops as torch_ops
+from .. import torch_ops
 from ..kernels import attention as _attn
 from ..kernels import linear as _linear
 from ..kernels import patch_embed as _patch
@@ -60,7 +60,7 @@ def _no_dropout(dropout_p: float) -> None:
 
 
 class KernelOps:
-    """``timesformer.ops``' attention signatures and layouts, computed by the Triton kernels."""
+    """``timesformer.torch_ops``' attention signatures and layouts, computed by the Triton kernels."""
 
     @staticmethod
     def attention(qkv: torch.Tensor, num_heads: int, dropout_p: float = 0.0) -> torch.Tensor:

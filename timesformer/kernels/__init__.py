@@ -15,5 +15,5 @@ makes for sm_80 and sm_90 and fails on a spill, so each configuration here is ch
 Triton 3.6 and the current release.
 
 Nothing here is imported at package import time (the ``triton`` backend imports these modules lazily), so
-the package imports where Triton or a GPU is missing. Pure-torch references: ``timesformer.ops``.
+the package imports where Triton or a GPU is missing. Pure-torch references: ``timesformer.torch_ops``.
 """

@@ -13,7 +13,7 @@ caller averages them), patch contexts back in ``(n t)`` order. One program takes
 (sequence, head) and runs FlashAttention's online softmax over key blocks, so any sequence length works
 (``N = 784`` for TimeSformer-HR, 18817 tokens for joint attention at TimeSformer-L's 96 frames).
 
-Pure-torch references: ``timesformer.ops.spatial_attention``, ``spatial_cls_attention``, ``attention``
+Pure-torch references: ``timesformer.torch_ops.spatial_attention``, ``spatial_cls_attention``, ``attention``
 and ``cls_attention``.
 """
 

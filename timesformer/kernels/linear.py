@@ -26,7 +26,7 @@ One GEMM kernel, ``out = epilogue(A @ W^T)``, with constexpr features for the si
 Rows are addressed as ``(batch, rows)`` with two strides, so ``x[:, 1:]`` (the temporal pass skipping CLS)
 and ``x[:, :1]`` are read and written in place, with no copy.
 
-Pure-torch references: ``timesformer.ops.layer_norm_linear`` and ``linear_residual``.
+Pure-torch references: ``timesformer.torch_ops.layer_norm_linear`` and ``linear_residual``.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ block are neighbours in the grid, so they share its pixels in L2.
 Inputs: float ``pixel_values (B, T, C, H, W)``, or uint8 frames ``(B, T, H, W, C)`` as a video decoder gives
 them, normalized by folding ``(u * rescale - mean[c]) / std[c]`` into the weights (``fold_normalization``).
 
-Pure-torch references: ``timesformer.ops.patch_embed`` and ``timesformer.ops.normalize_frames``.
+Pure-torch references: ``timesformer.torch_ops.patch_embed`` and ``timesformer.torch_ops.normalize_frames``.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ past that the compiled kernel spills (``make gpu-compile``). Longer clips (TimeS
 each patch's ``T`` rows as one sequence of the online-softmax kernel of ``attention.py``, which walks the keys
 in blocks.
 
-Pure-torch reference: ``timesformer.ops.temporal_attention``.
+Pure-torch reference: ``timesformer.torch_ops.temporal_attention``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import ATTENTION_TYPES, assert_close, make_pair, random_clip
 
-from timesformer import ops
+from timesformer import torch_ops
 
 
 def _softmax_attention(q, k, v):
@@ -37,7 +37,7 @@ def test_temporal_attention(b, n, t, h, dh):
     qkv = torch.randn(b, n * t, 3 * d, dtype=torch.float64)
     q, k, v = (_heads(x.reshape(b, n, t, d), h) for x in qkv.split(d, -1))
     expected = _merge(_softmax_attention(q, k, v)).reshape(b, n * t, d)
-    assert_close(ops.temporal_attention(qkv, t, h), expected, rel=1e-12, abs_=1e-12)
+    assert_close(torch_ops.temporal_attention(qkv, t, h), expected, rel=1e-12, abs_=1e-12)
 
 
 @pytest.mark.parametrize("b,n,t,h,dh", SHAPES)
@@ -48,10 +48,10 @@ def test_spatial_attention_and_cls_query(b, n, t, h, dh):
     seqs = torch.cat((cls[:, None].expand(b, t, 1, 3 * d), patches), 2)  # [B, T, 1+N, 3D]
     q, k, v = (_heads(x, h) for x in seqs.split(d, -1))
     out = _merge(_softmax_attention(q, k, v))  # [B, T, 1+N, D]
-    patch_ctx, cls_ctx = ops.spatial_attention(qkv, t, h)
+    patch_ctx, cls_ctx = torch_ops.spatial_attention(qkv, t, h)
     assert_close(patch_ctx, out[:, :, 1:].transpose(1, 2).reshape(b, n * t, d), rel=1e-12, abs_=1e-12)
     assert_close(cls_ctx, out[:, :, 0], rel=1e-12, abs_=1e-12)
-    alone = ops.spatial_cls_attention(qkv[:, 0, :d], qkv[:, :, d:], t, h)
+    alone = torch_ops.spatial_cls_attention(qkv[:, 0, :d], qkv[:, :, d:], t, h)
     assert_close(alone, out[:, :, 0], rel=1e-12, abs_=1e-12)
 
 
@@ -61,15 +61,17 @@ def test_attention_and_cls_attention(b, length, h, dh):
     qkv = torch.randn(b, length, 3 * d, dtype=torch.float64)
     q, k, v = (_heads(x, h) for x in qkv.split(d, -1))
     expected = _merge(_softmax_attention(q, k, v))
-    assert_close(ops.attention(qkv, h), expected, rel=1e-12, abs_=1e-12)
-    assert_close(ops.cls_attention(qkv[:, 0, :d], qkv[:, :, d:], h), expected[:, 0], rel=1e-12, abs_=1e-12)
+    assert_close(torch_ops.attention(qkv, h), expected, rel=1e-12, abs_=1e-12)
+    assert_close(
+        torch_ops.cls_attention(qkv[:, 0, :d], qkv[:, :, d:], h), expected[:, 0], rel=1e-12, abs_=1e-12
+    )
 
 
 def test_bad_packing_is_rejected():
     with pytest.raises(ValueError, match="3 \\* num_heads \\* head_dim with num_heads=4, got 18"):
-        ops.attention(torch.randn(1, 2, 18), 4)
+        torch_ops.attention(torch.randn(1, 2, 18), 4)
     with pytest.raises(ValueError, match="not a multiple of num_frames=3"):
-        ops.temporal_attention(torch.randn(1, 4, 12), 3, 2)
+        torch_ops.temporal_attention(torch.randn(1, 4, 12), 3, 2)
 
 
 @pytest.mark.parametrize("layers", [1, 2])
