@@ -274,12 +274,13 @@ def test_custom_ops_pass_opcheck():
 
 
 def test_ops_trace_under_torch_compile():
-    from timesformer.backends.triton import KernelOps
+    from timesformer.kernels import attention, temporal_attention
 
     def layer_attention(qkv):
-        patch, cls = KernelOps.spatial_attention(qkv, 4, 2)
-        joint = KernelOps.attention(qkv, 2)
-        temporal = KernelOps.temporal_attention(qkv[:, 1:], 4, 2)
+        q, k, v = qkv.split(48 // 3, dim=-1)  # strided views of the packed projection, as the backend passes
+        patch, cls = attention.spatial_attention(q, k, v, 4, 2)
+        joint = attention.attention(q, k, v, 2)
+        temporal = temporal_attention.temporal_attention(q[:, 1:], k[:, 1:], v[:, 1:], 4, 2)
         return patch + temporal, cls.mean(1), joint
 
     qkv = torch.randn(2, 1 + 3 * 4, 48, device=DEVICE)

@@ -142,11 +142,18 @@ class TimesformerSelfOutput(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
 
-class TimeSformerAttention(nn.Module):
+class TimesformerAttention(nn.Module):
     def __init__(self, config: TimesformerConfig) -> None:
         super().__init__()
         self.attention = TimesformerSelfAttention(config)
         self.output = TimesformerSelfOutput(config)
+
+
+# transformers spells this one class "TimeSformerAttention". Class names are not part of state_dict keys
+# (the attribute names are: ``attention.attention.qkv``, ``temporal_attention.output.dense``, ..., which
+# must stay exactly transformers'), so the class follows this package's casing; the alias is for code that
+# imports it by transformers' name.
+TimeSformerAttention = TimesformerAttention
 
 
 class TimesformerIntermediate(nn.Module):
@@ -173,7 +180,7 @@ class TimesformerLayer(nn.Module):
         # Stochastic depth decay rule of the reference.
         rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers, device="cpu")
         self.drop_path_rate = float(rates[layer_index])
-        self.attention = TimeSformerAttention(config)
+        self.attention = TimesformerAttention(config)
         self.intermediate = TimesformerIntermediate(config)
         self.output = TimesformerOutput(config)
         self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -181,7 +188,7 @@ class TimesformerLayer(nn.Module):
         self.hidden_act = config.hidden_act
         if config.attention_type == "divided_space_time":
             self.temporal_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-            self.temporal_attention = TimeSformerAttention(config)
+            self.temporal_attention = TimesformerAttention(config)
             self.temporal_dense = nn.Linear(config.hidden_size, config.hidden_size)
 
 
@@ -709,11 +716,11 @@ class TimesformerForVideoClassification(TimesformerPreTrainedModel):
         output_attentions, output_hidden_states, return_dict = self._flags(
             output_attentions, output_hidden_states, return_dict
         )
-        impl, x, hidden_states, attentions, step = self._encode(
+        impl, x, hidden_states, attentions, fwd = self._encode(
             self.timesformer, pixel_values, output_attentions, output_hidden_states, cls_only=True
         )
         # LayerNorm is per row and the head reads CLS only: normalize just the CLS rows.
-        logits = impl.classify(self.timesformer.layernorm, self.classifier, x[:, :1], step)
+        logits = impl.classify(self.timesformer.layernorm, self.classifier, x[:, :1], fwd)
         loss = None if labels is None else self._loss(logits, labels)
         out = ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions

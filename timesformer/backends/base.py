@@ -18,21 +18,22 @@ class BackendUnavailableError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Step:
-    """Per-call facts every layer needs.
+class ForwardContext:
+    """What every layer of one forward call needs to know about it.
 
     Attributes:
         num_frames: ``T`` of the input clip (not the config's).
         num_patches: ``N`` of the input's patch grid (not the config's).
         training: dropout and drop-path are active.
-        inplace: no autograd graph is recorded and the residual stream belongs to this call, so layers
-            may update it in place and use prepared (folded) weights that carry no gradient.
+        inference: the backend's inference path runs: eval mode, no autograd graph recorded, and the
+            residual stream belongs to this call, so layers update it in place and use prepared (folded,
+            fused) weights that carry no gradient.
     """
 
     num_frames: int
     num_patches: int
     training: bool
-    inplace: bool
+    inference: bool
 
 
 def drop_path(x: torch.Tensor, rate: float, mask_shape: tuple[int, ...], training: bool) -> torch.Tensor:
@@ -54,14 +55,15 @@ class Backend:
     """Runs a ``TimesformerModel``'s encoder. Subclasses implement ``layer``."""
 
     name: str = "base"
-    # Whether ``layer`` can update the residual stream in place when autograd is off.
-    supports_inplace: bool = False
+    # Whether the backend has an inference path (``ForwardContext.inference``): in-place residual updates
+    # and prepared weights when there is no autograd and the model is in eval mode.
+    has_inference_path: bool = False
 
     def layer(
         self,
         layer: TimesformerLayer,
         x: torch.Tensor,
-        step: Step,
+        fwd: ForwardContext,
         output_attentions: bool,
         cls_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -69,14 +71,14 @@ class Backend:
         raise NotImplementedError
 
     def embed(
-        self, embeddings: TimesformerEmbeddings, pixel_values: torch.Tensor, inplace: bool
+        self, embeddings: TimesformerEmbeddings, pixel_values: torch.Tensor, inference: bool
     ) -> tuple[torch.Tensor, int, tuple[int, int]]:
-        """The embeddings module's ``(x, frames, grid)``; a backend may compute them its own way when
-        ``inplace`` (no autograd, eval mode)."""
+        """The embeddings module's ``(x, frames, grid)``; a backend may compute them its own way on its
+        ``inference`` path."""
         return embeddings(pixel_values)
 
     def classify(
-        self, layernorm: nn.LayerNorm, classifier: nn.Module, cls: torch.Tensor, step: Step
+        self, layernorm: nn.LayerNorm, classifier: nn.Module, cls: torch.Tensor, fwd: ForwardContext
     ) -> torch.Tensor:
         """Logits ``(rows, labels)`` from the final CLS rows ``cls`` ``(rows, 1, hidden)`` (strided view)."""
         return classifier(layernorm(cls[:, 0]))
@@ -89,27 +91,29 @@ class Backend:
         output_attentions: bool,
         output_hidden_states: bool,
         cls_only: bool = False,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None, Step]:
-        """Embeddings and every layer; returns ``(x, hidden_states, attentions, step)`` before the final
+    ) -> tuple[
+        torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None, ForwardContext
+    ]:
+        """Embeddings and every layer; returns ``(x, hidden_states, attentions, fwd)`` before the final
         LayerNorm.
 
         ``cls_only``: the caller reads only ``x[:, 0]`` (a classifier without ``hidden_states``), so the
         last layer may skip the patch rows' work and return ``x`` of shape ``(B, 1, D)``.
         """
-        inplace = self.supports_inplace and not model.training and not needs_autograd(model, pixel_values)
-        x, num_frames, (gh, gw) = self.embed(model.embeddings, pixel_values, inplace)
-        step = Step(num_frames=num_frames, num_patches=gh * gw, training=model.training, inplace=inplace)
+        inference = self.has_inference_path and not model.training and not needs_autograd(model, pixel_values)
+        x, num_frames, (gh, gw) = self.embed(model.embeddings, pixel_values, inference)
+        fwd = ForwardContext(num_frames, num_patches=gh * gw, training=model.training, inference=inference)
         hidden_states: list[torch.Tensor] = []
         attentions: list[torch.Tensor] = []
         layers = model.encoder.layer
         for i, layer in enumerate(layers):
             if output_hidden_states:
                 # In-place layers would overwrite what the caller keeps, so keep a snapshot.
-                hidden_states.append(x.clone() if step.inplace else x)
+                hidden_states.append(x.clone() if fwd.inference else x)
             last_cls_only = cls_only and not output_hidden_states and i == len(layers) - 1
             # With gradient checkpointing the layer runs again in the backward pass instead of keeping its
             # activations (its dropout masks are replayed from the saved RNG state).
-            x, attn = model.encoder.run_layer(i, self.layer, layer, x, step, output_attentions, last_cls_only)
+            x, attn = model.encoder.run_layer(i, self.layer, layer, x, fwd, output_attentions, last_cls_only)
             if output_attentions:
                 attentions.append(attn)
         if output_hidden_states:
@@ -118,5 +122,5 @@ class Backend:
             x,
             tuple(hidden_states) if output_hidden_states else None,
             tuple(attentions) if output_attentions else None,
-            step,
+            fwd,
         )

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .base import Backend, Step, drop_path
+from .base import Backend, ForwardContext, drop_path
 
 if TYPE_CHECKING:
-    from ..modeling import TimeSformerAttention, TimesformerLayer
+    from ..modeling import TimesformerAttention, TimesformerLayer
 
 
 def _drop_path(layer: TimesformerLayer, x: torch.Tensor, training: bool) -> torch.Tensor:
@@ -24,7 +24,7 @@ def _drop_path(layer: TimesformerLayer, x: torch.Tensor, training: bool) -> torc
 
 
 def _attention(
-    module: TimeSformerAttention, x: torch.Tensor, need_weights: bool
+    module: TimesformerAttention, x: torch.Tensor, need_weights: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Self-attention + output projection of ``x`` ``(batch, seqlen, hidden)``; maps ``(batch, heads, L, L)``."""
     attn = module.attention
@@ -48,28 +48,28 @@ def _mlp(layer: TimesformerLayer, x: torch.Tensor, training: bool) -> torch.Tens
 
 class EagerBackend(Backend):
     name = "eager"
-    supports_inplace = False
+    has_inference_path = False
 
     def layer(
         self,
         layer: TimesformerLayer,
         x: torch.Tensor,
-        step: Step,
+        fwd: ForwardContext,
         output_attentions: bool,
         cls_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if layer.attention_type != "divided_space_time":
             a, probs = _attention(layer.attention, layer.layernorm_before(x), output_attentions)
-            x = x + _drop_path(layer, a, step.training)
-            return _mlp(layer, x, step.training), probs
+            x = x + _drop_path(layer, a, fwd.training)
+            return _mlp(layer, x, fwd.training), probs
 
         batch, _, hidden = x.shape
-        frames, n = step.num_frames, step.num_patches
+        frames, n = fwd.num_frames, fwd.num_patches
 
         # Temporal: rows of one patch are contiguous.
         xt = x[:, 1:, :].reshape(batch * n, frames, hidden)
         a, _ = _attention(layer.temporal_attention, layer.temporal_layernorm(xt), False)
-        r = _drop_path(layer, a, step.training).reshape(batch, n * frames, hidden)
+        r = _drop_path(layer, a, fwd.training).reshape(batch, n * frames, hidden)
         xt = x[:, 1:, :] + layer.temporal_dense(r)
 
         # Spatial: CLS repeated per frame, patches regrouped by frame.
@@ -78,7 +78,7 @@ class EagerBackend(Backend):
         s = xt.reshape(batch, n, frames, hidden).permute(0, 2, 1, 3).reshape(batch * frames, n, hidden)
         s = torch.cat((cls, s), 1)
         a, probs = _attention(layer.attention, layer.layernorm_before(s), output_attentions)
-        r = _drop_path(layer, a, step.training)
+        r = _drop_path(layer, a, fwd.training)
         cls_r = r[:, 0, :].reshape(batch, frames, hidden).mean(1, keepdim=True)
         r = (
             r[:, 1:, :]
@@ -87,4 +87,4 @@ class EagerBackend(Backend):
             .reshape(batch, n * frames, hidden)
         )
         x = torch.cat((init_cls, xt), 1) + torch.cat((cls_r, r), 1)
-        return _mlp(layer, x, step.training), probs
+        return _mlp(layer, x, fwd.training), probs

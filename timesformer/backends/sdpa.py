@@ -12,19 +12,19 @@ Compared with the reference layer it
 With autograd or in training mode it keeps the unfolded projections so that gradients reach every
 parameter and dropout / drop-path act where the reference applies them.
 
-Subclasses swap the attention ops by overriding ``ops`` (the ``triton`` backend does).
+The ``triton`` backend runs its training and autograd calls here.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from .. import torch_ops
 from ..weight_cache import cached_weights
-from .base import Backend, Step, drop_path
+from .base import Backend, ForwardContext, drop_path
 
 if TYPE_CHECKING:
     from torch import nn
@@ -48,53 +48,47 @@ def _layer_norm(x: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
 
 class SdpaBackend(Backend):
     name = "sdpa"
-    supports_inplace = True
-    # timesformer.torch_ops, or anything with its functions' signatures and layouts (the triton backend's).
-    ops: Any = torch_ops
-
-    def ops_for(self, step: Step) -> Any:
-        """The attention ops for this call (a subclass may keep ``timesformer.torch_ops`` for some calls)."""
-        return self.ops
+    has_inference_path = True
 
     def layer(
         self,
         layer: TimesformerLayer,
         x: torch.Tensor,
-        step: Step,
+        fwd: ForwardContext,
         output_attentions: bool,
         cls_only: bool = False,
     ) -> tuple[torch.Tensor, None]:
         if output_attentions:
             raise ValueError(f"the {self.name} backend does not materialize attention maps; use eager")
-        if cls_only and step.inplace:
-            return self._cls_only(layer, x, step), None
+        if cls_only and fwd.inference:
+            return self._cls_only(layer, x, fwd), None
         if layer.attention_type == "divided_space_time":
-            x = self._divided(layer, x, step)
+            x = self._divided(layer, x, fwd)
         else:
-            x = self._joint(layer, x, step)
-        return self._mlp(layer, x, step), None
+            x = self._joint(layer, x, fwd)
+        return self._mlp(layer, x, fwd), None
 
     # ------------------------------------------------------------------ pieces
-    def _dropout(self, module: nn.Dropout, x: torch.Tensor, step: Step) -> torch.Tensor:
-        return F.dropout(x, module.p, training=True) if step.training and module.p > 0 else x
+    def _dropout(self, module: nn.Dropout, x: torch.Tensor, fwd: ForwardContext) -> torch.Tensor:
+        return F.dropout(x, module.p, training=True) if fwd.training and module.p > 0 else x
 
-    def _attn_dropout(self, layer_attention, step: Step) -> float:
-        return layer_attention.attention.attn_drop.p if step.training else 0.0
+    def _attn_dropout(self, layer_attention, fwd: ForwardContext) -> float:
+        return layer_attention.attention.attn_drop.p if fwd.training else 0.0
 
-    def _joint(self, layer: TimesformerLayer, x: torch.Tensor, step: Step) -> torch.Tensor:
+    def _joint(self, layer: TimesformerLayer, x: torch.Tensor, fwd: ForwardContext) -> torch.Tensor:
         """Joint space-time (``x``: ``(B, 1 + N*T, D)``) or space-only (``x``: ``(B*T, 1 + N, D)``) attention."""
         attn = layer.attention
         qkv = F.linear(
             _layer_norm(x, layer.layernorm_before), attn.attention.qkv.weight, attn.attention.qkv.bias
         )
-        ctx = self.ops_for(step).attention(qkv, layer.num_heads, self._attn_dropout(attn, step))
+        ctx = torch_ops.attention(qkv, layer.num_heads, self._attn_dropout(attn, fwd))
         out = F.linear(ctx, attn.output.dense.weight, attn.output.dense.bias)
-        if step.inplace:
+        if fwd.inference:
             return x.add_(out)
-        out = self._dropout(attn.output.dropout, out, step)
-        return x + drop_path(out, layer.drop_path_rate, (x.shape[0], 1, 1), step.training)
+        out = self._dropout(attn.output.dropout, out, fwd)
+        return x + drop_path(out, layer.drop_path_rate, (x.shape[0], 1, 1), fwd.training)
 
-    def _cls_only(self, layer: TimesformerLayer, x: torch.Tensor, step: Step) -> torch.Tensor:
+    def _cls_only(self, layer: TimesformerLayer, x: torch.Tensor, fwd: ForwardContext) -> torch.Tensor:
         """The last layer of a classifier, which only needs CLS: ``(B, 1, D)`` out.
 
         Keys and values still come from every row, but the query, output projection and MLP run on the
@@ -102,23 +96,23 @@ class SdpaBackend(Backend):
         """
         attn = layer.attention
         if layer.attention_type == "divided_space_time":
-            x = self._temporal(layer, x, step)
+            x = self._temporal(layer, x, fwd)
         hidden = x.shape[-1]
         h = _layer_norm(x, layer.layernorm_before)
         w, b = attn.attention.qkv.weight, attn.attention.qkv.bias
         kv = F.linear(h, w[hidden:], None if b is None else b[hidden:])
         q = F.linear(h[:, 0], w[:hidden], None if b is None else b[:hidden])
         if layer.attention_type == "divided_space_time":
-            ctx = self.ops_for(step).spatial_cls_attention(q, kv, step.num_frames, layer.num_heads).mean(1)
+            ctx = torch_ops.spatial_cls_attention(q, kv, fwd.num_frames, layer.num_heads).mean(1)
         else:
-            ctx = self.ops_for(step).cls_attention(q, kv, layer.num_heads)
+            ctx = torch_ops.cls_attention(q, kv, layer.num_heads)
         cls = x[:, :1] + F.linear(ctx, attn.output.dense.weight, attn.output.dense.bias).unsqueeze(1)
-        return self._mlp(layer, cls, step)
+        return self._mlp(layer, cls, fwd)
 
-    def _temporal(self, layer: TimesformerLayer, x: torch.Tensor, step: Step) -> torch.Tensor:
+    def _temporal(self, layer: TimesformerLayer, x: torch.Tensor, fwd: ForwardContext) -> torch.Tensor:
         """Temporal half of a divided layer: ``x`` with ``x[:, 1:]`` updated (in place when allowed)."""
         batch, _, hidden = x.shape
-        frames, n = step.num_frames, step.num_patches
+        frames, n = fwd.num_frames, fwd.num_patches
 
         # The T rows of each patch are contiguous in x[:, 1:].
         t_attn = layer.temporal_attention
@@ -126,10 +120,8 @@ class SdpaBackend(Backend):
         qkv = F.linear(
             _layer_norm(xt, layer.temporal_layernorm), t_attn.attention.qkv.weight, t_attn.attention.qkv.bias
         )
-        ctx = self.ops_for(step).temporal_attention(
-            qkv, frames, layer.num_heads, self._attn_dropout(t_attn, step)
-        )
-        if step.inplace:
+        ctx = torch_ops.temporal_attention(qkv, frames, layer.num_heads, self._attn_dropout(t_attn, fwd))
+        if fwd.inference:
             w, b = cached_weights(
                 layer,
                 "temporal_fold",
@@ -146,11 +138,11 @@ class SdpaBackend(Backend):
             r = self._dropout(
                 t_attn.output.dropout,
                 F.linear(ctx, t_attn.output.dense.weight, t_attn.output.dense.bias),
-                step,
+                fwd,
             )
             # The reference's drop-path draws once per (clip, patch) sequence of the temporal pass.
             r = drop_path(
-                r.view(batch, n, frames, hidden), layer.drop_path_rate, (batch, n, 1, 1), step.training
+                r.view(batch, n, frames, hidden), layer.drop_path_rate, (batch, n, 1, 1), fwd.training
             )
             xt = xt + F.linear(
                 r.view(batch, n * frames, hidden), layer.temporal_dense.weight, layer.temporal_dense.bias
@@ -158,28 +150,28 @@ class SdpaBackend(Backend):
             x = torch.cat((x[:, :1], xt), 1)
         return x
 
-    def _divided(self, layer: TimesformerLayer, x: torch.Tensor, step: Step) -> torch.Tensor:
+    def _divided(self, layer: TimesformerLayer, x: torch.Tensor, fwd: ForwardContext) -> torch.Tensor:
         batch, _, hidden = x.shape
-        frames, n = step.num_frames, step.num_patches
-        x = self._temporal(layer, x, step)
+        frames, n = fwd.num_frames, fwd.num_patches
+        x = self._temporal(layer, x, fwd)
 
         # Spatial pass: CLS + the patches of each frame; CLS projected once per clip.
         s_attn = layer.attention
         qkv = F.linear(
             _layer_norm(x, layer.layernorm_before), s_attn.attention.qkv.weight, s_attn.attention.qkv.bias
         )
-        patch_ctx, cls_ctx = self.ops_for(step).spatial_attention(
-            qkv, frames, layer.num_heads, self._attn_dropout(s_attn, step)
+        patch_ctx, cls_ctx = torch_ops.spatial_attention(
+            qkv, frames, layer.num_heads, self._attn_dropout(s_attn, fwd)
         )
         w_o, b_o = s_attn.output.dense.weight, s_attn.output.dense.bias
-        if step.inplace:
+        if fwd.inference:
             x[:, 1:].add_(F.linear(patch_ctx, w_o, b_o))
             # mean_t(out(c_t)) == out(mean_t c_t): project one averaged CLS row instead of T.
             x[:, 0].add_(F.linear(cls_ctx.mean(1), w_o, b_o))
             return x
-        r_p = self._dropout(s_attn.output.dropout, F.linear(patch_ctx, w_o, b_o), step)
-        r_c = self._dropout(s_attn.output.dropout, F.linear(cls_ctx, w_o, b_o), step)
-        if step.training and layer.drop_path_rate > 0:
+        r_p = self._dropout(s_attn.output.dropout, F.linear(patch_ctx, w_o, b_o), fwd)
+        r_c = self._dropout(s_attn.output.dropout, F.linear(cls_ctx, w_o, b_o), fwd)
+        if fwd.training and layer.drop_path_rate > 0:
             # The reference draws once per (clip, frame) sequence of the spatial pass, CLS included.
             keep = 1.0 - layer.drop_path_rate
             mask = torch.floor(torch.rand((batch, frames), dtype=x.dtype, device=x.device) + keep) / keep
@@ -189,15 +181,15 @@ class SdpaBackend(Backend):
             r_c = r_c * mask.unsqueeze(-1)
         return x + torch.cat((r_c.mean(1, keepdim=True), r_p), 1)
 
-    def _mlp(self, layer: TimesformerLayer, x: torch.Tensor, step: Step) -> torch.Tensor:
+    def _mlp(self, layer: TimesformerLayer, x: torch.Tensor, fwd: ForwardContext) -> torch.Tensor:
         h = F.linear(
             _layer_norm(x, layer.layernorm_after),
             layer.intermediate.dense.weight,
             layer.intermediate.dense.bias,
         )
-        h = self._dropout(layer.intermediate.dropout, layer.intermediate.intermediate_act_fn(h), step)
+        h = self._dropout(layer.intermediate.dropout, layer.intermediate.intermediate_act_fn(h), fwd)
         h = F.linear(h, layer.output.dense.weight, layer.output.dense.bias)
-        if step.inplace:
+        if fwd.inference:
             return x.add_(h)
-        h = self._dropout(layer.output.dropout, h, step)
-        return x + drop_path(h, layer.drop_path_rate, (x.shape[0], 1, 1), step.training)
+        h = self._dropout(layer.output.dropout, h, fwd)
+        return x + drop_path(h, layer.drop_path_rate, (x.shape[0], 1, 1), fwd.training)

@@ -23,7 +23,7 @@ vectors, interpolated position and time tables) are cached per module and follow
 (``timesformer.weight_cache``).
 
 The kernels are inference kernels (no backward, no dropout): a call that records autograd or runs in
-training mode takes the ``sdpa`` backend's path.
+training mode is run by the ``sdpa`` backend, which this backend holds as its fallback.
 """
 
 from __future__ import annotations
@@ -33,17 +33,17 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .. import torch_ops
 from ..kernels import attention as _attn
 from ..kernels import linear as _linear
 from ..kernels import patch_embed as _patch
 from ..kernels import temporal_attention as _temporal
 from ..weight_cache import cached_weights
+from .base import Backend
 from .sdpa import SdpaBackend, _fold_temporal
 
 if TYPE_CHECKING:
-    from ..modeling import TimeSformerAttention, TimesformerEmbeddings, TimesformerLayer
-    from .base import Step
+    from ..modeling import TimesformerAttention, TimesformerEmbeddings, TimesformerLayer
+    from .base import ForwardContext
 
 
 def _thirds(packed: torch.Tensor, parts: int = 3) -> tuple[torch.Tensor, ...]:
@@ -52,44 +52,6 @@ def _thirds(packed: torch.Tensor, parts: int = 3) -> tuple[torch.Tensor, ...]:
     if width % parts:
         raise ValueError(f"packed projection width {width} is not a multiple of {parts}")
     return packed.split(width // parts, dim=-1)
-
-
-def _no_dropout(dropout_p: float) -> None:
-    if dropout_p:
-        raise ValueError(f"the Triton attention kernels have no attention dropout, got dropout_p={dropout_p}")
-
-
-class KernelOps:
-    """``timesformer.torch_ops``' attention signatures and layouts, computed by the Triton kernels."""
-
-    @staticmethod
-    def attention(qkv: torch.Tensor, num_heads: int, dropout_p: float = 0.0) -> torch.Tensor:
-        _no_dropout(dropout_p)
-        return _attn.attention(*_thirds(qkv), num_heads)
-
-    @staticmethod
-    def temporal_attention(
-        qkv: torch.Tensor, num_frames: int, num_heads: int, dropout_p: float = 0.0
-    ) -> torch.Tensor:
-        _no_dropout(dropout_p)
-        return _temporal.temporal_attention(*_thirds(qkv), num_frames, num_heads)
-
-    @staticmethod
-    def spatial_attention(
-        qkv: torch.Tensor, num_frames: int, num_heads: int, dropout_p: float = 0.0
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        _no_dropout(dropout_p)
-        return _attn.spatial_attention(*_thirds(qkv), num_frames, num_heads)
-
-    @staticmethod
-    def cls_attention(q: torch.Tensor, kv: torch.Tensor, num_heads: int) -> torch.Tensor:
-        return _attn.attention(q.unsqueeze(1), *_thirds(kv, 2), num_heads).squeeze(1)
-
-    @staticmethod
-    def spatial_cls_attention(
-        q: torch.Tensor, kv: torch.Tensor, num_frames: int, num_heads: int
-    ) -> torch.Tensor:
-        return _attn.spatial_attention(q.unsqueeze(1), *_thirds(kv, 2), num_frames, num_heads)[1]
 
 
 # ------------------------------------------------------------------------------ prepared weights
@@ -128,21 +90,21 @@ def _eps(ln: nn.LayerNorm) -> float:
     return float(ln.eps)
 
 
-class TritonBackend(SdpaBackend):
+class TritonBackend(Backend):
     name = "triton"
-    ops = KernelOps
+    has_inference_path = True
 
-    def ops_for(self, step: Step):
-        # step.inplace is exactly "eval mode and no autograd" for this backend (supports_inplace); the
-        # kernels have no backward and no dropout, so other calls run the torch ops.
-        return KernelOps if step.inplace else torch_ops
+    def __init__(self) -> None:
+        # The kernels have no backward and no dropout: training and autograd calls (every call off the
+        # inference path, ``ForwardContext.inference`` false) and attention maps run the sdpa backend.
+        self.fallback = SdpaBackend()
 
     # ------------------------------------------------------------------ embeddings and head
     def embed(
-        self, embeddings: TimesformerEmbeddings, pixel_values: torch.Tensor, inplace: bool
+        self, embeddings: TimesformerEmbeddings, pixel_values: torch.Tensor, inference: bool
     ) -> tuple[torch.Tensor, int, tuple[int, int]]:
-        if not inplace:
-            return super().embed(embeddings, pixel_values, inplace)
+        if not inference:
+            return self.fallback.embed(embeddings, pixel_values, inference)
         frames_u8 = pixel_values.dtype == torch.uint8
         if frames_u8:
             _, frames, height, width, _ = pixel_values.shape
@@ -189,10 +151,10 @@ class TritonBackend(SdpaBackend):
         return x, frames, grid
 
     def classify(
-        self, layernorm: nn.LayerNorm, classifier: nn.Module, cls: torch.Tensor, step: Step
+        self, layernorm: nn.LayerNorm, classifier: nn.Module, cls: torch.Tensor, fwd: ForwardContext
     ) -> torch.Tensor:
-        if not step.inplace or not isinstance(classifier, nn.Linear):
-            return super().classify(layernorm, classifier, cls, step)
+        if not fwd.inference or not isinstance(classifier, nn.Linear):
+            return self.fallback.classify(layernorm, classifier, cls, fwd)
         w, c1, c2 = _ln_proj(classifier, "triton_head", layernorm, classifier)
         return _linear.layer_norm_linear(cls, w, c1, c2, _eps(layernorm))[:, 0]
 
@@ -201,32 +163,32 @@ class TritonBackend(SdpaBackend):
         self,
         layer: TimesformerLayer,
         x: torch.Tensor,
-        step: Step,
+        fwd: ForwardContext,
         output_attentions: bool,
         cls_only: bool = False,
     ) -> tuple[torch.Tensor, None]:
-        if not step.inplace or output_attentions:
-            return super().layer(layer, x, step, output_attentions, cls_only)
+        if not fwd.inference or output_attentions:
+            return self.fallback.layer(layer, x, fwd, output_attentions, cls_only)
         divided = layer.attention_type == "divided_space_time"
         if divided:
-            self._fused_temporal(layer, x, step)
+            self._fused_temporal(layer, x, fwd)
         if cls_only:
-            return self._fused_cls_only(layer, x, step), None
+            return self._fused_cls_only(layer, x, fwd), None
         if divided:
-            self._fused_spatial(layer, x, step)
+            self._fused_spatial(layer, x, fwd)
         else:
             self._fused_joint(layer, x)
         self._fused_mlp(layer, x)
         return x, None
 
-    def _fused_temporal(self, layer: TimesformerLayer, x: torch.Tensor, step: Step) -> None:
+    def _fused_temporal(self, layer: TimesformerLayer, x: torch.Tensor, fwd: ForwardContext) -> None:
         """Steps 1-3 on ``x[:, 1:]`` (the ``T`` rows of a patch are contiguous there), in place."""
         xt = x[:, 1:]
         ln = layer.temporal_layernorm
         qkv = _linear.layer_norm_linear(
             xt, *_ln_proj(layer, "triton_qkv_t", ln, layer.temporal_attention.attention.qkv), _eps(ln)
         )
-        ctx = KernelOps.temporal_attention(qkv, step.num_frames, layer.num_heads)
+        ctx = _temporal.temporal_attention(*_thirds(qkv), fwd.num_frames, layer.num_heads)
         _linear.linear_residual_(ctx, *_temporal_proj(layer), xt)
 
     def _qkv_s(self, layer: TimesformerLayer, rows: torch.Tensor, part: slice) -> torch.Tensor:
@@ -234,20 +196,20 @@ class TritonBackend(SdpaBackend):
         w, c1, c2 = _ln_proj(layer, "triton_qkv_s", ln, layer.attention.attention.qkv)
         return _linear.layer_norm_linear(rows, w[part], c1[part], c2[part], _eps(ln))
 
-    def _out_s(self, attention: TimeSformerAttention, owner: nn.Module) -> tuple[torch.Tensor, ...]:
+    def _out_s(self, attention: TimesformerAttention, owner: nn.Module) -> tuple[torch.Tensor, ...]:
         return _proj(owner, "triton_out_s", attention.output.dense)
 
-    def _fused_spatial(self, layer: TimesformerLayer, x: torch.Tensor, step: Step) -> None:
+    def _fused_spatial(self, layer: TimesformerLayer, x: torch.Tensor, fwd: ForwardContext) -> None:
         """Steps 4-6: CLS's q/k/v once per clip, its context averaged over frames in the projection."""
         qkv = self._qkv_s(layer, x, slice(None))
-        patch_ctx, cls_ctx = KernelOps.spatial_attention(qkv, step.num_frames, layer.num_heads)
+        patch_ctx, cls_ctx = _attn.spatial_attention(*_thirds(qkv), fwd.num_frames, layer.num_heads)
         w, b = self._out_s(layer.attention, layer)
         _linear.linear_residual_(patch_ctx, w, b, x[:, 1:])
         _linear.linear_residual_(cls_ctx, w, b, x[:, :1], mean_rows=True)
 
     def _fused_joint(self, layer: TimesformerLayer, x: torch.Tensor) -> None:
         qkv = self._qkv_s(layer, x, slice(None))
-        ctx = KernelOps.attention(qkv, layer.num_heads)
+        ctx = _attn.attention(*_thirds(qkv), layer.num_heads)
         _linear.linear_residual_(ctx, *self._out_s(layer.attention, layer), x)
 
     def _fused_mlp(self, layer: TimesformerLayer, x: torch.Tensor) -> None:
@@ -265,7 +227,7 @@ class TritonBackend(SdpaBackend):
             h = layer.intermediate.intermediate_act_fn(h)
         _linear.linear_residual_(h, *_proj(layer, "triton_fc2", layer.output.dense), x)
 
-    def _fused_cls_only(self, layer: TimesformerLayer, x: torch.Tensor, step: Step) -> torch.Tensor:
+    def _fused_cls_only(self, layer: TimesformerLayer, x: torch.Tensor, fwd: ForwardContext) -> torch.Tensor:
         """The last layer of a classifier: keys and values from every row, the rest on CLS rows only.
 
         Returns ``x[:, :1]`` (a view) updated in place.
@@ -276,7 +238,7 @@ class TritonBackend(SdpaBackend):
         k, v = _thirds(self._qkv_s(layer, x, slice(hidden, None)), 2)
         w, b = self._out_s(layer.attention, layer)
         if layer.attention_type == "divided_space_time":
-            cls_ctx = _attn.spatial_attention(q, k, v, step.num_frames, layer.num_heads)[1]
+            cls_ctx = _attn.spatial_attention(q, k, v, fwd.num_frames, layer.num_heads)[1]
             _linear.linear_residual_(cls_ctx, w, b, cls, mean_rows=True)
         else:
             ctx = _attn.attention(q, k, v, layer.num_heads)
