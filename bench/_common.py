@@ -102,11 +102,12 @@ def versions() -> dict:
 
 
 def write_json(path: str | None, result: dict) -> None:
-    """Write ``result`` to ``path`` (folders created); nothing when ``path`` is None."""
+    """Write ``result`` to ``path`` (folders created; values JSON lacks, e.g. dtypes, as strings); nothing
+    when ``path`` is None."""
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w") as f:
-            json.dump(result, f, indent=2)
+            json.dump(result, f, indent=2, default=str)
 
 
 class Timer:
@@ -169,8 +170,9 @@ class Timer:
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Relative error ``|a - b| / |b|`` by norm, in float32."""
-    return float((a.float() - b.float()).norm() / b.float().norm())
+    """Relative error ``|a - b| / |b|`` by norm, computed in float64 (the tests use this one too)."""
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
 def kernel_bench_setup(description: str, argv: list[str] | None, base: dict, smoke: dict):

@@ -70,6 +70,11 @@ def reference_joint(qkv, heads):
     return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, rows, d)
 
 
+def _thirds(qkv):
+    """q, k, v as strided views of the packed projection, as the triton backend passes them."""
+    return qkv.split(qkv.shape[-1] // 3, dim=-1)
+
+
 def _mean_cls(outputs):
     patch_ctx, cls_ctx = outputs
     return patch_ctx, cls_ctx.mean(1)
@@ -80,7 +85,8 @@ def _mean_cls(outputs):
 
 def run(batches, shape, dtype, device, timer, out_rows: list) -> float:
     """Time every kernel at every batch size, appending result rows; returns the copy rate in GB/s."""
-    from timesformer.backends.triton import KernelOps
+    from timesformer.kernels.attention import attention, spatial_attention
+    from timesformer.kernels.temporal_attention import temporal_attention
 
     n, t, h, dh = shape["patches"], shape["frames"], shape["heads"], shape["head_dim"]
     d = h * dh
@@ -96,20 +102,20 @@ def run(batches, shape, dtype, device, timer, out_rows: list) -> float:
         cases = {
             "temporal": dict(
                 rows=n * t,
-                ours=lambda x: KernelOps.temporal_attention(x, t, h),
+                ours=lambda x: temporal_attention(*_thirds(x), t, h),
                 ref=lambda x: reference_temporal(x, t, h),
                 seq=(batch * n, t),
             ),
             "spatial": dict(
                 rows=1 + n * t,
                 # Both paths end with the CLS context averaged over frames, as the layer needs it.
-                ours=lambda x: _mean_cls(KernelOps.spatial_attention(x, t, h)),
+                ours=lambda x: _mean_cls(spatial_attention(*_thirds(x), t, h)),
                 ref=lambda x: reference_spatial(x, t, h),
                 seq=(batch * t, 1 + n),
             ),
             "joint": dict(
                 rows=1 + n * t,
-                ours=lambda x: KernelOps.attention(x, h),
+                ours=lambda x: attention(*_thirds(x), h),
                 ref=lambda x: reference_joint(x, h),
                 seq=(batch, 1 + n * t),
             ),

@@ -28,23 +28,12 @@ from dataclasses import dataclass
 
 import torch
 
-# Hugging Face configs of the published checkpoints (K400 heads); the weights are random.
-CONFIGS = {
-    "base": dict(title="TimeSformer-base 8x224^2", num_frames=8, image_size=224),
-    "hr": dict(title="TimeSformer-HR 16x448^2", num_frames=16, image_size=448),
-    "large": dict(title="TimeSformer-L 96x224^2", num_frames=96, image_size=224),
-    # For tests and smoke runs only: seconds on a CPU.
-    "tiny": dict(
-        title="tiny 4x32^2 (smoke)",
-        num_frames=4,
-        image_size=32,
-        patch_size=8,
-        hidden_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=3,
-        intermediate_size=96,
-    ),
-}
+from bench._common import rel_err
+from timesformer.configuration import PRESETS, TimesformerConfig
+
+# The model shapes (timesformer.configuration.PRESETS: the published checkpoints' and small ones); the
+# weights are random.
+CONFIGS = PRESETS
 NUM_LABELS = 400
 
 EAGER = "transformers eager"
@@ -74,7 +63,7 @@ class Options:
 def hf_config(name: str):
     import transformers
 
-    fields = {k: v for k, v in CONFIGS[name].items() if k != "title"}
+    fields = CONFIGS[name].fields
     return transformers.TimesformerConfig(num_labels=NUM_LABELS, **fields)
 
 
@@ -151,15 +140,9 @@ def unavailable(impl: str, device: torch.device) -> str | None:
 
 def clip(name: str, batch: int, seed: int) -> torch.Tensor:
     """A random float32 ``(batch, T, 3, H, W)`` clip on the CPU."""
-    cfg = CONFIGS[name]
+    cfg = TimesformerConfig(**CONFIGS[name].fields)
     gen = torch.Generator().manual_seed(seed)
-    size = cfg["image_size"]
-    return torch.randn(batch, cfg["num_frames"], 3, size, size, generator=gen)
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+    return torch.randn(batch, cfg.num_frames, cfg.num_channels, *cfg.image_hw, generator=gen)
 
 
 def error_bound(dtype: torch.dtype, eager_err: float | None) -> float:
@@ -215,7 +198,7 @@ def _free(device: torch.device) -> None:
 def _row(name: str, impl: str, batch: int, opts: Options, **fields) -> dict:
     row = {
         "config": name,
-        "model": CONFIGS[name]["title"],
+        "model": CONFIGS[name].title,
         "dtype": str(opts.dtype).replace("torch.", ""),
         "batch": batch,
         "impl": impl,
@@ -408,7 +391,7 @@ def largest_batch(name: str, opts: Options, start: int, limit: int, log=print) -
         finally:
             _free(opts.device)
         best, batch = batch, 2 * batch
-    log(f"{CONFIGS[name]['title']}: largest power-of-two batch that fits (triton): {best}")
+    log(f"{CONFIGS[name].title}: largest power-of-two batch that fits (triton): {best}")
     del fn
     _free(opts.device)
     return best

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+from bench._common import write_json
 from bench.e2e import COMPILE, EAGER
 
 TRITON, GRAPHS, SDPA = "timesformer triton", "timesformer triton + graphs", "timesformer sdpa"
@@ -84,11 +85,6 @@ def targets(result: dict) -> list[dict]:
             "x",
         )
     return out
-
-
-def write_json(path: str, result: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2, default=str)
 
 
 def _fmt(v, spec: str, none: str = "") -> str:

@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from timesformer import TimesformerConfig, TimesformerForVideoClassification  # noqa: E402
 from timesformer.assets import BUNDLED_MODEL  # noqa: E402
+from timesformer.configuration import PRESETS  # noqa: E402
 from timesformer.preprocess import VideoProcessor  # noqa: E402
 from timesformer.synthetic import (  # noqa: E402
     LABELS,
@@ -47,20 +48,14 @@ from timesformer.synthetic import (  # noqa: E402
 )
 from timesformer.video import read_video  # noqa: E402
 
-CROP = 32  # the model input: a 4 x 4 grid of 8 x 8 patches
 MODEL = dict(
-    image_size=CROP,
-    patch_size=8,
-    num_frames=8,
-    hidden_size=64,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    intermediate_size=256,
+    **PRESETS["synthetic-motion"].fields,  # 8 frames of 32 x 32: a 4 x 4 grid of 8 x 8 patches
     attention_type="divided_space_time",
     # Five times the reference's 0.02: at 0.02 the MLPs start almost linear and the model stays a function
     # of the *set* of frames (chance) for thousands of steps; see ``init_embeddings``.
     initializer_range=0.1,
 )
+CROP = MODEL["image_size"]  # the model input
 # Amplitude of the initial time embeddings (sin/cos features of the frame index).
 TIME_AMPLITUDE = 3.0
 # Held-out data: seeds of another range than the training pool's (seed * 1_000_003).

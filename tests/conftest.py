@@ -17,6 +17,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import timesformer
+from bench._common import rel_err  # one definition for the benchmarks and the tests
 
 if os.environ.get("TRITON_INTERPRET") == "1":
     import importlib.util
@@ -76,11 +77,6 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
                 fan_in = p[0].numel() if p.dim() > 1 else p.numel()
                 p.copy_(noise / fan_in**0.5)
     return model
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
 def assert_close(

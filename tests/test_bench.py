@@ -146,7 +146,7 @@ def _gpu_result() -> dict:
     def row(impl, batch, ms, mem, status="ok"):
         return {
             "config": "base",
-            "model": e2e.CONFIGS["base"]["title"],
+            "model": e2e.CONFIGS["base"].title,
             "dtype": "bfloat16",
             "batch": batch,
             "impl": impl,

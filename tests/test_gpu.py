@@ -119,14 +119,16 @@ def test_cuda_graph_capture_of_the_triton_model():
 
 
 def test_ops_compile_with_inductor():
-    from timesformer.backends.triton import KernelOps
+    from timesformer.kernels import attention as joint
+    from timesformer.kernels import temporal_attention as temporal
 
     def attention(qkv):
-        patch, cls = KernelOps.spatial_attention(qkv, 8, 12)
+        q, k, v = qkv.split(768, dim=-1)  # strided views of the packed projection, as the backend passes
+        patch, cls = joint.spatial_attention(q, k, v, 8, 12)
         return (
-            patch + KernelOps.temporal_attention(qkv[:, 1:], 8, 12),
+            patch + temporal.temporal_attention(q[:, 1:], k[:, 1:], v[:, 1:], 8, 12),
             cls.mean(1),
-            KernelOps.attention(qkv, 12),
+            joint.attention(q, k, v, 12),
         )
 
     qkv = torch.randn(2, 1 + 196 * 8, 3 * 768, device=CUDA, dtype=torch.bfloat16)

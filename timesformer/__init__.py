@@ -9,13 +9,8 @@ Importing this package needs torch, not Triton and not transformers.
 from .backends import BackendInfo, BackendUnavailableError, available_backends
 from .configuration import TimesformerConfig
 from .cuda_graphs import CudaGraphRunner
-from .loading import CheckpointError
-from .modeling import (
-    TimesformerForVideoClassification,
-    TimesformerModel,
-    TimesformerPreTrainedModel,
-    from_hf,
-)
+from .loading import CheckpointError, from_hf
+from .modeling import TimesformerForVideoClassification, TimesformerModel, TimesformerPreTrainedModel
 from .outputs import BaseModelOutput, ImageClassifierOutput
 
 __version__ = "0.1.0"

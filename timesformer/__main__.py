@@ -19,27 +19,17 @@ import time
 
 import torch
 
+from .backends import BACKEND_CHOICES
+from .configuration import PRESETS
 from .video import MAX_FRAME_PIXELS, MAX_NUM_FRAMES
 
 # What `timesformer sample` writes: H.264 in these containers.
 SAMPLE_EXTENSIONS = (".mp4", ".mkv", ".mov")
 
-PRESETS = {
-    # TimeSformer-base, 8 x 224^2 (the K400 / SSv2 checkpoints' shape).
-    "base": dict(),
-    # A small model with the same token layout, for a quick look.
-    "small": dict(
-        hidden_size=192, num_attention_heads=3, intermediate_size=768, num_hidden_layers=4, image_size=112
-    ),
-}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 def _time(fn, device: torch.device, repeats: int) -> list[float]:
+    from .classify import synchronize as _sync
+
     times = []
     for _ in range(repeats):
         _sync(device)
@@ -61,7 +51,7 @@ def demo(args: argparse.Namespace) -> int:
         _error(str(exc))
         return 2
     dtype = getattr(torch, args.dtype)
-    config = timesformer.TimesformerConfig(num_labels=400, **PRESETS[args.preset])
+    config = timesformer.TimesformerConfig(num_labels=400, **PRESETS[args.preset].fields)
     if args.frames is not None:
         config.num_frames = args.frames
     torch.manual_seed(0)
@@ -75,7 +65,7 @@ def demo(args: argparse.Namespace) -> int:
         args.batch_size, config.num_frames, config.num_channels, *size, device=device, dtype=dtype
     )
     print(
-        f"TimeSformer-{args.preset}: {model.num_parameters() / 1e6:.1f}M parameters, "
+        f"{PRESETS[args.preset].title}: {model.num_parameters() / 1e6:.1f}M parameters, "
         f"input {tuple(x.shape)} {args.dtype} on {device}"
     )
 
@@ -305,7 +295,7 @@ _clips = _int_in(1, 64)
 def _video_model_options(p: argparse.ArgumentParser, device_help: str) -> None:
     """The options ``classify`` and ``evaluate`` share: the model, where it runs, and the views."""
     p.add_argument("--model", default=None, help="model directory or hub id (default: the bundled model)")
-    p.add_argument("--backend", choices=["auto", "eager", "sdpa", "triton"], default="auto")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
     p.add_argument("--device", default=None, help=device_help)
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument(
@@ -394,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", choices=sorted(PRESETS), default="base")
     p.add_argument("--batch-size", type=_int_in(1, 4096), default=1)
     p.add_argument(
-        "--frames", type=_int_in(1, 4096), default=None, help="frames per clip (default: the preset's 8)"
+        "--frames", type=_int_in(1, 4096), default=None, help="frames per clip (default: the preset's)"
     )
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")

@@ -111,7 +111,8 @@ def nan_error(probs: torch.Tensor) -> str | None:
     return None
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for ``device``'s queued work (a no-op on the CPU), so that wall-clock times are the work's."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -181,7 +182,7 @@ def classify_videos(
             decoded = time.perf_counter()
             # uint8 to the device (4x less to copy than floats), preprocessed there: (views, T, 3, h, w).
             pixels = cut_views(frames.to(device), processor, num_frames, crops, dtype, uint8=False)
-            _sync(device)
+            synchronize(device)
             done = time.perf_counter()
         except (VideoError, ValueError) as exc:
             return Prediction(path, error=str(exc.reason if isinstance(exc, VideoError) else exc))
@@ -198,7 +199,7 @@ def classify_videos(
             start = time.perf_counter()
             with torch.inference_mode():
                 probs = model(pixels, return_dict=True).logits.float().softmax(-1)
-            _sync(device)
+            synchronize(device)
         except Exception as exc:  # the model failed on this batch: its videos get the error, the others go on
             for pred in preds:
                 pred.error = f"model forward failed ({type(exc).__name__}: {exc})"

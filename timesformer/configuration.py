@@ -14,7 +14,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from .activations import ACTIVATIONS
 
@@ -69,6 +69,53 @@ LIMITS = {
     "image_size": 8192,
 }
 MAX_LABELS = 1_000_000
+
+
+class Preset(NamedTuple):
+    title: str
+    fields: dict[str, Any]  # TimesformerConfig keyword arguments on top of the defaults (TimeSformer-base)
+
+
+# Model shapes by name: the published TimeSformer checkpoints' (K400 heads, 400 labels) and small ones for
+# quick looks and tests. Used by ``timesformer demo --preset``, the benchmarks and the compile sweep.
+PRESETS: dict[str, Preset] = {
+    "base": Preset("TimeSformer-base 8x224^2", dict(num_frames=8, image_size=224)),
+    "hr": Preset("TimeSformer-HR 16x448^2", dict(num_frames=16, image_size=448)),
+    "large": Preset("TimeSformer-L 96x224^2", dict(num_frames=96, image_size=224)),
+    # The token layout of base at a fraction of the work: a quick look on a CPU.
+    "small": Preset(
+        "small 8x112^2",
+        dict(
+            hidden_size=192, num_attention_heads=3, intermediate_size=768, num_hidden_layers=4, image_size=112
+        ),
+    ),
+    # Seconds on a CPU: tests and smoke runs.
+    "tiny": Preset(
+        "tiny 4x32^2 (smoke)",
+        dict(
+            num_frames=4,
+            image_size=32,
+            patch_size=8,
+            hidden_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=3,
+            intermediate_size=96,
+        ),
+    ),
+    # The bundled model's shape (timesformer/assets/synthetic-motion, scripts/train_synthetic_model.py).
+    "synthetic-motion": Preset(
+        "synthetic-motion 8x32^2",
+        dict(
+            num_frames=8,
+            image_size=32,
+            patch_size=8,
+            hidden_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=256,
+        ),
+    ),
+}
 
 
 def _pair(value: Any, name: str) -> tuple[int, int]:

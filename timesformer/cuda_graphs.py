@@ -17,16 +17,16 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import weight_cache as _weight_cache
 from .backends.base import needs_autograd
 from .modeling import TimesformerForVideoClassification, TimesformerModel
 from .outputs import BaseModelOutput, ImageClassifierOutput, ModelOutput
+from .weight_cache import count_optimizer_steps, fingerprint, optimizer_steps
+from .weight_cache import entries as cache_entries
 
 # Eager runs before each capture (PyTorch's CUDA-graph docs use 3): they compile the Triton kernels for
 # the shape, fill the prepared-weight cache and let lazy initializations (cuBLAS handles, workspaces)
@@ -35,8 +35,6 @@ WARMUP_RUNS = 3
 
 # Plain (non-tensor) module attributes that change what a forward computes through the public API.
 _WATCHED_ATTRIBUTES = ("input_normalization",)  # set_input_normalization()
-
-_NO_CACHE: MappingProxyType = MappingProxyType({})
 
 
 # --------------------------------------------------------------------------- capture and replay
@@ -85,8 +83,9 @@ def _scan(modules: list[nn.Module]) -> tuple[bool, list]:
     """``(any module in training mode, fingerprint)`` of a module tree in one pass.
 
     The fingerprint holds, per module, its children (so that a replaced submodule counts as a change)
-    and, per parameter and buffer, ``(data_ptr, _version, dtype, device, shape)`` as
-    ``timesformer.weight_cache`` does (inference tensors have no version counter).
+    and each parameter's and buffer's ``weight_cache.fingerprint``. (It reads torch's ``_modules``,
+    ``_parameters`` and ``_buffers`` dicts directly: this runs before every replay, where the generator
+    methods would cost more than a batch-1 replay.)
     """
     training = False
     state: list = []
@@ -97,7 +96,7 @@ def _scan(modules: list[nn.Module]) -> tuple[bool, list]:
         for tensors in (module._parameters, module._buffers):
             for t in tensors.values():
                 if t is not None:
-                    add((t.data_ptr(), None if t.is_inference() else t._version, t.dtype, t.device, t.shape))
+                    add(fingerprint(t))
     return training, state
 
 
@@ -108,13 +107,11 @@ class _Snapshot:
     def __init__(self, model: nn.Module) -> None:
         self.modules = list(model.modules())
         _, self.state = _scan(self.modules)
-        self.optimizer_steps = _weight_cache._optimizer_steps
+        self.optimizer_steps = optimizer_steps()
         # The graphs read prepared weights (e.g. the folded temporal projection) by address: keep them
         # alive, and recapture when the model drops or recomputes them (model.clear_weight_cache()).
         self.prepared = [
-            (module.__dict__, key, entry)
-            for module in self.modules
-            for key, entry in module.__dict__.get("_weight_cache", _NO_CACHE).items()
+            (module, key, entry) for module in self.modules for key, entry in cache_entries(module).items()
         ]
         self.attributes = [
             (module.__dict__, name, module.__dict__[name])
@@ -136,9 +133,9 @@ class _Snapshot:
         """``(unchanged, training)``; ``training`` is exact only when unchanged."""
         training, state = _scan(self.modules)
         unchanged = (
-            _weight_cache._optimizer_steps == self.optimizer_steps
+            optimizer_steps() == self.optimizer_steps
             and state == self.state
-            and all(d.get("_weight_cache", _NO_CACHE).get(key) is entry for d, key, entry in self.prepared)
+            and all(cache_entries(m).get(key) is entry for m, key, entry in self.prepared)
             and all(d.get(name) == value for d, name, value in self.attributes)
         )
         return unchanged, training
@@ -204,7 +201,7 @@ class CudaGraphRunner:
         self._snapshot: _Snapshot | None = None
         self._pool: Any = None
         # Count optimizer steps from now on (fused optimizers bypass version counters).
-        _weight_cache._register_hook()
+        count_optimizer_steps()
 
     @property
     def num_graphs(self) -> int:

@@ -448,6 +448,10 @@ def save_pretrained(
 
 
 def from_hf(hf_model: torch.nn.Module, *, backend: str = "auto") -> TimesformerPreTrainedModel:
+    """Convert an in-memory ``transformers`` TimeSformer model (either class) to this package's class.
+
+    The result has the same config, weights, dtype, device and train/eval mode.
+    """
     from .modeling import TimesformerForVideoClassification, TimesformerModel
 
     hf_config = getattr(hf_model, "config", None)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .activations import get_activation
-from .backends import BACKEND_NAMES, Backend, get_backend, resolve_backend
+from .backends import BACKEND_CHOICES, Backend, get_backend, resolve_backend
 from .configuration import TimesformerConfig
 from .outputs import BaseModelOutput, ImageClassifierOutput
 from .weight_cache import clear_weight_cache
@@ -317,8 +317,8 @@ class TimesformerPreTrainedModel(nn.Module):
     # --------------------------------------------------------------- backend
     @staticmethod
     def _check_backend_name(name: str) -> str:
-        if name not in (*BACKEND_NAMES, "auto"):
-            raise ValueError(f"backend must be one of {(*BACKEND_NAMES, 'auto')}, got {name!r}")
+        if name not in BACKEND_CHOICES:
+            raise ValueError(f"backend must be one of {BACKEND_CHOICES}, got {name!r}")
         if name != "auto":
             get_backend(name)  # raises with the reason where the backend cannot exist at all
         return name
@@ -731,13 +731,3 @@ class TimesformerForVideoClassification(TimesformerPreTrainedModel):
         from .losses import classification_loss
 
         return classification_loss(self.config, logits, labels)
-
-
-def from_hf(hf_model: nn.Module, *, backend: str = "auto") -> TimesformerPreTrainedModel:
-    """Convert an in-memory ``transformers`` TimeSformer model (either class) to this package's class.
-
-    The result has the same config, weights, dtype, device and train/eval mode.
-    """
-    from .loading import from_hf as _from_hf
-
-    return _from_hf(hf_model, backend=backend)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 
 import torch
 from torch import nn
@@ -23,7 +24,8 @@ def _count_step(*_args) -> None:
     _optimizer_steps += 1
 
 
-def _register_hook() -> None:
+def count_optimizer_steps() -> None:
+    """Start counting optimizer steps (``optimizer_steps``); idempotent."""
     global _hook_registered
     if not _hook_registered:
         from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -32,10 +34,26 @@ def _register_hook() -> None:
         _hook_registered = True
 
 
-def _fingerprint(t: torch.Tensor) -> tuple:
-    # Inference tensors (created under torch.inference_mode) carry no version counter.
+def optimizer_steps() -> int:
+    """Optimizer steps taken in this process since ``count_optimizer_steps`` was first called."""
+    return _optimizer_steps
+
+
+def fingerprint(t: torch.Tensor) -> tuple:
+    """What identifies ``t``'s current values without reading them: address, version counter (bumped by
+    in-place edits), dtype, device and shape. Inference tensors (``torch.inference_mode``) carry no
+    version counter."""
     version = None if t.is_inference() else t._version
     return (t.data_ptr(), version, t.dtype, t.device, tuple(t.shape))
+
+
+_EMPTY: Mapping = MappingProxyType({})
+
+
+def entries(module: nn.Module) -> Mapping[str, object]:
+    """``module``'s cache entries by key (read only; an entry is replaced, never mutated, when its weights
+    are prepared again)."""
+    return module.__dict__.get("_weight_cache", _EMPTY)
 
 
 def cached_weights(
@@ -57,11 +75,11 @@ def cached_weights(
         # Under torch.compile the preparation is traced into the graph (recomputed per call, never
         # stale): the cache's pointer and version checks cannot be traced (graph breaks).
         return prepare(*(s.detach() for s in sources))
-    _register_hook()
+    count_optimizer_steps()
     cache = module.__dict__.get("_weight_cache")
     if not isinstance(cache, OrderedDict):  # absent, or a plain dict someone stored back
         cache = module.__dict__["_weight_cache"] = OrderedDict(cache or {})
-    stamp = (_optimizer_steps, *(_fingerprint(s) for s in sources))
+    stamp = (_optimizer_steps, *(fingerprint(s) for s in sources))
     hit = cache.get(key)
     if hit is not None and hit[0] == stamp:
         cache.move_to_end(key)

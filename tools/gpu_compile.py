@@ -50,6 +50,8 @@ from unittest import mock
 
 import torch
 
+from timesformer.configuration import PRESETS
+
 ARCHS = (80, 90)
 CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "gpu-compile"
 
@@ -93,8 +95,8 @@ def sweep(quick: bool = False) -> list[Case]:
         return cases
     for dtype in dtypes:
         name = _NAMES[dtype]
-        cases.append(Case(f"L 96x224 {name}", dict(num_frames=96), dtype))
-        cases.append(Case(f"HR 16x448 {name}", dict(num_frames=16, image_size=448), dtype))
+        cases.append(Case(f"L 96x224 {name}", PRESETS["large"].fields, dtype))
+        cases.append(Case(f"HR 16x448 {name}", PRESETS["hr"].fields, dtype))
         cases.append(Case(f"T=160 {name}", dict(num_frames=160, image_size=64), dtype))
         for head_dim in (32, 64, 80, 96, 128):
             for attention in attention_types:
@@ -110,7 +112,7 @@ def sweep(quick: bool = False) -> list[Case]:
             cases.append(Case(f"int64 {attention.split('_')[0]} {name}", dict(attention_type=attention, image_size=112),
                               dtype, uint8=True, int64=True))  # fmt: skip
         cases.append(Case(f"int64 T=160 {name}", dict(num_frames=160, image_size=64), dtype, int64=True))
-    cases.append(Case("L 96x224 fp32+tf32", dict(num_frames=96), torch.float32, tf32=True))
+    cases.append(Case("L 96x224 fp32+tf32", PRESETS["large"].fields, torch.float32, tf32=True))
     return cases
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -20,8 +21,6 @@ import torch
 from .base import Backend, BackendUnavailableError
 
 logger = logging.getLogger(__name__)
-
-BACKEND_NAMES = ("eager", "sdpa", "triton")
 
 # Ampere and later: bf16 tensor cores, and the architectures the kernels are written for.
 MIN_CAPABILITY = (8, 0)
@@ -86,16 +85,59 @@ def _triton_status(device: torch.device, head_dim: int | None, dtype: torch.dtyp
     return BackendInfo(True, where)
 
 
+def _load_eager() -> Backend:
+    from .eager import EagerBackend
+
+    return EagerBackend()
+
+
+def _load_sdpa() -> Backend:
+    from .sdpa import SdpaBackend
+
+    return SdpaBackend()
+
+
+def _load_triton() -> Backend:
+    if not _triton_installed():
+        raise BackendUnavailableError("the triton backend needs Triton (pip install triton; Linux only)")
+    from .triton import TritonBackend
+
+    return TritonBackend()
+
+
+class BackendEntry(NamedTuple):
+    load: Callable[[], Backend]
+    # (device, head_dim or None, dtype or None) -> whether the backend runs there, and why (not).
+    status: Callable[[torch.device, int | None, torch.dtype | None], BackendInfo]
+
+
+# The backends, by name: the only list of them (the CLI's choices and every check are built from it).
+BACKENDS: dict[str, BackendEntry] = {
+    "eager": BackendEntry(
+        _load_eager, lambda *_: BackendInfo(True, "reference math; runs wherever torch runs")
+    ),
+    "sdpa": BackendEntry(
+        _load_sdpa,
+        lambda *_: BackendInfo(True, "torch scaled_dot_product_attention; runs wherever torch runs"),
+    ),
+    "triton": BackendEntry(_load_triton, _triton_status),
+}
+BACKEND_NAMES = tuple(BACKENDS)
+# What a model or the command line accepts: a backend, or "auto" (chosen per device, head size and dtype).
+BACKEND_CHOICES = (*BACKEND_NAMES, "auto")
+
+
+def _entry(name: str) -> BackendEntry:
+    try:
+        return BACKENDS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"backend must be one of {BACKEND_CHOICES}, got {name!r}") from None
+
+
 def _status(
     name: str, device: torch.device, head_dim: int | None = None, dtype: torch.dtype | None = None
 ) -> BackendInfo:
-    if name == "eager":
-        return BackendInfo(True, "reference math; runs wherever torch runs")
-    if name == "sdpa":
-        return BackendInfo(True, "torch scaled_dot_product_attention; runs wherever torch runs")
-    if name == "triton":
-        return _triton_status(device, head_dim, dtype)
-    raise ValueError(f"backend must be one of {(*BACKEND_NAMES, 'auto')}, got {name!r}")
+    return _entry(name).status(device, head_dim, dtype)
 
 
 def available_backends(
@@ -117,21 +159,7 @@ def available_backends(
 @functools.cache
 def get_backend(name: str) -> Backend:
     """The backend object for ``name``; raises ``BackendUnavailableError`` for one that cannot exist here."""
-    if name == "eager":
-        from .eager import EagerBackend
-
-        return EagerBackend()
-    if name == "sdpa":
-        from .sdpa import SdpaBackend
-
-        return SdpaBackend()
-    if name == "triton":
-        if not _triton_installed():
-            raise BackendUnavailableError("the triton backend needs Triton (pip install triton; Linux only)")
-        from .triton import TritonBackend
-
-        return TritonBackend()
-    raise ValueError(f"backend must be one of {(*BACKEND_NAMES, 'auto')}, got {name!r}")
+    return _entry(name).load()
 
 
 FP32_WITHOUT_TF32 = (
@@ -192,6 +220,8 @@ def resolve_backend(
 
 
 __all__ = [
+    "BACKENDS",
+    "BACKEND_CHOICES",
     "BACKEND_NAMES",
     "Backend",
     "BackendInfo",
