@@ -4,6 +4,11 @@
     model = TimesformerForVideoClassification.from_pretrained(path)          # backend="auto"
 
 Importing this package needs torch, not Triton and not transformers.
+
+The map (README, "Layout"): ``modeling`` (the models, transformers' module names) -> ``backends`` (the one
+name -> code table; ``eager``, ``sdpa`` on ``torch_ops``, ``triton`` on ``kernels``) -> ``kernels`` (one file
+per Triton kernel family: kernel, checks, launcher, custom op, wrapper; each kernel's pure-torch reference is
+in ``torch_ops``, its test in ``tests/test_<kernel>.py``, its benchmark in ``bench/``).
 """
 
 from .backends import BackendInfo, BackendUnavailableError, available_backends
