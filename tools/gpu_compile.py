@@ -153,7 +153,9 @@ def record_launches() -> Iterator[Recorder]:
         )
         return backends.BackendInfo(reason is None, reason or "recording launches")
 
-    with mock.patch.object(JITFunction, "run", run), mock.patch.object(backends, "_triton_status", status):
+    # The triton backend's availability check, in the backend table: every launch may run (no GPU here).
+    triton_entry = backends.BACKENDS["triton"]._replace(status=status)
+    with mock.patch.object(JITFunction, "run", run), mock.patch.dict(backends.BACKENDS, triton=triton_entry):
         yield recorder
 
 

@@ -1,12 +1,19 @@
-"""What the attention kernels share: input checks, the support rules, and launch-size decisions.
+"""What the kernel families share: argument checks, the support rules, and launch-size decisions.
 
 Nothing here imports Triton: the ``triton`` backend's availability check and the ops' fake (shape-only)
 implementations use these helpers on machines and tensors where no kernel can run.
+
+Argument checks: every op validates in one place per call path. Its ``_check_<op>`` (in the op's module,
+built from the ``check_*`` helpers below) validates the inputs and returns the sizes the launch needs; the
+custom op and its fake call it before allocating the output, the ``*_fwd`` launchers call it and then
+``check_out`` on the caller's output; all of them then launch without checking again. Messages name the op
+first (``"temporal_attention: q must ..."``).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -18,9 +25,17 @@ MAX_HEAD_DIM = 128
 INT32_MAX = 2**31 - 1
 
 
+# ---------------------------------------------------------------------------------------------- support rules
+
+
 def interpreting() -> bool:
     """Whether Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``"float16"`` for ``torch.float16``."""
+    return str(dtype).removeprefix("torch.")
 
 
 def head_dim_reason(head_dim: int) -> str | None:
@@ -33,9 +48,115 @@ def head_dim_reason(head_dim: int) -> str | None:
 def dtype_reason(dtype: torch.dtype) -> str | None:
     """Why the kernels cannot take this dtype, or ``None`` when they can."""
     if dtype not in SUPPORTED_DTYPES:
-        names = ", ".join(str(d).removeprefix("torch.") for d in SUPPORTED_DTYPES)
-        return f"the Triton attention kernels take {names}, got {str(dtype).removeprefix('torch.')}"
+        names = ", ".join(dtype_name(d) for d in SUPPORTED_DTYPES)
+        return f"the Triton attention kernels take {names}, got {dtype_name(dtype)}"
     return None
+
+
+# -------------------------------------------------------------------------------------------- argument checks
+
+
+def check_tensor(op: str, name: str, x, dims: int | None = None, layout: str = "") -> None:
+    """``x`` is a ``torch.Tensor`` and, given ``dims``, has that many dimensions; ``layout`` names them in
+    the message, e.g. ``"(batch, rows, hidden)"``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(x).__name__}")
+    if dims is not None and x.dim() != dims:
+        raise ValueError(f"{op}: {name} must have {dims} dimensions {layout}, got shape {tuple(x.shape)}")
+
+
+def check_shape(op: str, name: str, x: torch.Tensor, shape: Sequence[int], note: str = "") -> None:
+    """``x`` has exactly ``shape`` (``note`` says where that shape comes from)."""
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"{op}: {name} must have shape {tuple(shape)}{note}, got {tuple(x.shape)}")
+
+
+def check_like(
+    op: str,
+    name: str,
+    x: torch.Tensor,
+    like: torch.Tensor,
+    like_name: str,
+    *,
+    dtype_str: Callable[[torch.dtype], str] = str,
+) -> None:
+    """``x`` has the dtype and device of ``like`` (called ``like_name`` in the message; ``dtype_str`` writes
+    the dtypes: ``torch.float16`` by default, ``float16`` with ``dtype_name``)."""
+    if x.dtype != like.dtype or x.device != like.device:
+        raise ValueError(
+            f"{op}: {name} must be {dtype_str(like.dtype)} on {like.device} like {like_name}, "
+            f"got {dtype_str(x.dtype)} on {x.device}"
+        )
+
+
+def check_last_stride(op: str, name: str, x: torch.Tensor, dim: str = "") -> None:
+    """``x`` has a unit stride along its last dimension (the kernels' vector loads and stores), which one of
+    size 0 or 1 has whatever its stride; ``dim`` names that dimension in the message, e.g. ``"hidden"``."""
+    if x.shape[-1] > 1 and x.stride(-1) != 1:
+        last = f"last ({dim})" if dim else "last"
+        raise ValueError(
+            f"{op}: {name} must be contiguous along its {last} dimension, got strides {tuple(x.stride())} "
+            f"for shape {tuple(x.shape)}; pass a view with a unit last stride"
+        )
+
+
+def check_out(
+    op: str,
+    name: str,
+    out: torch.Tensor,
+    shape: Sequence[int],
+    like: torch.Tensor,
+    *,
+    like_name: str = "q",
+    dtype_str: Callable[[torch.dtype], str] = str,
+    last_stride: bool = True,
+) -> None:
+    """Validate an output tensor a launcher writes: ``shape``, the dtype and device of ``like`` and, unless
+    ``last_stride=False`` (a kernel that stores at any strides), a unit last stride where it has elements."""
+    check_tensor(op, name, out)
+    check_shape(op, name, out, shape)
+    check_like(op, name, out, like, like_name, dtype_str=dtype_str)
+    if last_stride and out.numel():
+        check_last_stride(op, name, out)
+
+
+def check_qkv(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> tuple[int, int]:
+    """Validate q, k, v of ``(batch, rows, hidden)`` for ``op``; returns ``(hidden, head_dim)``.
+
+    Rows may be strided (e.g. q, k, v as views into one packed projection); the last dimension must be
+    contiguous. ``q`` may have fewer rows than ``k``/``v`` (a CLS-only query).
+    """
+    tensors = {"q": q, "k": k, "v": v}
+    for name, x in tensors.items():
+        check_tensor(op, name, x, 3, "(batch, rows, hidden)")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"{op}: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"{op}: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    reason = dtype_reason(q.dtype)
+    if reason:
+        raise ValueError(f"{op}: {reason}")
+    if k.shape != v.shape:
+        raise ValueError(f"{op}: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2]:
+        raise ValueError(
+            f"{op}: q {tuple(q.shape)} and k {tuple(k.shape)} must agree in batch and hidden size"
+        )
+    hidden = q.shape[2]
+    if num_heads < 1 or hidden % num_heads:
+        raise ValueError(f"{op}: hidden size {hidden} is not divisible by num_heads={num_heads}")
+    head_dim = hidden // num_heads
+    reason = head_dim_reason(head_dim)
+    if reason:
+        raise ValueError(f"{op}: {reason}")
+    for name, x in tensors.items():
+        check_last_stride(op, name, x, "hidden")
+        if any(s < 0 for s in x.stride()):
+            raise ValueError(f"{op}: {name} has negative strides {tuple(x.stride())}")
+    return hidden, head_dim
+
+
+# ------------------------------------------------------------------------------------------- launch decisions
 
 
 def next_pow2(n: int) -> int:
@@ -60,67 +181,6 @@ def dot_precision(dtype: torch.dtype) -> str:
     if dtype == torch.float32 and not tf32_allowed():
         return "ieee"
     return "tf32"
-
-
-def check_qkv(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> tuple[int, int]:
-    """Validate q, k, v of ``(batch, rows, hidden)`` for ``op``; returns ``(hidden, head_dim)``.
-
-    Rows may be strided (e.g. q, k, v as views into one packed projection); the last dimension must be
-    contiguous. ``q`` may have fewer rows than ``k``/``v`` (a CLS-only query).
-    """
-    tensors = {"q": q, "k": k, "v": v}
-    for name, x in tensors.items():
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 3:
-            raise ValueError(
-                f"{op}: {name} must have 3 dimensions (batch, rows, hidden), got shape {tuple(x.shape)}"
-            )
-    if not (q.dtype == k.dtype == v.dtype):
-        raise ValueError(f"{op}: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"{op}: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-    reason = dtype_reason(q.dtype)
-    if reason:
-        raise ValueError(f"{op}: {reason}")
-    if k.shape != v.shape:
-        raise ValueError(f"{op}: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
-    if q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2]:
-        raise ValueError(
-            f"{op}: q {tuple(q.shape)} and k {tuple(k.shape)} must agree in batch and hidden size"
-        )
-    hidden = q.shape[2]
-    if num_heads < 1 or hidden % num_heads:
-        raise ValueError(f"{op}: hidden size {hidden} is not divisible by num_heads={num_heads}")
-    head_dim = hidden // num_heads
-    reason = head_dim_reason(head_dim)
-    if reason:
-        raise ValueError(f"{op}: {reason}")
-    for name, x in tensors.items():
-        if x.stride(2) != 1 and x.shape[2] > 1:
-            raise ValueError(
-                f"{op}: {name} must be contiguous along its last (hidden) dimension, got strides "
-                f"{tuple(x.stride())} for shape {tuple(x.shape)}; pass a view with a unit last stride"
-            )
-        if any(s < 0 for s in x.stride()):
-            raise ValueError(f"{op}: {name} has negative strides {tuple(x.stride())}")
-    return hidden, head_dim
-
-
-def check_out(op: str, name: str, out: torch.Tensor, shape, like: torch.Tensor) -> None:
-    """Validate an output tensor a launcher writes: shape, dtype and device of ``like``, unit last stride."""
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(out).__name__}")
-    if tuple(out.shape) != tuple(shape):
-        raise ValueError(f"{op}: {name} must have shape {tuple(shape)}, got {tuple(out.shape)}")
-    if out.dtype != like.dtype or out.device != like.device:
-        raise ValueError(
-            f"{op}: {name} must be {like.dtype} on {like.device} like q, got {out.dtype} on {out.device}"
-        )
-    if out.numel() and out.shape[-1] > 1 and out.stride(-1) != 1:
-        raise ValueError(
-            f"{op}: {name} must be contiguous along its last dimension, got strides {tuple(out.stride())}"
-        )
 
 
 def batch_row_strides(*tensors: torch.Tensor) -> list[int]:

@@ -36,14 +36,18 @@ from ._common import (
 )
 from ._triton_utils import mma, to_dtype
 
+# ----------------------------------------------------------------------------------------------------- kernel
+
 
 @triton.jit
 def _attention_fwd_kernel(
+    # Pointers: q, k, v, the CLS (position 0) output, the other positions' output
     Q,
     K,
     V,
     Out_cls,
     Out_rows,
+    # Strides (batch, row) of each; the hidden dimension has unit stride
     stride_qb,
     stride_qr,
     stride_kb,
@@ -54,15 +58,20 @@ def _attention_fwd_kernel(
     stride_ct,
     stride_ob,
     stride_or,
+    # Sizes: queries and keys per sequence, frames T (the row stride of a sequence), Out_rows' row of
+    # position 1; softmax scale times log2(e)
     num_queries,
     num_keys,
     num_frames,
     out_row0,
     qk_scale,
+    # Head size and its padded tile width
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    # Tile sizes: queries per program, keys per step
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    # tl.dot input precision, interpreter fixes (_triton_utils), 64-bit offsets
     DOT_PRECISION: tl.constexpr,
     INTERPRET: tl.constexpr,
     INT64: tl.constexpr,
@@ -131,14 +140,17 @@ def _attention_fwd_kernel(
     )
 
 
+# --------------------------------------------------------------------------------------- launch configuration
+
+
 def _launch_config(head_dim: int, dtype: torch.dtype) -> dict:
-    # Fixed configurations, not autotuning (see kernels/__init__.py). 64 x 64 tiles suit the short sequences
-    # here (197 keys per spatial sequence: a 128-row query block would be 23% padding either way) at
-    # TimeSformer's head size 64. Other head sizes take 32-key blocks: at 96-128 (padded) q, the fp32
-    # accumulator and a 64-key block reach 255 registers and spill on sm_80. Heads of 32 or less take 2
-    # warps: with 4, ptxas spills 4-28 bytes on sm_80 at 72-96 registers in some specializations (Triton 3.6
-    # and 3.9). Full-precision float32 products run on the FMA units and keep whole operand strips in
-    # registers: 32 x 16 tiles (64 x 32 spills at head size 64, heavily at 128).
+    # Fixed, not autotuned: see kernels/__init__.py. 64 x 64 tiles suit the short sequences here (197 keys
+    # per spatial sequence: a 128-row query block would be 23% padding either way) at TimeSformer's head
+    # size 64. Other head sizes take 32-key blocks: at 96-128 (padded) q, the fp32 accumulator and a 64-key
+    # block reach 255 registers and spill on sm_80. Heads of 32 or less take 2 warps: with 4, ptxas spills
+    # 4-28 bytes on sm_80 at 72-96 registers in some specializations (Triton 3.6 and 3.9). Full-precision
+    # float32 products run on the FMA units and keep whole operand strips in registers: 32 x 16 tiles
+    # (64 x 32 spills at head size 64, heavily at 128).
     warps = 4
     if dot_precision(dtype) == "ieee":
         block_m, block_n = 32, 16
@@ -151,9 +163,16 @@ def _launch_config(head_dim: int, dtype: torch.dtype) -> dict:
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_head(head_dim), num_warps=warps, num_stages=2)
 
 
+# --------------------------------------------------------------------------------------------------- launcher
+
+
 def _launch(
     q, k, v, out_cls, out_rows, out_row0, num_queries, num_keys, num_frames, num_heads, head_dim, int64
 ):
+    """Launch the kernel on checked arguments: the sequences of ``num_queries`` queries over ``num_keys``
+    keys, position 0 at row 0 and position ``i > 0`` at row ``1 + (i - 1) * num_frames + t`` of each
+    frame ``t``; position 0's context goes to ``out_cls[b, t]``, position ``i``'s to row
+    ``out_row0 + (i - 1) * num_frames + t`` of ``out_rows``."""
     cfg = _launch_config(head_dim, q.dtype)
     grid = (triton.cdiv(num_queries, cfg["BLOCK_M"]) * q.shape[0] * num_frames, num_heads)
     _attention_fwd_kernel[grid](
@@ -176,7 +195,55 @@ def _launch(
     )
 
 
-# ----------------------------------------------------------------------------------------- joint
+# ------------------------------------------------------------------------------- joint / space-only attention
+
+
+def _check_joint(q, k, v, num_heads: int) -> int:
+    """Validate ``attention``'s inputs; returns ``head_dim``."""
+    op = "attention"
+    _, head_dim = check_qkv(op, q, k, v, num_heads)
+    if q.shape[1] not in (k.shape[1], 1) or k.shape[1] == 0:
+        raise ValueError(
+            f"{op}: q must have as many rows as k ({k.shape[1]}) or one (a CLS query), got {q.shape[1]}"
+        )
+    return head_dim
+
+
+def _launch_joint(q, k, v, out, num_heads: int, head_dim: int, int64: bool | None) -> torch.Tensor:
+    """Launch ``attention`` on checked arguments; returns ``out``."""
+    if out.numel():
+        # T = 1: position i is row i of q, k, v and of out (position 0 through the "CLS" pointer).
+        _launch(q, k, v, out, out, 1, q.shape[1], k.shape[1], 1, num_heads, head_dim, int64)
+    return out
+
+
+def attention_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    num_heads: int,
+    *,
+    int64: bool | None = None,
+) -> torch.Tensor:
+    """Launcher of ``attention``: writes ``out`` (``(batch, q_len, hidden)``, any strides with a contiguous
+    last dimension) and returns it. ``int64``: index in 64 bits (default: only where offsets need it)."""
+    head_dim = _check_joint(q, k, v, num_heads)
+    check_out("attention", "out", out, q.shape, q)
+    return _launch_joint(q, k, v, out, num_heads, head_dim, int64)
+
+
+@torch.library.custom_op("timesformer::attention", mutates_args=())
+def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
+    head_dim = _check_joint(q, k, v, num_heads)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    return _launch_joint(q, k, v, out, num_heads, head_dim, None)
+
+
+@_attention_op.register_fake
+def _(q, k, v, num_heads):
+    _check_joint(q, k, v, num_heads)
+    return q.new_empty(q.shape)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -194,73 +261,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int)
     return torch.ops.timesformer.attention(q, k, v, num_heads)
 
 
-def _check_joint(q, k, v, num_heads: int) -> int:
-    op = "attention"
-    _, head_dim = check_qkv(op, q, k, v, num_heads)
-    if q.shape[1] not in (k.shape[1], 1) or k.shape[1] == 0:
-        raise ValueError(
-            f"{op}: q must have as many rows as k ({k.shape[1]}) or one (a CLS query), got {q.shape[1]}"
-        )
-    return head_dim
-
-
-def attention_fwd(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    out: torch.Tensor,
-    num_heads: int,
-    *,
-    int64: bool | None = None,
-) -> torch.Tensor:
-    """Launcher of ``attention``: writes ``out`` (``(batch, q_len, hidden)``, any strides with a contiguous
-    last dimension) and returns it. ``int64``: index in 64 bits (default: only where offsets need it)."""
-    head_dim = _check_joint(q, k, v, num_heads)
-    check_out("attention", "out", out, q.shape, q)
-    if out.numel():
-        # T = 1: position i is row i of q, k, v and of out (position 0 through the "CLS" pointer).
-        _launch(q, k, v, out, out, 1, q.shape[1], k.shape[1], 1, num_heads, head_dim, int64)
-    return out
-
-
-@torch.library.custom_op("timesformer::attention", mutates_args=())
-def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
-    return attention_fwd(q, k, v, torch.empty(q.shape, dtype=q.dtype, device=q.device), num_heads)
-
-
-@_attention_op.register_fake
-def _(q, k, v, num_heads):
-    _check_joint(q, k, v, num_heads)
-    return q.new_empty(q.shape)
-
-
-# --------------------------------------------------------------------------------------- spatial
-
-
-def spatial_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_frames: int, num_heads: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention over CLS plus the patches of each frame, in the model's row order (divided layers).
-
-    For each (clip, frame, head) the queries are CLS and the ``N`` patch rows of that frame (rows at stride
-    ``T``); keys and values are the same ``1 + N`` rows, CLS's taken from row 0 for every frame.
-
-    Args:
-        q: ``(batch, 1 + N * T, hidden)``, row 0 CLS then rows in ``(n t)`` order; or ``(batch, 1, hidden)``,
-            the CLS query alone (the last layer of a classifier needs nothing else).
-        k, v: ``(batch, 1 + N * T, hidden)`` in the same order. Any strides with a contiguous last
-            dimension, e.g. the thirds of one packed projection.
-        num_frames: ``T``.
-        num_heads: heads; ``head_dim = hidden // num_heads``, 1 to 128.
-
-    Returns:
-        ``(patch_ctx, cls_ctx)``: ``(batch, N * T, hidden)`` contexts in ``(n t)`` order (``(batch, 0,
-        hidden)`` for a CLS-only query), and ``(batch, T, hidden)``, the CLS context of each frame.
-    """
-    return torch.ops.timesformer.spatial_attention(q, k, v, num_frames, num_heads)
+# ------------------------------------------------------------------------------------------ spatial attention
 
 
 def _check_spatial(q, k, v, num_frames: int, num_heads: int) -> int:
+    """Validate ``spatial_attention``'s inputs; returns ``head_dim``."""
     op = "spatial_attention"
     _, head_dim = check_qkv(op, q, k, v, num_heads)
     rows = k.shape[1]
@@ -271,6 +276,19 @@ def _check_spatial(q, k, v, num_frames: int, num_heads: int) -> int:
     if q.shape[1] not in (rows, 1):
         raise ValueError(f"{op}: q must have as many rows as k ({rows}) or one (CLS), got {q.shape[1]}")
     return head_dim
+
+
+def _launch_spatial(
+    q, k, v, patch_out, cls_out, num_frames: int, num_heads: int, head_dim: int, int64: bool | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch ``spatial_attention`` on checked arguments; returns ``(patch_out, cls_out)``."""
+    if cls_out.numel():
+        num_keys = 1 + (k.shape[1] - 1) // num_frames
+        num_queries = num_keys if q.shape[1] > 1 else 1
+        # A CLS-only query writes no patch rows: the kernel gets the CLS output for both pointers.
+        rows_out = patch_out if patch_out.numel() else cls_out
+        _launch(q, k, v, cls_out, rows_out, 0, num_queries, num_keys, num_frames, num_heads, head_dim, int64)
+    return patch_out, cls_out
 
 
 def spatial_attention_fwd(
@@ -296,23 +314,18 @@ def spatial_attention_fwd(
     batch, hidden = q.shape[0], q.shape[2]
     check_out(op, "patch_out", patch_out, (batch, q.shape[1] - 1, hidden), q)
     check_out(op, "cls_out", cls_out, (batch, num_frames, hidden), q)
-    if cls_out.numel():
-        num_keys = 1 + (k.shape[1] - 1) // num_frames
-        num_queries = num_keys if q.shape[1] > 1 else 1
-        # A CLS-only query writes no patch rows: the kernel gets the CLS output for both pointers.
-        rows_out = patch_out if patch_out.numel() else cls_out
-        _launch(q, k, v, cls_out, rows_out, 0, num_queries, num_keys, num_frames, num_heads, head_dim, int64)
-    return patch_out, cls_out
+    return _launch_spatial(q, k, v, patch_out, cls_out, num_frames, num_heads, head_dim, int64)
 
 
 @torch.library.custom_op("timesformer::spatial_attention", mutates_args=())
 def _spatial_attention_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_frames: int, num_heads: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    head_dim = _check_spatial(q, k, v, num_frames, num_heads)
     batch, hidden = q.shape[0], q.shape[2]
-    patch_ctx = torch.empty(batch, max(q.shape[1] - 1, 0), hidden, dtype=q.dtype, device=q.device)
+    patch_ctx = torch.empty(batch, q.shape[1] - 1, hidden, dtype=q.dtype, device=q.device)
     cls_ctx = torch.empty(batch, num_frames, hidden, dtype=q.dtype, device=q.device)
-    return spatial_attention_fwd(q, k, v, patch_ctx, cls_ctx, num_frames, num_heads)
+    return _launch_spatial(q, k, v, patch_ctx, cls_ctx, num_frames, num_heads, head_dim, None)
 
 
 @_spatial_attention_op.register_fake
@@ -320,3 +333,26 @@ def _(q, k, v, num_frames, num_heads):
     _check_spatial(q, k, v, num_frames, num_heads)
     batch, hidden = q.shape[0], q.shape[2]
     return q.new_empty(batch, q.shape[1] - 1, hidden), q.new_empty(batch, num_frames, hidden)
+
+
+def spatial_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_frames: int, num_heads: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention over CLS plus the patches of each frame, in the model's row order (divided layers).
+
+    For each (clip, frame, head) the queries are CLS and the ``N`` patch rows of that frame (rows at stride
+    ``T``); keys and values are the same ``1 + N`` rows, CLS's taken from row 0 for every frame.
+
+    Args:
+        q: ``(batch, 1 + N * T, hidden)``, row 0 CLS then rows in ``(n t)`` order; or ``(batch, 1, hidden)``,
+            the CLS query alone (the last layer of a classifier needs nothing else).
+        k, v: ``(batch, 1 + N * T, hidden)`` in the same order. Any strides with a contiguous last
+            dimension, e.g. the thirds of one packed projection.
+        num_frames: ``T``.
+        num_heads: heads; ``head_dim = hidden // num_heads``, 1 to 128.
+
+    Returns:
+        ``(patch_ctx, cls_ctx)``: ``(batch, N * T, hidden)`` contexts in ``(n t)`` order (``(batch, 0,
+        hidden)`` for a CLS-only query), and ``(batch, T, hidden)``, the CLS context of each frame.
+    """
+    return torch.ops.timesformer.spatial_attention(q, k, v, num_frames, num_heads)

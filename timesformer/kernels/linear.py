@@ -35,7 +35,17 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import SUPPORTED_DTYPES, dot_precision, interpreting, needs_int64, next_pow2
+from ._common import (
+    SUPPORTED_DTYPES,
+    check_last_stride,
+    check_like,
+    check_out,
+    check_tensor,
+    dot_precision,
+    interpreting,
+    needs_int64,
+    next_pow2,
+)
 from ._triton_utils import mma, to_dtype
 
 # hidden_act names computed in the epilogue, and their codes (ACTIVATION constexpr).
@@ -52,6 +62,9 @@ ACTIVATIONS_IN_KERNEL = {
     "swish": 4,
     "quick_gelu": 5,
 }
+
+
+# ----------------------------------------------------------------------------------------------------- kernel
 
 
 @triton.jit
@@ -77,12 +90,15 @@ def _activation(x, ACTIVATION: tl.constexpr):
 
 @triton.jit
 def _linear_kernel(
+    # Pointers: A rows, weight, output, residual, bias, LayerNorm column sums (c1)
     X,
     W,
     Out,
     Res,
     Bias,
     Colsum,
+    # Strides of A (batch, row, feature), the weight (out feature, in feature), output and residual
+    # (batch, row; unit feature stride)
     stride_xb,
     stride_xr,
     stride_xk,
@@ -92,22 +108,28 @@ def _linear_kernel(
     stride_or,
     stride_rb,
     stride_rr,
+    # Sizes: output rows per batch, A rows averaged per output row (MEAN_ROWS), GEMM M x N x K;
+    # the LayerNorm's epsilon
     out_rows,
     mean_rows,
     M,
     N,
     K,
     eps,
+    # Features: folded LayerNorm, bias, in-place residual add, A rows as a mean of rows, activation code,
+    # centered fp32 rows for TF32 products
     LN: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     RESIDUAL: tl.constexpr,
     MEAN_ROWS: tl.constexpr,
     ACTIVATION: tl.constexpr,
     CENTER_TF32: tl.constexpr,
+    # Tile sizes and grouped launch order
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
+    # tl.dot input precision, interpreter fixes (_triton_utils), 64-bit offsets
     DOT_PRECISION: tl.constexpr,
     INTERPRET: tl.constexpr,
     INT64: tl.constexpr,
@@ -197,50 +219,19 @@ def _linear_kernel(
     tl.store(out_ptrs, to_dtype(acc, Out.dtype.element_ty, INTERPRET), mask=out_mask)
 
 
-def _launch_config(m: int, dtype: torch.dtype) -> dict:
-    # Fixed configurations, not autotuning (see kernels/__init__.py). 128 x 128 x 64 with 3 stages is the
-    # usual Hopper bf16 GEMM tile that fits in shared memory; the row block shrinks for the few-row products
-    # (CLS rows, the classifier) so that they do not compute 128-row tiles of padding. fp32 (full-precision
-    # FMA products, or TF32 where allowed) holds twice the bytes per element: half the tile each way.
-    if dtype == torch.float32:
-        block_m, block_n, block_k, warps, stages = 64, 64, 32, 4, 2
-    else:
-        block_m, block_n, block_k, warps, stages = 128, 128, 64, 8, 3
-    return dict(
-        BLOCK_M=min(block_m, max(16, next_pow2(m))),
-        BLOCK_N=block_n,
-        BLOCK_K=block_k,
-        GROUP_M=8,
-        num_warps=warps,
-        num_stages=stages,
-    )
+# -------------------------------------------------------------------------------------------- argument checks
 
-
-# ------------------------------------------------------------------------------------------ checks
-
-
-def _check_3d(op: str, name: str, t: torch.Tensor) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dim() != 3:
-        raise ValueError(f"{op}: {name} must have 3 dimensions (batch, rows, features), got {tuple(t.shape)}")
-    if t.shape[2] > 1 and t.stride(2) != 1:
-        raise ValueError(
-            f"{op}: {name} must be contiguous along its last dimension, got strides {tuple(t.stride())}"
-        )
+_ROWS = "(batch, rows, features)"
 
 
 def _check_operands(op: str, x: torch.Tensor, weight: torch.Tensor, vectors: dict) -> tuple[int, int]:
-    _check_3d(op, "x", x)
+    """Validate ``x``, ``weight`` and the float32 epilogue vectors (``None``: absent); returns ``(N, K)``."""
+    check_tensor(op, "x", x, 3, _ROWS)
+    check_last_stride(op, "x", x)
     if x.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"{op}: x must be float32, float16 or bfloat16, got {x.dtype}")
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
-        raise ValueError(f"{op}: weight must be a 2-D (out_features, in_features) tensor, got {shape}")
-    if weight.dtype != x.dtype or weight.device != x.device:
-        raise ValueError(
-            f"{op}: weight must be {x.dtype} on {x.device} like x, got {weight.dtype} on {weight.device}"
-        )
+    check_tensor(op, "weight", weight, 2, "(out_features, in_features)")
+    check_like(op, "weight", weight, x, "x")
     n, k = weight.shape
     if x.shape[2] != k:
         raise ValueError(f"{op}: x has {x.shape[2]} features but weight {tuple(weight.shape)} takes {k}")
@@ -264,7 +255,35 @@ def _activation_code(op: str, activation: str) -> int:
         ) from None
 
 
+# --------------------------------------------------------------------------------------- launch configuration
+
+
+def _launch_config(m: int, dtype: torch.dtype) -> dict:
+    # Fixed, not autotuned: see kernels/__init__.py. 128 x 128 x 64 with 3 stages is the usual Hopper bf16
+    # GEMM tile that fits in shared memory; the row block shrinks for the few-row products (CLS rows, the
+    # classifier) so that they do not compute 128-row tiles of padding. fp32 (full-precision FMA products, or
+    # TF32 where allowed) holds twice the bytes per element: half the tile each way.
+    if dtype == torch.float32:
+        block_m, block_n, block_k, warps, stages = 64, 64, 32, 4, 2
+    else:
+        block_m, block_n, block_k, warps, stages = 128, 128, 64, 8, 3
+    return dict(
+        BLOCK_M=min(block_m, max(16, next_pow2(m))),
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        GROUP_M=8,
+        num_warps=warps,
+        num_stages=stages,
+    )
+
+
+# --------------------------------------------------------------------------------------------------- launcher
+
+
 def _launch(x, weight, out, res, bias, colsum, out_rows, mean_rows, eps, activation, int64):
+    """Launch the kernel on checked arguments: ``out = epilogue(A @ W^T)``, ``res`` the residual (``None``:
+    none), ``colsum`` the LayerNorm's ``c1`` (``None``: no LayerNorm), ``mean_rows`` A rows averaged per
+    output row (0: none), ``activation`` a code of ``ACTIVATIONS_IN_KERNEL``."""
     n, k = weight.shape
     m = out.shape[0] * out_rows
     if m == 0 or n == 0:
@@ -309,37 +328,15 @@ def _launch(x, weight, out, res, bias, colsum, out_rows, mean_rows, eps, activat
     )
 
 
-# ----------------------------------------------------------------------------- weight preparation
+# ------------------------------------------------------------------------------------------ layer_norm_linear
+
+_LN_OP = "layer_norm_linear"
 
 
-def prepare_layer_norm_linear(
-    ln_weight: torch.Tensor | None,
-    ln_bias: torch.Tensor | None,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fold a LayerNorm's affine map into the projection after it: returns ``(W', c1, c2)``.
-
-    ``W' = W diag(gamma)`` in ``weight``'s dtype (one rounding), ``c1 = W' 1`` summed from the rounded
-    ``W'`` and ``c2 = W beta + b``, both float32 (the epilogue works in fp32). Sums in float64.
-
-    Args:
-        ln_weight, ln_bias: ``(in_features,)`` (``None``: 1 and 0, a LayerNorm without affine map).
-        weight: ``(out_features, in_features)``; bias: ``(out_features,)`` or ``None``.
-    """
-    acc = torch.float64 if weight.device.type in ("cpu", "cuda") else torch.float32
-    w = weight.to(acc)
-    folded = (w if ln_weight is None else w * ln_weight.to(acc)).to(weight.dtype)
-    colsum = folded.to(acc).sum(1).float()
-    shift = torch.zeros(weight.shape[0], dtype=acc, device=weight.device)
-    if ln_bias is not None:
-        shift += w @ ln_bias.to(acc)
-    if bias is not None:
-        shift += bias.to(acc)
-    return folded, colsum, shift.float()
-
-
-# ------------------------------------------------------------------------------------- the ops
+def _check_layer_norm_linear(x, weight, colsum, bias, activation: str) -> tuple[int, int]:
+    """Validate the op's inputs; returns ``(out_features, activation code)``."""
+    n, _ = _check_operands(_LN_OP, x, weight, {"colsum": colsum, "bias": bias})
+    return n, _activation_code(_LN_OP, activation)
 
 
 def layer_norm_linear_fwd(
@@ -357,17 +354,31 @@ def layer_norm_linear_fwd(
 
     ``colsum=None`` skips the LayerNorm (a plain projection with bias and activation epilogue).
     """
-    op = "layer_norm_linear"
-    n, _ = _check_operands(op, x, weight, {"colsum": colsum, "bias": bias})
-    code = _activation_code(op, activation)
-    _check_3d(op, "out", out)
-    if tuple(out.shape) != (*x.shape[:2], n) or out.dtype != x.dtype or out.device != x.device:
-        raise ValueError(
-            f"{op}: out must be {x.dtype} {(*x.shape[:2], n)} on {x.device}, got {out.dtype} "
-            f"{tuple(out.shape)} on {out.device}"
-        )
+    n, code = _check_layer_norm_linear(x, weight, colsum, bias, activation)
+    check_out(_LN_OP, "out", out, (*x.shape[:2], n), x, like_name="x")
     _launch(x, weight, out, None, bias, colsum, x.shape[1], 0, float(eps), code, int64)
     return out
+
+
+@torch.library.custom_op("timesformer::layer_norm_linear", mutates_args=())
+def _layer_norm_linear_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    colsum: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    activation: str,
+) -> torch.Tensor:
+    n, code = _check_layer_norm_linear(x, weight, colsum, bias, activation)
+    out = torch.empty((*x.shape[:2], n), dtype=x.dtype, device=x.device)
+    _launch(x, weight, out, None, bias, colsum, x.shape[1], 0, eps, code, None)
+    return out
+
+
+@_layer_norm_linear_op.register_fake
+def _(x, weight, colsum, bias, eps, activation):
+    n, _ = _check_layer_norm_linear(x, weight, colsum, bias, activation)
+    return x.new_empty((*x.shape[:2], n))
 
 
 def layer_norm_linear(
@@ -395,36 +406,45 @@ def layer_norm_linear(
     return torch.ops.timesformer.layer_norm_linear(x, weight, colsum, bias, float(eps), activation)
 
 
-@torch.library.custom_op("timesformer::layer_norm_linear", mutates_args=())
-def _layer_norm_linear_op(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    colsum: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    eps: float,
-    activation: str,
-) -> torch.Tensor:
-    out = torch.empty((*x.shape[:2], weight.shape[0]), dtype=x.dtype, device=x.device)
-    return layer_norm_linear_fwd(x, weight, colsum, bias, out, eps=eps, activation=activation)
+# ------------------------------------------------------------------------------------------- linear_residual_
+
+_RES_OP = "linear_residual_"
 
 
-@_layer_norm_linear_op.register_fake
-def _(x, weight, colsum, bias, eps, activation):
-    n, _ = _check_operands("layer_norm_linear", x, weight, {"colsum": colsum, "bias": bias})
-    _activation_code("layer_norm_linear", activation)
-    return x.new_empty((*x.shape[:2], n))
-
-
-def _check_residual(op: str, x, weight, bias, residual, mean_rows: bool) -> None:
-    n, _ = _check_operands(op, x, weight, {"bias": bias})
-    _check_3d(op, "residual", residual)
+def _check_linear_residual(x, weight, bias, residual, mean_rows: bool) -> None:
+    """Validate the op's inputs (``residual`` is also its output)."""
+    n, _ = _check_operands(_RES_OP, x, weight, {"bias": bias})
+    check_tensor(_RES_OP, "residual", residual, 3, _ROWS)
+    check_last_stride(_RES_OP, "residual", residual)
     rows = 1 if mean_rows else x.shape[1]
     expected = (x.shape[0], rows, n)
     if tuple(residual.shape) != expected or residual.dtype != x.dtype or residual.device != x.device:
         raise ValueError(
-            f"{op}: residual must be {x.dtype} {expected} on {x.device}, got {residual.dtype} "
+            f"{_RES_OP}: residual must be {x.dtype} {expected} on {x.device}, got {residual.dtype} "
             f"{tuple(residual.shape)} on {residual.device}"
         )
+
+
+# The op writes into its argument, so it is the launcher itself: no separate ``*_fwd``.
+@torch.library.custom_op("timesformer::linear_residual_", mutates_args=("residual",))
+def _linear_residual_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor,
+    mean_rows: bool,
+    int64: bool | None,
+) -> None:
+    _check_linear_residual(x, weight, bias, residual, mean_rows)
+    out_rows = residual.shape[1]
+    _launch(
+        x, weight, residual, residual, bias, None, out_rows, x.shape[1] if mean_rows else 0, 0.0, 0, int64
+    )
+
+
+@_linear_residual_op.register_fake
+def _(x, weight, bias, residual, mean_rows, int64):
+    _check_linear_residual(x, weight, bias, residual, mean_rows)
 
 
 def linear_residual_(
@@ -450,22 +470,31 @@ def linear_residual_(
     return residual
 
 
-@torch.library.custom_op("timesformer::linear_residual_", mutates_args=("residual",))
-def _linear_residual_op(
-    x: torch.Tensor,
+# ----------------------------------------------------------------------------------------- weight preparation
+
+
+def prepare_layer_norm_linear(
+    ln_weight: torch.Tensor | None,
+    ln_bias: torch.Tensor | None,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
-    residual: torch.Tensor,
-    mean_rows: bool,
-    int64: bool | None,
-) -> None:
-    _check_residual("linear_residual_", x, weight, bias, residual, mean_rows)
-    out_rows = residual.shape[1]
-    _launch(
-        x, weight, residual, residual, bias, None, out_rows, x.shape[1] if mean_rows else 0, 0.0, 0, int64
-    )
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fold a LayerNorm's affine map into the projection after it: returns ``(W', c1, c2)``.
 
+    ``W' = W diag(gamma)`` in ``weight``'s dtype (one rounding), ``c1 = W' 1`` summed from the rounded
+    ``W'`` and ``c2 = W beta + b``, both float32 (the epilogue works in fp32). Sums in float64.
 
-@_linear_residual_op.register_fake
-def _(x, weight, bias, residual, mean_rows, int64):
-    _check_residual("linear_residual_", x, weight, bias, residual, mean_rows)
+    Args:
+        ln_weight, ln_bias: ``(in_features,)`` (``None``: 1 and 0, a LayerNorm without affine map).
+        weight: ``(out_features, in_features)``; bias: ``(out_features,)`` or ``None``.
+    """
+    acc = torch.float64 if weight.device.type in ("cpu", "cuda") else torch.float32
+    w = weight.to(acc)
+    folded = (w if ln_weight is None else w * ln_weight.to(acc)).to(weight.dtype)
+    colsum = folded.to(acc).sum(1).float()
+    shift = torch.zeros(weight.shape[0], dtype=acc, device=weight.device)
+    if ln_bias is not None:
+        shift += w @ ln_bias.to(acc)
+    if bias is not None:
+        shift += bias.to(acc)
+    return folded, colsum, shift.float()

@@ -31,12 +31,24 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import SUPPORTED_DTYPES, dot_precision, interpreting, needs_int64
+from ._common import (
+    SUPPORTED_DTYPES,
+    check_out,
+    check_shape,
+    check_tensor,
+    dot_precision,
+    dtype_name,
+    interpreting,
+    needs_int64,
+)
 from ._triton_utils import mma, to_dtype
+
+# ----------------------------------------------------------------------------------------------------- kernel
 
 
 @triton.jit
 def _patch_embed_kernel(
+    # Pointers: pixels, conv weight, bias, position table, time table, CLS token, output
     X,
     W,
     Bias,
@@ -44,37 +56,46 @@ def _patch_embed_kernel(
     Time,
     Cls,
     Out,
+    # Strides of the pixels in logical (batch, frame, channel, y, x) order, whatever the memory order
     stride_xb,
     stride_xt,
     stride_xc,
     stride_xh,
     stride_xw,
+    # Strides of the weight (hidden, channel, kh, kw)
     stride_wd,
     stride_wc,
     stride_wh,
     stride_ww,
+    # Strides of bias (hidden), pos (row, hidden), time (frame, hidden) and cls (hidden)
     stride_bd,
     stride_pr,
     stride_pd,
     stride_tt,
     stride_td,
     stride_cd,
+    # Strides of the output (sequence, row, hidden)
     stride_os,
     stride_or,
     stride_od,
+    # Sizes: GEMM rows (B * T * N), columns (D), reduction (K = C * ph * pw); frames T, patches N per frame,
+    # patches per grid row
     num_rows,
     hidden,
     reduction,
     num_frames,
     num_patches,
     grid_w,
+    # Patch size; features: time embedding (off for space-only), uint8 pixels
     PATCH_H: tl.constexpr,
     PATCH_W: tl.constexpr,
     HAS_TIME: tl.constexpr,
     PIXELS_U8: tl.constexpr,
+    # Tile sizes
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    # tl.dot input precision, interpreter fixes (_triton_utils), 64-bit offsets
     DOT_PRECISION: tl.constexpr,
     INTERPRET: tl.constexpr,
     INT64: tl.constexpr,
@@ -137,7 +158,8 @@ def _patch_embed_kernel(
             other=0.0,
         )
         if PIXELS_U8:
-            # 0..255 are exact in every compute dtype: the conversion is exact (the normalization is in W).
+            # 0..255 are exact in every compute dtype: the conversion is exact, and the normalization is
+            # folded into W (fold_normalization), so the raw values go straight into the product.
             x = to_dtype(x.to(tl.float32), W.dtype.element_ty, INTERPRET)
         acc += mma(x, w, DOT_PRECISION, INTERPRET)
 
@@ -165,36 +187,12 @@ def _patch_embed_kernel(
     )
 
 
-def _launch_config(dtype: torch.dtype, pixels_u8: bool) -> dict:
-    # Fixed configurations, not autotuning (see kernels/__init__.py). 16-bit: the standard tensor-core GEMM
-    # tile, 128 x 128 with a 64-deep reduction step (K = 768 for TimeSformer-base: 12 steps), an fp32
-    # accumulator of 64 registers per thread over 8 warps, 3 pipeline stages of (128 x 64 + 64 x 128) x 2
-    # bytes = 96 KiB of shared memory (fits A100 and H100). uint8 frames take a 32-deep step: their
-    # conversion to the compute dtype holds a second copy of the pixel tile in registers, and with 64 the
-    # int64-offset variant spills on sm_80. fp32 (full-precision FMA products, or TF32 where
-    # allowed) holds twice the bytes per element: a smaller tile with 4 warps and 2 stages.
-    if dtype == torch.float32:
-        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=2)
-    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32 if pixels_u8 else 64, num_warps=8, num_stages=3)
-
-
-# ----------------------------------------------------------------------------------------- checks
+# -------------------------------------------------------------------------------------------- argument checks
 
 _OP = "patch_embed"
 
 
-def _name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _check_tensor(name: str, x, dims: int, what: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{_OP}: {name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != dims:
-        raise ValueError(f"{_OP}: {name} must have {dims} dimensions {what}, got shape {tuple(x.shape)}")
-
-
-def _check(
+def _check_patch_embed(
     pixels, weight, bias, pos, time, cls, channels_last: bool, space_only: bool
 ) -> tuple[tuple[int, int, int], tuple[int, int, int, int, int]]:
     """Validate the op's inputs; returns ``(out_shape, (B, T, N, grid_w, D))``."""
@@ -203,21 +201,22 @@ def _check(
         if channels_last
         else "(batch, frames, channels, height, width)"
     )
-    _check_tensor("pixels", pixels, 5, layout)
-    _check_tensor("weight", weight, 4, "(hidden, channels, patch_h, patch_w)")
+    check_tensor(_OP, "pixels", pixels, 5, layout)
+    check_tensor(_OP, "weight", weight, 4, "(hidden, channels, patch_h, patch_w)")
     if weight.dtype not in SUPPORTED_DTYPES:
-        names = ", ".join(_name(d) for d in SUPPORTED_DTYPES)
-        raise ValueError(f"{_OP}: weight must be one of {names}, got {_name(weight.dtype)}")
+        names = ", ".join(dtype_name(d) for d in SUPPORTED_DTYPES)
+        raise ValueError(f"{_OP}: weight must be one of {names}, got {dtype_name(weight.dtype)}")
     if channels_last:
         if pixels.dtype != torch.uint8:
             raise ValueError(
-                f"{_OP}: channels_last pixels must be uint8 frames {layout}, got {_name(pixels.dtype)}"
+                f"{_OP}: channels_last pixels must be uint8 frames {layout}, got {dtype_name(pixels.dtype)}"
             )
         batch, frames, height, width, channels = pixels.shape
     else:
         if pixels.dtype != weight.dtype:
             raise ValueError(
-                f"{_OP}: pixels must have the weight's dtype {_name(weight.dtype)}, got {_name(pixels.dtype)}"
+                f"{_OP}: pixels must have the weight's dtype {dtype_name(weight.dtype)}, "
+                f"got {dtype_name(pixels.dtype)}"
             )
         batch, frames, channels, height, width = pixels.shape
     hidden, w_channels, patch_h, patch_w = weight.shape
@@ -247,17 +246,14 @@ def _check(
     tables = {"bias": (bias, (hidden,)), "pos": (pos, (1 + num_patches, hidden)), "cls": (cls, (hidden,))}
     if time is not None:
         tables["time"] = (time, (frames, hidden))
-    allowed = f"{_name(weight.dtype)} (the weight's dtype)"
+    allowed = f"{dtype_name(weight.dtype)} (the weight's dtype)"
     if weight.dtype != torch.float32:
         allowed += " or float32"
     for name, (x, shape) in tables.items():
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{_OP}: {name} must be a torch.Tensor, got {type(x).__name__}")
-        if tuple(x.shape) != shape:
-            extra = f" (1 + {grid_h}x{grid_w} patches)" if name == "pos" else ""
-            raise ValueError(f"{_OP}: {name} must have shape {shape}{extra}, got {tuple(x.shape)}")
+        check_tensor(_OP, name, x)
+        check_shape(_OP, name, x, shape, f" (1 + {grid_h}x{grid_w} patches)" if name == "pos" else "")
         if x.dtype not in (weight.dtype, torch.float32):
-            raise ValueError(f"{_OP}: {name} must be {allowed}, got {_name(x.dtype)}")
+            raise ValueError(f"{_OP}: {name} must be {allowed}, got {dtype_name(x.dtype)}")
     for name, x in {"pixels": pixels, **{k: v for k, (v, _) in tables.items()}}.items():
         if x.device != weight.device:
             raise ValueError(f"{_OP}: {name} must be on the weight's device {weight.device}, got {x.device}")
@@ -268,52 +264,30 @@ def _check(
     return out_shape, (batch, frames, num_patches, grid_w, hidden)
 
 
-# -------------------------------------------------------------------------------------- launcher
+# --------------------------------------------------------------------------------------- launch configuration
 
 
-def patch_embed_fwd(
-    pixels: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    pos: torch.Tensor,
-    time: torch.Tensor | None,
-    cls: torch.Tensor,
-    out: torch.Tensor,
-    *,
-    channels_last: bool,
-    space_only: bool,
-    int64: bool | None = None,
+def _launch_config(dtype: torch.dtype, pixels_u8: bool) -> dict:
+    # Fixed, not autotuned: see kernels/__init__.py. 16-bit: the standard tensor-core GEMM tile, 128 x 128
+    # with a 64-deep reduction step (K = 768 for TimeSformer-base: 12 steps), an fp32 accumulator of 64
+    # registers per thread over 8 warps, 3 pipeline stages of (128 x 64 + 64 x 128) x 2 bytes = 96 KiB of
+    # shared memory (fits A100 and H100). uint8 frames take a 32-deep step: their conversion to the compute
+    # dtype holds a second copy of the pixel tile in registers, and with 64 the int64-offset variant spills
+    # on sm_80. fp32 (full-precision FMA products, or TF32 where allowed) holds twice the bytes per
+    # element: a smaller tile with 4 warps and 2 stages.
+    if dtype == torch.float32:
+        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=2)
+    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32 if pixels_u8 else 64, num_warps=8, num_stages=3)
+
+
+# --------------------------------------------------------------------------------------------------- launcher
+
+
+def _launch(
+    pixels, weight, bias, pos, time, cls, out, sizes, channels_last, space_only, int64
 ) -> torch.Tensor:
-    """Launcher of ``patch_embed``: writes every element of ``out`` and returns it.
-
-    Args:
-        pixels: float ``(B, T, C, H, W)`` in the weight's dtype, or (``channels_last``) uint8 frames
-            ``(B, T, H, W, C)`` for a weight with the normalization folded in (``fold_normalization``). Any
-            strides; ``H``, ``W`` multiples of the patch size.
-        weight: ``(D, C, ph, pw)`` conv weight (float32, float16 or bfloat16), any strides: it sets the
-            compute and output dtype and the patch size.
-        bias: ``(D,)``. pos: ``(1 + N, D)`` position table already interpolated to the grid
-            (``N = (H / ph) * (W / pw)``). time: ``(T, D)`` time table already interpolated to ``T``, or
-            ``None`` for ``space_only``. cls: ``(D,)``. These four: any strides, the weight's dtype or float32
-            (they are added in fp32).
-        out: ``(B, 1 + N * T, D)``, rows in ``(n t)`` order, or ``(B * T, 1 + N, D)`` for ``space_only``; the
-            weight's dtype and device, any strides.
-        channels_last: the pixels are uint8 ``(B, T, H, W, C)`` frames.
-        space_only: space-only layout, no time embedding.
-        int64: index in 64 bits (default: only where offsets need it).
-    """
-    out_shape, (batch, frames, num_patches, grid_w, hidden) = _check(
-        pixels, weight, bias, pos, time, cls, channels_last, space_only
-    )
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"{_OP}: out must be a torch.Tensor, got {type(out).__name__}")
-    if tuple(out.shape) != out_shape:
-        raise ValueError(f"{_OP}: out must have shape {out_shape}, got {tuple(out.shape)}")
-    if out.dtype != weight.dtype or out.device != weight.device:
-        raise ValueError(
-            f"{_OP}: out must be {_name(weight.dtype)} on {weight.device} like the weight, "
-            f"got {_name(out.dtype)} on {out.device}"
-        )
+    """Launch on checked arguments (``sizes``: ``_check_patch_embed``'s ``(B, T, N, grid_w, D)``)."""
+    batch, frames, num_patches, grid_w, hidden = sizes
     if out.numel() == 0:
         return out
     # Logical (B, T, C, H, W) strides whatever the memory order: channels-last frames are a permuted view.
@@ -356,7 +330,67 @@ def patch_embed_fwd(
     return out
 
 
-# ------------------------------------------------------------------------------------------- op
+def patch_embed_fwd(
+    pixels: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    pos: torch.Tensor,
+    time: torch.Tensor | None,
+    cls: torch.Tensor,
+    out: torch.Tensor,
+    *,
+    channels_last: bool,
+    space_only: bool,
+    int64: bool | None = None,
+) -> torch.Tensor:
+    """Launcher of ``patch_embed``: writes every element of ``out`` and returns it.
+
+    Args:
+        pixels: float ``(B, T, C, H, W)`` in the weight's dtype, or (``channels_last``) uint8 frames
+            ``(B, T, H, W, C)`` for a weight with the normalization folded in (``fold_normalization``). Any
+            strides; ``H``, ``W`` multiples of the patch size.
+        weight: ``(D, C, ph, pw)`` conv weight (float32, float16 or bfloat16), any strides: it sets the
+            compute and output dtype and the patch size.
+        bias: ``(D,)``. pos: ``(1 + N, D)`` position table already interpolated to the grid
+            (``N = (H / ph) * (W / pw)``). time: ``(T, D)`` time table already interpolated to ``T``, or
+            ``None`` for ``space_only``. cls: ``(D,)``. These four: any strides, the weight's dtype or float32
+            (they are added in fp32).
+        out: ``(B, 1 + N * T, D)``, rows in ``(n t)`` order, or ``(B * T, 1 + N, D)`` for ``space_only``; the
+            weight's dtype and device, any strides.
+        channels_last: the pixels are uint8 ``(B, T, H, W, C)`` frames.
+        space_only: space-only layout, no time embedding.
+        int64: index in 64 bits (default: only where offsets need it).
+    """
+    out_shape, sizes = _check_patch_embed(pixels, weight, bias, pos, time, cls, channels_last, space_only)
+    check_out(
+        _OP, "out", out, out_shape, weight, like_name="the weight", dtype_str=dtype_name, last_stride=False
+    )
+    return _launch(pixels, weight, bias, pos, time, cls, out, sizes, channels_last, space_only, int64)
+
+
+# ----------------------------------------------------------------------------------------------------- the op
+
+
+@torch.library.custom_op("timesformer::patch_embed", mutates_args=())
+def _patch_embed_op(
+    pixels: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    pos: torch.Tensor,
+    time: torch.Tensor | None,
+    cls: torch.Tensor,
+    channels_last: bool,
+    space_only: bool,
+) -> torch.Tensor:
+    out_shape, sizes = _check_patch_embed(pixels, weight, bias, pos, time, cls, channels_last, space_only)
+    out = torch.empty(out_shape, dtype=weight.dtype, device=weight.device)
+    return _launch(pixels, weight, bias, pos, time, cls, out, sizes, channels_last, space_only, None)
+
+
+@_patch_embed_op.register_fake
+def _(pixels, weight, bias, pos, time, cls, channels_last, space_only):
+    out_shape, _ = _check_patch_embed(pixels, weight, bias, pos, time, cls, channels_last, space_only)
+    return weight.new_empty(out_shape)
 
 
 def patch_embed(
@@ -392,31 +426,7 @@ def patch_embed(
     return torch.ops.timesformer.patch_embed(pixels, weight, bias, pos, time, cls, channels_last, space_only)
 
 
-@torch.library.custom_op("timesformer::patch_embed", mutates_args=())
-def _patch_embed_op(
-    pixels: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    pos: torch.Tensor,
-    time: torch.Tensor | None,
-    cls: torch.Tensor,
-    channels_last: bool,
-    space_only: bool,
-) -> torch.Tensor:
-    out_shape, _ = _check(pixels, weight, bias, pos, time, cls, channels_last, space_only)
-    out = torch.empty(out_shape, dtype=weight.dtype, device=weight.device)
-    return patch_embed_fwd(
-        pixels, weight, bias, pos, time, cls, out, channels_last=channels_last, space_only=space_only
-    )
-
-
-@_patch_embed_op.register_fake
-def _(pixels, weight, bias, pos, time, cls, channels_last, space_only):
-    out_shape, _ = _check(pixels, weight, bias, pos, time, cls, channels_last, space_only)
-    return weight.new_empty(out_shape)
-
-
-# ----------------------------------------------------------------------------------- normalization
+# ----------------------------------------------------------------------------------------- weight preparation
 
 
 def fold_normalization(
@@ -432,11 +442,12 @@ def fold_normalization(
     ``W'[d, c, kh, kw] = W[d, c, kh, kw] * rescale / std[c]`` and
     ``bias'[d] = bias[d] - sum_{c, kh, kw} W[d, c, kh, kw] * mean[c] / std[c]``.
 
-    Why fold rather than normalize in the kernel's prologue: the mainloop stays a plain product of the raw
-    uint8 values (exact in every compute dtype) with ``W'`` (no per-element multiply-add, no channel lookup
-    per loaded pixel); the algebra is exact (the conv is linear); and the only rounding it adds is one
-    rounding of each ``W'`` to the weight's dtype, the same size of error as rounding each normalized pixel
-    to that dtype, which the unfused pipeline does. Computed once per weight (callers cache it).
+    The kernel does not normalize the pixels it loads: it multiplies the raw uint8 values (exact in every
+    compute dtype) by ``W'``. Why fold rather than normalize each loaded pixel before the product: the main
+    loop stays a plain product (no per-element multiply-add, no channel lookup per loaded pixel); the
+    algebra is exact (the conv is linear); and the only rounding it adds is one rounding of each ``W'`` to
+    the weight's dtype, the same size of error as rounding each normalized pixel to that dtype, which the
+    unfused pipeline does. Computed once per weight (callers cache it).
 
     Args:
         weight: ``(D, C, ph, pw)`` conv weight.

@@ -37,23 +37,17 @@ from ._common import (
 from ._triton_utils import mma, to_dtype
 from .attention import attention_fwd
 
-# T is padded to a power of two; 16 is the smallest reduction length tl.dot takes for 16-bit inputs
-# (the probabilities @ values product reduces over frames).
-MIN_BLOCK_T = 16
-
-
-def max_frames_in_tile(dtype: torch.dtype) -> int:
-    """The most frames one program's tile holds without spilling (checked by ``make gpu-compile`` on
-    sm_80/sm_90 with Triton 3.6 and the current version: 64 frames spill on 3.6 at head size 128)."""
-    return 16 if dot_precision(dtype) == "ieee" else 32
+# ----------------------------------------------------------------------------------------------------- kernel
 
 
 @triton.jit
 def _temporal_attention_kernel(
+    # Pointers: q, k, v, output
     Q,
     K,
     V,
     Out,
+    # Strides (batch, row) of each; the hidden dimension has unit stride
     stride_qb,
     stride_qr,
     stride_kb,
@@ -62,13 +56,17 @@ def _temporal_attention_kernel(
     stride_vr,
     stride_ob,
     stride_or,
+    # Sizes: patches N and frames T per clip (row n * T + t); softmax scale times log2(e)
     num_patches,
     num_frames,
     qk_scale,
+    # Head size and its padded tile width
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    # Tile sizes: frames (padded) per patch, patches per program
     BLOCK_T: tl.constexpr,
     BLOCK_P: tl.constexpr,
+    # tl.dot input precision, interpreter fixes (_triton_utils), 64-bit offsets
     DOT_PRECISION: tl.constexpr,
     INTERPRET: tl.constexpr,
     INT64: tl.constexpr,
@@ -111,35 +109,11 @@ def _temporal_attention_kernel(
     )
 
 
-def _launch_config(num_frames: int, head_dim: int, dtype: torch.dtype) -> dict:
-    # Fixed configurations, not autotuning (see kernels/__init__.py). 64 rows per program on tensor cores
-    # (4 patches of 16 padded frames at TimeSformer's T = 8); 16 for full-precision float32, whose FMA
-    # products keep whole operand strips in registers (32 rows spill at head size 128).
-    block_t = max(MIN_BLOCK_T, next_pow2(num_frames))
-    rows = 16 if dot_precision(dtype) == "ieee" else 64
-    return dict(BLOCK_T=block_t, BLOCK_P=max(1, rows // block_t), BLOCK_D=block_head(head_dim), num_warps=4)
+# -------------------------------------------------------------------------------------------- argument checks
 
 
-def temporal_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_frames: int, num_heads: int
-) -> torch.Tensor:
-    """Softmax attention over the ``T`` frames of each (clip, patch, head), in the model's row order.
-
-    Args:
-        q, k, v: ``(batch, num_patches * T, hidden)``, row ``n * T + t`` = patch ``n`` of frame ``t``. Any
-            strides with a contiguous last dimension, e.g. the three thirds of one packed
-            ``(batch, num_patches * T, 3 * hidden)`` projection.
-        num_frames: ``T`` (any; past ``max_frames_in_tile`` each patch is a sequence of the online-softmax
-            kernel).
-        num_heads: heads; ``head_dim = hidden // num_heads``, 1 to 128.
-
-    Returns:
-        ``(batch, num_patches * T, hidden)`` contiguous contexts, rows in the same order.
-    """
-    return torch.ops.timesformer.temporal_attention(q, k, v, num_frames, num_heads)
-
-
-def _check(q, k, v, num_frames: int, num_heads: int) -> tuple[int, int, int]:
+def _check_temporal(q, k, v, num_frames: int, num_heads: int) -> tuple[int, int, int]:
+    """Validate the op's inputs; returns ``(num_patches, head_dim, batch)``."""
     op = "temporal_attention"
     _, head_dim = check_qkv(op, q, k, v, num_heads)
     if q.shape != k.shape:
@@ -152,25 +126,34 @@ def _check(q, k, v, num_frames: int, num_heads: int) -> tuple[int, int, int]:
     return rows // num_frames, head_dim, q.shape[0]
 
 
-def temporal_attention_fwd(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    out: torch.Tensor,
-    num_frames: int,
-    num_heads: int,
-    *,
-    int64: bool | None = None,
-) -> torch.Tensor:
-    """Launcher: runs the kernel, writing ``out``; returns ``out``.
+# --------------------------------------------------------------------------------------- launch configuration
 
-    Args:
-        q, k, v: as for ``temporal_attention``.
-        out: ``(batch, num_patches * T, hidden)``, any strides with a contiguous last dimension.
-        int64: index in 64 bits; default: only when an offset into a tensor can exceed 2**31 - 1.
-    """
-    num_patches, head_dim, batch = _check(q, k, v, num_frames, num_heads)
-    check_out("temporal_attention", "out", out, q.shape, q)
+# T is padded to a power of two; 16 is the smallest reduction length tl.dot takes for 16-bit inputs
+# (the probabilities @ values product reduces over frames).
+MIN_BLOCK_T = 16
+
+
+def max_frames_in_tile(dtype: torch.dtype) -> int:
+    """The most frames one program's tile holds without spilling (checked by ``make gpu-compile`` on
+    sm_80/sm_90 with Triton 3.6 and the current version: 64 frames spill on 3.6 at head size 128)."""
+    return 16 if dot_precision(dtype) == "ieee" else 32
+
+
+def _launch_config(num_frames: int, head_dim: int, dtype: torch.dtype) -> dict:
+    # Fixed, not autotuned: see kernels/__init__.py. 64 rows per program on tensor cores (4 patches of 16
+    # padded frames at TimeSformer's T = 8); 16 for full-precision float32, whose FMA products keep whole
+    # operand strips in registers (32 rows spill at head size 128).
+    block_t = max(MIN_BLOCK_T, next_pow2(num_frames))
+    rows = 16 if dot_precision(dtype) == "ieee" else 64
+    return dict(BLOCK_T=block_t, BLOCK_P=max(1, rows // block_t), BLOCK_D=block_head(head_dim), num_warps=4)
+
+
+# --------------------------------------------------------------------------------------------------- launcher
+
+
+def _launch(q, k, v, out, num_frames: int, num_heads: int, sizes, int64: bool | None) -> torch.Tensor:
+    """Launch on checked arguments (``sizes``: ``_check_temporal``'s ``(num_patches, head_dim, batch)``)."""
+    num_patches, head_dim, batch = sizes
     if out.numel() == 0:
         return out
     if num_frames > max_frames_in_tile(q.dtype):
@@ -207,15 +190,60 @@ def temporal_attention_fwd(
     return out
 
 
+def temporal_attention_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    num_frames: int,
+    num_heads: int,
+    *,
+    int64: bool | None = None,
+) -> torch.Tensor:
+    """Launcher of ``temporal_attention``: writes ``out`` and returns it.
+
+    Args:
+        q, k, v: as for ``temporal_attention``.
+        out: ``(batch, num_patches * T, hidden)``, any strides with a contiguous last dimension.
+        int64: index in 64 bits; default: only when an offset into a tensor can exceed 2**31 - 1.
+    """
+    sizes = _check_temporal(q, k, v, num_frames, num_heads)
+    check_out("temporal_attention", "out", out, q.shape, q)
+    return _launch(q, k, v, out, num_frames, num_heads, sizes, int64)
+
+
+# ----------------------------------------------------------------------------------------------------- the op
+
+
 @torch.library.custom_op("timesformer::temporal_attention", mutates_args=())
 def _temporal_attention_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_frames: int, num_heads: int
 ) -> torch.Tensor:
+    sizes = _check_temporal(q, k, v, num_frames, num_heads)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    return temporal_attention_fwd(q, k, v, out, num_frames, num_heads)
+    return _launch(q, k, v, out, num_frames, num_heads, sizes, None)
 
 
 @_temporal_attention_op.register_fake
 def _(q, k, v, num_frames, num_heads):
-    _check(q, k, v, num_frames, num_heads)
+    _check_temporal(q, k, v, num_frames, num_heads)
     return q.new_empty(q.shape)
+
+
+def temporal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_frames: int, num_heads: int
+) -> torch.Tensor:
+    """Softmax attention over the ``T`` frames of each (clip, patch, head), in the model's row order.
+
+    Args:
+        q, k, v: ``(batch, num_patches * T, hidden)``, row ``n * T + t`` = patch ``n`` of frame ``t``. Any
+            strides with a contiguous last dimension, e.g. the three thirds of one packed
+            ``(batch, num_patches * T, 3 * hidden)`` projection.
+        num_frames: ``T`` (any; past ``max_frames_in_tile`` each patch is a sequence of the online-softmax
+            kernel).
+        num_heads: heads; ``head_dim = hidden // num_heads``, 1 to 128.
+
+    Returns:
+        ``(batch, num_patches * T, hidden)`` contiguous contexts, rows in the same order.
+    """
+    return torch.ops.timesformer.temporal_attention(q, k, v, num_frames, num_heads)
