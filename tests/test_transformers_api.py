@@ -249,3 +249,14 @@ def test_checkpoints_cross_between_implementations(impl, tmp_path):
     x = random_clip(kwargs, batch=1)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x).logits, model(x).logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_config_from_a_subfolder_with_overrides(impl, tmp_path):
+    api = _api(impl)
+    config = api.Config(**small_config_kwargs("space_only", 6))
+    config.save_pretrained(tmp_path / "sub")
+    loaded = api.Config.from_pretrained(
+        tmp_path, subfolder="sub", local_files_only=True, hidden_dropout_prob=0.25
+    )
+    assert loaded.hidden_dropout_prob == 0.25 and loaded.hidden_size == config.hidden_size

@@ -416,14 +416,17 @@ class TimesformerConfig:
         return cls.from_dict(data)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> TimesformerConfig:
-        """Read ``config.json`` from a local directory (or a config file path, or a hub id)."""
+    def from_pretrained(
+        cls, path: str | os.PathLike, *, subfolder: str = "", local_files_only: bool = False, **overrides: Any
+    ) -> TimesformerConfig:
+        """Read ``config.json`` from a local directory (or a config file path, or a hub id; ``subfolder`` and
+        ``local_files_only`` as in ``from_pretrained`` of the models), with ``overrides`` of its fields."""
         from .loading import resolve_pretrained_dir
 
-        if os.path.isfile(path):
+        if os.path.isfile(path) and not subfolder:
             config = cls.from_json_file(path)
             return cls.from_dict(config.to_dict(), **overrides) if overrides else config
-        directory = resolve_pretrained_dir(path)
+        directory = resolve_pretrained_dir(path, subfolder, local_files_only)
         config = cls.from_json_file(os.path.join(directory, CONFIG_NAME))
         return cls.from_dict(config.to_dict(), **overrides) if overrides else config
 
