@@ -1,6 +1,8 @@
-"""The parts of the ``transformers`` model API that users and PEFT call (issue 16, items 2-4): gradient
-checkpointing, embeddings accessors, input require-grads, ``base_model``, ``num_parameters``, ``name_or_path``,
-``transformers`` config objects, loading under ``torch.device("meta")`` and the error classes."""
+"""The parts of the ``transformers`` model API that users and PEFT call (issue 16), in depth: activation
+(gradient) checkpointing, embeddings accessors, input require-grads, ``base_model``, ``num_parameters``,
+``name_or_path``, ``transformers`` config objects, ``from_pretrained``'s keywords (``dtype``, ``state_dict``,
+...), loading under ``torch.device("meta")``, the error classes and config round trips.
+``test_transformers_api.py`` runs the same API through transformers' own checks, on both implementations."""
 
 from __future__ import annotations
 
