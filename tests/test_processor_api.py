@@ -133,6 +133,7 @@ def test_settings_per_call_and_transformers_spellings():
         (lambda p, v: p([v[0, :, :, :2]]), r"expected a frame .* got shape \(37, 53, 2\)"),
         (lambda p, v: p("video.mp4"), "got str"),
         (lambda p, v: p([v, v[:, :20]], do_center_crop=False), "must give the same shape"),
+        (lambda p, v: p([v[0], v[1, :20]]), r"frames of one video must share a size, got sizes \(H, W\)"),
     ],
 )
 def test_bad_input_is_refused_with_what_was_expected(call, match):

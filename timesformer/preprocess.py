@@ -502,7 +502,11 @@ def _video(video) -> torch.Tensor:
     if isinstance(video, (list, tuple)):
         if not video:
             raise ValueError("expected a video with at least one frame, got an empty list")
-        video = torch.stack([_frame(f) for f in video])
+        frames = [_frame(f) for f in video]
+        sizes = sorted({tuple(f.shape[:2]) for f in frames})
+        if len(sizes) > 1:
+            raise ValueError(f"the frames of one video must share a size, got sizes (H, W) {sizes[:4]}")
+        video = torch.stack(frames)
     else:
         video = torch.as_tensor(video)
         if video.dim() == 4 and video.shape[-1] != 3 and video.shape[1] == 3:
