@@ -145,7 +145,7 @@ def test_long_clips_take_the_online_softmax_kernel(dtype, batch_view):
     out = poisoned((2, 3 * frames, hidden), dtype)
     if batch_view == "strided batch":
         out = poisoned((2, 3 * frames + 5, hidden), dtype)[:, 5:]
-    with mock.patch.object(kt, "attention_fwd", wraps=kt.attention_fwd) as online:
+    with mock.patch.object(kt, "_launch_joint", wraps=kt._launch_joint) as online:
         kt.temporal_attention_fwd(*qkv.split(hidden, -1), out, frames, heads)
     assert online.call_count == (1 if batch_view == "packed" else 2)
     assert_kernel_accuracy(out, exact, plain)

@@ -35,7 +35,7 @@ from ._common import (
     next_pow2,
 )
 from ._triton_utils import mma, to_dtype
-from .attention import attention_fwd
+from .attention import _launch_joint
 
 # ----------------------------------------------------------------------------------------------------- kernel
 
@@ -163,12 +163,13 @@ def _launch(q, k, v, out, num_frames: int, num_heads: int, sizes, int64: bool | 
             return x.as_strided((x.shape[0] * num_patches, num_frames, x.shape[2]),
                                 (num_frames * x.stride(1), x.stride(1), 1))  # fmt: skip
 
+        # The views of checked arguments are valid attention arguments: launched without checking again.
         tensors = (q, k, v, out)
         if batch == 1 or all(x.stride(0) == num_patches * num_frames * x.stride(1) for x in tensors):
-            attention_fwd(*map(seqs, tensors), num_heads, int64=int64)
+            _launch_joint(*map(seqs, tensors), num_heads, head_dim, int64)
         else:
             for b in range(batch):
-                attention_fwd(*(seqs(x[b : b + 1]) for x in tensors), num_heads, int64=int64)
+                _launch_joint(*(seqs(x[b : b + 1]) for x in tensors), num_heads, head_dim, int64)
         return out
     cfg = _launch_config(num_frames, head_dim, q.dtype)
     grid = (triton.cdiv(num_patches, cfg["BLOCK_P"]), batch, num_heads)
