@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -33,7 +32,7 @@ def make_videos(root: Path, count: int) -> Path:
 def run(device: str | torch.device = "cpu", workers: list[int] | None = None, videos: int = 16) -> list[dict]:
     """One row per worker count: videos/s (wall time of the evaluation, model loaded) and ms per video."""
     from timesformer.classify import load_model
-    from timesformer.evaluate import default_workers, evaluate
+    from timesformer.evaluate import cpu_cores, default_workers, evaluate
 
     device = torch.device(device)
     workers = workers or sorted({1, 2} if device.type == "cpu" else {default_workers()})
@@ -55,9 +54,7 @@ def run(device: str | torch.device = "cpu", workers: list[int] | None = None, vi
                     "ms_per_video": metrics["time_per_video_ms"],
                     "backend": metrics["backend"],
                     "device": metrics["device"],
-                    "cores": len(os.sched_getaffinity(0))
-                    if hasattr(os, "sched_getaffinity")
-                    else os.cpu_count(),
+                    "cores": cpu_cores(),
                 }
             )
     return rows

@@ -155,7 +155,7 @@ def classify(args: argparse.Namespace) -> int:
     from .classify import classify_videos, load_model
     from .evaluate import Progress
 
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    dtype = getattr(torch, args.dtype)  # one of --dtype's choices
     try:
         # Model, backend, device and preprocessing are all checked here, before any video is decoded.
         model, processor = load_model(args.model, backend=args.backend, device=args.device, dtype=dtype)
@@ -215,9 +215,9 @@ def evaluate(args: argparse.Namespace) -> int:
     import warnings
 
     from .classify import load_model
-    from .evaluate import default_device, evaluate
+    from .evaluate import default_device, evaluate, percent
 
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    dtype = getattr(torch, args.dtype)  # one of --dtype's choices
     try:
         device = args.device or default_device()
         model, processor = load_model(args.model, backend=args.backend, device=device, dtype=dtype)
@@ -259,8 +259,8 @@ def evaluate(args: argparse.Namespace) -> int:
     else:
         print(
             f"{metrics['num_scored']} of {metrics['num_videos']} videos scored ({metrics['num_errors']} errors): "
-            f"top-1 {_percent(metrics['top1'])}, top-5 {_percent(metrics['top5'])}, mean class accuracy "
-            f"{_percent(metrics['mean_class_accuracy'])}; {metrics['videos_per_second']:.2f} videos/s; "
+            f"top-1 {percent(metrics['top1'])}, top-5 {percent(metrics['top5'])}, mean class accuracy "
+            f"{percent(metrics['mean_class_accuracy'])}; {metrics['videos_per_second']:.2f} videos/s; "
             f"results in {args.output}"
         )
     if metrics["num_errors"]:
@@ -268,10 +268,6 @@ def evaluate(args: argparse.Namespace) -> int:
             f"{metrics['num_errors']} video(s) could not be evaluated: see the error lines of predictions.jsonl"
         )
     return 0
-
-
-def _percent(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
 def _int_in(low: int, high: int):

@@ -7,7 +7,6 @@ A video that cannot be read yields an error result and the others go on.
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -15,6 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
+
+from .video import MAX_FRAME_PIXELS
 
 
 @dataclass
@@ -117,6 +118,18 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def score_views(model, views: list[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, float]:
+    """Each video's label probabilities, the mean of its views' softmax: ``views[i]`` ``(V_i, T, ...)`` are
+    video ``i``'s, all of them run in one forward. Returns ``((videos, labels) float32, model ms per video)``."""
+    pixels = torch.cat(views).to(device, non_blocking=True)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        probs = model(pixels, return_dict=True).logits.float().softmax(-1)
+    synchronize(device)
+    model_ms = (time.perf_counter() - start) * 1e3 / len(views)
+    return torch.stack([p.mean(0) for p in probs.split([len(v) for v in views])]), model_ms
+
+
 def classify_videos(
     paths: Iterable[str],
     model,
@@ -131,7 +144,7 @@ def classify_videos(
     workers: int = 2,
     clips: int = 1,
     crops: int = 1,
-    max_frame_pixels: int | None = None,
+    max_frame_pixels: int = MAX_FRAME_PIXELS,
 ) -> Iterator[Prediction]:
     """Classify video files, yielding one ``Prediction`` per path in order.
 
@@ -149,7 +162,7 @@ def classify_videos(
             mean of the views' softmax probabilities.
         max_frame_pixels: videos with larger frames are errors (``read_video``'s limit by default).
     """
-    from .evaluate import cut_views, views_frame_indices
+    from .evaluate import cut_views, decode_views
     from .video import MAX_NUM_FRAMES, VideoError, read_video
 
     if clips < 1 or crops not in (1, 3):
@@ -167,18 +180,17 @@ def classify_videos(
     def load(path: str):
         try:
             start = time.perf_counter()
-            limits = {} if max_frame_pixels is None else {"max_frame_pixels": max_frame_pixels}
             if clips == 1 and crops == 1:
-                frames = read_video(path, num_frames, sample_rate, strategy=strategy, seed=seed, **limits)
-            else:
                 frames = read_video(
                     path,
-                    indices=functools.partial(
-                        views_frame_indices, num_frames=num_frames, sample_rate=sample_rate, clips=clips
-                    ),
-                    max_num_frames=num_frames * clips,
-                    **limits,
+                    num_frames,
+                    sample_rate,
+                    strategy=strategy,
+                    seed=seed,
+                    max_frame_pixels=max_frame_pixels,
                 )
+            else:
+                frames = decode_views(path, num_frames, sample_rate, clips, max_frame_pixels)
             decoded = time.perf_counter()
             # uint8 to the device (4x less to copy than floats), preprocessed there: (views, T, 3, h, w).
             pixels = cut_views(frames.to(device), processor, num_frames, crops, dtype, uint8=False)
@@ -195,17 +207,11 @@ def classify_videos(
     def run(batch: list[tuple[Prediction, torch.Tensor]]) -> list[Prediction]:
         preds = [p for p, _ in batch]
         try:
-            pixels = torch.cat([x for _, x in batch])
-            start = time.perf_counter()
-            with torch.inference_mode():
-                probs = model(pixels, return_dict=True).logits.float().softmax(-1)
-            synchronize(device)
+            probs, share = score_views(model, [x for _, x in batch], device)
         except Exception as exc:  # the model failed on this batch: its videos get the error, the others go on
             for pred in preds:
                 pred.error = f"model forward failed ({type(exc).__name__}: {exc})"
             return preds
-        share = (time.perf_counter() - start) * 1e3 / len(batch)
-        probs = torch.stack([p.mean(0) for p in probs.split([len(x) for _, x in batch])])
         values, indices = probs.topk(top_k, dim=-1)
         for pred, p, v, i in zip(preds, probs, values.tolist(), indices.tolist(), strict=True):
             pred.error = nan_error(p)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .classify import nan_error
+from .classify import nan_error, score_views, synchronize
 from .preprocess import native_cuda_available
 from .video import MAX_FRAME_PIXELS, MAX_NUM_FRAMES
 
@@ -203,6 +203,21 @@ def views_frame_indices(total: int, num_frames: int, sample_rate: int, clips: in
     return [j for clip in clip_indices(total, num_frames, sample_rate, clips) for j in clip]
 
 
+def decode_views(
+    path: str, num_frames: int, sample_rate: int, clips: int, max_frame_pixels: int = MAX_FRAME_PIXELS
+) -> torch.Tensor:
+    """The ``clips`` uniform clips of a video, decoded in one pass: uint8 ``(clips * T, H, W, 3)``, clip after
+    clip (``views_frame_indices``; ``read_video`` takes repeated and unsorted indices)."""
+    from .video import read_video
+
+    def indices(total: int) -> list[int]:
+        return views_frame_indices(total, num_frames, sample_rate, clips)
+
+    return read_video(
+        path, indices=indices, max_frame_pixels=max_frame_pixels, max_num_frames=num_frames * clips
+    )
+
+
 def cut_views(frames: torch.Tensor, processor, num_frames: int, crops: int, dtype: torch.dtype, uint8: bool):
     """The views of one video from its decoded clips ``(clips * T, H, W, 3)`` (uint8, on any device): ``(V, T,
     3, h, w)`` pixel values of ``dtype`` (``V = clips * crops``, clip-major), or with ``uint8`` the resized and
@@ -245,11 +260,8 @@ class VideoViews(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def frame_indices(self, total: int) -> list[int]:
-        return views_frame_indices(total, self.num_frames, self.sample_rate, self.clips)
-
     def __getitem__(self, i: int) -> dict:
-        from .video import VideoError, read_video
+        from .video import VideoError
 
         sample = self.samples[i]
         item = {
@@ -261,12 +273,8 @@ class VideoViews(torch.utils.data.Dataset):
         }
         try:
             start = time.perf_counter()
-            # One decoding pass for every clip (read_video takes repeated and unsorted indices).
-            frames = read_video(
-                sample.path,
-                indices=self.frame_indices,
-                max_frame_pixels=self.max_frame_pixels,
-                max_num_frames=MAX_NUM_FRAMES * self.clips,
+            frames = decode_views(
+                sample.path, self.num_frames, self.sample_rate, self.clips, self.max_frame_pixels
             )
             decoded = time.perf_counter()
             item["decode_ms"] = (decoded - start) * 1e3
@@ -389,7 +397,8 @@ def compute_metrics(records: Sequence[dict], samples: Sequence[Sample], id2label
     }
 
 
-def _pct(x) -> str:
+def percent(x) -> str:
+    """A fraction as a percentage with two decimals, or ``n/a``."""
     return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
@@ -406,15 +415,17 @@ def write_reports(output: Path, metrics: dict, id2label: dict[int, str]) -> None
         f"- videos: {metrics['num_videos']} ({metrics['num_scored']} scored, {metrics['num_errors']} errors)",
         f"- views per video: {views['clips']} clip(s) x {views['crops']} crop(s) of {views['num_frames']} frames "
         f"(sample rate {views['sample_rate']}); score = mean of the views' softmax probabilities",
-        f"- top-1 {_pct(metrics['top1'])}, top-5 {_pct(metrics['top5'])}, "
-        f"mean class accuracy {_pct(metrics['mean_class_accuracy'])}",
+        f"- top-1 {percent(metrics['top1'])}, top-5 {percent(metrics['top5'])}, "
+        f"mean class accuracy {percent(metrics['mean_class_accuracy'])}",
         f"- this run: {metrics['videos_evaluated']} videos in {metrics['wall_time_s']:.1f} s "
         f"({metrics['videos_per_second']:.2f} videos/s) on {metrics['world_size']} process(es)",
         "",
         "| class | videos | top-1 |",
         "|---|---|---|",
     ]
-    lines += [f"| {name} | {c['videos']} | {_pct(c['top1'])} |" for name, c in metrics["per_class"].items()]
+    lines += [
+        f"| {name} | {c['videos']} | {percent(c['top1'])} |" for name, c in metrics["per_class"].items()
+    ]
     (output / "metrics.md").write_text("\n".join(lines) + "\n")
     try:
         import matplotlib
@@ -435,7 +446,7 @@ def write_reports(output: Path, metrics: dict, id2label: dict[int, str]) -> None
         ax.set_yticks(range(n), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"top-1 {_pct(metrics['top1'])} over {metrics['num_scored']} videos")
+    ax.set_title(f"top-1 {percent(metrics['top1'])} over {metrics['num_scored']} videos")
     fig.tight_layout()
     fig.savefig(output / "confusion.png", dpi=100)
     plt.close(fig)
@@ -475,9 +486,14 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_workers() -> int:
     """Decoding processes per rank: this process's cores shared among the ranks of the machine, capped."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = cpu_cores()
     local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     return max(1, min(MAX_DEFAULT_WORKERS, cores // max(1, local)))
 
@@ -601,8 +617,8 @@ def evaluate(
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     config = model.config
-    id2label = {int(k): v for k, v in config.id2label.items()}
-    samples = load_samples(data, {k: int(v) for k, v in config.label2id.items()}, config.num_labels)
+    id2label = config.id2label  # int keys (TimesformerConfig checks them)
+    samples = load_samples(data, config.label2id, config.num_labels)
     if limit is not None:
         samples = samples[:limit]
     output = Path(output)
@@ -626,11 +642,7 @@ def evaluate(
     top_k = max(1, min(top_k, len(id2label)))
     uint8 = model.backend == "triton" if uint8_frames is None else uint8_frames
     if uint8:
-        model.set_input_normalization(
-            processor.image_mean if processor.do_normalize else (0.0,) * 3,
-            processor.image_std if processor.do_normalize else (1.0,) * 3,
-            processor.rescale_factor if processor.do_rescale else 1.0,
-        )
+        model.set_input_normalization(*processor.normalization())
     if device_preprocess is None:
         device_preprocess = device.type == "cuda" and native_cuda_available()
     dataset = VideoViews(
@@ -645,19 +657,20 @@ def evaluate(
         raw=device_preprocess,
         max_frame_pixels=max_frame_pixels,
     )
-    workers = default_workers() if workers is None else workers
+    workers = min(default_workers() if workers is None else workers, len(todo))
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
-        num_workers=min(workers, len(todo)),
+        num_workers=workers,
         collate_fn=_collate,
-        pin_memory=device.type == "cuda",
-        prefetch_factor=2 if min(workers, len(todo)) > 0 else None,
+        pin_memory=device.type == "cuda",  # the decoded frames too, for the non-blocking copies
+        prefetch_factor=2 if workers > 0 else None,
     )
     mine_file = output / (PREDICTIONS if world == 1 else PART.format(rank=rank))
     read_predictions(mine_file, repair=True)  # cut a torn last line before appending
     bar = Progress(len(todo), enabled=progress if rank == 0 else False)
     totals = {"decode": 0.0, "preprocess": 0.0, "model": 0.0}
+    scored = 0  # videos of this run on this rank with a prediction: what ``totals`` sums over
     start = time.perf_counter()
     written = 0
     with open(mine_file, "a") as out:
@@ -665,6 +678,7 @@ def evaluate(
             if device_preprocess:
                 _cut_on_device(batch, processor, device, num_frames, crops, dtype, uint8)
             records = _score(batch, model, device, id2label, top_k, totals)
+            scored += sum("time_ms" in r for r in records)
             out.write("".join(json.dumps(r) + "\n" for r in records))
             out.flush()
             os.fsync(out.fileno())
@@ -683,7 +697,6 @@ def evaluate(
         return {}
     records = merge_predictions(output, [s.path for s in samples])
     metrics = compute_metrics(records, samples, id2label)
-    scored = max(1, sum(1 for r in records if r.get("error") is None and "time_ms" in r))
     metrics.update(
         views={
             "clips": clips,
@@ -700,7 +713,7 @@ def evaluate(
         videos_evaluated=written_all,
         wall_time_s=wall,
         videos_per_second=written_all / wall if wall > 0 else 0.0,
-        time_per_video_ms={k: v / scored for k, v in totals.items()},
+        time_per_video_ms={k: v / max(1, scored) for k, v in totals.items()},
     )
     write_reports(output, metrics, id2label)
     return metrics
@@ -709,20 +722,23 @@ def evaluate(
 def _cut_on_device(
     batch: list[dict], processor, device, num_frames: int, crops: int, dtype, uint8: bool
 ) -> None:
-    """Cut the views of the decoded videos of ``batch`` on ``device`` (pinned memory, non-blocking copies)."""
+    """Cut the views of the decoded videos of ``batch`` on ``device`` (the DataLoader pinned the frames: the
+    copies do not block). The batch's time is shared equally among its videos: one synchronization, not one
+    per video."""
+    start = time.perf_counter()
+    cut = []
     for item in batch:
         if item["error"] is not None:
             continue
         try:
-            start = time.perf_counter()
-            frames = item.pop("frames")
-            frames = (frames.pin_memory() if device.type == "cuda" else frames).to(device, non_blocking=True)
+            frames = item.pop("frames").to(device, non_blocking=True)
             item["views"] = cut_views(frames, processor, num_frames, crops, dtype, uint8)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            item["preprocess_ms"] = (time.perf_counter() - start) * 1e3
+            cut.append(item)
         except Exception as exc:  # this video only
             item["error"] = f"preprocessing failed ({type(exc).__name__}: {exc})"
+    synchronize(device)
+    for item in cut:
+        item["preprocess_ms"] = (time.perf_counter() - start) * 1e3 / len(cut)
 
 
 def _score(batch: list[dict], model, device, id2label, top_k: int, totals: dict) -> list[dict]:
@@ -735,16 +751,8 @@ def _score(batch: list[dict], model, device, id2label, top_k: int, totals: dict)
             records[item["path"]] = _record(item, id2label, error=item["error"])
     if good:
         try:
-            views = torch.cat([item["views"] for item in good]).to(device, non_blocking=True)
-            start = time.perf_counter()
-            with torch.inference_mode():
-                probs = model(views, return_dict=True).logits.float().softmax(-1)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            model_ms = (time.perf_counter() - start) * 1e3 / len(good)
-            per_video = probs.split([item["views"].shape[0] for item in good])
-            for item, p in zip(good, per_video, strict=True):
-                mean = p.mean(0)
+            probs, model_ms = score_views(model, [item["views"] for item in good], device)
+            for item, mean in zip(good, probs, strict=True):
                 error = nan_error(mean)
                 if error is not None:
                     records[item["path"]] = _record(item, id2label, error=error)

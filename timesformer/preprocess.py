@@ -376,9 +376,16 @@ class VideoProcessor:
         if frames.dim() != 4:
             raise ValueError(f"expected uint8 frames of shape (T, H, W, 3), got shape {tuple(frames.shape)}")
         size, crop = self.output_size(frames.shape[1], frames.shape[2])
-        rescale = self.rescale_factor if self.do_rescale else 1.0
-        mean, std = (self.image_mean, self.image_std) if self.do_normalize else ((0.0,) * 3, (1.0,) * 3)
+        mean, std, rescale = self.normalization()
         return preprocess_frames(frames, size, crop, mean, std, rescale, dtype, box=box, native=native)
+
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...], float]:
+        """``(mean, std, rescale_factor)`` as applied (``do_normalize`` / ``do_rescale`` off: 0, 1, 1), e.g. for
+        ``model.set_input_normalization``."""
+        rescale = self.rescale_factor if self.do_rescale else 1.0
+        if not self.do_normalize:
+            return (0.0,) * 3, (1.0,) * 3, rescale
+        return self.image_mean, self.image_std, rescale
 
     def view_boxes(self, height: int, width: int, crops: int = 1) -> list[tuple[int, int]]:
         """``(top, left)`` of each of ``crops`` spatial views (``crop_boxes``) of ``height x width`` frames."""
