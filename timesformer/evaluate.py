@@ -225,10 +225,10 @@ def cut_views(frames: torch.Tensor, processor, num_frames: int, crops: int, dtyp
     boxes = processor.view_boxes(frames.shape[1], frames.shape[2], crops)
     views = []
     for clip in frames.split(num_frames):
-        for box in boxes:
-            views.append(
-                processor.resize_crop(clip, box) if uint8 else processor.preprocess(clip, dtype, box=box)
-            )
+        if uint8:
+            views += processor.resize_crops(clip, boxes)  # resized once for all its crops
+        else:
+            views += [processor.preprocess(clip, dtype, box=box) for box in boxes]
     return torch.stack(views)
 
 

@@ -122,8 +122,9 @@ def _shard_path(directory: str, roots: list[str], index: str, shard: str) -> str
     return path
 
 
-def _weight_map(directory: str) -> tuple[str, dict[str, str] | None]:
-    """``(file, None)`` for a single weights file, or ``(index file, {key: shard path})`` for a sharded one."""
+def _weight_map(directory: str) -> tuple[str, dict[str, list[str]] | None]:
+    """``(file, None)`` for a single weights file, or ``(index file, {shard path: [keys]})`` for a sharded
+    one."""
     roots = _allowed_roots(directory)
     for name in WEIGHT_FILES:
         candidate = os.path.join(directory, name)
@@ -143,17 +144,17 @@ def _weight_map(directory: str) -> tuple[str, dict[str, str] | None]:
                 f"{candidate}: weight_map must be a non-empty object of parameter name -> shard file name, "
                 f"got {type(weight_map).__name__}"
             )
-        paths: dict[object, str] = {}  # each shard name checked once, however many keys it holds
-        resolved = {}
+        by_name: dict[str, list[str]] = {}
         for key, shard in weight_map.items():
             if not isinstance(key, str):
                 raise CheckpointError(f"{candidate}: weight_map keys must be parameter names, got {key!r}")
             if not isinstance(shard, str):
                 raise CheckpointError(f"{candidate}: shard names must be non-empty strings, got {shard!r}")
-            if shard not in paths:
-                paths[shard] = _shard_path(directory, roots, candidate, shard)
-            resolved[key] = paths[shard]
-        return candidate, resolved
+            by_name.setdefault(shard, []).append(key)
+        # Each shard name checked once, however many keys it holds.
+        return candidate, {
+            _shard_path(directory, roots, candidate, name): keys for name, keys in by_name.items()
+        }
     raise FileNotFoundError(f"no weights in {directory!r}: looked for {', '.join(WEIGHT_FILES)}")
 
 
@@ -178,12 +179,9 @@ def _read_weights(path: str) -> dict[str, torch.Tensor]:
 def read_state_dict(directory: str) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors. For a sharded checkpoint, each key comes from the shard the index assigns it
     to (a key that shard lacks is an error; other keys a shard holds are not read into the result)."""
-    file, weight_map = _weight_map(directory)
-    if weight_map is None:
+    file, by_shard = _weight_map(directory)
+    if by_shard is None:
         return _read_weights(file)
-    by_shard: dict[str, list[str]] = {}
-    for key, shard in weight_map.items():
-        by_shard.setdefault(shard, []).append(key)
     state: dict[str, torch.Tensor] = {}
     for shard, keys in sorted(by_shard.items()):
         tensors = _read_weights(shard)
@@ -209,13 +207,16 @@ def adapt_state_dict(
     state: Mapping[str, torch.Tensor],
     *,
     ignore_mismatched_sizes: bool = False,
+    reinitialized: list[tuple[str, tuple[int, ...], tuple[int, ...]]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Map a checkpoint of either class onto ``model``'s keys and check it loads exactly.
 
     A classification checkpoint loads into ``TimesformerModel`` (``timesformer.`` prefix stripped, head
     dropped with a log line), a base checkpoint into ``TimesformerForVideoClassification`` (prefix added;
     the head keeps its fresh initialization, with a warning, as in transformers). Anything else missing,
-    unexpected or misshaped raises ``CheckpointError`` naming the keys.
+    unexpected or misshaped raises ``CheckpointError`` naming the keys. With ``ignore_mismatched_sizes``,
+    misshaped weights are left out (re-initialized) instead, each appended to ``reinitialized`` as
+    ``(key, checkpoint shape, model shape)``.
     """
     expected = model.state_dict()
     has_prefix = any(k.startswith(PREFIX) for k in expected)
@@ -261,6 +262,8 @@ def adapt_state_dict(
                 tuple(value.shape),
                 tuple(want),
             )
+            if reinitialized is not None:
+                reinitialized.append((key, tuple(value.shape), tuple(want)))
         else:
             mismatched.append(
                 f"{key}: checkpoint has shape {tuple(value.shape)}, the model expects {tuple(want)}"
@@ -278,19 +281,11 @@ def adapt_state_dict(
 def _parse_dtype(dtype: torch.dtype | str | None, config: TimesformerConfig) -> torch.dtype:
     """The model dtype for ``dtype``; ``None`` and ``"auto"`` (transformers 5's default) take the checkpoint's
     ``dtype``/``torch_dtype`` from its config, float32 when it records none."""
-    if dtype is None:
-        dtype = "auto"
-    if isinstance(dtype, torch.dtype):
-        if dtype not in MODEL_DTYPES:
-            names = ", ".join(str(d).removeprefix("torch.") for d in MODEL_DTYPES)
-            raise ValueError(f"dtype must be one of {names}, got {dtype}")
-        return dtype
-    if dtype == "auto":
+    if dtype is None or dtype == "auto":
         dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
-    try:
-        value = getattr(torch, str(dtype).replace("torch.", ""))
-    except AttributeError:
-        value = None
+    value = (
+        dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype).replace("torch.", ""), None)
+    )
     if value not in MODEL_DTYPES:
         names = ", ".join(str(d).removeprefix("torch.") for d in MODEL_DTYPES)
         raise ValueError(f"dtype must be one of {names} (or its torch dtype), got {dtype!r}")
@@ -399,8 +394,10 @@ def load_pretrained(
     # the weights (or asks for a huge model) fails here, before anything is allocated or initialized.
     with torch.device("meta"):
         skeleton = cls(config, backend=backend)
-    full_state = state
-    state = adapt_state_dict(skeleton, state, ignore_mismatched_sizes=ignore_mismatched_sizes)
+    reinitialized: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
+    state = adapt_state_dict(
+        skeleton, state, ignore_mismatched_sizes=ignore_mismatched_sizes, reinitialized=reinitialized
+    )
     model = cls(config, backend=backend)
     model.load_state_dict(state, strict=False)  # exactness was checked by adapt_state_dict
     model = model.to(dtype=torch_dtype, device=device)
@@ -409,15 +406,10 @@ def load_pretrained(
     model.config._extra["dtype"] = str(torch_dtype).removeprefix("torch.")
     model.eval()
     if output_loading_info:
-        mismatched = [
-            (k, tuple(v.shape), tuple(expected[k].shape))
-            for k, v in full_state.items()
-            if k in (expected := model.state_dict()) and tuple(v.shape) != tuple(expected[k].shape)
-        ]
         return model, {
             "missing_keys": [],
             "unexpected_keys": [],
-            "mismatched_keys": mismatched,
+            "mismatched_keys": reinitialized,
             "error_msgs": [],
         }
     return model
@@ -452,15 +444,12 @@ def from_hf(hf_model: torch.nn.Module, *, backend: str = "auto") -> TimesformerP
 
     The result has the same config, weights, dtype, device and train/eval mode.
     """
-    from .modeling import TimesformerForVideoClassification, TimesformerModel
+    from .modeling import TimesformerForVideoClassification, TimesformerModel, _our_config
 
     hf_config = getattr(hf_model, "config", None)
     if hf_config is None or getattr(hf_config, "model_type", None) != "timesformer":
         raise TypeError(f"expected a transformers TimeSformer model, got {type(hf_model).__name__}")
-    # Private bookkeeping keys of transformers' config are not part of config.json.
-    config = TimesformerConfig.from_dict(
-        {k: v for k, v in hf_config.to_dict().items() if not k.startswith("_")}
-    )
+    config = _our_config(hf_config)
     name = type(hf_model).__name__
     if name == "TimesformerForVideoClassification":
         cls = TimesformerForVideoClassification

@@ -344,24 +344,15 @@ class TimesformerPreTrainedModel(nn.Module):
                 ``preprocessor_config.json`` values.
             rescale_factor: the processor's ``rescale_factor`` (1/255).
         """
+        from .preprocess import per_channel
+
         channels = self.config.num_channels
-
-        def per_channel(name, values) -> tuple[float, ...]:
-            values = (values,) if isinstance(values, (int, float)) else tuple(float(v) for v in values)
-            if len(values) == 1:
-                values = values * channels
-            if len(values) != channels:
-                raise ValueError(f"{name} must have {channels} values (one per channel), got {len(values)}")
-            if not all(math.isfinite(v) for v in values):
-                raise ValueError(f"{name} must be finite numbers, got {list(values)}")
-            return values
-
-        std = per_channel("image_std", image_std)
+        std = per_channel("image_std", image_std, channels)
         if any(not v > 0 for v in std):
             raise ValueError(f"image_std must be positive, got {std}")
         if not (isinstance(rescale_factor, (int, float)) and 0 < rescale_factor < math.inf):
             raise ValueError(f"rescale_factor must be a positive finite number, got {rescale_factor!r}")
-        norm = InputNormalization(per_channel("image_mean", image_mean), std, float(rescale_factor))
+        norm = InputNormalization(per_channel("image_mean", image_mean, channels), std, float(rescale_factor))
         for module in self.modules():
             if isinstance(module, TimesformerEmbeddings):
                 module.input_normalization = norm
@@ -638,8 +629,8 @@ class TimesformerModel(TimesformerPreTrainedModel):
     """
 
     def __init__(self, config: TimesformerConfig, *, backend: str = "auto") -> None:
-        config = _our_config(config)
         super().__init__(config, backend=backend)
+        config = self.config  # converted from a transformers config by the base class
         self.embeddings = TimesformerEmbeddings(config)
         self.encoder = TimesformerEncoder(config)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -679,8 +670,8 @@ class TimesformerForVideoClassification(TimesformerPreTrainedModel):
     """TimeSformer with a linear head on the final CLS token (``transformers.TimesformerForVideoClassification``)."""
 
     def __init__(self, config: TimesformerConfig, *, backend: str = "auto") -> None:
-        config = _our_config(config)
         super().__init__(config, backend=backend)
+        config = self.config  # converted from a transformers config by the base class
         self.num_labels = config.num_labels
         self.timesformer = TimesformerModel(config, backend=backend)
         self.classifier = (

@@ -208,14 +208,24 @@ def _positive_int(name: str, value) -> int:
     return value
 
 
-def _per_channel(name: str, values) -> tuple[float, float, float]:
-    """Three finite numbers (one per RGB channel); one number stands for all three, as in ``transformers``."""
-    if isinstance(values, (int, float)):
-        values = [values] * 3
-    if not isinstance(values, (list, tuple)) or len(values) not in (1, 3):
-        raise ValueError(f"{name} must be 3 numbers (one per channel) or one number, got {values!r}")
-    values = [_number(name, v) for v in values] * (3 if len(values) == 1 else 1)
-    return tuple(values)
+def per_channel(name: str, values, channels: int = 3) -> tuple[float, ...]:
+    """``channels`` finite numbers, one per channel; one number (or a 1-element sequence) stands for all, as
+    in ``transformers``' processors. For the processor's and ``set_input_normalization``'s mean and std."""
+    try:
+        if isinstance(values, (str, bytes)):
+            raise TypeError
+        items = [float(v) for v in ([values] if isinstance(values, (int, float)) else values)]
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{name} must be {channels} numbers (one per channel) or one number, got {values!r}"
+        ) from None
+    if len(items) == 1:
+        items *= channels
+    if len(items) != channels:
+        raise ValueError(f"{name} must have {channels} values (one per channel), got {len(items)}")
+    if not all(math.isfinite(v) for v in items):
+        raise ValueError(f"{name} must be finite numbers, got {items}")
+    return tuple(items)
 
 
 class VideoProcessor:
@@ -255,8 +265,8 @@ class VideoProcessor:
             _positive_int("crop_size.height", crop_size[0]),
             _positive_int("crop_size.width", crop_size[1]),
         )
-        self.image_mean = _per_channel("image_mean", image_mean)
-        self.image_std = _per_channel("image_std", image_std)
+        self.image_mean = per_channel("image_mean", image_mean)
+        self.image_std = per_channel("image_std", image_std)
         if any(not s > 0 for s in self.image_std):
             raise ValueError(f"image_std must be positive and finite, got {list(self.image_std)}")
         self.rescale_factor = _number("rescale_factor", rescale_factor)
@@ -396,17 +406,24 @@ class VideoProcessor:
         """One view as uint8 frames ``(T, crop_h, crop_w, 3)``: resized (antialiased bilinear, as
         ``preprocess``) and cropped, rounded back to 0..255 like the PIL resize of ``transformers``' processor.
         For a model that normalizes uint8 frames itself (``set_input_normalization``)."""
+        return self.resize_crops(frames, [box])[0]
+
+    def resize_crops(self, frames: torch.Tensor, boxes: list[tuple[int, int] | None]) -> list[torch.Tensor]:
+        """``resize_crop`` for several boxes of the same frames, resizing them once."""
         if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8 or frames.dim() != 4:
             raise ValueError(
                 f"expected uint8 frames of shape (T, H, W, 3), got {getattr(frames, 'shape', frames)}"
             )
-        size, crop = self.output_size(frames.shape[1], frames.shape[2])
-        (ch, cw), (top, left) = crop, _box(size, crop, box)
+        size, (ch, cw) = self.output_size(frames.shape[1], frames.shape[2])
         x = frames.permute(0, 3, 1, 2)
         if size != tuple(x.shape[-2:]):
             x = F.interpolate(x.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
             x = x.round_().clamp_(0, 255).to(torch.uint8)
-        return x[:, :, top : top + ch, left : left + cw].permute(0, 2, 3, 1).contiguous()
+        views = []
+        for box in boxes:
+            top, left = _box(size, (ch, cw), box)
+            views.append(x[:, :, top : top + ch, left : left + cw].permute(0, 2, 3, 1).contiguous())
+        return views
 
     def __call__(
         self,

@@ -77,8 +77,8 @@ def cached_weights(
         return prepare(*(s.detach() for s in sources))
     count_optimizer_steps()
     cache = module.__dict__.get("_weight_cache")
-    if not isinstance(cache, OrderedDict):  # absent, or a plain dict someone stored back
-        cache = module.__dict__["_weight_cache"] = OrderedDict(cache or {})
+    if cache is None:
+        cache = module.__dict__["_weight_cache"] = OrderedDict()
     stamp = (_optimizer_steps, *(fingerprint(s) for s in sources))
     hit = cache.get(key)
     if hit is not None and hit[0] == stamp:

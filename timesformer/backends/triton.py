@@ -97,7 +97,9 @@ class TritonBackend(Backend):
     def __init__(self) -> None:
         # The kernels have no backward and no dropout: training and autograd calls (every call off the
         # inference path, ``ForwardContext.inference`` false) and attention maps run the sdpa backend.
-        self.fallback = SdpaBackend()
+        from . import get_backend
+
+        self.fallback: SdpaBackend = get_backend("sdpa")
 
     # ------------------------------------------------------------------ embeddings and head
     def embed(
