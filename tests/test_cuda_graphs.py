@@ -41,7 +41,7 @@ def _as_at_capture(model: nn.Module, state: tuple):
     tensors = [*model.parameters(), *model.buffers()]
     live = [t.detach().clone() for t in tensors]
     caches = [
-        (m.__dict__, dict(m.__dict__["_weight_cache"]) if "_weight_cache" in m.__dict__ else None)
+        (m.__dict__, m.__dict__["_weight_cache"].copy() if "_weight_cache" in m.__dict__ else None)
         for m in model.modules()
     ]
     embeddings = _embeddings(model)
