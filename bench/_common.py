@@ -16,6 +16,10 @@ import torch
 
 
 def commit() -> str:
+    """The short hash of HEAD; ``TIMESFORMER_COMMIT`` where it is set (a copied working tree without .git, as
+    on a lent GPU machine, is told its commit that way)."""
+    if os.environ.get("TIMESFORMER_COMMIT"):
+        return os.environ["TIMESFORMER_COMMIT"]
     try:
         return subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -89,15 +93,14 @@ def versions() -> dict:
     import importlib.metadata
 
     out = {"torch": torch.__version__, "python": platform.python_version()}
-    for dist, key in (
-        ("triton", "triton"),
-        ("transformers", "transformers"),
-        ("timesformer-triton", "timesformer"),
-    ):
+    for dist in ("triton", "transformers"):
         try:
-            out[key] = importlib.metadata.version(dist)
+            out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
-            out[key] = None
+            out[dist] = None
+    import timesformer  # on the path without being installed, as on a lent GPU machine
+
+    out["timesformer"] = timesformer.__version__
     return out
 
 
@@ -167,6 +170,12 @@ class Timer:
         dst = torch.empty_like(src)
         ms = self.median_ms(lambda _: dst.copy_(src), [None])
         return 2 * src.numel() * src.element_size() / ms / 1e6
+
+
+def out_of_time(deadline: float | None) -> bool:
+    """Whether ``time.monotonic()`` has passed ``deadline`` (None: no limit). A call on a lent GPU has a hard
+    time limit: the benchmarks stop starting rows at their deadline, so what ran is kept and reported."""
+    return deadline is not None and time.monotonic() > deadline
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -20,15 +20,19 @@ rounds (drifts in machine load hit all of them) and each speedup is the median o
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import gc
 import statistics
+import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from bench._common import rel_err
+from bench._common import out_of_time, rel_err
 from timesformer.configuration import PRESETS, TimesformerConfig
 
 # The model shapes (timesformer.configuration.PRESETS: the published checkpoints' and small ones); the
@@ -58,6 +62,12 @@ class Options:
     rounds: int = 5
     graphs_batches: tuple[int, ...] = (1,)
     seed: int = 0
+    # time.monotonic() after which no further row starts (a GPU call has a hard time limit: rows not run are
+    # reported as skipped, and what ran is kept); None: no limit.
+    deadline: float | None = None
+
+    def out_of_time(self) -> bool:
+        return out_of_time(self.deadline)
 
 
 def hf_config(name: str):
@@ -67,9 +77,11 @@ def hf_config(name: str):
     return transformers.TimesformerConfig(num_labels=NUM_LABELS, **fields)
 
 
-def random_state(name: str, seed: int) -> dict:
-    """Random float32 weights for config ``name``: every parameter, including the zero-initialized time
-    embedding and the LayerNorms, perturbed from its initialization (CPU tensors)."""
+@functools.lru_cache(maxsize=1)
+def random_model(name: str, seed: int):
+    """The float32 ``transformers`` model of config ``name`` with random weights, on the CPU: every parameter,
+    including the zero-initialized time embedding and the LayerNorms, perturbed from its initialization.
+    Built once per (config, seed), since initializing a model is the slow part; each implementation copies it."""
     import transformers
 
     torch.manual_seed(seed)
@@ -78,21 +90,17 @@ def random_state(name: str, seed: int) -> dict:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=gen) * 0.02)
-    return model.state_dict()
+    return model.eval()
 
 
-def _hf_model(name: str, state: dict, opts: Options, dtype: torch.dtype):
-    import transformers
-
-    model = transformers.TimesformerForVideoClassification(hf_config(name))
-    model.load_state_dict(state)
-    return model.to(opts.device, dtype).eval()
+def _hf_model(name: str, opts: Options, dtype: torch.dtype):
+    return copy.deepcopy(random_model(name, opts.seed)).to(opts.device, dtype).eval()
 
 
-def _ours(name: str, state: dict, opts: Options, backend: str):
+def _ours(name: str, opts: Options, backend: str):
     import timesformer
 
-    model = timesformer.from_hf(_hf_model(name, state, opts, torch.float32).cpu(), backend=backend)
+    model = timesformer.from_hf(random_model(name, opts.seed), backend=backend)
     return model.to(opts.device, opts.dtype).eval()
 
 
@@ -102,25 +110,26 @@ def _compiled(model, opts: Options):
     )
 
 
-def build(impl: str, name: str, state: dict, opts: Options) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A function ``pixel_values -> logits`` for one implementation."""
+def build(impl: str, name: str, opts: Options) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function ``pixel_values -> logits`` for one implementation, with ``random_model(name, opts.seed)``'s
+    weights."""
     if impl == EAGER:
-        model = _hf_model(name, state, opts, opts.dtype)
+        model = _hf_model(name, opts, opts.dtype)
         return lambda x: model(pixel_values=x).logits
     if impl == COMPILE:
-        model = _compiled(_hf_model(name, state, opts, opts.dtype), opts)
+        model = _compiled(_hf_model(name, opts, opts.dtype), opts)
         return lambda x: model(pixel_values=x).logits
     if impl == "timesformer sdpa":
-        model = _ours(name, state, opts, "sdpa")
+        model = _ours(name, opts, "sdpa")
         return lambda x: model(x).logits
     if impl == "timesformer sdpa + compile":
-        model = _compiled(_ours(name, state, opts, "sdpa"), opts)
+        model = _compiled(_ours(name, opts, "sdpa"), opts)
         return lambda x: model(x).logits
     if impl == "timesformer triton":
-        model = _ours(name, state, opts, "triton")
+        model = _ours(name, opts, "triton")
         return lambda x: model(x).logits
     if impl == "timesformer triton + graphs":
-        runner = _ours(name, state, opts, "triton").cuda_graphs()
+        runner = _ours(name, opts, "triton").cuda_graphs()
         return lambda x: runner(x).logits
     raise ValueError(f"unknown implementation {impl!r}; expected one of {', '.join(IMPLEMENTATIONS)}")
 
@@ -168,11 +177,11 @@ def _no_tf32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-def reference_logits(name: str, state: dict, batches, opts: Options) -> dict[int, torch.Tensor | None]:
+def reference_logits(name: str, batches, opts: Options) -> dict[int, torch.Tensor | None]:
     """float32 ``transformers`` eager logits of each batch's clip (rounded to the run's dtype first), on the
     CPU; None where even the reference does not fit."""
     ref_opts = Options(dtype=torch.float32, device=opts.device, seed=opts.seed)
-    model = _hf_model(name, state, ref_opts, torch.float32)
+    model = _hf_model(name, ref_opts, torch.float32)
     out: dict[int, torch.Tensor | None] = {}
     with torch.inference_mode(), _no_tf32():
         for batch in batches:
@@ -223,77 +232,81 @@ def _wanted(impl: str, batch: int, opts: Options) -> bool:
     return impl != "timesformer triton + graphs" or batch in opts.graphs_batches
 
 
-def run_gpu(name: str, impls, batches, opts: Options, timer, log=print) -> list[dict]:
-    """Every implementation alone on the GPU: check, warm up, time (CUDA events), peak memory."""
-    state = random_state(name, opts.seed)
-    expected = reference_logits(name, state, batches, opts)
-    eager_err: dict[int, float] = {}
+def run_gpu(name: str, impls, batches, opts: Options, timer, log=print, on_row=None) -> list[dict]:
+    """Every implementation alone on the GPU: build, check, warm up, time (CUDA events), peak memory.
+
+    Batch by batch, in the order given: a run cut short (``opts.deadline``, or a killed process that saved each
+    row through ``on_row``) keeps whole comparisons at the batches that matter most. An implementation that
+    raises is reported as failed, with the error, and the run goes on to the next one."""
+    expected = reference_logits(name, batches, opts)
     rows = []
-    for impl in impls:
-        reason = unavailable(impl, opts.device)
-        if reason:
-            rows += [
-                _row(name, impl, b, opts, status=f"skipped: {reason}")
-                for b in batches
-                if _wanted(impl, b, opts)
-            ]
-            continue
-        _free(opts.device)
-        try:
-            fn = build(impl, name, state, opts)
-        except RuntimeError as exc:
-            if not _is_oom(exc):
-                raise
-            rows += [_row(name, impl, b, opts, status="out of memory") for b in batches]
-            continue
-        for batch in batches:
+    for batch in batches:
+        eager_err = None
+        for impl in impls:
             if not _wanted(impl, batch, opts):
                 continue
-            if expected[batch] is None:
-                rows.append(
-                    _row(name, impl, batch, opts, status="skipped: the float32 reference does not fit")
-                )
-                continue
             row = _row(name, impl, batch, opts)
+            reason = unavailable(impl, opts.device)
+            if reason:
+                row["status"] = f"skipped: {reason}"
+            elif expected[batch] is None:
+                row["status"] = "skipped: the float32 reference does not fit"
+            elif opts.out_of_time():
+                row["status"] = "skipped: out of time (the run's time budget)"
+            else:
+                _measure_gpu(row, opts, timer, expected[batch], error_bound(opts.dtype, eager_err))
+                if impl == EAGER:
+                    eager_err = row["rel_err_vs_fp32_eager"]
+                if impl in (COMPILE, "timesformer sdpa + compile"):
+                    torch._dynamo.reset()
             rows.append(row)
-            try:
-                with torch.inference_mode():
-
-                    def make(i, batch=batch):
-                        return clip(name, batch, opts.seed + batch + 1000 * i).to(opts.device, opts.dtype)
-
-                    first = clip(name, batch, opts.seed + batch).to(opts.device, opts.dtype)
-                    bound = error_bound(opts.dtype, eager_err.get(batch))
-                    err, row["status"] = _check(fn, first, expected[batch], bound)
-                    row["rel_err_vs_fp32_eager"] = err
-                    if impl == EAGER:
-                        eager_err[batch] = err
-                    if row["status"] != "ok":
-                        continue
-                    inputs = [first, *timer.sets(make, first.numel() * first.element_size())[1:]]
-                    for x in inputs[:3]:  # warm-up: compilation, autotuning, graph capture, caches
-                        fn(x)
-                    torch.cuda.synchronize()
-                    base = torch.cuda.memory_allocated()
-                    torch.cuda.reset_peak_memory_stats()
-                    fn(inputs[0])
-                    torch.cuda.synchronize()
-                    # Everything this implementation holds (weights, caches) plus its transient peak;
-                    # the inputs are not counted.
-                    inputs_bytes = sum(t.numel() * t.element_size() for t in inputs)
-                    row["peak_mem_gib"] = (torch.cuda.max_memory_allocated() - inputs_bytes) / 2**30
-                    row["resident_gib"] = (base - inputs_bytes) / 2**30
-                    row["median_ms"] = _cuda_median_ms(fn, inputs, opts.reps)
-            except RuntimeError as exc:
-                if not _is_oom(exc):
-                    raise
-                row["status"] = "out of memory"
             log(_describe(row))
+            if on_row is not None:
+                on_row(row)
+    return rows
+
+
+def _measure_gpu(row: dict, opts: Options, timer, expected: torch.Tensor, bound: float) -> None:
+    """Fill in one row: its implementation built alone, checked against ``expected``, then timed."""
+    name, batch = row["config"], row["batch"]
+    fn = None
+    try:
+        _free(opts.device)
+        fn = build(row["impl"], name, opts)
+        with torch.inference_mode():
+
+            def make(i):
+                return clip(name, batch, opts.seed + batch + 1000 * i).to(opts.device, opts.dtype)
+
+            first = clip(name, batch, opts.seed + batch).to(opts.device, opts.dtype)
+            row["rel_err_vs_fp32_eager"], row["status"] = _check(fn, first, expected, bound)
+            if row["status"] != "ok":
+                return
+            inputs = [first, *timer.sets(make, first.numel() * first.element_size())[1:]]
+            for x in inputs[:3]:  # warm-up: compilation, autotuning, graph capture, caches
+                fn(x)
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            fn(inputs[0])
+            torch.cuda.synchronize()
+            # Everything this implementation holds (weights, caches) plus its transient peak; the inputs are
+            # not counted.
+            inputs_bytes = sum(t.numel() * t.element_size() for t in inputs)
+            row["peak_mem_gib"] = (torch.cuda.max_memory_allocated() - inputs_bytes) / 2**30
+            row["resident_gib"] = (base - inputs_bytes) / 2**30
+            row["median_ms"] = _cuda_median_ms(fn, inputs, opts.reps)
+    except Exception as exc:  # one implementation's failure must not cost the rest of a GPU run
+        if _is_oom(exc):
+            row["status"] = "out of memory"
+        else:
+            first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+            row["status"] = f"failed: {type(exc).__name__}: {first_line}"
+            row["traceback"] = traceback.format_exc()
+            print(row["traceback"], file=sys.stderr)
+    finally:
         del fn
         _free(opts.device)
-        if impl in (COMPILE, "timesformer sdpa + compile"):
-            torch._dynamo.reset()
-    return rows
 
 
 def _cuda_median_ms(fn, inputs, reps: int) -> float:
@@ -313,8 +326,7 @@ def _cuda_median_ms(fn, inputs, reps: int) -> float:
 
 def run_cpu(name: str, impls, batches, opts: Options, log=print) -> list[dict]:
     """All implementations built at once, checked, then timed in alternating rounds (wall clock)."""
-    state = random_state(name, opts.seed)
-    expected = reference_logits(name, state, batches, opts)
+    expected = reference_logits(name, batches, opts)
     rows = []
     fns = {}
     for impl in impls:
@@ -326,7 +338,7 @@ def run_cpu(name: str, impls, batches, opts: Options, log=print) -> list[dict]:
                 if _wanted(impl, b, opts)
             ]
         else:
-            fns[impl] = build(impl, name, state, opts)
+            fns[impl] = build(impl, name, opts)
     for batch in batches:
         x = clip(name, batch, opts.seed + batch).to(opts.dtype)
         live: dict[str, dict] = {}
@@ -375,8 +387,7 @@ def largest_batch(name: str, opts: Options, start: int, limit: int, log=print) -
     backend runs a forward without running out of memory; None if even ``2 * start`` does not fit."""
     if unavailable("timesformer triton", opts.device):
         return None
-    state = random_state(name, opts.seed)
-    fn = build("timesformer triton", name, state, opts)
+    fn = build("timesformer triton", name, opts)
     best, batch = None, 2 * start
     while batch <= limit:
         try:

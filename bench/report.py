@@ -74,6 +74,22 @@ def targets(result: dict) -> list[dict]:
     if g1:
         v = g1["median_ms"]
         add("base bf16 batch 1: triton + CUDA graphs, ms per clip", v, "<= 1.5 ms", v <= 1.5, "ms")
+    for k in result.get("kernels", []):
+        if k.get("batch") != 32 or k.get("dtype") != "bfloat16" or k.get("status", "ok") != "ok":
+            continue
+        name, speedup = k["kernel"], k.get("speedup")
+        if name == "temporal attention":
+            v = k["fraction_of_roofline"]
+            add("temporal attention, batch 32: share of the measured copy rate", v, ">= 70%", v >= 0.70, "%")
+            add("temporal attention, batch 32: vs the reference path", speedup, ">= 3x", speedup >= 3, "x")
+        elif name == "spatial attention":
+            add("spatial attention, batch 32: vs the reference path", speedup, ">= 1.5x", speedup >= 1.5, "x")
+        elif name == "patch embedding":
+            add("patch embedding, batch 32: vs the reference path", speedup, ">= 2x", speedup >= 2, "x")
+        elif k.get("bare_product_ms"):
+            v = k["ms"] / k["bare_product_ms"]
+            add(f"{name}, batch 32: time / bare cuBLAS product", v, "<= 1.1x", v <= 1.1, "x")
+            add(f"{name}, batch 32: vs the unfused sequence", speedup, ">= 1.2x", speedup >= 1.2, "x")
     s1 = _get(result, "base", "float32", 1, SDPA)
     if s1 and result["device"]["type"] == "cpu" and s1.get("speedup_vs_eager") is not None:
         v = s1["speedup_vs_eager"]
@@ -154,16 +170,21 @@ def markdown(result: dict, png_name: str | None = None) -> str:
         lines += [
             "## Kernels",
             "",
-            "| kernel | batch | ours ms | baseline | baseline ms | speedup | achieved | % of roofline |",
-            "|---|--:|--:|---|--:|--:|--:|--:|",
+            "| kernel | batch | ours ms | baseline | baseline ms | speedup | bare product ms | achieved | "
+            "% of roofline |",
+            "|---|--:|--:|---|--:|--:|--:|--:|--:|",
         ]
         for k in result["kernels"]:
             pct = None if k.get("fraction_of_roofline") is None else 100 * k["fraction_of_roofline"]
             achieved = "" if k.get("achieved") is None else f"{k['achieved']:.1f} {k['unit']}"
             roof = "" if pct is None else f"{pct:.0f}% of {k['roofline']}"
+            speedup = "" if k.get("speedup") is None else f"{k['speedup']:.2f}x"
+            if k.get("status", "ok") != "ok":
+                roof = k["status"]
             lines.append(
-                f"| {k['kernel']} | {k['batch']} | {k['ms']:.3f} | {k['baseline']} | {_fmt(k.get('baseline_ms'), '.3f')} | "
-                f"{_fmt(k.get('speedup'), '.2f')}x | {achieved} | {roof} |"
+                f"| {k['kernel']} | {k['batch']} | {_fmt(k.get('ms'), '.3f')} | {k['baseline']} | "
+                f"{_fmt(k.get('baseline_ms'), '.3f')} | {speedup} | {_fmt(k.get('bare_product_ms'), '.3f')} | "
+                f"{achieved} | {roof} |"
             )
         lines.append("")
     if result.get("evaluate"):
@@ -239,11 +260,12 @@ def plot(result: dict, path: str) -> str | None:
     return path
 
 
-def write_all(result: dict, out_dir: str, stem: str) -> dict[str, str]:
-    """``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` in ``out_dir``; returns the paths written."""
+def write_all(result: dict, out_dir: str, stem: str, plot_png: bool = True) -> dict[str, str]:
+    """``<stem>.json``, ``<stem>.md`` and (``plot_png``) ``<stem>.png`` in ``out_dir``; returns the paths
+    written."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {"json": os.path.join(out_dir, stem + ".json")}
-    png = plot(result, os.path.join(out_dir, stem + ".png"))
+    png = plot(result, os.path.join(out_dir, stem + ".png")) if plot_png else None
     if png:
         paths["png"] = png
     paths["md"] = os.path.join(out_dir, stem + ".md")
@@ -254,12 +276,68 @@ def write_all(result: dict, out_dir: str, stem: str) -> dict[str, str]:
     return paths
 
 
+README_BEGIN, README_END = "<!-- gpu-results:begin -->", "<!-- gpu-results:end -->"
+
+
+def readme_section(result: dict, json_rel: str) -> str:
+    """The README's GPU table from one run's JSON (``json_rel``: its path from the README): every end-to-end
+    row of the run with clips/s, ms, speed against ``transformers`` eager and compiled, % of the matrix peak
+    measured in that run and peak memory, then the targets."""
+    dev, ver = result["device"], result["versions"]
+    peaks = ", ".join(f"{k} {v:.0f} TFLOP/s" for k, v in result.get("peak_tflops", {}).items())
+    copy = f", copy rate {result['copy_gbps']:.0f} GB/s" if result.get("copy_gbps") else ""
+    stem = os.path.splitext(json_rel)[0]
+    lines = [
+        f"Measured on {dev['name']} (driver {dev.get('driver')}, CUDA {dev.get('cuda')}), {result['date'][:10]}, "
+        f"commit `{result['commit']}`, torch {ver['torch']}, Triton {ver.get('triton')}, transformers "
+        f"{ver.get('transformers')}; ceilings measured in the same run: {peaks}{copy}. Random weights, logits "
+        f"checked against float32 `transformers` eager before timing; medians of CUDA-event timings "
+        f"([JSON]({json_rel}), [table]({stem}.md), [plot]({stem}.png)).",
+        "",
+        "| model | dtype | batch | implementation | ms | clips/s | vs eager | vs compiled | % of peak | peak GiB |",
+        "|---|---|--:|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in result["e2e"]:
+        if r["status"] != "ok":
+            lines.append(
+                f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['impl']} | {r['status']} | | | | | |"
+            )
+            continue
+        pct = None if r.get("fraction_of_peak") is None else 100 * r["fraction_of_peak"]
+        lines.append(
+            f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['impl']} | {r['median_ms']:.2f} | "
+            f"{_fmt(r.get('clips_per_s'), '.1f')} | {_fmt(r.get('speedup_vs_eager'), '.2f')} | "
+            f"{_fmt(r.get('speedup_vs_compile'), '.2f')} | {_fmt(pct, '.1f')} | {_fmt(r.get('peak_mem_gib'), '.2f')} |"
+        )
+    if result.get("targets"):
+        lines += ["", "| target | goal | measured | met |", "|---|---|--:|---|"]
+        for t in result["targets"]:
+            value = f"{100 * t['value']:.1f}%" if t["unit"] == "%" else f"{t['value']:.2f}{t['unit']}"
+            lines.append(f"| {t['target']} | {t['goal']} | {value} | {'yes' if t['met'] else '**no**'} |")
+    return "\n".join(lines)
+
+
+def update_readme(readme: str, result: dict, json_path: str) -> None:
+    """Replace the text between the README's ``gpu-results`` markers with ``readme_section``."""
+    with open(readme) as f:
+        text = f.read()
+    if text.count(README_BEGIN) != 1 or text.count(README_END) != 1:
+        raise SystemExit(f"{readme}: expected one {README_BEGIN} and one {README_END} marker")
+    head, rest = text.split(README_BEGIN)
+    _, tail = rest.split(README_END)
+    rel = os.path.relpath(os.path.abspath(json_path), os.path.dirname(os.path.abspath(readme)))
+    with open(readme, "w") as f:
+        f.write(f"{head}{README_BEGIN}\n{readme_section(result, rel)}\n{README_END}{tail}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Re-render the Markdown and PNG of a run from its JSON: ``python -m bench.report RUN.json``."""
+    """Re-render the Markdown and PNG of a run from its JSON: ``python -m bench.report RUN.json``; with
+    ``--readme README.md``, also put its GPU table in the README (between the ``gpu-results`` markers)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m bench.report", description=main.__doc__)
     parser.add_argument("json_path")
+    parser.add_argument("--readme", default=None, help="a README with the gpu-results markers to update")
     args = parser.parse_args(argv)
     with open(args.json_path) as f:
         result = json.load(f)
@@ -267,6 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     out_dir, name = os.path.split(os.path.abspath(args.json_path))
     for path in write_all(result, out_dir, os.path.splitext(name)[0]).values():
         print(f"wrote {path}")
+    if args.readme:
+        if result["device"]["type"] != "cuda":
+            raise SystemExit(f"{args.json_path}: not a GPU run (device {result['device']['name']})")
+        update_readme(args.readme, result, args.json_path)
+        print(f"updated {args.readme}")
     return 0
 
 

@@ -1,19 +1,128 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine: the GPU tests, the kernel tests on the GPU, then the benchmark suite.
-# SUITE_ARGS selects part of the suite (a call has a 10-minute limit), e.g. SUITE_ARGS="--configs base".
-# The machine's Python already has torch and Triton; the package is put on the path, not installed.
-# Results go to bench/results/<device>/ and, when $OUT is set (the device tool), to $OUT as well.
+# One call on a lent GPU machine (the device tool): stages in order, each under its own time limit, each
+# writing to the results folder as it goes, so that a call cut short still returns everything that ran.
+#
+#   bench/run_gpu.sh                                # run 1: env tests suite
+#   STAGES="tests tune suite" SUITE_ARGS="--configs hr large ..." bench/run_gpu.sh
+#
+# Stages (STAGES, in the order given):
+#   env     nvidia-smi, the versions, the device's properties
+#   tests   the GPU-marked tests and the kernel tests on CUDA (model shapes, every dtype; the base model on
+#           triton against eager; CUDA-graph capture): up to MAXFAIL failures, a per-test time limit, in
+#           parallel processes when pytest-xdist is there (the time goes into compiling kernels)
+#   suite   python -m bench: the measured ceilings (bf16 matrix rate, copy rate), base bf16 end to end at
+#           batch 32, 1, 8 for every implementation (targets first), then the kernel microbenchmarks; rows
+#           are saved as they finish, and each part stops starting rows at its budget
+#   tune    python -m bench.tune: launch-configuration variants of the kernels timed side by side
+#
+# Results go to $OUT when it is set (the device tool brings back at most 8 files: log.txt, tests.txt,
+# run.{json,md,png}, tune.{json,md}), else to bench/results/<device>/. Time limits, in seconds:
+# TESTS_S, SUITE_S, TUNE_S (hard, per stage), E2E_BUDGET_S and KERNELS_BUDGET_S (inside the suite).
+# TIMESFORMER_COMMIT names the commit in the results where the copied tree has no .git. REHEARSAL=1 runs the
+# plumbing on a machine without a GPU (CPU suite on the tiny config; no speed claims).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-PY=${PYTHON:-python}
-slug=$($PY -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-').lower())")
-dest="bench/results/$slug"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+STAGES=${STAGES:-env tests suite}
+TESTS_S=${TESTS_S:-120} SUITE_S=${SUITE_S:-300} TUNE_S=${TUNE_S:-240}
+E2E_BUDGET_S=${E2E_BUDGET_S:-150} KERNELS_BUDGET_S=${KERNELS_BUDGET_S:-60}
+MAXFAIL=${MAXFAIL:-10} WORKERS=${WORKERS:-8}
+REHEARSAL=${REHEARSAL:-0}
+
+if [ -n "${OUT:-}" ]; then
+    dest=$OUT
+else
+    slug=cpu
+    [ "$REHEARSAL" = 1 ] || slug=$($PY -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-').lower())")
+    dest=bench/results/$slug
+fi
 mkdir -p "$dest"
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,power.limit --format=csv | tee "$dest/nvidia-smi.csv"
-$PY -m pip install --quiet --no-deps pytest safetensors matplotlib pytest-benchmark 2>/dev/null || true
-$PY -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_attention.py tests/test_temporal_attention.py \
-    tests/test_linear.py tests/test_patch_embed.py tests/test_triton_backend.py tests/test_triton_fast_path.py \
-    tests/test_cuda_graphs.py 2>&1 | tail -40 | tee "$dest/gpu_tests.txt"
-$PY -m bench --out "$dest" ${SUITE_ARGS:-} 2>&1 | tee "$dest/suite.txt"
-if [ -n "${OUT:-}" ]; then cp -r "$dest" "$OUT/"; fi
+log=$dest/log.txt
+summary=()
+
+# stage NAME SECONDS: run NAME_stage under a hard limit (SIGINT first, to the whole process group, so pytest
+# and the suite report what ran), its output appended to log.txt and shown; its status and time go to the
+# summary printed last.
+stage() {
+    local name=$1 limit=$2 start rc
+    start=$(date +%s)
+    printf '\n===== %s (limit %ss) %s =====\n' "$name" "$limit" "$(date -u +%H:%M:%S)" | tee -a "$log"
+    timeout --signal=INT --kill-after=15 "$limit" bash -c "${name}_stage" 2>&1 | tee -ai "$log"
+    rc=${PIPESTATUS[0]}
+    [ "$rc" = 124 ] && rc="124 (time limit)"
+    summary+=("$(printf '%-6s exit %-16s %4ss' "$name" "$rc" "$(($(date +%s) - start))")")
+}
+
+env_stage() {
+    nvidia-smi || echo "nvidia-smi: not available"
+    nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.draw,power.limit,temperature.gpu \
+        --format=csv 2>/dev/null
+    echo "commit ${TIMESFORMER_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+    $PY - <<'EOF'
+import importlib.metadata as md, platform, torch
+print("python", platform.python_version(), "| torch", torch.__version__, "| CUDA", torch.version.cuda)
+for dist in ("triton", "transformers", "numpy", "pytest", "pytest-xdist", "pytest-timeout", "av"):
+    try:
+        print(f"{dist} {md.version(dist)}")
+    except md.PackageNotFoundError:
+        print(f"{dist}: not installed")
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print(f"{p.name}: sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, {p.total_memory / 2**30:.1f} GiB, "
+          f"L2 {getattr(p, 'L2_cache_size', 0) / 2**20:.0f} MiB")
+EOF
+}
+
+tests_stage() {
+    local opts=(-q -p no:cacheprovider -rfE --maxfail="$MAXFAIL")
+    $PY -c "import pytest_timeout" 2>/dev/null && opts+=(--timeout=90)
+    $PY -c "import xdist" 2>/dev/null && [ "$WORKERS" -gt 1 ] && opts+=(-n "$WORKERS")
+    local files=(${TEST_FILES:-tests/test_gpu.py tests/test_attention.py tests/test_temporal_attention.py \
+        tests/test_linear.py tests/test_patch_embed.py tests/test_triton_backend.py \
+        tests/test_triton_fast_path.py tests/test_cuda_graphs.py})
+    $PY -m pytest "${opts[@]}" "${files[@]}" 2>&1 | tee -i "$dest/tests.txt"
+    return "${PIPESTATUS[0]}"
+}
+
+suite_stage() {
+    local args
+    if [ "$REHEARSAL" = 1 ]; then
+        args=(--device cpu --configs tiny --batches 2 1 --rounds 2 --no-kernels --no-evaluate)
+    else
+        # The targets are at batch 32 and at batch 1 with graphs: those first. The compiled baselines last
+        # within a batch: torch.compile takes the longest to start.
+        args=(--configs base --dtypes bfloat16 --batches 32 1 8 --no-largest-batch --no-evaluate
+            --impls "transformers eager" "timesformer triton" "timesformer triton + graphs"
+            "transformers + compile" "timesformer sdpa" "timesformer sdpa + compile")
+    fi
+    # shellcheck disable=SC2086  # SUITE_ARGS is a list of options
+    $PY -m bench "${args[@]}" --e2e-budget-s "$E2E_BUDGET_S" --kernels-budget-s "$KERNELS_BUDGET_S" \
+        ${SUITE_ARGS:-} --out "$dest" --stem run
+}
+
+tune_stage() {
+    # shellcheck disable=SC2086
+    $PY -m bench.tune ${TUNE_ARGS:-} --json "$dest/tune.json" --markdown "$dest/tune.md"
+}
+
+# The stages run in child shells (timeout runs programs, not functions).
+export -f env_stage tests_stage suite_stage tune_stage
+export dest PY MAXFAIL WORKERS REHEARSAL E2E_BUDGET_S KERNELS_BUDGET_S
+for s in $STAGES; do
+    case $s in
+        env) stage env 60 ;;
+        tests) stage tests "$TESTS_S" ;;
+        suite) stage suite "$SUITE_S" ;;
+        tune) stage tune "$TUNE_S" ;;
+        *) echo "unknown stage $s (expected env, tests, suite, tune)" | tee -a "$log" ;;
+    esac
+done
+
+# The reply shows the end of the output: the stages, the test summary and the targets, last.
+{
+    printf '\n===== summary =====\n'
+    printf '%s\n' "${summary[@]}"
+    [ -f "$dest/tests.txt" ] && tail -n 1 "$dest/tests.txt"
+    [ -f "$dest/run.md" ] && sed -n '/^## Targets/,$p' "$dest/run.md"
+} | tee -a "$log"

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import shlex
 import subprocess
 import sys
 import tempfile
+import time
 
 import torch
 
@@ -70,6 +72,16 @@ def parse_args(argv: list[str] | None, cuda_available: bool | None = None) -> ar
     )
     parser.add_argument("--reps", type=int, default=None, help="GPU: timed calls per row (at most)")
     parser.add_argument("--rounds", type=int, default=None, help="CPU: alternating timed rounds")
+    parser.add_argument(
+        "--e2e-budget-s",
+        type=float,
+        default=None,
+        help="seconds after which the end-to-end part starts no further row (those left are reported as "
+        "skipped); for a call with a hard time limit",
+    )
+    parser.add_argument(
+        "--kernels-budget-s", type=float, default=None, help="the same for the kernel microbenchmarks"
+    )
     parser.add_argument("--out", default=None, help="output folder (default: bench/results/<device>/)")
     parser.add_argument("--stem", default=None, help="output file name without extension")
     parser.add_argument("--seed", type=int, default=0)
@@ -112,7 +124,13 @@ def _flops(config: str, batch: int):
     return count_flops(e2e.hf_config(config), batch)
 
 
-def run_e2e(args, device: torch.device, timer: Timer | None, result: dict) -> None:
+def _deadline(seconds: float | None) -> float | None:
+    return None if seconds is None else time.monotonic() + seconds
+
+
+def run_e2e(args, device: torch.device, timer: Timer | None, result: dict, save=lambda: None) -> None:
+    """The end-to-end rows, appended to ``result["e2e"]`` as they finish (``save`` is called after each)."""
+    deadline = _deadline(args.e2e_budget_s)
     for dtype_name in args.dtypes:
         dtype = DTYPES[dtype_name]
         opts = e2e.Options(
@@ -123,6 +141,7 @@ def run_e2e(args, device: torch.device, timer: Timer | None, result: dict) -> No
             rounds=args.rounds,
             graphs_batches=tuple(args.graphs_batches),
             seed=args.seed,
+            deadline=deadline,
         )
         for config in args.configs:
             batches = list(args.batches)
@@ -131,63 +150,76 @@ def run_e2e(args, device: torch.device, timer: Timer | None, result: dict) -> No
                 if best:
                     batches.append(best)
             if device.type == "cuda":
-                rows = e2e.run_gpu(config, args.impls, batches, opts, timer)
+
+                def add(row, config=config):
+                    row["flops"] = _flops(config, row["batch"]).total
+                    result["e2e"].append(row)
+                    save()
+
+                e2e.run_gpu(config, args.impls, batches, opts, timer, on_row=add)
             else:
                 rows = e2e.run_cpu(config, args.impls, batches, opts)
-            for r in rows:
-                r["flops"] = _flops(config, r["batch"]).total
-            result["e2e"] += rows
+                for r in rows:
+                    r["flops"] = _flops(config, r["batch"]).total
+                result["e2e"] += rows
+                save()
 
 
-def run_gpu_kernels(args, device: torch.device, timer: Timer, result: dict) -> None:
+def run_gpu_kernels(args, device: torch.device, timer: Timer, result: dict, save=lambda: None) -> None:
+    """The attention and fusion microbenchmarks at base shapes in bf16, each row appended to
+    ``result["kernels"]`` as it finishes (``save`` is called after each)."""
     from bench import bench_attention, bench_fusion
 
     dtype = torch.bfloat16
-    batches = [32] if args.quick else [1, 8, 32]
+    batches = [32] if args.quick else [32, 1, 8]  # the targets are at batch 32: first, in case time runs out
+    deadline = _deadline(args.kernels_budget_s)
     peak = result["peak_tflops"].get("bfloat16") or timer.matmul_tflops(dtype)
-    attention_rows: list = []
-    result["copy_gbps"] = bench_attention.run(
-        batches, bench_attention.BASE, dtype, device, timer, attention_rows
-    )
-    for r in attention_rows:
+
+    def add(entry: dict, r: dict, ms_key: str | None) -> None:
+        ms = r.get("ms")
+        entry.update(batch=r["batch"], dtype="bfloat16", status=r["status"], detail=r)
+        entry.setdefault("ms", ms[ms_key] if ms else None)
+        entry.setdefault("baseline_ms", None)
+        for key in ("speedup", "achieved", "unit", "roofline", "fraction_of_roofline"):
+            entry.setdefault(key, None)
+        result["kernels"].append(entry)
+        save()
+
+    def attention_row(r: dict) -> None:
         memory_bound = r["kernel"] == "temporal"
-        result["kernels"].append(
-            {
-                "kernel": f"{r['kernel']} attention",
-                "batch": r["batch"],
-                "dtype": "bfloat16",
-                "ms": r["ms"]["triton"],
-                "baseline": "reference path (permute/cat + SDPA)",
-                "baseline_ms": r["ms"]["reference path"],
-                "speedup": r["speedup_vs_reference_path"],
-                "achieved": r["gbps"] if memory_bound else r["tflops"]["triton"],
-                "unit": "GB/s" if memory_bound else "TFLOP/s",
-                "roofline": "copy rate" if memory_bound else "matrix peak",
-                "fraction_of_roofline": r["fraction_of_copy_rate"]
+        entry = {"kernel": f"{r['kernel']} attention", "baseline": "reference path (permute/cat + SDPA)"}
+        if r["status"] == "ok":
+            entry.update(
+                baseline_ms=r["ms"]["reference path"],
+                speedup=r["speedup_vs_reference_path"],
+                achieved=r["gbps"] if memory_bound else r["tflops"]["triton"],
+                unit="GB/s" if memory_bound else "TFLOP/s",
+                roofline="copy rate" if memory_bound else "matrix peak",
+                fraction_of_roofline=r["fraction_of_copy_rate"]
                 if memory_bound
                 else r["tflops"]["triton"] / peak,
-                "detail": r,
-            }
-        )
-    fusion_rows: list = []
-    bench_fusion.run(batches, bench_fusion.BASE, dtype, device, timer, fusion_rows)
-    for r in fusion_rows:
-        result["kernels"].append(
-            {
-                "kernel": r["op"],
-                "batch": r["batch"],
-                "dtype": "bfloat16",
-                "ms": r["ms"]["fused"],
-                "baseline": "unfused torch",
-                "baseline_ms": r["ms"]["unfused torch"],
-                "speedup": r["speedup_vs_unfused"],
-                "achieved": r["tflops"]["fused"],
-                "unit": "TFLOP/s",
-                "roofline": "matrix peak",
-                "fraction_of_roofline": r["tflops"]["fused"] / peak,
-                "detail": r,
-            }
-        )
+            )
+        add(entry, r, "triton")
+
+    def fusion_row(r: dict) -> None:
+        entry = {"kernel": r["op"], "baseline": "unfused torch"}
+        if r["status"] == "ok":
+            entry.update(
+                baseline_ms=r["ms"]["unfused torch"],
+                speedup=r["speedup_vs_unfused"],
+                bare_product_ms=r["ms"]["bare product"],
+                achieved=r["tflops"]["fused"],
+                unit="TFLOP/s",
+                roofline="matrix peak",
+                fraction_of_roofline=r["tflops"]["fused"] / peak,
+            )
+        add(entry, r, "fused")
+
+    result["copy_gbps"] = bench_attention.run(
+        batches, bench_attention.BASE, dtype, device, timer, [], deadline, attention_row
+    )
+    save()
+    bench_fusion.run(batches, bench_fusion.BASE, dtype, device, timer, [], deadline, fusion_row)
 
 
 def run_cpu_kernels(args, result: dict) -> int:
@@ -237,6 +269,7 @@ def run_cpu_kernels(args, result: dict) -> int:
                 "kernel": name,
                 "batch": 1,
                 "dtype": "float32",
+                "status": "ok",
                 "ms": ms["ours"],
                 "baseline": "reference path",
                 "baseline_ms": ms["reference"],
@@ -273,6 +306,13 @@ def main(argv: list[str] | None = None) -> int:
         "kernels": [],
     }
     print(f"device: {result['device']['name']} · commit {result['commit']} · {mode} suite")
+
+    def save() -> None:
+        """Everything so far, written again (JSON and Markdown; the plot at the end): a run that is cut
+        short still leaves its rows."""
+        report.derive(result)
+        report.write_all(result, out_dir, stem, plot_png=False)
+
     timer = Timer(device, smoke=False) if device.type == "cuda" else None
     if device.type == "cuda":
         for name in sorted({*args.dtypes, "bfloat16"} - {"float32"}):
@@ -283,15 +323,18 @@ def main(argv: list[str] | None = None) -> int:
         "matrix peak (measured): "
         + ", ".join(f"{k} {v:.1f} TFLOP/s" for k, v in result["peak_tflops"].items())
     )
+    save()
     status = 0
     if args.e2e:
-        run_e2e(args, device, timer, result)
+        run_e2e(args, device, timer, result, save)
     if args.kernels:
         if device.type == "cuda":
-            run_gpu_kernels(args, device, timer, result)
+            run_gpu_kernels(args, device, timer, result, save)
         else:
             status = run_cpu_kernels(args, result)
-    if args.evaluate:
+    if args.evaluate and importlib.util.find_spec("av") is None:
+        print("video evaluation pipeline skipped: PyAV (av) is not installed")
+    elif args.evaluate:
         from . import bench_evaluate
 
         result["evaluate"] = bench_evaluate.run(device, videos=8 if args.quick else 16)
@@ -299,6 +342,6 @@ def main(argv: list[str] | None = None) -> int:
     paths = report.write_all(result, out_dir, stem)
     print(report.markdown(result))
     print("wrote " + ", ".join(paths.values()))
-    if any(r["status"].startswith("failed") for r in result["e2e"]):
+    if any(r.get("status", "ok").startswith("failed") for r in result["e2e"] + result["kernels"]):
         status = status or 2
     return status

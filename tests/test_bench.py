@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import time
 
 import pytest
 import torch
@@ -123,7 +124,7 @@ def test_triton_rows_are_skipped_with_the_reason_on_cpu(tmp_path):
 def test_largest_batch_search(monkeypatch):
     calls = []
 
-    def build(impl, name, state, opts):
+    def build(impl, name, opts):
         def fn(x):
             calls.append(x.shape[0])
             if x.shape[0] > 8:
@@ -177,6 +178,7 @@ def _gpu_result() -> dict:
             {
                 "kernel": "temporal attention",
                 "batch": 32,
+                "dtype": "bfloat16",
                 "ms": 0.1,
                 "baseline": "reference path",
                 "baseline_ms": 0.3,
@@ -206,6 +208,8 @@ def test_report_from_gpu_rows(tmp_path):
         "base bf16 batch 32: model FLOPs / measured bf16 matrix peak": False,  # 49%
         "base bf16 batch 32: peak memory, triton / transformers eager": True,
         "base bf16 batch 1: triton + CUDA graphs, ms per clip": True,
+        "temporal attention, batch 32: share of the measured copy rate": True,  # 80%
+        "temporal attention, batch 32: vs the reference path": True,  # 3x
     }
     paths = report.write_all(result, str(tmp_path), "gpu")
     md = pathlib.Path(paths["md"]).read_text()
@@ -319,3 +323,185 @@ def test_evaluate_pipeline_rows_and_report():
         assert set(r["ms_per_video"]) == {"decode", "preprocess", "model"} and r["ms_per_video"]["decode"] > 0
     md = "\n".join(bench_evaluate.markdown(rows))
     assert "| decode workers | videos/s |" in md and md.count("\n| ") >= 3
+
+
+def _fake_cuda_bookkeeping(monkeypatch):
+    for name in ("synchronize", "reset_peak_memory_stats", "empty_cache"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a: 3 * 2**30)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: 5 * 2**30)
+    monkeypatch.setattr(e2e, "_cuda_median_ms", lambda fn, inputs, reps: 1.5)
+
+    class FakeTimer:
+        def sets(self, make, nbytes):
+            return [make(i) for i in range(2)]
+
+    return FakeTimer()
+
+
+def test_gpu_rows_batch_first_saved_as_they_finish_and_a_failure_does_not_stop_the_run(monkeypatch):
+    """A GPU call has a hard time limit: rows come batch by batch in the order given, each handed to
+    ``on_row`` when it is done, and one implementation's exception becomes its row's status."""
+    timer = _fake_cuda_bookkeeping(monkeypatch)
+    real_build = e2e.build
+
+    def build(impl, name, opts):
+        if impl == "timesformer sdpa":
+            raise RuntimeError("no kernel image is available\nsecond line")
+        return real_build(impl, name, opts)
+
+    monkeypatch.setattr(e2e, "build", build)
+    opts = e2e.Options(dtype=torch.float32, device=torch.device("cpu"))
+    seen = []
+    rows = e2e.run_gpu(
+        "tiny", [e2e.EAGER, "timesformer sdpa"], [3, 1], opts, timer, log=lambda s: None, on_row=seen.append
+    )
+    assert seen == rows and [(r["batch"], r["impl"]) for r in rows] == [
+        (3, e2e.EAGER),
+        (3, "timesformer sdpa"),
+        (1, e2e.EAGER),
+        (1, "timesformer sdpa"),
+    ]
+    for r in rows:
+        if r["impl"] == e2e.EAGER:
+            assert r["status"] == "ok" and r["median_ms"] == 1.5
+        else:
+            assert r["status"] == "failed: RuntimeError: no kernel image is available"
+            assert r["median_ms"] is None and "Traceback" in r["traceback"]
+
+
+def test_gpu_rows_past_the_deadline_are_skipped(monkeypatch):
+    timer = _fake_cuda_bookkeeping(monkeypatch)
+    opts = e2e.Options(dtype=torch.float32, device=torch.device("cpu"), deadline=time.monotonic() - 1)
+    rows = e2e.run_gpu("tiny", [e2e.EAGER], [2], opts, timer, log=lambda s: None)
+    assert [r["status"] for r in rows] == ["skipped: out of time (the run's time budget)"]
+
+
+def test_kernel_targets_from_gpu_rows():
+    result = _gpu_result()
+    common = {"batch": 32, "dtype": "bfloat16", "status": "ok", "baseline": "reference path"}
+    result["kernels"] += [
+        {**common, "kernel": "spatial attention", "ms": 0.2, "baseline_ms": 0.5, "speedup": 2.5},
+        {
+            **common,
+            "kernel": "LN_1 -> qkv_s",
+            "ms": 0.30,
+            "baseline_ms": 0.33,
+            "speedup": 1.1,
+            "bare_product_ms": 0.25,
+        },
+        {**common, "kernel": "patch embedding", "ms": 0.1, "baseline_ms": 0.3, "speedup": 3.0},
+        {**common, "kernel": "fc2 + residual", "ms": None, "status": "failed: wrong output", "speedup": None},
+    ]
+    report.derive(result)
+    got = {t["target"]: (round(t["value"], 3), t["met"]) for t in result["targets"]}
+    assert got["temporal attention, batch 32: share of the measured copy rate"] == (0.8, True)
+    assert got["temporal attention, batch 32: vs the reference path"] == (3.0, True)
+    assert got["spatial attention, batch 32: vs the reference path"] == (2.5, True)
+    assert got["LN_1 -> qkv_s, batch 32: time / bare cuBLAS product"] == (1.2, False)
+    assert got["LN_1 -> qkv_s, batch 32: vs the unfused sequence"] == (1.1, False)
+    assert got["patch embedding, batch 32: vs the reference path"] == (3.0, True)
+    assert not any(t.startswith("fc2") for t in got)  # a failed row answers no target
+    assert "| fc2 + residual | 32 |  |" in report.markdown(result)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_tune_smoke(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    from bench import tune
+
+    # A candidate that cannot compile (a non-power-of-two tile) is a failed row; the others still run.
+    monkeypatch.setitem(tune.CANDIDATES, "temporal", [{}, {"BLOCK_P": 3}, {"BLOCK_P": 2}])
+    out, md = tmp_path / "tune.json", tmp_path / "tune.md"
+    argv = ["--smoke", "--kernels", "temporal", "LN_1 -> qkv_s", "--json", str(out), "--markdown", str(md)]
+    assert tune.main(argv) == 1  # the failed candidate
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["kernel"], r["candidate"]) for r in rows[:3]] == [
+        ("temporal", "default"),
+        ("temporal", "BLOCK_P=3"),
+        ("temporal", "BLOCK_P=2"),
+    ]
+    assert rows[1]["status"].startswith("failed: ") and rows[1]["ms"] is None
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == len(rows) - 1 == 2 + len(tune.CANDIDATES["linear"])
+    assert all(r["rel_err"] <= 4 * r["baseline_rel_err"] + 1e-6 and r["ms"] > 0 for r in ok)
+    assert rows[0]["vs_default"] == 1.0
+    assert "| temporal | 2 | BLOCK_P=2 |" in md.read_text()
+
+
+def test_tune_poisons_the_outputs_the_ops_allocate():
+    from bench import tune
+
+    with tune.poisoned_outputs():
+        assert torch.empty(5).isnan().all() and torch.empty(3, dtype=torch.int32).shape == (3,)
+    assert torch.empty(0).numel() == 0
+
+
+def test_tune_overrides_only_within_the_block():
+    from bench import tune
+    from timesformer.kernels import linear
+
+    default = linear._launch_config(4096, torch.bfloat16)
+    with tune.launch_config("linear", {"BLOCK_N": 256, "num_stages": 2}):
+        assert linear._launch_config(4096, torch.bfloat16) == {**default, "BLOCK_N": 256, "num_stages": 2}
+    assert linear._launch_config(4096, torch.bfloat16) == default
+    assert {tune.family(k) for k in tune.KERNELS} == set(tune.MODULES) == set(tune.CANDIDATES)
+
+
+def test_run_gpu_script_rehearsal(tmp_path):
+    """bench/run_gpu.sh's plumbing without a GPU: stages, the per-stage limit, files under $OUT, the summary."""
+    import os
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    env = dict(
+        os.environ, REHEARSAL="1", STAGES="env suite nonsense", OUT=str(tmp_path), PYTHON=sys.executable
+    )
+    done = subprocess.run(
+        ["bash", str(root / "bench" / "run_gpu.sh")], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert {p.name for p in tmp_path.iterdir()} == {"log.txt", "run.json", "run.md", "run.png"}
+    summary = done.stdout.split("===== summary =====")[1]
+    assert "env    exit 0" in summary and "suite  exit 0" in summary
+    assert "unknown stage nonsense" in done.stdout
+    result = json.loads((tmp_path / "run.json").read_text())
+    assert {r["status"] for r in result["e2e"]} == {"ok"} and len(result["e2e"]) == 4
+    assert "torch" in (tmp_path / "log.txt").read_text()
+
+
+def test_readme_gpu_table_from_a_run(tmp_path):
+    result = _gpu_result()
+    run = tmp_path / "bench" / "results" / "test-gpu" / "run.json"
+    run.parent.mkdir(parents=True)
+    run.write_text(json.dumps(result))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{report.README_BEGIN}\nold text\n{report.README_END}\nafter\n")
+    assert report.main([str(run), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old text" not in text and text.startswith("# x\n\nbefore\n") and text.endswith("\nafter\n")
+    section = text.split(report.README_BEGIN)[1].split(report.README_END)[0]
+    assert "Test GPU" in section and "bfloat16 800 TFLOP/s" in section and "copy rate 3000 GB/s" in section
+    assert "[JSON](bench/results/test-gpu/run.json)" in section
+    # triton at batch 32: 30 ms, 1067 clips/s, 3.33x eager, 2.00x compiled, 49.2% of the peak, 10 GiB
+    assert "| timesformer triton | 30.00 | 1066.7 | 3.33 | 2.00 | 49.2 | 10.00 |" in section
+    assert "| timesformer sdpa + compile | out of memory |" in section
+    assert "| **no** |" in section  # the 55%-of-peak target
+    # Run again: the section is replaced, not added.
+    assert report.main([str(run), "--readme", str(readme)]) == 0
+    assert readme.read_text().count("| timesformer triton | 30.00 |") == 1
+
+
+def test_readme_refuses_a_cpu_run_or_missing_markers(tmp_path):
+    result = _gpu_result()
+    run = tmp_path / "run.json"
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers\n")
+    run.write_text(json.dumps(result))
+    with pytest.raises(SystemExit, match="expected one"):
+        report.main([str(run), "--readme", str(readme)])
+    run.write_text(json.dumps({**result, "device": {"type": "cpu", "name": "a CPU", "cores": 2}}))
+    with pytest.raises(SystemExit, match="not a GPU run"):
+        report.main([str(run), "--readme", str(readme)])
+    assert readme.read_text() == "no markers\n"
