@@ -13,7 +13,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
 .PHONY: install demo demo-backends test bench bench-quick bench-attention bench-fusion lint format clean \
-	gpu-compile gpu-compile-compat compat
+	gpu-compile gpu-compile-compat compat device-stack
 
 install: $(STAMP)
 
@@ -66,6 +66,23 @@ compat: install $(COMPAT_DIR)/.installed
 		tests/test_temporal_attention.py tests/test_linear.py tests/test_patch_embed.py \
 		tests/test_triton_backend.py tests/test_triton_fast_path.py
 
+# The H200 machine's software on this CPU machine: Python 3.12, torch 2.11 (PyPI's CUDA build, about 3 GB
+# downloaded: not part of CI), Triton 3.6, transformers 5.17 (plus PyAV and NumPy < 2.4, which Triton 3.6's
+# interpreter needs); then the backend, kernel, CUDA-graph, parity and benchmark tests under it. torch 2.11 is
+# the oldest torch pyproject.toml accepts. PY312 names a Python 3.12.
+DEVICE_STACK ?= .venv-device
+PY312 ?= python3.12
+
+device-stack:
+	test -x $(DEVICE_STACK)/bin/python || $(PY312) -m venv $(DEVICE_STACK)
+	$(DEVICE_STACK)/bin/python -m pip install --quiet "torch==2.11.0" "triton==3.6.0" "transformers==5.17.0" \
+		"numpy<2.4" av safetensors pillow pytest pytest-xdist pytest-benchmark matplotlib
+	PYTHONPATH=. $(DEVICE_STACK)/bin/python -m pytest -q -p no:cacheprovider -n 2 \
+		-W "ignore:Conversion of an array:DeprecationWarning" tests/test_backends.py tests/test_triton_backend.py \
+		tests/test_triton_fast_path.py tests/test_cuda_graphs.py tests/test_attention.py \
+		tests/test_temporal_attention.py tests/test_linear.py tests/test_patch_embed.py \
+		tests/test_parity_transformers.py tests/test_bench.py
+
 # The benchmark suite for the device found (GPU: full suite; CPU: the short one). JSON, Markdown and PNG
 # under bench/results/<device>/. ARGS passes options, e.g. make bench ARGS="--configs base --batches 32".
 bench: install
@@ -93,4 +110,4 @@ format: install
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .cache .triton-*
+	rm -rf $(VENV) $(DEVICE_STACK) build *.egg-info .pytest_cache .ruff_cache .cache .triton-*

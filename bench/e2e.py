@@ -61,6 +61,9 @@ class Options:
     reps: int = 30
     rounds: int = 5
     graphs_batches: tuple[int, ...] = (1,)
+    # Batches at which the torch.compile implementations run (None: all). Each batch size is a compile of
+    # its own (dynamic=False), tens of seconds on a GPU: a short call may ask for the targets' batch only.
+    compile_batches: tuple[int, ...] | None = None
     seed: int = 0
     # time.monotonic() after which no further row starts (a GPU call has a hard time limit: rows not run are
     # reported as skipped, and what ran is kept); None: no limit.
@@ -229,40 +232,47 @@ def _check(fn, x, expected, bound) -> tuple[float, str]:
 
 
 def _wanted(impl: str, batch: int, opts: Options) -> bool:
-    return impl != "timesformer triton + graphs" or batch in opts.graphs_batches
+    if impl == "timesformer triton + graphs":
+        return batch in opts.graphs_batches
+    if impl in (COMPILE, "timesformer sdpa + compile"):
+        return opts.compile_batches is None or batch in opts.compile_batches
+    return True
 
 
 def run_gpu(name: str, impls, batches, opts: Options, timer, log=print, on_row=None) -> list[dict]:
     """Every implementation alone on the GPU: build, check, warm up, time (CUDA events), peak memory.
 
-    Batch by batch, in the order given: a run cut short (``opts.deadline``, or a killed process that saved each
-    row through ``on_row``) keeps whole comparisons at the batches that matter most. An implementation that
-    raises is reported as failed, with the error, and the run goes on to the next one."""
+    Batch by batch, in the order given, and the torch.compile baselines after all the others (each batch size
+    is a compile of tens of seconds on a GPU): a run cut short (``opts.deadline``, or a killed process that
+    saved each row through ``on_row``) keeps whole comparisons at the batches that matter most. An
+    implementation that raises is reported as failed, with the error, and the run goes on to the next one."""
     expected = reference_logits(name, batches, opts)
+    compiled = (COMPILE, "timesformer sdpa + compile")
+    plan = [(b, i) for b in batches for i in impls if i not in compiled]
+    plan += [(b, i) for b in batches for i in impls if i in compiled]
+    eager_err: dict[int, float] = {}
     rows = []
-    for batch in batches:
-        eager_err = None
-        for impl in impls:
-            if not _wanted(impl, batch, opts):
-                continue
-            row = _row(name, impl, batch, opts)
-            reason = unavailable(impl, opts.device)
-            if reason:
-                row["status"] = f"skipped: {reason}"
-            elif expected[batch] is None:
-                row["status"] = "skipped: the float32 reference does not fit"
-            elif opts.out_of_time():
-                row["status"] = "skipped: out of time (the run's time budget)"
-            else:
-                _measure_gpu(row, opts, timer, expected[batch], error_bound(opts.dtype, eager_err))
-                if impl == EAGER:
-                    eager_err = row["rel_err_vs_fp32_eager"]
-                if impl in (COMPILE, "timesformer sdpa + compile"):
-                    torch._dynamo.reset()
-            rows.append(row)
-            log(_describe(row))
-            if on_row is not None:
-                on_row(row)
+    for batch, impl in plan:
+        if not _wanted(impl, batch, opts):
+            continue
+        row = _row(name, impl, batch, opts)
+        reason = unavailable(impl, opts.device)
+        if reason:
+            row["status"] = f"skipped: {reason}"
+        elif expected[batch] is None:
+            row["status"] = "skipped: the float32 reference does not fit"
+        elif opts.out_of_time():
+            row["status"] = "skipped: out of time (the run's time budget)"
+        else:
+            _measure_gpu(row, opts, timer, expected[batch], error_bound(opts.dtype, eager_err.get(batch)))
+            if impl == EAGER and row["rel_err_vs_fp32_eager"] is not None:
+                eager_err[batch] = row["rel_err_vs_fp32_eager"]
+            if impl in compiled:
+                torch._dynamo.reset()
+        rows.append(row)
+        log(_describe(row))
+        if on_row is not None:
+            on_row(row)
     return rows
 
 

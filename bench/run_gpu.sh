@@ -11,13 +11,15 @@
 #           triton against eager; CUDA-graph capture): up to MAXFAIL failures, a per-test time limit, in
 #           parallel processes when pytest-xdist is there (the time goes into compiling kernels)
 #   suite   python -m bench: the measured ceilings (bf16 matrix rate, copy rate), base bf16 end to end at
-#           batch 32, 1, 8 for every implementation (targets first), then the kernel microbenchmarks; rows
-#           are saved as they finish, and each part stops starting rows at its budget
+#           batch 32, 1, 8 (then the torch.compile baselines, at COMPILE_BATCHES, default 32), then the
+#           kernel microbenchmarks; rows are saved as they finish, and each part stops starting rows at its
+#           budget
 #   tune    python -m bench.tune: launch-configuration variants of the kernels timed side by side
 #
 # Results go to $OUT when it is set (the device tool brings back at most 8 files: log.txt, tests.txt,
 # run.{json,md,png}, tune.{json,md}), else to bench/results/<device>/. Time limits, in seconds:
-# TESTS_S, SUITE_S, TUNE_S (hard, per stage), E2E_BUDGET_S and KERNELS_BUDGET_S (inside the suite).
+# TESTS_S, SUITE_S, TUNE_S (hard, per stage), E2E_BUDGET_S, KERNELS_BUDGET_S and TUNE_BUDGET_S (no row starts
+# after them). TEST_FILES, SUITE_ARGS (appended: later options win) and TUNE_ARGS change what a stage runs.
 # TIMESFORMER_COMMIT names the commit in the results where the copied tree has no .git. REHEARSAL=1 runs the
 # plumbing on a machine without a GPU (CPU suite on the tiny config; no speed claims).
 set -uo pipefail
@@ -25,9 +27,9 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 STAGES=${STAGES:-env tests suite}
-TESTS_S=${TESTS_S:-120} SUITE_S=${SUITE_S:-300} TUNE_S=${TUNE_S:-240}
-E2E_BUDGET_S=${E2E_BUDGET_S:-150} KERNELS_BUDGET_S=${KERNELS_BUDGET_S:-60}
-MAXFAIL=${MAXFAIL:-10} WORKERS=${WORKERS:-8}
+TESTS_S=${TESTS_S:-100} SUITE_S=${SUITE_S:-300} TUNE_S=${TUNE_S:-200}
+E2E_BUDGET_S=${E2E_BUDGET_S:-150} KERNELS_BUDGET_S=${KERNELS_BUDGET_S:-50}
+MAXFAIL=${MAXFAIL:-10} WORKERS=${WORKERS:-12}
 REHEARSAL=${REHEARSAL:-0}
 
 if [ -n "${OUT:-}" ]; then
@@ -90,9 +92,11 @@ suite_stage() {
     if [ "$REHEARSAL" = 1 ]; then
         args=(--device cpu --configs tiny --batches 2 1 --rounds 2 --no-kernels --no-evaluate)
     else
-        # The targets are at batch 32 and at batch 1 with graphs: those first. The compiled baselines last
-        # within a batch: torch.compile takes the longest to start.
+        # The targets are at batch 32 and at batch 1 with graphs: those first (the suite runs the torch.compile
+        # baselines after every other row; each batch size is a compile of tens of seconds: at batch 32 only
+        # here, COMPILE_BATCHES).
         args=(--configs base --dtypes bfloat16 --batches 32 1 8 --no-largest-batch --no-evaluate
+            --compile-batches ${COMPILE_BATCHES:-32}
             --impls "transformers eager" "timesformer triton" "timesformer triton + graphs"
             "transformers + compile" "timesformer sdpa" "timesformer sdpa + compile")
     fi
@@ -103,7 +107,8 @@ suite_stage() {
 
 tune_stage() {
     # shellcheck disable=SC2086
-    $PY -m bench.tune ${TUNE_ARGS:-} --json "$dest/tune.json" --markdown "$dest/tune.md"
+    $PY -m bench.tune --budget-s "${TUNE_BUDGET_S:-160}" ${TUNE_ARGS:-} --json "$dest/tune.json" \
+        --markdown "$dest/tune.md"
 }
 
 # The stages run in child shells (timeout runs programs, not functions).

@@ -70,6 +70,13 @@ def parse_args(argv: list[str] | None, cuda_available: bool | None = None) -> ar
     parser.add_argument(
         "--graphs-batches", nargs="+", type=int, default=[1], help="batches run with CUDA graphs"
     )
+    parser.add_argument(
+        "--compile-batches",
+        nargs="+",
+        type=int,
+        default=None,
+        help="batches at which the torch.compile implementations run (default: all; each is a compile)",
+    )
     parser.add_argument("--reps", type=int, default=None, help="GPU: timed calls per row (at most)")
     parser.add_argument("--rounds", type=int, default=None, help="CPU: alternating timed rounds")
     parser.add_argument(
@@ -108,8 +115,9 @@ def parse_args(argv: list[str] | None, cuda_available: bool | None = None) -> ar
         args.reps = 10 if args.quick else 30
     if args.rounds is None:
         args.rounds = 3 if args.quick else 7
-    if any(b < 1 for b in args.batches + args.graphs_batches):
-        parser.error(f"batch sizes must be >= 1, got {args.batches + args.graphs_batches}")
+    given = args.batches + args.graphs_batches + (args.compile_batches or [])
+    if any(b < 1 for b in given):
+        parser.error(f"batch sizes must be >= 1, got {given}")
     if not gpu:
         half = [d for d in args.dtypes if d != "float32"]
         if half:
@@ -140,6 +148,7 @@ def run_e2e(args, device: torch.device, timer: Timer | None, result: dict, save=
             reps=args.reps,
             rounds=args.rounds,
             graphs_batches=tuple(args.graphs_batches),
+            compile_batches=None if args.compile_batches is None else tuple(args.compile_batches),
             seed=args.seed,
             deadline=deadline,
         )
@@ -231,8 +240,10 @@ def run_cpu_kernels(args, result: dict) -> int:
         rounds = ["--benchmark-min-rounds=3", "--benchmark-max-time=0.2"] if args.quick else []
         # A separate process: pytest's and the plugin's state stay out of this one (and out of a test
         # session that runs the suite).
+        # A pytest of its own: none of a calling pytest's state (an xdist worker's PYTEST_XDIST_* variables
+        # make pytest-benchmark disable itself).
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")},
             "PYTHONPATH": os.pathsep.join(
                 filter(None, [os.path.dirname(here), os.environ.get("PYTHONPATH")])
             ),

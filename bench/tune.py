@@ -31,7 +31,7 @@ from unittest import mock
 import torch
 
 from bench import bench_attention, bench_fusion
-from bench._common import Timer, out_of_time, write_json
+from bench._common import Timer, out_of_time, rel_err, write_json
 
 # kernel family -> the module whose _launch_config is replaced
 MODULES = {
@@ -157,7 +157,6 @@ def all_cases(shape_attention: dict, shape_fusion: dict, batch: int, dtype, devi
             bare_make=case["bare_make"],
             bare=case["bare"],
             flops=case["flops"],
-            inplace=case.get("inplace", False),
         )
     return out
 
@@ -170,7 +169,7 @@ def _errors(case: dict, x, exact) -> tuple[float, float]:
     ref = case["baseline"](bench_fusion.clone(x))
     if "attention" in case:
         return bench_attention.errors(case["attention"], got, ref, exact)
-    return bench_attention.rel_err(got, exact), bench_attention.rel_err(ref, exact)
+    return rel_err(got, exact), rel_err(ref, exact)
 
 
 def _nbytes(x) -> int:
@@ -186,12 +185,14 @@ def tune(kernels, batch: int, dtype, device, timer, smoke: bool, deadline=None, 
     rows = []
     for kernel in kernels:
         case = cases[kernel]
-        first = case["make"](0)
-        inputs = [first, *timer.sets(case["make"], _nbytes(first))[1:]]
-        exact = case["exact"](bench_fusion.clone(first))
+        # The check's input stays untouched (each check runs on copies): timing the in-place residual ops
+        # changes their inputs.
+        probe = case["make"](0)
+        exact = case["exact"](bench_fusion.clone(probe))
+        inputs = timer.sets(case["make"], _nbytes(probe))
         baseline_ms = timer.median_ms(case["baseline"], inputs)
         bare_ms = (
-            timer.median_ms(case["bare"], timer.sets(case["bare_make"], _nbytes(first)))
+            timer.median_ms(case["bare"], timer.sets(case["bare_make"], _nbytes(probe)))
             if "bare" in case
             else None
         )
@@ -205,7 +206,7 @@ def tune(kernels, batch: int, dtype, device, timer, smoke: bool, deadline=None, 
                 continue
             try:
                 with launch_config(family(kernel), overrides):
-                    err, ref_err = _errors(case, first, exact)
+                    err, ref_err = _errors(case, probe, exact)
                     row.update(rel_err=err, baseline_rel_err=ref_err)
                     if not err <= 4 * ref_err + 1e-6:  # also NaN: an unwritten element
                         row["status"] = f"failed: wrong output (error {err:.2e}, baseline {ref_err:.2e})"

@@ -175,3 +175,18 @@ def test_half_precision_error_within_twice_eager(dtype, attention_type):
         eager_err = (model(x.to(dtype)).logits.double() - exact).norm() / exact.norm()
         sdpa_err = (model.set_backend("sdpa")(x.to(dtype)).logits.double() - exact).norm() / exact.norm()
     assert sdpa_err <= 2 * eager_err, (float(sdpa_err), float(eager_err))
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "auto", "eager"])
+def test_a_forward_traces_as_one_graph_under_torch_compile(backend):
+    """torch.compile evaluates the backend choice while tracing instead of tracing into it (torch 2.11's
+    dynamo refuses importlib's find_spec, which the availability checks call): one graph, the same logits,
+    also when the first call of all is the compiled one."""
+    kwargs = small_config_kwargs("divided_space_time", seed=41)
+    model = randomize_(TimesformerForVideoClassification(timesformer.TimesformerConfig(**kwargs)), 41).eval()
+    model.set_backend(backend)
+    x = random_clip(kwargs, seed=42)
+    with torch.no_grad():
+        got = torch.compile(model, backend="aot_eager", fullgraph=True)(x).logits
+        expected = model(x).logits
+    assert torch.equal(got, expected)

@@ -348,22 +348,24 @@ def test_gpu_rows_batch_first_saved_as_they_finish_and_a_failure_does_not_stop_t
     def build(impl, name, opts):
         if impl == "timesformer sdpa":
             raise RuntimeError("no kernel image is available\nsecond line")
-        return real_build(impl, name, opts)
+        return real_build(e2e.EAGER if impl == e2e.COMPILE else impl, name, opts)  # no inductor on the CPU
 
     monkeypatch.setattr(e2e, "build", build)
     opts = e2e.Options(dtype=torch.float32, device=torch.device("cpu"))
     seen = []
-    rows = e2e.run_gpu(
-        "tiny", [e2e.EAGER, "timesformer sdpa"], [3, 1], opts, timer, log=lambda s: None, on_row=seen.append
-    )
+    impls = [e2e.EAGER, e2e.COMPILE, "timesformer sdpa"]
+    rows = e2e.run_gpu("tiny", impls, [3, 1], opts, timer, log=lambda s: None, on_row=seen.append)
+    # The compiled baselines last: each batch size is a compile of its own.
     assert seen == rows and [(r["batch"], r["impl"]) for r in rows] == [
         (3, e2e.EAGER),
         (3, "timesformer sdpa"),
         (1, e2e.EAGER),
         (1, "timesformer sdpa"),
+        (3, e2e.COMPILE),
+        (1, e2e.COMPILE),
     ]
     for r in rows:
-        if r["impl"] == e2e.EAGER:
+        if r["impl"] != "timesformer sdpa":
             assert r["status"] == "ok" and r["median_ms"] == 1.5
         else:
             assert r["status"] == "failed: RuntimeError: no kernel image is available"
@@ -413,7 +415,8 @@ def test_tune_smoke(tmp_path, monkeypatch):
     # A candidate that cannot compile (a non-power-of-two tile) is a failed row; the others still run.
     monkeypatch.setitem(tune.CANDIDATES, "temporal", [{}, {"BLOCK_P": 3}, {"BLOCK_P": 2}])
     out, md = tmp_path / "tune.json", tmp_path / "tune.md"
-    argv = ["--smoke", "--kernels", "temporal", "LN_1 -> qkv_s", "--json", str(out), "--markdown", str(md)]
+    # An in-place op (its timing changes its inputs) and a LayerNorm product.
+    argv = ["--smoke", "--kernels", "temporal", "fc2 + residual", "--json", str(out), "--markdown", str(md)]
     assert tune.main(argv) == 1  # the failed candidate
     rows = json.loads(out.read_text())["rows"]
     assert [(r["kernel"], r["candidate"]) for r in rows[:3]] == [
@@ -424,7 +427,9 @@ def test_tune_smoke(tmp_path, monkeypatch):
     assert rows[1]["status"].startswith("failed: ") and rows[1]["ms"] is None
     ok = [r for r in rows if r["status"] == "ok"]
     assert len(ok) == len(rows) - 1 == 2 + len(tune.CANDIDATES["linear"])
+    # Every check on untouched inputs: the baseline's own error is rounding, not a stale reference.
     assert all(r["rel_err"] <= 4 * r["baseline_rel_err"] + 1e-6 and r["ms"] > 0 for r in ok)
+    assert all(r["baseline_rel_err"] < 1e-2 for r in ok)
     assert rows[0]["vs_default"] == 1.0
     assert "| temporal | 2 | BLOCK_P=2 |" in md.read_text()
 
@@ -505,3 +510,24 @@ def test_readme_refuses_a_cpu_run_or_missing_markers(tmp_path):
     with pytest.raises(SystemExit, match="not a GPU run"):
         report.main([str(run), "--readme", str(readme)])
     assert readme.read_text() == "no markers\n"
+
+
+def test_compiled_and_graph_rows_only_at_their_batches():
+    opts = e2e.Options(
+        dtype=torch.float32, device=torch.device("cpu"), graphs_batches=(1,), compile_batches=(32,)
+    )
+    wanted = {(impl, b) for impl in e2e.IMPLEMENTATIONS for b in (32, 1) if e2e._wanted(impl, b, opts)}
+    assert wanted == {
+        (e2e.EAGER, 32),
+        (e2e.EAGER, 1),
+        (e2e.COMPILE, 32),
+        ("timesformer sdpa", 32),
+        ("timesformer sdpa", 1),
+        ("timesformer sdpa + compile", 32),
+        ("timesformer triton", 32),
+        ("timesformer triton", 1),
+        ("timesformer triton + graphs", 1),
+    }
+    args = suite.parse_args(["--compile-batches", "32", "--batches", "32", "1"], cuda_available=True)
+    assert args.compile_batches == [32]
+    assert suite.parse_args([], cuda_available=True).compile_batches is None

@@ -158,7 +158,7 @@ def test_unsupported_head_size_and_dtype_are_refused_with_the_reason():
 
 
 def test_auto_on_cpu_is_sdpa_even_under_the_interpreter(caplog):
-    registry._auto_cached.cache_clear()
+    registry._auto_name.cache_clear()
     model, _ = _pair("divided_space_time", 0)
     model.cpu()
     with caplog.at_level(logging.INFO, logger="timesformer.backends"):
@@ -180,7 +180,7 @@ class _FakeCuda:
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: self.name)
         monkeypatch.setattr(torch.version, "hip", None)
         registry._cuda_status.cache_clear()
-        registry._auto_cached.cache_clear()
+        registry._auto_name.cache_clear()
 
 
 def test_gpu_rules_compute_capability_and_auto(monkeypatch, caplog):
@@ -203,9 +203,9 @@ def test_gpu_rules_compute_capability_and_auto(monkeypatch, caplog):
     assert "using triton" in messages[0] and "head sizes 1 to 128, got 256" in messages[1]
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    registry._auto_cached.cache_clear()
+    registry._auto_name.cache_clear()
     assert registry.resolve_backend("auto", cuda, 64, torch.bfloat16).name == "sdpa"
-    registry._auto_cached.cache_clear()
+    registry._auto_name.cache_clear()
     registry._cuda_status.cache_clear()
 
 
@@ -235,7 +235,7 @@ def test_fp32_auto_takes_sdpa_unless_tf32_is_allowed(monkeypatch, caplog):
             assert registry.resolve_backend("auto", cuda, 64, torch.bfloat16).name == "triton"
     finally:
         torch.set_float32_matmul_precision(saved)
-        registry._auto_cached.cache_clear()
+        registry._auto_name.cache_clear()
         registry._cuda_status.cache_clear()
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 3, messages  # once per (dtype, TF32) kind

@@ -156,10 +156,16 @@ def available_backends(
     return {name: _status(name, device, head_dim, dtype) for name in BACKEND_NAMES}
 
 
-@functools.cache
+_LOADED: dict[str, Backend] = {}
+
+
 def get_backend(name: str) -> Backend:
     """The backend object for ``name``; raises ``BackendUnavailableError`` for one that cannot exist here."""
-    return _entry(name).load()
+    # A plain dict, not functools.cache: torch.compile traces a forward's lookup here as a dict read.
+    backend = _LOADED.get(name)
+    if backend is None:
+        backend = _LOADED[name] = _entry(name).load()
+    return backend
 
 
 FP32_WITHOUT_TF32 = (
@@ -169,18 +175,8 @@ FP32_WITHOUT_TF32 = (
 )
 
 
-def _auto(device: torch.device, head_dim: int | None, dtype: torch.dtype | None) -> Backend:
-    from ..kernels._common import tf32_allowed
-
-    # TF32 is a process-wide setting the user may change between calls: part of the cache key.
-    tf32 = dtype == torch.float32 and tf32_allowed()
-    return _auto_cached(device, head_dim, dtype, tf32)
-
-
 @functools.cache
-def _auto_cached(
-    device: torch.device, head_dim: int | None, dtype: torch.dtype | None, tf32: bool
-) -> Backend:
+def _auto_name(device: torch.device, head_dim: int | None, dtype: torch.dtype | None, tf32: bool) -> str:
     # Cached per (device, head size, dtype, TF32): the reason is logged once per kind of model.
     if device.type != "cuda":
         info = BackendInfo(
@@ -202,21 +198,34 @@ def _auto_cached(
             info = BackendInfo(True, info.reason + "; float32 with TF32 products (TF32 is allowed)")
     if info.available:
         logger.info("backend 'auto' on %s: using triton (%s)", device, info.reason)
-        return get_backend("triton")
+        return "triton"
     logger.info("backend 'auto' on %s: using sdpa (triton: %s)", device, info.reason)
-    return get_backend("sdpa")
+    return "sdpa"
+
+
+# Evaluated by torch.compile while it traces a forward, not traced into: the checks read the environment
+# (importlib's find_spec, which torch 2.11's dynamo refuses to trace, device queries, logging), and their
+# answer is a constant of the run.
+@torch.compiler.assume_constant_result
+def _resolve_name(
+    requested: str, device: torch.device, head_dim: int | None, dtype: torch.dtype | None
+) -> str:
+    if requested == "auto":
+        from ..kernels._common import tf32_allowed
+
+        # TF32 is a process-wide setting the user may change between calls: part of the cache key.
+        return _auto_name(device, head_dim, dtype, dtype == torch.float32 and tf32_allowed())
+    info = _status(requested, device, head_dim, dtype)
+    if not info.available:
+        raise BackendUnavailableError(f"backend {requested!r} cannot run on {device}: {info.reason}")
+    return requested
 
 
 def resolve_backend(
     requested: str, device: torch.device, head_dim: int | None = None, dtype: torch.dtype | None = None
 ) -> Backend:
     """The backend that runs a model whose parameters are on ``device`` (with this head size and dtype)."""
-    if requested == "auto":
-        return _auto(device, head_dim, dtype)
-    info = _status(requested, device, head_dim, dtype)
-    if not info.available:
-        raise BackendUnavailableError(f"backend {requested!r} cannot run on {device}: {info.reason}")
-    return get_backend(requested)
+    return get_backend(_resolve_name(requested, device, head_dim, dtype))
 
 
 __all__ = [
