@@ -20,8 +20,9 @@
 # run.{json,md,png}, tune.{json,md}), else to bench/results/<device>/. Time limits, in seconds:
 # TESTS_S, SUITE_S, TUNE_S (hard, per stage), E2E_BUDGET_S, KERNELS_BUDGET_S and TUNE_BUDGET_S (no row starts
 # after them). TEST_FILES, SUITE_ARGS (appended: later options win) and TUNE_ARGS change what a stage runs.
-# TIMESFORMER_COMMIT names the commit in the results where the copied tree has no .git. REHEARSAL=1 runs the
-# plumbing on a machine without a GPU (CPU suite on the tiny config; no speed claims).
+# These are shell words: quote a name with spaces ("timesformer triton"). TIMESFORMER_COMMIT names the commit
+# in the results where the copied tree has no .git. Without a GPU: REHEARSAL=1 runs the plumbing (CPU suite on
+# the tiny config; no speed claims), DRY_RUN=1 checks the suite's and tune's arguments as on a GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -30,7 +31,7 @@ STAGES=${STAGES:-env tests suite}
 TESTS_S=${TESTS_S:-100} SUITE_S=${SUITE_S:-300} TUNE_S=${TUNE_S:-200}
 E2E_BUDGET_S=${E2E_BUDGET_S:-150} KERNELS_BUDGET_S=${KERNELS_BUDGET_S:-50}
 MAXFAIL=${MAXFAIL:-10} WORKERS=${WORKERS:-12}
-REHEARSAL=${REHEARSAL:-0}
+REHEARSAL=${REHEARSAL:-0} DRY_RUN=${DRY_RUN:-}
 
 if [ -n "${OUT:-}" ]; then
     dest=$OUT
@@ -42,6 +43,7 @@ fi
 mkdir -p "$dest"
 log=$dest/log.txt
 summary=()
+status=0  # 1 when a stage failed or ran out of time
 
 # stage NAME SECONDS: run NAME_stage under a hard limit (SIGINT first, to the whole process group, so pytest
 # and the suite report what ran), its output appended to log.txt and shown; its status and time go to the
@@ -52,6 +54,7 @@ stage() {
     printf '\n===== %s (limit %ss) %s =====\n' "$name" "$limit" "$(date -u +%H:%M:%S)" | tee -a "$log"
     timeout --signal=INT --kill-after=15 "$limit" bash -c "${name}_stage" 2>&1 | tee -ai "$log"
     rc=${PIPESTATUS[0]}
+    [ "$rc" = 0 ] || status=1
     [ "$rc" = 124 ] && rc="124 (time limit)"
     summary+=("$(printf '%-6s exit %-16s %4ss' "$name" "$rc" "$(($(date +%s) - start))")")
 }
@@ -80,9 +83,10 @@ tests_stage() {
     local opts=(-q -p no:cacheprovider -rfE --maxfail="$MAXFAIL")
     $PY -c "import pytest_timeout" 2>/dev/null && opts+=(--timeout=90)
     $PY -c "import xdist" 2>/dev/null && [ "$WORKERS" -gt 1 ] && opts+=(-n "$WORKERS")
-    local files=(${TEST_FILES:-tests/test_gpu.py tests/test_attention.py tests/test_temporal_attention.py \
+    local files
+    eval "files=(${TEST_FILES:-tests/test_gpu.py tests/test_attention.py tests/test_temporal_attention.py \
         tests/test_linear.py tests/test_patch_embed.py tests/test_triton_backend.py \
-        tests/test_triton_fast_path.py tests/test_cuda_graphs.py})
+        tests/test_triton_fast_path.py tests/test_cuda_graphs.py})"
     $PY -m pytest "${opts[@]}" "${files[@]}" 2>&1 | tee -i "$dest/tests.txt"
     return "${PIPESTATUS[0]}"
 }
@@ -100,27 +104,29 @@ suite_stage() {
             --impls "transformers eager" "timesformer triton" "timesformer triton + graphs"
             "transformers + compile" "timesformer sdpa" "timesformer sdpa + compile")
     fi
-    # shellcheck disable=SC2086  # SUITE_ARGS is a list of options
+    local extra
+    eval "extra=(${SUITE_ARGS:-} ${DRY_RUN:+--dry-run})"  # shell words: quoted names keep their spaces
     $PY -m bench "${args[@]}" --e2e-budget-s "$E2E_BUDGET_S" --kernels-budget-s "$KERNELS_BUDGET_S" \
-        ${SUITE_ARGS:-} --out "$dest" --stem run
+        "${extra[@]}" --out "$dest" --stem run
 }
 
 tune_stage() {
-    # shellcheck disable=SC2086
-    $PY -m bench.tune --budget-s "${TUNE_BUDGET_S:-160}" ${TUNE_ARGS:-} --json "$dest/tune.json" \
+    local extra
+    eval "extra=(${TUNE_ARGS:-} ${DRY_RUN:+--dry-run})"
+    $PY -m bench.tune --budget-s "${TUNE_BUDGET_S:-160}" "${extra[@]}" --json "$dest/tune.json" \
         --markdown "$dest/tune.md"
 }
 
 # The stages run in child shells (timeout runs programs, not functions).
 export -f env_stage tests_stage suite_stage tune_stage
-export dest PY MAXFAIL WORKERS REHEARSAL E2E_BUDGET_S KERNELS_BUDGET_S
+export dest PY MAXFAIL WORKERS REHEARSAL DRY_RUN E2E_BUDGET_S KERNELS_BUDGET_S
 for s in $STAGES; do
     case $s in
         env) stage env 60 ;;
         tests) stage tests "$TESTS_S" ;;
         suite) stage suite "$SUITE_S" ;;
         tune) stage tune "$TUNE_S" ;;
-        *) echo "unknown stage $s (expected env, tests, suite, tune)" | tee -a "$log" ;;
+        *) echo "unknown stage $s (expected env, tests, suite, tune)" | tee -a "$log" && status=1 ;;
     esac
 done
 
@@ -128,6 +134,7 @@ done
 {
     printf '\n===== summary =====\n'
     printf '%s\n' "${summary[@]}"
-    [ -f "$dest/tests.txt" ] && tail -n 1 "$dest/tests.txt"
-    [ -f "$dest/run.md" ] && sed -n '/^## Targets/,$p' "$dest/run.md"
+    if [ -f "$dest/tests.txt" ]; then tail -n 1 "$dest/tests.txt"; fi
+    if [ -f "$dest/run.md" ]; then sed -n '/^## Targets/,$p' "$dest/run.md"; fi
 } | tee -a "$log"
+exit "$status"

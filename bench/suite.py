@@ -92,10 +92,15 @@ def parse_args(argv: list[str] | None, cuda_available: bool | None = None) -> ar
     parser.add_argument("--out", default=None, help="output folder (default: bench/results/<device>/)")
     parser.add_argument("--stem", default=None, help="output file name without extension")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the arguments as on a GPU machine and print what would run; run nothing",
+    )
     args = parser.parse_args(argv)
 
     if cuda_available is None:
-        cuda_available = torch.cuda.is_available()
+        cuda_available = args.dry_run or torch.cuda.is_available()
     if args.device is None:
         args.device = "cuda" if cuda_available else "cpu"
     if args.device == "cuda" and not cuda_available:
@@ -296,6 +301,10 @@ def run_cpu_kernels(args, result: dict) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.dry_run:
+        for key, value in vars(args).items():
+            print(f"{key}: {value}")
+        return 0
     device = torch.device(args.device)
     now = datetime.datetime.now(datetime.timezone.utc)
     mode = "quick" if args.quick else "full"

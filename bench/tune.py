@@ -1,7 +1,7 @@
 """Launch-configuration variants of the Triton kernels, timed side by side at TimeSformer-base shapes.
 
     python -m bench.tune                                  # every kernel's candidates, bf16, batch 32 (GPU)
-    python -m bench.tune --kernels temporal "LN_1 -> qkv_s" --batch 8
+    python -m bench.tune --kernels temporal qkv_s --batch 8
     python -m bench.tune --compile-check                  # no GPU: compile every candidate for sm_90 and
                                                           # report registers, spills, shared memory
     python -m bench.tune --smoke                          # tiny shapes in the interpreter: checks the script
@@ -295,13 +295,24 @@ def compile_check(kernels, arch: int = 90, log=print) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------ main
 
-KERNELS = ("temporal", "spatial", "joint", "LN_t -> qkv_t", "LN_1 -> qkv_s", "LN_2 -> fc1 + GELU",
-           "out_t (folded) + residual", "out_s + residual", "fc2 + residual", "patch embedding")  # fmt: skip
+# Command-line names (no spaces: they pass through shell variables) -> the benchmarks' kernel names.
+KERNELS = {
+    "temporal": "temporal",
+    "spatial": "spatial",
+    "joint": "joint",
+    "qkv_t": "LN_t -> qkv_t",
+    "qkv_s": "LN_1 -> qkv_s",
+    "fc1": "LN_2 -> fc1 + GELU",
+    "out_t": "out_t (folded) + residual",
+    "out_s": "out_s + residual",
+    "fc2": "fc2 + residual",
+    "patch_embed": "patch embedding",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tune", description=__doc__.splitlines()[0])
-    parser.add_argument("--kernels", nargs="+", choices=KERNELS, default=list(KERNELS), metavar="KERNEL")
+    parser.add_argument("--kernels", nargs="+", choices=list(KERNELS), default=list(KERNELS))
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--dtype", choices=["bfloat16", "float16"], default="bfloat16")
     parser.add_argument(
@@ -313,11 +324,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compile-check", action="store_true", help="no GPU: compile the candidates for sm_90"
     )
+    parser.add_argument("--dry-run", action="store_true", help="print the candidates to time, run nothing")
     parser.add_argument("--json", default=None, help="write the rows here")
     parser.add_argument("--markdown", default=None, help="write a table here")
     args = parser.parse_args(argv)
     if args.batch < 1:
         parser.error(f"--batch must be >= 1, got {args.batch}")
+    args.kernels = [KERNELS[k] for k in args.kernels]
+    if args.dry_run:
+        for kernel in args.kernels:
+            candidates = ", ".join(describe(o) for o in CANDIDATES[family(kernel)])
+            print(f"{kernel} (batch {args.batch}, {args.dtype}): {candidates}")
+        return 0
 
     if args.compile_check:
         rows = compile_check(args.kernels)

@@ -416,7 +416,7 @@ def test_tune_smoke(tmp_path, monkeypatch):
     monkeypatch.setitem(tune.CANDIDATES, "temporal", [{}, {"BLOCK_P": 3}, {"BLOCK_P": 2}])
     out, md = tmp_path / "tune.json", tmp_path / "tune.md"
     # An in-place op (its timing changes its inputs) and a LayerNorm product.
-    argv = ["--smoke", "--kernels", "temporal", "fc2 + residual", "--json", str(out), "--markdown", str(md)]
+    argv = ["--smoke", "--kernels", "temporal", "fc2", "--json", str(out), "--markdown", str(md)]
     assert tune.main(argv) == 1  # the failed candidate
     rows = json.loads(out.read_text())["rows"]
     assert [(r["kernel"], r["candidate"]) for r in rows[:3]] == [
@@ -450,7 +450,7 @@ def test_tune_overrides_only_within_the_block():
     with tune.launch_config("linear", {"BLOCK_N": 256, "num_stages": 2}):
         assert linear._launch_config(4096, torch.bfloat16) == {**default, "BLOCK_N": 256, "num_stages": 2}
     assert linear._launch_config(4096, torch.bfloat16) == default
-    assert {tune.family(k) for k in tune.KERNELS} == set(tune.MODULES) == set(tune.CANDIDATES)
+    assert {tune.family(k) for k in tune.KERNELS.values()} == set(tune.MODULES) == set(tune.CANDIDATES)
 
 
 def test_run_gpu_script_rehearsal(tmp_path):
@@ -466,7 +466,7 @@ def test_run_gpu_script_rehearsal(tmp_path):
     done = subprocess.run(
         ["bash", str(root / "bench" / "run_gpu.sh")], env=env, capture_output=True, text=True, timeout=300
     )
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr  # the unknown stage
     assert {p.name for p in tmp_path.iterdir()} == {"log.txt", "run.json", "run.md", "run.png"}
     summary = done.stdout.split("===== summary =====")[1]
     assert "env    exit 0" in summary and "suite  exit 0" in summary
@@ -531,3 +531,34 @@ def test_compiled_and_graph_rows_only_at_their_batches():
     args = suite.parse_args(["--compile-batches", "32", "--batches", "32", "1"], cuda_available=True)
     assert args.compile_batches == [32]
     assert suite.parse_args([], cuda_available=True).compile_batches is None
+
+
+def test_run_gpu_script_checks_its_gpu_arguments_without_a_gpu(tmp_path):
+    """DRY_RUN=1: the suite's and tune's arguments of a GPU call, parsed as on the GPU machine (a typo there
+    would cost a device call); quoted names keep their spaces."""
+    import os
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+
+    def run(**env):
+        env = dict(
+            os.environ, STAGES="suite tune", DRY_RUN="1", OUT=str(tmp_path), PYTHON=sys.executable, **env
+        )
+        done = subprocess.run(
+            ["bash", str(root / "bench" / "run_gpu.sh")], env=env, capture_output=True, text=True, timeout=300
+        )
+        return done.returncode, done.stdout
+
+    code, out = run(
+        SUITE_ARGS='--configs hr --impls "timesformer triton" "transformers eager"', TUNE_ARGS="--kernels fc2"
+    )
+    assert "impls: ['timesformer triton', 'transformers eager']" in out and "dtypes: ['bfloat16']" in out
+    assert "compile_batches: [32]" in out and "batches: [32, 1, 8]" in out
+    assert "fc2 + residual (batch 32, bfloat16): default, num_stages=4" in out
+    summary = out.split("===== summary =====")[1]
+    assert code == 0 and "suite  exit 0" in summary and "tune   exit 0" in summary
+    code, out = run(SUITE_ARGS="--configs nonsense", TUNE_ARGS="--kernels nonsense")
+    summary = out.split("===== summary =====")[1]
+    assert code == 1 and "suite  exit 2" in summary and "tune   exit 2" in summary
