@@ -178,6 +178,15 @@ def out_of_time(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() > deadline
 
 
+def wrong_answer(err: float, baseline_err: float, baseline: str) -> str | None:
+    """The ``failed`` status of an output whose error against float32 math is over 4x the baseline path's
+    (NaN included), or None when it passes. The kernel benchmarks never time a wrong answer; this is a sanity
+    check (the tests enforce the accuracy rule, 2x)."""
+    if err <= 4 * baseline_err + 1e-6:
+        return None
+    return f"failed: wrong output (error {err:.2e}, {baseline} {baseline_err:.2e}); not timed"
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """Relative error ``|a - b| / |b|`` by norm, computed in float64 (the tests use this one too)."""
     a, b = a.double(), b.double()

@@ -282,8 +282,9 @@ def test_bench_fusion_smoke(tmp_path, monkeypatch):
     )
 
 
-def test_gpu_path_control_flow_on_cpu(monkeypatch):
-    """``run_gpu`` with the CUDA calls faked: building, checking, memory and timing bookkeeping, skips."""
+def _fake_cuda_bookkeeping(monkeypatch):
+    """torch.cuda's synchronization and memory queries faked (3 GiB held, 5 GiB peak), each timing 1.5 ms; a
+    timer that makes two input sets."""
     for name in ("synchronize", "reset_peak_memory_stats", "empty_cache"):
         monkeypatch.setattr(torch.cuda, name, lambda *a, **k: None)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a: 3 * 2**30)
@@ -294,9 +295,15 @@ def test_gpu_path_control_flow_on_cpu(monkeypatch):
         def sets(self, make, nbytes):
             return [make(i) for i in range(2)]
 
+    return FakeTimer()
+
+
+def test_gpu_path_control_flow_on_cpu(monkeypatch):
+    """``run_gpu`` with the CUDA calls faked: building, checking, memory and timing bookkeeping, skips."""
+    timer = _fake_cuda_bookkeeping(monkeypatch)
     opts = e2e.Options(dtype=torch.float32, device=torch.device("cpu"), graphs_batches=(1,))
     impls = [e2e.EAGER, "timesformer sdpa", "timesformer triton + graphs"]
-    rows = e2e.run_gpu("tiny", impls, [1, 2], opts, FakeTimer(), log=lambda s: None)
+    rows = e2e.run_gpu("tiny", impls, [1, 2], opts, timer, log=lambda s: None)
     got = {(r["impl"], r["batch"]): r for r in rows}
     assert set(got) == {
         (e2e.EAGER, 1),
@@ -323,20 +330,6 @@ def test_evaluate_pipeline_rows_and_report():
         assert set(r["ms_per_video"]) == {"decode", "preprocess", "model"} and r["ms_per_video"]["decode"] > 0
     md = "\n".join(bench_evaluate.markdown(rows))
     assert "| decode workers | videos/s |" in md and md.count("\n| ") >= 3
-
-
-def _fake_cuda_bookkeeping(monkeypatch):
-    for name in ("synchronize", "reset_peak_memory_stats", "empty_cache"):
-        monkeypatch.setattr(torch.cuda, name, lambda *a, **k: None)
-    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a: 3 * 2**30)
-    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: 5 * 2**30)
-    monkeypatch.setattr(e2e, "_cuda_median_ms", lambda fn, inputs, reps: 1.5)
-
-    class FakeTimer:
-        def sets(self, make, nbytes):
-            return [make(i) for i in range(2)]
-
-    return FakeTimer()
 
 
 def test_gpu_rows_batch_first_saved_as_they_finish_and_a_failure_does_not_stop_the_run(monkeypatch):
