@@ -15,9 +15,11 @@
 #           kernel microbenchmarks; rows are saved as they finish, and each part stops starting rows at its
 #           budget
 #   tune    python -m bench.tune: launch-configuration variants of the kernels timed side by side
+#   ncu     Nsight Compute (clocks left alone) on one launch of each kernel's default configuration:
+#           speed of light, memory workload, occupancy (ncu.csv)
 #
 # Results go to $OUT when it is set (the device tool brings back at most 8 files: log.txt, tests.txt,
-# run.{json,md,png}, tune.{json,md}), else to bench/results/<device>/. Time limits, in seconds:
+# run.{json,md,png}, tune.{json,md}, ncu.csv), else to bench/results/<device>/. Time limits, in seconds:
 # TESTS_S, SUITE_S, TUNE_S (hard, per stage), E2E_BUDGET_S, KERNELS_BUDGET_S and TUNE_BUDGET_S (no row starts
 # after them). TEST_FILES, SUITE_ARGS (appended: later options win) and TUNE_ARGS change what a stage runs.
 # These are shell words: quote a name with spaces ("timesformer triton"). TIMESFORMER_COMMIT names the commit
@@ -117,8 +119,18 @@ tune_stage() {
         --markdown "$dest/tune.md"
 }
 
+ncu_stage() {
+    local extra
+    eval "extra=(${TUNE_ARGS:-})"
+    command -v "${NCU:-ncu}" >/dev/null || { echo "ncu: not found"; return 1; }
+    # --clock-control none: the card's clocks are left as they are (never changed on a lent machine).
+    "${NCU:-ncu}" --clock-control none --target-processes all -k "regex:_kernel$" \
+        --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --csv --page details \
+        --log-file "$dest/ncu.csv" $PY -m bench.tune --profile "${extra[@]}"
+}
+
 # The stages run in child shells (timeout runs programs, not functions).
-export -f env_stage tests_stage suite_stage tune_stage
+export -f env_stage tests_stage suite_stage tune_stage ncu_stage
 export dest PY MAXFAIL WORKERS REHEARSAL DRY_RUN E2E_BUDGET_S KERNELS_BUDGET_S
 for s in $STAGES; do
     case $s in
@@ -126,7 +138,8 @@ for s in $STAGES; do
         tests) stage tests "$TESTS_S" ;;
         suite) stage suite "$SUITE_S" ;;
         tune) stage tune "$TUNE_S" ;;
-        *) echo "unknown stage $s (expected env, tests, suite, tune)" | tee -a "$log" && status=1 ;;
+        ncu) stage ncu "${NCU_S:-150}" ;;
+        *) echo "unknown stage $s (expected env, tests, suite, tune, ncu)" | tee -a "$log" && status=1 ;;
     esac
 done
 

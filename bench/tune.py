@@ -5,6 +5,7 @@
     python -m bench.tune --compile-check                  # no GPU: compile every candidate for sm_90 and
                                                           # report registers, spills, shared memory
     python -m bench.tune --smoke                          # tiny shapes in the interpreter: checks the script
+    ncu --clock-control none -k regex:_kernel python -m bench.tune --profile   # each kernel once, profiled
 
 Each kernel module picks its tiles in ``_launch_config`` (fixed, not autotuned: ``timesformer/kernels``'s
 docstring says why). Here that function is replaced by one returning a candidate: the default with some
@@ -176,8 +177,11 @@ def _nbytes(x) -> int:
     return sum(t.numel() * t.element_size() for t in (x if isinstance(x, tuple) else (x,)))
 
 
-def tune(kernels, batch: int, dtype, device, timer, smoke: bool, deadline=None, log=print) -> list[dict]:
-    """One row per (kernel, candidate): its status, error, time and time relative to the default."""
+def tune(
+    kernels, batch: int, dtype, device, timer, smoke: bool, deadline=None, profile: bool = False, log=print
+) -> list[dict]:
+    """One row per (kernel, candidate): its status, error, time and time relative to the default. ``profile``:
+    the default candidate only, checked (one launch) and not timed, nor the baselines: for a profiler."""
     shapes = (
         (bench_attention.SMOKE, bench_fusion.SMOKE) if smoke else (bench_attention.BASE, bench_fusion.BASE)
     )
@@ -189,15 +193,15 @@ def tune(kernels, batch: int, dtype, device, timer, smoke: bool, deadline=None, 
         # changes their inputs.
         probe = case["make"](0)
         exact = case["exact"](bench_fusion.clone(probe))
-        inputs = timer.sets(case["make"], _nbytes(probe))
-        baseline_ms = timer.median_ms(case["baseline"], inputs)
+        inputs = [] if profile else timer.sets(case["make"], _nbytes(probe))
+        baseline_ms = None if profile else timer.median_ms(case["baseline"], inputs)
         bare_ms = (
             timer.median_ms(case["bare"], timer.sets(case["bare_make"], _nbytes(probe)))
-            if "bare" in case
+            if "bare" in case and not profile
             else None
         )
         default_ms = None
-        for overrides in CANDIDATES[family(kernel)]:
+        for overrides in [{}] if profile else CANDIDATES[family(kernel)]:
             row = dict(kernel=kernel, batch=batch, candidate=describe(overrides), overrides=overrides,
                        status="ok", ms=None, baseline_ms=baseline_ms, bare_product_ms=bare_ms)  # fmt: skip
             rows.append(row)
@@ -211,7 +215,7 @@ def tune(kernels, batch: int, dtype, device, timer, smoke: bool, deadline=None, 
                     row["status"] = (
                         wrong_answer(err, ref_err, "baseline") or "ok"
                     )  # NaN: an unwritten element
-                    if row["status"] == "ok":
+                    if row["status"] == "ok" and not profile:
                         row["ms"] = timer.median_ms(case["ours"], inputs)
             except Exception as exc:  # a candidate that does not compile or launch is a result, not an end
                 row["status"] = (
@@ -230,7 +234,12 @@ def tune(kernels, batch: int, dtype, device, timer, smoke: bool, deadline=None, 
 def _line(row: dict) -> str:
     head = f"{row['kernel']:26s} B={row['batch']:<3d} {row['candidate']:34s}"
     if row["ms"] is None:
-        return f"{head} {row['status']}"
+        error = (
+            f" (error {row['rel_err']:.1e}, baseline {row['baseline_rel_err']:.1e})"
+            if "rel_err" in row
+            else ""
+        )
+        return f"{head} {row['status']}{error}"
     speed = (
         f"{row['gbps']:7.0f} GB/s"
         if "gbps" in row and row["kernel"] == "temporal"
@@ -326,6 +335,11 @@ def main(argv: list[str] | None = None) -> int:
         "--compile-check", action="store_true", help="no GPU: compile the candidates for sm_90"
     )
     parser.add_argument("--dry-run", action="store_true", help="print the candidates to time, run nothing")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="each kernel's default configuration once (its check), nothing timed: run it under ncu",
+    )
     parser.add_argument("--json", default=None, help="write the rows here")
     parser.add_argument("--markdown", default=None, help="write a table here")
     args = parser.parse_args(argv)
@@ -356,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
 
     deadline = None if args.budget_s is None else time.monotonic() + args.budget_s
     timer = Timer(device, smoke=args.smoke)
-    rows = tune(args.kernels, batch, getattr(torch, args.dtype), device, timer, args.smoke, deadline)
+    rows = tune(
+        args.kernels, batch, getattr(torch, args.dtype), device, timer, args.smoke, deadline, args.profile
+    )
     info = device_info(device)
     record = {"device": info, **provenance(), "dtype": args.dtype, "smoke": args.smoke, "rows": rows}
     write_json(args.json, record)

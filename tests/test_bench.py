@@ -555,3 +555,29 @@ def test_run_gpu_script_checks_its_gpu_arguments_without_a_gpu(tmp_path):
     code, out = run(SUITE_ARGS="--configs nonsense", TUNE_ARGS="--kernels nonsense")
     summary = out.split("===== summary =====")[1]
     assert code == 1 and "suite  exit 2" in summary and "tune   exit 2" in summary
+
+
+def test_run_gpu_ncu_stage_plumbing(tmp_path):
+    """The ncu stage with a stand-in for ncu that runs the program it is given: tune's profile mode (each
+    kernel's default configuration once, checked, nothing timed) in the interpreter."""
+    import os
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    fake = tmp_path / "ncu"
+    # Everything up to the log file's name is ncu's; the rest is the program.
+    fake.write_text(
+        '#!/usr/bin/env bash\nwhile [ "$1" != --log-file ]; do shift; done\necho csv > "$2"\nshift 2\nexec "$@"\n'
+    )
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    env = dict(os.environ, STAGES="ncu", NCU=str(fake), OUT=str(out), PYTHON=sys.executable,
+               TUNE_ARGS="--smoke --kernels temporal qkv_s", TRITON_INTERPRET="1")  # fmt: skip
+    done = subprocess.run(
+        ["bash", str(root / "bench" / "run_gpu.sh")], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (out / "ncu.csv").read_text() == "csv\n"
+    lines = [line for line in done.stdout.splitlines() if " B=2 " in line]
+    assert len(lines) == 2 and all("default" in line and " ok (error " in line for line in lines)
