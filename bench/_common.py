@@ -11,6 +11,7 @@ import platform
 import statistics
 import subprocess
 import time
+import traceback
 
 import torch
 
@@ -104,13 +105,21 @@ def versions() -> dict:
     return out
 
 
+def write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (a temporary file renamed over it: a run killed while
+    it saves leaves the previous version, never half a file); folders are created."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def write_json(path: str | None, result: dict) -> None:
-    """Write ``result`` to ``path`` (folders created; values JSON lacks, e.g. dtypes, as strings); nothing
+    """Write ``result`` to ``path`` (as ``write_text``; values JSON lacks, e.g. dtypes, as strings); nothing
     when ``path`` is None."""
     if path:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(result, f, indent=2, default=str)
+        write_text(path, json.dumps(result, indent=2, default=str))
 
 
 class Timer:
@@ -172,10 +181,45 @@ class Timer:
         return 2 * src.numel() * src.element_size() / ms / 1e6
 
 
+@contextlib.contextmanager
+def no_tf32():
+    """Full-precision float32 products within the block, for references: cuDNN convolutions (a patch
+    embedding) default to TF32 on NVIDIA GPUs, matrix products may have been switched to it."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
 def out_of_time(deadline: float | None) -> bool:
     """Whether ``time.monotonic()`` has passed ``deadline`` (None: no limit). A call on a lent GPU has a hard
     time limit: the benchmarks stop starting rows at their deadline, so what ran is kept and reported."""
     return deadline is not None and time.monotonic() > deadline
+
+
+def error_status(exc: BaseException) -> str:
+    """The ``failed`` status of a row whose code raised: the exception's type and first line."""
+    first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+    return f"failed: {type(exc).__name__}: {first_line}"
+
+
+def measured_row(label: str, fields: dict, measure, describe, out_rows: list, on_row=None) -> dict:
+    """One benchmark row: ``fields`` updated with what ``measure()`` returns (a ``status`` among it), or with a
+    ``failed`` status and the traceback when it raises (one kernel's failure must not cost the rest of a GPU
+    run); printed after ``label`` (``describe(row)`` when it is ok), appended to ``out_rows``, passed to
+    ``on_row``."""
+    row = dict(fields)
+    try:
+        row.update(measure())
+    except Exception as exc:
+        row.update(status=error_status(exc), traceback=traceback.format_exc())
+    print(f"{label} {describe(row) if row['status'] == 'ok' else row['status']}")
+    out_rows.append(row)
+    if on_row is not None:
+        on_row(row)
+    return row
 
 
 def wrong_answer(err: float, baseline_err: float, baseline: str) -> str | None:

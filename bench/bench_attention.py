@@ -24,6 +24,7 @@ script works and says nothing about speed.
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import torch
@@ -33,6 +34,8 @@ from bench._common import (
     Timer,
     kernel_bench_record,
     kernel_bench_setup,
+    measured_row,
+    no_tf32,
     out_of_time,
     rel_err,
     write_json,
@@ -139,79 +142,80 @@ def errors(name: str, got, ref, exact) -> tuple[float, float]:
     return rel_err(got, exact), rel_err(ref, exact)
 
 
+def _measure(name: str, case: dict, batch: int, shape: dict, dtype, device, gen, timer, copy: float) -> dict:
+    """One kernel at one batch size: checked against float32 math, then timed (not when wrong)."""
+    h, dh = shape["heads"], shape["head_dim"]
+    elt = torch.tensor([], dtype=dtype).element_size()
+    nbytes = batch * case["rows"] * 3 * h * dh * elt
+    inputs = timer.sets(case["make"], nbytes)
+    x = inputs[0]
+    with no_tf32():
+        exact = case["ref"](x.float())
+    err, ref_err = errors(name, case["ours"](x), case["ref"](x), exact)
+    out = {
+        "status": wrong_answer(err, ref_err, "reference path") or "ok",
+        "relative_error_vs_fp32": err,
+        "reference_path_relative_error_vs_fp32": ref_err,
+        "accuracy_rule_met": err <= 2 * ref_err,
+    }
+    if out["status"] != "ok":
+        return out
+    num_seq, seqlen = case["seq"]
+
+    def arrange(i):
+        return tuple(
+            torch.randn(num_seq, h, seqlen, dh, generator=gen, device=device, dtype=dtype) for _ in range(3)
+        )
+
+    ms = {
+        "triton": timer.median_ms(case["ours"], inputs),
+        "reference path": timer.median_ms(case["ref"], inputs),
+        "sdpa (pre-arranged)": timer.median_ms(
+            lambda a: F.scaled_dot_product_attention(*a), timer.sets(arrange, nbytes)
+        ),
+    }
+    flops = 4.0 * num_seq * h * seqlen * seqlen * dh
+    moved = batch * case["rows"] * 4 * h * dh * elt  # q, k, v read, contexts written
+    return dict(
+        out,
+        ms=ms,
+        speedup_vs_reference_path=ms["reference path"] / ms["triton"],
+        speedup_vs_sdpa=ms["sdpa (pre-arranged)"] / ms["triton"],
+        tflops={k: flops / v / 1e9 for k, v in ms.items()},
+        gbps=moved / ms["triton"] / 1e6,
+        fraction_of_copy_rate=moved / ms["triton"] / 1e6 / copy,
+    )
+
+
+def _describe(row: dict) -> str:
+    ms = row["ms"]
+    speed = (
+        f"{row['gbps']:.0f} GB/s = {100 * row['fraction_of_copy_rate']:.0f}% of copy"
+        if row["kernel"] == "temporal"
+        else f"{row['tflops']['triton']:.1f} TFLOP/s"
+    )
+    return (
+        f"triton {ms['triton']:8.3f} ms | reference path {ms['reference path']:8.3f} ms "
+        f"({row['speedup_vs_reference_path']:.2f}x) | sdpa {ms['sdpa (pre-arranged)']:8.3f} ms "
+        f"({row['speedup_vs_sdpa']:.2f}x) | {speed}"
+    )
+
+
 def run(batches, shape, dtype, device, timer, out_rows: list, deadline=None, on_row=None) -> float:
     """Time every kernel at every batch size, appending result rows (and passing each to ``on_row``); returns
-    the copy rate in GB/s. A wrong answer gives a row with a ``failed`` status, not timed; past ``deadline``
-    (``time.monotonic()``) no further row starts."""
-    h, dh = shape["heads"], shape["head_dim"]
-    d = h * dh
-    elt = torch.tensor([], dtype=dtype).element_size()
+    the copy rate in GB/s. A wrong answer, or an error, gives a row with a ``failed`` status, not timed; past
+    ``deadline`` (``time.monotonic()``) no further row starts."""
     copy = timer.copy_gbps()
     print(f"device-to-device copy: {copy:.0f} GB/s")
     for batch in batches:
         gen = torch.Generator(device=device).manual_seed(batch)
         for name, case in cases(shape, batch, dtype, device, gen).items():
+            label = f"{name:8s} B={batch:<3d}"
             if out_of_time(deadline):
-                print(f"{name:8s} B={batch:<3d} skipped: out of time (the run's time budget)")
+                print(f"{label} skipped: out of time (the run's time budget)")
                 continue
-            rows = case["rows"]
-            nbytes = batch * rows * 3 * d * elt
-            inputs = timer.sets(case["make"], nbytes)
-            # Check before timing: ours and the reference path against float32 math.
-            x = inputs[0]
-            err, ref_err = errors(name, case["ours"](x), case["ref"](x), case["ref"](x.float()))
-            num_seq, seqlen = case["seq"]
-            row = {
-                "kernel": name,
-                "batch": batch,
-                "status": wrong_answer(err, ref_err, "reference path") or "ok",
-                "relative_error_vs_fp32": err,
-                "reference_path_relative_error_vs_fp32": ref_err,
-                "accuracy_rule_met": err <= 2 * ref_err,
-            }
-            out_rows.append(row)
-            if row["status"] != "ok":
-                print(f"{name:8s} B={batch:<3d} {row['status']}")
-                if on_row is not None:
-                    on_row(row)
-                continue
-
-            def arrange(i, num_seq=num_seq, seqlen=seqlen, gen=gen):
-                return tuple(
-                    torch.randn(num_seq, h, seqlen, dh, generator=gen, device=device, dtype=dtype)
-                    for _ in range(3)
-                )
-
-            arranged = timer.sets(arrange, nbytes)
-            ms = {
-                "triton": timer.median_ms(case["ours"], inputs),
-                "reference path": timer.median_ms(case["ref"], inputs),
-                "sdpa (pre-arranged)": timer.median_ms(
-                    lambda a: F.scaled_dot_product_attention(*a), arranged
-                ),
-            }
-            flops = 4.0 * num_seq * h * seqlen * seqlen * dh
-            moved = batch * rows * 4 * d * elt  # q, k, v read, contexts written
-            row.update(
-                ms=ms,
-                speedup_vs_reference_path=ms["reference path"] / ms["triton"],
-                speedup_vs_sdpa=ms["sdpa (pre-arranged)"] / ms["triton"],
-                tflops={k: flops / v / 1e9 for k, v in ms.items()},
-                gbps=moved / ms["triton"] / 1e6,
-                fraction_of_copy_rate=moved / ms["triton"] / 1e6 / copy,
-            )
-            if on_row is not None:
-                on_row(row)
-            print(
-                f"{name:8s} B={batch:<3d} triton {ms['triton']:8.3f} ms | reference path "
-                f"{ms['reference path']:8.3f} ms ({row['speedup_vs_reference_path']:.2f}x) | sdpa "
-                f"{ms['sdpa (pre-arranged)']:8.3f} ms ({row['speedup_vs_sdpa']:.2f}x) | "
-                + (
-                    f"{row['gbps']:.0f} GB/s = {100 * row['fraction_of_copy_rate']:.0f}% of copy"
-                    if name == "temporal"
-                    else f"{row['tflops']['triton']:.1f} TFLOP/s"
-                )
-            )
+            measure = functools.partial(_measure, name, case, batch, shape, dtype, device, gen, timer, copy)
+            measured_row(label, {"kernel": name, "batch": batch}, measure, _describe, out_rows, on_row)
     return copy
 
 

@@ -21,6 +21,7 @@ script works and says nothing about speed.
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import torch
@@ -30,6 +31,8 @@ from bench._common import (
     Timer,
     kernel_bench_record,
     kernel_bench_setup,
+    measured_row,
+    no_tf32,
     out_of_time,
     rel_err,
     write_json,
@@ -140,59 +143,59 @@ def clone(x):
     return tuple(t.clone() for t in x) if isinstance(x, tuple) else x.clone()
 
 
+def _measure(case: dict, timer) -> dict:
+    """One op at one batch size: checked against float32 math (in-place ops on copies), then timed (not when
+    wrong)."""
+    first = case["make"](0)
+    nbytes = sum(t.numel() * t.element_size() for t in (first if isinstance(first, tuple) else (first,)))
+    inputs = [first, *timer.sets(case["make"], nbytes)[1:]]
+    with no_tf32():
+        exact = case["exact"](first)
+    err = rel_err(case["fused"](clone(first)), exact)
+    ref_err = rel_err(case["unfused"](clone(first)), exact)
+    out = {
+        "status": wrong_answer(err, ref_err, "unfused torch") or "ok",
+        "relative_error_vs_fp32": err,
+        "unfused_relative_error_vs_fp32": ref_err,
+    }
+    if out["status"] != "ok":
+        return out
+    ms = {
+        "fused": timer.median_ms(case["fused"], inputs),
+        "unfused torch": timer.median_ms(case["unfused"], inputs),
+        "bare product": timer.median_ms(case["bare"], timer.sets(case["bare_make"], nbytes)),
+    }
+    return dict(
+        out,
+        ms=ms,
+        speedup_vs_unfused=ms["unfused torch"] / ms["fused"],
+        fraction_of_bare_product_speed=ms["bare product"] / ms["fused"],
+        tflops={k: case["flops"] / v / 1e9 for k, v in ms.items()},
+    )
+
+
+def _describe(row: dict) -> str:
+    ms = row["ms"]
+    return (
+        f"fused {ms['fused']:8.3f} ms | unfused {ms['unfused torch']:8.3f} ms ({row['speedup_vs_unfused']:.2f}x) | "
+        f"bare {ms['bare product']:8.3f} ms ({100 * row['fraction_of_bare_product_speed']:.0f}% of its speed) | "
+        f"{row['tflops']['fused']:.1f} TFLOP/s"
+    )
+
+
 def run(batches, shape, dtype, device, timer, out_rows: list, deadline=None, on_row=None) -> None:
     """Time every op at every batch size, appending result rows (and passing each to ``on_row``). A wrong
-    answer gives a row with a ``failed`` status, not timed; past ``deadline`` (``time.monotonic()``) no
-    further row starts."""
+    answer, or an error, gives a row with a ``failed`` status, not timed; past ``deadline``
+    (``time.monotonic()``) no further row starts."""
     for batch in batches:
         gen = torch.Generator(device=device).manual_seed(batch)
         for name, case in cases(shape, batch, dtype, device, gen).items():
+            label = f"{name:26s} B={batch:<3d}"
             if out_of_time(deadline):
-                print(f"{name:26s} B={batch:<3d} skipped: out of time (the run's time budget)")
+                print(f"{label} skipped: out of time (the run's time budget)")
                 continue
-            first = case["make"](0)
-            nbytes = sum(
-                t.numel() * t.element_size() for t in (first if isinstance(first, tuple) else (first,))
-            )
-            inputs = [first, *timer.sets(case["make"], nbytes)[1:]]
-            # Check before timing: both paths against float32 math (in-place ops on copies).
-            exact = case["exact"](first)
-            got = case["fused"](clone(first))
-            ref = case["unfused"](clone(first))
-            err, ref_err = rel_err(got, exact), rel_err(ref, exact)
-            row = {
-                "op": name,
-                "batch": batch,
-                "status": wrong_answer(err, ref_err, "unfused torch") or "ok",
-                "relative_error_vs_fp32": err,
-                "unfused_relative_error_vs_fp32": ref_err,
-            }
-            out_rows.append(row)
-            if row["status"] != "ok":
-                print(f"{name:26s} B={batch:<3d} {row['status']}")
-                if on_row is not None:
-                    on_row(row)
-                continue
-            bare_inputs = timer.sets(case["bare_make"], nbytes)
-            ms = {
-                "fused": timer.median_ms(case["fused"], inputs),
-                "unfused torch": timer.median_ms(case["unfused"], inputs),
-                "bare product": timer.median_ms(case["bare"], bare_inputs),
-            }
-            row.update(
-                ms=ms,
-                speedup_vs_unfused=ms["unfused torch"] / ms["fused"],
-                fraction_of_bare_product_speed=ms["bare product"] / ms["fused"],
-                tflops={k: case["flops"] / v / 1e9 for k, v in ms.items()},
-            )
-            if on_row is not None:
-                on_row(row)
-            print(
-                f"{name:26s} B={batch:<3d} fused {ms['fused']:8.3f} ms | unfused {ms['unfused torch']:8.3f} ms "
-                f"({row['speedup_vs_unfused']:.2f}x) | bare {ms['bare product']:8.3f} ms "
-                f"({100 * row['fraction_of_bare_product_speed']:.0f}% of its speed) | "
-                f"{row['tflops']['fused']:.1f} TFLOP/s"
-            )
+            measure = functools.partial(_measure, case, timer)
+            measured_row(label, {"op": name, "batch": batch}, measure, _describe, out_rows, on_row)
 
 
 def main(argv: list[str] | None = None) -> int:

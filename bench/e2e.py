@@ -19,10 +19,10 @@ rounds (drifts in machine load hit all of them) and each speedup is the median o
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import gc
+import math
 import statistics
 import sys
 import time
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench._common import out_of_time, rel_err
+from bench._common import error_status, no_tf32, out_of_time, rel_err
 from timesformer.configuration import PRESETS, TimesformerConfig
 
 # The model shapes (timesformer.configuration.PRESETS: the published checkpoints' and small ones); the
@@ -157,27 +157,21 @@ def clip(name: str, batch: int, seed: int) -> torch.Tensor:
     return torch.randn(batch, cfg.num_frames, cfg.num_channels, *cfg.image_hw, generator=gen)
 
 
-def error_bound(dtype: torch.dtype, eager_err: float | None) -> float:
-    """Largest relative error of the logits that counts as a right answer: 1e-4 in float32 (the model
-    rule of the fusion issue), else twice ``transformers`` eager's own error at that dtype."""
+def error_bound(impl: str, dtype: torch.dtype, eager_err: float | None) -> float:
+    """Largest relative error of the logits (against float32 eager) that counts as a right answer.
+
+    ``transformers`` eager at the run's dtype is the baseline itself: any finite answer. Others: 1e-4 in
+    float32 (the model rule of the fusion issue); in 16-bit, twice eager's own error at that dtype, or 5e-2
+    where eager did not run (a 16-bit forward of TimeSformer-base lands near 1e-2)."""
+    if impl == EAGER:
+        return math.inf
     if dtype == torch.float32:
         return 1e-4
-    return 2.0 * max(eager_err or 0.0, 1e-3)
+    return 2.0 * max(eager_err, 1e-3) if eager_err is not None else 5e-2
 
 
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
-@contextlib.contextmanager
-def _no_tf32():
-    """The float32 reference uses full-precision products."""
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def reference_logits(name: str, batches, opts: Options) -> dict[int, torch.Tensor | None]:
@@ -186,7 +180,7 @@ def reference_logits(name: str, batches, opts: Options) -> dict[int, torch.Tenso
     ref_opts = Options(dtype=torch.float32, device=opts.device, seed=opts.seed)
     model = _hf_model(name, ref_opts, torch.float32)
     out: dict[int, torch.Tensor | None] = {}
-    with torch.inference_mode(), _no_tf32():
+    with torch.inference_mode(), no_tf32():
         for batch in batches:
             x = clip(name, batch, opts.seed + batch).to(opts.dtype).float().to(opts.device)
             try:
@@ -226,7 +220,7 @@ def _row(name: str, impl: str, batch: int, opts: Options, **fields) -> dict:
 def _check(fn, x, expected, bound) -> tuple[float, str]:
     got = fn(x)
     err = rel_err(got.float().cpu(), expected)
-    if not err <= bound:  # also catches NaN
+    if not (math.isfinite(err) and err <= bound):
         return err, f"failed: wrong output (relative error {err:.2e} > {bound:.1e}); not timed"
     return err, "ok"
 
@@ -264,7 +258,8 @@ def run_gpu(name: str, impls, batches, opts: Options, timer, log=print, on_row=N
         elif opts.out_of_time():
             row["status"] = "skipped: out of time (the run's time budget)"
         else:
-            _measure_gpu(row, opts, timer, expected[batch], error_bound(opts.dtype, eager_err.get(batch)))
+            bound = error_bound(impl, opts.dtype, eager_err.get(batch))
+            _measure_gpu(row, opts, timer, expected[batch], bound)
             if impl == EAGER and row["rel_err_vs_fp32_eager"] is not None:
                 eager_err[batch] = row["rel_err_vs_fp32_eager"]
             if impl in compiled:
@@ -303,15 +298,20 @@ def _measure_gpu(row: dict, opts: Options, timer, expected: torch.Tensor, bound:
             # Everything this implementation holds (weights, caches) plus its transient peak; the inputs are
             # not counted.
             inputs_bytes = sum(t.numel() * t.element_size() for t in inputs)
-            row["peak_mem_gib"] = (torch.cuda.max_memory_allocated() - inputs_bytes) / 2**30
+            peak = torch.cuda.max_memory_allocated()
+            if row["impl"] == "timesformer triton + graphs":
+                # A graph's activations live in its private pool, which the allocated counts leave out once
+                # the capture is done (a replay allocates nothing): the reserved bytes hold it.
+                peak = max(peak, torch.cuda.memory_reserved())
+                row["peak_mem_basis"] = "reserved bytes (the graph's private pool included)"
+            row["peak_mem_gib"] = (peak - inputs_bytes) / 2**30
             row["resident_gib"] = (base - inputs_bytes) / 2**30
             row["median_ms"] = _cuda_median_ms(fn, inputs, opts.reps)
     except Exception as exc:  # one implementation's failure must not cost the rest of a GPU run
         if _is_oom(exc):
             row["status"] = "out of memory"
         else:
-            first_line = (str(exc).strip().splitlines() or [""])[0][:300]
-            row["status"] = f"failed: {type(exc).__name__}: {first_line}"
+            row["status"] = error_status(exc)
             row["traceback"] = traceback.format_exc()
             print(row["traceback"], file=sys.stderr)
     finally:
@@ -357,7 +357,7 @@ def run_cpu(name: str, impls, batches, opts: Options, log=print) -> list[dict]:
             for impl, fn in fns.items():
                 if not _wanted(impl, batch, opts):
                     continue
-                bound = error_bound(opts.dtype, eager_err)
+                bound = error_bound(impl, opts.dtype, eager_err)
                 err, status = _check(fn, x, expected[batch], bound)  # also the warm-up
                 if impl == EAGER:
                     eager_err = err

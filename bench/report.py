@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from bench._common import write_json
+from bench._common import write_json, write_text
 from bench.e2e import COMPILE, EAGER
 
 TRITON, GRAPHS, SDPA = "timesformer triton", "timesformer triton + graphs", "timesformer sdpa"
@@ -269,8 +269,7 @@ def write_all(result: dict, out_dir: str, stem: str, plot_png: bool = True) -> d
     if png:
         paths["png"] = png
     paths["md"] = os.path.join(out_dir, stem + ".md")
-    with open(paths["md"], "w") as f:
-        f.write(markdown(result, os.path.basename(png) if png else None))
+    write_text(paths["md"], markdown(result, os.path.basename(png) if png else None))
     result["outputs"] = {k: os.path.basename(v) for k, v in paths.items()}
     write_json(paths["json"], result)
     return paths

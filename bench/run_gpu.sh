@@ -30,8 +30,8 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 STAGES=${STAGES:-env tests suite}
-TESTS_S=${TESTS_S:-100} SUITE_S=${SUITE_S:-300} TUNE_S=${TUNE_S:-200}
-E2E_BUDGET_S=${E2E_BUDGET_S:-150} KERNELS_BUDGET_S=${KERNELS_BUDGET_S:-50}
+TESTS_S=${TESTS_S:-80} SUITE_S=${SUITE_S:-240} TUNE_S=${TUNE_S:-150}
+E2E_BUDGET_S=${E2E_BUDGET_S:-120} KERNELS_BUDGET_S=${KERNELS_BUDGET_S:-40}
 MAXFAIL=${MAXFAIL:-10} WORKERS=${WORKERS:-12}
 REHEARSAL=${REHEARSAL:-0} DRY_RUN=${DRY_RUN:-}
 
@@ -82,7 +82,8 @@ EOF
 }
 
 tests_stage() {
-    local opts=(-q -p no:cacheprovider -rfE --maxfail="$MAXFAIL")
+    # -v: each test's outcome as it finishes (a run cut short still names its failures).
+    local opts=(-v -p no:cacheprovider -rfE --tb=short --maxfail="$MAXFAIL")
     $PY -c "import pytest_timeout" 2>/dev/null && opts+=(--timeout=90)
     $PY -c "import xdist" 2>/dev/null && [ "$WORKERS" -gt 1 ] && opts+=(-n "$WORKERS")
     local files
@@ -115,7 +116,7 @@ suite_stage() {
 tune_stage() {
     local extra
     eval "extra=(${TUNE_ARGS:-} ${DRY_RUN:+--dry-run})"
-    $PY -m bench.tune --budget-s "${TUNE_BUDGET_S:-160}" "${extra[@]}" --json "$dest/tune.json" \
+    $PY -m bench.tune --budget-s "${TUNE_BUDGET_S:-110}" "${extra[@]}" --json "$dest/tune.json" \
         --markdown "$dest/tune.md"
 }
 
@@ -134,11 +135,11 @@ export -f env_stage tests_stage suite_stage tune_stage ncu_stage
 export dest PY MAXFAIL WORKERS REHEARSAL DRY_RUN E2E_BUDGET_S KERNELS_BUDGET_S
 for s in $STAGES; do
     case $s in
-        env) stage env 60 ;;
+        env) stage env 30 ;;
         tests) stage tests "$TESTS_S" ;;
         suite) stage suite "$SUITE_S" ;;
         tune) stage tune "$TUNE_S" ;;
-        ncu) stage ncu "${NCU_S:-150}" ;;
+        ncu) stage ncu "${NCU_S:-90}" ;;
         *) echo "unknown stage $s (expected env, tests, suite, tune, ncu)" | tee -a "$log" && status=1 ;;
     esac
 done

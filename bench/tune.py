@@ -32,7 +32,16 @@ from unittest import mock
 import torch
 
 from bench import bench_attention, bench_fusion
-from bench._common import Timer, out_of_time, rel_err, write_json, wrong_answer
+from bench._common import (
+    Timer,
+    error_status,
+    no_tf32,
+    out_of_time,
+    rel_err,
+    write_json,
+    write_text,
+    wrong_answer,
+)
 
 # kernel family -> the module whose _launch_config is replaced
 MODULES = {
@@ -178,56 +187,83 @@ def _nbytes(x) -> int:
 
 
 def tune(
-    kernels, batch: int, dtype, device, timer, smoke: bool, deadline=None, profile: bool = False, log=print
+    kernels,
+    batch: int,
+    dtype,
+    device,
+    timer,
+    smoke: bool,
+    deadline=None,
+    profile: bool = False,
+    log=print,
+    on_row=None,
 ) -> list[dict]:
-    """One row per (kernel, candidate): its status, error, time and time relative to the default. ``profile``:
-    the default candidate only, checked (one launch) and not timed, nor the baselines: for a profiler."""
+    """One row per (kernel, candidate): its status, error, time and time relative to the default, each passed
+    to ``on_row`` when done. ``profile``: the default candidate only, checked (one launch) and not timed, nor
+    the baselines: for a profiler."""
     shapes = (
         (bench_attention.SMOKE, bench_fusion.SMOKE) if smoke else (bench_attention.BASE, bench_fusion.BASE)
     )
     cases = all_cases(*shapes, batch, dtype, device)
     rows = []
+
+    def done(row: dict) -> None:
+        rows.append(row)
+        log(_line(row))
+        if on_row is not None:
+            on_row(row)
+
     for kernel in kernels:
+        candidates = [{}] if profile else CANDIDATES[family(kernel)]
+        base = dict(kernel=kernel, batch=batch, status="ok", ms=None, baseline_ms=None, bare_product_ms=None)
+        if out_of_time(deadline):
+            for overrides in candidates:
+                done(
+                    dict(
+                        base,
+                        candidate=describe(overrides),
+                        overrides=overrides,
+                        status="skipped: out of time",
+                    )
+                )
+            continue
         case = cases[kernel]
         # The check's input stays untouched (each check runs on copies): timing the in-place residual ops
         # changes their inputs.
         probe = case["make"](0)
-        exact = case["exact"](bench_fusion.clone(probe))
+        with no_tf32():
+            exact = case["exact"](bench_fusion.clone(probe))
         inputs = [] if profile else timer.sets(case["make"], _nbytes(probe))
-        baseline_ms = None if profile else timer.median_ms(case["baseline"], inputs)
-        bare_ms = (
-            timer.median_ms(case["bare"], timer.sets(case["bare_make"], _nbytes(probe)))
-            if "bare" in case and not profile
-            else None
-        )
+        if not profile:
+            base["baseline_ms"] = timer.median_ms(case["baseline"], inputs)
+            if "bare" in case:
+                base["bare_product_ms"] = timer.median_ms(
+                    case["bare"], timer.sets(case["bare_make"], _nbytes(probe))
+                )
         default_ms = None
-        for overrides in [{}] if profile else CANDIDATES[family(kernel)]:
-            row = dict(kernel=kernel, batch=batch, candidate=describe(overrides), overrides=overrides,
-                       status="ok", ms=None, baseline_ms=baseline_ms, bare_product_ms=bare_ms)  # fmt: skip
-            rows.append(row)
+        for overrides in candidates:
+            row = dict(base, candidate=describe(overrides), overrides=overrides)
             if out_of_time(deadline):
                 row["status"] = "skipped: out of time"
+                done(row)
                 continue
             try:
                 with launch_config(family(kernel), overrides):
                     err, ref_err = _errors(case, probe, exact)
                     row.update(rel_err=err, baseline_rel_err=ref_err)
-                    row["status"] = (
-                        wrong_answer(err, ref_err, "baseline") or "ok"
-                    )  # NaN: an unwritten element
+                    # NaN fails too: an element the candidate left unwritten.
+                    row["status"] = wrong_answer(err, ref_err, "baseline") or "ok"
                     if row["status"] == "ok" and not profile:
                         row["ms"] = timer.median_ms(case["ours"], inputs)
             except Exception as exc:  # a candidate that does not compile or launch is a result, not an end
-                row["status"] = (
-                    f"failed: {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
-                )
+                row["status"] = error_status(exc)
             if row["ms"] is not None:
                 default_ms = default_ms or (row["ms"] if not overrides else None)
                 row["vs_default"] = default_ms / row["ms"] if default_ms else None
                 row["tflops"] = case["flops"] / row["ms"] / 1e9
                 if "bytes" in case:
                     row["gbps"] = case["bytes"] / row["ms"] / 1e6
-            log(_line(row))
+            done(row)
     return rows
 
 
@@ -370,16 +406,18 @@ def main(argv: list[str] | None = None) -> int:
 
     deadline = None if args.budget_s is None else time.monotonic() + args.budget_s
     timer = Timer(device, smoke=args.smoke)
-    rows = tune(
-        args.kernels, batch, getattr(torch, args.dtype), device, timer, args.smoke, deadline, args.profile
-    )
     info = device_info(device)
-    record = {"device": info, **provenance(), "dtype": args.dtype, "smoke": args.smoke, "rows": rows}
-    write_json(args.json, record)
-    if args.markdown:
-        header = f"{info['name']}, {args.dtype}, batch {batch}, commit {record['commit']}"
-        with open(args.markdown, "w") as f:
-            f.write(markdown(rows, header))
+    record = {"device": info, **provenance(), "dtype": args.dtype, "smoke": args.smoke, "rows": []}
+    header = f"{info['name']}, {args.dtype}, batch {batch}, commit {record['commit']}"
+
+    def save(row: dict) -> None:  # after every row: a call cut short keeps what ran
+        record["rows"].append(row)
+        write_json(args.json, record)
+        if args.markdown:
+            write_text(args.markdown, markdown(record["rows"], header))
+
+    rows = tune(args.kernels, batch, getattr(torch, args.dtype), device, timer, args.smoke, deadline,
+                args.profile, on_row=save)  # fmt: skip
     return int(any(r["status"].startswith("failed") for r in rows))
 
 

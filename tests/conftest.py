@@ -32,6 +32,10 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 
 # The device the kernel tests run on: a real GPU when present, else the interpreter on the CPU.
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+if DEVICE.type == "cuda":
+    # float32 references are full precision: cuDNN convolutions (eager's patch embedding) default to TF32.
+    # Tests of the TF32 switches set them themselves.
+    torch.backends.cudnn.allow_tf32 = False
 
 ATTENTION_TYPES = ("divided_space_time", "joint_space_time", "space_only")
 
