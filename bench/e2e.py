@@ -50,6 +50,7 @@ IMPLEMENTATIONS = (
     "timesformer triton",
     "timesformer triton + graphs",
 )
+COMPILED = (COMPILE, "timesformer sdpa + compile")  # under torch.compile: a compile per batch size
 
 
 @dataclass
@@ -228,7 +229,7 @@ def _check(fn, x, expected, bound) -> tuple[float, str]:
 def _wanted(impl: str, batch: int, opts: Options) -> bool:
     if impl == "timesformer triton + graphs":
         return batch in opts.graphs_batches
-    if impl in (COMPILE, "timesformer sdpa + compile"):
+    if impl in COMPILED:
         return opts.compile_batches is None or batch in opts.compile_batches
     return True
 
@@ -241,9 +242,8 @@ def run_gpu(name: str, impls, batches, opts: Options, timer, log=print, on_row=N
     saved each row through ``on_row``) keeps whole comparisons at the batches that matter most. An
     implementation that raises is reported as failed, with the error, and the run goes on to the next one."""
     expected = reference_logits(name, batches, opts)
-    compiled = (COMPILE, "timesformer sdpa + compile")
-    plan = [(b, i) for b in batches for i in impls if i not in compiled]
-    plan += [(b, i) for b in batches for i in impls if i in compiled]
+    plan = [(b, i) for b in batches for i in impls if i not in COMPILED]
+    plan += [(b, i) for b in batches for i in impls if i in COMPILED]
     eager_err: dict[int, float] = {}
     rows = []
     for batch, impl in plan:
@@ -262,7 +262,7 @@ def run_gpu(name: str, impls, batches, opts: Options, timer, log=print, on_row=N
             _measure_gpu(row, opts, timer, expected[batch], bound)
             if impl == EAGER and row["rel_err_vs_fp32_eager"] is not None:
                 eager_err[batch] = row["rel_err_vs_fp32_eager"]
-            if impl in compiled:
+            if impl in COMPILED:
                 torch._dynamo.reset()
         rows.append(row)
         log(_describe(row))

@@ -163,20 +163,17 @@ def run_e2e(args, device: torch.device, timer: Timer | None, result: dict, save=
                 best = e2e.largest_batch(config, opts, max(batches), args.max_batch)
                 if best:
                     batches.append(best)
+
+            def add(row: dict, config: str = config) -> None:
+                row["flops"] = _flops(config, row["batch"]).total
+                result["e2e"].append(row)
+                save()
+
             if device.type == "cuda":
-
-                def add(row, config=config):
-                    row["flops"] = _flops(config, row["batch"]).total
-                    result["e2e"].append(row)
-                    save()
-
                 e2e.run_gpu(config, args.impls, batches, opts, timer, on_row=add)
             else:
-                rows = e2e.run_cpu(config, args.impls, batches, opts)
-                for r in rows:
-                    r["flops"] = _flops(config, r["batch"]).total
-                result["e2e"] += rows
-                save()
+                for row in e2e.run_cpu(config, args.impls, batches, opts):
+                    add(row)
 
 
 def run_gpu_kernels(args, device: torch.device, timer: Timer, result: dict, save=lambda: None) -> None:
@@ -189,7 +186,7 @@ def run_gpu_kernels(args, device: torch.device, timer: Timer, result: dict, save
     deadline = _deadline(args.kernels_budget_s)
     peak = result["peak_tflops"].get("bfloat16") or timer.matmul_tflops(dtype)
 
-    def add(entry: dict, r: dict, ms_key: str | None) -> None:
+    def add(entry: dict, r: dict, ms_key: str) -> None:
         ms = r.get("ms")
         entry.update(batch=r["batch"], dtype="bfloat16", status=r["status"], detail=r)
         entry.setdefault("ms", ms[ms_key] if ms else None)
