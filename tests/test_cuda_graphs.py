@@ -380,6 +380,34 @@ def test_triton_backend_in_the_interpreter():
     assert (fake.captures, runner.num_graphs) == (2, 1)
 
 
+def test_tables_an_older_graph_reads_stay_alive_and_their_eviction_recaptures(monkeypatch):
+    """A capture's warm-up can evict prepared weights an older graph reads by address (tables of another
+    input size, past the cache's size): they stay alive, and their eviction is a change that recaptures."""
+    if not timesformer.available_backends("cpu")["triton"].available:
+        pytest.skip("triton does not run on the CPU here")
+    from timesformer import weight_cache
+
+    model, kwargs = _model(seed=3)
+    model.set_backend("triton")
+    runner, fake = _runner(model)
+    embeddings = _embeddings(model)
+    a = random_clip(kwargs)
+    b = random_clip(kwargs, frames=kwargs["num_frames"] + 1)  # its own time table
+    with torch.no_grad():
+        runner(a)
+        read_by_a = list(weight_cache.entries(embeddings).values())
+        monkeypatch.setattr(weight_cache, "MAX_ENTRIES_PER_MODULE", len(read_by_a))
+        runner(b)
+        assert runner.num_graphs == 2 and fake.captures == 2
+        live = weight_cache.entries(embeddings).values()
+        assert any(all(e is not other for other in live) for e in read_by_a), "nothing was evicted"
+        kept = [entry for _, _, entry in runner._snapshot.prepared]
+        assert all(any(e is k for k in kept) for e in read_by_a)
+        assert not runner._snapshot.check()[0]
+        _assert_same(runner(a), model(a))
+    assert fake.captures == 3 and runner.num_graphs == 1
+
+
 # --------------------------------------------------------------------------- CPU: fallbacks
 def _fallbacks(model, x):
     def train(call):

@@ -172,7 +172,9 @@ def test_linear_residual_in_place(dtype, batch, rows, k, n):
     before = stream.clone()
     residual = stream[:, 1:]
     lin.linear_residual_(x, w, b64.float().to(DEVICE), residual)
-    exact = torch_ops.linear_residual(x.double(), w.double(), b64.float().double(), before[:, 1:].double())
+    exact = torch_ops.linear_residual(
+        x.double(), w.double(), b64.float().double().to(DEVICE), before[:, 1:].double()
+    )
     plain = torch_ops.linear_residual(x, w, b64.to(DEVICE, dtype), before[:, 1:])
     assert_kernel_accuracy(stream[:, 1:], exact, plain)
     assert torch.equal(stream[:, 0], before[:, 0]), "the CLS row was written"
@@ -192,7 +194,7 @@ def test_linear_residual_of_the_frame_mean(dtype, frames):
     before = stream.clone()
     lin.linear_residual_(ctx, w, b64.float().to(DEVICE), stream[:, :1], mean_rows=True)
     exact = torch_ops.linear_residual(
-        ctx.double(), w.double(), b64.float().double(), before[:, :1].double(), True
+        ctx.double(), w.double(), b64.float().double().to(DEVICE), before[:, :1].double(), True
     )
     plain = torch_ops.linear_residual(ctx, w, b64.to(DEVICE, dtype), before[:, :1], True)
     assert_kernel_accuracy(stream[:, :1], exact, plain)

@@ -83,3 +83,16 @@ def test_classifier_cls_only_last_layer(hf, attention_type, layers):
     x = random_clip(kwargs, batch=3)
     with torch.no_grad():
         assert_close(ours(x).logits, ref(x).logits)
+
+
+@pytest.mark.parametrize("kind", [list, tuple, torch.tensor], ids=["list", "tuple", "tensor"])
+def test_normalize_frames_takes_numbers_or_a_tensor(kind):
+    """mean and std are filled on the frames' device (no host-to-device copy, which a CUDA-graph capture
+    refuses): the same values as the formula, whichever form they come in."""
+    gen = torch.Generator().manual_seed(5)
+    frames = torch.randint(0, 256, (2, 3, 5, 7, 3), dtype=torch.uint8, generator=gen)
+    mean, std, rescale = [0.41, 0.52, 0.63], [0.21, 0.26, 0.33], 1 / 255
+    got = torch_ops.normalize_frames(frames, kind(mean), kind(std), rescale)
+    x = frames.permute(0, 1, 4, 2, 3).float()
+    expected = (x * rescale - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
+    assert got.shape == (2, 3, 3, 5, 7) and torch.equal(got, expected)

@@ -6,6 +6,7 @@ Runs on a GPU when one is present, else in Triton's interpreter (TRITON_INTERPRE
 from __future__ import annotations
 
 import collections
+import contextlib
 
 import pytest
 import torch
@@ -217,3 +218,37 @@ def test_fast_path_traces_under_torch_compile():
         expected = model(x).logits
         got = torch.compile(model, backend="aot_eager", fullgraph=True)(x).logits
     assert torch.equal(got, expected)
+
+
+def test_every_launch_goes_to_its_tensors_device(monkeypatch):
+    """Triton launches on the current CUDA device, not on the tensors': each kernel family launches inside
+    ``on_device`` of its first tensor (a model on cuda:1 while cuda:0 is current still runs on cuda:1)."""
+    from timesformer.kernels import attention, linear, patch_embed, temporal_attention
+
+    kernel_type = type(attention._attention_fwd_kernel)  # JITFunction on a GPU, the interpreter's on the CPU
+
+    guarded: list[torch.Tensor] = []
+    launches: list[bool] = []
+
+    @contextlib.contextmanager
+    def on_device(x):
+        guarded.append(x)
+        try:
+            yield
+        finally:
+            guarded.pop()
+
+    for module in (attention, linear, patch_embed, temporal_attention):
+        monkeypatch.setattr(module, "on_device", on_device)
+    run = kernel_type.run
+
+    def recording_run(self, *args, **kwargs):
+        launches.append(bool(guarded) and guarded[-1] is args[0])
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(kernel_type, "run", recording_run)
+    for attention_type in ("divided_space_time", "joint_space_time"):
+        model, kwargs = _model(attention_type, 44, cls=TimesformerForVideoClassification)
+        with torch.no_grad():
+            model(random_clip(kwargs, seed=45).to(DEVICE))
+    assert len(launches) > 10 and all(launches)

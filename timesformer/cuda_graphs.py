@@ -104,15 +104,20 @@ class _Snapshot:
     """What the graphs baked in: the model's tensors (by address), its module tree, its prepared weights
     and input normalization."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, older: list | tuple = ()) -> None:
         self.modules = list(model.modules())
         _, self.state = _scan(self.modules)
         self.optimizer_steps = optimizer_steps()
         # The graphs read prepared weights (e.g. the folded temporal projection) by address: keep them
         # alive, and recapture when the model drops or recomputes them (model.clear_weight_cache()).
-        self.prepared = [
+        # ``older``: the entries of the graphs captured before, which still live; this capture's warm-up may
+        # have evicted some from the cache (tables of another input size): kept alive and checked too, so
+        # an older graph never reads freed memory, and the eviction is seen as a change.
+        current = [
             (module, key, entry) for module in self.modules for key, entry in cache_entries(module).items()
         ]
+        ids = {id(entry) for _, _, entry in current}
+        self.prepared = current + [item for item in older if id(item[2]) not in ids]
         self.attributes = [
             (module.__dict__, name, module.__dict__[name])
             for module in self.modules
@@ -298,7 +303,8 @@ class CudaGraphRunner:
                 forward, device=static_input.device, pool=self._pool
             )
         graph = _Graph(static_input, replay, outputs)
+        older = self._snapshot.prepared if self._graphs and self._snapshot is not None else ()
         self._graphs[key] = graph
         # Taken after the warm-up, which may have filled the prepared-weight cache.
-        self._snapshot = _Snapshot(model)
+        self._snapshot = _Snapshot(model, older)
         return graph

@@ -269,6 +269,18 @@ def normalize_frames(
     """
     work = torch.promote_types(dtype, torch.float32)
     x = frames.permute(0, 1, 4, 2, 3).to(work)
-    mean = torch.as_tensor(mean, dtype=work, device=frames.device).reshape(-1, 1, 1)
-    std = torch.as_tensor(std, dtype=work, device=frames.device).reshape(-1, 1, 1)
+    mean = _per_channel(mean, work, frames.device)
+    std = _per_channel(std, work, frames.device)
     return ((x * rescale - mean) / std).to(dtype)
+
+
+def _per_channel(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``values`` (numbers, or a tensor) as a ``(C, 1, 1)`` tensor on ``device``, filled there: copying a
+    Python list to a GPU synchronizes with the host, which a CUDA-graph capture refuses."""
+    if isinstance(values, torch.Tensor) and values.device == device:
+        return values.to(dtype).reshape(-1, 1, 1)
+    values = torch.as_tensor(values, dtype=torch.float64).reshape(-1).tolist()
+    out = torch.empty(len(values), 1, 1, dtype=dtype, device=device)
+    for c, value in enumerate(values):
+        out[c].fill_(value)
+    return out

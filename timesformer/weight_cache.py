@@ -11,7 +11,9 @@ from torch import nn
 
 # Entries per module, least recently used evicted first. Some keys depend on the input (the position and
 # time tables per frame grid and frame count), so an unbounded cache would grow with every new clip size.
-MAX_ENTRIES_PER_MODULE = 16
+# Room for a CudaGraphRunner's default 8 graphs of different clip sizes (2 tables each) and the fixed
+# entries: evicting a table a live graph reads makes the runner capture again.
+MAX_ENTRIES_PER_MODULE = 32
 
 # Bumped after every optimizer step anywhere: fused optimizers (e.g. Adam(fused=True)) update
 # parameters without bumping their version counters, so versions alone would miss their steps.

@@ -12,6 +12,7 @@ first (``"temporal_attention: q must ..."``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 
@@ -31,6 +32,13 @@ INT32_MAX = 2**31 - 1
 def interpreting() -> bool:
     """Whether Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def on_device(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """A block whose launches go to ``x``'s GPU. Triton launches on the current CUDA device and its stream,
+    not on the tensors' device: a model on ``cuda:1`` while ``cuda:0`` is current (torchrun ranks without
+    ``torch.cuda.set_device``) would launch on the wrong GPU."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -33,6 +33,7 @@ from ._common import (
     dot_precision,
     interpreting,
     needs_int64,
+    on_device,
 )
 from ._triton_utils import mma, to_dtype
 
@@ -175,24 +176,25 @@ def _launch(
     ``out_row0 + (i - 1) * num_frames + t`` of ``out_rows``."""
     cfg = _launch_config(head_dim, q.dtype)
     grid = (triton.cdiv(num_queries, cfg["BLOCK_M"]) * q.shape[0] * num_frames, num_heads)
-    _attention_fwd_kernel[grid](
-        q,
-        k,
-        v,
-        out_cls,
-        out_rows,
-        *batch_row_strides(q, k, v, out_cls, out_rows),
-        num_queries,
-        num_keys,
-        num_frames,
-        out_row0,
-        head_dim**-0.5 * math.log2(math.e),
-        HEAD_DIM=head_dim,
-        DOT_PRECISION=dot_precision(q.dtype),
-        INTERPRET=interpreting(),
-        INT64=needs_int64(q, k, v, out_cls, out_rows) if int64 is None else int64,
-        **cfg,
-    )
+    with on_device(q):
+        _attention_fwd_kernel[grid](
+            q,
+            k,
+            v,
+            out_cls,
+            out_rows,
+            *batch_row_strides(q, k, v, out_cls, out_rows),
+            num_queries,
+            num_keys,
+            num_frames,
+            out_row0,
+            head_dim**-0.5 * math.log2(math.e),
+            HEAD_DIM=head_dim,
+            DOT_PRECISION=dot_precision(q.dtype),
+            INTERPRET=interpreting(),
+            INT64=needs_int64(q, k, v, out_cls, out_rows) if int64 is None else int64,
+            **cfg,
+        )
 
 
 # ------------------------------------------------------------------------------- joint / space-only attention

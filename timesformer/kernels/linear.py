@@ -45,6 +45,7 @@ from ._common import (
     interpreting,
     needs_int64,
     next_pow2,
+    on_device,
 )
 from ._triton_utils import mma, to_dtype
 
@@ -293,39 +294,40 @@ def _launch(x, weight, out, res, bias, colsum, out_rows, mean_rows, eps, activat
     grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
     dummy = out  # unread pointer for absent operands (their constexpr flag is off)
     res_ = dummy if res is None else res
-    _linear_kernel[grid](
-        x,
-        weight,
-        out,
-        res_,
-        dummy if bias is None else bias,
-        dummy if colsum is None else colsum,
-        x.stride(0),
-        x.stride(1),
-        x.stride(2),
-        weight.stride(0),
-        weight.stride(1),
-        out.stride(0),
-        out.stride(1),
-        res_.stride(0),
-        res_.stride(1),
-        out_rows,
-        mean_rows,
-        m,
-        n,
-        k,
-        eps,
-        LN=colsum is not None,
-        HAS_BIAS=bias is not None,
-        RESIDUAL=res is not None,
-        MEAN_ROWS=mean_rows > 0,
-        ACTIVATION=activation,
-        CENTER_TF32=colsum is not None and x.dtype == torch.float32 and precision == "tf32",
-        DOT_PRECISION=precision,
-        INTERPRET=interpreting(),
-        INT64=needs_int64(x, weight, out, res_) if int64 is None else int64,
-        **cfg,
-    )
+    with on_device(x):
+        _linear_kernel[grid](
+            x,
+            weight,
+            out,
+            res_,
+            dummy if bias is None else bias,
+            dummy if colsum is None else colsum,
+            x.stride(0),
+            x.stride(1),
+            x.stride(2),
+            weight.stride(0),
+            weight.stride(1),
+            out.stride(0),
+            out.stride(1),
+            res_.stride(0),
+            res_.stride(1),
+            out_rows,
+            mean_rows,
+            m,
+            n,
+            k,
+            eps,
+            LN=colsum is not None,
+            HAS_BIAS=bias is not None,
+            RESIDUAL=res is not None,
+            MEAN_ROWS=mean_rows > 0,
+            ACTIVATION=activation,
+            CENTER_TF32=colsum is not None and x.dtype == torch.float32 and precision == "tf32",
+            DOT_PRECISION=precision,
+            INTERPRET=interpreting(),
+            INT64=needs_int64(x, weight, out, res_) if int64 is None else int64,
+            **cfg,
+        )
 
 
 # ------------------------------------------------------------------------------------------ layer_norm_linear

@@ -40,6 +40,7 @@ from ._common import (
     dtype_name,
     interpreting,
     needs_int64,
+    on_device,
 )
 from ._triton_utils import mma, to_dtype
 
@@ -297,36 +298,37 @@ def _launch(
     grid = (triton.cdiv(num_rows, cfg["BLOCK_M"]) * triton.cdiv(hidden, cfg["BLOCK_N"]),)
     tables = [bias, pos, cls] + ([] if time is None else [time])
     time_arg = pos if time is None else time  # never read without HAS_TIME
-    _patch_embed_kernel[grid](
-        x,
-        weight,
-        bias,
-        pos,
-        time_arg,
-        cls,
-        out,
-        *x.stride(),
-        *weight.stride(),
-        bias.stride(0),
-        *pos.stride(),
-        *time_arg.stride(),
-        cls.stride(0),
-        *out.stride(),
-        num_rows,
-        hidden,
-        weight[0].numel(),
-        frames,
-        num_patches,
-        grid_w,
-        PATCH_H=weight.shape[2],
-        PATCH_W=weight.shape[3],
-        HAS_TIME=not space_only,
-        PIXELS_U8=channels_last,
-        DOT_PRECISION=dot_precision(weight.dtype),
-        INTERPRET=interpreting(),
-        INT64=needs_int64(pixels, weight, out, *tables) if int64 is None else int64,
-        **cfg,
-    )
+    with on_device(x):
+        _patch_embed_kernel[grid](
+            x,
+            weight,
+            bias,
+            pos,
+            time_arg,
+            cls,
+            out,
+            *x.stride(),
+            *weight.stride(),
+            bias.stride(0),
+            *pos.stride(),
+            *time_arg.stride(),
+            cls.stride(0),
+            *out.stride(),
+            num_rows,
+            hidden,
+            weight[0].numel(),
+            frames,
+            num_patches,
+            grid_w,
+            PATCH_H=weight.shape[2],
+            PATCH_W=weight.shape[3],
+            HAS_TIME=not space_only,
+            PIXELS_U8=channels_last,
+            DOT_PRECISION=dot_precision(weight.dtype),
+            INTERPRET=interpreting(),
+            INT64=needs_int64(pixels, weight, out, *tables) if int64 is None else int64,
+            **cfg,
+        )
     return out
 
 

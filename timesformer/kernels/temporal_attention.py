@@ -33,6 +33,7 @@ from ._common import (
     interpreting,
     needs_int64,
     next_pow2,
+    on_device,
 )
 from ._triton_utils import mma, to_dtype
 from .attention import _launch_joint
@@ -173,21 +174,22 @@ def _launch(q, k, v, out, num_frames: int, num_heads: int, sizes, int64: bool | 
         return out
     cfg = _launch_config(num_frames, head_dim, q.dtype)
     grid = (triton.cdiv(num_patches, cfg["BLOCK_P"]), batch, num_heads)
-    _temporal_attention_kernel[grid](
-        q,
-        k,
-        v,
-        out,
-        *batch_row_strides(q, k, v, out),
-        num_patches,
-        num_frames,
-        head_dim**-0.5 * math.log2(math.e),
-        HEAD_DIM=head_dim,
-        DOT_PRECISION=dot_precision(q.dtype),
-        INTERPRET=interpreting(),
-        INT64=needs_int64(q, k, v, out) if int64 is None else int64,
-        **cfg,
-    )
+    with on_device(q):
+        _temporal_attention_kernel[grid](
+            q,
+            k,
+            v,
+            out,
+            *batch_row_strides(q, k, v, out),
+            num_patches,
+            num_frames,
+            head_dim**-0.5 * math.log2(math.e),
+            HEAD_DIM=head_dim,
+            DOT_PRECISION=dot_precision(q.dtype),
+            INTERPRET=interpreting(),
+            INT64=needs_int64(q, k, v, out) if int64 is None else int64,
+            **cfg,
+        )
     return out
 
 
