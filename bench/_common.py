@@ -193,6 +193,11 @@ def no_tf32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
+def deadline_in(seconds: float | None) -> float | None:
+    """The ``time.monotonic()`` deadline ``seconds`` from now (None: no limit), for ``out_of_time``."""
+    return None if seconds is None else time.monotonic() + seconds
+
+
 def out_of_time(deadline: float | None) -> bool:
     """Whether ``time.monotonic()`` has passed ``deadline`` (None: no limit). A call on a lent GPU has a hard
     time limit: the benchmarks stop starting rows at their deadline, so what ran is kept and reported."""

@@ -192,12 +192,16 @@ def markdown(result: dict, png_name: str | None = None) -> str:
 
         lines += evaluate_markdown(result["evaluate"])
     if result.get("targets"):
-        lines += ["## Targets", "", "| target | goal | measured | met |", "|---|---|--:|---|"]
-        for t in result["targets"]:
-            value = f"{100 * t['value']:.1f}%" if t["unit"] == "%" else f"{t['value']:.2f}{t['unit']}"
-            lines.append(f"| {t['target']} | {t['goal']} | {value} | {'yes' if t['met'] else '**no**'} |")
-        lines.append("")
+        lines += ["## Targets", "", *_targets_table(result["targets"]), ""]
     return "\n".join(lines)
+
+
+def _targets_table(targets: list[dict]) -> list[str]:
+    lines = ["| target | goal | measured | met |", "|---|---|--:|---|"]
+    for t in targets:
+        value = f"{100 * t['value']:.1f}%" if t["unit"] == "%" else f"{t['value']:.2f}{t['unit']}"
+        lines.append(f"| {t['target']} | {t['goal']} | {value} | {'yes' if t['met'] else '**no**'} |")
+    return lines
 
 
 def plot(result: dict, path: str) -> str | None:
@@ -309,10 +313,7 @@ def readme_section(result: dict, json_rel: str) -> str:
             f"{_fmt(r.get('speedup_vs_compile'), '.2f')} | {_fmt(pct, '.1f')} | {_fmt(r.get('peak_mem_gib'), '.2f')} |"
         )
     if result.get("targets"):
-        lines += ["", "| target | goal | measured | met |", "|---|---|--:|---|"]
-        for t in result["targets"]:
-            value = f"{100 * t['value']:.1f}%" if t["unit"] == "%" else f"{t['value']:.2f}{t['unit']}"
-            lines.append(f"| {t['target']} | {t['goal']} | {value} | {'yes' if t['met'] else '**no**'} |")
+        lines += ["", *_targets_table(result["targets"])]
     return "\n".join(lines)
 
 

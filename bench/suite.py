@@ -26,12 +26,11 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import time
 
 import torch
 
 from bench import e2e, report
-from bench._common import Timer, commit, device_info, device_slug, versions
+from bench._common import Timer, commit, deadline_in, device_info, device_slug, versions
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -137,13 +136,9 @@ def _flops(config: str, batch: int):
     return count_flops(e2e.hf_config(config), batch)
 
 
-def _deadline(seconds: float | None) -> float | None:
-    return None if seconds is None else time.monotonic() + seconds
-
-
 def run_e2e(args, device: torch.device, timer: Timer | None, result: dict, save=lambda: None) -> None:
     """The end-to-end rows, appended to ``result["e2e"]`` as they finish (``save`` is called after each)."""
-    deadline = _deadline(args.e2e_budget_s)
+    deadline = deadline_in(args.e2e_budget_s)
     for dtype_name in args.dtypes:
         dtype = DTYPES[dtype_name]
         opts = e2e.Options(
@@ -183,7 +178,7 @@ def run_gpu_kernels(args, device: torch.device, timer: Timer, result: dict, save
 
     dtype = torch.bfloat16
     batches = [32] if args.quick else [32, 1, 8]  # the targets are at batch 32: first, in case time runs out
-    deadline = _deadline(args.kernels_budget_s)
+    deadline = deadline_in(args.kernels_budget_s)
     peak = result["peak_tflops"].get("bfloat16") or timer.matmul_tflops(dtype)
 
     def add(entry: dict, r: dict, ms_key: str) -> None:

@@ -34,6 +34,7 @@ import torch
 from bench import bench_attention, bench_fusion
 from bench._common import (
     Timer,
+    deadline_in,
     error_status,
     no_tf32,
     out_of_time,
@@ -400,11 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("no CUDA device: this times GPU kernels (--smoke checks the script, --compile-check the tiles)")
         return 1
-    import time
-
     from bench._common import device_info, provenance
 
-    deadline = None if args.budget_s is None else time.monotonic() + args.budget_s
+    deadline = deadline_in(args.budget_s)
     timer = Timer(device, smoke=args.smoke)
     info = device_info(device)
     record = {"device": info, **provenance(), "dtype": args.dtype, "smoke": args.smoke, "rows": []}

@@ -364,13 +364,19 @@ def test_to_another_dtype_drops_the_old_graphs():
     assert (fake.captures, runner.num_graphs) == (3, 1)
 
 
-def test_triton_backend_in_the_interpreter():
-    """The triton backend's prepared weights (LayerNorm folded into projections, tables per shape)."""
+def _triton_runner(seed: int):
+    """A small triton-backend model (the interpreter on the CPU) and its runner on ``FakeGraphs``."""
     if not timesformer.available_backends("cpu")["triton"].available:
         pytest.skip("triton does not run on the CPU here")
-    model, kwargs = _model(seed=1)
+    model, kwargs = _model(seed=seed)
     model.set_backend("triton")
     runner, fake = _runner(model)
+    return model, kwargs, runner, fake
+
+
+def test_triton_backend_in_the_interpreter():
+    """The triton backend's prepared weights (LayerNorm folded into projections, tables per shape)."""
+    model, kwargs, runner, fake = _triton_runner(seed=1)
     x = random_clip(kwargs)
     with torch.no_grad():
         _assert_same(runner(x), model(x))
@@ -383,13 +389,9 @@ def test_triton_backend_in_the_interpreter():
 def test_tables_an_older_graph_reads_stay_alive_and_their_eviction_recaptures(monkeypatch):
     """A capture's warm-up can evict prepared weights an older graph reads by address (tables of another
     input size, past the cache's size): they stay alive, and their eviction is a change that recaptures."""
-    if not timesformer.available_backends("cpu")["triton"].available:
-        pytest.skip("triton does not run on the CPU here")
     from timesformer import weight_cache
 
-    model, kwargs = _model(seed=3)
-    model.set_backend("triton")
-    runner, fake = _runner(model)
+    model, kwargs, runner, fake = _triton_runner(seed=3)
     embeddings = _embeddings(model)
     a = random_clip(kwargs)
     b = random_clip(kwargs, frames=kwargs["num_frames"] + 1)  # its own time table
