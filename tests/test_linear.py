@@ -6,6 +6,9 @@ frame-mean), on strided row views of a residual stream, awkward sizes, every dty
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from unittest import mock
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -256,3 +259,83 @@ def test_bad_input_is_refused_with_the_numbers():
         lin.linear_residual_(x, w, vec, torch.randn(2, 3, 8, device=DEVICE), mean_rows=True)
     with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
         lin.layer_norm_linear(x.double(), w.double(), vec, vec)
+
+
+# ------------------------------------------------------------------------------- tiles through TMA descriptors
+
+
+# The TMA came with sm_90; the interpreter (CPU tensors) runs the descriptor path as well.
+HAS_TMA = DEVICE.type != "cuda" or torch.cuda.get_device_capability(DEVICE)[0] >= 9
+
+
+@pytest.fixture
+def tma(monkeypatch) -> list[tuple[bool, bool]]:
+    """Launches with ``TMA`` on (``bench/tune.py``'s candidate); returns, per launch, whether A and W went
+    through descriptors."""
+    default, describe = lin._launch_config, lin._descriptors
+    used = []
+
+    def descriptors(*args):
+        x_desc, w_desc = describe(*args)
+        used.append((x_desc is not None, w_desc is not None))
+        return x_desc, w_desc
+
+    monkeypatch.setattr(lin, "_launch_config", lambda *args: {**default(*args), "TMA": True})
+    monkeypatch.setattr(lin, "_descriptors", descriptors)
+    return used
+
+
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+@pytest.mark.parametrize(
+    "batch,rows,k,n", [(1, 1, 16, 48), (2, 37, 40, 120), (3, 5, 96, 37), (1, 130, 64, 33)]
+)
+def test_layer_norm_linear_through_descriptors(tma, dtype, batch, rows, k, n):
+    """Out-of-bounds rows and columns of a descriptor tile are zeros, as the pointer loads' masks give."""
+    seed = batch * 1000 + rows * 10 + k + n
+    x, *params = _cast(dtype, _stream(batch, rows, k, seed, offset=2.0), *_ln_linear_params(k, n, seed + 1))
+    out, plain = _run_ln_linear(x, *params, 1e-5, "gelu")
+    assert_kernel_accuracy(out, _exact(x, *params, 1e-5, "gelu"), plain)
+    assert tma == [(HAS_TMA, HAS_TMA)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_residual_through_descriptors(tma, dtype):
+    """A strided residual stream (``x[:, 1:]``) is written by pointers whichever way the operands come."""
+    g = _gen(17)
+    batch, rows, k, n = 2, 21, 48, 40
+    stream64 = torch.randn(batch, 1 + rows, n, generator=g, dtype=torch.float64)
+    x64 = torch.randn(batch, rows, k, generator=g, dtype=torch.float64)
+    w64 = torch.randn(n, k, generator=g, dtype=torch.float64) / k**0.5
+    bias = torch.randn(n, generator=g).to(DEVICE)
+    stream, x, w = _cast(dtype, stream64, x64, w64)
+    before = stream.clone()
+    lin.linear_residual_(x, w, bias, stream[:, 1:])
+    exact = torch_ops.linear_residual(x.double(), w.double(), bias.double(), before[:, 1:].double())
+    plain = torch_ops.linear_residual(x, w, bias.to(dtype), before[:, 1:])
+    assert_kernel_accuracy(stream[:, 1:], exact, plain)
+    assert torch.equal(stream[:, 0], before[:, 0])
+    assert tma == [(HAS_TMA, HAS_TMA)]
+
+
+def test_descriptors_only_where_the_tma_can_read_the_operand():
+    """A by descriptor needs its rows at one stride, not averaged, and 16-byte aligned rows; W likewise."""
+    stream = torch.randn(2, 9, 64, dtype=torch.bfloat16)
+    w = torch.randn(24, 64, dtype=torch.bfloat16)
+
+    def used(x, out_rows, mean_rows=0, weight=w, tma=True):
+        cfg = {**lin._launch_config(x.shape[0] * out_rows, x.dtype), "TMA": tma}
+        return tuple(d is not None for d in lin._descriptors(x, weight, out_rows, mean_rows, cfg))
+
+    assert used(stream, 9) == (True, True)
+    assert used(stream, 9, tma=False) == (False, False)
+    assert used(stream[:, 1:], 8) == (False, True), "two clips' x[:, 1:] is not one row stride"
+    assert used(stream[:1, 1:], 8) == (True, True), "one clip's x[:, 1:] is"
+    assert used(stream[:, :1], 1) == (True, True), "CLS rows: one row per clip, at the clip stride"
+    assert used(stream, 1, mean_rows=9) == (False, True), "averaged rows"
+    odd = torch.randn(2, 9, 37, dtype=torch.bfloat16)
+    assert used(odd, 9, weight=torch.randn(24, 37, dtype=torch.bfloat16)) == (False, False), "74-byte rows"
+    assert used(stream.flatten()[1:65].view(1, 1, 64), 1) == (False, True), "unaligned base"
+    # An sm_80 GPU has no TMA: pointer loads whatever the configuration says.
+    ampere = SimpleNamespace(is_cuda=True, device=torch.device("cuda", 0))
+    with mock.patch.object(torch.cuda, "get_device_capability", return_value=(8, 0)):
+        assert lin._descriptors(ampere, w, 9, 0, {"TMA": True}) == (None, None)

@@ -26,6 +26,12 @@ One GEMM kernel, ``out = epilogue(A @ W^T)``, with constexpr features for the si
 Rows are addressed as ``(batch, rows)`` with two strides, so ``x[:, 1:]`` (the temporal pass skipping CLS)
 and ``x[:, :1]`` are read and written in place, with no copy.
 
+``TMA_A``/``TMA_W``: the A and W tiles come through tensor descriptors (Hopper's tensor memory accelerator:
+one instruction per tile, out-of-bounds rows and columns filled with zeros, no address arithmetic in the
+loop) instead of pointer loads (``cp.async`` on sm_80/sm_90). A needs rows at one stride for that (not
+``x[:, 1:]`` of several clips, not ``MEAN_ROWS``). Off by default: it is a launch-configuration candidate
+(``bench/tune.py``) until timed on an H200.
+
 Pure-torch references: ``timesformer.torch_ops.layer_norm_linear`` and ``linear_residual``.
 """
 
@@ -34,6 +40,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ._common import (
     SUPPORTED_DTYPES,
@@ -91,9 +98,12 @@ def _activation(x, ACTIVATION: tl.constexpr):
 
 @triton.jit
 def _linear_kernel(
-    # Pointers: A rows, weight, output, residual, bias, LayerNorm column sums (c1)
+    # Pointers: A rows, weight, output, residual, bias, LayerNorm column sums (c1); tensor descriptors of A
+    # (rows, features) and W (None where TMA_A / TMA_W is off)
     X,
     W,
+    XDesc,
+    WDesc,
     Out,
     Res,
     Bias,
@@ -125,6 +135,9 @@ def _linear_kernel(
     MEAN_ROWS: tl.constexpr,
     ACTIVATION: tl.constexpr,
     CENTER_TF32: tl.constexpr,
+    # A and W tiles through their tensor descriptors
+    TMA_A: tl.constexpr,
+    TMA_W: tl.constexpr,
     # Tile sizes and grouped launch order
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -171,18 +184,23 @@ def _linear_kernel(
         k_ok = k < K
         a_mask = m_ok[:, None] & k_ok[None, :]
         a_ptrs = x_rows[:, None] + k[None, :] * stride_xk
-        if MEAN_ROWS:
+        if TMA_A:
+            a = XDesc.load([pid_m * BLOCK_M, k0])
+        elif MEAN_ROWS:
             a32 = tl.zeros([BLOCK_M, BLOCK_K], tl.float32)
             for t in range(0, mean_rows):
                 a32 += tl.load(a_ptrs + t * stride_xr, mask=a_mask, other=0.0).to(tl.float32)
             a = to_dtype(a32 / mean_rows, X.dtype.element_ty, INTERPRET)
         else:
             a = tl.load(a_ptrs, mask=a_mask, other=0.0)
-        w = tl.load(
-            W + offs_n[None, :] * stride_wn + k[:, None] * stride_wk,
-            mask=k_ok[:, None] & n_ok[None, :],
-            other=0.0,
-        )
+        if TMA_W:
+            w = WDesc.load([pid_n * BLOCK_N, k0]).T
+        else:
+            w = tl.load(
+                W + offs_n[None, :] * stride_wn + k[:, None] * stride_wk,
+                mask=k_ok[:, None] & n_ok[None, :],
+                other=0.0,
+            )
         if LN:
             # Chan et al.: merge this tile's (count, mean, M2) into the running ones.
             a32 = a.to(tl.float32)
@@ -275,7 +293,41 @@ def _launch_config(m: int, dtype: torch.dtype) -> dict:
         GROUP_M=8,
         num_warps=warps,
         num_stages=stages,
+        # Tiles through tensor descriptors where the GPU has a TMA (sm_90+) and the operands allow it
+        # (_descriptors): predicted to matter only if the GEMMs trail cuBLAS (bench/NOTES.md); not yet timed.
+        TMA=False,
     )
+
+
+def _descriptors(
+    x, weight, out_rows, mean_rows, cfg
+) -> tuple[TensorDescriptor | None, TensorDescriptor | None]:
+    """Tensor descriptors of A as ``(M, K)`` rows and of W, or ``None`` for an operand that is loaded by
+    pointers: everywhere unless ``cfg["TMA"]``, on GPUs without a TMA (before sm_90), for A rows that are not
+    at one stride (``x[:, 1:]`` of several clips) or averaged (``mean_rows``), and where a base address or a
+    row stride is not a multiple of 16 bytes (the TMA's rule)."""
+    if not cfg["TMA"] or (x.is_cuda and torch.cuda.get_device_capability(x.device)[0] < 9):
+        return None, None
+
+    def aligned(t: torch.Tensor, row_stride: int) -> bool:
+        return t.data_ptr() % 16 == 0 and row_stride * t.element_size() % 16 == 0
+
+    batch, rows, k = x.shape
+    if out_rows == 1:
+        row_stride = x.stride(0)
+    elif batch == 1 or x.stride(0) == rows * x.stride(1):
+        row_stride = x.stride(1)
+    else:
+        row_stride = None
+    x_desc = w_desc = None
+    if not mean_rows and row_stride is not None and aligned(x, row_stride):
+        block = [cfg["BLOCK_M"], cfg["BLOCK_K"]]
+        x_desc = TensorDescriptor(x, [batch * rows, k], [row_stride, 1], block)
+    if aligned(weight, weight.stride(0)) and weight.stride(1) == 1:
+        w_desc = TensorDescriptor(
+            weight, list(weight.shape), list(weight.stride()), [cfg["BLOCK_N"], cfg["BLOCK_K"]]
+        )
+    return x_desc, w_desc
 
 
 # --------------------------------------------------------------------------------------------------- launcher
@@ -291,6 +343,8 @@ def _launch(x, weight, out, res, bias, colsum, out_rows, mean_rows, eps, activat
         return
     precision = dot_precision(x.dtype)
     cfg = _launch_config(m, x.dtype)
+    x_desc, w_desc = _descriptors(x, weight, out_rows, mean_rows, cfg)
+    del cfg["TMA"]
     grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
     dummy = out  # unread pointer for absent operands (their constexpr flag is off)
     res_ = dummy if res is None else res
@@ -298,6 +352,8 @@ def _launch(x, weight, out, res, bias, colsum, out_rows, mean_rows, eps, activat
         _linear_kernel[grid](
             x,
             weight,
+            x_desc,
+            w_desc,
             out,
             res_,
             dummy if bias is None else bias,
@@ -323,6 +379,8 @@ def _launch(x, weight, out, res, bias, colsum, out_rows, mean_rows, eps, activat
             MEAN_ROWS=mean_rows > 0,
             ACTIVATION=activation,
             CENTER_TF32=colsum is not None and x.dtype == torch.float32 and precision == "tf32",
+            TMA_A=x_desc is not None,
+            TMA_W=w_desc is not None,
             DOT_PRECISION=precision,
             INTERPRET=interpreting(),
             INT64=needs_int64(x, weight, out, res_) if int64 is None else int64,
