@@ -85,7 +85,9 @@ CANDIDATES: dict[str, list[dict]] = {
         # loop (130 registers instead of 173 in the residual products on sm_90), zero fill instead of masks.
         # qkv_t keeps pointer loads for A (x[:, 1:] of several clips is not one row stride).
         {"TMA": True},
-        {"TMA": True, "num_stages": 4},
+        # ... and a persistent grid whose flattened tile loop overlaps a tile's epilogue with the next
+        # tile's loads: at K = 768 (12 steps of 64) the epilogue and pipeline fill are a large share.
+        {"TMA": True, "PERSISTENT": True, "FLATTEN": True},
     ],
     # Implicit-GEMM patch embedding (K = 768 gathered pixels). Default 128 x 128 x 64, 8 warps, 3 stages.
     "patch_embed": [

@@ -261,46 +261,68 @@ def test_bad_input_is_refused_with_the_numbers():
         lin.layer_norm_linear(x.double(), w.double(), vec, vec)
 
 
-# ------------------------------------------------------------------------------- tiles through TMA descriptors
-
+# ------------------------------------------------- launch-configuration candidates: TMA, persistent grid
 
 # The TMA came with sm_90; the interpreter (CPU tensors) runs the descriptor path as well.
 HAS_TMA = DEVICE.type != "cuda" or torch.cuda.get_device_capability(DEVICE)[0] >= 9
 
+# bench/tune.py's GEMM candidates that change the kernel's code, not only its tiles.
+VARIANTS = {
+    "tma": {"TMA": True},
+    "persistent": {"PERSISTENT": True, "FLATTEN": True},
+    "persistent-tma": {"TMA": True, "PERSISTENT": True, "FLATTEN": True},
+}
 
-@pytest.fixture
-def tma(monkeypatch) -> list[tuple[bool, bool]]:
-    """Launches with ``TMA`` on (``bench/tune.py``'s candidate); returns, per launch, whether A and W went
-    through descriptors."""
-    default, describe = lin._launch_config, lin._descriptors
-    used = []
 
-    def descriptors(*args):
-        x_desc, w_desc = describe(*args)
-        used.append((x_desc is not None, w_desc is not None))
+@pytest.fixture(params=list(VARIANTS))
+def variant(request, monkeypatch) -> SimpleNamespace:
+    """Launches with a candidate's configuration; records per launch whether A and W went through
+    descriptors (``used``) and the grid's programs against the output tiles (``grids``)."""
+    overrides = VARIANTS[request.param]
+    default, descriptors, grid = lin._launch_config, lin._descriptors, lin._grid
+    rec = SimpleNamespace(
+        tma=overrides.get("TMA", False), persistent=overrides.get("PERSISTENT", False), used=[], grids=[]
+    )
+
+    def spy_descriptors(*args):
+        x_desc, w_desc = descriptors(*args)
+        rec.used.append((x_desc is not None, w_desc is not None))
         return x_desc, w_desc
 
-    monkeypatch.setattr(lin, "_launch_config", lambda *args: {**default(*args), "TMA": True})
-    monkeypatch.setattr(lin, "_descriptors", descriptors)
-    return used
+    def spy_grid(m, n, cfg, x):
+        programs = grid(m, n, cfg, x)
+        rec.grids.append((programs[0], grid(m, n, {**cfg, "PERSISTENT": False}, x)[0]))
+        return programs
+
+    monkeypatch.setattr(lin, "_launch_config", lambda *args: {**default(*args), **overrides})
+    monkeypatch.setattr(lin, "_descriptors", spy_descriptors)
+    monkeypatch.setattr(lin, "_grid", spy_grid)
+    return rec
 
 
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
 @pytest.mark.parametrize(
-    "batch,rows,k,n", [(1, 1, 16, 48), (2, 37, 40, 120), (3, 5, 96, 37), (1, 130, 64, 33)]
+    "batch,rows,k,n", [(1, 1, 16, 48), (2, 37, 40, 120), (3, 5, 96, 37), (1, 130, 64, 33), (1, 300, 48, 300)]
 )
-def test_layer_norm_linear_through_descriptors(tma, dtype, batch, rows, k, n):
-    """Out-of-bounds rows and columns of a descriptor tile are zeros, as the pointer loads' masks give."""
+def test_layer_norm_linear_candidates(variant, dtype, batch, rows, k, n):
+    """Out-of-bounds rows and columns of a descriptor tile are zeros, as the pointer loads' masks give; a
+    persistent program writes every tile it walks (outputs poisoned)."""
     seed = batch * 1000 + rows * 10 + k + n
     x, *params = _cast(dtype, _stream(batch, rows, k, seed, offset=2.0), *_ln_linear_params(k, n, seed + 1))
     out, plain = _run_ln_linear(x, *params, 1e-5, "gelu")
     assert_kernel_accuracy(out, _exact(x, *params, 1e-5, "gelu"), plain)
-    assert tma == [(HAS_TMA, HAS_TMA)]
+    assert variant.used == [(HAS_TMA and variant.tma,) * 2]
+    programs, tiles = variant.grids[0]
+    if variant.persistent and DEVICE.type == "cpu":  # the interpreter's persistent grid has 3 programs
+        assert programs == min(tiles, 3)
+    else:
+        assert programs == tiles
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_linear_residual_through_descriptors(tma, dtype):
-    """A strided residual stream (``x[:, 1:]``) is written by pointers whichever way the operands come."""
+def test_linear_residual_candidates(variant, dtype):
+    """A strided residual stream (``x[:, 1:]``) and the CLS row from the frame-mean (``mean_rows``, pointer
+    loads of A) whichever way the operands come."""
     g = _gen(17)
     batch, rows, k, n = 2, 21, 48, 40
     stream64 = torch.randn(batch, 1 + rows, n, generator=g, dtype=torch.float64)
@@ -310,11 +332,15 @@ def test_linear_residual_through_descriptors(tma, dtype):
     stream, x, w = _cast(dtype, stream64, x64, w64)
     before = stream.clone()
     lin.linear_residual_(x, w, bias, stream[:, 1:])
+    lin.linear_residual_(x, w, bias, stream[:, :1], mean_rows=True)
     exact = torch_ops.linear_residual(x.double(), w.double(), bias.double(), before[:, 1:].double())
     plain = torch_ops.linear_residual(x, w, bias.to(dtype), before[:, 1:])
     assert_kernel_accuracy(stream[:, 1:], exact, plain)
-    assert torch.equal(stream[:, 0], before[:, 0])
-    assert tma == [(HAS_TMA, HAS_TMA)]
+    exact = torch_ops.linear_residual(x.double(), w.double(), bias.double(), before[:, :1].double(), True)
+    plain = torch_ops.linear_residual(x, w, bias.to(dtype), before[:, :1], True)
+    assert_kernel_accuracy(stream[:, :1], exact, plain)
+    tma = HAS_TMA and variant.tma
+    assert variant.used == [(tma, tma), (False, tma)]
 
 
 def test_descriptors_only_where_the_tma_can_read_the_operand():

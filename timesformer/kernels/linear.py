@@ -26,11 +26,15 @@ One GEMM kernel, ``out = epilogue(A @ W^T)``, with constexpr features for the si
 Rows are addressed as ``(batch, rows)`` with two strides, so ``x[:, 1:]`` (the temporal pass skipping CLS)
 and ``x[:, :1]`` are read and written in place, with no copy.
 
-``TMA_A``/``TMA_W``: the A and W tiles come through tensor descriptors (Hopper's tensor memory accelerator:
-one instruction per tile, out-of-bounds rows and columns filled with zeros, no address arithmetic in the
-loop) instead of pointer loads (``cp.async`` on sm_80/sm_90). A needs rows at one stride for that (not
-``x[:, 1:]`` of several clips, not ``MEAN_ROWS``). Off by default: it is a launch-configuration candidate
-(``bench/tune.py``) until timed on an H200.
+Two launch-configuration candidates change the code, both off by default until ``bench/tune.py`` times
+them on an H200 (``bench/NOTES.md``):
+
+- ``TMA_A``/``TMA_W``: the A and W tiles come through tensor descriptors (Hopper's tensor memory accelerator:
+  one instruction per tile, out-of-bounds rows and columns filled with zeros, no address arithmetic in the
+  loop) instead of pointer loads (``cp.async`` on sm_80/sm_90). A needs rows at one stride for that (not
+  ``x[:, 1:]`` of several clips, not ``MEAN_ROWS``).
+- ``PERSISTENT``/``FLATTEN``: one program per SM walks the output tiles, the tile loop flattened so that
+  the next tile's loads overlap this tile's epilogue.
 
 Pure-torch references: ``timesformer.torch_ops.layer_norm_linear`` and ``linear_residual``.
 """
@@ -135,9 +139,11 @@ def _linear_kernel(
     MEAN_ROWS: tl.constexpr,
     ACTIVATION: tl.constexpr,
     CENTER_TF32: tl.constexpr,
-    # A and W tiles through their tensor descriptors
+    # A and W tiles through their tensor descriptors; a persistent grid, its tile loop flattened
     TMA_A: tl.constexpr,
     TMA_W: tl.constexpr,
+    PERSISTENT: tl.constexpr,
+    FLATTEN: tl.constexpr,
     # Tile sizes and grouped launch order
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -148,16 +154,55 @@ def _linear_kernel(
     INTERPRET: tl.constexpr,
     INT64: tl.constexpr,
 ):
-    # Grouped order (Triton's matmul tutorial): GROUP_M row blocks sweep the columns together, so their
-    # A rows and the W columns they share stay in L2.
-    pid = tl.program_id(0)
+    # One output tile per program, or with PERSISTENT a grid of about one program per SM walking the tiles;
+    # FLATTEN lets Triton pipeline across tiles (the next tile's first loads overlap this one's epilogue).
+    # The tile is a function so that the default, one tile per program, compiles without a loop around it
+    # (a one-trip loop costs registers: 149 -> 196 in LN_1 -> qkv_s on sm_90).
+    # fmt: off
+    if PERSISTENT:
+        num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+        for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), flatten=FLATTEN):
+            _linear_tile(
+                tile,
+                X, W, XDesc, WDesc, Out, Res, Bias, Colsum,
+                stride_xb, stride_xr, stride_xk, stride_wn, stride_wk, stride_ob, stride_or, stride_rb, stride_rr,
+                out_rows, mean_rows, M, N, K, eps, LN, HAS_BIAS, RESIDUAL, MEAN_ROWS, ACTIVATION, CENTER_TF32,
+                TMA_A, TMA_W, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, DOT_PRECISION, INTERPRET, INT64,
+            )
+    else:
+        _linear_tile(
+            tl.program_id(0),
+            X, W, XDesc, WDesc, Out, Res, Bias, Colsum,
+            stride_xb, stride_xr, stride_xk, stride_wn, stride_wk, stride_ob, stride_or, stride_rb, stride_rr,
+            out_rows, mean_rows, M, N, K, eps, LN, HAS_BIAS, RESIDUAL, MEAN_ROWS, ACTIVATION, CENTER_TF32,
+            TMA_A, TMA_W, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, DOT_PRECISION, INTERPRET, INT64,
+        )
+    # fmt: on
+
+
+# fmt: off
+@triton.jit
+def _linear_tile(
+    tile,
+    X, W, XDesc, WDesc, Out, Res, Bias, Colsum,
+    stride_xb, stride_xr, stride_xk, stride_wn, stride_wk, stride_ob, stride_or, stride_rb, stride_rr,
+    out_rows, mean_rows, M, N, K, eps,
+    LN: tl.constexpr, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, MEAN_ROWS: tl.constexpr,
+    ACTIVATION: tl.constexpr, CENTER_TF32: tl.constexpr, TMA_A: tl.constexpr, TMA_W: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, INTERPRET: tl.constexpr, INT64: tl.constexpr,
+):
+    # fmt: on
+    """Output tile ``tile`` of ``_linear_kernel``, whose arguments (the others) are documented there."""
+    # The tile's (row block, column block) in grouped order (Triton's matmul tutorial): GROUP_M row blocks
+    # sweep the columns together, so their A rows and the W columns they share stay in L2.
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
-    group = pid // (GROUP_M * num_n)
+    group = tile // (GROUP_M * num_n)
     first_m = group * GROUP_M
     group_size = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % (GROUP_M * num_n)) % group_size
-    pid_n = (pid % (GROUP_M * num_n)) // group_size
+    pid_m = first_m + (tile % (GROUP_M * num_n)) % group_size
+    pid_n = (tile % (GROUP_M * num_n)) // group_size
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -293,10 +338,26 @@ def _launch_config(m: int, dtype: torch.dtype) -> dict:
         GROUP_M=8,
         num_warps=warps,
         num_stages=stages,
-        # Tiles through tensor descriptors where the GPU has a TMA (sm_90+) and the operands allow it
-        # (_descriptors): predicted to matter only if the GEMMs trail cuBLAS (bench/NOTES.md); not yet timed.
+        # Candidates for bench/tune.py, off until timed on an H200 (bench/NOTES.md): tiles through tensor
+        # descriptors where the GPU has a TMA (sm_90+) and the operands allow it (_descriptors); a persistent
+        # grid of one program per SM, its tile loop flattened or not.
         TMA=False,
+        PERSISTENT=False,
+        FLATTEN=False,
     )
+
+
+# Programs of a persistent grid where there is no GPU to ask (the interpreter): a few, so that each walks
+# several tiles.
+_INTERPRETER_SMS = 3
+
+
+def _grid(m: int, n: int, cfg: dict, x: torch.Tensor) -> tuple[int]:
+    tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
+    if not cfg["PERSISTENT"]:
+        return (tiles,)
+    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else _INTERPRETER_SMS
+    return (min(tiles, sms),)
 
 
 def _descriptors(
@@ -344,8 +405,8 @@ def _launch(x, weight, out, res, bias, colsum, out_rows, mean_rows, eps, activat
     precision = dot_precision(x.dtype)
     cfg = _launch_config(m, x.dtype)
     x_desc, w_desc = _descriptors(x, weight, out_rows, mean_rows, cfg)
+    grid = _grid(m, n, cfg, x)
     del cfg["TMA"]
-    grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
     dummy = out  # unread pointer for absent operands (their constexpr flag is off)
     res_ = dummy if res is None else res
     with on_device(x):
