@@ -419,7 +419,7 @@ def test_tune_smoke(tmp_path, monkeypatch):
     ]
     assert rows[1]["status"].startswith("failed: ") and rows[1]["ms"] is None
     ok = [r for r in rows if r["status"] == "ok"]
-    assert len(ok) == len(rows) - 1 == 2 + len(tune.CANDIDATES["linear"])
+    assert len(ok) == len(rows) - 1 == 2 + len(tune.candidates("fc2 + residual"))
     # Every check on untouched inputs: the baseline's own error is rounding, not a stale reference.
     assert all(r["rel_err"] <= 4 * r["baseline_rel_err"] + 1e-6 and r["ms"] > 0 for r in ok)
     assert all(r["baseline_rel_err"] < 1e-2 for r in ok)
