@@ -100,86 +100,6 @@ def _activation(x, ACTIVATION: tl.constexpr):
     return x
 
 
-@triton.jit
-def _linear_kernel(
-    # Pointers: A rows, weight, output, residual, bias, LayerNorm column sums (c1); tensor descriptors of A
-    # (rows, features) and W (None where TMA_A / TMA_W is off)
-    X,
-    W,
-    XDesc,
-    WDesc,
-    Out,
-    Res,
-    Bias,
-    Colsum,
-    # Strides of A (batch, row, feature), the weight (out feature, in feature), output and residual
-    # (batch, row; unit feature stride)
-    stride_xb,
-    stride_xr,
-    stride_xk,
-    stride_wn,
-    stride_wk,
-    stride_ob,
-    stride_or,
-    stride_rb,
-    stride_rr,
-    # Sizes: output rows per batch, A rows averaged per output row (MEAN_ROWS), GEMM M x N x K;
-    # the LayerNorm's epsilon
-    out_rows,
-    mean_rows,
-    M,
-    N,
-    K,
-    eps,
-    # Features: folded LayerNorm, bias, in-place residual add, A rows as a mean of rows, activation code,
-    # centered fp32 rows for TF32 products
-    LN: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    RESIDUAL: tl.constexpr,
-    MEAN_ROWS: tl.constexpr,
-    ACTIVATION: tl.constexpr,
-    CENTER_TF32: tl.constexpr,
-    # A and W tiles through their tensor descriptors; a persistent grid, its tile loop flattened
-    TMA_A: tl.constexpr,
-    TMA_W: tl.constexpr,
-    PERSISTENT: tl.constexpr,
-    FLATTEN: tl.constexpr,
-    # Tile sizes and grouped launch order
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr,
-    # tl.dot input precision, interpreter fixes (_triton_utils), 64-bit offsets
-    DOT_PRECISION: tl.constexpr,
-    INTERPRET: tl.constexpr,
-    INT64: tl.constexpr,
-):
-    # One output tile per program, or with PERSISTENT a grid of about one program per SM walking the tiles;
-    # FLATTEN lets Triton pipeline across tiles (the next tile's first loads overlap this one's epilogue).
-    # The tile is a function so that the default, one tile per program, compiles without a loop around it
-    # (a one-trip loop costs registers: 149 -> 196 in LN_1 -> qkv_s on sm_90).
-    # fmt: off
-    if PERSISTENT:
-        num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
-        for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), flatten=FLATTEN):
-            _linear_tile(
-                tile,
-                X, W, XDesc, WDesc, Out, Res, Bias, Colsum,
-                stride_xb, stride_xr, stride_xk, stride_wn, stride_wk, stride_ob, stride_or, stride_rb, stride_rr,
-                out_rows, mean_rows, M, N, K, eps, LN, HAS_BIAS, RESIDUAL, MEAN_ROWS, ACTIVATION, CENTER_TF32,
-                TMA_A, TMA_W, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, DOT_PRECISION, INTERPRET, INT64,
-            )
-    else:
-        _linear_tile(
-            tl.program_id(0),
-            X, W, XDesc, WDesc, Out, Res, Bias, Colsum,
-            stride_xb, stride_xr, stride_xk, stride_wn, stride_wk, stride_ob, stride_or, stride_rb, stride_rr,
-            out_rows, mean_rows, M, N, K, eps, LN, HAS_BIAS, RESIDUAL, MEAN_ROWS, ACTIVATION, CENTER_TF32,
-            TMA_A, TMA_W, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, DOT_PRECISION, INTERPRET, INT64,
-        )
-    # fmt: on
-
-
 # fmt: off
 @triton.jit
 def _linear_tile(
@@ -193,7 +113,7 @@ def _linear_tile(
     DOT_PRECISION: tl.constexpr, INTERPRET: tl.constexpr, INT64: tl.constexpr,
 ):
     # fmt: on
-    """Output tile ``tile`` of ``_linear_kernel``, whose arguments (the others) are documented there."""
+    """Output tile ``tile`` of ``_linear_kernel`` (below), whose other arguments are documented there."""
     # The tile's (row block, column block) in grouped order (Triton's matmul tutorial): GROUP_M row blocks
     # sweep the columns together, so their A rows and the W columns they share stay in L2.
     num_m = tl.cdiv(M, BLOCK_M)
@@ -281,6 +201,86 @@ def _linear_tile(
         acc += tl.load(res_ptrs, mask=out_mask, other=0.0).to(tl.float32)
     out_ptrs = Out + (b * stride_ob + r * stride_or)[:, None] + offs_n[None, :]
     tl.store(out_ptrs, to_dtype(acc, Out.dtype.element_ty, INTERPRET), mask=out_mask)
+
+
+@triton.jit
+def _linear_kernel(
+    # Pointers: A rows, weight, output, residual, bias, LayerNorm column sums (c1); tensor descriptors of A
+    # (rows, features) and W (None where TMA_A / TMA_W is off)
+    X,
+    W,
+    XDesc,
+    WDesc,
+    Out,
+    Res,
+    Bias,
+    Colsum,
+    # Strides of A (batch, row, feature), the weight (out feature, in feature), output and residual
+    # (batch, row; unit feature stride)
+    stride_xb,
+    stride_xr,
+    stride_xk,
+    stride_wn,
+    stride_wk,
+    stride_ob,
+    stride_or,
+    stride_rb,
+    stride_rr,
+    # Sizes: output rows per batch, A rows averaged per output row (MEAN_ROWS), GEMM M x N x K;
+    # the LayerNorm's epsilon
+    out_rows,
+    mean_rows,
+    M,
+    N,
+    K,
+    eps,
+    # Features: folded LayerNorm, bias, in-place residual add, A rows as a mean of rows, activation code,
+    # centered fp32 rows for TF32 products
+    LN: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    RESIDUAL: tl.constexpr,
+    MEAN_ROWS: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+    CENTER_TF32: tl.constexpr,
+    # A and W tiles through their tensor descriptors; a persistent grid, its tile loop flattened
+    TMA_A: tl.constexpr,
+    TMA_W: tl.constexpr,
+    PERSISTENT: tl.constexpr,
+    FLATTEN: tl.constexpr,
+    # Tile sizes and grouped launch order
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    # tl.dot input precision, interpreter fixes (_triton_utils), 64-bit offsets
+    DOT_PRECISION: tl.constexpr,
+    INTERPRET: tl.constexpr,
+    INT64: tl.constexpr,
+):
+    # One output tile per program, or with PERSISTENT a grid of about one program per SM walking the tiles;
+    # FLATTEN lets Triton pipeline across tiles (the next tile's first loads overlap this one's epilogue).
+    # The tile is a function so that the default, one tile per program, compiles without a loop around it
+    # (a one-trip loop costs registers: 149 -> 196 in LN_1 -> qkv_s on sm_90).
+    # fmt: off
+    if PERSISTENT:
+        num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+        for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), flatten=FLATTEN):
+            _linear_tile(
+                tile,
+                X, W, XDesc, WDesc, Out, Res, Bias, Colsum,
+                stride_xb, stride_xr, stride_xk, stride_wn, stride_wk, stride_ob, stride_or, stride_rb, stride_rr,
+                out_rows, mean_rows, M, N, K, eps, LN, HAS_BIAS, RESIDUAL, MEAN_ROWS, ACTIVATION, CENTER_TF32,
+                TMA_A, TMA_W, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, DOT_PRECISION, INTERPRET, INT64,
+            )
+    else:
+        _linear_tile(
+            tl.program_id(0),
+            X, W, XDesc, WDesc, Out, Res, Bias, Colsum,
+            stride_xb, stride_xr, stride_xk, stride_wn, stride_wk, stride_ob, stride_or, stride_rb, stride_rr,
+            out_rows, mean_rows, M, N, K, eps, LN, HAS_BIAS, RESIDUAL, MEAN_ROWS, ACTIVATION, CENTER_TF32,
+            TMA_A, TMA_W, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, DOT_PRECISION, INTERPRET, INT64,
+        )
+    # fmt: on
 
 
 # -------------------------------------------------------------------------------------------- argument checks
