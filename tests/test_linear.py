@@ -259,6 +259,8 @@ def test_bad_input_is_refused_with_the_numbers():
         lin.linear_residual_(x, w, vec, torch.randn(2, 3, 8, device=DEVICE), mean_rows=True)
     with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
         lin.layer_norm_linear(x.double(), w.double(), vec, vec)
+    with pytest.raises(ValueError, match=r"mean_rows averages the rows of x, and x \(2, 0, 16\) has none"):
+        lin.linear_residual_(x[:, :0], w, vec, torch.randn(2, 1, 8, device=DEVICE), mean_rows=True)
 
 
 # ------------------------------------------------- launch-configuration candidates: TMA, persistent grid
@@ -295,6 +297,8 @@ def variant(request, monkeypatch) -> SimpleNamespace:
         return programs
 
     monkeypatch.setattr(lin, "_launch_config", lambda *args: {**default(*args), **overrides})
+    # A few programs: each walks several tiles, on a GPU too (one per SM would be more than the tiles).
+    monkeypatch.setattr(lin, "_PERSISTENT_PROGRAMS", 3)
     monkeypatch.setattr(lin, "_descriptors", spy_descriptors)
     monkeypatch.setattr(lin, "_grid", spy_grid)
     return rec
@@ -311,12 +315,10 @@ def test_layer_norm_linear_candidates(variant, dtype, batch, rows, k, n):
     x, *params = _cast(dtype, _stream(batch, rows, k, seed, offset=2.0), *_ln_linear_params(k, n, seed + 1))
     out, plain = _run_ln_linear(x, *params, 1e-5, "gelu")
     assert_kernel_accuracy(out, _exact(x, *params, 1e-5, "gelu"), plain)
-    assert variant.used == [(HAS_TMA and variant.tma,) * 2]
+    # fp32 without TF32 keeps its pointer loads (FMA products from registers).
+    assert variant.used == [(HAS_TMA and variant.tma and dtype != torch.float32,) * 2]
     programs, tiles = variant.grids[0]
-    if variant.persistent and DEVICE.type == "cpu":  # the interpreter's persistent grid has 3 programs
-        assert programs == min(tiles, 3)
-    else:
-        assert programs == tiles
+    assert programs == (min(tiles, 3) if variant.persistent else tiles)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -339,8 +341,11 @@ def test_linear_residual_candidates(variant, dtype):
     exact = torch_ops.linear_residual(x.double(), w.double(), bias.double(), before[:, :1].double(), True)
     plain = torch_ops.linear_residual(x, w, bias.to(dtype), before[:, :1], True)
     assert_kernel_accuracy(stream[:, :1], exact, plain)
-    tma = HAS_TMA and variant.tma
+    tma = HAS_TMA and variant.tma and dtype != torch.float32
     assert variant.used == [(tma, tma), (False, tma)]
+    (programs, tiles), (cls_programs, cls_tiles) = variant.grids
+    assert programs == (min(tiles, 3) if variant.persistent else tiles)
+    assert cls_programs == cls_tiles, "the CLS rows' product is never persistent"
 
 
 def test_descriptors_only_where_the_tma_can_read_the_operand():
@@ -361,6 +366,13 @@ def test_descriptors_only_where_the_tma_can_read_the_operand():
     odd = torch.randn(2, 9, 37, dtype=torch.bfloat16)
     assert used(odd, 9, weight=torch.randn(24, 37, dtype=torch.bfloat16)) == (False, False), "74-byte rows"
     assert used(stream.flatten()[1:65].view(1, 1, 64), 1) == (False, True), "unaligned base"
+    assert used(stream[:1, :1].expand(2, 1, 64), 1) == (False, True), "one row for every clip (stride 0)"
+    assert used(stream[:1, :1].expand(1, 5, 64), 5) == (False, True), "one row repeated (stride 0)"
+    assert used(stream.float(), 9, weight=w.float()) == (False, False), "fp32 products in full precision"
+    with tf32_allowed():
+        assert used(stream.float(), 9, weight=w.float()) == (True, True), "fp32 products in TF32"
+    empty = torch.empty(2, 9, 0, dtype=torch.bfloat16)
+    assert used(empty, 9, weight=torch.empty(24, 0, dtype=torch.bfloat16)) == (False, False), "no features"
     # An sm_80 GPU has no TMA: pointer loads whatever the configuration says.
     ampere = SimpleNamespace(is_cuda=True, device=torch.device("cuda", 0))
     with mock.patch.object(torch.cuda, "get_device_capability", return_value=(8, 0)):

@@ -347,33 +347,44 @@ def _launch_config(m: int, dtype: torch.dtype) -> dict:
     )
 
 
-# Programs of a persistent grid where there is no GPU to ask (the interpreter): a few, so that each walks
-# several tiles.
-_INTERPRETER_SMS = 3
+# Programs of a persistent grid: None is one per SM, or 3 in the interpreter (no GPU to ask). Tests set a
+# few, so that on a GPU too each program walks several tiles.
+_PERSISTENT_PROGRAMS: int | None = None
 
 
 def _grid(m: int, n: int, cfg: dict, x: torch.Tensor) -> tuple[int]:
     tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
     if not cfg["PERSISTENT"]:
         return (tiles,)
-    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else _INTERPRETER_SMS
-    return (min(tiles, sms),)
+    programs = _PERSISTENT_PROGRAMS
+    if programs is None:
+        programs = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 3
+    return (min(tiles, programs),)
 
 
 def _descriptors(
     x, weight, out_rows, mean_rows, cfg
 ) -> tuple[TensorDescriptor | None, TensorDescriptor | None]:
     """Tensor descriptors of A as ``(M, K)`` rows and of W, or ``None`` for an operand that is loaded by
-    pointers: everywhere unless ``cfg["TMA"]``, on GPUs without a TMA (before sm_90), for A rows that are not
-    at one stride (``x[:, 1:]`` of several clips) or averaged (``mean_rows``), and where a base address or a
-    row stride is not a multiple of 16 bytes (the TMA's rule)."""
+    pointers: everywhere unless ``cfg["TMA"]``; on GPUs without a TMA (before sm_90); for full-precision
+    fp32 products (FMA from registers: descriptor tiles made them spill 500-900 B per thread on sm_90); for A
+    rows that are not at one stride (``x[:, 1:]`` of several clips) or averaged (``mean_rows``); for rows that
+    overlap (a zero stride: ``expand``) or are empty; where a base address or a row stride is not a multiple
+    of 16 bytes (the TMA's rule)."""
     if not cfg["TMA"] or (x.is_cuda and torch.cuda.get_device_capability(x.device)[0] < 9):
         return None, None
-
-    def aligned(t: torch.Tensor, row_stride: int) -> bool:
-        return t.data_ptr() % 16 == 0 and row_stride * t.element_size() % 16 == 0
-
+    if dot_precision(x.dtype) == "ieee":
+        return None, None
     batch, rows, k = x.shape
+
+    def readable(t: torch.Tensor, row_stride: int, num_rows: int) -> bool:
+        return (
+            k > 0
+            and (num_rows == 1 or row_stride >= k)
+            and t.data_ptr() % 16 == 0
+            and row_stride * t.element_size() % 16 == 0
+        )
+
     if out_rows == 1:
         row_stride = x.stride(0)
     elif batch == 1 or x.stride(0) == rows * x.stride(1):
@@ -381,10 +392,10 @@ def _descriptors(
     else:
         row_stride = None
     x_desc = w_desc = None
-    if not mean_rows and row_stride is not None and aligned(x, row_stride):
+    if not mean_rows and row_stride is not None and readable(x, row_stride, batch * rows):
         block = [cfg["BLOCK_M"], cfg["BLOCK_K"]]
         x_desc = TensorDescriptor(x, [batch * rows, k], [row_stride, 1], block)
-    if aligned(weight, weight.stride(0)) and weight.stride(1) == 1:
+    if weight.stride(1) == 1 and readable(weight, weight.stride(0), weight.shape[0]):
         w_desc = TensorDescriptor(
             weight, list(weight.shape), list(weight.stride()), [cfg["BLOCK_N"], cfg["BLOCK_K"]]
         )
@@ -404,6 +415,10 @@ def _launch(x, weight, out, res, bias, colsum, out_rows, mean_rows, eps, activat
         return
     precision = dot_precision(x.dtype)
     cfg = _launch_config(m, x.dtype)
+    if mean_rows:
+        # The CLS rows' product (a row per clip) gains nothing from a persistent grid, and its row-mean loop
+        # inside the flattened tile loop spills on sm_90.
+        cfg.update(PERSISTENT=False, FLATTEN=False)
     x_desc, w_desc = _descriptors(x, weight, out_rows, mean_rows, cfg)
     grid = _grid(m, n, cfg, x)
     del cfg["TMA"]
@@ -537,6 +552,8 @@ def _check_linear_residual(x, weight, bias, residual, mean_rows: bool) -> None:
     n, _ = _check_operands(_RES_OP, x, weight, {"bias": bias})
     check_tensor(_RES_OP, "residual", residual, 3, _ROWS)
     check_last_stride(_RES_OP, "residual", residual)
+    if mean_rows and x.shape[1] == 0:
+        raise ValueError(f"{_RES_OP}: mean_rows averages the rows of x, and x {tuple(x.shape)} has none")
     rows = 1 if mean_rows else x.shape[1]
     expected = (x.shape[0], rows, n)
     if tuple(residual.shape) != expected or residual.dtype != x.dtype or residual.device != x.device:
