@@ -355,7 +355,8 @@ def test_descriptors_only_where_the_tma_can_read_the_operand():
 
     def used(x, out_rows, mean_rows=0, weight=w, tma=True):
         cfg = {**lin._launch_config(x.shape[0] * out_rows, x.dtype), "TMA": tma}
-        return tuple(d is not None for d in lin._descriptors(x, weight, out_rows, mean_rows, cfg))
+        descriptors = lin._descriptors(x, weight, out_rows, mean_rows, lin.dot_precision(x.dtype), cfg)
+        return tuple(d is not None for d in descriptors)
 
     assert used(stream, 9) == (True, True)
     assert used(stream, 9, tma=False) == (False, False)
@@ -376,4 +377,4 @@ def test_descriptors_only_where_the_tma_can_read_the_operand():
     # An sm_80 GPU has no TMA: pointer loads whatever the configuration says.
     ampere = SimpleNamespace(is_cuda=True, device=torch.device("cuda", 0))
     with mock.patch.object(torch.cuda, "get_device_capability", return_value=(8, 0)):
-        assert lin._descriptors(ampere, w, 9, 0, {"TMA": True}) == (None, None)
+        assert lin._descriptors(ampere, w, 9, 0, "tf32", {"TMA": True}) == (None, None)

@@ -363,17 +363,17 @@ def _grid(m: int, n: int, cfg: dict, x: torch.Tensor) -> tuple[int]:
 
 
 def _descriptors(
-    x, weight, out_rows, mean_rows, cfg
+    x, weight, out_rows, mean_rows, precision, cfg
 ) -> tuple[TensorDescriptor | None, TensorDescriptor | None]:
     """Tensor descriptors of A as ``(M, K)`` rows and of W, or ``None`` for an operand that is loaded by
     pointers: everywhere unless ``cfg["TMA"]``; on GPUs without a TMA (before sm_90); for full-precision
-    fp32 products (FMA from registers: descriptor tiles made them spill 500-900 B per thread on sm_90); for A
-    rows that are not at one stride (``x[:, 1:]`` of several clips) or averaged (``mean_rows``); for rows that
-    overlap (a zero stride: ``expand``) or are empty; where a base address or a row stride is not a multiple
-    of 16 bytes (the TMA's rule)."""
+    fp32 products, ``precision == "ieee"`` (FMA from registers: descriptor tiles made them spill 500-900 B
+    per thread on sm_90); for A rows that are not at one stride (``x[:, 1:]`` of several clips) or averaged
+    (``mean_rows``); for rows that overlap (a zero stride: ``expand``) or are empty; where a base address or
+    a row stride is not a multiple of 16 bytes (the TMA's rule)."""
     if not cfg["TMA"] or (x.is_cuda and torch.cuda.get_device_capability(x.device)[0] < 9):
         return None, None
-    if dot_precision(x.dtype) == "ieee":
+    if precision == "ieee":
         return None, None
     batch, rows, k = x.shape
 
@@ -419,7 +419,7 @@ def _launch(x, weight, out, res, bias, colsum, out_rows, mean_rows, eps, activat
         # The CLS rows' product (a row per clip) gains nothing from a persistent grid, and its row-mean loop
         # inside the flattened tile loop spills on sm_90.
         cfg.update(PERSISTENT=False, FLATTEN=False)
-    x_desc, w_desc = _descriptors(x, weight, out_rows, mean_rows, cfg)
+    x_desc, w_desc = _descriptors(x, weight, out_rows, mean_rows, precision, cfg)
     grid = _grid(m, n, cfg, x)
     del cfg["TMA"]
     dummy = out  # unread pointer for absent operands (their constexpr flag is off)
