@@ -95,11 +95,11 @@ def test_input_require_grads_on_a_frozen_embedding():
     model.timesformer.embeddings.requires_grad_(False)
     x = random_clip(kwargs, batch=1)
     seen = []
-    conv = model.timesformer.embeddings.patch_embeddings.projection
+    first_layer = model.timesformer.encoder.layer[0]
 
     def forward_and_look():
-        # Registered last, so it sees the output after enable_input_require_grads' hook.
-        handle = conv.register_forward_hook(lambda m, i, o: seen.append(o.requires_grad))
+        # What the layers get from the frozen embedding.
+        handle = first_layer.register_forward_pre_hook(lambda m, args: seen.append(args[0].requires_grad))
         model(x)
         handle.remove()
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .backends.base import needs_autograd
-from .modeling import TimesformerForVideoClassification, TimesformerModel
+from .modeling import TimesformerForVideoClassification, TimesformerModel, module_path_reason
 from .outputs import BaseModelOutput, ImageClassifierOutput, ModelOutput
 from .weight_cache import count_optimizer_steps, fingerprint, optimizer_steps
 from .weight_cache import entries as cache_entries
@@ -164,7 +164,8 @@ class CudaGraphRunner:
     A call replays a graph when the model is on a CUDA device and in eval mode (every module), no
     autograd is needed (grad disabled, e.g. under ``torch.inference_mode()``, or no parameter nor the
     input requires grad), ``output_attentions`` and ``output_hidden_states`` are false (after resolving
-    ``None`` from the config) and ``pixel_values`` is on the model's device. Any other call runs
+    ``None`` from the config), ``pixel_values`` is on the model's device and no module has hooks or is an
+    adapter (``timesformer.modeling.module_path_reason``). Any other call runs
     ``model(...)`` eagerly (the fallback; e.g. on the CPU, in training, or with attention maps).
     ``labels`` are fine: the graph computes the logits and the loss is computed outside it.
 
@@ -281,6 +282,8 @@ class CudaGraphRunner:
             pixel_values.device == device
             and self._graph_factory.supports(device)
             and not needs_autograd(self.model, pixel_values)
+            # Hooks and adapters run in the model's own calls; a replay would skip them.
+            and module_path_reason(self.model) is None
         )
 
     def _capture(self, key: tuple, pixel_values: torch.Tensor) -> _Graph:

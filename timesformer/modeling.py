@@ -1,8 +1,11 @@
 """TimeSformer models with the module tree, ``state_dict`` keys and outputs of ``transformers``' classes.
 
-The modules here hold parameters under the reference's names; the computation of every layer lives in a
-backend (``timesformer.backends``), chosen per model with ``backend=`` and per call where a feature needs
-it (``output_attentions=True`` runs that call with ``eager``).
+The modules here hold parameters under the reference's names, and their ``forward`` methods are the
+reference computation, op for op (the ``eager`` backend calls them). The fused backends
+(``timesformer.backends``, chosen per model with ``backend=``) read the same weights directly instead of
+calling the modules. A call runs the modules themselves where a feature needs it: ``output_attentions=True``,
+or a model whose modules are not the plain ones the backends read (``_module_path_reason``: hooks, an
+adapter such as PEFT's LoRA wrapping a ``Linear``, a patched ``forward``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from torch import nn
 
 from .activations import get_activation
 from .backends import BACKEND_CHOICES, Backend, get_backend, resolve_backend
+from .backends.base import ForwardContext, drop_path
 from .configuration import TimesformerConfig
 from .outputs import BaseModelOutput, ImageClassifierOutput
 from .weight_cache import clear_weight_cache
@@ -38,6 +42,13 @@ class TimesformerPatchEmbeddings(nn.Module):
             config.num_channels, config.hidden_size, kernel_size=self.patch_size, stride=self.patch_size
         )
 
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """``pixel_values`` ``(batch, frames, channels, height, width)`` -> ``(patches, frames, grid width)``
+        with ``patches`` of shape ``(batch * frames, gh * gw, hidden)``, as the reference."""
+        batch, frames, channels, height, width = pixel_values.shape
+        emb = self.projection(pixel_values.reshape(batch * frames, channels, height, width))
+        return emb.flatten(2).transpose(1, 2), frames, emb.shape[-1]
+
 
 class InputNormalization(NamedTuple):
     """How uint8 frames become the model's ``pixel_values``: ``(u * rescale_factor - mean[c]) / std[c]``."""
@@ -53,6 +64,9 @@ class TimesformerEmbeddings(nn.Module):
         self.attention_type = config.attention_type
         # Set by ``set_input_normalization`` (not a parameter or buffer: state_dict keys stay the reference's).
         self.input_normalization: InputNormalization | None = None
+        # Set by ``enable_input_require_grads`` (a flag rather than transformers' hook: the model stays picklable
+        # and its modules plain for the fused backends).
+        self.input_requires_grad = False
         self.config_grid = config.grid_hw
         self.patch_embeddings = TimesformerPatchEmbeddings(config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
@@ -103,10 +117,12 @@ class TimesformerEmbeddings(nn.Module):
                 pixel_values, norm.mean, norm.std, norm.rescale_factor, dtype=self.cls_token.dtype
             )
         # The reference's op order, dropout included, so that training runs draw the same random numbers.
-        batch, frames, channels, height, width = pixel_values.shape
-        emb = self.patch_embeddings.projection(pixel_values.reshape(batch * frames, channels, height, width))
-        grid = (emb.shape[-2], emb.shape[-1])
-        emb = emb.flatten(2).transpose(1, 2)
+        batch = pixel_values.shape[0]
+        emb, frames, grid_w = self.patch_embeddings(pixel_values)
+        if self.input_requires_grad and torch.is_grad_enabled():
+            # enable_input_require_grads: gradients reach the layers even through a frozen embedding.
+            emb.requires_grad_(True)
+        grid = (emb.shape[1] // grid_w, grid_w)
         emb = torch.cat((self.cls_token.expand(emb.shape[0], -1, -1), emb), dim=1)
         emb = self.pos_drop(emb + self.position_embeddings_for(grid))
         if self.attention_type == "space_only":
@@ -134,6 +150,18 @@ class TimesformerSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, config.hidden_size * 3, bias=config.qkv_bias)
         self.attn_drop = nn.Dropout(config.attention_probs_dropout_prob)
 
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, ...]:
+        """``hidden_states`` ``(batch, seqlen, hidden)`` -> ``(context,)``, or ``(context, probs)`` with the
+        attention maps ``(batch, heads, seqlen, seqlen)``."""
+        batch, seqlen, hidden = hidden_states.shape
+        qkv = self.qkv(hidden_states).reshape(batch, seqlen, 3, self.num_heads, hidden // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        probs = self.attn_drop(((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1))
+        context = (probs @ v).transpose(1, 2).reshape(batch, seqlen, hidden)
+        return (context, probs) if output_attentions else (context,)
+
 
 class TimesformerSelfOutput(nn.Module):
     def __init__(self, config: TimesformerConfig) -> None:
@@ -141,12 +169,22 @@ class TimesformerSelfOutput(nn.Module):
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.dense(hidden_states))
+
 
 class TimesformerAttention(nn.Module):
     def __init__(self, config: TimesformerConfig) -> None:
         super().__init__()
         self.attention = TimesformerSelfAttention(config)
         self.output = TimesformerSelfOutput(config)
+
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, ...]:
+        """Self-attention and its output projection: ``(out,)`` or ``(out, probs)``."""
+        context, *probs = self.attention(hidden_states, output_attentions)
+        return (self.output(context), *probs)
 
 
 # transformers spells this one class "TimeSformerAttention". Class names are not part of state_dict keys
@@ -163,6 +201,9 @@ class TimesformerIntermediate(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.intermediate_act_fn = get_activation(config.hidden_act)
 
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.intermediate_act_fn(self.dense(hidden_states)))
+
 
 class TimesformerOutput(nn.Module):
     def __init__(self, config: TimesformerConfig) -> None:
@@ -170,12 +211,16 @@ class TimesformerOutput(nn.Module):
         self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.dense(hidden_states))
+
 
 class TimesformerLayer(nn.Module):
     def __init__(self, config: TimesformerConfig, layer_index: int) -> None:
         super().__init__()
         self.attention_type = config.attention_type
         self.num_heads = config.num_attention_heads
+        self.num_frames = config.num_frames
         self.layer_norm_eps = config.layer_norm_eps
         # Stochastic depth decay rule of the reference.
         rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers, device="cpu")
@@ -190,6 +235,64 @@ class TimesformerLayer(nn.Module):
             self.temporal_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
             self.temporal_attention = TimesformerAttention(config)
             self.temporal_dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def _drop_path(self, x: torch.Tensor) -> torch.Tensor:
+        # The reference's TimesformerDropPath: one draw per leading index.
+        return drop_path(x, self.drop_path_rate, (x.shape[0],) + (1,) * (x.dim() - 1), self.training)
+
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False, num_frames: int | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """The reference layer, op for op (permute, repeat and cat included).
+
+        Args:
+            hidden_states: ``(batch, 1 + patches * frames, hidden)`` in ``(n t)`` row order, or
+                ``(batch * frames, 1 + patches, hidden)`` for ``space_only``.
+            output_attentions: also return the spatial attention maps.
+            num_frames: the clip's frame count (default: the config's, as the reference).
+
+        Returns:
+            ``(hidden_states,)`` or ``(hidden_states, probs)``.
+        """
+        x = hidden_states
+        if self.attention_type != "divided_space_time":
+            a, *probs = self.attention(self.layernorm_before(x), output_attentions)
+            x = x + self._drop_path(a)
+            return (self._mlp(x), *probs)
+
+        batch, rows, hidden = x.shape
+        frames = self.num_frames if num_frames is None else num_frames
+        if (rows - 1) % frames:
+            raise ValueError(
+                f"hidden_states has {rows} rows: expected 1 + patches * frames with {frames} frames"
+            )
+        n = (rows - 1) // frames
+
+        # Temporal: rows of one patch are contiguous.
+        xt = x[:, 1:, :].reshape(batch * n, frames, hidden)
+        a = self.temporal_attention(self.temporal_layernorm(xt))[0]
+        r = self._drop_path(a).reshape(batch, n * frames, hidden)
+        xt = x[:, 1:, :] + self.temporal_dense(r)
+
+        # Spatial: CLS repeated per frame, patches regrouped by frame.
+        init_cls = x[:, 0, :].unsqueeze(1)
+        cls = init_cls.repeat(1, frames, 1).reshape(batch * frames, 1, hidden)
+        s = xt.reshape(batch, n, frames, hidden).permute(0, 2, 1, 3).reshape(batch * frames, n, hidden)
+        s = torch.cat((cls, s), 1)
+        a, *probs = self.attention(self.layernorm_before(s), output_attentions)
+        r = self._drop_path(a)
+        cls_r = r[:, 0, :].reshape(batch, frames, hidden).mean(1, keepdim=True)
+        r = (
+            r[:, 1:, :]
+            .reshape(batch, frames, n, hidden)
+            .permute(0, 2, 1, 3)
+            .reshape(batch, n * frames, hidden)
+        )
+        x = torch.cat((init_cls, xt), 1) + torch.cat((cls_r, r), 1)
+        return (self._mlp(x), *probs)
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self._drop_path(self.output(self.intermediate(self.layernorm_after(x))))
 
 
 class TimesformerEncoder(nn.Module):
@@ -212,6 +315,122 @@ class TimesformerEncoder(nn.Module):
 
             return checkpoint(fn, *args, use_reentrant=False)
         return self.checkpoint_function(fn, *args)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        fwd: ForwardContext,
+        backend: Backend,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        cls_only: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
+        """Every layer on ``backend``: ``(x, hidden_states, attentions)``, ``x`` before the final LayerNorm.
+
+        ``cls_only``: the caller reads only ``x[:, 0]``, so the last layer may skip the patch rows' work and
+        return ``x`` of shape ``(B, 1, D)``.
+        """
+        hidden_states: list[torch.Tensor] = []
+        attentions: list[torch.Tensor] = []
+        for i, layer in enumerate(self.layer):
+            if output_hidden_states:
+                # In-place layers would overwrite what the caller keeps, so keep a snapshot.
+                hidden_states.append(x.clone() if fwd.inference else x)
+            last_cls_only = cls_only and not output_hidden_states and i == len(self.layer) - 1
+            # With gradient checkpointing the layer runs again in the backward pass instead of keeping its
+            # activations (its dropout masks are replayed from the saved RNG state).
+            x, attn = self.run_layer(i, backend.layer, layer, x, fwd, output_attentions, last_cls_only)
+            if output_attentions:
+                attentions.append(attn)
+        if output_hidden_states:
+            hidden_states.append(x)
+        return (
+            x,
+            tuple(hidden_states) if output_hidden_states else None,
+            tuple(attentions) if output_attentions else None,
+        )
+
+
+# --------------------------------------------------------------------------- the module path
+# The fused backends read the weights of these modules directly; any other module in their place (an
+# adapter such as PEFT's LoRA wrapper, a quantized subclass) has to be called for its computation to count.
+_PLAIN_TYPES = frozenset(
+    {
+        TimesformerPatchEmbeddings,
+        TimesformerEmbeddings,
+        TimesformerSelfAttention,
+        TimesformerSelfOutput,
+        TimesformerAttention,
+        TimesformerIntermediate,
+        TimesformerOutput,
+        TimesformerLayer,
+        TimesformerEncoder,
+        nn.ModuleList,
+        nn.Linear,
+        nn.Conv2d,
+        nn.LayerNorm,
+        nn.Dropout,
+        nn.Identity,
+    }
+)
+
+# Bumped by a global module-registration hook whenever any module gets a submodule assigned (PEFT's
+# injection, ``model.encoder.layer[3] = ...``): with torch's hook-handle counter, it tells when a cached
+# answer of ``module_path_reason`` may be stale.
+_assignments = 0
+_assignment_hook = None
+
+
+def _count_assignment(_module, _name, _submodule) -> None:
+    global _assignments
+    _assignments += 1
+
+
+def _module_path_scan(model: nn.Module) -> str | None:
+    from torch.nn.modules import module as torch_module
+
+    hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    if any(getattr(torch_module, "_global" + name) for name in hooks):
+        return "global module hooks are registered"
+    for name, module in model.named_modules():
+        if module is model:
+            continue  # the model's own hooks and forward run as usual
+        if type(module) not in _PLAIN_TYPES:
+            return f"{name} is a {type(module).__name__}"
+        if any(getattr(module, h) for h in hooks):
+            return f"{name} has hooks"
+        if "forward" in module.__dict__:
+            return f"{name}.forward is patched"
+    return None
+
+
+# torch.compile evaluates the scan once while tracing instead of tracing through it (hook dicts of 300
+# modules); the compiled forward keeps the answer, as it keeps the module structure it traced.
+_module_path_scan_constant = torch.compiler.assume_constant_result(_module_path_scan)
+
+
+def module_path_reason(model: nn.Module) -> str | None:
+    """Why ``model``'s forward has to call its modules (the eager computation), or ``None`` when the fused
+    backends may read its weights directly.
+
+    Reasons: a submodule of another type than the model builds (an adapter wrapping a ``Linear``, a
+    quantized subclass), module hooks (on a submodule or global), a ``forward`` patched on an instance.
+    A ``None`` is cached per model until a hook is registered or a submodule assigned anywhere (a scan of
+    a base model's 300 modules costs about a batch-1 forward's launch overhead); a ``forward`` patched or a
+    ``__class__`` changed after a model's first call is not seen. A reason is never cached, so removing
+    the hooks brings the fused path back.
+    """
+    global _assignment_hook
+    if torch.compiler.is_compiling():
+        return _module_path_scan_constant(model)
+    if _assignment_hook is None:
+        _assignment_hook = torch.nn.modules.module.register_module_module_registration_hook(_count_assignment)
+    key = (torch.utils.hooks.RemovableHandle.next_id, _assignments)
+    if model.__dict__.get("_plain_at") == key:
+        return None
+    reason = _module_path_scan(model)
+    model.__dict__["_plain_at"] = key if reason is None else None
+    return reason
 
 
 # --------------------------------------------------------------------------- models
@@ -291,7 +510,7 @@ class TimesformerPreTrainedModel(nn.Module):
         self._requested_backend = self._check_backend_name(backend)
         # Where the weights came from (a directory or hub id), as transformers' ``name_or_path``.
         self.name_or_path = ""
-        self._input_grads_hook = None
+        self._warned_module_path: str | None = None
 
     # ------------------------------------------------------------------ init
     @torch.no_grad()
@@ -427,16 +646,10 @@ class TimesformerPreTrainedModel(nn.Module):
     def enable_input_require_grads(self) -> None:
         """Make the patch embedding's output require grad (for adapters and gradient checkpointing on a
         frozen embedding, as ``transformers``)."""
-        if self._input_grads_hook is None:
-            # On the convolution the embeddings call (the patch embedding module wraps it).
-            self._input_grads_hook = self.get_input_embeddings().projection.register_forward_hook(
-                lambda _module, _inputs, output: output.requires_grad_(True)
-            )
+        self.base_model.embeddings.input_requires_grad = True
 
     def disable_input_require_grads(self) -> None:
-        if self._input_grads_hook is not None:
-            self._input_grads_hook.remove()
-            self._input_grads_hook = None
+        self.base_model.embeddings.input_requires_grad = False
 
     def activation_checkpointing_enable(
         self,
@@ -583,13 +796,30 @@ class TimesformerPreTrainedModel(nn.Module):
         save_pretrained(self, save_directory, safe_serialization=safe_serialization)
 
     # ------------------------------------------------------------ encoder run
+    def _calls_modules(self, output_attentions: bool) -> bool:
+        """Whether this call runs the modules themselves (``eager``) rather than the backend's fused path."""
+        if output_attentions or self._requested_backend == "eager":
+            return True  # attention maps exist only in the eager computation
+        reason = module_path_reason(self)
+        if reason is not None and self._warned_module_path != reason:
+            for model in self.modules():  # one warning: the encoder model inside a classifier says no more
+                if isinstance(model, TimesformerPreTrainedModel):
+                    model._warned_module_path = module_path_reason(model)
+            logger.warning(
+                "%s: %s, so forwards call every module (the eager computation) instead of the %s "
+                "backend's fused path; remove the hooks or merge the adapter for speed",
+                type(self).__name__,
+                reason,
+                self._requested_backend,
+            )
+        return reason is not None
+
     def _encode(
         self, model: TimesformerModel, pixel_values, output_attentions, output_hidden_states, cls_only=False
     ):
         emb = model.embeddings
         pixel_values = _check_pixel_values(pixel_values, self.config, emb.cls_token, emb.input_normalization)
-        # Attention maps exist only in the eager computation.
-        impl = get_backend("eager") if output_attentions else self._backend_impl()
+        impl = get_backend("eager") if self._calls_modules(output_attentions) else self._backend_impl()
         return impl, *impl.encode(
             model,
             pixel_values,
@@ -666,6 +896,10 @@ class TimesformerModel(TimesformerPreTrainedModel):
         return out if return_dict else out.to_tuple()
 
 
+# Defined after the set: the encoder model inside a classifier is one of the plain modules.
+_PLAIN_TYPES = _PLAIN_TYPES | {TimesformerModel}
+
+
 class TimesformerForVideoClassification(TimesformerPreTrainedModel):
     """TimeSformer with a linear head on the final CLS token (``transformers.TimesformerForVideoClassification``)."""
 
@@ -707,11 +941,17 @@ class TimesformerForVideoClassification(TimesformerPreTrainedModel):
         output_attentions, output_hidden_states, return_dict = self._flags(
             output_attentions, output_hidden_states, return_dict
         )
-        impl, x, hidden_states, attentions, fwd = self._encode(
-            self.timesformer, pixel_values, output_attentions, output_hidden_states, cls_only=True
-        )
-        # LayerNorm is per row and the head reads CLS only: normalize just the CLS rows.
-        logits = impl.classify(self.timesformer.layernorm, self.classifier, x[:, :1], fwd)
+        if self._calls_modules(output_attentions):
+            # The reference's calls, so that hooks on (and adapters in) the encoder and head all run.
+            out = self.timesformer(pixel_values, output_attentions, output_hidden_states, return_dict=True)
+            logits = self.classifier(out.last_hidden_state[:, 0])
+            hidden_states, attentions = out.hidden_states, out.attentions
+        else:
+            impl, x, hidden_states, attentions, fwd = self._encode(
+                self.timesformer, pixel_values, output_attentions, output_hidden_states, cls_only=True
+            )
+            # LayerNorm is per row and the head reads CLS only: normalize just the CLS rows.
+            logits = impl.classify(self.timesformer.layernorm, self.classifier, x[:, :1], fwd)
         loss = None if labels is None else self._loss(logits, labels)
         out = ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions

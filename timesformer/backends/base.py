@@ -103,24 +103,7 @@ class Backend:
         inference = self.has_inference_path and not model.training and not needs_autograd(model, pixel_values)
         x, num_frames, (gh, gw) = self.embed(model.embeddings, pixel_values, inference)
         fwd = ForwardContext(num_frames, num_patches=gh * gw, training=model.training, inference=inference)
-        hidden_states: list[torch.Tensor] = []
-        attentions: list[torch.Tensor] = []
-        layers = model.encoder.layer
-        for i, layer in enumerate(layers):
-            if output_hidden_states:
-                # In-place layers would overwrite what the caller keeps, so keep a snapshot.
-                hidden_states.append(x.clone() if fwd.inference else x)
-            last_cls_only = cls_only and not output_hidden_states and i == len(layers) - 1
-            # With gradient checkpointing the layer runs again in the backward pass instead of keeping its
-            # activations (its dropout masks are replayed from the saved RNG state).
-            x, attn = model.encoder.run_layer(i, self.layer, layer, x, fwd, output_attentions, last_cls_only)
-            if output_attentions:
-                attentions.append(attn)
-        if output_hidden_states:
-            hidden_states.append(x)
-        return (
-            x,
-            tuple(hidden_states) if output_hidden_states else None,
-            tuple(attentions) if output_attentions else None,
-            fwd,
+        x, hidden_states, attentions = model.encoder(
+            x, fwd, self, output_attentions, output_hidden_states, cls_only
         )
+        return x, hidden_states, attentions, fwd

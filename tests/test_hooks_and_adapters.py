@@ -1,0 +1,201 @@
+"""Hooks and adapters: what PEFT, Grad-CAM and feature extractors attach to the module tree must count on
+every backend, as it does in ``transformers``; where the fused backends cannot honour them (they read the
+weights instead of calling the modules) the forward calls the modules (``module_path_reason``)."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+
+import pytest
+import torch
+from conftest import random_clip, randomize_, small_config_kwargs
+from torch import nn
+
+import timesformer
+from timesformer.cuda_graphs import CudaGraphRunner
+from timesformer.modeling import module_path_reason
+
+transformers = pytest.importorskip("transformers")
+
+BACKENDS = ["eager", "sdpa", "triton"]
+
+
+class LoraLinear(nn.Module):
+    """PEFT's LoRA layer in miniature: the base ``Linear`` plus a trainable low-rank update; like PEFT's,
+    it passes ``weight`` and ``bias`` through to the base layer (which is what a weight-reading backend would
+    see without the module path)."""
+
+    def __init__(self, base: nn.Linear, rank: int, seed: int) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.base_layer = base
+        self.lora_A = nn.Parameter(torch.randn(rank, base.in_features, generator=gen) / base.in_features**0.5)
+        self.lora_B = nn.Parameter(torch.randn(base.out_features, rank, generator=gen) / rank**0.5)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base_layer(x) + (x @ self.lora_A.T) @ self.lora_B.T
+
+
+# Where PEFT's usual target_modules put adapters: qkv, the temporal projection, the MLP.
+ADAPTED = ("attention.attention.qkv", "temporal_dense", "intermediate.dense", "output.dense")
+
+
+def _add_adapters(model: nn.Module) -> list[nn.Parameter]:
+    """Wrap the ``ADAPTED`` linears of every layer (ours or transformers'; the same adapter weights)."""
+    for i, layer in enumerate(model.timesformer.encoder.layer):
+        for j, path in enumerate(ADAPTED):
+            *parents, name = path.split(".")
+            parent = layer
+            for p in parents:
+                parent = getattr(parent, p)
+            setattr(parent, name, LoraLinear(getattr(parent, name), rank=3, seed=10 * i + j))
+    return [p for n, p in model.named_parameters() if "lora_" in n]
+
+
+def _pair(backend: str, seed: int):
+    kwargs = small_config_kwargs("divided_space_time", seed, num_hidden_layers=2)
+    ours = randomize_(
+        timesformer.TimesformerForVideoClassification(timesformer.TimesformerConfig(**kwargs)), seed
+    )
+    ours.set_backend(backend)
+    ref = transformers.TimesformerForVideoClassification(transformers.TimesformerConfig(**kwargs))
+    ref.load_state_dict(ours.state_dict())
+    return ours.eval(), ref.eval(), kwargs
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_adapter_counts_as_in_transformers(backend):
+    ours, ref, kwargs = _pair(backend, seed=3)
+    x = random_clip(kwargs)
+    with torch.no_grad():
+        plain = ours(x).logits
+    _add_adapters(ours)
+    _add_adapters(ref)
+    assert module_path_reason(ours) is not None
+    with torch.no_grad():
+        got, expected = ours(x).logits, ref(x).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert (got - plain).abs().max() > 1e-2  # the adapters change the result
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_adapter_training_reaches_every_adapter_weight(backend):
+    ours, _, kwargs = _pair(backend, seed=4)
+    ours.requires_grad_(False)
+    adapters = _add_adapters(ours)
+    ours.train()
+    labels = torch.arange(2) % kwargs["num_labels"]
+    ours(random_clip(kwargs), labels=labels).loss.backward()
+    assert len(adapters) == 2 * len(ADAPTED) * 2
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in adapters)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_forward_hooks_fire_where_transformers_fire_them(backend):
+    ours, ref, kwargs = _pair(backend, seed=5)
+    x = random_clip(kwargs)
+    names = {n for n, _ in ours.named_modules()} & {n for n, _ in ref.named_modules()}
+
+    def fired(model):
+        seen, handles = [], []
+        for name, module in model.named_modules():
+            if name in names:
+                handles.append(module.register_forward_hook(lambda m, a, o, name=name: seen.append(name)))
+        with torch.no_grad():
+            model(x)
+        for h in handles:
+            h.remove()
+        return set(seen)
+
+    expected = fired(ref)
+    assert (
+        "timesformer.encoder.layer.0" in expected
+        and "timesformer.encoder.layer.1.temporal_attention" in expected
+    )
+    assert fired(ours) == expected
+    assert module_path_reason(ours) is None  # hooks gone: the fused path is back
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "triton"])
+def test_a_layer_hook_sees_the_layer_output_and_the_logits_stay(backend):
+    ours, ref, kwargs = _pair(backend, seed=6)
+    x = random_clip(kwargs)
+    got = {}
+    for model, key in ((ours, "ours"), (ref, "ref")):
+        model.timesformer.encoder.layer[0].register_forward_hook(
+            lambda m, a, o, key=key: got.__setitem__(key, o[0].clone())
+        )
+    with torch.no_grad():
+        logits, expected = ours(x).logits, ref(x).logits
+    torch.testing.assert_close(got["ours"], got["ref"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_plain_models_keep_the_fused_path(tmp_path):
+    kwargs = small_config_kwargs("divided_space_time", 7)
+    model = timesformer.TimesformerForVideoClassification(timesformer.TimesformerConfig(**kwargs))
+    assert module_path_reason(model) is None
+    model.gradient_checkpointing_enable({"use_reentrant": True})  # enable_input_require_grads: no hook
+    model.save_pretrained(tmp_path)
+    for m in (model, timesformer.TimesformerForVideoClassification.from_pretrained(tmp_path)):
+        assert module_path_reason(m) is None
+        assert module_path_reason(m.timesformer) is None
+    pickle.loads(pickle.dumps(model))  # nothing unpicklable (transformers' hook is a local function)
+
+
+def test_the_reason_names_the_module_and_is_logged_once(caplog):
+    ours, _, kwargs = _pair("sdpa", seed=8)
+    ours.timesformer.encoder.layer[1].output.dense.register_forward_pre_hook(lambda m, a: None)
+    assert module_path_reason(ours) == "timesformer.encoder.layer.1.output.dense has hooks"
+    with caplog.at_level(logging.WARNING, logger="timesformer"), torch.no_grad():
+        ours(random_clip(kwargs))
+        ours(random_clip(kwargs))
+    assert [r.getMessage().count("has hooks") for r in caplog.records] == [1]
+    layer = ours.timesformer.encoder.layer[0]
+    layer.forward = layer.forward  # a forward patched on the instance (modules are scanned in order)
+    assert module_path_reason(ours.timesformer) == "encoder.layer.0.forward is patched"
+
+
+def test_global_hooks_count():
+    ours, _, kwargs = _pair("sdpa", seed=9)
+    seen = []
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, a, o: seen.append(type(m).__name__)
+    )
+    try:
+        with torch.no_grad():
+            ours(random_clip(kwargs))
+        assert module_path_reason(ours) == "global module hooks are registered"
+    finally:
+        handle.remove()
+    assert "TimesformerLayer" in seen and "Linear" in seen
+    assert module_path_reason(ours) is None
+
+
+def test_cuda_graph_runner_runs_a_hooked_model_itself():
+    from test_cuda_graphs import FakeGraphs
+
+    ours, _, kwargs = _pair("sdpa", seed=10)
+    runner = CudaGraphRunner(ours)
+    fake = runner._graph_factory = FakeGraphs(ours)
+    x = random_clip(kwargs)
+    seen = []
+    handle = ours.timesformer.encoder.layer[0].register_forward_hook(lambda m, a, o: seen.append(1))
+    with torch.no_grad():
+        runner(x)
+        runner(x)
+    assert (len(seen), fake.captures) == (2, 0)
+    handle.remove()
+    with torch.no_grad():
+        runner(x)
+        runner(x)
+    assert (len(seen), fake.captures, fake.replays) == (2, 1, 2)
