@@ -241,6 +241,11 @@ def test_bad_input_is_rejected_with_the_numbers():
         ka.attention(q[0], k[0], v[0], 2)
     with pytest.raises(ValueError, match=r"q must be contiguous along its last \(hidden\) dimension"):
         ka.spatial_attention(qkv[..., ::3], k, v, 3, 2)
+    with pytest.raises(ValueError, match="out overlaps q in memory"):
+        ka.attention_fwd(q, k, v, qkv[..., 8:24], 2)
+    with pytest.raises(ValueError, match="cls_out overlaps patch_out in memory"):
+        patch_out = torch.empty(2, 12, 16, device=DEVICE)
+        ka.spatial_attention_fwd(q, k, v, patch_out, patch_out[:, :3], 3, 2)
     with pytest.raises(ValueError, match=r"cls_out must have shape \(2, 3, 16\), got \(2, 4, 16\)"):
         ka.spatial_attention_fwd(
             q, k, v, torch.empty(2, 12, 16, device=DEVICE), torch.empty(2, 4, 16, device=DEVICE), 3, 2

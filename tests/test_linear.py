@@ -261,6 +261,24 @@ def test_bad_input_is_refused_with_the_numbers():
         lin.layer_norm_linear(x.double(), w.double(), vec, vec)
     with pytest.raises(ValueError, match=r"mean_rows averages the rows of x, and x \(2, 0, 16\) has none"):
         lin.linear_residual_(x[:, :0], w, vec, torch.randn(2, 1, 8, device=DEVICE), mean_rows=True)
+    with pytest.raises(ValueError, match="bias must be contiguous, got stride 2"):
+        lin.linear_residual_(x, w, torch.randn(16, device=DEVICE)[::2], torch.randn(2, 3, 8, device=DEVICE))
+
+
+def test_writes_that_would_race_on_a_gpu_are_refused():
+    """Programs run concurrently on a GPU (one after another in the interpreter, which hides the race)."""
+    x = torch.randn(2, 3, 16, device=DEVICE)
+    w = torch.randn(16, 16, device=DEVICE)
+    vec = torch.randn(16, device=DEVICE)
+    with pytest.raises(ValueError, match="residual overlaps x in memory"):
+        lin.linear_residual_(x, w, vec, x)  # a column block would read x already updated by another
+    with pytest.raises(ValueError, match="residual has elements that share memory"):
+        lin.linear_residual_(x, w, vec, torch.randn(2, 1, 16, device=DEVICE).expand(2, 3, 16))
+    with pytest.raises(ValueError, match="out overlaps x in memory"):
+        lin.layer_norm_linear_fwd(x, w, vec, vec, x)
+    # Disjoint views of one buffer are fine: the residual stream's rows written from another's product.
+    stream = torch.randn(2, 7, 16, device=DEVICE)
+    lin.linear_residual_(stream[:, :3].clone(), w, vec, stream[:, 4:])
 
 
 # ------------------------------------------------- launch-configuration candidates: TMA, persistent grid

@@ -114,6 +114,21 @@ def test_offsets_past_int32_switch_to_int64():
     assert out.shape == (64, 196 * 96, 1024) and out.device.type == "meta"
 
 
+def test_a_batch_past_65535_clips_stays_on_grid_axis_0():
+    """CUDA limits grid axes 1 and 2 to 65535 (the interpreter takes any grid): the clips go on axis 0."""
+    grids = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return lambda *args, **kwargs: None
+
+    qkv = torch.empty(70_000, 3 * 2, 3 * 8, device="meta")
+    with mock.patch.object(kt, "_temporal_attention_kernel", Recorder()):
+        kt.temporal_attention_fwd(*qkv.split(8, -1), torch.empty(70_000, 6, 8, device="meta"), 2, 2)
+    assert len(grids) == 1 and grids[0][0] >= 70_000 and all(g <= 65535 for g in grids[0][1:])
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy, inside the interpreter
 def test_nan_stays_in_its_patch():
     """A NaN in one row's values reaches the outputs of that patch's frames only, not its block neighbours."""

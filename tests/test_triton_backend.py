@@ -245,6 +245,29 @@ def test_fp32_auto_takes_sdpa_unless_tf32_is_allowed(monkeypatch, caplog):
     assert "using triton" in messages[2]
 
 
+@pytest.mark.parametrize(
+    "matmul, default, allowed",
+    [("tf32", "none", True), ("ieee", "tf32", False), ("none", "tf32", True), ("none", "ieee", False)],
+)
+def test_tf32_through_torchs_newer_switches(matmul, default, allowed):
+    """``torch.backends.cuda.matmul.fp32_precision`` (torch >= 2.9): once it is set, torch raises on the older
+    getters, which a float32 forward must then not call."""
+    from timesformer.kernels._common import dot_precision, tf32_allowed
+
+    saved = torch.backends.cuda.matmul.fp32_precision, torch.backends.fp32_precision
+    try:
+        torch.backends.fp32_precision = default
+        torch.backends.cuda.matmul.fp32_precision = matmul
+        assert tf32_allowed() is allowed
+        assert dot_precision(torch.float32) == ("tf32" if allowed else "ieee")
+        model = timesformer.TimesformerModel(timesformer.TimesformerConfig(**small_config_kwargs(seed=3)))
+        with torch.no_grad():
+            model(random_clip(small_config_kwargs(seed=3), batch=1))  # auto resolves on the CPU
+    finally:
+        torch.backends.cuda.matmul.fp32_precision, torch.backends.fp32_precision = saved
+    torch.get_float32_matmul_precision()  # the older getter works again for the tests that follow
+
+
 def test_other_devices_are_refused():
     info = registry._status("triton", torch.device("mps"))
     assert not info.available and "not on mps" in info.reason

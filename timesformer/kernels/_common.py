@@ -118,14 +118,61 @@ def check_out(
     like_name: str = "q",
     dtype_str: Callable[[torch.dtype], str] = str,
     last_stride: bool = True,
+    reads: dict[str, torch.Tensor | None] | None = None,
 ) -> None:
-    """Validate an output tensor a launcher writes: ``shape``, the dtype and device of ``like`` and, unless
-    ``last_stride=False`` (a kernel that stores at any strides), a unit last stride where it has elements."""
+    """Validate an output tensor a launcher writes: ``shape``, the dtype and device of ``like``, unless
+    ``last_stride=False`` (a kernel that stores at any strides) a unit last stride where it has elements,
+    and no memory shared within it or with the launch's inputs ``reads`` (``check_writes``)."""
     check_tensor(op, name, out)
     check_shape(op, name, out, shape)
     check_like(op, name, out, like, like_name, dtype_str=dtype_str)
     if last_stride and out.numel():
         check_last_stride(op, name, out)
+    check_writes(op, name, out, reads or {})
+
+
+def _byte_span(t: torch.Tensor) -> tuple[int, int]:
+    last = 0
+    for size, stride in zip(t.shape, t.stride(), strict=True):
+        last += (size - 1) * stride
+    start = t.data_ptr()
+    return start, start + (last + 1) * t.element_size()
+
+
+def _may_self_overlap(t: torch.Tensor) -> bool:
+    # Each dimension's stride (in increasing order) must step past everything the smaller ones span; views
+    # of dense tensors (slices, transposes, packed thirds) pass, expand()ed ones do not.
+    extent = 1
+    for stride, size in sorted((st, s) for s, st in zip(t.shape, t.stride(), strict=True) if s > 1):
+        if stride < extent:
+            return True
+        extent += (size - 1) * stride
+    return False
+
+
+def check_writes(op: str, name: str, out: torch.Tensor, reads: dict[str, torch.Tensor | None]) -> None:
+    """``out`` can be written by concurrent programs: no two of its elements share memory (an expanded,
+    zero-stride view), and it does not overlap a tensor of ``reads`` that other programs may still read.
+
+    On real tensors only (it reads addresses): call it in an op's implementation, not its fake. (The
+    interpreter runs programs one after another, so without this check such calls give a wrong but
+    repeatable result there and a race on a GPU.)"""
+    if out.numel() == 0 or out.device.type == "meta":
+        return
+    if _may_self_overlap(out):
+        raise ValueError(
+            f"{op}: {name} has elements that share memory (strides {tuple(out.stride())} for shape "
+            f"{tuple(out.shape)}, e.g. an expand()ed view); each element must have its own"
+        )
+    lo, hi = _byte_span(out)
+    for other, t in reads.items():
+        if t is None or t.numel() == 0:
+            continue
+        t_lo, t_hi = _byte_span(t)  # tensors of separate allocations never share addresses
+        if t_lo < hi and lo < t_hi:
+            raise ValueError(
+                f"{op}: {name} overlaps {other} in memory; the op writes {name} while it reads {other}"
+            )
 
 
 def check_qkv(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> tuple[int, int]:
@@ -178,9 +225,20 @@ def block_head(head_dim: int) -> int:
 
 def tf32_allowed() -> bool:
     """Whether the user let float32 products run as TF32, the way torch's own CUDA matmuls do:
-    ``torch.backends.cuda.matmul.allow_tf32 = True`` or ``torch.set_float32_matmul_precision("high")``
-    (one flag in torch: either call sets both)."""
-    return torch.get_float32_matmul_precision() != "highest" or bool(torch.backends.cuda.matmul.allow_tf32)
+    ``torch.backends.cuda.matmul.fp32_precision = "tf32"`` (or ``"none"`` with
+    ``torch.backends.fp32_precision = "tf32"``), or the older ``torch.backends.cuda.matmul.allow_tf32 =
+    True`` / ``torch.set_float32_matmul_precision("high")``.
+
+    Read through the newer attribute, which reflects the older calls too: once the newer API has been
+    used, torch raises on the older getters ("mix of the legacy and new APIs")."""
+    precision = getattr(torch.backends.cuda.matmul, "fp32_precision", None)
+    if precision is None:  # a torch without the newer API
+        return torch.get_float32_matmul_precision() != "highest" or bool(
+            torch.backends.cuda.matmul.allow_tf32
+        )
+    if precision == "none":  # inherits the global setting
+        precision = getattr(torch.backends, "fp32_precision", "none")
+    return precision == "tf32"
 
 
 def dot_precision(dtype: torch.dtype) -> str:

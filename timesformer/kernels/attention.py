@@ -231,7 +231,7 @@ def attention_fwd(
     """Launcher of ``attention``: writes ``out`` (``(batch, q_len, hidden)``, any strides with a contiguous
     last dimension) and returns it. ``int64``: index in 64 bits (default: only where offsets need it)."""
     head_dim = _check_joint(q, k, v, num_heads)
-    check_out("attention", "out", out, q.shape, q)
+    check_out("attention", "out", out, q.shape, q, reads={"q": q, "k": k, "v": v})
     return _launch_joint(q, k, v, out, num_heads, head_dim, int64)
 
 
@@ -314,8 +314,9 @@ def spatial_attention_fwd(
     op = "spatial_attention"
     head_dim = _check_spatial(q, k, v, num_frames, num_heads)
     batch, hidden = q.shape[0], q.shape[2]
-    check_out(op, "patch_out", patch_out, (batch, q.shape[1] - 1, hidden), q)
-    check_out(op, "cls_out", cls_out, (batch, num_frames, hidden), q)
+    reads = {"q": q, "k": k, "v": v}
+    check_out(op, "patch_out", patch_out, (batch, q.shape[1] - 1, hidden), q, reads=reads)
+    check_out(op, "cls_out", cls_out, (batch, num_frames, hidden), q, reads={**reads, "patch_out": patch_out})
     return _launch_spatial(q, k, v, patch_out, cls_out, num_frames, num_heads, head_dim, int64)
 
 

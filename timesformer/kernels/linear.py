@@ -52,6 +52,7 @@ from ._common import (
     check_like,
     check_out,
     check_tensor,
+    check_writes,
     dot_precision,
     interpreting,
     needs_int64,
@@ -307,6 +308,8 @@ def _check_operands(op: str, x: torch.Tensor, weight: torch.Tensor, vectors: dic
                 f"{op}: {name} must be a float32 ({n},) vector on {x.device}, got {vec.dtype} "
                 f"{tuple(vec.shape)} on {vec.device}"
             )
+        if n > 1 and vec.stride(0) != 1:
+            raise ValueError(f"{op}: {name} must be contiguous, got stride {vec.stride(0)}")
     return n, k
 
 
@@ -491,7 +494,7 @@ def layer_norm_linear_fwd(
     ``colsum=None`` skips the LayerNorm (a plain projection with bias and activation epilogue).
     """
     n, code = _check_layer_norm_linear(x, weight, colsum, bias, activation)
-    check_out(_LN_OP, "out", out, (*x.shape[:2], n), x, like_name="x")
+    check_out(_LN_OP, "out", out, (*x.shape[:2], n), x, like_name="x", reads={"x": x, "weight": weight})
     _launch(x, weight, out, None, bias, colsum, x.shape[1], 0, float(eps), code, int64)
     return out
 
@@ -574,6 +577,7 @@ def _linear_residual_op(
     int64: bool | None,
 ) -> None:
     _check_linear_residual(x, weight, bias, residual, mean_rows)
+    check_writes(_RES_OP, "residual", residual, {"x": x})
     out_rows = residual.shape[1]
     _launch(
         x, weight, residual, residual, bias, None, out_rows, x.shape[1] if mean_rows else 0, 0.0, 0, int64

@@ -365,7 +365,15 @@ def patch_embed_fwd(
     """
     out_shape, sizes = _check_patch_embed(pixels, weight, bias, pos, time, cls, channels_last, space_only)
     check_out(
-        _OP, "out", out, out_shape, weight, like_name="the weight", dtype_str=dtype_name, last_stride=False
+        _OP,
+        "out",
+        out,
+        out_shape,
+        weight,
+        like_name="the weight",
+        dtype_str=dtype_name,
+        last_stride=False,
+        reads={"pixels": pixels, "weight": weight, "pos": pos, "time": time, "cls": cls},
     )
     return _launch(pixels, weight, bias, pos, time, cls, out, sizes, channels_last, space_only, int64)
 

@@ -72,9 +72,12 @@ def _temporal_attention_kernel(
     INTERPRET: tl.constexpr,
     INT64: tl.constexpr,
 ):
-    pid_p = tl.program_id(0)
-    b = tl.program_id(1)
-    h = tl.program_id(2)
+    # (clip, patch block) is flattened on axis 0 because the batch can exceed the 65535 limit of axes 1 and 2.
+    num_pb = tl.cdiv(num_patches, BLOCK_P)
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    b = pid // num_pb
+    pid_p = pid % num_pb
     if INT64:
         b = b.to(tl.int64)
 
@@ -173,7 +176,7 @@ def _launch(q, k, v, out, num_frames: int, num_heads: int, sizes, int64: bool | 
                 _launch_joint(*(seqs(x[b : b + 1]) for x in tensors), num_heads, head_dim, int64)
         return out
     cfg = _launch_config(num_frames, head_dim, q.dtype)
-    grid = (triton.cdiv(num_patches, cfg["BLOCK_P"]), batch, num_heads)
+    grid = (triton.cdiv(num_patches, cfg["BLOCK_P"]) * batch, num_heads)
     with on_device(q):
         _temporal_attention_kernel[grid](
             q,
@@ -211,7 +214,7 @@ def temporal_attention_fwd(
         int64: index in 64 bits; default: only when an offset into a tensor can exceed 2**31 - 1.
     """
     sizes = _check_temporal(q, k, v, num_frames, num_heads)
-    check_out("temporal_attention", "out", out, q.shape, q)
+    check_out("temporal_attention", "out", out, q.shape, q, reads={"q": q, "k": k, "v": v})
     return _launch(q, k, v, out, num_frames, num_heads, sizes, int64)
 
 
