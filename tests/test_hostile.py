@@ -236,6 +236,46 @@ def test_huge_frames_are_refused_before_decoding(tmp_path, clip):
     assert read_video(clip, 4, 2, max_frame_pixels=48 * 32).shape == (4, 32, 48, 3)
 
 
+def _size_switching_video(path, sizes: list[tuple[int, int, int]]) -> None:
+    """An H.264 stream whose frame size changes midway (one encoder per ``(width, height, frames)`` run,
+    streams concatenated, remuxed into mp4 with one timestamp per frame)."""
+    import fractions
+    import io
+
+    import av
+    import numpy as np
+
+    raw = io.BytesIO()
+    for width, height, count in sizes:
+        part = io.BytesIO()
+        with av.open(part, "w", format="h264") as out:
+            stream = out.add_stream("libx264", rate=30)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            for i in range(count):
+                pixels = np.full((height, width, 3), 40 * i % 256, dtype=np.uint8)
+                out.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+            out.mux(stream.encode())
+        raw.write(part.getvalue())
+    raw.seek(0)
+    with av.open(raw, format="h264") as src, av.open(str(path), "w") as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        for k, packet in enumerate(p for p in src.demux(src.streams.video[0]) if p.size):
+            packet.stream, packet.time_base, packet.pts, packet.dts = stream, fractions.Fraction(1, 30), k, k
+            dst.mux(packet)
+
+
+def test_a_stream_that_grows_its_frames_midway_is_held_to_the_limit(tmp_path):
+    """The header's size is checked before decoding; every decoded frame is checked too."""
+    path = tmp_path / "switch.mp4"
+    _size_switching_video(path, [(64, 48, 2), (320, 240, 6)])
+    with pytest.raises(VideoError, match=r"a frame of 320x240 pixels is over the limit of 3,072 pixels"):
+        read_video(path, indices=[0, 4], max_frame_pixels=64 * 48)
+    with pytest.raises(VideoError, match=r"the frame size changes within the video \(64x48 and 320x240\)"):
+        read_video(path, indices=[0, 4])
+    assert read_video(path, indices=[3, 5]).shape == (2, 240, 320, 3)
+    assert read_video(path, indices=[0, 1], max_frame_pixels=64 * 48).shape == (2, 48, 64, 3)
+
+
 def test_frame_counts_are_bounded(clip):
     with pytest.raises(ValueError, match=r"num_frames must be 1 to 1024, got 100000"):
         read_video(clip, 100_000, 1)

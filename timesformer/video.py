@@ -244,7 +244,7 @@ def read_video(
                     continue
                 i = by_pts.get(frame.pts)
                 if i is not None:
-                    frames[i] = frame.to_ndarray(format="rgb24")
+                    frames[i] = _to_rgb(frame, max_frame_pixels, path)
                 if frame.pts >= last_pts:
                     break
         except av.error.FFmpegError as exc:
@@ -253,7 +253,7 @@ def read_video(
             ) from exc
         missing = [i for i in wanted if i not in frames]
         if missing:
-            frames.update(_decode_sequentially(container, stream, set(missing), path))
+            frames.update(_decode_sequentially(container, stream, set(missing), max_frame_pixels, path))
         missing = [i for i in wanted if i not in frames]
         if missing:
             got = bisect.bisect_left(wanted, missing[0])
@@ -263,10 +263,27 @@ def read_video(
             )
     finally:
         container.close()
+    sizes = sorted({frames[i].shape[:2] for i in wanted})
+    if len(sizes) > 1:
+        (h0, w0), (h1, w1) = sizes[0], sizes[-1]
+        raise VideoError(path, f"the frame size changes within the video ({w0}x{h0} and {w1}x{h1})")
     return torch.from_numpy(np.stack([frames[i] for i in indices]))
 
 
-def _decode_sequentially(container, stream, wanted: set[int], path) -> dict[int, np.ndarray]:
+def _to_rgb(frame, max_frame_pixels: int, path) -> np.ndarray:
+    # The header's size is checked before decoding; a stream may still switch to larger frames midway.
+    if frame.width * frame.height > max_frame_pixels:
+        raise VideoError(
+            path,
+            f"a frame of {frame.width}x{frame.height} pixels is over the limit of {max_frame_pixels:,} "
+            "pixels (max_frame_pixels, --max-frame-pixels)",
+        )
+    return frame.to_ndarray(format="rgb24")
+
+
+def _decode_sequentially(
+    container, stream, wanted: set[int], max_frame_pixels: int, path
+) -> dict[int, np.ndarray]:
     """The slow, safe way (from frame 0, counting): for streams whose timestamps do not match their packets."""
     import av
 
@@ -276,7 +293,7 @@ def _decode_sequentially(container, stream, wanted: set[int], path) -> dict[int,
         container.seek(0, stream=stream, backward=True, any_frame=False)
         for i, frame in enumerate(container.decode(stream)):
             if i in wanted:
-                out[i] = frame.to_ndarray(format="rgb24")
+                out[i] = _to_rgb(frame, max_frame_pixels, path)
             if i >= last:
                 break
     except av.error.FFmpegError:
