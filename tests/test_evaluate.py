@@ -329,3 +329,150 @@ def test_classify_takes_the_same_views(videos):
     assert json.loads(out)["labels"][0]["label"] == LABELS[2]
     proc = _cli("classify", str(clip), "--crops", "2", check=False)
     assert proc.returncode == 2 and "--crops: invalid choice: 2" in proc.stderr
+
+
+# --------------------------------------------------------------------------- resume, settings, failures
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    from timesformer.classify import load_model
+
+    return load_model(backend="sdpa", device="cpu")
+
+
+def test_resume_matches_videos_however_data_is_spelled(videos, bundled, tmp_path, monkeypatch):
+    from timesformer.evaluate import evaluate
+
+    model, processor = bundled
+    out = tmp_path / "out"
+    monkeypatch.chdir(videos.parent)
+    evaluate(videos.name, model, processor, out, workers=0, limit=3)  # DATA relative to the folder above
+    monkeypatch.chdir(tmp_path)
+    metrics = evaluate(videos, model, processor, out, workers=0, limit=5, resume=True)
+    assert metrics["videos_evaluated"] == 2 and metrics["num_missing"] == 0 and metrics["num_videos"] == 5
+    paths = _paths(out)
+    assert len(paths) == len(set(paths)) == 5 and all(os.path.isabs(p) for p in paths)
+
+
+def test_resume_refuses_other_settings(videos, bundled, tmp_path):
+    from timesformer.evaluate import evaluate
+
+    model, processor = bundled
+    out = tmp_path / "out"
+    evaluate(videos, model, processor, out, workers=0, limit=2)
+    with pytest.raises(ValueError, match=r"other settings: num_frames 4 \(was 8\), clips 2 \(was 1\)"):
+        evaluate(videos, model, processor, out, workers=0, limit=4, resume=True, num_frames=4, clips=2)
+    assert len(_paths(out)) == 2  # nothing was added
+    # Settings recorded before any prediction was written bind nothing.
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "settings.json").write_text(json.dumps({"num_frames": 2}))
+    evaluate(videos, model, processor, fresh, workers=0, limit=1)
+    assert json.loads((fresh / "settings.json").read_text())["num_frames"] == 8
+
+
+def test_top5_accuracy_does_not_depend_on_top_k(videos, bundled, tmp_path):
+    from timesformer.evaluate import evaluate
+
+    model, processor = bundled
+    one = evaluate(videos, model, processor, tmp_path / "k1", workers=0, limit=4, top_k=1)
+    five = evaluate(videos, model, processor, tmp_path / "k5", workers=0, limit=4, top_k=5)
+    assert one["top5"] == five["top5"] == 1.0 and one["top1"] == five["top1"]
+    assert all(len(r["top"]) == 1 for r in read_predictions(tmp_path / "k1" / PREDICTIONS) if "top" in r)
+
+
+def test_list_files_with_a_byte_order_mark_and_data_that_is_a_video(videos, tmp_path):
+    first = sorted((videos / LABELS[0]).iterdir())[0]
+    listing = tmp_path / "list.csv"
+    listing.write_bytes("\ufeff".encode() + f"{first},{LABELS[0]}\n".encode())
+    assert [s.path for s in load_samples(listing, LABEL2ID, 4)] == [str(first)]
+    with pytest.raises(ValueError, match="expected a folder of class-named subfolders or a list file"):
+        load_samples(first, LABEL2ID, 4)
+
+
+def test_broken_links_fifos_and_linked_folders_are_not_silently_dropped(videos, bundled, tmp_path):
+    from timesformer.evaluate import evaluate
+
+    data = tmp_path / "data"
+    for name in LABELS[:2]:
+        (data / name).mkdir(parents=True)
+    clip = sorted((videos / LABELS[0]).iterdir())[0]
+    (data / LABELS[0] / "ok.mp4").symlink_to(clip)
+    (data / LABELS[0] / "gone.mp4").symlink_to(tmp_path / "missing.mp4")
+    os.mkfifo(data / LABELS[0] / "fifo.mp4")
+    (data / LABELS[1] / "linked").symlink_to(videos / LABELS[1], target_is_directory=True)
+    (data / LABELS[1] / "loop").symlink_to(data / LABELS[1], target_is_directory=True)
+    names = sorted(Path(s.path).name for s in load_samples(data, LABEL2ID, 4))
+    assert names == ["broken.mp4", "clip0.mp4", "clip1.mp4", "fifo.mp4", "gone.mp4", "ok.mp4"]
+    model, processor = bundled
+    metrics = evaluate(data, model, processor, tmp_path / "out", workers=0)
+    errors = {
+        Path(r["path"]).name: r["error"]
+        for r in read_predictions(tmp_path / "out" / PREDICTIONS)
+        if "error" in r
+    }
+    assert (
+        metrics["num_videos"] == 6
+        and metrics["num_scored"] == 3
+        and set(errors) == {"broken.mp4", "fifo.mp4", "gone.mp4"}
+    )
+
+
+def test_a_full_disk_is_an_output_error_that_keeps_the_lines(videos, bundled, tmp_path, monkeypatch):
+    import errno
+
+    from timesformer import evaluate as ev
+
+    model, processor = bundled
+    out = tmp_path / "out"
+    calls = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(ev.os, "fsync", fsync)
+    with pytest.raises(ev.OutputError, match=r"cannot write .*predictions.jsonl: No space left on device"):
+        ev.evaluate(videos, model, processor, out, workers=0, batch_size=1, limit=5)
+    monkeypatch.setattr(ev.os, "fsync", real_fsync)
+    assert len(_paths(out)) >= 2
+    assert ev.evaluate(videos, model, processor, out, workers=0, limit=5, resume=True)["num_missing"] == 0
+
+
+def test_a_dead_worker_names_the_videos_it_may_have_been_reading(videos, bundled, tmp_path, monkeypatch):
+    from timesformer import evaluate as ev
+
+    class DyingLoader:
+        def __init__(self, dataset, batch_size, num_workers, **kwargs):
+            self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
+
+        def __iter__(self):
+            yield ev._collate([self.dataset[i] for i in range(self.batch_size)])
+            raise RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly")
+
+    monkeypatch.setattr(ev.torch.utils.data, "DataLoader", DyingLoader)
+    model, processor = bundled
+    with pytest.raises(
+        ev.WorkerError, match=r"a decoding worker died .*pid\(s\) 4242.* run again with --resume"
+    ):
+        ev.evaluate(videos, model, processor, tmp_path / "out", workers=1, batch_size=1, limit=4)
+    assert len(_paths(tmp_path / "out")) == 1
+
+
+@pytest.mark.parametrize("error, code", [("OutputError", 1), ("WorkerError", 1), ("FileExistsError", 2)])
+def test_exit_codes_tell_a_failed_run_from_a_bad_setup(videos, tmp_path, monkeypatch, capsys, error, code):
+    from timesformer import __main__ as cli
+    from timesformer import evaluate as ev
+
+    exc = getattr(ev, error, None) or FileExistsError
+
+    def failing(*args, **kwargs):
+        raise exc(f"the {error}")
+
+    monkeypatch.setattr(ev, "evaluate", failing)
+    assert cli.main(["evaluate", str(videos), "--output", str(tmp_path)]) == code
+    assert f"the {error}" in capsys.readouterr().err

@@ -215,7 +215,7 @@ def evaluate(args: argparse.Namespace) -> int:
     import warnings
 
     from .classify import load_model
-    from .evaluate import default_device, evaluate, percent
+    from .evaluate import OutputError, WorkerError, default_device, evaluate, percent
 
     dtype = getattr(torch, args.dtype)  # one of --dtype's choices
     try:
@@ -245,9 +245,17 @@ def evaluate(args: argparse.Namespace) -> int:
                 resume=args.resume,
                 limit=args.limit,
                 max_frame_pixels=args.max_frame_pixels,
-                model_name=args.model or "(bundled) synthetic-motion",
+                # A local folder by its absolute path: a resumed run matches it however it is spelled.
+                model_name=(
+                    os.path.abspath(args.model)
+                    if args.model and os.path.isdir(args.model)
+                    else args.model or "(bundled) synthetic-motion"
+                ),
                 progress=False if args.no_progress else None,
             )
+        except (OutputError, WorkerError) as exc:  # during the run: what was written is kept
+            _error(printable(exc))
+            return 1
         except (OSError, ValueError) as exc:
             _error(printable(exc))
             return 2

@@ -15,6 +15,7 @@ it never stops the run. Accuracy is over the videos that were scored; ``num_erro
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import json
@@ -38,12 +39,22 @@ from .video import MAX_FRAME_PIXELS, MAX_NUM_FRAMES
 logger = logging.getLogger("timesformer")
 
 PREDICTIONS = "predictions.jsonl"
+# The settings every prediction of an output folder was made with: a resumed run must use the same ones.
+SETTINGS = "settings.json"
 # One file per rank while a distributed run works; merged into PREDICTIONS by rank 0 at the end.
 PART = "predictions.part-{rank:05d}.jsonl"
 MAX_DEFAULT_WORKERS = 16
 
 
 # ------------------------------------------------------------------------------------------ the data
+
+
+class OutputError(OSError):
+    """A result file could not be written (full disk, quota): the lines written so far are kept."""
+
+
+class WorkerError(RuntimeError):
+    """A decoding worker process died (killed by a signal: out of memory, a decoder crash)."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,23 @@ def _split_on_spaces(text: str, label2id: dict[str, int]) -> list[str]:
     return text.rsplit(None, 1)
 
 
+def _videos_under(folder: Path) -> list[Path]:
+    """Every entry under ``folder`` that is not a folder (hidden names left out), in sorted order. Links to
+    folders are followed, each real folder once (no loop); anything else (a broken link, a FIFO) is listed,
+    so that its error line says what it is instead of the video silently missing from the count."""
+    found: list[Path] = []
+    seen: set[str] = set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(top, f) for f in files if not f.startswith(".")]
+    return sorted(found)
+
+
 def load_samples(data: str | os.PathLike, label2id: dict[str, int], num_labels: int) -> list[Sample]:
     """The labelled videos of ``data``, sorted by path, each path once.
 
@@ -111,10 +139,12 @@ def load_samples(data: str | os.PathLike, label2id: dict[str, int], num_labels: 
     samples: list[Sample] = []
     unknown: dict[str, str] = {}
     if root.is_dir():
+        # Absolute paths: a resumed run matches its videos however DATA is spelled or wherever it runs from.
+        root = Path(os.path.abspath(root))
         folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         for folder in folders:
             label = _label_of(folder.name, label2id, num_labels, f"folder {folder}")
-            files = sorted(f for f in folder.rglob("*") if f.is_file() and not f.name.startswith("."))
+            files = _videos_under(folder)
             if isinstance(label, str):
                 if files:
                     unknown[label] = f"folder {folder}"
@@ -126,8 +156,15 @@ def load_samples(data: str | os.PathLike, label2id: dict[str, int], num_labels: 
             )
     else:
         base = root.resolve().parent
-        with open(root, newline="") as f:
-            lines = f.read().splitlines()
+        try:
+            # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the first path.
+            with open(root, newline="", encoding="utf-8-sig") as f:
+                lines = f.read().splitlines()
+        except UnicodeDecodeError:
+            raise ValueError(
+                f"DATA {data}: expected a folder of class-named subfolders or a list file of 'path label' "
+                "lines (UTF-8 text), got a file that is not text"
+            ) from None
         for number, line in enumerate(lines, 1):
             text = line.strip()
             if not text or text.startswith("#"):
@@ -380,7 +417,7 @@ def compute_metrics(records: Sequence[dict], samples: Sequence[Sample], id2label
         truth, ranked = int(r["label_id"]), [int(x["label_id"]) for x in r["top"]]
         confusion[truth, ranked[0]] += 1
         top1 += ranked[0] == truth
-        top5 += truth in ranked[:5]
+        top5 += bool(r["correct_top5"]) if "correct_top5" in r else truth in ranked[:5]
         per_class[truth][0] += 1
         per_class[truth][1] += ranked[0] == truth
     classes = {i: v for i, v in per_class.items() if v[0]}
@@ -632,14 +669,25 @@ def evaluate(
             f"{output} already holds predictions of {len(done)} videos; pass --resume to go on with them, or "
             "choose another --output"
         )
+    num_frames = num_frames or config.num_frames
+    top_k = max(1, min(top_k, len(id2label)))
+    settings = {
+        "model": model_name or getattr(model, "name_or_path", None) or type(model).__name__,
+        "dtype": str(dtype).removeprefix("torch."),
+        "num_frames": num_frames,
+        "sample_rate": sample_rate,
+        "clips": clips,
+        "crops": crops,
+        "top_k": top_k,
+        "max_frame_pixels": max_frame_pixels,
+    }
+    _check_settings(output, settings, compare=bool(done), write=rank == 0)
     if world > 1:
         # Every rank has read the same results before any rank writes: the same `done`, so the same split.
         torch.distributed.barrier()
     # The videos still to do are split across the ranks (sample i of them to rank i % world_size), so a
     # resumed run is balanced however the interrupted one had progressed.
     todo = [s for s in samples if s.path not in done][rank::world]
-    num_frames = num_frames or config.num_frames
-    top_k = max(1, min(top_k, len(id2label)))
     uint8 = model.backend == "triton" if uint8_frames is None else uint8_frames
     if uint8:
         model.set_input_normalization(*processor.normalization())
@@ -673,8 +721,8 @@ def evaluate(
     scored = 0  # videos of this run on this rank with a prediction: what ``totals`` sums over
     start = time.perf_counter()
     written = 0
-    with open(mine_file, "a") as out:
-        for batch in loader:
+    with _writing(mine_file), open(mine_file, "a") as out:
+        for batch in _batches(loader, todo, batch_size):
             if device_preprocess:
                 _cut_on_device(batch, processor, device, num_frames, crops, dtype, uint8)
             records = _score(batch, model, device, id2label, top_k, totals)
@@ -695,7 +743,8 @@ def evaluate(
     wall = time.perf_counter() - start
     if rank != 0:
         return {}
-    records = merge_predictions(output, [s.path for s in samples])
+    with _writing(output / PREDICTIONS):
+        records = merge_predictions(output, [s.path for s in samples])
     metrics = compute_metrics(records, samples, id2label)
     metrics.update(
         views={
@@ -705,18 +754,79 @@ def evaluate(
             "sample_rate": sample_rate,
             "aggregation": "mean of the views' softmax probabilities",
         },
-        model=model_name or getattr(model, "name_or_path", None) or type(model).__name__,
+        model=settings["model"],
         backend=model.backend,
         device=str(device),
-        dtype=str(dtype).removeprefix("torch."),
+        dtype=settings["dtype"],
         world_size=world,
         videos_evaluated=written_all,
         wall_time_s=wall,
         videos_per_second=written_all / wall if wall > 0 else 0.0,
         time_per_video_ms={k: v / max(1, scored) for k, v in totals.items()},
     )
-    write_reports(output, metrics, id2label)
+    with _writing(output / "metrics.json"):
+        write_reports(output, metrics, id2label)
     return metrics
+
+
+@contextlib.contextmanager
+def _writing(path: Path):
+    """Turn a failed write of ``path`` into an ``OutputError`` that names it."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write {path}: {exc.strerror or exc}; the complete lines written so far are kept, run again "
+            "with --resume once there is room"
+        ) from exc
+
+
+def _batches(loader, todo: Sequence[Sample], batch_size: int):
+    """The loader's batches; a worker that dies becomes a ``WorkerError`` naming the videos it may have been
+    reading (the DataLoader only says that a worker exited)."""
+    done = 0
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except RuntimeError as exc:
+            if "DataLoader worker" not in str(exc):
+                raise
+            pending = [s.path for s in todo[done : done + batch_size * max(1, loader.num_workers) * 2]]
+            shown = ", ".join(pending[:4]) + (f" and {len(pending) - 4} more" if len(pending) > 4 else "")
+            raise WorkerError(
+                f"a decoding worker died ({exc}); the results so far are kept, run again with --resume. If it "
+                f"dies again here, one of the next videos crashes the decoder or exhausts memory: {shown}"
+            ) from exc
+        done += len(batch)
+        yield batch
+
+
+def _check_settings(output: Path, settings: dict, compare: bool, write: bool) -> None:
+    """With ``compare`` (``output`` holds predictions), they were made with ``settings``; otherwise, with
+    ``write``, record ``settings`` for the runs that resume this one."""
+    path = output / SETTINGS
+    if compare and path.exists():
+        try:
+            before = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path} is unreadable ({exc}); remove it, or choose another --output") from None
+        changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
+        if changed:
+            listed = ", ".join(f"{k} {new!r} (was {old!r})" for k, (old, new) in changed.items())
+            raise ValueError(
+                f"{output} holds predictions made with other settings: {listed}; resume with the same ones, "
+                "or choose another --output"
+            )
+    elif write:
+        with _writing(path):
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(settings, indent=1) + "\n")
+            tmp.replace(path)
 
 
 def _cut_on_device(
@@ -763,6 +873,8 @@ def _score(batch: list[dict], model, device, id2label, top_k: int, totals: dict)
                     for v, i in zip(values.tolist(), indices.tolist(), strict=True)
                 ]
                 record = _record(item, id2label, top=top)
+                # Whatever top_k keeps, so that the top-5 accuracy does not depend on it.
+                record["correct_top5"] = item["label"] in mean.topk(min(5, mean.numel())).indices.tolist()
                 record["time_ms"] = {
                     "decode": round(item["decode_ms"], 2),
                     "preprocess": round(item["preprocess_ms"], 2),
