@@ -10,7 +10,7 @@ import torch
 from _videos import index_frame, read_index, write_indexed_video
 
 from timesformer import video
-from timesformer.video import VideoError, read_video, sample_frame_indices
+from timesformer.video import VideoError, read_video, sample_frame_indices, video_info
 
 
 def _indices(frames: torch.Tensor) -> list[int]:
@@ -54,12 +54,30 @@ def test_pixels_match_a_full_decode(tmp_path):
         np.testing.assert_array_equal(g, everything[i])
 
 
-def test_variable_frame_rate(tmp_path):
-    path = tmp_path / "vfr.mp4"
-    write_indexed_video(path, 50, 96, 160, vfr=True, gop=10)
+@pytest.mark.parametrize("container, codec", [("mp4", "libx264"), ("mkv", "libx264"), ("webm", "libvpx")])
+def test_variable_frame_rate(tmp_path, container, codec):
+    """MKV and WebM record a duration, not a frame count: a complete file with irregular gaps must not look
+    truncated next to its nominal rate."""
+    path = tmp_path / f"vfr.{container}"
+    write_indexed_video(path, 50, 96, 160, codec=codec, vfr=True, gop=10)
     wanted = [0, 1, 2, 3, 25, 26, 49]
     assert _indices(read_video(path, indices=wanted)) == wanted
     assert _indices(read_video(path, 8, 2, strategy="center")) == sample_frame_indices(8, 2, 50, "center")
+
+
+def test_a_raw_stream_without_timestamps_is_read_by_counting(tmp_path):
+    path = tmp_path / "raw.h264"
+    with av.open(str(path), "w", format="h264") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for i in range(40):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(index_frame(i, 64, 96), format="rgb24")))
+        out.mux(stream.encode())
+    assert video_info(path)["frames"] == 40
+    assert _indices(read_video(path, indices=[39, 0, 17, 17])) == [39, 0, 17, 17]
+    assert _indices(read_video(path, 8, 4, strategy="center")) == sample_frame_indices(8, 4, 40, "center")
+    with pytest.raises(VideoError, match="96x64 pixels are over the limit"):
+        read_video(path, indices=[0], max_frame_pixels=96 * 63)
 
 
 def test_short_clip_samples_what_exists_then_repeats(tmp_path):

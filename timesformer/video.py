@@ -126,11 +126,13 @@ def _open(path):
     return container
 
 
-def _frame_index(container, stream, path) -> list[int]:
-    """Presentation timestamps of every frame, sorted: frame ``i`` has the ``i``-th smallest pts."""
+def _frame_index(container, stream, path) -> list[int] | None:
+    """Presentation timestamps of every frame, sorted: frame ``i`` has the ``i``-th smallest pts; ``None`` for
+    a video with no timestamps at all (a raw elementary stream: .h264, .hevc), which ``_frame_count`` counts."""
     import av
 
     pts = []
+    unstamped = 0
     try:
         for packet in container.demux(stream):
             if packet.size == 0:  # the demuxer's flush packet
@@ -138,28 +140,61 @@ def _frame_index(container, stream, path) -> list[int]:
             stamp = packet.pts if packet.pts is not None else packet.dts
             if stamp is not None:
                 pts.append(stamp)
+            else:
+                unstamped += 1
     except av.error.FFmpegError as exc:
         raise VideoError(path, f"corrupt or truncated video ({exc.strerror or type(exc).__name__})") from exc
+    if not pts and unstamped:
+        return None
     pts.sort()
     return pts
 
 
-def _check_complete(container, stream, total: int, path) -> None:
-    """A file cut short still demuxes (the packets before the cut): compare with what its header announces."""
-    expected = float(stream.frames or 0)
-    if not expected and stream.average_rate:
-        seconds = None
-        if stream.duration is not None and stream.time_base is not None:
-            seconds = float(stream.duration * stream.time_base)
-        elif container.duration is not None and len(container.streams) == 1:
-            # The container's duration covers all streams: only trusted when video is the only one.
-            seconds = container.duration / 1e6
-        if seconds:
-            expected = seconds * float(stream.average_rate)
-    if expected and total < 0.9 * expected - 2:
+def _frame_count(container, stream, max_frame_pixels: int, path) -> int:
+    """The frames of a freshly opened video without timestamps, by decoding it (a packet need not be one
+    frame), each held to ``max_frame_pixels``."""
+    import av
+
+    count = 0
+    try:
+        for frame in container.decode(stream):
+            _check_pixels(frame, max_frame_pixels, path)
+            count += 1
+    except av.error.FFmpegError as exc:
+        raise VideoError(path, f"corrupt or truncated video ({exc.strerror or type(exc).__name__})") from exc
+    return count
+
+
+def _check_complete(container, stream, pts: list[int], path) -> None:
+    """A file cut short still demuxes (the packets before the cut): compare with what its header announces,
+    a frame count where it has one (MP4), else a duration against the time the frames reach (so that a
+    variable frame rate, whose nominal rate says nothing about the count, is not taken for a cut)."""
+    total = len(pts)
+    announced = float(stream.frames or 0)
+    if announced:
+        if total < 0.9 * announced - 2:
+            raise VideoError(
+                path,
+                f"truncated video (its header announces {announced:.0f} frames, {total} are in the file)",
+            )
+        return
+    if stream.time_base is None:
+        return
+    seconds = None
+    if stream.duration is not None:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration is not None and len(container.streams) == 1:
+        # The container's duration covers all streams: only trusted when video is the only one.
+        seconds = container.duration / 1e6
+    if not seconds:
+        return
+    start = stream.start_time if stream.start_time is not None else pts[0]
+    reached = float((pts[-1] - start) * stream.time_base)
+    frame = 1 / float(stream.average_rate) if stream.average_rate else 0.0
+    if reached + frame < 0.9 * seconds - 2 * frame:
         raise VideoError(
             path,
-            f"truncated video (its header announces about {expected:.0f} frames, {total} are in the file)",
+            f"truncated video (its header announces {seconds:.2f} s, the frames in the file reach {reached:.2f} s)",
         )
 
 
@@ -195,7 +230,6 @@ def read_video(
     Raises:
         VideoError: missing file, not a video, no video stream, no frames, corrupt or truncated data.
     """
-    import av
 
     def check_count(count: int, name: str) -> None:
         if not 1 <= count <= max_num_frames:
@@ -217,10 +251,22 @@ def read_video(
             )
         stream.thread_type = "AUTO"  # frame and slice threads: the decoder's own parallelism
         pts_index = _frame_index(container, stream, path)
-        total = len(pts_index)
+        if pts_index is None:
+            # A raw elementary stream (.h264, .hevc): no timestamps, no seeking. Its frames are counted by
+            # decoding it from a fresh open, and taken by counting from another (_decode_sequentially).
+            container.close()
+            container = _open(path)
+            total = _frame_count(container, container.streams.video[0], max_frame_pixels, path)
+            container.close()
+            container = _open(path)
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+        else:
+            total = len(pts_index)
+            if total:
+                _check_complete(container, stream, pts_index, path)
         if total == 0:
             raise VideoError(path, "has no frames (zero-length video)")
-        _check_complete(container, stream, total, path)
         if indices is None:
             rng = np.random.default_rng(seed)
             indices = sample_frame_indices(num_frames, sample_rate, total, strategy, rng)
@@ -233,27 +279,15 @@ def read_video(
             if bad or not indices:
                 raise ValueError(f"frame indices must be in [0, {total}) for {path}, got {bad or indices}")
         wanted = sorted(set(indices))
-        by_pts = {pts_index[i]: i for i in wanted}
-        first_pts, last_pts = pts_index[wanted[0]], pts_index[wanted[-1]]
         frames: dict[int, np.ndarray] = {}
-        try:
-            # backward=True: the keyframe at or before the first wanted frame; decoding starts there.
-            container.seek(first_pts, stream=stream, backward=True, any_frame=False)
-            for frame in container.decode(stream):
-                if frame.pts is None:
-                    continue
-                i = by_pts.get(frame.pts)
-                if i is not None:
-                    frames[i] = _to_rgb(frame, max_frame_pixels, path)
-                if frame.pts >= last_pts:
-                    break
-        except av.error.FFmpegError as exc:
-            raise VideoError(
-                path, f"corrupt or truncated video ({exc.strerror or type(exc).__name__})"
-            ) from exc
+        if pts_index is not None:
+            frames = _decode_by_pts(
+                container, stream, [pts_index[i] for i in wanted], wanted, max_frame_pixels, path
+            )
         missing = [i for i in wanted if i not in frames]
         if missing:
-            frames.update(_decode_sequentially(container, stream, set(missing), max_frame_pixels, path))
+            seek = pts_index is not None
+            frames.update(_decode_sequentially(container, stream, set(missing), max_frame_pixels, path, seek))
         missing = [i for i in wanted if i not in frames]
         if missing:
             got = bisect.bisect_left(wanted, missing[0])
@@ -270,7 +304,29 @@ def read_video(
     return torch.from_numpy(np.stack([frames[i] for i in indices]))
 
 
-def _to_rgb(frame, max_frame_pixels: int, path) -> np.ndarray:
+def _decode_by_pts(container, stream, stamps: list[int], wanted: list[int], max_frame_pixels: int, path):
+    """Frames ``wanted`` (sorted) by their presentation timestamps ``stamps``: one seek to the keyframe at or
+    before the first, then decoding up to the last. Frames whose decoded pts match no packet's stay missing."""
+    import av
+
+    by_pts = dict(zip(stamps, wanted, strict=True))
+    frames: dict[int, np.ndarray] = {}
+    try:
+        container.seek(stamps[0], stream=stream, backward=True, any_frame=False)
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                continue
+            i = by_pts.get(frame.pts)
+            if i is not None:
+                frames[i] = _to_rgb(frame, max_frame_pixels, path)
+            if frame.pts >= stamps[-1]:
+                break
+    except av.error.FFmpegError as exc:
+        raise VideoError(path, f"corrupt or truncated video ({exc.strerror or type(exc).__name__})") from exc
+    return frames
+
+
+def _check_pixels(frame, max_frame_pixels: int, path) -> None:
     # The header's size is checked before decoding; a stream may still switch to larger frames midway.
     if frame.width * frame.height > max_frame_pixels:
         raise VideoError(
@@ -278,19 +334,25 @@ def _to_rgb(frame, max_frame_pixels: int, path) -> np.ndarray:
             f"a frame of {frame.width}x{frame.height} pixels is over the limit of {max_frame_pixels:,} "
             "pixels (max_frame_pixels, --max-frame-pixels)",
         )
+
+
+def _to_rgb(frame, max_frame_pixels: int, path) -> np.ndarray:
+    _check_pixels(frame, max_frame_pixels, path)
     return frame.to_ndarray(format="rgb24")
 
 
 def _decode_sequentially(
-    container, stream, wanted: set[int], max_frame_pixels: int, path
+    container, stream, wanted: set[int], max_frame_pixels: int, path, seek: bool = True
 ) -> dict[int, np.ndarray]:
-    """The slow, safe way (from frame 0, counting): for streams whose timestamps do not match their packets."""
+    """The slow, safe way (from frame 0, counting): for streams whose timestamps do not match their packets,
+    and for those without timestamps (``seek=False``: a freshly opened raw stream, which cannot seek)."""
     import av
 
     out = {}
     last = max(wanted)
     try:
-        container.seek(0, stream=stream, backward=True, any_frame=False)
+        if seek:
+            container.seek(0, stream=stream, backward=True, any_frame=False)
         for i, frame in enumerate(container.decode(stream)):
             if i in wanted:
                 out[i] = _to_rgb(frame, max_frame_pixels, path)
@@ -306,7 +368,14 @@ def video_info(path: str | os.PathLike) -> dict:
     container = _open(path)
     try:
         stream = container.streams.video[0]
-        total = len(_frame_index(container, stream, path))
+        pts = _frame_index(container, stream, path)
+        if pts is None:  # a raw stream: counted by decoding it from a fresh open
+            container.close()
+            container = _open(path)
+            stream = container.streams.video[0]
+            total = _frame_count(container, stream, MAX_FRAME_PIXELS, path)
+        else:
+            total = len(pts)
         rate = stream.average_rate
         return {
             "frames": total,
