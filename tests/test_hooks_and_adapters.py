@@ -165,20 +165,21 @@ def test_the_reason_names_the_module_and_is_logged_once(caplog):
     assert module_path_reason(ours.timesformer) == "encoder.layer.0.forward is patched"
 
 
-def test_global_hooks_count():
+def test_global_hooks_observe_what_runs():
+    """Global module hooks belong to tools that observe whatever runs (FlopCounterMode's module tracker,
+    profilers): they keep the fused path, and fire on the modules it calls."""
     ours, _, kwargs = _pair("sdpa", seed=9)
     seen = []
     handle = torch.nn.modules.module.register_module_forward_hook(
         lambda m, a, o: seen.append(type(m).__name__)
     )
     try:
+        assert module_path_reason(ours) is None
         with torch.no_grad():
             ours(random_clip(kwargs))
-        assert module_path_reason(ours) == "global module hooks are registered"
     finally:
         handle.remove()
-    assert "TimesformerLayer" in seen and "Linear" in seen
-    assert module_path_reason(ours) is None
+    assert "TimesformerForVideoClassification" in seen and "TimesformerLayer" not in seen
 
 
 def test_cuda_graph_runner_runs_a_hooked_model_itself():

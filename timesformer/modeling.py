@@ -387,11 +387,9 @@ def _count_assignment(_module, _name, _submodule) -> None:
 
 
 def _module_path_scan(model: nn.Module) -> str | None:
-    from torch.nn.modules import module as torch_module
-
+    # Global module hooks do not count: they come from tools that observe whatever runs (the module tracker
+    # of torch's FlopCounterMode, profilers), which would otherwise measure another computation.
     hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-    if any(getattr(torch_module, "_global" + name) for name in hooks):
-        return "global module hooks are registered"
     for name, module in model.named_modules():
         if module is model:
             continue  # the model's own hooks and forward run as usual
@@ -414,7 +412,7 @@ def module_path_reason(model: nn.Module) -> str | None:
     backends may read its weights directly.
 
     Reasons: a submodule of another type than the model builds (an adapter wrapping a ``Linear``, a
-    quantized subclass), module hooks (on a submodule or global), a ``forward`` patched on an instance.
+    quantized subclass), hooks on a submodule, a ``forward`` patched on an instance.
     A ``None`` is cached per model until a hook is registered or a submodule assigned anywhere (a scan of
     a base model's 300 modules costs about a batch-1 forward's launch overhead); a ``forward`` patched or a
     ``__class__`` changed after a model's first call is not seen. A reason is never cached, so removing
