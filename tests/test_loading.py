@@ -278,3 +278,50 @@ def test_hub_id_resolves_through_offline_cache(hf, monkeypatch, tmp_path):
     x = random_clip(kwargs)
     with torch.no_grad():
         assert_close(model(x).logits, ref(x).logits)
+
+
+@pytest.mark.parametrize("safe", [True, False])
+def test_save_pretrained_shards_and_transformers_keywords(hf, tmp_path, safe):
+    _, ours, kwargs = make_pair(hf, "divided_space_time", seed=7)
+    total = sum(t.numel() * t.element_size() for t in ours.state_dict().values())
+    ours.save_pretrained(tmp_path, max_shard_size=total // 4, safe_serialization=safe)
+    suffix = ".safetensors" if safe else ".bin"
+    shards = sorted(p.name for p in tmp_path.glob(f"*-of-*{suffix}"))
+    assert len(shards) > 2 and not (tmp_path / f"{'model' if safe else 'pytorch_model'}{suffix}").exists()
+    x = random_clip(kwargs)
+    for cls in (TimesformerForVideoClassification, hf.TimesformerForVideoClassification):  # ours and theirs
+        with torch.no_grad():
+            assert_close(cls.from_pretrained(tmp_path).eval()(x).logits, ours.eval()(x).logits)
+    # Saving again unsharded leaves no shard or index of the earlier save behind.
+    ours.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    # transformers' keywords: another state dict; only the main process writes.
+    zeroed = {k: torch.zeros_like(v) for k, v in ours.state_dict().items()}
+    ours.save_pretrained(tmp_path / "z", state_dict=zeroed, is_main_process=True)
+    assert (
+        TimesformerForVideoClassification.from_pretrained(tmp_path / "z").classifier.weight.abs().sum() == 0
+    )
+    ours.save_pretrained(tmp_path / "other_rank", is_main_process=False)
+    assert not (tmp_path / "other_rank").exists()
+    for bad, error, message in [
+        (dict(push_to_hub=True), ValueError, "push_to_hub=True is not supported"),
+        (dict(max_shard_size="lots"), ValueError, "max_shard_size must be a positive size"),
+        (dict(variant="fp16"), ValueError, "variant='fp16' is not supported"),
+        (dict(colour="red"), TypeError, "unexpected keyword argument 'colour'"),
+    ]:
+        with pytest.raises(error, match=message):
+            ours.save_pretrained(tmp_path / "bad", **bad)
+
+
+def test_parse_size_units():
+    from timesformer.loading import parse_size
+
+    assert (
+        parse_size("5GB") == 5 * 10**9
+        and parse_size("2GiB") == 2 * 2**30
+        and parse_size("500 MB") == 5 * 10**8
+    )
+    assert parse_size(123) == 123 and parse_size("1.5KB") == 1500
+    for bad in (0, -1, True, "", "GB", "five"):
+        with pytest.raises(ValueError):
+            parse_size(bad)

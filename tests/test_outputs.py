@@ -40,3 +40,43 @@ def test_model_output_behaviour():
     again = pickle.loads(pickle.dumps(out))
     assert torch.equal(again.loss, out.loss) and again.hidden_states is None
     assert list(copy.deepcopy(out).keys()) == ["loss", "logits"]
+
+
+def test_rebuilt_from_items_and_a_pytree_node_as_in_transformers(hf):
+    ref, ours, kwargs = make_pair(hf, "divided_space_time", seed=61)
+    x = random_clip(kwargs)
+    with torch.no_grad():
+        theirs, out = ref(x, labels=torch.tensor([0, 1])), ours(x, labels=torch.tensor([0, 1]))
+    # accelerate's conversions rebuild outputs this way.
+    for o in (theirs, out):
+        again = type(o)({k: v for k, v in o.items()})
+        assert list(again.keys()) == ["loss", "logits"] and again.logits is o.logits
+    from torch.utils import _pytree
+
+    leaves, spec = _pytree.tree_flatten(out)
+    assert len(leaves) == 2 and leaves[1] is out.logits
+    rebuilt = _pytree.tree_unflatten([t * 2 for t in leaves], spec)
+    assert type(rebuilt) is ImageClassifierOutput and torch.equal(rebuilt.logits, out.logits * 2)
+
+
+def test_torch_export_gives_the_output_class(hf):
+    _, ours, kwargs = make_pair(hf, "joint_space_time", seed=62)
+    ours.set_backend("sdpa").eval()
+    x = random_clip(kwargs, batch=1)
+    exported = torch.export.export(ours, (x,)).module()
+    with torch.no_grad():
+        got, expected = exported(x), ours(x)
+    assert type(got) is ImageClassifierOutput
+    torch.testing.assert_close(got.logits, expected.logits)
+
+
+def test_integer_regression_targets_are_values_as_in_transformers(hf):
+    kwargs_over = dict(num_labels=1)
+    ref, ours, kwargs = make_pair(hf, "space_only", seed=63, **kwargs_over)
+    x = random_clip(kwargs)
+    frames = kwargs["num_frames"]
+    labels = torch.arange(2 * frames)  # space_only: one row per frame
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x, labels=labels).loss, ref(x, labels=labels).loss)
+    with pytest.raises(ValueError, match="regression labels must be real numbers, got dtype torch.bool"):
+        ours(x, labels=labels > 0)

@@ -4,6 +4,8 @@ forms they take, ``return_tensors``, per-call settings, their defaults, and the 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -140,3 +142,15 @@ def test_bad_input_is_refused_with_what_was_expected(call, match):
     processor = VideoProcessor(shortest_edge=16, crop_size=16)
     with pytest.raises((ValueError, TypeError), match=match):
         call(processor, _frames())
+
+
+@pytest.mark.parametrize("resample, name", [(3, "bicubic"), (0, "nearest")])
+def test_a_filter_other_than_bilinear_is_named_not_ignored(resample, name):
+    with pytest.warns(
+        UserWarning, match=rf"resample={resample} \({name}\) is not implemented; frames are resized"
+    ):
+        VideoProcessor.from_dict({"resample": resample})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        VideoProcessor.from_dict({"resample": 2})
+        VideoProcessor.from_dict({})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -415,9 +416,54 @@ def load_pretrained(
     return model
 
 
+_SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes of ``max_shard_size``: an int, or a number with a unit as transformers spells them (``"5GB"``:
+    decimal, ``"5GiB"``: binary)."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        value = size
+    elif isinstance(size, str):
+        text = size.strip().upper().replace(" ", "")
+        unit = next((u for u in sorted(_SIZE_UNITS, key=len, reverse=True) if text.endswith(u)), None)
+        try:
+            value = int(float(text[: -len(unit)]) * _SIZE_UNITS[unit]) if unit else int(text)
+        except ValueError:
+            value = 0
+    else:
+        value = 0
+    if value < 1:
+        raise ValueError(f"max_shard_size must be a positive size such as 5000000 or '5GB', got {size!r}")
+    return value
+
+
+_SHARD_NAME = re.compile(r"(model|pytorch_model)-\d{5}-of-\d{5}\.(safetensors|bin)")
+
+
+def _shards(state: dict[str, torch.Tensor], limit: int) -> list[dict[str, torch.Tensor]]:
+    """Tensors in order, a new shard when the next would pass ``limit`` bytes (a larger tensor alone)."""
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > limit:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+    return shards
+
+
 def save_pretrained(
-    model: TimesformerPreTrainedModel, directory: str | os.PathLike, *, safe_serialization: bool
+    model: TimesformerPreTrainedModel,
+    directory: str | os.PathLike,
+    *,
+    safe_serialization: bool,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
+    max_shard_size: int | str = "50GB",
 ) -> None:
+    limit = parse_size(max_shard_size)
     os.makedirs(directory, exist_ok=True)
     config = model.config
     extra = dict(config._extra)
@@ -427,16 +473,39 @@ def save_pretrained(
     finally:
         config._extra = extra
     # Clone: safetensors refuses views and shared storage.
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    for stale in WEIGHT_FILES:
-        if os.path.exists(os.path.join(directory, stale)):
-            os.remove(os.path.join(directory, stale))
-    if safe_serialization:
-        from safetensors.torch import save_file
+    source = model.state_dict() if state_dict is None else state_dict
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in source.items()}
+    # What an earlier save left: single files, indexes and numbered shards.
+    for name in os.listdir(directory):
+        if name in WEIGHT_FILES or _SHARD_NAME.fullmatch(name):
+            os.remove(os.path.join(directory, name))
+    stem, suffix = ("model", ".safetensors") if safe_serialization else ("pytorch_model", ".bin")
+    shards = _shards(state, limit)
 
-        save_file(state, os.path.join(directory, SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
-    else:
-        torch.save(state, os.path.join(directory, WEIGHTS_NAME))
+    def write(tensors: dict[str, torch.Tensor], name: str) -> None:
+        if safe_serialization:
+            from safetensors.torch import save_file
+
+            save_file(tensors, os.path.join(directory, name), metadata={"format": "pt"})
+        else:
+            torch.save(tensors, os.path.join(directory, name))
+
+    if len(shards) == 1:
+        write(state, stem + suffix)
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        name = f"{stem}-{i:05d}-of-{len(shards):05d}{suffix}"
+        write(shard, name)
+        weight_map.update(dict.fromkeys(shard, name))
+    index = {
+        "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+        "weight_map": weight_map,
+    }
+    index_name = SAFE_WEIGHTS_INDEX_NAME if safe_serialization else WEIGHTS_INDEX_NAME
+    with open(os.path.join(directory, index_name), "w") as f:
+        json.dump(index, f, indent=2)
+        f.write("\n")
 
 
 def from_hf(hf_model: torch.nn.Module, *, backend: str = "auto") -> TimesformerPreTrainedModel:

@@ -39,8 +39,9 @@ def classification_loss(
     problem = config.problem_type
 
     if problem == "regression":
-        if not labels.is_floating_point():
-            raise ValueError(f"regression labels must be floating point, got dtype {labels.dtype}")
+        # Integer targets (ratings, counts) are values, as in transformers' MSELoss; bool and complex are not.
+        if labels.dtype == torch.bool or labels.is_complex():
+            raise ValueError(f"regression labels must be real numbers, got dtype {labels.dtype}")
         if num_labels == 1:
             if labels.numel() != rows or labels.dim() > 2:
                 raise ValueError(

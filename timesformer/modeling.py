@@ -787,11 +787,60 @@ class TimesformerPreTrainedModel(nn.Module):
             **options,
         )
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *, safe_serialization: bool = True) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin``) as transformers does."""
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        is_main_process: bool = True,
+        state_dict: dict[str, torch.Tensor] | None = None,
+        push_to_hub: bool = False,
+        max_shard_size: int | str = "50GB",
+        *,
+        safe_serialization: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin``) as transformers does.
+
+        Args:
+            save_directory: created if missing; weight files of an earlier save there are replaced.
+            is_main_process: ``False`` writes nothing (the other ranks of a distributed job).
+            state_dict: the tensors to write instead of the model's own (e.g. gathered from shards).
+            push_to_hub: only ``False``: this package never uploads (``huggingface_hub.upload_folder`` does).
+            max_shard_size: bytes per weight file (an int, or ``"500MB"``, ``"2GiB"``, ...); a larger model
+                is written as numbered shards and an index, as transformers does.
+            safe_serialization: safetensors (default) or a ``torch.save`` pickle.
+            kwargs: transformers' ``variant``, ``token``, ``save_peft_format``, ``save_original_format`` and
+                ``distributed_checkpoint`` are accepted at their defaults only.
+        """
         from .loading import save_pretrained
 
-        save_pretrained(self, save_directory, safe_serialization=safe_serialization)
+        defaults = {
+            "variant": None,
+            "token": None,
+            "save_peft_format": True,
+            "save_original_format": True,
+            "distributed_checkpoint": False,
+        }
+        for name, value in kwargs.items():
+            if name not in defaults:
+                raise TypeError(f"save_pretrained() got an unexpected keyword argument {name!r}")
+            if value != defaults[name]:
+                raise ValueError(
+                    f"save_pretrained: {name}={value!r} is not supported (only {defaults[name]!r})"
+                )
+        if push_to_hub:
+            raise ValueError(
+                "save_pretrained: push_to_hub=True is not supported: save, then upload the folder with "
+                "huggingface_hub.upload_folder"
+            )
+        if not is_main_process:
+            return
+        save_pretrained(
+            self,
+            save_directory,
+            safe_serialization=safe_serialization,
+            state_dict=state_dict,
+            max_shard_size=max_shard_size,
+        )
 
     # ------------------------------------------------------------ encoder run
     def _calls_modules(self, output_attentions: bool) -> bool:

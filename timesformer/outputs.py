@@ -3,22 +3,46 @@
 Fields are reachable as attributes (``out.logits``), by name (``out["logits"]``) and by integer position
 (``out[0]``), where positions skip the fields that are ``None``, so ``out[0]`` is the loss when there is
 one and the logits otherwise, exactly as in transformers. ``to_tuple()`` gives the ``return_dict=False``
-form.
+form. As there, an output can be rebuilt from its items (``type(out)(dict(out))``, what accelerate's
+conversions do), and every output class is a pytree node (``torch.export``, ``torch.utils._pytree``).
 """
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch.utils import _pytree
+
+
+def _flatten(output: ModelOutput) -> tuple[list[Any], list[str]]:
+    return list(output.values()), list(output.keys())
+
+
+def _unflatten(values, context: list[str], output_type: type) -> ModelOutput:
+    return output_type(**dict(zip(context, values, strict=True)))
 
 
 class ModelOutput(OrderedDict):
     _fields: tuple[str, ...] = ()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _pytree.register_pytree_node(
+            cls,
+            _flatten,
+            functools.partial(_unflatten, output_type=cls),
+            serialized_type_name=f"{cls.__module__}.{cls.__name__}",
+        )
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
+        if len(args) == 1 and not kwargs and isinstance(args[0], Mapping):
+            # Rebuilt from its items, as transformers' ModelOutput allows (no field holds a mapping).
+            args, kwargs = (), dict(args[0])
         if len(args) > len(self._fields):
             raise TypeError(f"{type(self).__name__} takes at most {len(self._fields)} positional fields")
         values = dict(zip(self._fields, args, strict=False))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -30,6 +31,9 @@ logger = logging.getLogger("timesformer")
 # are 0.5 / 0.5; the model cards' preprocessor_config.json files give theirs explicitly).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# PIL's filter codes, as preprocessor_config.json's "resample" spells them.
+BILINEAR = 2
+_PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 
 def resize_output_size(height: int, width: int, shortest_edge: int) -> tuple[int, int]:
@@ -303,6 +307,16 @@ class VideoProcessor:
     @classmethod
     def from_dict(cls, config: dict) -> VideoProcessor:
         """From the fields of a ``preprocessor_config.json`` (missing ones take the reference's defaults)."""
+        resample = config.get("resample", BILINEAR)
+        if resample not in (None, BILINEAR):
+            # Only bilinear is implemented (the native op and the torch fallback). Other filters shift the
+            # normalized pixels by up to about 0.15 (bicubic) or 1.2 (nearest) against transformers' PIL path.
+            warnings.warn(
+                f"preprocessor config: resample={resample!r} ({_PIL_FILTERS.get(resample, 'unknown')}) is not "
+                "implemented; frames are resized bilinearly (resample=2), so inputs differ slightly from "
+                "transformers' processor with this config",
+                stacklevel=2,
+            )
         size = config.get("size", {"shortest_edge": 224})
         if isinstance(size, int):
             size = {"shortest_edge": size}
@@ -348,7 +362,7 @@ class VideoProcessor:
             "image_processor_type": "VideoMAEImageProcessor",
             "do_resize": self.do_resize,
             "size": {"shortest_edge": self.shortest_edge},
-            "resample": 2,  # PIL.Image.BILINEAR
+            "resample": BILINEAR,
             "do_center_crop": self.do_center_crop,
             "crop_size": {"height": self.crop_size[0], "width": self.crop_size[1]},
             "do_rescale": self.do_rescale,
