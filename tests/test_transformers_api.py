@@ -260,3 +260,36 @@ def test_config_from_a_subfolder_with_overrides(impl, tmp_path):
         tmp_path, subfolder="sub", local_files_only=True, hidden_dropout_prob=0.25
     )
     assert loaded.hidden_dropout_prob == 0.25 and loaded.hidden_size == config.hidden_size
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_config_generic_api(impl, tmp_path):
+    api = _api(impl)
+    config = api.Config(**small_config_kwargs("divided_space_time", 8))
+    assert config.architectures is None and config.is_encoder_decoder is False and config.dtype is None
+    assert config.get_text_config() is config and config.name_or_path == ""
+    assert (
+        config.to_diff_dict()["num_frames"] == config.num_frames
+        and "return_dict" not in config.to_diff_dict()
+    )
+    config.update({"num_frames": 5})
+    config.update_from_string("qkv_bias=false,layer_norm_eps=1e-5,hidden_act=relu")
+    assert (config.num_frames, config.qkv_bias, config.layer_norm_eps, config.hidden_act) == (
+        5,
+        False,
+        1e-5,
+        "relu",
+    )
+    config.save_pretrained(tmp_path)
+    loaded, unused = api.Config.from_pretrained(tmp_path, return_unused_kwargs=True)
+    assert unused == {} and loaded.num_frames == 5
+    assert str(api.Config(torch_dtype="bfloat16").dtype).removeprefix("torch.") == "bfloat16"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_model_generic_api(impl):
+    _, model, _ = _model(impl, seed=9)
+    assert "TimesformerLayer" in model._no_split_modules and not model._keep_in_fp32_modules
+    assert model.can_generate() is False
+    model.tie_weights()
+    assert model.get_memory_footprint() == sum(p.numel() * p.element_size() for p in model.parameters())

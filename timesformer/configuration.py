@@ -48,6 +48,13 @@ MODEL_FIELDS: dict[str, Any] = {
 }
 
 # Generic fields of transformers' PreTrainedConfig that change what the models compute or return.
+# What transformers' PretrainedConfig answers for fields this config does not store (read by tools).
+_TRANSFORMERS_DEFAULTS: dict[str, Any] = {
+    "architectures": None,
+    "dtype": None,
+    "is_encoder_decoder": False,
+}
+
 GENERIC_FIELDS: dict[str, Any] = {
     "problem_type": None,
     "output_attentions": False,
@@ -208,6 +215,10 @@ class TimesformerConfig:
         self.return_dict = return_dict
 
         kwargs.pop("model_type", None)
+        if "torch_dtype" in kwargs and "dtype" not in kwargs:  # transformers' older name of the field
+            kwargs["dtype"] = kwargs.pop("torch_dtype")
+        # Where the config was read from, as transformers' (not written to config.json).
+        self.name_or_path = str(kwargs.pop("name_or_path", kwargs.pop("_name_or_path", "")))
         # Keys this package does not interpret ("architectures", "dtype", "transformers_version", ...).
         self._extra: dict[str, Any] = {}
         for key, value in kwargs.items():
@@ -363,11 +374,62 @@ class TimesformerConfig:
 
     # ------------------------------------------------------------ (de)serialization
     def __getattr__(self, name: str) -> Any:
-        # Only reached for attributes not found normally: expose kept extra keys like transformers does.
+        # Only reached for attributes not found normally: expose kept extra keys like transformers does, and
+        # its defaults for the generic ones code reads without checking.
         extra = self.__dict__.get("_extra")
         if extra is not None and name in extra:
             return extra[name]
+        if name in _TRANSFORMERS_DEFAULTS:
+            return _TRANSFORMERS_DEFAULTS[name]
         raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+
+    @property
+    def _name_or_path(self) -> str:
+        return self.name_or_path
+
+    def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None) -> TimesformerConfig:
+        """The config itself, as for every model that is not made of several (transformers' API)."""
+        return self
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        """``to_dict`` less the generic fields at their defaults (what transformers writes for a model config)."""
+        out = self.to_dict()
+        for name, default in GENERIC_FIELDS.items():
+            if out.get(name) == default:
+                del out[name]
+        return out
+
+    def update(self, values: Mapping[str, Any]) -> None:
+        """Set fields from ``values`` (unknown keys are kept as extra keys), then check the result."""
+        for key, value in dict(values).items():
+            if key in MODEL_FIELDS or key in GENERIC_FIELDS or key in ("id2label", "label2id", "num_labels"):
+                setattr(self, key, value)
+            elif key == "name_or_path":
+                self.name_or_path = str(value)
+            else:
+                self._extra[key] = value
+        self.validate()
+
+    def update_from_string(self, text: str) -> None:
+        """``"num_frames=4,qkv_bias=false"``: each value parsed as the type of the field's current value."""
+        values: dict[str, Any] = {}
+        for item in text.split(","):
+            key, sep, raw = item.partition("=")
+            key = key.strip()
+            if not sep or not hasattr(self, key):
+                raise ValueError(f"update_from_string: expected 'field=value' of known fields, got {item!r}")
+            old = getattr(self, key)
+            if isinstance(old, bool):
+                if raw.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(f"update_from_string: {key} takes true or false, got {raw!r}")
+                values[key] = raw.lower() in ("true", "1")
+            elif isinstance(old, int):
+                values[key] = int(raw)
+            elif isinstance(old, float):
+                values[key] = float(raw)
+            else:
+                values[key] = raw
+        self.update(values)
 
     def to_dict(self) -> dict[str, Any]:
         """All fields (including kept unknown keys) as a JSON-serializable dict, transformers' key names."""
@@ -417,18 +479,29 @@ class TimesformerConfig:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike, *, subfolder: str = "", local_files_only: bool = False, **overrides: Any
-    ) -> TimesformerConfig:
+        cls,
+        path: str | os.PathLike,
+        *,
+        subfolder: str = "",
+        local_files_only: bool = False,
+        return_unused_kwargs: bool = False,
+        **overrides: Any,
+    ) -> TimesformerConfig | tuple[TimesformerConfig, dict[str, Any]]:
         """Read ``config.json`` from a local directory (or a config file path, or a hub id; ``subfolder`` and
-        ``local_files_only`` as in ``from_pretrained`` of the models), with ``overrides`` of its fields."""
+        ``local_files_only`` as in ``from_pretrained`` of the models), with ``overrides`` of its fields.
+
+        ``return_unused_kwargs``: return ``(config, {})`` as transformers does (every override is used: keys
+        that are not fields are kept as extra keys)."""
         from .loading import resolve_pretrained_dir
 
         if os.path.isfile(path) and not subfolder:
             config = cls.from_json_file(path)
-            return cls.from_dict(config.to_dict(), **overrides) if overrides else config
-        directory = resolve_pretrained_dir(path, subfolder, local_files_only)
-        config = cls.from_json_file(os.path.join(directory, CONFIG_NAME))
-        return cls.from_dict(config.to_dict(), **overrides) if overrides else config
+        else:
+            directory = resolve_pretrained_dir(path, subfolder, local_files_only)
+            config = cls.from_json_file(os.path.join(directory, CONFIG_NAME))
+        if overrides:
+            config = cls.from_dict(config.to_dict(), **overrides)
+        return (config, {}) if return_unused_kwargs else config
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         os.makedirs(directory, exist_ok=True)

@@ -499,6 +499,10 @@ class TimesformerPreTrainedModel(nn.Module):
     main_input_name = "pixel_values"
 
     supports_gradient_checkpointing = True
+    # As transformers' (accelerate's device maps and quantizers read them).
+    _no_split_modules = ("TimesformerLayer",)
+    _keep_in_fp32_modules = None
+    _tied_weights_keys = None
 
     def __init__(self, config: TimesformerConfig, *, backend: str = "auto") -> None:
         super().__init__()
@@ -640,6 +644,18 @@ class TimesformerPreTrainedModel(nn.Module):
 
     def get_output_embeddings(self) -> None:
         return None
+
+    def tie_weights(self) -> None:
+        """Nothing to tie (no token embeddings); transformers' API."""
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        return False
+
+    def get_memory_footprint(self, return_buffers: bool = True) -> int:
+        """Bytes of the parameters (and buffers), as transformers counts them."""
+        tensors = [*self.parameters(), *(self.buffers() if return_buffers else ())]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def enable_input_require_grads(self) -> None:
         """Make the patch embedding's output require grad (for adapters and gradient checkpointing on a
