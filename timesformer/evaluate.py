@@ -542,8 +542,11 @@ class Progress:
     """A one-line progress bar on stderr: videos done, videos/s, ETA. By default only on a terminal, and only
     for at least ``min_total`` videos; ``end_line`` ends an unfinished bar's line before other output."""
 
-    def __init__(self, total: int, enabled: bool | None = None, stream=None, min_total: int = 1):
+    def __init__(
+        self, total: int, enabled: bool | None = None, stream=None, min_total: int = 1, label: str = ""
+    ):
         self.stream = sys.stderr if stream is None else stream
+        self.label = label
         self.total, self.done, self.open = total, 0, False
         self.enabled = (self.stream.isatty() if enabled is None else enabled) and total >= min_total
         self.start = time.perf_counter()
@@ -559,7 +562,7 @@ class Progress:
         eta_text = f"{eta:.0f} s" if math.isfinite(eta) else "?"
         self.open = self.done < self.total
         print(
-            f"\r[{bar}] {self.done}/{self.total} videos, {rate:.2f}/s, ETA {eta_text}  ",
+            f"\r{self.label}[{bar}] {self.done}/{self.total} videos, {rate:.2f}/s, ETA {eta_text}  ",
             end="" if self.open else "\n",
             file=self.stream,
             flush=True,
@@ -716,7 +719,9 @@ def evaluate(
     )
     mine_file = output / (PREDICTIONS if world == 1 else PART.format(rank=rank))
     read_predictions(mine_file, repair=True)  # cut a torn last line before appending
-    bar = Progress(len(todo), enabled=progress if rank == 0 else False)
+    # Rank 0's share under torchrun (the others' progress is not sent to it), and said so.
+    label = f"rank 0 of {world}: " if world > 1 else ""
+    bar = Progress(len(todo), enabled=progress if rank == 0 else False, label=label)
     totals = {"decode": 0.0, "preprocess": 0.0, "model": 0.0}
     scored = 0  # videos of this run on this rank with a prediction: what ``totals`` sums over
     start = time.perf_counter()
