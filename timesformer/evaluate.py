@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime
 import functools
 import json
 import logging
@@ -44,6 +45,8 @@ SETTINGS = "settings.json"
 # One file per rank while a distributed run works; merged into PREDICTIONS by rank 0 at the end.
 PART = "predictions.part-{rank:05d}.jsonl"
 MAX_DEFAULT_WORKERS = 16
+# How long a torchrun rank waits for the others in a collective (the first barrier, the final count).
+DIST_TIMEOUT_S = 2 * 3600
 
 
 # ------------------------------------------------------------------------------------------ the data
@@ -512,7 +515,13 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     rank, world, _ = _world()
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        torch.distributed.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+        torch.distributed.init_process_group(
+            backend,
+            device_id=device if device.type == "cuda" else None,
+            # The final collective waits for the slowest rank's share (nccl's default gives up after 10 min,
+            # and a rank with a few long videos can trail by more on a large set).
+            timeout=datetime.timedelta(seconds=DIST_TIMEOUT_S),
+        )
     return rank, world
 
 
