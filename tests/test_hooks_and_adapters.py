@@ -162,7 +162,7 @@ def test_the_reason_names_the_module_and_is_logged_once(caplog):
     assert [r.getMessage().count("has hooks") for r in caplog.records] == [1]
     layer = ours.timesformer.encoder.layer[0]
     layer.forward = layer.forward  # a forward patched on the instance (modules are scanned in order)
-    assert module_path_reason(ours.timesformer) == "encoder.layer.0.forward is patched"
+    assert module_path_reason(ours.timesformer) == "encoder.layer.0 has a patched forward"
 
 
 def test_global_hooks_observe_what_runs():
@@ -200,3 +200,55 @@ def test_cuda_graph_runner_runs_a_hooked_model_itself():
         runner(x)
         runner(x)
     assert (len(seen), fake.captures, fake.replays) == (2, 1, 2)
+
+
+def test_a_custom_head_keeps_the_fused_path_and_its_hooks_fire():
+    ours, _, kwargs = _pair("sdpa", seed=11)
+    x = random_clip(kwargs)
+    linear = ours.classifier
+    ours.classifier = nn.Sequential(nn.Dropout(0.0), linear)
+    assert module_path_reason(ours) is None  # the head is called as a module on every path
+    seen = []
+    linear.register_forward_hook(lambda m, a, o: seen.append(1))
+    assert module_path_reason(ours) is None
+    with torch.no_grad():
+        ours(x)
+    assert seen == [1]
+    ours.classifier = linear  # an exact Linear with a hook: the triton head would read its weights
+    assert module_path_reason(ours) == "classifier has hooks"
+
+
+def test_a_cached_answer_does_not_survive_into_another_process(monkeypatch):
+    """The cache key holds a per-process token: a pickled model meets restarted counters elsewhere."""
+    import timesformer.modeling as modeling
+
+    ours, _, _ = _pair("sdpa", seed=12)
+    assert module_path_reason(ours) is None and ours.__dict__["_plain_at"][0] == modeling._PROCESS
+    # A hook the counters cannot see (as if registered in another process whose counters matched).
+    ours.timesformer.encoder.layer[0]._forward_hooks[10**9] = lambda m, a, o: None
+    assert module_path_reason(ours) is None  # stale in this process, by design of the cache
+    monkeypatch.setattr(modeling, "_PROCESS", "another process")
+    assert module_path_reason(ours) == "timesformer.encoder.layer.0 has hooks"
+
+
+def test_compiling_a_model_with_an_adapter_in_one_graph():
+    ours, _, kwargs = _pair("sdpa", seed=13)
+    _add_adapters(ours)
+    x = random_clip(kwargs)
+    compiled = torch.compile(ours, backend="eager", fullgraph=True)  # the first call traces the warning path
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x).logits, ours(x).logits)
+
+
+def test_cuda_graph_runner_honours_hooks_on_the_model_itself():
+    from test_cuda_graphs import FakeGraphs
+
+    ours, _, kwargs = _pair("sdpa", seed=14)
+    runner = CudaGraphRunner(ours)
+    fake = runner._graph_factory = FakeGraphs(ours)
+    seen = []
+    ours.register_forward_hook(lambda m, a, o: seen.append(1))
+    with torch.no_grad():
+        runner(random_clip(kwargs))
+        runner(random_clip(kwargs))
+    assert (len(seen), fake.captures) == (2, 0)

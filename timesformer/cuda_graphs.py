@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .backends.base import needs_autograd
-from .modeling import TimesformerForVideoClassification, TimesformerModel, module_path_reason
+from .modeling import TimesformerForVideoClassification, TimesformerModel, intercepted, module_path_reason
 from .outputs import BaseModelOutput, ImageClassifierOutput, ModelOutput
 from .weight_cache import count_optimizer_steps, fingerprint, optimizer_steps
 from .weight_cache import entries as cache_entries
@@ -282,8 +282,10 @@ class CudaGraphRunner:
             pixel_values.device == device
             and self._graph_factory.supports(device)
             and not needs_autograd(self.model, pixel_values)
-            # Hooks and adapters run in the model's own calls; a replay would skip them.
+            # Hooks and adapters run in the model's own calls; a replay would skip them (the model's own
+            # ones included).
             and module_path_reason(self.model) is None
+            and intercepted(self.model) is None
         )
 
     def _capture(self, key: tuple, pixel_values: torch.Tensor) -> _Graph:

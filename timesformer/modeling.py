@@ -119,7 +119,7 @@ class TimesformerEmbeddings(nn.Module):
         # The reference's op order, dropout included, so that training runs draw the same random numbers.
         batch = pixel_values.shape[0]
         emb, frames, grid_w = self.patch_embeddings(pixel_values)
-        if self.input_requires_grad and torch.is_grad_enabled():
+        if getattr(self, "input_requires_grad", False) and torch.is_grad_enabled():  # (older pickles lack it)
             # enable_input_require_grads: gradients reach the layers even through a frozen embedding.
             emb.requires_grad_(True)
         grid = (emb.shape[1] // grid_w, grid_w)
@@ -386,19 +386,40 @@ def _count_assignment(_module, _name, _submodule) -> None:
     _assignments += 1
 
 
+# A process-wide token in the cache key: a model pickled with its cached answer (torch.save, spawned
+# workers) meets counters that restarted in another process.
+_PROCESS = os.urandom(8).hex()
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def intercepted(module: nn.Module) -> str | None:
+    """What makes a call of ``module`` do more than its class's ``forward``: hooks (global ones do not
+    count: they come from tools that observe whatever runs, such as the module tracker of torch's
+    ``FlopCounterMode``) or a ``forward`` patched on the instance; ``None`` when nothing does."""
+    if any(getattr(module, h) for h in _HOOKS):
+        return "has hooks"
+    if "forward" in module.__dict__:
+        return "has a patched forward"
+    return None
+
+
 def _module_path_scan(model: nn.Module) -> str | None:
-    # Global module hooks do not count: they come from tools that observe whatever runs (the module tracker
-    # of torch's FlopCounterMode, profilers), which would otherwise measure another computation.
-    hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
     for name, module in model.named_modules():
         if module is model:
             continue  # the model's own hooks and forward run as usual
+        if name == "classifier" or name.startswith("classifier."):
+            # The head is called as a module on every path but the triton one for an exact nn.Linear, which
+            # reads its weights: only that one's hooks count, and a custom head (nn.Sequential, an adapter)
+            # runs as it is.
+            why = intercepted(module) if name == "classifier" else None
+            if why:
+                return f"classifier {why}"
+            continue
         if type(module) not in _PLAIN_TYPES:
             return f"{name} is a {type(module).__name__}"
-        if any(getattr(module, h) for h in hooks):
-            return f"{name} has hooks"
-        if "forward" in module.__dict__:
-            return f"{name}.forward is patched"
+        why = intercepted(module)
+        if why:
+            return f"{name} {why}"
     return None
 
 
@@ -414,16 +435,17 @@ def module_path_reason(model: nn.Module) -> str | None:
     Reasons: a submodule of another type than the model builds (an adapter wrapping a ``Linear``, a
     quantized subclass), hooks on a submodule, a ``forward`` patched on an instance.
     A ``None`` is cached per model until a hook is registered or a submodule assigned anywhere (a scan of
-    a base model's 300 modules costs about a batch-1 forward's launch overhead); a ``forward`` patched or a
-    ``__class__`` changed after a model's first call is not seen. A reason is never cached, so removing
-    the hooks brings the fused path back.
+    a base model's 300 modules costs about a batch-1 forward's launch overhead); not seen after a model's
+    first call: a ``forward`` patched, a ``__class__`` changed, a module put through torch's ``_modules``
+    dict directly (``ModuleList.insert``). A reason is never cached, so removing the hooks brings the fused
+    path back.
     """
     global _assignment_hook
     if torch.compiler.is_compiling():
         return _module_path_scan_constant(model)
     if _assignment_hook is None:
         _assignment_hook = torch.nn.modules.module.register_module_module_registration_hook(_count_assignment)
-    key = (torch.utils.hooks.RemovableHandle.next_id, _assignments)
+    key = (_PROCESS, torch.utils.hooks.RemovableHandle.next_id, _assignments)
     if model.__dict__.get("_plain_at") == key:
         return None
     reason = _module_path_scan(model)
@@ -864,13 +886,17 @@ class TimesformerPreTrainedModel(nn.Module):
         if output_attentions or self._requested_backend == "eager":
             return True  # attention maps exist only in the eager computation
         reason = module_path_reason(self)
-        if reason is not None and self._warned_module_path != reason:
+        if (
+            reason is not None
+            and getattr(self, "_warned_module_path", None) != reason
+            and not torch.compiler.is_compiling()  # logging cannot be traced
+        ):
             for model in self.modules():  # one warning: the encoder model inside a classifier says no more
                 if isinstance(model, TimesformerPreTrainedModel):
                     model._warned_module_path = module_path_reason(model)
             logger.warning(
                 "%s: %s, so forwards call every module (the eager computation) instead of the %s "
-                "backend's fused path; remove the hooks or merge the adapter for speed",
+                "backend's fused path; for speed remove the hooks or patch, or merge the adapter",
                 type(self).__name__,
                 reason,
                 self._requested_backend,

@@ -155,7 +155,7 @@ class TritonBackend(Backend):
     def classify(
         self, layernorm: nn.LayerNorm, classifier: nn.Module, cls: torch.Tensor, fwd: ForwardContext
     ) -> torch.Tensor:
-        if not fwd.inference or not isinstance(classifier, nn.Linear):
+        if not fwd.inference or type(classifier) is not nn.Linear:  # a subclass or adapter: called as is
             return self.fallback.classify(layernorm, classifier, cls, fwd)
         w, c1, c2 = _ln_proj(classifier, "triton_head", layernorm, classifier)
         return _linear.layer_norm_linear(cls, w, c1, c2, _eps(layernorm))[:, 0]
