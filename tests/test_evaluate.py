@@ -476,3 +476,22 @@ def test_exit_codes_tell_a_failed_run_from_a_bad_setup(videos, tmp_path, monkeyp
     monkeypatch.setattr(ev, "evaluate", failing)
     assert cli.main(["evaluate", str(videos), "--output", str(tmp_path)]) == code
     assert f"the {error}" in capsys.readouterr().err
+
+
+def test_resume_of_a_run_that_recorded_relative_paths(videos, bundled, tmp_path, monkeypatch):
+    """Runs before paths were recorded absolute wrote DATA as typed: their lines still count once."""
+    from timesformer.evaluate import evaluate
+
+    model, processor = bundled
+    out = tmp_path / "out"
+    evaluate(videos, model, processor, out, workers=0, limit=2)
+    monkeypatch.chdir(videos.parent)
+    lines = (out / PREDICTIONS).read_text().splitlines()
+    relative = [json.loads(line) for line in lines]
+    for record in relative:
+        record["path"] = os.path.relpath(record["path"])
+    (out / PREDICTIONS).write_text("".join(json.dumps(r) + "\n" for r in relative))
+    metrics = evaluate(videos, model, processor, out, workers=0, limit=3, resume=True)
+    assert metrics["videos_evaluated"] == 1
+    paths = _paths(out)
+    assert len(paths) == len(set(paths)) == 3 and all(os.path.isabs(p) for p in paths)

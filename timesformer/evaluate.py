@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -142,8 +143,9 @@ def load_samples(data: str | os.PathLike, label2id: dict[str, int], num_labels: 
     samples: list[Sample] = []
     unknown: dict[str, str] = {}
     if root.is_dir():
-        # Absolute paths: a resumed run matches its videos however DATA is spelled or wherever it runs from.
-        root = Path(os.path.abspath(root))
+        # Absolute paths, links in DATA's own path resolved: a resumed run matches its videos however DATA is
+        # spelled or wherever it runs from.
+        root = root.resolve()
         folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         for folder in folders:
             label = _label_of(folder.name, label2id, num_labels, f"folder {folder}")
@@ -371,10 +373,17 @@ def _part_files(output: Path) -> list[Path]:
     return sorted(output.glob("predictions.part-*.jsonl"))
 
 
+def _absolute(record: dict) -> dict:
+    # Runs before paths were recorded absolute wrote them as given: taken relative to this directory.
+    if not os.path.isabs(record["path"]):
+        record["path"] = os.path.abspath(record["path"])
+    return record
+
+
 def _done_paths(output: Path) -> set[str]:
     done: set[str] = set()
     for file in [output / PREDICTIONS, *_part_files(output)]:
-        done.update(r["path"] for r in read_predictions(file))
+        done.update(_absolute(r)["path"] for r in read_predictions(file))
     return done
 
 
@@ -385,7 +394,7 @@ def merge_predictions(output: Path, order: Sequence[str]) -> list[dict]:
     parts = _part_files(output)
     for file in [output / PREDICTIONS, *parts]:
         for record in read_predictions(file):
-            by_path.setdefault(record["path"], record)
+            by_path.setdefault(_absolute(record)["path"], record)
     rank = {p: i for i, p in enumerate(order)}
     records = sorted(by_path.values(), key=lambda r: (rank.get(r["path"], len(rank)), r["path"]))
     tmp = output / (PREDICTIONS + ".tmp")
@@ -735,15 +744,16 @@ def evaluate(
     scored = 0  # videos of this run on this rank with a prediction: what ``totals`` sums over
     start = time.perf_counter()
     written = 0
-    with _writing(mine_file), open(mine_file, "a") as out:
+    with open(mine_file, "a") as out:
         for batch in _batches(loader, todo, batch_size):
             if device_preprocess:
                 _cut_on_device(batch, processor, device, num_frames, crops, dtype, uint8)
             records = _score(batch, model, device, id2label, top_k, totals)
             scored += sum("time_ms" in r for r in records)
-            out.write("".join(json.dumps(r) + "\n" for r in records))
-            out.flush()
-            os.fsync(out.fileno())
+            with _writing(mine_file):
+                out.write("".join(json.dumps(r) + "\n" for r in records))
+                out.flush()
+                os.fsync(out.fileno())
             written += len(records)
             bar.step(len(records))
             if on_batch is not None:
@@ -808,7 +818,9 @@ def _batches(loader, todo: Sequence[Sample], batch_size: int):
         except StopIteration:
             return
         except RuntimeError as exc:
-            if "DataLoader worker" not in str(exc):
+            # The DataLoader's words for a worker that died (an exception raised inside a worker is re-raised
+            # as itself, "Caught ... in DataLoader worker process", and is not this).
+            if not _WORKER_DIED.search(str(exc)):
                 raise
             pending = [s.path for s in todo[done : done + batch_size * max(1, loader.num_workers) * 2]]
             shown = ", ".join(pending[:4]) + (f" and {len(pending) - 4} more" if len(pending) > 4 else "")
@@ -818,6 +830,9 @@ def _batches(loader, todo: Sequence[Sample], batch_size: int):
             ) from exc
         done += len(batch)
         yield batch
+
+
+_WORKER_DIED = re.compile(r"DataLoader worker \(pid.*(exited unexpectedly|killed by signal)")
 
 
 def _check_settings(output: Path, settings: dict, compare: bool, write: bool) -> None:
@@ -836,11 +851,10 @@ def _check_settings(output: Path, settings: dict, compare: bool, write: bool) ->
                 f"{output} holds predictions made with other settings: {listed}; resume with the same ones, "
                 "or choose another --output"
             )
-    elif write:
-        with _writing(path):
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(settings, indent=1) + "\n")
-            tmp.replace(path)
+    elif write:  # before any video: a failure here is a bad setup (exit 2), as an unwritable DIR is
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(settings, indent=1) + "\n")
+        tmp.replace(path)
 
 
 def _cut_on_device(
