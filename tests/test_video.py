@@ -65,6 +65,45 @@ def test_variable_frame_rate(tmp_path, container, codec):
     assert _indices(read_video(path, 8, 2, strategy="center")) == sample_frame_indices(8, 2, 50, "center")
 
 
+def _timed_video(path, stamps_ms: list[int], last_duration_ms: int | None = None) -> None:
+    """Index frames at the given presentation times (1/1000 time base); optionally a long last frame."""
+    import fractions
+
+    codec = "libvpx" if str(path).endswith(".webm") else "libx264"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=25)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        stream.codec_context.time_base = fractions.Fraction(1, 1000)
+        packets = []
+        for i, t in enumerate(stamps_ms):
+            frame = av.VideoFrame.from_ndarray(index_frame(i, 64, 96), format="rgb24")
+            frame.pts, frame.time_base = t, fractions.Fraction(1, 1000)
+            packets += stream.encode(frame)
+        packets += stream.encode()
+        for packet in packets:
+            if last_duration_ms is not None and packet.pts == stamps_ms[-1]:
+                packet.duration = last_duration_ms
+            out.mux(packet)
+
+
+@pytest.mark.parametrize("container", ["mkv", "webm"])
+def test_complete_files_with_a_start_offset_or_a_long_last_frame_are_not_truncated(tmp_path, container):
+    """Matroska's duration may be the absolute end time, and a last frame may last far longer than the nominal
+    frame: the completeness check must read neither as a cut."""
+    offset = tmp_path / f"offset.{container}"
+    _timed_video(offset, [10_000 + 40 * i for i in range(60)])
+    assert _indices(read_video(offset, indices=[0, 59])) == [0, 59]
+    slideshow = tmp_path / f"slideshow.{container}"
+    _timed_video(slideshow, [1000 * i for i in range(10)], last_duration_ms=60_000)
+    assert _indices(read_video(slideshow, indices=[0, 9])) == [0, 9]
+    cut = tmp_path / f"cut.{container}"
+    _timed_video(offset.with_name("whole." + container), [40 * i for i in range(90)])
+    data = offset.with_name("whole." + container).read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(VideoError, match="truncated video"):
+        read_video(cut, indices=[0])
+
+
 def test_a_raw_stream_without_timestamps_is_read_by_counting(tmp_path):
     path = tmp_path / "raw.h264"
     with av.open(str(path), "w", format="h264") as out:

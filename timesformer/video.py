@@ -126,12 +126,15 @@ def _open(path):
     return container
 
 
-def _frame_index(container, stream, path) -> list[int] | None:
-    """Presentation timestamps of every frame, sorted: frame ``i`` has the ``i``-th smallest pts; ``None`` for
-    a video with no timestamps at all (a raw elementary stream: .h264, .hevc), which ``_frame_count`` counts."""
+def _frame_index(container, stream, path) -> tuple[list[int] | None, int]:
+    """``(pts, end)``: the presentation timestamps of every frame, sorted (frame ``i`` has the ``i``-th
+    smallest), and where the last packet ends (its pts plus its duration, where the file records one).
+    ``pts`` is ``None`` for a video with no timestamps at all (a raw elementary stream: .h264, .hevc), which
+    ``_frame_count`` counts."""
     import av
 
     pts = []
+    end = 0
     unstamped = 0
     try:
         for packet in container.demux(stream):
@@ -140,14 +143,15 @@ def _frame_index(container, stream, path) -> list[int] | None:
             stamp = packet.pts if packet.pts is not None else packet.dts
             if stamp is not None:
                 pts.append(stamp)
+                end = max(end, stamp + (packet.duration or 0))
             else:
                 unstamped += 1
     except av.error.FFmpegError as exc:
         raise VideoError(path, f"corrupt or truncated video ({exc.strerror or type(exc).__name__})") from exc
     if not pts and unstamped:
-        return None
+        return None, 0
     pts.sort()
-    return pts
+    return pts, end
 
 
 def _frame_count(container, stream, max_frame_pixels: int, path) -> int:
@@ -165,10 +169,12 @@ def _frame_count(container, stream, max_frame_pixels: int, path) -> int:
     return count
 
 
-def _check_complete(container, stream, pts: list[int], path) -> None:
+def _check_complete(container, stream, pts: list[int], end: int, path) -> None:
     """A file cut short still demuxes (the packets before the cut): compare with what its header announces,
-    a frame count where it has one (MP4), else a duration against the time the frames reach (so that a
-    variable frame rate, whose nominal rate says nothing about the count, is not taken for a cut)."""
+    a frame count where it has one (MP4), else a duration against where the last packet ends (so that a
+    variable frame rate, whose nominal rate says nothing about the count, is not taken for a cut). Lenient
+    where the reading is ambiguous: the end is measured both from the stream's start and from time 0 (a
+    container's duration may be either), and only a file short by both counts is refused."""
     total = len(pts)
     announced = float(stream.frames or 0)
     if announced:
@@ -189,9 +195,11 @@ def _check_complete(container, stream, pts: list[int], path) -> None:
     if not seconds:
         return
     start = stream.start_time if stream.start_time is not None else pts[0]
-    reached = float((pts[-1] - start) * stream.time_base)
     frame = 1 / float(stream.average_rate) if stream.average_rate else 0.0
-    if reached + frame < 0.9 * seconds - 2 * frame:
+    # Without recorded packet durations the last frame is taken to last one nominal frame.
+    last = float(end * stream.time_base) + (frame if end == pts[-1] else 0.0)
+    reached = last - float(start * stream.time_base)
+    if max(reached, last) < 0.9 * seconds - 2 * frame:
         raise VideoError(
             path,
             f"truncated video (its header announces {seconds:.2f} s, the frames in the file reach {reached:.2f} s)",
@@ -250,7 +258,7 @@ def read_video(
                 "(max_frame_pixels, --max-frame-pixels)",
             )
         stream.thread_type = "AUTO"  # frame and slice threads: the decoder's own parallelism
-        pts_index = _frame_index(container, stream, path)
+        pts_index, end = _frame_index(container, stream, path)
         if pts_index is None:
             # A raw elementary stream (.h264, .hevc): no timestamps, no seeking. Its frames are counted by
             # decoding it from a fresh open, and taken by counting from another (_decode_sequentially).
@@ -264,7 +272,7 @@ def read_video(
         else:
             total = len(pts_index)
             if total:
-                _check_complete(container, stream, pts_index, path)
+                _check_complete(container, stream, pts_index, end, path)
         if total == 0:
             raise VideoError(path, "has no frames (zero-length video)")
         if indices is None:
@@ -368,7 +376,7 @@ def video_info(path: str | os.PathLike) -> dict:
     container = _open(path)
     try:
         stream = container.streams.video[0]
-        pts = _frame_index(container, stream, path)
+        pts, _ = _frame_index(container, stream, path)
         if pts is None:  # a raw stream: counted by decoding it from a fresh open
             container.close()
             container = _open(path)
