@@ -109,3 +109,16 @@ def test_non_square_image_size_pair():
     cfg = TimesformerConfig(image_size=(32, 48), patch_size=16)
     assert cfg.grid_hw == (2, 3) and cfg.num_patches == 6
     assert json.loads(cfg.to_json_string())["image_size"] == [32, 48]
+
+
+def test_update_is_all_or_nothing_and_update_from_string_takes_fields_only():
+    from timesformer import TimesformerConfig
+
+    config = TimesformerConfig(num_labels=3)
+    with pytest.raises(ValueError, match="hidden_size must be divisible by num_attention_heads"):
+        config.update({"num_frames": 4, "hidden_size": 100})
+    assert (config.hidden_size, config.num_frames, config.num_labels) == (768, 8, 3)
+    with pytest.raises(ValueError, match="expected 'field=value' of known fields, got 'to_dict=1'"):
+        config.update_from_string("to_dict=1")
+    with pytest.raises(ValueError, match="qkv_bias takes true or false"):
+        config.update_from_string("qkv_bias=maybe")

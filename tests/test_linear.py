@@ -276,7 +276,7 @@ def test_writes_that_would_race_on_a_gpu_are_refused():
         lin.linear_residual_(x, w, vec, torch.randn(2, 1, 16, device=DEVICE).expand(2, 3, 16))
     with pytest.raises(ValueError, match="out overlaps x in memory"):
         lin.layer_norm_linear_fwd(x, w, vec, vec, x)
-    # Disjoint views of one buffer are fine: the residual stream's rows written from another's product.
+    # A residual that is a view into a larger buffer (the residual stream) is fine when x is elsewhere.
     stream = torch.randn(2, 7, 16, device=DEVICE)
     lin.linear_residual_(stream[:, :3].clone(), w, vec, stream[:, 4:])
 

@@ -325,3 +325,22 @@ def test_parse_size_units():
     for bad in (0, -1, True, "", "GB", "five"):
         with pytest.raises(ValueError):
             parse_size(bad)
+
+
+def test_a_failed_save_keeps_the_earlier_weights(hf, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    _, ours, _ = make_pair(hf, "joint_space_time", seed=8)
+    ours.save_pretrained(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.add_(1.0)
+    with pytest.raises(OSError, match="No space left"):
+        ours.save_pretrained(tmp_path, max_shard_size=1000)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -400,15 +400,13 @@ class TimesformerConfig:
         return out
 
     def update(self, values: Mapping[str, Any]) -> None:
-        """Set fields from ``values`` (unknown keys are kept as extra keys), then check the result."""
-        for key, value in dict(values).items():
-            if key in MODEL_FIELDS or key in GENERIC_FIELDS or key in ("id2label", "label2id", "num_labels"):
-                setattr(self, key, value)
-            elif key == "name_or_path":
-                self.name_or_path = str(value)
-            else:
-                self._extra[key] = value
-        self.validate()
+        """Set fields from ``values`` (unknown keys are kept as extra keys). All or nothing: values that make
+        an invalid config raise and leave this one as it was."""
+        values = dict(values)
+        name = str(values.pop("name_or_path", self.name_or_path))
+        updated = type(self).from_dict({**self.to_dict(), **values})  # checks the result
+        self.__dict__.update(updated.__dict__)
+        self.name_or_path = name
 
     def update_from_string(self, text: str) -> None:
         """``"num_frames=4,qkv_bias=false"``: each value parsed as the type of the field's current value."""
@@ -416,7 +414,7 @@ class TimesformerConfig:
         for item in text.split(","):
             key, sep, raw = item.partition("=")
             key = key.strip()
-            if not sep or not hasattr(self, key):
+            if not sep or key not in {*MODEL_FIELDS, *GENERIC_FIELDS, *self._extra}:
                 raise ValueError(f"update_from_string: expected 'field=value' of known fields, got {item!r}")
             old = getattr(self, key)
             if isinstance(old, bool):

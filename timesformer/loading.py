@@ -465,47 +465,60 @@ def save_pretrained(
 ) -> None:
     limit = parse_size(max_shard_size)
     os.makedirs(directory, exist_ok=True)
-    config = model.config
+    # Clone: safetensors refuses views and shared storage.
+    source = model.state_dict() if state_dict is None else state_dict
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in source.items()}
+    stem, suffix = ("model", ".safetensors") if safe_serialization else ("pytorch_model", ".bin")
+    shards = _shards(state, limit)
+    files: dict[str, Any] = {}  # name -> the tensors of a weight file, or the text of an index
+    if len(shards) == 1:
+        files[stem + suffix] = state
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards, 1):
+            name = f"{stem}-{i:05d}-of-{len(shards):05d}{suffix}"
+            files[name] = shard
+            weight_map.update(dict.fromkeys(shard, name))
+        index = {
+            "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+            "weight_map": weight_map,
+        }
+        files[SAFE_WEIGHTS_INDEX_NAME if safe_serialization else WEIGHTS_INDEX_NAME] = json.dumps(
+            index, indent=2
+        )
+    # Every new file is written under a temporary name first: a failed save (full disk) leaves the weights of
+    # an earlier one in place. Then what that earlier save left (single files, indexes, numbered shards) goes.
+    written = []
+    try:
+        for name, content in files.items():
+            tmp = os.path.join(directory, name + ".tmp")
+            written.append(tmp)
+            if isinstance(content, str):
+                with open(tmp, "w") as f:
+                    f.write(content + "\n")
+            elif safe_serialization:
+                from safetensors.torch import save_file
+
+                save_file(content, tmp, metadata={"format": "pt"})
+            else:
+                torch.save(content, tmp)
+    except BaseException:
+        for tmp in written:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        raise
+    for name in os.listdir(directory):
+        if (name in WEIGHT_FILES or _SHARD_NAME.fullmatch(name)) and name not in files:
+            os.remove(os.path.join(directory, name))
+    for name in files:
+        os.replace(os.path.join(directory, name + ".tmp"), os.path.join(directory, name))
+    config = model.config  # last: a save that failed above leaves the earlier config with its weights
     extra = dict(config._extra)
     config._extra.update(architectures=[type(model).__name__], dtype=str(model.dtype).replace("torch.", ""))
     try:
         config.save_pretrained(directory)
     finally:
         config._extra = extra
-    # Clone: safetensors refuses views and shared storage.
-    source = model.state_dict() if state_dict is None else state_dict
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in source.items()}
-    # What an earlier save left: single files, indexes and numbered shards.
-    for name in os.listdir(directory):
-        if name in WEIGHT_FILES or _SHARD_NAME.fullmatch(name):
-            os.remove(os.path.join(directory, name))
-    stem, suffix = ("model", ".safetensors") if safe_serialization else ("pytorch_model", ".bin")
-    shards = _shards(state, limit)
-
-    def write(tensors: dict[str, torch.Tensor], name: str) -> None:
-        if safe_serialization:
-            from safetensors.torch import save_file
-
-            save_file(tensors, os.path.join(directory, name), metadata={"format": "pt"})
-        else:
-            torch.save(tensors, os.path.join(directory, name))
-
-    if len(shards) == 1:
-        write(state, stem + suffix)
-        return
-    weight_map = {}
-    for i, shard in enumerate(shards, 1):
-        name = f"{stem}-{i:05d}-of-{len(shards):05d}{suffix}"
-        write(shard, name)
-        weight_map.update(dict.fromkeys(shard, name))
-    index = {
-        "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
-        "weight_map": weight_map,
-    }
-    index_name = SAFE_WEIGHTS_INDEX_NAME if safe_serialization else WEIGHTS_INDEX_NAME
-    with open(os.path.join(directory, index_name), "w") as f:
-        json.dump(index, f, indent=2)
-        f.write("\n")
 
 
 def from_hf(hf_model: torch.nn.Module, *, backend: str = "auto") -> TimesformerPreTrainedModel:

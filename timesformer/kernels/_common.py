@@ -154,9 +154,11 @@ def check_writes(op: str, name: str, out: torch.Tensor, reads: dict[str, torch.T
     """``out`` can be written by concurrent programs: no two of its elements share memory (an expanded,
     zero-stride view), and it does not overlap a tensor of ``reads`` that other programs may still read.
 
-    On real tensors only (it reads addresses): call it in an op's implementation, not its fake. (The
-    interpreter runs programs one after another, so without this check such calls give a wrong but
-    repeatable result there and a race on a GPU.)"""
+    Conservative: tensors count as overlapping when their memory spans do, so interleaved views that share
+    no element (``s[:, :3]`` and ``s[:, 4:]`` of a batch) are refused too. On real tensors only (it reads
+    addresses): call it in an op's implementation, not its fake. (The interpreter runs programs one after
+    another, so without this check such calls give a wrong but repeatable result there and a race on a
+    GPU.)"""
     if out.numel() == 0 or out.device.type == "meta":
         return
     if _may_self_overlap(out):
