@@ -423,11 +423,6 @@ def _module_path_scan(model: nn.Module) -> str | None:
     return None
 
 
-# torch.compile evaluates the scan once while tracing instead of tracing through it (hook dicts of 300
-# modules); the compiled forward keeps the answer, as it keeps the module structure it traced.
-_module_path_scan_constant = torch.compiler.assume_constant_result(_module_path_scan)
-
-
 def module_path_reason(model: nn.Module) -> str | None:
     """Why ``model``'s forward has to call its modules (the eager computation), or ``None`` when the fused
     backends may read its weights directly.
@@ -442,7 +437,9 @@ def module_path_reason(model: nn.Module) -> str | None:
     """
     global _assignment_hook
     if torch.compiler.is_compiling():
-        return _module_path_scan_constant(model)
+        # Traced (the counters and the cache are Python state a compiled forward does not re-read): the
+        # compiled forward takes the path of the module structure it traced, and recompiles with it.
+        return _module_path_scan(model)
     if _assignment_hook is None:
         _assignment_hook = torch.nn.modules.module.register_module_module_registration_hook(_count_assignment)
     key = (_PROCESS, torch.utils.hooks.RemovableHandle.next_id, _assignments)
