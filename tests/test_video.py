@@ -243,3 +243,23 @@ def test_directory_is_not_a_video(tmp_path):
 def test_index_frames_decode_back():
     for i in (0, 1, 513, 1023):
         assert read_index(index_frame(i, 48, 80)) == i
+
+
+def _read_in_child(path: str) -> None:
+    read_video(path, indices=[0, 5])
+
+
+def test_a_process_forked_after_decoding_still_decodes(tmp_path):
+    """DataLoader workers are forked from a process that may have decoded before (the Python API, a
+    notebook). PyAV 19's process-wide frame converter deadlocks in such a child; read_video has its own."""
+    import multiprocessing
+
+    path = tmp_path / "clip.mp4"
+    write_indexed_video(path, 12, 64, 96)
+    read_video(path, indices=[0, 5])  # the parent decodes and converts first
+    child = multiprocessing.get_context("fork").Process(target=_read_in_child, args=(str(path),))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0, "the forked reader hung or failed"

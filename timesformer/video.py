@@ -287,15 +287,14 @@ def read_video(
             if bad or not indices:
                 raise ValueError(f"frame indices must be in [0, {total}) for {path}, got {bad or indices}")
         wanted = sorted(set(indices))
+        to_rgb = _ToRGB(max_frame_pixels, path)
         frames: dict[int, np.ndarray] = {}
         if pts_index is not None:
-            frames = _decode_by_pts(
-                container, stream, [pts_index[i] for i in wanted], wanted, max_frame_pixels, path
-            )
+            frames = _decode_by_pts(container, stream, [pts_index[i] for i in wanted], wanted, to_rgb, path)
         missing = [i for i in wanted if i not in frames]
         if missing:
             seek = pts_index is not None
-            frames.update(_decode_sequentially(container, stream, set(missing), max_frame_pixels, path, seek))
+            frames.update(_decode_sequentially(container, stream, set(missing), to_rgb, seek))
         missing = [i for i in wanted if i not in frames]
         if missing:
             got = bisect.bisect_left(wanted, missing[0])
@@ -312,7 +311,7 @@ def read_video(
     return torch.from_numpy(np.stack([frames[i] for i in indices]))
 
 
-def _decode_by_pts(container, stream, stamps: list[int], wanted: list[int], max_frame_pixels: int, path):
+def _decode_by_pts(container, stream, stamps: list[int], wanted: list[int], to_rgb: _ToRGB, path):
     """Frames ``wanted`` (sorted) by their presentation timestamps ``stamps``: one seek to the keyframe at or
     before the first, then decoding up to the last. Frames whose decoded pts match no packet's stay missing."""
     import av
@@ -326,7 +325,7 @@ def _decode_by_pts(container, stream, stamps: list[int], wanted: list[int], max_
                 continue
             i = by_pts.get(frame.pts)
             if i is not None:
-                frames[i] = _to_rgb(frame, max_frame_pixels, path)
+                frames[i] = to_rgb(frame)
             if frame.pts >= stamps[-1]:
                 break
     except av.error.FFmpegError as exc:
@@ -344,13 +343,26 @@ def _check_pixels(frame, max_frame_pixels: int, path) -> None:
         )
 
 
-def _to_rgb(frame, max_frame_pixels: int, path) -> np.ndarray:
-    _check_pixels(frame, max_frame_pixels, path)
-    return frame.to_ndarray(format="rgb24")
+class _ToRGB:
+    """Decoded frames to ``(H, W, 3)`` uint8 arrays, each held to ``max_frame_pixels`` first.
+
+    With a reformatter of its own: ``frame.to_ndarray(format=...)`` goes through one that PyAV 19 keeps for
+    the whole process, whose conversion threads do not survive a fork, so a DataLoader worker forked after
+    its parent had decoded deadlocks in it."""
+
+    def __init__(self, max_frame_pixels: int, path) -> None:
+        from av.video.reformatter import VideoReformatter
+
+        self.reformatter = VideoReformatter()
+        self.max_frame_pixels, self.path = max_frame_pixels, path
+
+    def __call__(self, frame) -> np.ndarray:
+        _check_pixels(frame, self.max_frame_pixels, self.path)
+        return self.reformatter.reformat(frame, format="rgb24").to_ndarray()
 
 
 def _decode_sequentially(
-    container, stream, wanted: set[int], max_frame_pixels: int, path, seek: bool = True
+    container, stream, wanted: set[int], to_rgb: _ToRGB, seek: bool = True
 ) -> dict[int, np.ndarray]:
     """The slow, safe way (from frame 0, counting): for streams whose timestamps do not match their packets,
     and for those without timestamps (``seek=False``: a freshly opened raw stream, which cannot seek)."""
@@ -363,7 +375,7 @@ def _decode_sequentially(
             container.seek(0, stream=stream, backward=True, any_frame=False)
         for i, frame in enumerate(container.decode(stream)):
             if i in wanted:
-                out[i] = _to_rgb(frame, max_frame_pixels, path)
+                out[i] = to_rgb(frame)
             if i >= last:
                 break
     except av.error.FFmpegError:
