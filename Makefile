@@ -68,7 +68,8 @@ compat: install $(COMPAT_DIR)/.installed
 
 # The H200 machine's software on this CPU machine: Python 3.12, torch 2.11 (PyPI's CUDA build, about 3 GB
 # downloaded: not part of CI), Triton 3.6, transformers 5.17 (plus PyAV and NumPy < 2.4, which Triton 3.6's
-# interpreter needs); then the backend, kernel, CUDA-graph, parity and benchmark tests under it. torch 2.11 is
+# interpreter needs; pip picks the newest PyAV there); then the backend, kernel, CUDA-graph, parity, benchmark,
+# hooks/adapters, video and evaluate tests under it. torch 2.11 is
 # the oldest torch pyproject.toml accepts. PY312 names a Python 3.12.
 DEVICE_STACK ?= .venv-device
 PY312 ?= python3.12
@@ -81,7 +82,8 @@ device-stack:
 		-W "ignore:Conversion of an array:DeprecationWarning" tests/test_backends.py tests/test_triton_backend.py \
 		tests/test_triton_fast_path.py tests/test_cuda_graphs.py tests/test_attention.py \
 		tests/test_temporal_attention.py tests/test_linear.py tests/test_patch_embed.py \
-		tests/test_parity_transformers.py tests/test_bench.py
+		tests/test_parity_transformers.py tests/test_bench.py tests/test_hooks_and_adapters.py \
+		tests/test_video.py tests/test_evaluate.py
 
 # The benchmark suite for the device found (GPU: full suite; CPU: the short one). JSON, Markdown and PNG
 # under bench/results/<device>/. ARGS passes options, e.g. make bench ARGS="--configs base --batches 32".
