@@ -67,10 +67,10 @@ compat: install $(COMPAT_DIR)/.installed
 		tests/test_triton_backend.py tests/test_triton_fast_path.py
 
 # The H200 machine's software on this CPU machine: Python 3.12, torch 2.11 (PyPI's CUDA build, about 3 GB
-# downloaded: not part of CI), Triton 3.6, transformers 5.17 (plus PyAV and NumPy < 2.4, which Triton 3.6's
-# interpreter needs; pip picks the newest PyAV there); then the backend, kernel, CUDA-graph, parity, benchmark,
-# hooks/adapters, video and evaluate tests under it. torch 2.11 is
-# the oldest torch pyproject.toml accepts. PY312 names a Python 3.12.
+# downloaded: not part of CI), Triton 3.6, transformers 5.17, plus NumPy < 2.4 (Triton 3.6's interpreter
+# needs it) and the newest PyAV; then the backend, kernel, CUDA-graph, parity, benchmark, hooks/adapters,
+# video and evaluate tests under it. torch 2.11 is the oldest torch pyproject.toml accepts. PY312 names a
+# Python 3.12.
 DEVICE_STACK ?= .venv-device
 PY312 ?= python3.12
 
