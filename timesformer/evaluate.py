@@ -772,10 +772,7 @@ def evaluate(
     metrics = compute_metrics(records, samples, id2label)
     metrics.update(
         views={
-            "clips": clips,
-            "crops": crops,
-            "num_frames": num_frames,
-            "sample_rate": sample_rate,
+            **{k: settings[k] for k in ("clips", "crops", "num_frames", "sample_rate")},
             "aggregation": "mean of the views' softmax probabilities",
         },
         model=settings["model"],
@@ -895,14 +892,14 @@ def _score(batch: list[dict], model, device, id2label, top_k: int, totals: dict)
                 if error is not None:
                     records[item["path"]] = _record(item, id2label, error=error)
                     continue
-                values, indices = mean.topk(top_k)
+                # At least the five best, so that the top-5 accuracy does not depend on top_k.
+                values, indices = (t.tolist() for t in mean.topk(min(max(top_k, 5), mean.numel())))
                 top = [
                     {"label": id2label.get(i, str(i)), "label_id": i, "probability": round(v, 6)}
-                    for v, i in zip(values.tolist(), indices.tolist(), strict=True)
+                    for v, i in zip(values[:top_k], indices[:top_k], strict=True)
                 ]
                 record = _record(item, id2label, top=top)
-                # Whatever top_k keeps, so that the top-5 accuracy does not depend on it.
-                record["correct_top5"] = item["label"] in mean.topk(min(5, mean.numel())).indices.tolist()
+                record["correct_top5"] = item["label"] in indices[:5]
                 record["time_ms"] = {
                     "decode": round(item["decode_ms"], 2),
                     "preprocess": round(item["preprocess_ms"], 2),

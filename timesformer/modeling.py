@@ -352,28 +352,6 @@ class TimesformerEncoder(nn.Module):
 
 
 # --------------------------------------------------------------------------- the module path
-# The fused backends read the weights of these modules directly; any other module in their place (an
-# adapter such as PEFT's LoRA wrapper, a quantized subclass) has to be called for its computation to count.
-_PLAIN_TYPES = frozenset(
-    {
-        TimesformerPatchEmbeddings,
-        TimesformerEmbeddings,
-        TimesformerSelfAttention,
-        TimesformerSelfOutput,
-        TimesformerAttention,
-        TimesformerIntermediate,
-        TimesformerOutput,
-        TimesformerLayer,
-        TimesformerEncoder,
-        nn.ModuleList,
-        nn.Linear,
-        nn.Conv2d,
-        nn.LayerNorm,
-        nn.Dropout,
-        nn.Identity,
-    }
-)
-
 # Bumped by a global module-registration hook whenever any module gets a submodule assigned (PEFT's
 # injection, ``model.encoder.layer[3] = ...``): with torch's hook-handle counter, it tells when a cached
 # answer of ``module_path_reason`` may be stale.
@@ -901,12 +879,17 @@ class TimesformerPreTrainedModel(nn.Module):
         return reason is not None
 
     def _encode(
-        self, model: TimesformerModel, pixel_values, output_attentions, output_hidden_states, cls_only=False
+        self,
+        impl: Backend,
+        model: TimesformerModel,
+        pixel_values,
+        output_attentions,
+        output_hidden_states,
+        cls_only=False,
     ):
         emb = model.embeddings
         pixel_values = _check_pixel_values(pixel_values, self.config, emb.cls_token, emb.input_normalization)
-        impl = get_backend("eager") if self._calls_modules(output_attentions) else self._backend_impl()
-        return impl, *impl.encode(
+        return impl.encode(
             model,
             pixel_values,
             output_attentions=output_attentions,
@@ -974,16 +957,37 @@ class TimesformerModel(TimesformerPreTrainedModel):
         output_attentions, output_hidden_states, return_dict = self._flags(
             output_attentions, output_hidden_states, return_dict
         )
-        _, x, hidden_states, attentions, _ = self._encode(
-            self, pixel_values, output_attentions, output_hidden_states
+        impl = get_backend("eager") if self._calls_modules(output_attentions) else self._backend_impl()
+        x, hidden_states, attentions, _ = self._encode(
+            impl, self, pixel_values, output_attentions, output_hidden_states
         )
         x = self.layernorm(x)
         out = BaseModelOutput(last_hidden_state=x, hidden_states=hidden_states, attentions=attentions)
         return out if return_dict else out.to_tuple()
 
 
-# Defined after the set: the encoder model inside a classifier is one of the plain modules.
-_PLAIN_TYPES = _PLAIN_TYPES | {TimesformerModel}
+# The fused backends read the weights of these modules directly; any other module in their place (an
+# adapter such as PEFT's LoRA wrapper, a quantized subclass) has to be called for its computation to count.
+_PLAIN_TYPES = frozenset(
+    {
+        TimesformerPatchEmbeddings,
+        TimesformerEmbeddings,
+        TimesformerSelfAttention,
+        TimesformerSelfOutput,
+        TimesformerAttention,
+        TimesformerIntermediate,
+        TimesformerOutput,
+        TimesformerLayer,
+        TimesformerEncoder,
+        TimesformerModel,  # the encoder model inside a classifier
+        nn.ModuleList,
+        nn.Linear,
+        nn.Conv2d,
+        nn.LayerNorm,
+        nn.Dropout,
+        nn.Identity,
+    }
+)
 
 
 class TimesformerForVideoClassification(TimesformerPreTrainedModel):
@@ -1033,8 +1037,9 @@ class TimesformerForVideoClassification(TimesformerPreTrainedModel):
             logits = self.classifier(out.last_hidden_state[:, 0])
             hidden_states, attentions = out.hidden_states, out.attentions
         else:
-            impl, x, hidden_states, attentions, fwd = self._encode(
-                self.timesformer, pixel_values, output_attentions, output_hidden_states, cls_only=True
+            impl = self._backend_impl()
+            x, hidden_states, attentions, fwd = self._encode(
+                impl, self.timesformer, pixel_values, output_attentions, output_hidden_states, cls_only=True
             )
             # LayerNorm is per row and the head reads CLS only: normalize just the CLS rows.
             logits = impl.classify(self.timesformer.layernorm, self.classifier, x[:, :1], fwd)

@@ -126,6 +126,10 @@ def _open(path):
     return container
 
 
+def _corrupt(path, exc) -> VideoError:
+    return VideoError(path, f"corrupt or truncated video ({exc.strerror or type(exc).__name__})")
+
+
 def _frame_index(container, stream, path) -> tuple[list[int] | None, int]:
     """``(pts, end)``: the presentation timestamps of every frame, sorted (frame ``i`` has the ``i``-th
     smallest), and where the last packet ends (its pts plus its duration, where the file records one).
@@ -147,7 +151,7 @@ def _frame_index(container, stream, path) -> tuple[list[int] | None, int]:
             else:
                 unstamped += 1
     except av.error.FFmpegError as exc:
-        raise VideoError(path, f"corrupt or truncated video ({exc.strerror or type(exc).__name__})") from exc
+        raise _corrupt(path, exc) from exc
     if not pts and unstamped:
         return None, 0
     pts.sort()
@@ -165,7 +169,7 @@ def _frame_count(container, stream, max_frame_pixels: int, path) -> int:
             _check_pixels(frame, max_frame_pixels, path)
             count += 1
     except av.error.FFmpegError as exc:
-        raise VideoError(path, f"corrupt or truncated video ({exc.strerror or type(exc).__name__})") from exc
+        raise _corrupt(path, exc) from exc
     return count
 
 
@@ -329,7 +333,7 @@ def _decode_by_pts(container, stream, stamps: list[int], wanted: list[int], to_r
             if frame.pts >= stamps[-1]:
                 break
     except av.error.FFmpegError as exc:
-        raise VideoError(path, f"corrupt or truncated video ({exc.strerror or type(exc).__name__})") from exc
+        raise _corrupt(path, exc) from exc
     return frames
 
 

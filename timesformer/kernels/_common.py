@@ -131,23 +131,16 @@ def check_out(
     check_writes(op, name, out, reads or {})
 
 
-def _byte_span(t: torch.Tensor) -> tuple[int, int]:
-    last = 0
-    for size, stride in zip(t.shape, t.stride(), strict=True):
-        last += (size - 1) * stride
-    start = t.data_ptr()
-    return start, start + (last + 1) * t.element_size()
-
-
-def _may_self_overlap(t: torch.Tensor) -> bool:
-    # Each dimension's stride (in increasing order) must step past everything the smaller ones span; views
-    # of dense tensors (slices, transposes, packed thirds) pass, expand()ed ones do not.
-    extent = 1
-    for stride, size in sorted((st, s) for s, st in zip(t.shape, t.stride(), strict=True) if s > 1):
-        if stride < extent:
-            return True
+def _layout(t: torch.Tensor) -> tuple[int, int, bool]:
+    """``(first byte, past the last byte, whether two elements may share memory)`` of ``t``. Each dimension's
+    stride, in increasing order, must step past everything the smaller ones span: views of dense tensors
+    (slices, transposes, packed thirds) pass, expand()ed ones do not."""
+    extent, overlap = 1, False
+    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride(), strict=True) if sz > 1):
+        overlap = overlap or stride < extent
         extent += (size - 1) * stride
-    return False
+    start = t.data_ptr()
+    return start, start + extent * t.element_size(), overlap
 
 
 def check_writes(op: str, name: str, out: torch.Tensor, reads: dict[str, torch.Tensor | None]) -> None:
@@ -161,16 +154,16 @@ def check_writes(op: str, name: str, out: torch.Tensor, reads: dict[str, torch.T
     GPU.)"""
     if out.numel() == 0 or out.device.type == "meta":
         return
-    if _may_self_overlap(out):
+    lo, hi, overlap = _layout(out)
+    if overlap:
         raise ValueError(
             f"{op}: {name} has elements that share memory (strides {tuple(out.stride())} for shape "
             f"{tuple(out.shape)}, e.g. an expand()ed view); each element must have its own"
         )
-    lo, hi = _byte_span(out)
     for other, t in reads.items():
         if t is None or t.numel() == 0:
             continue
-        t_lo, t_hi = _byte_span(t)  # tensors of separate allocations never share addresses
+        t_lo, t_hi, _ = _layout(t)  # tensors of separate allocations never share addresses
         if t_lo < hi and lo < t_hi:
             raise ValueError(
                 f"{op}: {name} overlaps {other} in memory; the op writes {name} while it reads {other}"
