@@ -180,7 +180,10 @@ def test_device_map_takes_one_device_only(saved):
     load = TimesformerForVideoClassification.from_pretrained
     assert load(path, device_map="cpu").device.type == "cpu"
     assert load(path, device_map={"": "cpu"}).device.type == "cpu"
-    for bad in ("auto", {"timesformer": "cpu", "classifier": "cpu"}):
+    # "auto" as accelerate places a model that fits on the first device: the GPU when there is one.
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert load(path, device_map="auto").device.type == expected
+    for bad in ("balanced", {"timesformer": "cpu", "classifier": "cpu"}):
         with pytest.raises(ValueError, match="not supported; pass one device"):
             load(path, device_map=bad)
 
@@ -207,8 +210,8 @@ def test_subfolder_local_files_only_loading_info_and_low_cpu_mem_usage(saved, tm
 
 def test_unknown_keywords_are_refused(saved):
     path, _, _ = saved
-    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['trust_remote_code'\]"):
-        TimesformerForVideoClassification.from_pretrained(path, trust_remote_code=True)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['colour'\]"):
+        TimesformerForVideoClassification.from_pretrained(path, colour="red")
     assert (
         TimesformerForVideoClassification.from_pretrained(
             path, hidden_dropout_prob=0.1
@@ -299,3 +302,39 @@ def test_every_n_layers_and_offload():
             torch.testing.assert_close(grads[name], reference[name], rtol=1e-5, atol=1e-6, msg=name)
     with pytest.raises(ValueError, match="every_n_layers must be a positive int"):
         model.activation_checkpointing_enable(every_n_layers=0)
+
+
+def test_transformers_keywords_without_effect_here(saved):
+    """What user code spells out for transformers: accepted where it asks for nothing this package would do
+    otherwise, refused with its name where it asks for something else."""
+    path, model, kwargs = saved
+    load = TimesformerForVideoClassification.from_pretrained
+    quiet = dict(
+        trust_remote_code=True,  # no code is fetched: the classes are this package's
+        weights_only=True,
+        quantization_config=None,
+        max_memory=None,
+        offload_folder=None,
+        key_mapping=None,
+        revision="main",  # hub options: no effect on a local directory, as in transformers
+        cache_dir="/nonexistent",
+        token=False,
+        force_download=True,
+    )
+    loaded = load(path, **quiet)
+    assert "trust_remote_code" not in loaded.config.to_dict() and "revision" not in loaded.config.to_dict()
+    x = random_clip(kwargs, batch=1)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, model.eval()(x).logits)
+    for name, value in [
+        ("weights_only", False),
+        ("quantization_config", {"load_in_8bit": True}),
+        ("max_memory", {0: "1GB"}),
+        ("key_mapping", {"^vit": "timesformer"}),
+    ]:
+        with pytest.raises(ValueError, match=f"{name} is not supported here"):
+            load(path, **{name: value})
+    with pytest.raises(TypeError, match="trust_remote_code must be a bool"):
+        load(path, trust_remote_code="yes")
+    config = TimesformerConfig.from_pretrained(path, revision="main", trust_remote_code=True)
+    assert config == TimesformerConfig.from_pretrained(path)  # not stored as extra config keys

@@ -306,7 +306,7 @@ def test_save_pretrained_shards_and_transformers_keywords(hf, tmp_path, safe):
     for bad, error, message in [
         (dict(push_to_hub=True), ValueError, "push_to_hub=True is not supported"),
         (dict(max_shard_size="lots"), ValueError, "max_shard_size must be a positive size"),
-        (dict(variant="fp16"), ValueError, "variant='fp16' is not supported"),
+        (dict(variant="../fp16"), ValueError, "variant must be a name"),
         (dict(colour="red"), TypeError, "unexpected keyword argument 'colour'"),
     ]:
         with pytest.raises(error, match=message):
@@ -344,3 +344,83 @@ def test_a_failed_save_keeps_the_earlier_weights(hf, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         ours.save_pretrained(tmp_path, max_shard_size=1000)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_variants_sit_beside_the_main_weights_as_in_transformers(hf, tmp_path, sharded):
+    ref, ours, kwargs = make_pair(hf, "divided_space_time", seed=13)
+    shard = {"max_shard_size": 2000} if sharded else {}
+    ours.save_pretrained(tmp_path)
+    other = randomize_(TimesformerForVideoClassification(ours.config), seed=99)
+    other.save_pretrained(tmp_path, variant="ema", **shard)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert "model.safetensors" in names  # the main weights stay
+    if sharded:
+        assert "model.safetensors.index.ema.json" in names
+        assert any(n.startswith("model.ema-00001-of-") for n in names)
+    else:
+        assert "model.ema.safetensors" in names
+    x = random_clip(kwargs)
+    with torch.no_grad():
+        expected = {None: ours.eval()(x).logits, "ema": other.eval()(x).logits}
+        for variant, logits in expected.items():
+            for cls in (TimesformerForVideoClassification, hf.TimesformerForVideoClassification):
+                assert_close(cls.from_pretrained(tmp_path, variant=variant).eval()(x).logits, logits)
+    # transformers' own variant files load here.
+    ref.save_pretrained(tmp_path / "theirs", variant="fp16")
+    with torch.no_grad():
+        got = TimesformerForVideoClassification.from_pretrained(tmp_path / "theirs", variant="fp16")(x).logits
+        assert_close(got, ref.eval()(x).logits)
+    with pytest.raises(FileNotFoundError, match="model.fp16.safetensors"):
+        TimesformerForVideoClassification.from_pretrained(tmp_path, variant="fp16")
+    # A later unsharded save of the variant removes that variant's shards only.
+    other.save_pretrained(tmp_path, variant="ema")
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "config.json",
+        "model.safetensors",
+        "model.ema.safetensors",
+        "theirs",
+    }
+
+
+def test_use_safetensors_picks_the_format(hf, tmp_path):
+    _, ours, kwargs = make_pair(hf, "space_only", seed=14)
+    other = randomize_(TimesformerForVideoClassification(ours.config), seed=98)
+    ours.save_pretrained(tmp_path)  # model.safetensors
+    torch.save(other.state_dict(), tmp_path / "pytorch_model.bin")
+    x = random_clip(kwargs)
+    load = TimesformerForVideoClassification.from_pretrained
+    with torch.no_grad():
+        for use, model in [(None, ours), (True, ours), (False, other)]:
+            assert_close(load(tmp_path, use_safetensors=use).eval()(x).logits, model.eval()(x).logits)
+    os.remove(tmp_path / "model.safetensors")
+    with pytest.raises(
+        FileNotFoundError, match="looked for model.safetensors, model.safetensors.index.json$"
+    ):
+        load(tmp_path, use_safetensors=True)
+
+
+def test_hub_options_reach_snapshot_download(monkeypatch, tmp_path):
+    hub = pytest.importorskip("huggingface_hub")
+    ours = TimesformerForVideoClassification(timesformer.TimesformerConfig(**small_config_kwargs(seed=15)))
+    ours.save_pretrained(tmp_path)
+    calls = []
+
+    def snapshot_download(**kw):
+        calls.append(kw)
+        return str(tmp_path)
+
+    monkeypatch.setattr(hub, "snapshot_download", snapshot_download)
+    TimesformerForVideoClassification.from_pretrained(
+        "someone/model", revision="v2", cache_dir="/c", token="t", force_download=True
+    )
+    timesformer.TimesformerConfig.from_pretrained("someone/model", revision="v3")
+    TimesformerForVideoClassification.from_pretrained("someone/model", local_files_only=True)
+    picked = [{k: v for k, v in c.items() if k not in ("repo_id", "allow_patterns")} for c in calls]
+    # Only what was asked for: the hub's own defaults (HF_TOKEN, HF_HUB_OFFLINE) apply to the rest.
+    assert picked == [
+        {"revision": "v2", "cache_dir": "/c", "token": "t", "force_download": True},
+        {"revision": "v3"},
+        {"local_files_only": True},
+    ]
+    assert all(c["repo_id"] == "someone/model" for c in calls)

@@ -483,10 +483,16 @@ class TimesformerConfig:
         subfolder: str = "",
         local_files_only: bool = False,
         return_unused_kwargs: bool = False,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        token: str | bool | None = None,
+        force_download: bool = False,
+        trust_remote_code: bool | None = None,
         **overrides: Any,
     ) -> TimesformerConfig | tuple[TimesformerConfig, dict[str, Any]]:
-        """Read ``config.json`` from a local directory (or a config file path, or a hub id; ``subfolder`` and
-        ``local_files_only`` as in ``from_pretrained`` of the models), with ``overrides`` of its fields.
+        """Read ``config.json`` from a local directory (or a config file path, or a hub id; ``subfolder``,
+        ``local_files_only``, ``revision``, ``cache_dir``, ``token`` and ``force_download`` as in
+        ``from_pretrained`` of the models; ``trust_remote_code`` has no effect), with ``overrides`` of its fields.
 
         ``return_unused_kwargs``: return ``(config, {})`` as transformers does (every override is used: keys
         that are not fields are kept as extra keys)."""
@@ -495,7 +501,13 @@ class TimesformerConfig:
         if os.path.isfile(path) and not subfolder:
             config = cls.from_json_file(path)
         else:
-            directory = resolve_pretrained_dir(path, subfolder, local_files_only)
+            hub = {
+                "revision": revision,
+                "cache_dir": cache_dir,
+                "token": token,
+                "force_download": force_download,
+            }
+            directory = resolve_pretrained_dir(path, subfolder, local_files_only, **hub)
             config = cls.from_json_file(os.path.join(directory, CONFIG_NAME))
         if overrides:
             config = cls.from_dict(config.to_dict(), **overrides)

@@ -25,6 +25,33 @@ WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
 # Order of preference, as transformers.
 WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
 
+
+def weight_files(variant: str | None = None, use_safetensors: bool | None = None) -> list[str]:
+    """The weight file names to look for, in order: ``WEIGHT_FILES`` with ``variant`` spelled in as
+    transformers does (``model.fp16.safetensors``, ``model.safetensors.index.fp16.json``); safetensors only
+    for ``use_safetensors=True``, pickles only for ``False``."""
+    if variant is not None and (not isinstance(variant, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", variant)):
+        raise ValueError(
+            f"variant must be a name of letters, digits, '_' and '-' (e.g. 'fp16'), got {variant!r}"
+        )
+    names = []
+    for name in WEIGHT_FILES:
+        safe = name.startswith("model.")
+        if use_safetensors is not None and safe != bool(use_safetensors):
+            continue
+        if variant is not None:
+            head, tail = name.rsplit(".", 1)
+            name = f"{head}.{variant}.{tail}"
+        names.append(name)
+    return names
+
+
+def _shard_pattern(variant: str | None) -> re.Pattern:
+    """Numbered shard names of a save with ``variant`` (transformers': ``model.fp16-00001-of-00002.safetensors``)."""
+    infix = "" if variant is None else re.escape("." + variant)
+    return re.compile(rf"(model|pytorch_model){infix}-\d{{5}}-of-\d{{5}}\.(safetensors|bin)")
+
+
 # The dtypes a model runs in (float8 and other storage formats have no kernels or matmuls to run with).
 MODEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -39,15 +66,23 @@ class CheckpointError(ValueError, RuntimeError):
 # --------------------------------------------------------------------------- locating files
 
 
+# Where a hub snapshot comes from (huggingface_hub's snapshot_download keywords, as transformers' from_pretrained
+# takes them); a local directory ignores them, as in transformers.
+HUB_OPTIONS = {"revision": None, "cache_dir": None, "token": None, "force_download": False}
+
+
 def resolve_pretrained_dir(
-    path: str | os.PathLike, subfolder: str = "", local_files_only: bool = False
+    path: str | os.PathLike, subfolder: str = "", local_files_only: bool = False, **hub: Any
 ) -> str:
     """A local directory for ``path`` (and ``subfolder`` of it): itself when it is a directory, else a hub
-    snapshot (from the local cache only with ``local_files_only``)."""
+    snapshot (from the local cache only with ``local_files_only``; ``hub``: ``HUB_OPTIONS``)."""
+    unknown = sorted(set(hub) - set(HUB_OPTIONS))
+    if unknown:
+        raise TypeError(f"unexpected hub option(s) {unknown}; expected some of {sorted(HUB_OPTIONS)}")
     if subfolder:
         if os.path.isabs(subfolder) or os.pardir in os.path.normpath(subfolder).split(os.sep):
             raise ValueError(f"subfolder must be a relative folder inside the model, got {subfolder!r}")
-        directory = resolve_pretrained_dir(path, local_files_only=local_files_only)
+        directory = resolve_pretrained_dir(path, local_files_only=local_files_only, **hub)
         inner = os.path.join(directory, subfolder)
         if not os.path.isdir(inner):
             raise FileNotFoundError(f"no subfolder {subfolder!r} in {directory!r}")
@@ -70,17 +105,20 @@ def resolve_pretrained_dir(
             "package huggingface_hub (pip install huggingface_hub); or pass a directory holding "
             f"{CONFIG_NAME} and one of {WEIGHT_FILES}"
         ) from None
+    # Only what was asked for is passed: the hub's own defaults (and HF_HUB_OFFLINE, HF_TOKEN) apply otherwise.
+    options = {k: v for k, v in hub.items() if v != HUB_OPTIONS[k]}
+    if local_files_only:
+        options["local_files_only"] = True
     try:
-        # local_files_only is passed only when asked for: the hub's own default (and HF_HUB_OFFLINE) apply otherwise.
-        offline = {"local_files_only": True} if local_files_only else {}
         return snapshot_download(
             repo_id=path,
-            **offline,
+            **options,
             allow_patterns=[
                 CONFIG_NAME,
                 "*.safetensors",
                 "*.bin",
                 "*.index.json",
+                "*.index.*.json",  # a variant's index
                 "preprocessor_config.json",
             ],
         )
@@ -123,17 +161,17 @@ def _shard_path(directory: str, roots: list[str], index: str, shard: str) -> str
     return path
 
 
-def _weight_map(directory: str) -> tuple[str, dict[str, list[str]] | None]:
-    """``(file, None)`` for a single weights file, or ``(index file, {shard path: [keys]})`` for a sharded
-    one."""
+def _weight_map(directory: str, names: list[str]) -> tuple[str, dict[str, list[str]] | None]:
+    """``(file, None)`` for the first of ``names`` there as a single weights file, or ``(index file, {shard
+    path: [keys]})`` for a sharded one."""
     roots = _allowed_roots(directory)
-    for name in WEIGHT_FILES:
+    for name in names:
         candidate = os.path.join(directory, name)
         if not os.path.isfile(candidate):
             continue
         if not _inside(candidate, roots):
             raise CheckpointError(f"{candidate} resolves (through a symlink) outside the model directory")
-        if not name.endswith(".index.json"):
+        if ".index." not in name:  # an index, with or without a variant
             return candidate, None
         try:
             with open(candidate, encoding="utf-8") as f:
@@ -156,7 +194,7 @@ def _weight_map(directory: str) -> tuple[str, dict[str, list[str]] | None]:
         return candidate, {
             _shard_path(directory, roots, candidate, name): keys for name, keys in by_name.items()
         }
-    raise FileNotFoundError(f"no weights in {directory!r}: looked for {', '.join(WEIGHT_FILES)}")
+    raise FileNotFoundError(f"no weights in {directory!r}: looked for {', '.join(names)}")
 
 
 def _read_weights(path: str) -> dict[str, torch.Tensor]:
@@ -177,10 +215,13 @@ def _read_weights(path: str) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def read_state_dict(directory: str) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors. For a sharded checkpoint, each key comes from the shard the index assigns it
-    to (a key that shard lacks is an error; other keys a shard holds are not read into the result)."""
-    file, by_shard = _weight_map(directory)
+def read_state_dict(
+    directory: str, variant: str | None = None, use_safetensors: bool | None = None
+) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors (``variant``, ``use_safetensors``: see ``weight_files``). For a sharded
+    checkpoint, each key comes from the shard the index assigns it to (a key that shard lacks is an error;
+    other keys a shard holds are not read into the result)."""
+    file, by_shard = _weight_map(directory, weight_files(variant, use_safetensors))
     if by_shard is None:
         return _read_weights(file)
     state: dict[str, torch.Tensor] = {}
@@ -304,11 +345,36 @@ def _config_fields() -> set[str]:
     return names | {"model_type", "architectures", "dtype", "torch_dtype", "transformers_version"}
 
 
+# transformers' from_pretrained keywords with nothing to do here, accepted at the value that asks for nothing
+# (as user code often spells them out); any other value is refused, naming the keyword.
+INERT_LOADING_OPTIONS = {
+    "weights_only": True,  # pickled weights are always read with torch.load(weights_only=True)
+    "quantization_config": None,
+    "tp_plan": None,
+    "tp_size": None,
+    "device_mesh": None,
+    "max_memory": None,  # the three options of splitting a model over devices
+    "offload_folder": None,
+    "offload_buffers": False,
+    "gguf_file": None,
+    "proxies": None,
+    "key_mapping": None,
+}
+
+
 def loading_options(
     *, backend, dtype, device, torch_dtype, attn_implementation, device_map, config_overrides
 ) -> dict:
     """``transformers``' ``from_pretrained`` keywords turned into this package's ``backend``, ``dtype``,
     ``device`` and config overrides, or refused with the reason."""
+    config_overrides = dict(config_overrides)
+    for name, default in INERT_LOADING_OPTIONS.items():
+        if name in config_overrides and config_overrides.pop(name) != default:
+            raise ValueError(f"from_pretrained: {name} is not supported here (only {name}={default!r})")
+    # No code is ever fetched: the classes are this package's, so trusting remote code changes nothing.
+    trust = config_overrides.pop("trust_remote_code", None)
+    if trust is not None and not isinstance(trust, bool):
+        raise TypeError(f"trust_remote_code must be a bool, got {trust!r}")
     if torch_dtype is not None:
         if dtype is not None and dtype != torch_dtype:
             raise ValueError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree; pass one (dtype)")
@@ -331,7 +397,10 @@ def loading_options(
                     "one device, e.g. device_map='cuda:0'"
                 )
             device_map = device_map[""]
-        if device_map in ("auto", "balanced", "balanced_low_0", "sequential"):
+        if device_map in ("auto", "sequential"):
+            # What accelerate does with a model that fits on the first device: a TimeSformer always does.
+            device_map = "cuda:0" if torch.cuda.is_available() else "cpu"
+        if device_map in ("balanced", "balanced_low_0"):
             raise ValueError(
                 f"device_map={device_map!r} (splitting over devices) is not supported; pass one device"
             )
@@ -362,6 +431,9 @@ def load_pretrained(
     local_files_only: bool = False,
     output_loading_info: bool = False,
     state_dict: Mapping[str, torch.Tensor] | None = None,
+    use_safetensors: bool | None = None,
+    variant: str | None = None,
+    hub: Mapping[str, Any] | None = None,
 ):
     if torch.empty(0).device.type == "meta":
         raise RuntimeError(
@@ -373,7 +445,10 @@ def load_pretrained(
             "from_pretrained(None, ...) builds the model from config= and state_dict=; got "
             f"config={'set' if config is not None else None}, state_dict={'set' if state_dict is not None else None}"
         )
-    directory = None if path is None else resolve_pretrained_dir(path, subfolder, local_files_only)
+    weight_files(variant, use_safetensors)  # a bad variant is refused before any download
+    directory = (
+        None if path is None else resolve_pretrained_dir(path, subfolder, local_files_only, **(hub or {}))
+    )
     if config is None:
         config_path = os.path.join(directory, CONFIG_NAME)
         if not os.path.isfile(config_path):
@@ -382,7 +457,7 @@ def load_pretrained(
     if config_overrides:
         config = TimesformerConfig.from_dict(config.to_dict(), **config_overrides)
     if state_dict is None:
-        state = read_state_dict(directory)
+        state = read_state_dict(directory, variant, use_safetensors)
     elif isinstance(state_dict, Mapping) and all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()
     ):
@@ -438,9 +513,6 @@ def parse_size(size: int | str) -> int:
     return value
 
 
-_SHARD_NAME = re.compile(r"(model|pytorch_model)-\d{5}-of-\d{5}\.(safetensors|bin)")
-
-
 def _shards(state: dict[str, torch.Tensor], limit: int) -> list[dict[str, torch.Tensor]]:
     """Tensors in order, a new shard when the next would pass ``limit`` bytes (a larger tensor alone)."""
     shards: list[dict[str, torch.Tensor]] = [{}]
@@ -462,17 +534,19 @@ def save_pretrained(
     safe_serialization: bool,
     state_dict: Mapping[str, torch.Tensor] | None = None,
     max_shard_size: int | str = "50GB",
+    variant: str | None = None,
 ) -> None:
     limit = parse_size(max_shard_size)
+    names = weight_files(variant, safe_serialization)  # [single file, index]
     os.makedirs(directory, exist_ok=True)
     # Clone: safetensors refuses views and shared storage.
     source = model.state_dict() if state_dict is None else state_dict
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in source.items()}
-    stem, suffix = ("model", ".safetensors") if safe_serialization else ("pytorch_model", ".bin")
+    stem, suffix = os.path.splitext(names[0])
     shards = _shards(state, limit)
     files: dict[str, Any] = {}  # name -> the tensors of a weight file, or the text of an index
     if len(shards) == 1:
-        files[stem + suffix] = state
+        files[names[0]] = state
     else:
         weight_map = {}
         for i, shard in enumerate(shards, 1):
@@ -483,9 +557,7 @@ def save_pretrained(
             "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
             "weight_map": weight_map,
         }
-        files[SAFE_WEIGHTS_INDEX_NAME if safe_serialization else WEIGHTS_INDEX_NAME] = json.dumps(
-            index, indent=2
-        )
+        files[names[1]] = json.dumps(index, indent=2)
     # Every new file is written under a temporary name first: a failed save (full disk) leaves the weights of
     # an earlier one in place. Then what that earlier save left (single files, indexes, numbered shards) goes.
     written = []
@@ -507,8 +579,9 @@ def save_pretrained(
             if os.path.exists(tmp):
                 os.remove(tmp)
         raise
+    stale, shard_name = set(weight_files(variant)), _shard_pattern(variant)
     for name in os.listdir(directory):
-        if (name in WEIGHT_FILES or _SHARD_NAME.fullmatch(name)) and name not in files:
+        if (name in stale or shard_name.fullmatch(name)) and name not in files:
             os.remove(os.path.join(directory, name))
     for name in files:
         os.replace(os.path.join(directory, name + ".tmp"), os.path.join(directory, name))

@@ -394,7 +394,9 @@ def _module_path_scan(model: nn.Module) -> str | None:
                 return f"classifier {why}"
             continue
         if type(module) not in _PLAIN_TYPES:
-            return f"{name} is a {type(module).__name__}"
+            # Qualified: PEFT's LoRA layer is also called "Linear".
+            kind = type(module)
+            return f"{name} is a {kind.__module__}.{kind.__qualname__}"
         why = intercepted(module)
         if why:
             return f"{name} {why}"
@@ -746,6 +748,12 @@ class TimesformerPreTrainedModel(nn.Module):
         output_loading_info: bool = False,
         low_cpu_mem_usage: bool | None = None,
         state_dict: dict[str, torch.Tensor] | None = None,
+        use_safetensors: bool | None = None,
+        variant: str | None = None,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        token: str | bool | None = None,
+        force_download: bool = False,
         **config_overrides: Any,
     ):
         """Load a checkpoint written by ``transformers``' ``save_pretrained`` (or ours).
@@ -775,7 +783,15 @@ class TimesformerPreTrainedModel(nn.Module):
             low_cpu_mem_usage: accepted for compatibility; loading never holds more than the checkpoint and one
                 model.
             state_dict: use these weights (``transformers``' key names or ours) instead of the checkpoint's files.
-            **config_overrides: config fields to override (e.g. ``num_labels=10``); other names are refused.
+            use_safetensors: ``True``: only safetensors files; ``False``: only ``pytorch_model.bin`` files;
+                ``None``: safetensors first.
+            variant: the weights saved with ``save_pretrained(variant=...)`` (``model.fp16.safetensors``).
+            revision, cache_dir, token, force_download: where a hub id's snapshot comes from (``huggingface_hub``'s
+                ``snapshot_download``); no effect on a local directory.
+            **config_overrides: config fields to override (e.g. ``num_labels=10``). Of ``transformers``' other
+                keywords, ``trust_remote_code`` has no effect (no code is fetched) and ``weights_only``,
+                ``quantization_config``, ``max_memory``, ``offload_folder``, ``key_mapping``, ... are accepted at
+                their defaults only; other names are refused.
         """
         from .loading import load_pretrained, loading_options
 
@@ -797,6 +813,14 @@ class TimesformerPreTrainedModel(nn.Module):
             local_files_only=local_files_only,
             output_loading_info=output_loading_info,
             state_dict=state_dict,
+            use_safetensors=use_safetensors,
+            variant=variant,
+            hub={
+                "revision": revision,
+                "cache_dir": cache_dir,
+                "token": token,
+                "force_download": force_download,
+            },
             **options,
         )
 
@@ -809,6 +833,7 @@ class TimesformerPreTrainedModel(nn.Module):
         max_shard_size: int | str = "50GB",
         *,
         safe_serialization: bool = True,
+        variant: str | None = None,
         **kwargs: Any,
     ) -> None:
         """Write ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin``) as transformers does.
@@ -821,13 +846,14 @@ class TimesformerPreTrainedModel(nn.Module):
             max_shard_size: bytes per weight file (an int, or ``"500MB"``, ``"2GiB"``, ...); a larger model
                 is written as numbered shards and an index, as transformers does.
             safe_serialization: safetensors (default) or a ``torch.save`` pickle.
-            kwargs: transformers' ``variant``, ``token``, ``save_peft_format``, ``save_original_format`` and
+            variant: spelled into the file names as transformers does (``model.fp16.safetensors``); load with
+                ``from_pretrained(dir, variant=...)``. Files of other variants stay.
+            kwargs: transformers' ``token``, ``save_peft_format``, ``save_original_format`` and
                 ``distributed_checkpoint`` are accepted at their defaults only.
         """
         from .loading import save_pretrained
 
         defaults = {
-            "variant": None,
             "token": None,
             "save_peft_format": True,
             "save_original_format": True,
@@ -853,6 +879,7 @@ class TimesformerPreTrainedModel(nn.Module):
             safe_serialization=safe_serialization,
             state_dict=state_dict,
             max_shard_size=max_shard_size,
+            variant=variant,
         )
 
     # ------------------------------------------------------------ encoder run
