@@ -103,7 +103,8 @@ def test_adapter_training_reaches_every_adapter_weight(backend):
 def test_forward_hooks_fire_where_transformers_fire_them(backend):
     ours, ref, kwargs = _pair(backend, seed=5)
     x = random_clip(kwargs)
-    names = {n for n, _ in ours.named_modules()} & {n for n, _ in ref.named_modules()}
+    names = {n for n, _ in ours.named_modules()}
+    assert names == {n for n, _ in ref.named_modules()}  # the activation and drop-path modules included
 
     def fired(model):
         seen, handles = [], []
@@ -117,10 +118,12 @@ def test_forward_hooks_fire_where_transformers_fire_them(backend):
         return set(seen)
 
     expected = fired(ref)
-    assert (
-        "timesformer.encoder.layer.0" in expected
-        and "timesformer.encoder.layer.1.temporal_attention" in expected
-    )
+    assert {
+        "timesformer.encoder.layer.0",
+        "timesformer.encoder.layer.1.temporal_attention",
+        "timesformer.encoder.layer.1.intermediate.intermediate_act_fn",
+        "timesformer.encoder.layer.1.drop_path",
+    } <= expected
     assert fired(ours) == expected
     assert module_path_reason(ours) is None  # hooks gone: the fused path is back
 
@@ -252,3 +255,52 @@ def test_cuda_graph_runner_honours_hooks_on_the_model_itself():
         runner(random_clip(kwargs))
         runner(random_clip(kwargs))
     assert (len(seen), fake.captures) == (2, 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("attention_type", ["divided_space_time", "space_only"])
+def test_embedding_and_encoder_hooks_see_transformers_outputs(backend, attention_type):
+    """Feature extractors and attribution tools (Captum's ``LayerIntegratedGradients`` on the embeddings)
+    read these outputs: the embeddings' tensor and the encoder's ``BaseModelOutput``."""
+    kwargs = small_config_kwargs(attention_type, 11, num_hidden_layers=2)
+    ours = randomize_(
+        timesformer.TimesformerForVideoClassification(timesformer.TimesformerConfig(**kwargs)), 11
+    ).set_backend(backend)
+    ref = transformers.TimesformerForVideoClassification(transformers.TimesformerConfig(**kwargs))
+    ref.load_state_dict(ours.state_dict())
+    x = random_clip(kwargs)
+    seen = {}
+    for model, key in ((ours.eval(), "ours"), (ref.eval(), "ref")):
+        base = model.timesformer
+        base.embeddings.register_forward_hook(lambda m, a, o, key=key: seen.__setitem__((key, "emb"), o))
+        base.encoder.register_forward_hook(lambda m, a, o, key=key: seen.__setitem__((key, "enc"), o))
+        # A hook that replaces the embeddings' output counts, as in transformers.
+        base.embeddings.register_forward_hook(lambda m, a, o: o * 0.5)
+    with torch.no_grad():
+        got, expected = ours(x).logits, ref(x).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert isinstance(seen["ours", "emb"], torch.Tensor)
+    torch.testing.assert_close(seen["ours", "emb"], seen["ref", "emb"], rtol=1e-6, atol=1e-6)
+    enc = seen["ours", "enc"]
+    assert type(enc).__name__ == "BaseModelOutput" and enc.hidden_states is None
+    torch.testing.assert_close(
+        enc.last_hidden_state, seen["ref", "enc"].last_hidden_state, rtol=1e-5, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "triton"])
+def test_a_swapped_activation_module_counts(backend):
+    """The activation is a module as in transformers: one put in its place is called, not the config's."""
+    ours, ref, kwargs = _pair(backend, seed=12)
+    x = random_clip(kwargs)
+    with torch.no_grad():
+        plain = ours(x).logits
+    for model in (ours, ref):
+        model.timesformer.encoder.layer[0].intermediate.intermediate_act_fn = nn.SiLU()
+    assert module_path_reason(ours) == (
+        "timesformer.encoder.layer.0.intermediate.intermediate_act_fn is a torch.nn.modules.activation.SiLU"
+    )
+    with torch.no_grad():
+        got = ours(x).logits
+    torch.testing.assert_close(got, ref(x).logits, rtol=1e-5, atol=1e-5)
+    assert (got - plain).abs().max() > 1e-3

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
@@ -83,3 +84,19 @@ def get_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
         return ACTIVATIONS[name]
     except KeyError:
         raise ValueError(f"hidden_act must be one of {tuple(ACTIVATIONS)}, got {name!r}") from None
+
+
+class Activation(nn.Module):
+    """``hidden_act`` as a module, where ``transformers``' ``ACT2FN`` puts one (``intermediate_act_fn``):
+    hooks on it fire, and ``named_modules()`` lists it, as there. ``fn`` is the function itself."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.fn = get_activation(name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+    def extra_repr(self) -> str:
+        return self.name

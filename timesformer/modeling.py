@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .activations import get_activation
+from .activations import Activation
 from .backends import BACKEND_CHOICES, Backend, get_backend, resolve_backend
 from .backends.base import ForwardContext, drop_path
 from .configuration import TimesformerConfig
@@ -98,7 +98,16 @@ class TimesformerEmbeddings(nn.Module):
             return time
         return F.interpolate(time.transpose(1, 2), size=num_frames, mode="nearest").transpose(1, 2)
 
-    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, int, tuple[int, int]]:
+    def frames_and_grid(self, pixel_values: torch.Tensor) -> tuple[int, tuple[int, int]]:
+        """``(frames, (gh, gw))`` of a clip's tokens, for either layout ``forward`` takes."""
+        if pixel_values.dtype == torch.uint8:
+            _, frames, height, width, _ = pixel_values.shape
+        else:
+            _, frames, _, height, width = pixel_values.shape
+        ph, pw = self.patch_embeddings.patch_size
+        return frames, (height // ph, width // pw)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Embed a clip.
 
         Args:
@@ -106,8 +115,9 @@ class TimesformerEmbeddings(nn.Module):
                 ``(batch, frames, height, width, channels)`` normalized here with ``input_normalization``.
 
         Returns:
-            ``(x, frames, (gh, gw))`` with ``x`` of shape ``(batch, 1 + gh*gw*frames, hidden)``, rows in
-            ``(n t)`` order (``(batch*frames, 1 + gh*gw, hidden)`` for ``space_only``).
+            ``(batch, 1 + gh*gw*frames, hidden)``, rows in ``(n t)`` order (``(batch*frames, 1 + gh*gw,
+            hidden)`` for ``space_only``); the tensor alone, as the reference's (hooks and attribution tools
+            such as Captum's ``LayerIntegratedGradients`` see the same output).
         """
         if pixel_values.dtype == torch.uint8:
             from .torch_ops import normalize_frames
@@ -126,7 +136,7 @@ class TimesformerEmbeddings(nn.Module):
         emb = torch.cat((self.cls_token.expand(emb.shape[0], -1, -1), emb), dim=1)
         emb = self.pos_drop(emb + self.position_embeddings_for(grid))
         if self.attention_type == "space_only":
-            return emb, frames, grid
+            return emb
 
         # The reference takes CLS from the first `batch` rows (all equal to cls + pos[0] before dropout).
         cls_tokens = emb[:batch, 0].unsqueeze(1)
@@ -139,7 +149,7 @@ class TimesformerEmbeddings(nn.Module):
         )
         patches = self.time_drop(patches + self.time_embeddings_for(frames))
         patches = patches.reshape(batch, n * frames, hidden)
-        return torch.cat((cls_tokens, patches), dim=1), frames, grid
+        return torch.cat((cls_tokens, patches), dim=1)
 
 
 class TimesformerSelfAttention(nn.Module):
@@ -199,7 +209,7 @@ class TimesformerIntermediate(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.intermediate_act_fn = get_activation(config.hidden_act)
+        self.intermediate_act_fn = Activation(config.hidden_act)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.intermediate_act_fn(self.dense(hidden_states)))
@@ -215,6 +225,20 @@ class TimesformerOutput(nn.Module):
         return self.dropout(self.dense(hidden_states))
 
 
+class TimesformerDropPath(nn.Module):
+    """Stochastic depth as the reference's ``TimesformerDropPath``: one draw per leading index, in training."""
+
+    def __init__(self, drop_prob: float) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return drop_path(x, self.drop_prob, (x.shape[0],) + (1,) * (x.dim() - 1), self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.drop_prob}"
+
+
 class TimesformerLayer(nn.Module):
     def __init__(self, config: TimesformerConfig, layer_index: int) -> None:
         super().__init__()
@@ -222,9 +246,11 @@ class TimesformerLayer(nn.Module):
         self.num_heads = config.num_attention_heads
         self.num_frames = config.num_frames
         self.layer_norm_eps = config.layer_norm_eps
-        # Stochastic depth decay rule of the reference.
-        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers, device="cpu")
-        self.drop_path_rate = float(rates[layer_index])
+        # Stochastic depth decay rule of the reference; a module as there (nn.Identity at rate 0).
+        rate = float(
+            torch.linspace(0, config.drop_path_rate, config.num_hidden_layers, device="cpu")[layer_index]
+        )
+        self.drop_path = TimesformerDropPath(rate) if rate > 0 else nn.Identity()
         self.attention = TimesformerAttention(config)
         self.intermediate = TimesformerIntermediate(config)
         self.output = TimesformerOutput(config)
@@ -236,9 +262,10 @@ class TimesformerLayer(nn.Module):
             self.temporal_attention = TimesformerAttention(config)
             self.temporal_dense = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def _drop_path(self, x: torch.Tensor) -> torch.Tensor:
-        # The reference's TimesformerDropPath: one draw per leading index.
-        return drop_path(x, self.drop_path_rate, (x.shape[0],) + (1,) * (x.dim() - 1), self.training)
+    @property
+    def drop_path_rate(self) -> float:
+        """The rate the fused backends apply (the ``drop_path`` module's, 0 for ``nn.Identity``)."""
+        return getattr(self.drop_path, "drop_prob", 0.0)
 
     def forward(
         self, hidden_states: torch.Tensor, output_attentions: bool = False, num_frames: int | None = None
@@ -257,7 +284,7 @@ class TimesformerLayer(nn.Module):
         x = hidden_states
         if self.attention_type != "divided_space_time":
             a, *probs = self.attention(self.layernorm_before(x), output_attentions)
-            x = x + self._drop_path(a)
+            x = x + self.drop_path(a)
             return (self._mlp(x), *probs)
 
         batch, rows, hidden = x.shape
@@ -271,7 +298,7 @@ class TimesformerLayer(nn.Module):
         # Temporal: rows of one patch are contiguous.
         xt = x[:, 1:, :].reshape(batch * n, frames, hidden)
         a = self.temporal_attention(self.temporal_layernorm(xt))[0]
-        r = self._drop_path(a).reshape(batch, n * frames, hidden)
+        r = self.drop_path(a).reshape(batch, n * frames, hidden)
         xt = x[:, 1:, :] + self.temporal_dense(r)
 
         # Spatial: CLS repeated per frame, patches regrouped by frame.
@@ -280,7 +307,7 @@ class TimesformerLayer(nn.Module):
         s = xt.reshape(batch, n, frames, hidden).permute(0, 2, 1, 3).reshape(batch * frames, n, hidden)
         s = torch.cat((cls, s), 1)
         a, *probs = self.attention(self.layernorm_before(s), output_attentions)
-        r = self._drop_path(a)
+        r = self.drop_path(a)
         cls_r = r[:, 0, :].reshape(batch, frames, hidden).mean(1, keepdim=True)
         r = (
             r[:, 1:, :]
@@ -292,7 +319,7 @@ class TimesformerLayer(nn.Module):
         return (self._mlp(x), *probs)
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self._drop_path(self.output(self.intermediate(self.layernorm_after(x))))
+        return x + self.drop_path(self.output(self.intermediate(self.layernorm_after(x))))
 
 
 class TimesformerEncoder(nn.Module):
@@ -324,8 +351,9 @@ class TimesformerEncoder(nn.Module):
         output_attentions: bool = False,
         output_hidden_states: bool = False,
         cls_only: bool = False,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
-        """Every layer on ``backend``: ``(x, hidden_states, attentions)``, ``x`` before the final LayerNorm.
+    ) -> BaseModelOutput:
+        """Every layer on ``backend``: ``last_hidden_state`` before the final LayerNorm, ``hidden_states``
+        and ``attentions`` when asked for (a ``BaseModelOutput``, as the reference's encoder returns).
 
         ``cls_only``: the caller reads only ``x[:, 0]``, so the last layer may skip the patch rows' work and
         return ``x`` of shape ``(B, 1, D)``.
@@ -344,10 +372,10 @@ class TimesformerEncoder(nn.Module):
                 attentions.append(attn)
         if output_hidden_states:
             hidden_states.append(x)
-        return (
-            x,
-            tuple(hidden_states) if output_hidden_states else None,
-            tuple(attentions) if output_attentions else None,
+        return BaseModelOutput(
+            last_hidden_state=x,
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
         )
 
 
@@ -1003,7 +1031,9 @@ _PLAIN_TYPES = frozenset(
         TimesformerSelfOutput,
         TimesformerAttention,
         TimesformerIntermediate,
+        Activation,
         TimesformerOutput,
+        TimesformerDropPath,
         TimesformerLayer,
         TimesformerEncoder,
         TimesformerModel,  # the encoder model inside a classifier

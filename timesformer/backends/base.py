@@ -73,9 +73,9 @@ class Backend:
     def embed(
         self, embeddings: TimesformerEmbeddings, pixel_values: torch.Tensor, inference: bool
     ) -> tuple[torch.Tensor, int, tuple[int, int]]:
-        """The embeddings module's ``(x, frames, grid)``; a backend may compute them its own way on its
-        ``inference`` path."""
-        return embeddings(pixel_values)
+        """The embeddings module's tokens with their ``frames`` and patch ``grid``: ``(x, frames, grid)``; a
+        backend may compute them its own way on its ``inference`` path."""
+        return (embeddings(pixel_values), *embeddings.frames_and_grid(pixel_values))
 
     def classify(
         self, layernorm: nn.LayerNorm, classifier: nn.Module, cls: torch.Tensor, fwd: ForwardContext
@@ -103,7 +103,5 @@ class Backend:
         inference = self.has_inference_path and not model.training and not needs_autograd(model, pixel_values)
         x, num_frames, (gh, gw) = self.embed(model.embeddings, pixel_values, inference)
         fwd = ForwardContext(num_frames, num_patches=gh * gw, training=model.training, inference=inference)
-        x, hidden_states, attentions = model.encoder(
-            x, fwd, self, output_attentions, output_hidden_states, cls_only
-        )
-        return x, hidden_states, attentions, fwd
+        out = model.encoder(x, fwd, self, output_attentions, output_hidden_states, cls_only)
+        return out.last_hidden_state, out.hidden_states, out.attentions, fwd

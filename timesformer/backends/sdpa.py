@@ -187,7 +187,7 @@ class SdpaBackend(Backend):
             layer.intermediate.dense.weight,
             layer.intermediate.dense.bias,
         )
-        h = self._dropout(layer.intermediate.dropout, layer.intermediate.intermediate_act_fn(h), fwd)
+        h = self._dropout(layer.intermediate.dropout, layer.intermediate.intermediate_act_fn.fn(h), fwd)
         h = F.linear(h, layer.output.dense.weight, layer.output.dense.bias)
         if fwd.inference:
             return x.add_(h)

@@ -108,12 +108,7 @@ class TritonBackend(Backend):
         if not inference:
             return self.fallback.embed(embeddings, pixel_values, inference)
         frames_u8 = pixel_values.dtype == torch.uint8
-        if frames_u8:
-            _, frames, height, width, _ = pixel_values.shape
-        else:
-            _, frames, _, height, width = pixel_values.shape
-        ph, pw = embeddings.patch_embeddings.patch_size
-        grid = (height // ph, width // pw)
+        frames, grid = embeddings.frames_and_grid(pixel_values)
         conv = embeddings.patch_embeddings.projection
         pos = cached_weights(
             embeddings,
@@ -226,7 +221,7 @@ class TritonBackend(Backend):
         )
         if not in_kernel:
             # An activation the epilogue does not implement: torch applies it (one more pass over h).
-            h = layer.intermediate.intermediate_act_fn(h)
+            h = layer.intermediate.intermediate_act_fn.fn(h)
         _linear.linear_residual_(h, *_proj(layer, "triton_fc2", layer.output.dense), x)
 
     def _fused_cls_only(self, layer: TimesformerLayer, x: torch.Tensor, fwd: ForwardContext) -> torch.Tensor:
