@@ -127,10 +127,10 @@ def test_bad_data_gives_clear_errors(tmp_path):
 
 def test_duplicates_warn_and_count_once(tmp_path):
     listing = tmp_path / "list.txt"
-    listing.write_text("a.mp4 0\nb.mp4 1\na.mp4 moving right\n")
-    with pytest.warns(UserWarning, match="1 duplicate path"):
+    listing.write_text("a.mp4 0\nb.mp4 1\na.mp4 moving right\nsub/../a.mp4 0\n./b.mp4 1\n")
+    with pytest.warns(UserWarning, match="3 duplicate path"):
         samples = load_samples(listing, LABEL2ID, 4)
-    assert len(samples) == 2
+    assert [s.path for s in samples] == [str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4")]
     listing.write_text("a.mp4 0\na.mp4 1\n")
     with warnings.catch_warnings(), pytest.raises(ValueError, match="listed with two labels"):
         warnings.simplefilter("ignore")
@@ -495,3 +495,137 @@ def test_resume_of_a_run_that_recorded_relative_paths(videos, bundled, tmp_path,
     assert metrics["videos_evaluated"] == 1
     paths = _paths(out)
     assert len(paths) == len(set(paths)) == 3 and all(os.path.isabs(p) for p in paths)
+
+
+# Two ranks of a gloo group (torchrun's environment variables), each running one scenario of the checks that
+# keep the ranks of a job together; each prints what it raised.
+_RANK_SCRIPT = """
+import sys
+from pathlib import Path
+
+import torch
+
+from timesformer import evaluate as ev
+from timesformer.evaluate import Sample
+
+scenario, tmp = sys.argv[1], Path(sys.argv[2])
+rank, world = ev.init_distributed()
+samples = [Sample("/v/a.mp4", 0), Sample("/v/b.mp4", 1)]
+try:
+    if scenario == "setup":
+        with ev.together("set up"):
+            if rank == 1:
+                raise FileNotFoundError("DATA /data/k400: no such file or folder")
+    else:
+        out = tmp / (f"local{rank}" if scenario == "folder" else "shared")
+        out.mkdir(exist_ok=True)
+        token = None
+        if rank == 0:
+            token = "t0"
+            (out / ev.JOB_MARK).write_text(token)
+        torch.distributed.barrier()
+        if scenario == "data" and rank == 1:
+            samples.append(Sample("/v/c.mp4", 0))  # a dataset still syncing on this machine
+        ev._check_same_work(out, samples, set(), token)
+    print("ok")
+except Exception as exc:
+    print(type(exc).__name__, exc)
+finally:
+    torch.distributed.destroy_process_group()
+"""
+
+
+def _two_ranks(scenario: str, tmp_path: Path) -> list[str]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+               "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": "1"}  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _RANK_SCRIPT, scenario, str(tmp_path)],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    results = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+        results.append(stdout.strip())
+    return results
+
+
+@pytest.mark.parametrize(
+    "scenario, expected",
+    [
+        ("same", ["ok", "ok"]),
+        (
+            "setup",
+            [
+                r"RankError rank 1 of 2 \(host .*\) could not set up: FileNotFoundError: DATA /data/k400: no such",
+                r"FileNotFoundError DATA /data/k400: no such file or folder",
+            ],
+        ),
+        ("folder", [r"RankError rank 1 of 2 \(host .*\) does not see rank 0's files in DIR .*local1: under torchrun, DIR must be one folder every machine shares"] * 2),
+        ("data", [r"RankError rank 1 of 2 \(host .*\) lists 3 videos \(0 done\) where rank 0 lists 2 \(0 done\)"] * 2),
+    ],
+)  # fmt: skip
+def test_ranks_fail_together_and_refuse_to_split_different_work(tmp_path, scenario, expected):
+    """Without these checks: a set-up error on one machine left the others waiting 2 hours; a DIR that is not
+    shared, or a DATA listing that differs, gave metrics over part of the set and exit 0."""
+    import re
+
+    results = _two_ranks(scenario, tmp_path)
+    for result, pattern in zip(results, expected, strict=True):
+        assert re.fullmatch(pattern + ".*", result), results
+
+
+def test_a_full_disk_at_close_is_still_an_output_error(videos, tmp_path, monkeypatch, capsys):
+    """A write that fails in flush leaves its bytes buffered: closing the file fails again, and that too is
+    the one-line OutputError (exit 1), not a bare OSError (exit 2)."""
+    import errno
+
+    from timesformer import __main__ as cli
+    from timesformer import evaluate as ev
+
+    class FullDisk:
+        def __init__(self, path, mode):
+            self.pending = ""
+
+        def write(self, text):
+            self.pending += text
+
+        def flush(self):
+            if self.pending:
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+        close = flush
+
+        def fileno(self):
+            return 0
+
+    monkeypatch.setattr(ev, "open", FullDisk, raising=False)
+    assert cli.main(["evaluate", str(videos), "--output", str(tmp_path / "out"), "--workers", "0",
+                     "--limit", "2", "--no-progress"]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "predictions.jsonl: No space left on device" in err and "--resume" in err
+
+
+def test_videos_without_a_line_fail_the_command(videos, tmp_path, monkeypatch, capsys):
+    from timesformer import __main__ as cli
+    from timesformer import evaluate as ev
+
+    real = ev.merge_predictions
+    monkeypatch.setattr(ev, "merge_predictions", lambda output, order: real(output, order)[1:])
+    assert cli.main(["evaluate", str(videos), "--output", str(tmp_path / "out"), "--workers", "0",
+                     "--limit", "3", "--no-progress"]) == 1  # fmt: skip
+    assert "1 of 3 videos have no line in" in capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["num_missing"] == 1

@@ -211,16 +211,38 @@ def classify(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import _closes_its_process_group
+
+    return _closes_its_process_group(_evaluate)(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     import json
     import warnings
 
-    from .classify import load_model
-    from .evaluate import OutputError, WorkerError, default_device, evaluate, percent
+    from .classify import load_model, resolve_device
+    from .evaluate import (
+        OutputError,
+        RankError,
+        WorkerError,
+        default_device,
+        evaluate,
+        init_distributed,
+        missing_message,
+        percent,
+        together,
+    )
 
     dtype = getattr(torch, args.dtype)  # one of --dtype's choices
+    # The ranks of a torchrun job join first, so that a device or model that fails on one machine stops all.
+    init_distributed()
     try:
-        device = args.device or default_device()
-        model, processor = load_model(args.model, backend=args.backend, device=device, dtype=dtype)
+        with together("load the model"):
+            device = resolve_device(args.device) if args.device else default_device()
+            model, processor = load_model(args.model, backend=args.backend, device=device, dtype=dtype)
+    except RankError as exc:
+        _error(printable(exc))
+        return 2
     except Exception as exc:  # a bad setup: one line, exit 2
         _error(f"cannot load the model {args.model or '(bundled)'}: {printable(exc)}")
         return 2
@@ -256,7 +278,7 @@ def evaluate(args: argparse.Namespace) -> int:
         except (OutputError, WorkerError) as exc:  # during the run: what was written is kept
             _error(printable(exc))
             return 1
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RankError) as exc:  # the set-up
             _error(printable(exc))
             return 2
     if not metrics:  # a rank other than 0 of a torchrun job: rank 0 reports
@@ -275,6 +297,9 @@ def evaluate(args: argparse.Namespace) -> int:
         _error(
             f"{metrics['num_errors']} video(s) could not be evaluated: see the error lines of predictions.jsonl"
         )
+    if metrics["num_missing"]:
+        _error(missing_message(metrics, args.output))
+        return 1
     return 0
 
 

@@ -19,11 +19,13 @@ import contextlib
 import csv
 import datetime
 import functools
+import hashlib
 import json
 import logging
 import math
 import os
 import re
+import socket
 import sys
 import time
 import warnings
@@ -48,6 +50,8 @@ PART = "predictions.part-{rank:05d}.jsonl"
 MAX_DEFAULT_WORKERS = 16
 # How long a torchrun rank waits for the others in a collective (the first barrier, the final count).
 DIST_TIMEOUT_S = 2 * 3600
+# Written by rank 0 in DIR before any video, read by every rank: DIR is one folder they all share.
+JOB_MARK = ".evaluate-job"
 
 
 # ------------------------------------------------------------------------------------------ the data
@@ -59,6 +63,11 @@ class OutputError(OSError):
 
 class WorkerError(RuntimeError):
     """A decoding worker process died (killed by a signal: out of memory, a decoder crash)."""
+
+
+class RankError(RuntimeError):
+    """The ranks of a ``torchrun`` job cannot work together: another rank failed to set up, or the ranks see
+    different videos or output folders. Raised on every rank, so that none waits for the others."""
 
 
 @dataclass(frozen=True)
@@ -189,7 +198,9 @@ def load_samples(data: str | os.PathLike, label2id: dict[str, int], num_labels: 
                 unknown.setdefault(label, f"line {number}")
                 continue
             path = Path(fields[0]).expanduser()
-            samples.append(Sample(str(path if path.is_absolute() else base / path), label))
+            # Normalized ("a/../b" is "b"), so that one video spelled two ways counts once; links are not
+            # resolved (that would stat every file of a large list).
+            samples.append(Sample(os.path.normpath(path if path.is_absolute() else base / path), label))
         if not samples and not unknown:
             raise ValueError(f"DATA {data}: the list file has no videos")
     if unknown:
@@ -519,19 +530,88 @@ def _world() -> tuple[int, int, int]:
     )
 
 
-def init_distributed(device: torch.device) -> tuple[int, int]:
-    """Join the process group torchrun describes (gloo on CPU, nccl on CUDA); ``(rank, world_size)``."""
+def init_distributed() -> tuple[int, int]:
+    """Join the process group torchrun describes; ``(rank, world_size)``.
+
+    gloo whatever the device: the job only exchanges a few numbers and objects (set-up failures, what each
+    rank sees, the final count), and gloo needs no device, so the ranks join before anything that can fail
+    on one of them (the device, the model, DATA) and then fail together."""
     rank, world, _ = _world()
     if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
         torch.distributed.init_process_group(
-            backend,
-            device_id=device if device.type == "cuda" else None,
-            # The final collective waits for the slowest rank's share (nccl's default gives up after 10 min,
-            # and a rank with a few long videos can trail by more on a large set).
+            "gloo",
+            # The final collective waits for the slowest rank's share, which can trail by more than the
+            # 10-minute default on a large set.
             timeout=datetime.timedelta(seconds=DIST_TIMEOUT_S),
         )
     return rank, world
+
+
+def _all_gather(value) -> list:
+    """``value`` of every rank, by rank (``[value]`` in a single process)."""
+    _, world, _ = _world()
+    if world == 1 or not torch.distributed.is_initialized():
+        return [value]
+    values = [None] * world
+    torch.distributed.all_gather_object(values, value)
+    return values
+
+
+def _where(rank: int, world: int, host: str) -> str:
+    return f"rank {rank} of {world} (host {host})"
+
+
+@contextlib.contextmanager
+def together(step: str):
+    """Run the body on every rank of a ``torchrun`` job; where it raises on some rank, that rank raises its
+    own error and every other rank a ``RankError`` naming it, instead of waiting for it at the next
+    collective (up to ``DIST_TIMEOUT_S``: a torchrun launcher only watches its own machine's ranks)."""
+    try:
+        yield
+    except Exception as exc:
+        _gather_failures(step, exc)
+        raise
+    _gather_failures(step, None)
+
+
+def _gather_failures(step: str, exc: BaseException | None) -> None:
+    mine = None if exc is None else (socket.gethostname(), f"{type(exc).__name__}: {exc}")
+    failures = [(rank, f) for rank, f in enumerate(_all_gather(mine)) if f is not None]
+    if failures and exc is None:
+        (rank, (host, text)), world = failures[0], torch.distributed.get_world_size()
+        more = f" (and {len(failures) - 1} other rank(s))" if len(failures) > 1 else ""
+        raise RankError(f"{_where(rank, world, host)} could not {step}{more}: {text}")
+
+
+def _check_same_work(output: Path, samples: Sequence[Sample], done: set[str], token: str | None) -> None:
+    """Every rank lists the same videos, has the same ones done, and sees rank 0's ``JOB_MARK`` (``token``)
+    in ``output``; otherwise each would take a share of another list (videos evaluated twice or never) or
+    write where rank 0 does not merge. Raises ``RankError`` on every rank."""
+    digest = hashlib.sha256()
+    for sample in samples:
+        digest.update(f"{sample.path}\t{sample.label}\n".encode("utf-8", "surrogateescape"))
+    for path in sorted(done):
+        digest.update(f"done\t{path}\n".encode("utf-8", "surrogateescape"))
+    try:
+        seen = (output / JOB_MARK).read_text()
+    except OSError:
+        seen = None
+    mine = (socket.gethostname(), digest.hexdigest(), len(samples), len(done), seen, str(output.resolve()))
+    views = _all_gather(mine if token is None else (*mine[:4], token, mine[5]))
+    reference = views[0]
+    world = len(views)
+    for rank, (host, digest_, count, ndone, mark, folder) in enumerate(views[1:], 1):
+        if mark != reference[4]:
+            raise RankError(
+                f"{_where(rank, world, host)} does not see rank 0's files in DIR {folder}: under torchrun, DIR "
+                "must be one folder every machine shares (each rank writes its results there)"
+            )
+        if digest_ != reference[1]:
+            raise RankError(
+                f"{_where(rank, world, host)} lists {count} videos ({ndone} done) where rank 0 lists "
+                f"{reference[2]} ({reference[3]} done), or other paths or labels: every machine must see the "
+                "same DATA files at the same path"
+            )
 
 
 def default_device() -> torch.device:
@@ -664,48 +744,57 @@ def evaluate(
         progress: show the progress bar (default: on a terminal).
         on_batch: called with the number of videos written after each batch (for tests and tools).
     """
-    if not 1 <= clips <= 64:
-        raise ValueError(f"clips must be 1 to 64, got {clips}")
-    if num_frames is not None and not 1 <= num_frames <= MAX_NUM_FRAMES:
-        raise ValueError(f"num_frames must be 1 to {MAX_NUM_FRAMES}, got {num_frames}")
-    if crops not in (1, 3):
-        raise ValueError(f"crops must be 1 or 3, got {crops}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit}")
-    config = model.config
-    id2label = config.id2label  # int keys (TimesformerConfig checks them)
-    samples = load_samples(data, config.label2id, config.num_labels)
-    if limit is not None:
-        samples = samples[:limit]
     output = Path(output)
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
-    rank, world = init_distributed(device)
-    output.mkdir(parents=True, exist_ok=True)
-    done = _done_paths(output)
-    if done and not resume:
-        raise FileExistsError(
-            f"{output} already holds predictions of {len(done)} videos; pass --resume to go on with them, or "
-            "choose another --output"
-        )
-    num_frames = num_frames or config.num_frames
-    top_k = max(1, min(top_k, len(id2label)))
-    settings = {
-        "model": model_name or getattr(model, "name_or_path", None) or type(model).__name__,
-        "dtype": str(dtype).removeprefix("torch."),
-        "num_frames": num_frames,
-        "sample_rate": sample_rate,
-        "clips": clips,
-        "crops": crops,
-        "top_k": top_k,
-        "max_frame_pixels": max_frame_pixels,
-    }
-    _check_settings(output, settings, compare=bool(done), write=rank == 0)
+    rank, world = init_distributed()
+    # What can fail on one rank only (DATA missing on one machine) stops every rank, each naming the cause.
+    token = None
+    with together("set up"):
+        if not 1 <= clips <= 64:
+            raise ValueError(f"clips must be 1 to 64, got {clips}")
+        if num_frames is not None and not 1 <= num_frames <= MAX_NUM_FRAMES:
+            raise ValueError(f"num_frames must be 1 to {MAX_NUM_FRAMES}, got {num_frames}")
+        if crops not in (1, 3):
+            raise ValueError(f"crops must be 1 or 3, got {crops}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        config = model.config
+        id2label = config.id2label  # int keys (TimesformerConfig checks them)
+        samples = load_samples(data, config.label2id, config.num_labels)
+        if limit is not None:
+            samples = samples[:limit]
+        output.mkdir(parents=True, exist_ok=True)
+        done = _done_paths(output)
+        if done and not resume:
+            raise FileExistsError(
+                f"{output} already holds predictions of {len(done)} videos; pass --resume to go on with them, or "
+                "choose another --output"
+            )
+        num_frames = num_frames or config.num_frames
+        top_k = max(1, min(top_k, len(id2label)))
+        settings = {
+            "model": model_name or getattr(model, "name_or_path", None) or type(model).__name__,
+            "dtype": str(dtype).removeprefix("torch."),
+            "num_frames": num_frames,
+            "sample_rate": sample_rate,
+            "clips": clips,
+            "crops": crops,
+            "top_k": top_k,
+            "max_frame_pixels": max_frame_pixels,
+        }
+        _check_settings(output, settings, compare=bool(done), write=rank == 0)
+        if rank == 0 and world > 1:
+            token = os.urandom(8).hex()
+            (output / JOB_MARK).write_text(token)
     if world > 1:
-        # Every rank has read the same results before any rank writes: the same `done`, so the same split.
-        torch.distributed.barrier()
+        try:  # also the barrier before any rank writes: every rank has read the same results (the same split)
+            _check_same_work(output, samples, done, token)
+        finally:
+            if rank == 0:
+                (output / JOB_MARK).unlink(missing_ok=True)
     # The videos still to do are split across the ranks (sample i of them to rank i % world_size), so a
     # resumed run is balanced however the interrupted one had progressed.
     todo = [s for s in samples if s.path not in done][rank::world]
@@ -744,7 +833,8 @@ def evaluate(
     scored = 0  # videos of this run on this rank with a prediction: what ``totals`` sums over
     start = time.perf_counter()
     written = 0
-    with open(mine_file, "a") as out:
+    out = open(mine_file, "a")  # noqa: SIM115 (closed below, where a failed close is an OutputError)
+    try:
         for batch in _batches(loader, todo, batch_size):
             if device_preprocess:
                 _cut_on_device(batch, processor, device, num_frames, crops, dtype, uint8)
@@ -758,10 +848,17 @@ def evaluate(
             bar.step(len(records))
             if on_batch is not None:
                 on_batch(written)
+    finally:
+        # After a failed write the close flushes the same bytes again (a full disk fails again): that too
+        # is the OutputError naming the file, not a bare OSError.
+        with _writing(mine_file):
+            out.close()
     written_all = written
     if world > 1:
         # The barrier also makes rank 0's wall time the job's (it waits for the slowest rank).
-        count = torch.tensor([written], dtype=torch.int64, device=device if device.type == "cuda" else None)
+        # (On the group's device: a caller's own nccl group takes CUDA tensors only.)
+        on_cuda = torch.distributed.get_backend() == "nccl"
+        count = torch.tensor([written], dtype=torch.int64, device=device if on_cuda else None)
         torch.distributed.all_reduce(count)
         written_all = int(count.item())
     wall = time.perf_counter() - start
@@ -787,7 +884,18 @@ def evaluate(
     )
     with _writing(output / "metrics.json"):
         write_reports(output, metrics, id2label)
+    if metrics["num_missing"]:
+        logger.warning("%s", missing_message(metrics, output))
     return metrics
+
+
+def missing_message(metrics: dict, output: str | os.PathLike) -> str:
+    """What ``num_missing`` means for the user: lines lost (a rank's file not in ``output``, removed files)."""
+    return (
+        f"{metrics['num_missing']} of {metrics['num_videos']} videos have no line in {Path(output) / PREDICTIONS} (a "
+        "rank's results not in this folder, or files removed during the run); the metrics leave them out. Run "
+        "again with --resume to evaluate them"
+    )
 
 
 @contextlib.contextmanager
