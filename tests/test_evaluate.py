@@ -629,3 +629,32 @@ def test_videos_without_a_line_fail_the_command(videos, tmp_path, monkeypatch, c
                      "--limit", "3", "--no-progress"]) == 1  # fmt: skip
     assert "1 of 3 videos have no line in" in capsys.readouterr().err
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["num_missing"] == 1
+
+
+@pytest.mark.slow
+def test_two_machines_stop_together_when_one_cannot_set_up(videos, tmp_path):
+    """Two torchrun launches as two machines (static rendezvous on this host); the second one's DATA is
+    missing. Both stop within seconds, each naming the cause (before, the first waited up to 2 hours)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for node, data in enumerate([videos, tmp_path / "not-synced-yet"]):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+               "--master-addr", "127.0.0.1", "--master-port", str(port), "--node-rank", str(node), "-m",
+               "timesformer", "evaluate", str(data), "--output", str(tmp_path / "out"), "--workers", "0",
+               "--no-progress"]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        procs.append(
+            subprocess.Popen(
+                cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+    errors = [proc.communicate(timeout=240)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [1, 1], errors
+    assert (
+        "timesformer: error: rank 1 of 2 (host " in errors[0] and "not-synced-yet: no such file" in errors[0]
+    )
+    assert "timesformer: error: DATA " in errors[1] and "not-synced-yet: no such file" in errors[1]
