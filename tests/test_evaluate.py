@@ -658,3 +658,24 @@ def test_two_machines_stop_together_when_one_cannot_set_up(videos, tmp_path):
         "timesformer: error: rank 1 of 2 (host " in errors[0] and "not-synced-yet: no such file" in errors[0]
     )
     assert "timesformer: error: DATA " in errors[1] and "not-synced-yet: no such file" in errors[1]
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"RANK": "3"}, "RANK=3, WORLD_SIZE=1, LOCAL_RANK=0 do not describe a torchrun job"),
+        ({"RANK": "-1", "WORLD_SIZE": "2"}, "RANK=-1, WORLD_SIZE=2"),
+        ({"WORLD_SIZE": "0"}, "WORLD_SIZE=0"),
+        ({"RANK": "abc"}, "environment variable RANK must be an integer (set by torchrun), got 'abc'"),
+        ({"WORLD_SIZE": ""}, "environment variable WORLD_SIZE must be an integer"),
+    ],
+)
+def test_stray_torchrun_variables_are_refused(videos, tmp_path, monkeypatch, capsys, env, message):
+    """``RANK=3`` alone made the run score a quarter of the videos, write no metrics and exit 0."""
+    from timesformer import __main__ as cli
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["evaluate", str(videos), "--output", str(tmp_path / "out"), "--workers", "0"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

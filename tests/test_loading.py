@@ -217,6 +217,35 @@ def test_bin_with_code_is_refused(saved):
         TimesformerForVideoClassification.from_pretrained(path)
 
 
+@pytest.mark.parametrize("fmt", ["bin", "safetensors"])
+def test_declared_tensors_are_not_read_before_the_keys_are_checked(saved, fmt):
+    """A checkpoint with a large tensor the model does not have is refused without reading it into memory
+    (pickles are memory-mapped as safetensors are): a small sparse file could otherwise ask for any size."""
+    import subprocess
+    import sys
+
+    path, state = saved
+    _rewrite(path, {**state, "junk": torch.zeros(2**26)}, fmt)  # 256 MiB
+    probe = (
+        "import sys, torch\n"
+        "from timesformer import CheckpointError, TimesformerForVideoClassification as M\n"
+        "def peak():\n"
+        "    text = open('/proc/self/status').read()\n"
+        "    return int(text.split('VmHWM:')[1].split()[0]) // 1024\n"
+        "before = peak()\n"
+        "try:\n"
+        "    M.from_pretrained(sys.argv[1])\n"
+        "except CheckpointError as e:\n"
+        "    assert \"unexpected keys ['junk']\" in str(e), e\n"
+        "print(peak() - before)\n"
+    )
+    # A fresh process: its peak memory (VmHWM) is its own.
+    grown = subprocess.run(
+        [sys.executable, "-c", probe, str(path)], capture_output=True, text=True, check=True
+    )
+    assert int(grown.stdout) < 100, f"peak memory grew by {grown.stdout.strip()} MiB"
+
+
 def test_missing_files_and_paths(saved, tmp_path_factory):
     path, _ = saved
     empty = tmp_path_factory.mktemp("empty")

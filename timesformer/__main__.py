@@ -234,8 +234,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
 
     dtype = getattr(torch, args.dtype)  # one of --dtype's choices
-    # The ranks of a torchrun job join first, so that a device or model that fails on one machine stops all.
-    init_distributed()
+    try:
+        # The ranks of a torchrun job join first, so that a device or model that fails on one machine stops
+        # all.
+        init_distributed()
+    except ValueError as exc:  # torchrun's variables, set wrong by hand
+        _error(printable(exc))
+        return 2
     try:
         with together("load the model"):
             device = resolve_device(args.device) if args.device else default_device()

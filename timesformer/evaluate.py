@@ -515,19 +515,35 @@ def write_reports(output: Path, metrics: dict, id2label: dict[int, str]) -> None
 # ------------------------------------------------------------------------------------- distribution
 
 
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(
+            f"environment variable {name} must be an integer (set by torchrun), got {text!r}"
+        ) from None
+
+
 def _world() -> tuple[int, int, int]:
-    """``(rank, world_size, local_rank)`` of this process (torchrun's environment, else a single process)."""
+    """``(rank, world_size, local_rank)`` of this process (torchrun's environment, else a single process).
+    Variables that do not describe a job (``RANK=3`` alone, a stray export) are refused: each rank would take
+    a share of the videos that no other process completes."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return (
             torch.distributed.get_rank(),
             torch.distributed.get_world_size(),
-            int(os.environ.get("LOCAL_RANK", 0)),
+            _env_int("LOCAL_RANK", 0),
         )
-    return (
-        int(os.environ.get("RANK", 0)),
-        int(os.environ.get("WORLD_SIZE", 1)),
-        int(os.environ.get("LOCAL_RANK", 0)),
-    )
+    rank, world, local = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0)
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise ValueError(
+            f"RANK={rank}, WORLD_SIZE={world}, LOCAL_RANK={local} do not describe a torchrun job (0 <= RANK < "
+            "WORLD_SIZE, LOCAL_RANK >= 0): unset them, or launch with torchrun"
+        )
+    return rank, world, local
 
 
 def init_distributed() -> tuple[int, int]:

@@ -197,6 +197,16 @@ def _weight_map(directory: str, names: list[str]) -> tuple[str, dict[str, list[s
     raise FileNotFoundError(f"no weights in {directory!r}: looked for {', '.join(names)}")
 
 
+def _torch_load(path: str):
+    """A pickled state dict, memory-mapped (the zip format of torch >= 1.6): a tensor is read only when used,
+    so a small file declaring huge tensors (sparse, or keys the model does not have) allocates nothing
+    before the keys and shapes are checked. Older files are read whole."""
+    import zipfile
+
+    mmap = zipfile.is_zipfile(path)
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
 def _read_weights(path: str) -> dict[str, torch.Tensor]:
     if not os.path.isfile(path):
         raise CheckpointError(f"weights file {path} is missing (named by the shard index)")
@@ -205,7 +215,7 @@ def _read_weights(path: str) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(path)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _torch_load(path)
     except Exception as e:  # safetensors and pickle report corruption with many exception types
         raise CheckpointError(
             f"could not read weights file {path}: {type(e).__name__}: {e} (corrupt or truncated?)"
