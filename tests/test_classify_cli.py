@@ -168,3 +168,26 @@ def test_no_bundled_model_says_what_to_do(videos, tmp_path, monkeypatch, capsys)
     assert main(["classify", videos[0]]) == 2
     err = capsys.readouterr().err.strip()
     assert "no bundled model" in err and "--model" in err and "\n" not in err
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        # A base checkpoint's config with no classes: the softmax of hidden features printed as labels.
+        (dict(num_labels=0), "num_labels is 0: a classifier needs at least one class"),
+        # Logits per frame: every video failed with "split_with_sizes expects ...".
+        (dict(attention_type="space_only"), "attention_type 'space_only' gives one prediction per frame"),
+    ],
+)
+def test_models_that_cannot_classify_clips_are_refused_at_load(
+    model_dir, videos, tmp_path, capsys, change, reason
+):
+    config = TimesformerConfig.from_pretrained(model_dir)
+    data = {**config.to_dict(), **change}
+    if change.get("num_labels") == 0:
+        data.pop("id2label"), data.pop("label2id")
+    model = TimesformerForVideoClassification(TimesformerConfig.from_dict(data))
+    model.save_pretrained(tmp_path)
+    assert main(["classify", videos[0], "--model", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("timesformer: error: cannot load the model") and reason in err

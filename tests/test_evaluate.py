@@ -389,6 +389,12 @@ def test_list_files_with_a_byte_order_mark_and_data_that_is_a_video(videos, tmp_
     assert [s.path for s in load_samples(listing, LABEL2ID, 4)] == [str(first)]
     with pytest.raises(ValueError, match="expected a folder of class-named subfolders or a list file"):
         load_samples(first, LABEL2ID, 4)
+    # Special files as DATA: a FIFO blocked forever, /dev/zero read until memory ran out.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for special in (fifo, Path("/dev/zero")):
+        with pytest.raises(ValueError, match="got a special file"):
+            load_samples(special, LABEL2ID, 4)
 
 
 def test_broken_links_fifos_and_linked_folders_are_not_silently_dropped(videos, bundled, tmp_path):
@@ -624,7 +630,7 @@ def test_videos_without_a_line_fail_the_command(videos, tmp_path, monkeypatch, c
     from timesformer import evaluate as ev
 
     real = ev.merge_predictions
-    monkeypatch.setattr(ev, "merge_predictions", lambda output, order: real(output, order)[1:])
+    monkeypatch.setattr(ev, "merge_predictions", lambda *args: real(*args)[1:])
     assert cli.main(["evaluate", str(videos), "--output", str(tmp_path / "out"), "--workers", "0",
                      "--limit", "3", "--no-progress"]) == 1  # fmt: skip
     assert "1 of 3 videos have no line in" in capsys.readouterr().err
@@ -679,3 +685,27 @@ def test_stray_torchrun_variables_are_refused(videos, tmp_path, monkeypatch, cap
     assert cli.main(["evaluate", str(videos), "--output", str(tmp_path / "out"), "--workers", "0"]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_lines_that_are_not_predictions_are_redone_on_resume(videos, bundled, tmp_path, caplog):
+    """Hand-edited or foreign lines with a path gave tracebacks, some only after the whole run (metrics)."""
+    from timesformer.evaluate import evaluate, load_samples
+
+    model, processor = bundled
+    first = load_samples(videos, model.config.label2id, model.config.num_labels)[0].path
+    out = tmp_path / "out"
+    out.mkdir()
+    bad = [
+        {"path": 5},
+        {"path": first, "label_id": 1, "top": []},
+        {"path": first, "label_id": "x", "top": [{"label_id": 1}]},
+        {"path": first, "label_id": 99, "top": [{"label_id": 1}]},  # more labels than the model has
+        {"path": first, "label_id": -1, "top": [{"label_id": -1}], "correct_top5": True},
+        {"path": first, "label_id": 1},
+    ]
+    (out / PREDICTIONS).write_text("".join(json.dumps(r) + "\n" for r in bad))
+    with caplog.at_level("WARNING", logger="timesformer"):
+        metrics = evaluate(videos, model, processor, out, workers=0, limit=3, resume=True)
+    assert (metrics["num_videos"], metrics["num_missing"], metrics["videos_evaluated"]) == (3, 0, 3)
+    assert sum("skipping a line that is not a prediction" in r.getMessage() for r in caplog.records) >= len(bad)
+    assert _paths(out)[0] == first and len(_paths(out)) == 3

@@ -154,3 +154,22 @@ def test_a_filter_other_than_bilinear_is_named_not_ignored(resample, name):
         warnings.simplefilter("error")
         VideoProcessor.from_dict({"resample": 2})
         VideoProcessor.from_dict({})
+
+
+def test_an_extreme_aspect_ratio_is_refused_before_anything_is_allocated():
+    """A 16x65520 strip (a few KB of video, under max_frame_pixels) resized to 224 on its short side would
+    be 224x917280: tens of GB of float32 on the torch paths. Refused, naming the sizes."""
+    strip = torch.randint(0, 256, (1, 16, 1, 3), dtype=torch.uint8).expand(8, 16, 65520, 3)
+    processor = VideoProcessor()
+    for call in (
+        lambda: processor.resize_crops(strip, [None]),
+        lambda: processor.preprocess(strip, native=False),
+        lambda: processor.preprocess(strip),
+    ):
+        with pytest.raises(
+            ValueError, match=r"16x65520 would be resized to 224x917280 .*over 4,194,304 pixels"
+        ):
+            call()
+    # A wide but sane video (an 1:80 panorama) still works.
+    wide = torch.randint(0, 256, (2, 8, 640, 3), dtype=torch.uint8)
+    assert processor.preprocess(wide).shape == (2, 3, 224, 224)

@@ -75,6 +75,19 @@ def load_model(
     )
     net.eval()
     net.backend  # noqa: B018  (resolves the backend now: one that cannot run here fails before any decoding)
+    config = net.config
+    if config.num_labels < 1:
+        raise ValueError(
+            f"{directory}: num_labels is {config.num_labels}: a classifier needs at least one class (a base "
+            "checkpoint without a head cannot classify)"
+        )
+    if config.attention_type == "space_only":
+        # Its logits are per frame ((batch * frames, labels)), as transformers' model returns them; how to pool
+        # them into a video's score is a choice the checkpoint's own recipe makes, not one made here.
+        raise ValueError(
+            f"{directory}: attention_type 'space_only' gives one prediction per frame; classify and evaluate "
+            "take models whose logits are per clip (divided_space_time or joint_space_time)"
+        )
     config_file = os.path.join(directory, "preprocessor_config.json")
     if os.path.isfile(config_file):
         processor = VideoProcessor.from_pretrained(directory)

@@ -48,6 +48,8 @@ SETTINGS = "settings.json"
 # One file per rank while a distributed run works; merged into PREDICTIONS by rank 0 at the end.
 PART = "predictions.part-{rank:05d}.jsonl"
 MAX_DEFAULT_WORKERS = 16
+# A list file is read whole (1 GiB: some ten million lines).
+MAX_LIST_BYTES = 2**30
 # How long a torchrun rank waits for the others in a collective (the first barrier, the final count).
 DIST_TIMEOUT_S = 2 * 3600
 # Written by rank 0 in DIR before any video, read by every rank: DIR is one folder they all share.
@@ -169,6 +171,17 @@ def load_samples(data: str | os.PathLike, label2id: dict[str, int], num_labels: 
                 f"DATA {data}: no videos; expected class-named subfolders of videos (e.g. {root}/<class>/x.mp4)"
             )
     else:
+        # Read whole: a FIFO would block forever, a device (/dev/zero) never end.
+        if not root.is_file():
+            raise ValueError(
+                f"DATA {data}: expected a folder of class-named subfolders or a list file, got a special file "
+                "(a FIFO or a device)"
+            )
+        if root.stat().st_size > MAX_LIST_BYTES:
+            raise ValueError(
+                f"DATA {data}: a list file of {root.stat().st_size:,} bytes, over {MAX_LIST_BYTES:,}; expected "
+                "'path label' lines"
+            )
         base = root.resolve().parent
         try:
             # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the first path.
@@ -341,7 +354,8 @@ class VideoViews(torch.utils.data.Dataset):
         except VideoError as exc:
             item["error"] = exc.reason
         except Exception as exc:  # anything else about this one video: recorded, the run goes on
-            item["error"] = f"could not be read ({type(exc).__name__}: {exc})"
+            stage = "preprocessed" if "decode_ms" in item else "read"
+            item["error"] = f"could not be {stage} ({type(exc).__name__}: {exc})"
         return item
 
 
@@ -352,9 +366,37 @@ def _collate(items: list[dict]) -> list[dict]:
 # ------------------------------------------------------------------------------------- result files
 
 
-def read_predictions(path: Path, repair: bool = False) -> list[dict]:
+def _is_label(value, num_labels: int | None) -> bool:
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and 0 <= value < (num_labels if num_labels is not None else value + 1)
+    )
+
+
+def is_prediction(record, num_labels: int | None = None) -> bool:
+    """Whether ``record`` is a line this module writes: a path and a label index (below ``num_labels``), then
+    an error text or a non-empty ``top`` of label indices."""
+    if not (isinstance(record, dict) and isinstance(record.get("path"), str) and record["path"]):
+        return False
+    if not _is_label(record.get("label_id"), num_labels):
+        return False
+    if record.get("error") is not None:
+        return isinstance(record["error"], str)
+    top = record.get("top")
+    return (
+        isinstance(top, list)
+        and bool(top)
+        and all(isinstance(t, dict) and _is_label(t.get("label_id"), num_labels) for t in top)
+        and isinstance(record.get("correct_top5", False), bool)
+    )
+
+
+def read_predictions(path: Path, repair: bool = False, num_labels: int | None = None) -> list[dict]:
     """The complete lines of a predictions file. A torn last line (a run killed while writing it) is left out,
-    and with ``repair`` cut off the file, so that appending goes on after the last complete line."""
+    and with ``repair`` cut off the file, so that appending goes on after the last complete line. Lines that
+    are not predictions (``is_prediction``: edited by hand, of a model with other labels) are skipped with a
+    warning, so a resumed run evaluates their videos again."""
     if not path.exists():
         return []
     data = path.read_bytes()
@@ -364,7 +406,7 @@ def read_predictions(path: Path, repair: bool = False) -> list[dict]:
         if end <= len(data) and raw.strip():
             try:
                 record = json.loads(raw)
-                if isinstance(record, dict) and "path" in record:
+                if is_prediction(record, num_labels):
                     records.append(record)
                     good_end = end
                 else:
@@ -391,20 +433,20 @@ def _absolute(record: dict) -> dict:
     return record
 
 
-def _done_paths(output: Path) -> set[str]:
+def _done_paths(output: Path, num_labels: int | None = None) -> set[str]:
     done: set[str] = set()
     for file in [output / PREDICTIONS, *_part_files(output)]:
-        done.update(_absolute(r)["path"] for r in read_predictions(file))
+        done.update(_absolute(r)["path"] for r in read_predictions(file, num_labels=num_labels))
     return done
 
 
-def merge_predictions(output: Path, order: Sequence[str]) -> list[dict]:
+def merge_predictions(output: Path, order: Sequence[str], num_labels: int | None = None) -> list[dict]:
     """Merge ``predictions.jsonl`` and the ranks' part files into ``predictions.jsonl`` (one line per video, in
     ``order``, then any others), atomically; then remove the parts. Returns the merged records."""
     by_path: dict[str, dict] = {}
     parts = _part_files(output)
     for file in [output / PREDICTIONS, *parts]:
-        for record in read_predictions(file):
+        for record in read_predictions(file, num_labels=num_labels):
             by_path.setdefault(_absolute(record)["path"], record)
     rank = {p: i for i, p in enumerate(order)}
     records = sorted(by_path.values(), key=lambda r: (rank.get(r["path"], len(rank)), r["path"]))
@@ -783,7 +825,7 @@ def evaluate(
         if limit is not None:
             samples = samples[:limit]
         output.mkdir(parents=True, exist_ok=True)
-        done = _done_paths(output)
+        done = _done_paths(output, config.num_labels)
         if done and not resume:
             raise FileExistsError(
                 f"{output} already holds predictions of {len(done)} videos; pass --resume to go on with them, or "
@@ -881,7 +923,7 @@ def evaluate(
     if rank != 0:
         return {}
     with _writing(output / PREDICTIONS):
-        records = merge_predictions(output, [s.path for s in samples])
+        records = merge_predictions(output, [s.path for s in samples], model.config.num_labels)
     metrics = compute_metrics(records, samples, id2label)
     metrics.update(
         views={

@@ -36,6 +36,12 @@ BILINEAR = 2
 _PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 
+# The most pixels a frame is resized to before its views are cropped. The torch paths resize whole frames
+# (float32, all of a clip's frames at once), so a narrow strip of a video (16x65520: 1 M pixels, a few KB of
+# file) would otherwise ask for tens of GB; 2**22 is 224 x 18724, aspect ratios up to 1:83.
+MAX_RESIZED_PIXELS = 2**22
+
+
 def resize_output_size(height: int, width: int, shortest_edge: int) -> tuple[int, int]:
     """``(h, w)`` after resizing the shortest edge to ``shortest_edge``, keeping the aspect ratio the way
     ``transformers`` rounds it (the long edge truncated: ``int(shortest_edge * long / short)``)."""
@@ -381,8 +387,15 @@ class VideoProcessor:
             json.dump(self.to_dict(), f, indent=2)
 
     def output_size(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
-        """``(resize (h, w), crop (h, w))`` for frames of ``height x width``."""
+        """``(resize (h, w), crop (h, w))`` for frames of ``height x width``; a resize larger than
+        ``MAX_RESIZED_PIXELS`` (an extreme aspect ratio) is refused."""
         size = resize_output_size(height, width, self.shortest_edge) if self.do_resize else (height, width)
+        if size[0] * size[1] > MAX_RESIZED_PIXELS:
+            raise ValueError(
+                f"frames of {height}x{width} would be resized to {size[0]}x{size[1]} (shortest edge "
+                f"{self.shortest_edge}), over {MAX_RESIZED_PIXELS:,} pixels: an aspect ratio this extreme is "
+                "not supported"
+            )
         crop = self.crop_size if self.do_center_crop else size
         return size, crop
 
