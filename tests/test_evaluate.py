@@ -707,5 +707,7 @@ def test_lines_that_are_not_predictions_are_redone_on_resume(videos, bundled, tm
     with caplog.at_level("WARNING", logger="timesformer"):
         metrics = evaluate(videos, model, processor, out, workers=0, limit=3, resume=True)
     assert (metrics["num_videos"], metrics["num_missing"], metrics["videos_evaluated"]) == (3, 0, 3)
-    assert sum("skipping a line that is not a prediction" in r.getMessage() for r in caplog.records) >= len(bad)
+    assert sum("skipping a line that is not a prediction" in r.getMessage() for r in caplog.records) >= len(
+        bad
+    )
     assert _paths(out)[0] == first and len(_paths(out)) == 3
