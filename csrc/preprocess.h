@@ -47,8 +47,9 @@ inline void check_preprocess_args(const at::Tensor& frames, int64_t resize_h, in
               frames.sym_sizes());
   TORCH_CHECK(resize_h > 0 && resize_w > 0, "preprocess_frames: expected a positive resize size, got ",
               resize_h, "x", resize_w);
-  TORCH_CHECK(crop_h > 0 && crop_w > 0 && top >= 0 && left >= 0 && top + crop_h <= resize_h &&
-                  left + crop_w <= resize_w,
+  // Compared without adding: top + crop_h could overflow int64 (undefined behaviour) for a huge top.
+  TORCH_CHECK(crop_h > 0 && crop_w > 0 && crop_h <= resize_h && crop_w <= resize_w && top >= 0 && left >= 0 &&
+                  top <= resize_h - crop_h && left <= resize_w - crop_w,
               "preprocess_frames: expected the crop to lie inside the resized ", resize_h, "x", resize_w,
               " frame, got a ", crop_h, "x", crop_w, " crop at (top, left) = (", top, ", ", left, ")");
   TORCH_CHECK(mean.size() == 3 && std.size() == 3,

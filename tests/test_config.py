@@ -86,6 +86,10 @@ def test_num_labels_and_overrides():
         ("hidden_dropout_prob", 1.5, r"hidden_dropout_prob must be a number in \[0, 1\), got 1.5"),
         ("problem_type", "ranking", "problem_type must be None or one of"),
         ("layer_norm_eps", -1.0, "layer_norm_eps must be a positive finite number"),
+        # 0 divided by zero when a head was newly initialized; NaN or -1 gave a head of std about 0.9.
+        ("initializer_range", 0, "initializer_range must be a positive finite number, got 0"),
+        ("initializer_range", float("nan"), "initializer_range must be a positive finite number, got nan"),
+        ("initializer_range", "0.02", "initializer_range must be a positive finite number, got '0.02'"),
         ("patch_size", (16, 16, 1), "patch_size must be an int or a pair"),
     ],
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 
 import pytest
@@ -52,6 +53,44 @@ def test_shard_names_outside_the_directory_are_refused(sharded, escape):
     _write_index(directory, index)
     with pytest.raises(CheckpointError, match=r"is outside the model directory"):
         TimesformerForVideoClassification.from_pretrained(directory)
+
+
+@pytest.mark.parametrize("name", ["config.json", "preprocessor_config.json"])
+def test_json_files_symlinked_outside_the_directory_are_refused(sharded, tmp_path, name):
+    """They were read, and their values quoted in errors (``got {'api_key': ...}``)."""
+    from timesformer.classify import load_model
+
+    directory, _, _ = sharded
+    secret = tmp_path / "credentials.json"
+    secret.write_text(json.dumps({"api_key": "s3cr3t"}))
+    if (directory / name).exists():
+        os.remove(directory / name)
+    os.symlink(secret, directory / name)
+    with pytest.raises(CheckpointError, match=rf"{name} resolves \(through a symlink\) outside") as info:
+        load_model(str(directory), backend="sdpa", device="cpu")
+    assert "s3cr3t" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("config.json", b'{"image_size": \xff}', "not a valid JSON config file (UnicodeDecodeError"),
+        ("config.json", b"[" * 100000, "not a valid JSON config file (RecursionError"),
+        ("config.json", b'{"hidden_size": ' + b"9" * 5000 + b"}", "not a valid JSON config file (ValueError"),
+        ("model.safetensors.index.json", b"[" * 100000, "not a valid shard index (RecursionError"),
+        ("preprocessor_config.json", b"\xff\xfe", "not a valid JSON file (UnicodeDecodeError"),
+        ("preprocessor_config.json", b'{"resample": []}', "resample must be a PIL filter number"),
+        ("preprocessor_config.json", b'{"size": null}', "expected size with 'shortest_edge'"),
+    ],
+)
+def test_json_files_that_do_not_parse_name_the_file(sharded, name, content, message):
+    from timesformer.classify import load_model
+
+    directory, _, _ = sharded
+    (directory / name).write_bytes(content)
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
+        load_model(str(directory), backend="sdpa", device="cpu")
+    assert name in str(info.value) or "preprocessor config" in str(info.value)
 
 
 def test_a_shard_symlinked_outside_the_directory_is_refused(sharded, tmp_path):
@@ -352,6 +391,15 @@ def test_bad_setups_fail_before_decoding_with_one_line(model_dir, demo_clip):
     _one_error_line(_cli("classify", missing, "--model", model_dir), "do_center_crop is false")
     _edit_json(preprocessor, do_center_crop=True, image_std=[0.2, -0.1, 0.2])
     _one_error_line(_cli("classify", missing, "--model", model_dir), "image_std must be positive and finite")
+    # Positive and finite, but out of float32's range once applied: every video was "not finite".
+    _edit_json(preprocessor, image_std=[1e-45, 0.2, 0.2])
+    _one_error_line(_cli("classify", missing, "--model", model_dir), "out of float32's range")
+    # A crop no model can run in reasonable time (it asked for 25 GB per video).
+    _edit_json(preprocessor, image_std=[0.2, 0.2, 0.2], size={"shortest_edge": 16384}, crop_size=16384)
+    _one_error_line(
+        _cli("classify", missing, "--model", model_dir), "frames over 4,194,304 pixels (2048x2048) are not"
+    )
+    _edit_json(preprocessor, size={"shortest_edge": 36}, crop_size=32)
     _edit_json(preprocessor, image_std=[0.2, 0.2, 0.2], rescale_factor=0)
     _one_error_line(
         _cli("classify", missing, "--model", model_dir), "rescale_factor must be positive and finite"
@@ -471,6 +519,9 @@ def test_sample_and_demo_refuse_bad_arguments(tmp_path):
     _one_error_line(_cli("demo", "--device", "cuda"), "CUDA is not available")
     proc = _cli("classify", "x.mp4", "--num-frames", "0")
     assert proc.returncode == 2 and "--num-frames: must be 1 to 1,024, got 0" in proc.stderr
+    # A negative seed failed on every video with numpy's words, not naming --seed.
+    proc = _cli("classify", "x.mp4", "--strategy", "random", "--seed", "-1")
+    assert proc.returncode == 2 and "--seed: must be 0 to 4,294,967,295, got -1" in proc.stderr
 
 
 def test_no_progress_bar_when_stderr_is_not_a_terminal(demo_clip, tmp_path):
@@ -490,6 +541,9 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(demo_clip, tmp_path):
         (0.45, (0.2, float("inf"), 0.2), 1 / 255, r"image_std must be finite numbers"),
         (0.45, (0.2, -0.2, 0.2), 1 / 255, r"image_std must be positive"),
         (0.45, 0.2, 0.0, r"rescale_factor must be a positive finite number, got 0.0"),
+        # Positive and finite, but every normalized pixel overflowed float32 (every video "not finite").
+        (0.45, (0.2, 1e-45, 0.2), 1 / 255, r"out of float32's range"),
+        (0.45, 0.2, 1e308, r"out of float32's range"),
     ],
 )
 def test_input_normalization_must_be_finite(mean, std, rescale, message):

@@ -229,6 +229,11 @@ BAD = {
     ),
     "crop off the edge": (_bad(top=1), r"16x16 crop at \(top, left\) = \(1, 0\)"),
     "negative offset": (_bad(left=-1), r"crop at \(top, left\) = \(0, -1\)"),
+    # top + crop_h overflowed int64 in the check (undefined behaviour): such a crop was accepted.
+    "offset past int64": (
+        _bad(top=2**63 - 1, crop=(2, 16)),
+        r"2x16 crop at \(top, left\) = \(9223372036854775807, 0\)",
+    ),
     "empty crop": (_bad(crop=(0, 16)), r"got a 0x16 crop"),
     "zero resize": (_bad(size=(0, 24)), r"expected a positive resize size, got 0x24"),
     "2 means": (_bad(mean=(0.5, 0.5)), r"expected 3 means and 3 stds \(RGB\), got 2 and 3"),

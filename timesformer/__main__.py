@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--strategy", choices=["center", "uniform", "random"], default="center")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random strategy")
+    p.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0, help="seed of the random strategy")
     p.add_argument("--workers", type=int, default=2, help="decoding threads")
     p.add_argument("--json", action="store_true", help="one JSON object per video on stdout")
     p.set_defaults(func=classify)
@@ -460,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("sample", help="write a synthetic clip that the bundled model classifies")
     p.add_argument("out", metavar="OUT.mp4")
     p.add_argument("--label", default="0", help="class index or name (default 0)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0)
     p.set_defaults(func=sample)
     args = parser.parse_args(argv)
     if sys.stdout is None or sys.stdout.closed:

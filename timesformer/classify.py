@@ -60,7 +60,7 @@ def load_model(
     """``(model, processor)`` from a directory or hub id (default: the bundled model); the processor comes
     from the model's ``preprocessor_config.json``, else ``TimesformerVideoProcessor``'s defaults (ImageNet
     mean and std)."""
-    from .loading import resolve_pretrained_dir
+    from .loading import model_file, resolve_pretrained_dir
     from .modeling import TimesformerForVideoClassification
     from .preprocess import VideoProcessor
 
@@ -88,9 +88,9 @@ def load_model(
             f"{directory}: attention_type 'space_only' gives one prediction per frame; classify and evaluate "
             "take models whose logits are per clip (divided_space_time or joint_space_time)"
         )
-    config_file = os.path.join(directory, "preprocessor_config.json")
+    config_file = model_file(directory, "preprocessor_config.json")
     if os.path.isfile(config_file):
-        processor = VideoProcessor.from_pretrained(directory)
+        processor = VideoProcessor.from_pretrained(config_file)
         processor.check_model(net.config, config_file)
     else:
         processor = VideoProcessor()  # transformers' TimesformerVideoProcessor defaults (ImageNet mean/std)

@@ -228,7 +228,7 @@ class TimesformerConfig:
             self.id2label = id2label
             if num_labels is not None and num_labels != len(self.id2label):
                 logger.warning(
-                    "num_labels=%d differs from the %d entries of id2label; using generic labels",
+                    "num_labels=%r differs from the %d entries of id2label; using generic labels",
                     num_labels,
                     len(self.id2label),
                 )
@@ -364,6 +364,9 @@ class TimesformerConfig:
             or not (0 < self.layer_norm_eps < math.inf)
         ):
             raise ValueError(f"layer_norm_eps must be a positive finite number, got {self.layer_norm_eps!r}")
+        value = self.initializer_range
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise ValueError(f"initializer_range must be a positive finite number, got {value!r}")
         for name in ("qkv_bias", "output_attentions", "output_hidden_states", "return_dict"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
@@ -469,8 +472,8 @@ class TimesformerConfig:
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not a valid JSON config file ({e})") from e
+        except (ValueError, RecursionError) as e:  # JSON syntax, not UTF-8, a 5000-digit number, deep nesting
+            raise ValueError(f"{path}: not a valid JSON config file ({type(e).__name__}: {e})") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
         return cls.from_dict(data)
@@ -496,7 +499,7 @@ class TimesformerConfig:
 
         ``return_unused_kwargs``: return ``(config, {})`` as transformers does (every override is used: keys
         that are not fields are kept as extra keys)."""
-        from .loading import resolve_pretrained_dir
+        from .loading import model_file, resolve_pretrained_dir
 
         if os.path.isfile(path) and not subfolder:
             config = cls.from_json_file(path)
@@ -508,7 +511,7 @@ class TimesformerConfig:
                 "force_download": force_download,
             }
             directory = resolve_pretrained_dir(path, subfolder, local_files_only, **hub)
-            config = cls.from_json_file(os.path.join(directory, CONFIG_NAME))
+            config = cls.from_json_file(model_file(directory, CONFIG_NAME))
         if overrides:
             config = cls.from_dict(config.to_dict(), **overrides)
         return (config, {}) if return_unused_kwargs else config

@@ -145,6 +145,16 @@ def _inside(path: str, roots: list[str]) -> bool:
     return any(os.path.commonpath([real, root]) == root for root in roots)
 
 
+def model_file(directory: str, name: str) -> str:
+    """``directory/name``, refused when a symlink takes it outside the model directory (or its hub blob
+    store), as the weight files are: a model folder from elsewhere must not read (and quote in its errors)
+    files such as ``~/.aws/credentials``."""
+    path = os.path.join(directory, name)
+    if os.path.lexists(path) and not _inside(path, _allowed_roots(directory)):
+        raise CheckpointError(f"{path} resolves (through a symlink) outside the model directory")
+    return path
+
+
 def _shard_path(directory: str, roots: list[str], index: str, shard: str) -> str:
     """The file a shard index names, refused unless it is a plain file name inside ``directory``."""
     if not shard or "\0" in shard:
@@ -176,8 +186,8 @@ def _weight_map(directory: str, names: list[str]) -> tuple[str, dict[str, list[s
         try:
             with open(candidate, encoding="utf-8") as f:
                 weight_map = json.load(f)["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{candidate}: not a valid shard index ({type(e).__name__}: {e})") from e
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+            raise CheckpointError(f"{candidate}: not a valid shard index ({type(e).__name__}: {e})") from None
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(
                 f"{candidate}: weight_map must be a non-empty object of parameter name -> shard file name, "
@@ -460,7 +470,7 @@ def load_pretrained(
         None if path is None else resolve_pretrained_dir(path, subfolder, local_files_only, **(hub or {}))
     )
     if config is None:
-        config_path = os.path.join(directory, CONFIG_NAME)
+        config_path = model_file(directory, CONFIG_NAME)
         if not os.path.isfile(config_path):
             raise FileNotFoundError(f"no {CONFIG_NAME} in {directory!r}")
         config = TimesformerConfig.from_json_file(config_path)

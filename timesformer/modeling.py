@@ -592,7 +592,7 @@ class TimesformerPreTrainedModel(nn.Module):
                 ``preprocessor_config.json`` values.
             rescale_factor: the processor's ``rescale_factor`` (1/255).
         """
-        from .preprocess import per_channel
+        from .preprocess import check_normalization, per_channel
 
         channels = self.config.num_channels
         std = per_channel("image_std", image_std, channels)
@@ -601,6 +601,7 @@ class TimesformerPreTrainedModel(nn.Module):
         if not (isinstance(rescale_factor, (int, float)) and 0 < rescale_factor < math.inf):
             raise ValueError(f"rescale_factor must be a positive finite number, got {rescale_factor!r}")
         norm = InputNormalization(per_channel("image_mean", image_mean, channels), std, float(rescale_factor))
+        check_normalization(norm.mean, norm.std, norm.rescale_factor)
         for module in self.modules():
             if isinstance(module, TimesformerEmbeddings):
                 module.input_normalization = norm

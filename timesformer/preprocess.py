@@ -238,6 +238,19 @@ def per_channel(name: str, values, channels: int = 3) -> tuple[float, ...]:
     return tuple(items)
 
 
+def check_normalization(mean: Sequence[float], std: Sequence[float], rescale: float) -> None:
+    """``(u * rescale - mean) / std`` of every uint8 ``u`` must be a float32 number other than 0 for ``u``
+    above 0 (``std`` 1e-45 or ``rescale`` 1e308 passed as positive and finite, then made every video "not
+    finite"). ``std`` must be positive and ``rescale`` positive and finite (already checked)."""
+    for m, s in zip(mean, std, strict=True):
+        scale = rescale / s
+        if not (scale > 1e-30 and (255 * rescale + abs(m)) / s < 1e30):
+            raise ValueError(
+                f"rescale_factor {rescale!r}, image_mean {m!r} and image_std {s!r} normalize pixels to "
+                f"{scale:.3g} x u - {m / s:.3g}, out of float32's range (1e-30 to 1e30)"
+            )
+
+
 class VideoProcessor:
     """The image processor's video path, configurable the same way: ``shortest_edge`` resize, center crop,
     rescale, normalize; ``from_pretrained(dir)`` reads a Hugging Face ``preprocessor_config.json``.
@@ -282,6 +295,7 @@ class VideoProcessor:
         self.rescale_factor = _number("rescale_factor", rescale_factor)
         if not self.rescale_factor > 0:
             raise ValueError(f"rescale_factor must be positive and finite, got {rescale_factor!r}")
+        check_normalization(self.image_mean, self.image_std, self.rescale_factor)
         for name, flag in (("do_resize", do_resize), ("do_center_crop", do_center_crop),
                            ("do_rescale", do_rescale), ("do_normalize", do_normalize)):  # fmt: skip
             if not isinstance(flag, bool):
@@ -304,6 +318,11 @@ class VideoProcessor:
             raise ValueError(
                 f"{source}: crop_size {ch}x{cw} is not a multiple of the model's patch size {ph}x{pw}"
             )
+        if ch * cw > MAX_RESIZED_PIXELS or (self.do_resize and self.shortest_edge**2 > MAX_RESIZED_PIXELS):
+            raise ValueError(
+                f"{source}: crop_size {ch}x{cw} / size.shortest_edge {self.shortest_edge}: frames over "
+                f"{MAX_RESIZED_PIXELS:,} pixels (2048x2048) are not supported"
+            )
         if self.do_resize and max(ch, cw) > self.shortest_edge:
             raise ValueError(
                 f"{source}: crop_size {ch}x{cw} is larger than size.shortest_edge {self.shortest_edge}: the crop "
@@ -314,6 +333,10 @@ class VideoProcessor:
     def from_dict(cls, config: dict) -> VideoProcessor:
         """From the fields of a ``preprocessor_config.json`` (missing ones take the reference's defaults)."""
         resample = config.get("resample", BILINEAR)
+        if resample is not None and (isinstance(resample, bool) or not isinstance(resample, int)):
+            raise ValueError(
+                f"preprocessor config: resample must be a PIL filter number (2: bilinear), got {resample!r}"
+            )
         if resample not in (None, BILINEAR):
             # Only bilinear is implemented (the native op and the torch fallback). Other filters shift the
             # normalized pixels by up to about 0.15 (bicubic) or 1.2 (nearest) against transformers' PIL path.
@@ -326,7 +349,7 @@ class VideoProcessor:
         size = config.get("size", {"shortest_edge": 224})
         if isinstance(size, int):
             size = {"shortest_edge": size}
-        if "shortest_edge" not in size:
+        if not isinstance(size, dict) or "shortest_edge" not in size:
             raise ValueError(
                 f"preprocessor config: expected size with 'shortest_edge' (as VideoMAEImageProcessor), got {size}"
             )
@@ -354,8 +377,8 @@ class VideoProcessor:
         try:
             with open(file, encoding="utf-8") as f:
                 config = json.load(f)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"{file}: not a valid JSON file ({exc})") from None
+        except (OSError, ValueError, RecursionError) as exc:  # not UTF-8, huge numbers, deep nesting too
+            raise ValueError(f"{file}: not a valid JSON file ({type(exc).__name__}: {exc})") from None
         if not isinstance(config, dict):
             raise ValueError(f"{file}: expected a JSON object, got {type(config).__name__}")
         try:
