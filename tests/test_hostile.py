@@ -517,6 +517,11 @@ def test_sample_and_demo_refuse_bad_arguments(tmp_path):
         proc = _cli("demo", *args)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     _one_error_line(_cli("demo", "--device", "cuda"), "CUDA is not available")
+    # Each bound alone is fine, together 10 TB: one line, not the allocator's traceback.
+    _one_error_line(
+        _cli("demo", "--batch-size", "4096", "--frames", "4096"),
+        "not enough memory on cpu for --preset base --batch-size 4096 --frames 4096",
+    )
     proc = _cli("classify", "x.mp4", "--num-frames", "0")
     assert proc.returncode == 2 and "--num-frames: must be 1 to 1,024, got 0" in proc.stderr
     # A negative seed failed on every video with numpy's words, not naming --seed.

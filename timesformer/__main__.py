@@ -40,9 +40,14 @@ def _time(fn, device: torch.device, repeats: int) -> list[float]:
     return times
 
 
-def demo(args: argparse.Namespace) -> int:
-    import timesformer
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation that failed (torch's CPU allocator raises a plain RuntimeError)."""
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+    )
 
+
+def demo(args: argparse.Namespace) -> int:
     from .classify import resolve_device
 
     try:
@@ -50,6 +55,22 @@ def demo(args: argparse.Namespace) -> int:
     except ValueError as exc:
         _error(str(exc))
         return 2
+    try:
+        return _demo(args, device)
+    except Exception as exc:
+        if not _out_of_memory(exc):
+            raise
+        frames = f" --frames {args.frames}" if args.frames else ""
+        _error(
+            f"not enough memory on {device} for --preset {args.preset} --batch-size {args.batch_size}{frames}: "
+            f"{printable(str(exc).splitlines()[-1])}"
+        )
+        return 2
+
+
+def _demo(args: argparse.Namespace, device: torch.device) -> int:
+    import timesformer
+
     dtype = getattr(torch, args.dtype)
     config = timesformer.TimesformerConfig(num_labels=400, **PRESETS[args.preset].fields)
     if args.frames is not None:
