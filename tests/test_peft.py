@@ -130,3 +130,31 @@ def test_accelerator_trains_and_saves_a_loadable_model(tmp_path):
     x = random_clip(kwargs)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x).logits, accelerator.unwrap_model(prepared).eval()(x).logits)
+
+
+def test_trainer_fine_tunes_an_adapter_with_checkpointing_and_saves_it(tmp_path):
+    """transformers' Trainer on a PEFT model of ours: gradient checkpointing through TrainingArguments, the
+    adapter saved by save_model and reloaded with the trained weights."""
+    ours, _, kwargs = _pair("sdpa", seed=26)
+    base_state = {k: v.clone() for k, v in ours.state_dict().items()}
+    model = _adapted(ours, peft.LoraConfig(**LORA, modules_to_save=["classifier"]), 4)
+    data = [
+        {"pixel_values": random_clip(kwargs, batch=1, seed=i)[0], "labels": i % kwargs["num_labels"]}
+        for i in range(4)
+    ]
+    args = transformers.TrainingArguments(
+        str(tmp_path / "run"), per_device_train_batch_size=2, max_steps=2, learning_rate=0.1, report_to=[],
+        use_cpu=True, save_strategy="no", gradient_checkpointing=True, remove_unused_columns=False,
+    )  # fmt: skip
+    before = [p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n]
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data)
+    trainer.train()
+    after = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert all(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
+    trainer.save_model(str(tmp_path / "adapter"))
+    fresh = timesformer.TimesformerForVideoClassification(ours.config).set_backend("sdpa")
+    fresh.load_state_dict(base_state)
+    reloaded = peft.PeftModel.from_pretrained(fresh, str(tmp_path / "adapter")).eval()
+    x = random_clip(kwargs)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixel_values=x).logits, model.eval()(pixel_values=x).logits)

@@ -930,7 +930,7 @@ class TimesformerPreTrainedModel(nn.Module):
                 "backend's fused path; for speed remove the hooks or patch, or merge the adapter",
                 type(self).__name__,
                 reason,
-                self._requested_backend,
+                self.backend,
             )
         return reason is not None
 
