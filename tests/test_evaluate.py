@@ -522,6 +522,10 @@ try:
         with ev.together("set up"):
             if rank == 1:
                 raise FileNotFoundError("DATA /data/k400: no such file or folder")
+    elif scenario == "interrupt":
+        with ev.together("set up"):
+            if rank == 1:
+                raise KeyboardInterrupt
     else:
         out = tmp / (f"local{rank}" if scenario == "folder" else "shared")
         out.mkdir(exist_ok=True)
@@ -534,7 +538,7 @@ try:
             samples.append(Sample("/v/c.mp4", 0))  # a dataset still syncing on this machine
         ev._check_same_work(out, samples, set(), token)
     print("ok")
-except Exception as exc:
+except BaseException as exc:
     print(type(exc).__name__, exc)
 finally:
     torch.distributed.destroy_process_group()
@@ -580,6 +584,7 @@ def _two_ranks(scenario: str, tmp_path: Path) -> list[str]:
                 r"FileNotFoundError DATA /data/k400: no such file or folder",
             ],
         ),
+        ("interrupt", [r"RankError rank 1 of 2 \(host .*\) could not set up: KeyboardInterrupt", "KeyboardInterrupt"]),
         ("folder", [r"RankError rank 1 of 2 \(host .*\) does not see rank 0's files in DIR .*local1: under torchrun, DIR must be one folder every machine shares"] * 2),
         ("data", [r"RankError rank 1 of 2 \(host .*\) lists 3 videos \(0 done\) where rank 0 lists 2 \(0 done\)"] * 2),
     ],
@@ -711,3 +716,17 @@ def test_lines_that_are_not_predictions_are_redone_on_resume(videos, bundled, tm
         bad
     )
     assert _paths(out)[0] == first and len(_paths(out)) == 3
+
+
+def test_repair_cuts_only_a_torn_line(tmp_path):
+    """A complete line that is not a prediction is skipped but kept; only a line without its newline (a write
+    cut short) is cut off before appending."""
+    path = tmp_path / PREDICTIONS
+    good = json.dumps({"path": "/v/a.mp4", "label": "x", "label_id": 0, "error": "could not be read"})
+    foreign = json.dumps({"path": "/v/b.mp4", "note": "added by hand"})
+    path.write_text(f"{good}\n{foreign}\n")
+    assert [r["path"] for r in read_predictions(path, repair=True)] == ["/v/a.mp4"]
+    assert path.read_text() == f"{good}\n{foreign}\n"
+    path.write_text(f"{good}\n{foreign}\n{good[:10]}")
+    read_predictions(path, repair=True)
+    assert path.read_text() == f"{good}\n{foreign}\n"

@@ -304,3 +304,52 @@ def test_a_swapped_activation_module_counts(backend):
         got = ours(x).logits
     torch.testing.assert_close(got, ref(x).logits, rtol=1e-5, atol=1e-5)
     assert (got - plain).abs().max() > 1e-3
+
+
+def test_a_plain_module_in_another_slot_counts():
+    """Any module of another type than the model built at that name is called: nn.Dropout in a drop-path
+    slot was "plain", so sdpa ignored it in training."""
+    ours, _, _ = _pair("sdpa", seed=13)
+    ours.timesformer.encoder.layer[1].drop_path = nn.Dropout(0.9)
+    assert (
+        module_path_reason(ours)
+        == "timesformer.encoder.layer.1.drop_path is a torch.nn.modules.dropout.Dropout"
+    )
+    # A drop path for nn.Identity (or back) keeps the fused path: the backends read its rate.
+    ours.timesformer.encoder.layer[1].drop_path = timesformer.modeling.TimesformerDropPath(0.2)
+    assert module_path_reason(ours) is None and ours.timesformer.encoder.layer[1].drop_path_rate == 0.2
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "triton"])
+def test_another_activation_module_of_the_same_type_counts(backend):
+    """The fused backends take the activation from the module (triton fused the config's GELU)."""
+    ours, ref, kwargs = _pair(backend, seed=14)
+    x = random_clip(kwargs)
+    for layer in ours.timesformer.encoder.layer:
+        layer.intermediate.intermediate_act_fn = timesformer.activations.Activation("relu")
+    for layer in ref.timesformer.encoder.layer:
+        layer.intermediate.intermediate_act_fn = nn.ReLU()
+    assert module_path_reason(ours) is None  # still the fused path
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x).logits, ref(x).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_models_pickled_before_drop_path_and_activation_were_modules_still_run():
+    ours, _, kwargs = _pair("sdpa", seed=15)
+    x = random_clip(kwargs)
+    with torch.no_grad():
+        expected = ours(x).logits
+    # The layout of those versions: the rate and the function as plain attributes.
+    for layer in ours.timesformer.encoder.layer:
+        rate = layer.drop_path_rate
+        del layer._modules["drop_path"]
+        layer.__dict__.update(drop_path_rate=rate, hidden_act="gelu")
+        fn = layer.intermediate._modules.pop("intermediate_act_fn").fn
+        layer.intermediate.__dict__["intermediate_act_fn"] = fn
+    for model in (ours, ours.timesformer):
+        del model.__dict__["_built_types"]
+    for backend in ("eager", "sdpa"):
+        loaded = pickle.loads(pickle.dumps(ours)).set_backend(backend)
+        assert module_path_reason(loaded) is None
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x).logits, expected, rtol=1e-6, atol=1e-6)

@@ -397,7 +397,12 @@ def test_bad_setups_fail_before_decoding_with_one_line(model_dir, demo_clip):
     # A crop no model can run in reasonable time (it asked for 25 GB per video).
     _edit_json(preprocessor, image_std=[0.2, 0.2, 0.2], size={"shortest_edge": 16384}, crop_size=16384)
     _one_error_line(
-        _cli("classify", missing, "--model", model_dir), "frames over 4,194,304 pixels (2048x2048) are not"
+        _cli("classify", missing, "--model", model_dir), "crops over 4,194,304 pixels (2048x2048) are not"
+    )
+    # A resize that would refuse every 16:9 video.
+    _edit_json(preprocessor, size={"shortest_edge": 2048}, crop_size=32)
+    _one_error_line(
+        _cli("classify", missing, "--model", model_dir), "would resize a 16:9 video over 4,194,304 pixels"
     )
     _edit_json(preprocessor, size={"shortest_edge": 36}, crop_size=32)
     _edit_json(preprocessor, image_std=[0.2, 0.2, 0.2], rescale_factor=0)
@@ -555,3 +560,17 @@ def test_input_normalization_must_be_finite(mean, std, rescale, message):
     model = TimesformerForVideoClassification(TimesformerConfig(**small_config_kwargs(seed=1)))
     with pytest.raises(ValueError, match=message):
         model.set_input_normalization(mean, std, rescale)
+
+
+def test_demo_out_of_memory_without_a_message_is_one_line(monkeypatch, capsys):
+    """Python's allocator raises MemoryError with no text: the message took its last line (IndexError)."""
+    from timesformer import __main__ as cli
+
+    def out_of_memory(args, device):
+        raise MemoryError
+
+    monkeypatch.setattr(cli, "_demo", out_of_memory)
+    assert cli.main(["demo", "--batch-size", "64"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "timesformer: error: not enough memory on cpu for --preset base --batch-size 64: MemoryError"
+    )

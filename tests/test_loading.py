@@ -453,3 +453,72 @@ def test_hub_options_reach_snapshot_download(monkeypatch, tmp_path):
         {"local_files_only": True},
     ]
     assert all(c["repo_id"] == "someone/model" for c in calls)
+
+
+def test_hub_downloads_only_the_format_and_variant_asked_for(monkeypatch, tmp_path):
+    hub = pytest.importorskip("huggingface_hub")
+    ours = TimesformerForVideoClassification(timesformer.TimesformerConfig(**small_config_kwargs(seed=16)))
+    only_bin = tmp_path / "bin"
+    ours.save_pretrained(only_bin, safe_serialization=False)
+    patterns = []
+
+    def snapshot_download(repo_id, allow_patterns, **kw):
+        patterns.append(allow_patterns)
+        return str(only_bin)
+
+    monkeypatch.setattr(hub, "snapshot_download", snapshot_download)
+    load = TimesformerForVideoClassification.from_pretrained
+    load(
+        "someone/model",
+        variant="fp16",
+        use_safetensors=True,
+        config=ours.config,
+        state_dict=ours.state_dict(),
+    )
+    assert patterns[-1] == [
+        "config.json",
+        "model.fp16.safetensors",
+        "model.fp16-*-of-*.safetensors",
+        "model.safetensors.index.fp16.json",
+    ]
+    # No format asked for: safetensors first; the pickles when the repository has none (as this one).
+    patterns.clear()
+    load("someone/model")
+    assert [p[1] for p in patterns] == ["model.safetensors", "pytorch_model.bin"]
+    patterns.clear()
+    ours.config.save_pretrained(only_bin / "sub")
+    timesformer.TimesformerConfig.from_pretrained("someone/model", subfolder="sub/")
+    assert patterns == [["sub/config.json"]]  # a config alone fetches no weights
+
+
+def test_a_hub_subfolder_loads_through_the_blob_store(tmp_path):
+    """A snapshot's files are links into the repository's blob store, also in a subfolder (refused before)."""
+    ours = randomize_(
+        TimesformerForVideoClassification(timesformer.TimesformerConfig(**small_config_kwargs(seed=17))), 17
+    )
+    ours.save_pretrained(tmp_path / "plain")
+    repo = tmp_path / "models--someone--model"
+    (repo / "blobs").mkdir(parents=True)
+    sub = repo / "snapshots" / ("0" * 40) / "sub"
+    sub.mkdir(parents=True)
+    for f in (tmp_path / "plain").iterdir():
+        blob = repo / "blobs" / f"blob-{f.name}"
+        os.replace(f, blob)
+        os.symlink(blob, sub / f.name)
+    config = timesformer.TimesformerConfig.from_pretrained(sub.parent, subfolder="sub")
+    loaded = TimesformerForVideoClassification.from_pretrained(sub.parent, subfolder="sub")
+    assert (config.hidden_size, config.num_labels) == (ours.config.hidden_size, ours.config.num_labels)
+    x = random_clip(small_config_kwargs(seed=17))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, ours.eval()(x).logits)
+
+
+def test_a_variant_named_index_is_a_variant(tmp_path):
+    ours = TimesformerForVideoClassification(timesformer.TimesformerConfig(**small_config_kwargs(seed=18)))
+    ours.save_pretrained(tmp_path, variant="index")
+    assert (tmp_path / "model.index.safetensors").is_file()
+    loaded = TimesformerForVideoClassification.from_pretrained(tmp_path, variant="index")
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(loaded.state_dict().values(), ours.state_dict().values(), strict=True)
+    )

@@ -170,6 +170,11 @@ def test_an_extreme_aspect_ratio_is_refused_before_anything_is_allocated():
             ValueError, match=r"16x65520 would be resized to 224x917280 .*over 4,194,304 pixels"
         ):
             call()
-    # A wide but sane video (an 1:80 panorama) still works.
+    # A wide but sane video (an 1:80 panorama) still works, and so do 4K frames kept at their size, and 16:9
+    # frames at the largest shortest edge allowed.
     wide = torch.randint(0, 256, (2, 8, 640, 3), dtype=torch.uint8)
     assert processor.preprocess(wide).shape == (2, 3, 224, 224)
+    uhd = torch.randint(0, 256, (1, 1, 1, 3), dtype=torch.uint8).expand(1, 2160, 3840, 3)
+    assert VideoProcessor(do_resize=False).output_size(2160, 3840) == ((2160, 3840), (224, 224))
+    assert VideoProcessor(do_resize=False).resize_crops(uhd, [None])[0].shape == (1, 224, 224, 3)
+    assert VideoProcessor(shortest_edge=1536).output_size(1080, 1920)[0] == (1536, 2730)

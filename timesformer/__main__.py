@@ -63,7 +63,7 @@ def demo(args: argparse.Namespace) -> int:
         frames = f" --frames {args.frames}" if args.frames else ""
         _error(
             f"not enough memory on {device} for --preset {args.preset} --batch-size {args.batch_size}{frames}: "
-            f"{printable(str(exc).splitlines()[-1])}"
+            f"{printable((str(exc).splitlines() or [type(exc).__name__])[-1])}"
         )
         return 2
 

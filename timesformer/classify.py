@@ -60,7 +60,8 @@ def load_model(
     """``(model, processor)`` from a directory or hub id (default: the bundled model); the processor comes
     from the model's ``preprocessor_config.json``, else ``TimesformerVideoProcessor``'s defaults (ImageNet
     mean and std)."""
-    from .loading import model_file, resolve_pretrained_dir
+    from .configuration import CONFIG_NAME
+    from .loading import PREPROCESSOR_NAME, model_file, resolve_pretrained_dir
     from .modeling import TimesformerForVideoClassification
     from .preprocess import VideoProcessor
 
@@ -69,10 +70,12 @@ def load_model(
         raise FileNotFoundError(
             "no bundled model is shipped with this build yet; pass --model DIR (or a hub id)"
         )
-    directory = resolve_pretrained_dir(bundled_model_dir() if model is None else model)
+    source = bundled_model_dir() if model is None else model
     net = TimesformerForVideoClassification.from_pretrained(
-        directory, backend=backend, device=device, dtype=dtype
+        source, backend=backend, device=device, dtype=dtype
     )
+    # The same folder (or hub snapshot, now holding the weights too) for the preprocessor's config.
+    directory = resolve_pretrained_dir(source, files=[CONFIG_NAME, PREPROCESSOR_NAME])
     net.eval()
     net.backend  # noqa: B018  (resolves the backend now: one that cannot run here fails before any decoding)
     config = net.config
@@ -88,7 +91,7 @@ def load_model(
             f"{directory}: attention_type 'space_only' gives one prediction per frame; classify and evaluate "
             "take models whose logits are per clip (divided_space_time or joint_space_time)"
         )
-    config_file = model_file(directory, "preprocessor_config.json")
+    config_file = model_file(directory, PREPROCESSOR_NAME)
     if os.path.isfile(config_file):
         processor = VideoProcessor.from_pretrained(config_file)
         processor.check_model(net.config, config_file)

@@ -510,7 +510,7 @@ class TimesformerConfig:
                 "token": token,
                 "force_download": force_download,
             }
-            directory = resolve_pretrained_dir(path, subfolder, local_files_only, **hub)
+            directory = resolve_pretrained_dir(path, subfolder, local_files_only, [CONFIG_NAME], **hub)
             config = cls.from_json_file(model_file(directory, CONFIG_NAME))
         if overrides:
             config = cls.from_dict(config.to_dict(), **overrides)

@@ -403,18 +403,20 @@ def read_predictions(path: Path, repair: bool = False, num_labels: int | None = 
     records, good_end, offset = [], 0, 0
     for raw in data.split(b"\n"):
         end = offset + len(raw) + 1
-        if end <= len(data) and raw.strip():
-            try:
-                record = json.loads(raw)
-                if is_prediction(record, num_labels):
-                    records.append(record)
-                    good_end = end
-                else:
-                    logger.warning("%s: skipping a line that is not a prediction: %r", path, raw[:80])
-            except json.JSONDecodeError:
-                logger.warning("%s: skipping a line that is not JSON: %r", path, raw[:80])
-        elif end <= len(data):
+        # Only a line without its newline is torn (the writes append whole lines); a complete line that is
+        # not a prediction stays in the file, skipped.
+        if end <= len(data):
             good_end = end
+            if raw.strip():
+                try:
+                    record = json.loads(raw)
+                except json.JSONDecodeError:
+                    logger.warning("%s: skipping a line that is not JSON: %r", path, raw[:80])
+                else:
+                    if is_prediction(record, num_labels):
+                        records.append(record)
+                    else:
+                        logger.warning("%s: skipping a line that is not a prediction: %r", path, raw[:80])
         offset = end
     if repair and good_end < len(data):
         with open(path, "r+b") as f:
@@ -626,14 +628,14 @@ def together(step: str):
     collective (up to ``DIST_TIMEOUT_S``: a torchrun launcher only watches its own machine's ranks)."""
     try:
         yield
-    except Exception as exc:
+    except BaseException as exc:  # Ctrl-C on one machine too: the others hear of it
         _gather_failures(step, exc)
         raise
     _gather_failures(step, None)
 
 
 def _gather_failures(step: str, exc: BaseException | None) -> None:
-    mine = None if exc is None else (socket.gethostname(), f"{type(exc).__name__}: {exc}")
+    mine = None if exc is None else (socket.gethostname(), f"{type(exc).__name__}: {exc}".removesuffix(": "))
     failures = [(rank, f) for rank, f in enumerate(_all_gather(mine)) if f is not None]
     if failures and exc is None:
         (rank, (host, text)), world = failures[0], torch.distributed.get_world_size()
@@ -650,12 +652,13 @@ def _check_same_work(output: Path, samples: Sequence[Sample], done: set[str], to
         digest.update(f"{sample.path}\t{sample.label}\n".encode("utf-8", "surrogateescape"))
     for path in sorted(done):
         digest.update(f"done\t{path}\n".encode("utf-8", "surrogateescape"))
-    try:
-        seen = (output / JOB_MARK).read_text()
-    except OSError:
-        seen = None
-    mine = (socket.gethostname(), digest.hexdigest(), len(samples), len(done), seen, str(output.resolve()))
-    views = _all_gather(mine if token is None else (*mine[:4], token, mine[5]))
+    seen = token  # rank 0 wrote it
+    if seen is None:
+        with contextlib.suppress(OSError):
+            seen = (output / JOB_MARK).read_text()
+    views = _all_gather(
+        (socket.gethostname(), digest.hexdigest(), len(samples), len(done), seen, str(output.resolve()))
+    )
     reference = views[0]
     world = len(views)
     for rank, (host, digest_, count, ndone, mark, folder) in enumerate(views[1:], 1):

@@ -6,12 +6,14 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .configuration import CONFIG_NAME, TimesformerConfig
+
+PREPROCESSOR_NAME = "preprocessor_config.json"
 
 if TYPE_CHECKING:
     from .modeling import TimesformerPreTrainedModel
@@ -26,10 +28,11 @@ WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
 WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
 
 
-def weight_files(variant: str | None = None, use_safetensors: bool | None = None) -> list[str]:
-    """The weight file names to look for, in order: ``WEIGHT_FILES`` with ``variant`` spelled in as
-    transformers does (``model.fp16.safetensors``, ``model.safetensors.index.fp16.json``); safetensors only
-    for ``use_safetensors=True``, pickles only for ``False``."""
+def weight_files(variant: str | None = None, use_safetensors: bool | None = None) -> list[tuple[str, bool]]:
+    """The weight file names to look for, in order, each with whether it is a shard index: ``WEIGHT_FILES``
+    with ``variant`` spelled in as transformers does (``model.fp16.safetensors``,
+    ``model.safetensors.index.fp16.json``); safetensors only for ``use_safetensors=True``, pickles only for
+    ``False``."""
     if variant is not None and (not isinstance(variant, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", variant)):
         raise ValueError(
             f"variant must be a name of letters, digits, '_' and '-' (e.g. 'fp16'), got {variant!r}"
@@ -39,10 +42,11 @@ def weight_files(variant: str | None = None, use_safetensors: bool | None = None
         safe = name.startswith("model.")
         if use_safetensors is not None and safe != bool(use_safetensors):
             continue
+        index = name.endswith(".index.json")
         if variant is not None:
             head, tail = name.rsplit(".", 1)
             name = f"{head}.{variant}.{tail}"
-        names.append(name)
+        names.append((name, index))
     return names
 
 
@@ -71,18 +75,41 @@ class CheckpointError(ValueError, RuntimeError):
 HUB_OPTIONS = {"revision": None, "cache_dir": None, "token": None, "force_download": False}
 
 
+# What a hub snapshot fetches by default: the configs and every weight file.
+MODEL_FILES = (CONFIG_NAME, PREPROCESSOR_NAME, "*.safetensors", "*.bin", "*.index.json", "*.index.*.json")
+
+
+def hub_weight_files(variant: str | None, use_safetensors: bool | None) -> list[str]:
+    """The config and the weight files (with their numbered shards) of one format and variant, as
+    ``snapshot_download`` patterns: a variant or format asked for is all that is downloaded."""
+    files = [CONFIG_NAME]
+    for name, index in weight_files(variant, use_safetensors):
+        files.append(name)
+        if not index:
+            stem, suffix = os.path.splitext(name)
+            files.append(f"{stem}-*-of-*{suffix}")
+    return files
+
+
 def resolve_pretrained_dir(
-    path: str | os.PathLike, subfolder: str = "", local_files_only: bool = False, **hub: Any
+    path: str | os.PathLike,
+    subfolder: str = "",
+    local_files_only: bool = False,
+    files: Sequence[str] = MODEL_FILES,
+    **hub: Any,
 ) -> str:
     """A local directory for ``path`` (and ``subfolder`` of it): itself when it is a directory, else a hub
-    snapshot (from the local cache only with ``local_files_only``; ``hub``: ``HUB_OPTIONS``)."""
+    snapshot of ``files`` (names or patterns; from the local cache only with ``local_files_only``; ``hub``:
+    ``HUB_OPTIONS``)."""
     unknown = sorted(set(hub) - set(HUB_OPTIONS))
     if unknown:
         raise TypeError(f"unexpected hub option(s) {unknown}; expected some of {sorted(HUB_OPTIONS)}")
     if subfolder:
         if os.path.isabs(subfolder) or os.pardir in os.path.normpath(subfolder).split(os.sep):
             raise ValueError(f"subfolder must be a relative folder inside the model, got {subfolder!r}")
-        directory = resolve_pretrained_dir(path, local_files_only=local_files_only, **hub)
+        prefix = os.path.normpath(subfolder).replace(os.sep, "/")
+        inside = [f"{prefix}/{f}" for f in files]
+        directory = resolve_pretrained_dir(path, local_files_only=local_files_only, files=inside, **hub)
         inner = os.path.join(directory, subfolder)
         if not os.path.isdir(inner):
             raise FileNotFoundError(f"no subfolder {subfolder!r} in {directory!r}")
@@ -113,14 +140,7 @@ def resolve_pretrained_dir(
         return snapshot_download(
             repo_id=path,
             **options,
-            allow_patterns=[
-                CONFIG_NAME,
-                "*.safetensors",
-                "*.bin",
-                "*.index.json",
-                "*.index.*.json",  # a variant's index
-                "preprocessor_config.json",
-            ],
+            allow_patterns=list(files),
         )
     except Exception as e:  # network, auth, offline cache miss: say what was looked for
         raise FileNotFoundError(
@@ -134,9 +154,13 @@ def _allowed_roots(directory: str) -> list[str]:
     the repository's blob store."""
     real = os.path.realpath(directory)
     roots = [real]
-    parent = os.path.dirname(real)
-    if os.path.basename(parent) == "snapshots":
-        roots.append(os.path.join(os.path.dirname(parent), "blobs"))
+    # The snapshot may be an ancestor: a subfolder of a hub repository (``snapshots/<revision>/sub``).
+    child, parent = real, os.path.dirname(real)
+    while parent != child:
+        if os.path.basename(parent) == "snapshots":
+            roots.append(os.path.join(os.path.dirname(parent), "blobs"))
+            break
+        child, parent = parent, os.path.dirname(parent)
     return roots
 
 
@@ -171,17 +195,16 @@ def _shard_path(directory: str, roots: list[str], index: str, shard: str) -> str
     return path
 
 
-def _weight_map(directory: str, names: list[str]) -> tuple[str, dict[str, list[str]] | None]:
+def _weight_map(directory: str, names: list[tuple[str, bool]]) -> tuple[str, dict[str, list[str]] | None]:
     """``(file, None)`` for the first of ``names`` there as a single weights file, or ``(index file, {shard
     path: [keys]})`` for a sharded one."""
     roots = _allowed_roots(directory)
-    for name in names:
+    for name, index in names:
         candidate = os.path.join(directory, name)
         if not os.path.isfile(candidate):
             continue
-        if not _inside(candidate, roots):
-            raise CheckpointError(f"{candidate} resolves (through a symlink) outside the model directory")
-        if ".index." not in name:  # an index, with or without a variant
+        model_file(directory, name)  # not a symlink out of the directory
+        if not index:
             return candidate, None
         try:
             with open(candidate, encoding="utf-8") as f:
@@ -204,7 +227,7 @@ def _weight_map(directory: str, names: list[str]) -> tuple[str, dict[str, list[s
         return candidate, {
             _shard_path(directory, roots, candidate, name): keys for name, keys in by_name.items()
         }
-    raise FileNotFoundError(f"no weights in {directory!r}: looked for {', '.join(names)}")
+    raise FileNotFoundError(f"no weights in {directory!r}: looked for {', '.join(n for n, _ in names)}")
 
 
 def _torch_load(path: str):
@@ -425,7 +448,9 @@ def loading_options(
                 f"device_map={device_map!r} (splitting over devices) is not supported; pass one device"
             )
         target = torch.device("cuda", device_map) if isinstance(device_map, int) else torch.device(device_map)
-        if device is not None and torch.device(device) != target:
+        given = None if device is None else torch.device(device)
+        # "cuda" and "cuda:0" are one device here (the first GPU, as device_map="auto" places the model).
+        if given is not None and (given.type, given.index or 0) != (target.type, target.index or 0):
             raise ValueError(f"device={device!r} and device_map={device_map!r} disagree")
         device = target
     unknown = sorted(set(config_overrides) - _config_fields())
@@ -465,10 +490,18 @@ def load_pretrained(
             "from_pretrained(None, ...) builds the model from config= and state_dict=; got "
             f"config={'set' if config is not None else None}, state_dict={'set' if state_dict is not None else None}"
         )
-    weight_files(variant, use_safetensors)  # a bad variant is refused before any download
-    directory = (
-        None if path is None else resolve_pretrained_dir(path, subfolder, local_files_only, **(hub or {}))
-    )
+    directory = None
+    # From a hub repository only the format and variant asked for are downloaded; without a format asked
+    # for, safetensors, else the pickles (transformers' preference).
+    for fmt in [True, False] if use_safetensors is None else [use_safetensors]:
+        files = hub_weight_files(variant, fmt)  # a bad variant is refused before any download
+        if path is None:
+            break
+        directory = resolve_pretrained_dir(path, subfolder, local_files_only, files, **(hub or {}))
+        if os.path.isdir(path) or any(
+            os.path.isfile(os.path.join(directory, n)) for n, _ in weight_files(variant, fmt)
+        ):
+            break
     if config is None:
         config_path = model_file(directory, CONFIG_NAME)
         if not os.path.isfile(config_path):
@@ -557,7 +590,7 @@ def save_pretrained(
     variant: str | None = None,
 ) -> None:
     limit = parse_size(max_shard_size)
-    names = weight_files(variant, safe_serialization)  # [single file, index]
+    names = [name for name, _ in weight_files(variant, safe_serialization)]  # [single file, index]
     os.makedirs(directory, exist_ok=True)
     # Clone: safetensors refuses views and shared storage.
     source = model.state_dict() if state_dict is None else state_dict
@@ -599,7 +632,7 @@ def save_pretrained(
             if os.path.exists(tmp):
                 os.remove(tmp)
         raise
-    stale, shard_name = set(weight_files(variant)), _shard_pattern(variant)
+    stale, shard_name = {name for name, _ in weight_files(variant)}, _shard_pattern(variant)
     for name in os.listdir(directory):
         if (name in stale or shard_name.fullmatch(name)) and name not in files:
             os.remove(os.path.join(directory, name))

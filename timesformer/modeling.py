@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .activations import Activation
+from .activations import ACTIVATIONS, Activation
 from .backends import BACKEND_CHOICES, Backend, get_backend, resolve_backend
 from .backends.base import ForwardContext, drop_path
 from .configuration import TimesformerConfig
@@ -214,6 +214,13 @@ class TimesformerIntermediate(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.intermediate_act_fn(self.dense(hidden_states)))
 
+    def __setstate__(self, state: dict) -> None:
+        # Pickled before the activation was a module: the function itself was an attribute.
+        fn = state.pop("intermediate_act_fn", None)
+        super().__setstate__(state)
+        if fn is not None:
+            self.intermediate_act_fn = Activation(next(n for n, f in ACTIVATIONS.items() if f is fn))
+
 
 class TimesformerOutput(nn.Module):
     def __init__(self, config: TimesformerConfig) -> None:
@@ -256,7 +263,6 @@ class TimesformerLayer(nn.Module):
         self.output = TimesformerOutput(config)
         self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.hidden_act = config.hidden_act
         if config.attention_type == "divided_space_time":
             self.temporal_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
             self.temporal_attention = TimesformerAttention(config)
@@ -266,6 +272,14 @@ class TimesformerLayer(nn.Module):
     def drop_path_rate(self) -> float:
         """The rate the fused backends apply (the ``drop_path`` module's, 0 for ``nn.Identity``)."""
         return getattr(self.drop_path, "drop_prob", 0.0)
+
+    def __setstate__(self, state: dict) -> None:
+        # Pickled before drop path was a module: the rate was an attribute.
+        rate = state.pop("drop_path_rate", None)
+        state.pop("hidden_act", None)  # the activation's name is Activation.name now
+        super().__setstate__(state)
+        if "drop_path" not in self._modules:
+            self.drop_path = TimesformerDropPath(rate) if rate else nn.Identity()
 
     def forward(
         self, hidden_states: torch.Tensor, output_attentions: bool = False, num_frames: int | None = None
@@ -421,9 +435,9 @@ def _module_path_scan(model: nn.Module) -> str | None:
             if why:
                 return f"classifier {why}"
             continue
-        if type(module) not in _PLAIN_TYPES:
+        kind, built = type(module), model._built_types.get(name)
+        if kind is not built and not (kind in _DROP_PATHS and built in _DROP_PATHS):
             # Qualified: PEFT's LoRA layer is also called "Linear".
-            kind = type(module)
             return f"{name} is a {kind.__module__}.{kind.__qualname__}"
         why = intercepted(module)
         if why:
@@ -561,6 +575,19 @@ class TimesformerPreTrainedModel(nn.Module):
 
     def post_init(self) -> None:
         self.apply(self._init_weights)
+        self._record_built_types()
+
+    def _record_built_types(self) -> None:
+        # The type of every submodule as built. The fused backends read these modules' weights (and the
+        # activation's name, the drop path's rate): a module of another type in one's place (PEFT's LoRA
+        # wrapper, a quantized subclass, nn.Identity for a Linear) must be called instead (module_path_reason).
+        self._built_types = {name: type(m) for name, m in self.named_modules() if m is not self}
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if "_built_types" not in self.__dict__:  # pickled by a version that did not record them
+            with torch.device("meta"):
+                self._built_types = type(self)(self.config)._built_types
 
     # --------------------------------------------------------------- backend
     @staticmethod
@@ -1022,30 +1049,9 @@ class TimesformerModel(TimesformerPreTrainedModel):
         return out if return_dict else out.to_tuple()
 
 
-# The fused backends read the weights of these modules directly; any other module in their place (an
-# adapter such as PEFT's LoRA wrapper, a quantized subclass) has to be called for its computation to count.
-_PLAIN_TYPES = frozenset(
-    {
-        TimesformerPatchEmbeddings,
-        TimesformerEmbeddings,
-        TimesformerSelfAttention,
-        TimesformerSelfOutput,
-        TimesformerAttention,
-        TimesformerIntermediate,
-        Activation,
-        TimesformerOutput,
-        TimesformerDropPath,
-        TimesformerLayer,
-        TimesformerEncoder,
-        TimesformerModel,  # the encoder model inside a classifier
-        nn.ModuleList,
-        nn.Linear,
-        nn.Conv2d,
-        nn.LayerNorm,
-        nn.Dropout,
-        nn.Identity,
-    }
-)
+# Either stands at a layer's drop_path (nn.Identity at rate 0, as transformers): the fused backends read the
+# rate (``TimesformerLayer.drop_path_rate``), so one may replace the other.
+_DROP_PATHS = (TimesformerDropPath, nn.Identity)
 
 
 class TimesformerForVideoClassification(TimesformerPreTrainedModel):

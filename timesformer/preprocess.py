@@ -38,7 +38,8 @@ _PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box
 
 # The most pixels a frame is resized to before its views are cropped. The torch paths resize whole frames
 # (float32, all of a clip's frames at once), so a narrow strip of a video (16x65520: 1 M pixels, a few KB of
-# file) would otherwise ask for tens of GB; 2**22 is 224 x 18724, aspect ratios up to 1:83.
+# file) would otherwise ask for tens of GB. 2**22 is 224 x 18724 (aspect ratios up to 1:83 at the usual
+# shortest edge), and 1536 x 2730 (16:9 at the largest shortest edge check_model accepts).
 MAX_RESIZED_PIXELS = 2**22
 
 
@@ -318,10 +319,15 @@ class VideoProcessor:
             raise ValueError(
                 f"{source}: crop_size {ch}x{cw} is not a multiple of the model's patch size {ph}x{pw}"
             )
-        if ch * cw > MAX_RESIZED_PIXELS or (self.do_resize and self.shortest_edge**2 > MAX_RESIZED_PIXELS):
+        if ch * cw > MAX_RESIZED_PIXELS:
             raise ValueError(
-                f"{source}: crop_size {ch}x{cw} / size.shortest_edge {self.shortest_edge}: frames over "
-                f"{MAX_RESIZED_PIXELS:,} pixels (2048x2048) are not supported"
+                f"{source}: crop_size {ch}x{cw}: crops over {MAX_RESIZED_PIXELS:,} pixels (2048x2048) are not "
+                "supported"
+            )
+        if self.do_resize and self.shortest_edge * (self.shortest_edge * 16 // 9) > MAX_RESIZED_PIXELS:
+            raise ValueError(
+                f"{source}: size.shortest_edge {self.shortest_edge} would resize a 16:9 video over "
+                f"{MAX_RESIZED_PIXELS:,} pixels; at most 1536 is supported"
             )
         if self.do_resize and max(ch, cw) > self.shortest_edge:
             raise ValueError(
@@ -413,7 +419,8 @@ class VideoProcessor:
         """``(resize (h, w), crop (h, w))`` for frames of ``height x width``; a resize larger than
         ``MAX_RESIZED_PIXELS`` (an extreme aspect ratio) is refused."""
         size = resize_output_size(height, width, self.shortest_edge) if self.do_resize else (height, width)
-        if size[0] * size[1] > MAX_RESIZED_PIXELS:
+        # (Frames kept at their size are bounded by read_video's max_frame_pixels instead.)
+        if size != (height, width) and size[0] * size[1] > MAX_RESIZED_PIXELS:
             raise ValueError(
                 f"frames of {height}x{width} would be resized to {size[0]}x{size[1]} (shortest edge "
                 f"{self.shortest_edge}), over {MAX_RESIZED_PIXELS:,} pixels: an aspect ratio this extreme is "

@@ -211,7 +211,7 @@ class TritonBackend(Backend):
 
     def _fused_mlp(self, layer: TimesformerLayer, x: torch.Tensor) -> None:
         """Steps 7-8: GELU (or the config's activation) in fc1's epilogue, fc2 adds into ``x``."""
-        ln, act = layer.layernorm_after, layer.hidden_act
+        ln, act = layer.layernorm_after, layer.intermediate.intermediate_act_fn.name
         in_kernel = act in _linear.ACTIVATIONS_IN_KERNEL
         h = _linear.layer_norm_linear(
             x,
