@@ -11,6 +11,7 @@ import pytest
 import torch
 import transformers
 from conftest import random_clip, randomize_, small_config_kwargs
+from safetensors.torch import load_file
 
 import timesformer
 from timesformer.modeling import module_path_reason
@@ -158,3 +159,100 @@ def test_trainer_fine_tunes_an_adapter_with_checkpointing_and_saves_it(tmp_path)
     x = random_clip(kwargs)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(pixel_values=x).logits, model.eval()(pixel_values=x).logits)
+
+
+# ---------------------------------------------------------------- transformers' adapter methods on the model
+
+
+def _saved_adapter(tmp_path, seed: int, **config):
+    """A PEFT model of ours trained to arbitrary adapter weights and saved by PEFT: (directory, its logits
+    function, the base weights)."""
+    ours, _, kwargs = _pair("sdpa", seed=seed)
+    base_state = {k: v.clone() for k, v in ours.state_dict().items()}
+    model = _adapted(ours, peft.LoraConfig(**{**LORA, **config}), seed).eval()
+    model.save_pretrained(tmp_path)
+    return tmp_path, model, base_state, kwargs
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa", "triton"])
+def test_load_adapter_gives_the_peft_models_logits(tmp_path, backend):
+    directory, peft_model, base_state, kwargs = _saved_adapter(tmp_path, 27, modules_to_save=["classifier"])
+    x = random_clip(kwargs)
+    with torch.no_grad():
+        expected = peft_model(pixel_values=x).logits
+    fresh = timesformer.TimesformerForVideoClassification(peft_model.base_model.model.config).set_backend(
+        backend
+    )
+    fresh.load_state_dict(base_state)
+    with torch.no_grad():
+        plain = fresh(x).logits
+    fresh.train()
+    fresh.load_adapter(directory)
+    assert not fresh.training  # inference by default, as transformers
+    assert fresh.active_adapters() == ["default"] and set(fresh.peft_config) == {"default"}
+    assert not any(p.requires_grad for n, p in fresh.named_parameters() if "lora_" in n)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x).logits, expected, rtol=1e-5, atol=1e-5)
+        fresh.disable_adapters()
+        torch.testing.assert_close(fresh(x).logits, plain, rtol=1e-5, atol=1e-5)
+        fresh.enable_adapters()
+        torch.testing.assert_close(fresh(x).logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_add_set_save_and_delete_adapters(tmp_path):
+    ours, _, kwargs = _pair("sdpa", seed=28)
+    base_state = {k: v.clone() for k, v in ours.state_dict().items()}
+    x = random_clip(kwargs)
+    with torch.no_grad():
+        plain = ours(x).logits
+    torch.manual_seed(5)
+    ours.add_adapter(peft.LoraConfig(**LORA), adapter_name="a")
+    torch.manual_seed(6)
+    ours.add_adapter(peft.LoraConfig(**LORA), adapter_name="b")
+    assert ours.active_adapters() == ["b"]
+    with torch.no_grad():
+        with_b = ours(x).logits
+        ours.set_adapter("a")
+        with_a = ours(x).logits
+    assert (with_a - with_b).abs().max() > 1e-3 and (with_a - plain).abs().max() > 1e-3
+    # save_pretrained of a model with adapters writes the active one in PEFT's format, as transformers does;
+    # PEFT and load_adapter read it.
+    ours.save_pretrained(tmp_path / "a")
+    files = {p.name for p in (tmp_path / "a").iterdir()}
+    assert files == {"config.json", "adapter_config.json", "adapter_model.safetensors"}
+    saved = load_file(tmp_path / "a" / "adapter_model.safetensors")
+    assert {k.removeprefix("base_model.model.") for k in saved} == set(ours.get_adapter_state_dict("a"))
+    for load in (
+        lambda m: peft.PeftModel.from_pretrained(m, tmp_path / "a"),
+        lambda m: m.load_adapter(tmp_path / "a") or m,
+    ):
+        fresh = timesformer.TimesformerForVideoClassification(ours.config).set_backend("sdpa")
+        fresh.load_state_dict(base_state)
+        with torch.no_grad():
+            torch.testing.assert_close(
+                load(fresh).eval()(pixel_values=x).logits, with_a, rtol=1e-5, atol=1e-5
+            )
+    with pytest.raises(
+        FileNotFoundError, match="holds a PEFT adapter: load its base model, then model.load_adapter"
+    ):
+        timesformer.TimesformerForVideoClassification.from_pretrained(tmp_path / "a")
+    ours.delete_adapter(["a", "b"])
+    assert not hasattr(ours, "peft_config") and module_path_reason(ours) is None  # the fused path is back
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x).logits, plain, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="no adapter is loaded"):
+        ours.set_adapter("a")
+
+
+def test_adapters_that_do_not_fit_are_refused_and_removed(tmp_path):
+    directory, _, _, kwargs = _saved_adapter(tmp_path, 29)
+    wider = small_config_kwargs(
+        "divided_space_time", 29, num_hidden_layers=2, hidden_size=kwargs["hidden_size"] * 2,
+        num_attention_heads=kwargs["num_attention_heads"],
+    )  # fmt: skip
+    model = timesformer.TimesformerForVideoClassification(timesformer.TimesformerConfig(**wider))
+    with pytest.raises(timesformer.CheckpointError, match="does not fit TimesformerForVideoClassification"):
+        model.load_adapter(directory)
+    assert not model._hf_peft_config_loaded and module_path_reason(model) is None  # nothing of it is left
+    with pytest.raises(ValueError, match="prompt-learning method"):
+        model.add_adapter(peft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=2))

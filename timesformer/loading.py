@@ -227,7 +227,10 @@ def _weight_map(directory: str, names: list[tuple[str, bool]]) -> tuple[str, dic
         return candidate, {
             _shard_path(directory, roots, candidate, name): keys for name, keys in by_name.items()
         }
-    raise FileNotFoundError(f"no weights in {directory!r}: looked for {', '.join(n for n, _ in names)}")
+    hint = ""
+    if os.path.isfile(os.path.join(directory, "adapter_config.json")):
+        hint = "; it holds a PEFT adapter: load its base model, then model.load_adapter(directory)"
+    raise FileNotFoundError(f"no weights in {directory!r}: looked for {', '.join(n for n, _ in names)}{hint}")
 
 
 def _torch_load(path: str):

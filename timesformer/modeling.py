@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .activations import ACTIVATIONS, Activation
+from .adapters import AdapterMixin
 from .backends import BACKEND_CHOICES, Backend, get_backend, resolve_backend
 from .backends.base import ForwardContext, drop_path
 from .configuration import TimesformerConfig
@@ -532,8 +533,9 @@ def _check_pixel_values(
     return pixel_values
 
 
-class TimesformerPreTrainedModel(nn.Module):
-    """Shared construction, initialization, backend selection and checkpoint I/O."""
+class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
+    """Shared construction, initialization, backend selection and checkpoint I/O; ``transformers``' adapter
+    methods (``load_adapter``, ``add_adapter``, ...) come from ``AdapterMixin``."""
 
     config_class = TimesformerConfig
     base_model_prefix = "timesformer"
@@ -928,6 +930,10 @@ class TimesformerPreTrainedModel(nn.Module):
                 "huggingface_hub.upload_folder"
             )
         if not is_main_process:
+            return
+        if self._hf_peft_config_loaded:  # as transformers: the active adapter alone, in PEFT's format
+            self.config.save_pretrained(save_directory)
+            self._save_adapters(os.fspath(save_directory), state_dict, safe_serialization)
             return
         save_pretrained(
             self,

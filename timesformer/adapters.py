@@ -1,0 +1,252 @@
+"""``transformers``' adapter methods (its ``PeftAdapterMixin``) on this package's models, through PEFT's
+functional API: ``load_adapter``, ``add_adapter``, ``set_adapter``, ``disable_adapters``, ``enable_adapters``,
+``active_adapters``, ``get_adapter_state_dict``, ``delete_adapter``, and ``save_pretrained`` of a model with
+adapters (the adapter alone, in PEFT's format).
+
+The adapters are PEFT's own layers injected into the module tree (``peft.inject_adapter_in_model``), so the
+forward takes the module path (``module_path_reason``) exactly as with ``peft.get_peft_model``; PEFT is imported
+only when one of these methods is called."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+# How PEFT's save_pretrained prefixes the keys of a model it wraps (PeftModel.base_model.model).
+PEFT_PREFIX = "base_model.model."
+
+
+def _peft():
+    try:
+        import peft
+        import peft.functional  # (set_adapter, delete_adapter)
+    except ImportError:
+        raise ImportError("adapters need the optional package peft (pip install peft)") from None
+    return peft
+
+
+def _adapter_state(directory: str, use_safetensors: bool | None) -> dict[str, torch.Tensor]:
+    from .loading import _read_weights, model_file
+
+    names = ADAPTER_WEIGHTS if use_safetensors is not False else ADAPTER_WEIGHTS[::-1]
+    if use_safetensors is True:
+        names = names[:1]
+    for name in names:
+        path = model_file(directory, name)
+        if os.path.isfile(path):
+            return _read_weights(path)
+    raise FileNotFoundError(f"no adapter weights in {directory!r}: looked for {', '.join(names)}")
+
+
+class AdapterMixin:
+    """The adapter methods of ``transformers.PreTrainedModel`` (``PeftAdapterMixin``); ``peft_config`` maps each
+    adapter's name to its PEFT config once one is loaded."""
+
+    _hf_peft_config_loaded = False
+
+    def _check_new_adapter(self, name: str, config) -> None:
+        if self._hf_peft_config_loaded and name in self.peft_config:
+            raise ValueError(f"an adapter named {name!r} is loaded already; pass another adapter_name")
+        if getattr(config, "is_prompt_learning", False):
+            raise ValueError(
+                f"{type(config).__name__} is a prompt-learning method: it needs token embeddings, which a video "
+                "model does not have; use LoRA, IA3, ... (the methods that wrap layers)"
+            )
+
+    def load_adapter(
+        self,
+        peft_model_id: str | os.PathLike | None = None,
+        adapter_name: str | None = None,
+        peft_config: Any = None,
+        adapter_state_dict: Mapping[str, torch.Tensor] | None = None,
+        is_trainable: bool = False,
+        *,
+        local_files_only: bool = False,
+        use_safetensors: bool | None = None,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        token: str | bool | None = None,
+        force_download: bool = False,
+    ) -> None:
+        """Add an adapter saved by PEFT (``PeftModel.save_pretrained``, or this model's ``save_pretrained``
+        with adapters) and make it the active one.
+
+        Args:
+            peft_model_id: a directory holding ``adapter_config.json`` and ``adapter_model.safetensors`` (or
+                ``.bin``), or a hub id.
+            adapter_name: its name (default ``"default"``).
+            peft_config, adapter_state_dict: the config (a PEFT config or its dict) and weights in memory,
+                instead of ``peft_model_id``'s files.
+            is_trainable: keep the adapter trainable; by default it is frozen and the model put in eval mode,
+                as in ``transformers``.
+            local_files_only, revision, cache_dir, token, force_download: for a hub id, as ``from_pretrained``.
+            use_safetensors: ``True``: only ``adapter_model.safetensors``; ``False``: the ``.bin`` first.
+
+        Raises ``CheckpointError`` when the weights do not fit the adapter's layers (another model's adapter);
+        the adapter is then removed again.
+        """
+        from .loading import CheckpointError, model_file, resolve_pretrained_dir
+
+        peft = _peft()
+        name = "default" if adapter_name is None else adapter_name
+        if peft_model_id is None and (peft_config is None or adapter_state_dict is None):
+            raise ValueError("load_adapter needs peft_model_id, or both peft_config and adapter_state_dict")
+        directory = None
+        if peft_model_id is not None:
+            hub = {
+                "revision": revision,
+                "cache_dir": cache_dir,
+                "token": token,
+                "force_download": force_download,
+            }
+            files = [ADAPTER_CONFIG, *ADAPTER_WEIGHTS]
+            directory = resolve_pretrained_dir(peft_model_id, "", local_files_only, files, **hub)
+        if peft_config is None:
+            if not os.path.isfile(model_file(directory, ADAPTER_CONFIG)):
+                raise FileNotFoundError(f"no {ADAPTER_CONFIG} in {directory!r}: not a PEFT adapter")
+            peft_config = peft.PeftConfig.from_pretrained(directory)
+        elif isinstance(peft_config, Mapping):
+            peft_config = peft.get_peft_config(dict(peft_config))
+        self._check_new_adapter(name, peft_config)
+        state = (
+            adapter_state_dict
+            if adapter_state_dict is not None
+            else _adapter_state(directory, use_safetensors)
+        )
+        peft_config.inference_mode = not is_trainable
+        peft.inject_adapter_in_model(peft_config, self, name)
+        self._hf_peft_config_loaded = True
+        try:
+            result = peft.set_peft_model_state_dict(
+                self, {k.removeprefix(PEFT_PREFIX): v for k, v in state.items()}, adapter_name=name
+            )
+            missing = sorted(k for k in result.missing_keys if f".{name}." in k)
+            unexpected = sorted(result.unexpected_keys)
+            problem = (
+                f"unexpected keys {unexpected[:5]}, missing keys {missing[:5]}"
+                if unexpected or missing
+                else None
+            )
+        except RuntimeError as exc:  # shapes (load_state_dict lists every mismatch, one per line)
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            problem = lines[1] if len(lines) > 1 else lines[0]
+        if problem:
+            self.delete_adapter(name)
+            raise CheckpointError(
+                f"adapter {peft_model_id or '(state dict)'} does not fit {type(self).__name__}: {problem}"
+            )
+        peft.functional.set_adapter(self, name, inference_mode=not is_trainable)
+        if not is_trainable:
+            self.eval()
+
+    def add_adapter(self, adapter_config, adapter_name: str | None = None) -> None:
+        """Add a new, trainable adapter (a PEFT config: LoRA, IA3, ...) and make it the active one."""
+        peft = _peft()
+        name = "default" if adapter_name is None else adapter_name
+        self._check_new_adapter(name, adapter_config)
+        adapter_config.base_model_name_or_path = self.name_or_path
+        peft.inject_adapter_in_model(adapter_config, self, name)
+        self._hf_peft_config_loaded = True
+        self.set_adapter(name)
+
+    def _check_adapters(self, names: list[str]) -> None:
+        if not self._hf_peft_config_loaded:
+            raise ValueError("no adapter is loaded: call load_adapter or add_adapter first")
+        unknown = [n for n in names if n not in self.peft_config]
+        if unknown:
+            raise ValueError(f"no adapter named {unknown}; loaded: {sorted(self.peft_config)}")
+
+    def set_adapter(self, adapter_name: str | list[str]) -> None:
+        """Make these adapter(s) the active ones (the others stay loaded, unused)."""
+        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        self._check_adapters(names)
+        _peft().functional.set_adapter(self, names if len(names) > 1 else names[0])
+
+    def _enable(self, enabled: bool) -> None:
+        self._check_adapters([])
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.utils.other import AuxiliaryTrainingWrapper
+
+        for module in self.modules():
+            if isinstance(module, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
+                module.enable_adapters(enabled)
+
+    def disable_adapters(self) -> None:
+        """Run the base model alone (the adapters stay loaded)."""
+        self._enable(False)
+
+    def enable_adapters(self) -> None:
+        """Run the active adapters again."""
+        self._enable(True)
+
+    def active_adapters(self) -> list[str]:
+        """The names of the active adapters."""
+        self._check_adapters([])
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for module in self.modules():
+            if isinstance(module, BaseTunerLayer):
+                active = module.active_adapter
+                return [active] if isinstance(active, str) else list(active)
+        return []
+
+    def get_adapter_state_dict(
+        self, adapter_name: str | None = None, state_dict: Mapping[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The weights of an adapter (default: the first active one), keyed as PEFT saves them without its
+        ``base_model.model.`` prefix."""
+        name = self.active_adapters()[0] if adapter_name is None else adapter_name
+        self._check_adapters([name])
+        return _peft().get_peft_model_state_dict(self, state_dict=state_dict, adapter_name=name)
+
+    def delete_adapter(self, adapter_names: str | list[str]) -> None:
+        """Remove adapter(s). With the last one, PEFT's layers leave the module tree too, so the backend's
+        fused path is back (``transformers`` leaves them)."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        self._check_adapters(names)
+        for name in names:
+            prefix = f"{self.peft_config[name].peft_type.value.lower()}_"
+            _peft().functional.delete_adapter(self, adapter_name=name, prefix=prefix)
+            self.peft_config.pop(name)
+        if not self.peft_config:
+            del self.peft_config
+            self._hf_peft_config_loaded = False
+            self._unwrap()
+
+    def _unwrap(self) -> None:
+        """Put back the layers PEFT wrapped (its LoRA layer's base layer, modules_to_save's original)."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.utils.other import AuxiliaryTrainingWrapper
+
+        for name, module in list(self.named_modules()):
+            if isinstance(module, BaseTunerLayer):
+                base = module.get_base_layer()
+            elif isinstance(module, AuxiliaryTrainingWrapper) and module.original_module is not None:
+                base = module.original_module
+            else:
+                continue
+            parent, _, child = name.rpartition(".")
+            setattr(self.get_submodule(parent), child, base)
+
+    def _save_adapters(self, directory: str, state_dict, safe_serialization: bool) -> None:
+        """``save_pretrained`` of a model with adapters, as ``transformers``: the active adapter alone, in PEFT's
+        format (``adapter_config.json``, ``adapter_model.safetensors``), which ``load_adapter`` and
+        ``PeftModel.from_pretrained`` read."""
+        name = self.active_adapters()[0]
+        weights = {
+            PEFT_PREFIX + k: v.detach().cpu().contiguous()
+            for k, v in self.get_adapter_state_dict(name, state_dict).items()
+        }
+        os.makedirs(directory, exist_ok=True)
+        self.peft_config[name].save_pretrained(directory)
+        if safe_serialization:
+            from safetensors.torch import save_file
+
+            save_file(weights, os.path.join(directory, ADAPTER_WEIGHTS[0]), metadata={"format": "pt"})
+        else:
+            torch.save(weights, os.path.join(directory, ADAPTER_WEIGHTS[1]))
