@@ -54,6 +54,8 @@ MAX_LIST_BYTES = 2**30
 DIST_TIMEOUT_S = 2 * 3600
 # Written by rank 0 in DIR before any video, read by every rank: DIR is one folder they all share.
 JOB_MARK = ".evaluate-job"
+# Rank 0's hold on DIR while a run works in it (``_lock``).
+LOCK = ".evaluate-lock"
 
 
 # ------------------------------------------------------------------------------------------ the data
@@ -810,144 +812,190 @@ def evaluate(
     device, dtype = param.device, param.dtype
     rank, world = init_distributed()
     # What can fail on one rank only (DATA missing on one machine) stops every rank, each naming the cause.
-    token = None
-    with together("set up"):
-        if not 1 <= clips <= 64:
-            raise ValueError(f"clips must be 1 to 64, got {clips}")
-        if num_frames is not None and not 1 <= num_frames <= MAX_NUM_FRAMES:
-            raise ValueError(f"num_frames must be 1 to {MAX_NUM_FRAMES}, got {num_frames}")
-        if crops not in (1, 3):
-            raise ValueError(f"crops must be 1 or 3, got {crops}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if limit is not None and limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
-        config = model.config
-        id2label = config.id2label  # int keys (TimesformerConfig checks them)
-        samples = load_samples(data, config.label2id, config.num_labels)
-        if limit is not None:
-            samples = samples[:limit]
-        output.mkdir(parents=True, exist_ok=True)
-        done = _done_paths(output, config.num_labels)
-        if done and not resume:
-            raise FileExistsError(
-                f"{output} already holds predictions of {len(done)} videos; pass --resume to go on with them, or "
-                "choose another --output"
-            )
-        num_frames = num_frames or config.num_frames
-        top_k = max(1, min(top_k, len(id2label)))
-        settings = {
-            "model": model_name or getattr(model, "name_or_path", None) or type(model).__name__,
-            "dtype": str(dtype).removeprefix("torch."),
-            "num_frames": num_frames,
-            "sample_rate": sample_rate,
-            "clips": clips,
-            "crops": crops,
-            "top_k": top_k,
-            "max_frame_pixels": max_frame_pixels,
-        }
-        _check_settings(output, settings, compare=bool(done), write=rank == 0)
-        if rank == 0 and world > 1:
-            token = os.urandom(8).hex()
-            (output / JOB_MARK).write_text(token)
-    if world > 1:
-        try:  # also the barrier before any rank writes: every rank has read the same results (the same split)
-            _check_same_work(output, samples, done, token)
-        finally:
-            if rank == 0:
-                (output / JOB_MARK).unlink(missing_ok=True)
-    # The videos still to do are split across the ranks (sample i of them to rank i % world_size), so a
-    # resumed run is balanced however the interrupted one had progressed.
-    todo = [s for s in samples if s.path not in done][rank::world]
-    uint8 = model.backend == "triton" if uint8_frames is None else uint8_frames
-    if uint8:
-        model.set_input_normalization(*processor.normalization())
-    if device_preprocess is None:
-        device_preprocess = device.type == "cuda" and native_cuda_available()
-    dataset = VideoViews(
-        todo,
-        processor,
-        num_frames=num_frames,
-        sample_rate=sample_rate,
-        clips=clips,
-        crops=crops,
-        dtype=dtype,
-        uint8=uint8,
-        raw=device_preprocess,
-        max_frame_pixels=max_frame_pixels,
-    )
-    workers = min(default_workers() if workers is None else workers, len(todo))
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=device.type == "cuda",  # the decoded frames too, for the non-blocking copies
-        prefetch_factor=2 if workers > 0 else None,
-    )
-    mine_file = output / (PREDICTIONS if world == 1 else PART.format(rank=rank))
-    read_predictions(mine_file, repair=True)  # cut a torn last line before appending
-    # Rank 0's share under torchrun (the others' progress is not sent to it), and said so.
-    label = f"rank 0 of {world}: " if world > 1 else ""
-    bar = Progress(len(todo), enabled=progress if rank == 0 else False, label=label)
-    totals = {"decode": 0.0, "preprocess": 0.0, "model": 0.0}
-    scored = 0  # videos of this run on this rank with a prediction: what ``totals`` sums over
-    start = time.perf_counter()
-    written = 0
-    out = open(mine_file, "a")  # noqa: SIM115 (closed below, where a failed close is an OutputError)
+    lock = None  # rank 0's hold on the output folder (_lock)
     try:
-        for batch in _batches(loader, todo, batch_size):
-            if device_preprocess:
-                _cut_on_device(batch, processor, device, num_frames, crops, dtype, uint8)
-            records = _score(batch, model, device, id2label, top_k, totals)
-            scored += sum("time_ms" in r for r in records)
+        token = None
+        with together("set up"):
+            if not 1 <= clips <= 64:
+                raise ValueError(f"clips must be 1 to 64, got {clips}")
+            if num_frames is not None and not 1 <= num_frames <= MAX_NUM_FRAMES:
+                raise ValueError(f"num_frames must be 1 to {MAX_NUM_FRAMES}, got {num_frames}")
+            if crops not in (1, 3):
+                raise ValueError(f"crops must be 1 or 3, got {crops}")
+            if batch_size < 1:
+                raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            if limit is not None and limit < 1:
+                raise ValueError(f"limit must be >= 1, got {limit}")
+            config = model.config
+            id2label = config.id2label  # int keys (TimesformerConfig checks them)
+            samples = load_samples(data, config.label2id, config.num_labels)
+            if limit is not None:
+                samples = samples[:limit]
+            output.mkdir(parents=True, exist_ok=True)
+            if rank == 0:
+                lock = _lock(output)
+            done = _done_paths(output, config.num_labels)
+            if done and not resume:
+                raise FileExistsError(
+                    f"{output} already holds predictions of {len(done)} videos; pass --resume to go on with them, or "
+                    "choose another --output"
+                )
+            num_frames = num_frames or config.num_frames
+            top_k = max(1, min(top_k, len(id2label)))
+            settings = {
+                "model": model_name or getattr(model, "name_or_path", None) or type(model).__name__,
+                "dtype": str(dtype).removeprefix("torch."),
+                "num_frames": num_frames,
+                "sample_rate": sample_rate,
+                "clips": clips,
+                "crops": crops,
+                "top_k": top_k,
+                "max_frame_pixels": max_frame_pixels,
+            }
+            _check_settings(output, settings, compare=bool(done), write=rank == 0)
+            if rank == 0 and world > 1:
+                token = os.urandom(8).hex()
+                (output / JOB_MARK).write_text(token)
+        if world > 1:
+            try:  # also the barrier before any rank writes: every rank has read the same results (the same split)
+                _check_same_work(output, samples, done, token)
+            finally:
+                if rank == 0:
+                    (output / JOB_MARK).unlink(missing_ok=True)
+        # The videos still to do are split across the ranks (sample i of them to rank i % world_size), so a
+        # resumed run is balanced however the interrupted one had progressed.
+        todo = [s for s in samples if s.path not in done][rank::world]
+        uint8 = model.backend == "triton" if uint8_frames is None else uint8_frames
+        if uint8:
+            model.set_input_normalization(*processor.normalization())
+        if device_preprocess is None:
+            device_preprocess = device.type == "cuda" and native_cuda_available()
+        dataset = VideoViews(
+            todo,
+            processor,
+            num_frames=num_frames,
+            sample_rate=sample_rate,
+            clips=clips,
+            crops=crops,
+            dtype=dtype,
+            uint8=uint8,
+            raw=device_preprocess,
+            max_frame_pixels=max_frame_pixels,
+        )
+        workers = min(default_workers() if workers is None else workers, len(todo))
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=workers,
+            collate_fn=_collate,
+            pin_memory=device.type == "cuda",  # the decoded frames too, for the non-blocking copies
+            prefetch_factor=2 if workers > 0 else None,
+        )
+        mine_file = output / (PREDICTIONS if world == 1 else PART.format(rank=rank))
+        read_predictions(mine_file, repair=True)  # cut a torn last line before appending
+        # Rank 0's share under torchrun (the others' progress is not sent to it), and said so.
+        label = f"rank 0 of {world}: " if world > 1 else ""
+        bar = Progress(len(todo), enabled=progress if rank == 0 else False, label=label)
+        totals = {"decode": 0.0, "preprocess": 0.0, "model": 0.0}
+        scored = 0  # videos of this run on this rank with a prediction: what ``totals`` sums over
+        start = time.perf_counter()
+        written = 0
+        out = open(mine_file, "a")  # noqa: SIM115 (closed below, where a failed close is an OutputError)
+        try:
+            for batch in _batches(loader, todo, batch_size):
+                if device_preprocess:
+                    _cut_on_device(batch, processor, device, num_frames, crops, dtype, uint8)
+                records = _score(batch, model, device, id2label, top_k, totals)
+                scored += sum("time_ms" in r for r in records)
+                with _writing(mine_file):
+                    out.write("".join(json.dumps(r) + "\n" for r in records))
+                    out.flush()
+                    os.fsync(out.fileno())
+                written += len(records)
+                bar.step(len(records))
+                if on_batch is not None:
+                    on_batch(written)
+        finally:
+            # After a failed write the close flushes the same bytes again (a full disk fails again): that too
+            # is the OutputError naming the file, not a bare OSError.
             with _writing(mine_file):
-                out.write("".join(json.dumps(r) + "\n" for r in records))
-                out.flush()
-                os.fsync(out.fileno())
-            written += len(records)
-            bar.step(len(records))
-            if on_batch is not None:
-                on_batch(written)
+                out.close()
+        written_all = written
+        if world > 1:
+            # The barrier also makes rank 0's wall time the job's (it waits for the slowest rank).
+            # (On the group's device: a caller's own nccl group takes CUDA tensors only.)
+            on_cuda = torch.distributed.get_backend() == "nccl"
+            count = torch.tensor([written], dtype=torch.int64, device=device if on_cuda else None)
+            torch.distributed.all_reduce(count)
+            written_all = int(count.item())
+        wall = time.perf_counter() - start
+        if rank != 0:
+            return {}
+        with _writing(output / PREDICTIONS):
+            records = merge_predictions(output, [s.path for s in samples], model.config.num_labels)
+        metrics = compute_metrics(records, samples, id2label)
+        metrics.update(
+            views={
+                **{k: settings[k] for k in ("clips", "crops", "num_frames", "sample_rate")},
+                "aggregation": "mean of the views' softmax probabilities",
+            },
+            model=settings["model"],
+            backend=model.backend,
+            device=str(device),
+            dtype=settings["dtype"],
+            world_size=world,
+            videos_evaluated=written_all,
+            wall_time_s=wall,
+            videos_per_second=written_all / wall if wall > 0 else 0.0,
+            time_per_video_ms={k: v / max(1, scored) for k, v in totals.items()},
+        )
+        with _writing(output / "metrics.json"):
+            write_reports(output, metrics, id2label)
+        if metrics["num_missing"]:
+            logger.warning("%s", missing_message(metrics, output))
+        return metrics
     finally:
-        # After a failed write the close flushes the same bytes again (a full disk fails again): that too
-        # is the OutputError naming the file, not a bare OSError.
-        with _writing(mine_file):
-            out.close()
-    written_all = written
-    if world > 1:
-        # The barrier also makes rank 0's wall time the job's (it waits for the slowest rank).
-        # (On the group's device: a caller's own nccl group takes CUDA tensors only.)
-        on_cuda = torch.distributed.get_backend() == "nccl"
-        count = torch.tensor([written], dtype=torch.int64, device=device if on_cuda else None)
-        torch.distributed.all_reduce(count)
-        written_all = int(count.item())
-    wall = time.perf_counter() - start
-    if rank != 0:
-        return {}
-    with _writing(output / PREDICTIONS):
-        records = merge_predictions(output, [s.path for s in samples], model.config.num_labels)
-    metrics = compute_metrics(records, samples, id2label)
-    metrics.update(
-        views={
-            **{k: settings[k] for k in ("clips", "crops", "num_frames", "sample_rate")},
-            "aggregation": "mean of the views' softmax probabilities",
-        },
-        model=settings["model"],
-        backend=model.backend,
-        device=str(device),
-        dtype=settings["dtype"],
-        world_size=world,
-        videos_evaluated=written_all,
-        wall_time_s=wall,
-        videos_per_second=written_all / wall if wall > 0 else 0.0,
-        time_per_video_ms={k: v / max(1, scored) for k, v in totals.items()},
-    )
-    with _writing(output / "metrics.json"):
-        write_reports(output, metrics, id2label)
-    if metrics["num_missing"]:
-        logger.warning("%s", missing_message(metrics, output))
-    return metrics
+        if lock is not None:
+            lock.unlink(missing_ok=True)
+
+
+def _lock(output: Path) -> Path:
+    """Hold ``output`` for this run (``LOCK``, created exclusively, naming the host and process): a second
+    run into the same folder would read results the first is still writing, and its merge would replace the
+    file the first appends to (those lines lost). A lock left by a run that died on this host is taken over;
+    one from another host is refused with how to clear it."""
+    path = output / LOCK
+    mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text())
+                host, pid = str(holder["host"]), int(holder["pid"])
+            except (OSError, ValueError, KeyError, TypeError):
+                holder, host, pid = {}, "?", -1
+            if host == mine["host"] and pid > 0 and not _alive(pid):
+                path.unlink(missing_ok=True)  # its run died (kill -9, a crash): --resume goes on from it
+                continue
+            raise FileExistsError(
+                f"{output} is in use by another evaluate run (process {pid} on host {host}, since "
+                f"{holder.get('started', '?')}); wait for it, or if no such run is alive, remove {path}"
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(mine, f)
+        return path
+    raise FileExistsError(f"could not take {path}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def missing_message(metrics: dict, output: str | os.PathLike) -> str:
