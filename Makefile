@@ -83,7 +83,7 @@ device-stack:
 		tests/test_triton_fast_path.py tests/test_cuda_graphs.py tests/test_attention.py \
 		tests/test_temporal_attention.py tests/test_linear.py tests/test_patch_embed.py \
 		tests/test_parity_transformers.py tests/test_bench.py tests/test_hooks_and_adapters.py \
-		tests/test_video.py tests/test_evaluate.py
+		tests/test_video.py tests/test_evaluate.py tests/test_loading.py tests/test_drop_in_api.py tests/test_hostile.py
 
 # The benchmark suite for the device found (GPU: full suite; CPU: the short one). JSON, Markdown and PNG
 # under bench/results/<device>/. ARGS passes options, e.g. make bench ARGS="--configs base --batches 32".
