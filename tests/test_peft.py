@@ -215,11 +215,12 @@ def test_add_set_save_and_delete_adapters(tmp_path):
         ours.set_adapter("a")
         with_a = ours(x).logits
     assert (with_a - with_b).abs().max() > 1e-3 and (with_a - plain).abs().max() > 1e-3
-    # save_pretrained of a model with adapters writes the active one in PEFT's format, as transformers does;
-    # PEFT and load_adapter read it.
+    # save_pretrained of a model with adapters writes the active one in PEFT's format (no config.json), as
+    # transformers does; PEFT and load_adapter read it. A save in the other format replaces the file.
+    ours.save_pretrained(tmp_path / "a", safe_serialization=False)
     ours.save_pretrained(tmp_path / "a")
     files = {p.name for p in (tmp_path / "a").iterdir()}
-    assert files == {"config.json", "adapter_config.json", "adapter_model.safetensors"}
+    assert files == {"adapter_config.json", "adapter_model.safetensors"}
     saved = load_file(tmp_path / "a" / "adapter_model.safetensors")
     assert {k.removeprefix("base_model.model.") for k in saved} == set(ours.get_adapter_state_dict("a"))
     for load in (
@@ -236,6 +237,9 @@ def test_add_set_save_and_delete_adapters(tmp_path):
         FileNotFoundError, match="holds a PEFT adapter: load its base model, then model.load_adapter"
     ):
         timesformer.TimesformerForVideoClassification.from_pretrained(tmp_path / "a")
+    ours.set_adapter(["a", "b"])
+    with pytest.raises(ValueError, match=r"2 adapters are active \(\['a', 'b'\]\); saving several at once"):
+        ours.save_pretrained(tmp_path / "both")
     ours.delete_adapter(["a", "b"])
     assert not hasattr(ours, "peft_config") and module_path_reason(ours) is None  # the fused path is back
     with torch.no_grad():
@@ -256,3 +260,51 @@ def test_adapters_that_do_not_fit_are_refused_and_removed(tmp_path):
     assert not model._hf_peft_config_loaded and module_path_reason(model) is None  # nothing of it is left
     with pytest.raises(ValueError, match="prompt-learning method"):
         model.add_adapter(peft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=2))
+    # An adapter whose injection fails part way leaves nothing behind (config, wrapped layers).
+    model.add_adapter(peft.LoraConfig(**LORA), adapter_name="first")
+    with pytest.raises(ValueError):
+        model.add_adapter(peft.LoraConfig(r=2, target_modules=["no_such_module"]), adapter_name="second")
+    assert set(model.peft_config) == {"first"}
+    model.delete_adapter("first")
+    assert module_path_reason(model) is None
+
+
+def test_an_ia3_adapter_of_a_shallower_model_is_refused(tmp_path):
+    """IA3 keeps its weights in ParameterDicts ("...ia3_l.default"): a layer without weights in the file was
+    not counted as missing, and kept its initial values silently."""
+    ours, _, kwargs = _pair("sdpa", seed=30)
+    shallow = timesformer.TimesformerForVideoClassification(
+        timesformer.TimesformerConfig(**{**kwargs, "num_hidden_layers": 1})
+    )
+    ia3 = dict(target_modules=["qkv", "dense"], feedforward_modules=["dense"], init_ia3_weights=False)
+    _adapted(shallow, peft.IA3Config(**ia3), 7).save_pretrained(tmp_path)
+    with pytest.raises(timesformer.CheckpointError, match=r"missing keys \['timesformer.encoder.layer.1"):
+        ours.load_adapter(tmp_path)
+    assert not ours._hf_peft_config_loaded and module_path_reason(ours) is None
+
+
+def test_load_adapter_from_a_subfolder_or_hub_fetches_only_what_it_reads(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    _, peft_model, base_state, kwargs = _saved_adapter(tmp_path / "repo" / "adapters", 31)
+    fetched = []
+
+    def snapshot_download(repo_id, allow_patterns, **kw):
+        fetched.append(allow_patterns)
+        return str(tmp_path / "repo")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    model = timesformer.TimesformerForVideoClassification(peft_model.base_model.model.config).set_backend(
+        "sdpa"
+    )
+    model.load_state_dict(base_state)
+    model.load_adapter("someone/adapters", subfolder="adapters", use_safetensors=True)
+    assert fetched == [["adapters/adapter_config.json", "adapters/adapter_model.safetensors"]]
+    x = random_clip(kwargs)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, peft_model(pixel_values=x).logits, rtol=1e-5, atol=1e-5)
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"adapter '.*nowhere': expected a directory \(or hub id\) holding adapter_config.json",
+    ):
+        model.load_adapter(tmp_path / "nowhere", adapter_name="other")

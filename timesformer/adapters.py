@@ -9,6 +9,7 @@ only when one of these methods is called."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -66,6 +67,7 @@ class AdapterMixin:
         adapter_state_dict: Mapping[str, torch.Tensor] | None = None,
         is_trainable: bool = False,
         *,
+        subfolder: str = "",
         local_files_only: bool = False,
         use_safetensors: bool | None = None,
         revision: str | None = None,
@@ -84,7 +86,7 @@ class AdapterMixin:
                 instead of ``peft_model_id``'s files.
             is_trainable: keep the adapter trainable; by default it is frozen and the model put in eval mode,
                 as in ``transformers``.
-            local_files_only, revision, cache_dir, token, force_download: for a hub id, as ``from_pretrained``.
+            subfolder, local_files_only, revision, cache_dir, token, force_download: as ``from_pretrained``.
             use_safetensors: ``True``: only ``adapter_model.safetensors``; ``False``: the ``.bin`` first.
 
         Raises ``CheckpointError`` when the weights do not fit the adapter's layers (another model's adapter);
@@ -104,8 +106,15 @@ class AdapterMixin:
                 "token": token,
                 "force_download": force_download,
             }
-            files = [ADAPTER_CONFIG, *ADAPTER_WEIGHTS]
-            directory = resolve_pretrained_dir(peft_model_id, "", local_files_only, files, **hub)
+            weights = {None: ADAPTER_WEIGHTS, True: ADAPTER_WEIGHTS[:1], False: ADAPTER_WEIGHTS[1:]}
+            files = [ADAPTER_CONFIG, *weights[use_safetensors]]
+            try:
+                directory = resolve_pretrained_dir(peft_model_id, subfolder, local_files_only, files, **hub)
+            except FileNotFoundError as exc:
+                raise FileNotFoundError(
+                    f"adapter {os.fspath(peft_model_id)!r}: expected a directory (or hub id) holding {ADAPTER_CONFIG} "
+                    f"and {' or '.join(weights[use_safetensors])} ({exc})"
+                ) from None
         if peft_config is None:
             if not os.path.isfile(model_file(directory, ADAPTER_CONFIG)):
                 raise FileNotFoundError(f"no {ADAPTER_CONFIG} in {directory!r}: not a PEFT adapter")
@@ -119,30 +128,51 @@ class AdapterMixin:
             else _adapter_state(directory, use_safetensors)
         )
         peft_config.inference_mode = not is_trainable
-        peft.inject_adapter_in_model(peft_config, self, name)
-        self._hf_peft_config_loaded = True
-        try:
-            result = peft.set_peft_model_state_dict(
-                self, {k.removeprefix(PEFT_PREFIX): v for k, v in state.items()}, adapter_name=name
-            )
-            missing = sorted(k for k in result.missing_keys if f".{name}." in k)
-            unexpected = sorted(result.unexpected_keys)
-            problem = (
-                f"unexpected keys {unexpected[:5]}, missing keys {missing[:5]}"
-                if unexpected or missing
-                else None
-            )
-        except RuntimeError as exc:  # shapes (load_state_dict lists every mismatch, one per line)
-            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-            problem = lines[1] if len(lines) > 1 else lines[0]
-        if problem:
-            self.delete_adapter(name)
-            raise CheckpointError(
-                f"adapter {peft_model_id or '(state dict)'} does not fit {type(self).__name__}: {problem}"
-            )
-        peft.functional.set_adapter(self, name, inference_mode=not is_trainable)
-        if not is_trainable:
+        with self._adding(name):
+            peft.inject_adapter_in_model(peft_config, self, name)
+            self._hf_peft_config_loaded = True
+            try:
+                result = peft.set_peft_model_state_dict(
+                    self, {k.removeprefix(PEFT_PREFIX): v for k, v in state.items()}, adapter_name=name
+                )
+                # Parameters keyed "...lora_A.<name>.weight" (modules) or "...ia3_l.<name>" (ParameterDicts).
+                missing = sorted(k for k in result.missing_keys if f".{name}." in k or k.endswith(f".{name}"))
+                unexpected = sorted(result.unexpected_keys)
+                problem = (
+                    f"unexpected keys {unexpected[:5]}, missing keys {missing[:5]}"
+                    if unexpected or missing
+                    else None
+                )
+            except RuntimeError as exc:  # shapes (load_state_dict lists every mismatch, one per line)
+                lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+                problem = lines[1] if len(lines) > 1 else lines[0]
+            if problem:
+                raise CheckpointError(
+                    f"adapter {peft_model_id or '(state dict)'} does not fit {type(self).__name__}: {problem}"
+                )
+        if not is_trainable:  # as transformers: frozen, and the model in eval mode
+            peft.functional.set_requires_grad(self, name, requires_grad=False)
             self.eval()
+
+    @contextlib.contextmanager
+    def _adding(self, name: str):
+        """Take adapter ``name`` out again when adding it fails part way (PEFT may have wrapped some layers and
+        recorded its config): nothing of it stays to be saved or set active."""
+        try:
+            yield
+        except BaseException:
+            config = getattr(self, "peft_config", {})
+            if name in config:
+                prefix = f"{config[name].peft_type.value.lower()}_"
+                with contextlib.suppress(Exception):
+                    _peft().functional.delete_adapter(self, adapter_name=name, prefix=prefix)
+                config.pop(name)
+            if not config:
+                if hasattr(self, "peft_config"):
+                    del self.peft_config
+                self._hf_peft_config_loaded = False
+                self._unwrap()
+            raise
 
     def add_adapter(self, adapter_config, adapter_name: str | None = None) -> None:
         """Add a new, trainable adapter (a PEFT config: LoRA, IA3, ...) and make it the active one."""
@@ -150,9 +180,10 @@ class AdapterMixin:
         name = "default" if adapter_name is None else adapter_name
         self._check_new_adapter(name, adapter_config)
         adapter_config.base_model_name_or_path = self.name_or_path
-        peft.inject_adapter_in_model(adapter_config, self, name)
-        self._hf_peft_config_loaded = True
-        self.set_adapter(name)
+        with self._adding(name):
+            peft.inject_adapter_in_model(adapter_config, self, name)
+            self._hf_peft_config_loaded = True
+            self.set_adapter(name)
 
     def _check_adapters(self, names: list[str]) -> None:
         if not self._hf_peft_config_loaded:
@@ -235,18 +266,28 @@ class AdapterMixin:
 
     def _save_adapters(self, directory: str, state_dict, safe_serialization: bool) -> None:
         """``save_pretrained`` of a model with adapters, as ``transformers``: the active adapter alone, in PEFT's
-        format (``adapter_config.json``, ``adapter_model.safetensors``), which ``load_adapter`` and
-        ``PeftModel.from_pretrained`` read."""
-        name = self.active_adapters()[0]
+        format (``adapter_config.json``, ``adapter_model.safetensors``; no ``config.json``), which
+        ``load_adapter`` and ``PeftModel.from_pretrained`` read. The other format's file of an earlier save
+        goes."""
+        active = self.active_adapters()
+        if len(active) != 1:
+            raise ValueError(
+                f"save_pretrained: {len(active)} adapters are active ({active}); saving several at once is not "
+                "supported (as in transformers): set_adapter the one to save"
+            )
+        name = active[0]
         weights = {
             PEFT_PREFIX + k: v.detach().cpu().contiguous()
             for k, v in self.get_adapter_state_dict(name, state_dict).items()
         }
         os.makedirs(directory, exist_ok=True)
         self.peft_config[name].save_pretrained(directory)
+        keep, stale = ADAPTER_WEIGHTS if safe_serialization else ADAPTER_WEIGHTS[::-1]
         if safe_serialization:
             from safetensors.torch import save_file
 
-            save_file(weights, os.path.join(directory, ADAPTER_WEIGHTS[0]), metadata={"format": "pt"})
+            save_file(weights, os.path.join(directory, keep), metadata={"format": "pt"})
         else:
-            torch.save(weights, os.path.join(directory, ADAPTER_WEIGHTS[1]))
+            torch.save(weights, os.path.join(directory, keep))
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(directory, stale))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime
+import errno
 import functools
 import hashlib
 import json
@@ -812,7 +813,7 @@ def evaluate(
     device, dtype = param.device, param.dtype
     rank, world = init_distributed()
     # What can fail on one rank only (DATA missing on one machine) stops every rank, each naming the cause.
-    lock = None  # rank 0's hold on the output folder (_lock)
+    lock = None  # rank 0's hold on the output folder (_lock): a descriptor
     try:
         token = None
         with together("set up"):
@@ -956,46 +957,51 @@ def evaluate(
         return metrics
     finally:
         if lock is not None:
-            lock.unlink(missing_ok=True)
+            _unlock(lock)
 
 
-def _lock(output: Path) -> Path:
-    """Hold ``output`` for this run (``LOCK``, created exclusively, naming the host and process): a second
-    run into the same folder would read results the first is still writing, and its merge would replace the
-    file the first appends to (those lines lost). A lock left by a run that died on this host is taken over;
-    one from another host is refused with how to clear it."""
+def _lock(output: Path) -> int | None:
+    """Hold ``output`` for this run: an fcntl lock on ``LOCK`` (which also names the host and process, for the
+    message), kept until ``_unlock``. A second run into the same folder would read results the first is still
+    writing, and its merge would replace the file the first appends to (those lines lost). The kernel drops
+    the lock when its process dies, however (kill -9, a container restart), so a crashed run never blocks
+    ``--resume``; it works across PID namespaces, and across hosts where the filesystem supports locks (NFSv4,
+    NLM). Returns the open descriptor, or ``None`` (with a warning) on a filesystem without locks."""
+    import fcntl
+
     path = output / LOCK
-    mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                holder = json.loads(path.read_text())
-                host, pid = str(holder["host"]), int(holder["pid"])
-            except (OSError, ValueError, KeyError, TypeError):
-                holder, host, pid = {}, "?", -1
-            if host == mine["host"] and pid > 0 and not _alive(pid):
-                path.unlink(missing_ok=True)  # its run died (kill -9, a crash): --resume goes on from it
-                continue
-            raise FileExistsError(
-                f"{output} is in use by another evaluate run (process {pid} on host {host}, since "
-                f"{holder.get('started', '?')}); wait for it, or if no such run is alive, remove {path}"
-            ) from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(mine, f)
-        return path
-    raise FileExistsError(f"could not take {path}")
-
-
-def _alive(pid: int) -> bool:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        held = exc.errno in (errno.EACCES, errno.EAGAIN)
+        try:
+            holder = json.loads(os.pread(fd, 4096, 0) or b"{}") if held else {}
+        except ValueError:
+            holder = {}
+        os.close(fd)
+        if not held:  # ENOLCK: the filesystem has no locks
+            warnings.warn(
+                f"{output}: cannot lock {LOCK} ({exc.strerror}); nothing stops a second run here",
+                stacklevel=3,
+            )
+            return None
+        raise FileExistsError(
+            f"{output} is in use by another evaluate run (process {holder.get('pid', '?')} on host "
+            f"{holder.get('host', '?')}, since {holder.get('started', '?')}); wait for it to end, or choose "
+            "another --output"
+        ) from None
+    mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(mine).encode(), 0)
+    return fd
+
+
+def _unlock(fd: int) -> None:
+    # The file stays (removing it would race with a run that has it open); emptied, it names no one.
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+    os.close(fd)
 
 
 def missing_message(metrics: dict, output: str | os.PathLike) -> str:

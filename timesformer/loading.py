@@ -227,10 +227,15 @@ def _weight_map(directory: str, names: list[tuple[str, bool]]) -> tuple[str, dic
         return candidate, {
             _shard_path(directory, roots, candidate, name): keys for name, keys in by_name.items()
         }
-    hint = ""
+    raise FileNotFoundError(
+        f"no weights in {directory!r}: looked for {', '.join(n for n, _ in names)}{_adapter_hint(directory)}"
+    )
+
+
+def _adapter_hint(directory: str) -> str:
     if os.path.isfile(os.path.join(directory, "adapter_config.json")):
-        hint = "; it holds a PEFT adapter: load its base model, then model.load_adapter(directory)"
-    raise FileNotFoundError(f"no weights in {directory!r}: looked for {', '.join(n for n, _ in names)}{hint}")
+        return "; it holds a PEFT adapter: load its base model, then model.load_adapter(directory)"
+    return ""
 
 
 def _torch_load(path: str):
@@ -508,7 +513,7 @@ def load_pretrained(
     if config is None:
         config_path = model_file(directory, CONFIG_NAME)
         if not os.path.isfile(config_path):
-            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory!r}")
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory!r}{_adapter_hint(directory)}")
         config = TimesformerConfig.from_json_file(config_path)
     if config_overrides:
         config = TimesformerConfig.from_dict(config.to_dict(), **config_overrides)

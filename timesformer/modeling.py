@@ -220,7 +220,10 @@ class TimesformerIntermediate(nn.Module):
         fn = state.pop("intermediate_act_fn", None)
         super().__setstate__(state)
         if fn is not None:
-            self.intermediate_act_fn = Activation(next(n for n, f in ACTIVATIONS.items() if f is fn))
+            name = next((n for n, f in ACTIVATIONS.items() if f is fn), None)
+            if name is None:
+                raise TypeError(f"the pickled activation {fn!r} is none of {sorted(ACTIVATIONS)}")
+            self.intermediate_act_fn = Activation(name)
 
 
 class TimesformerOutput(nn.Module):
@@ -932,7 +935,10 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
         if not is_main_process:
             return
         if self._hf_peft_config_loaded:  # as transformers: the active adapter alone, in PEFT's format
-            self.config.save_pretrained(save_directory)
+            if variant is not None:
+                raise ValueError(
+                    "save_pretrained: variant does not apply to adapters (PEFT's file names are fixed)"
+                )
             self._save_adapters(os.fspath(save_directory), state_dict, safe_serialization)
             return
         save_pretrained(
@@ -960,7 +966,8 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
                     model._warned_module_path = module_path_reason(model)
             logger.warning(
                 "%s: %s, so forwards call every module (the eager computation) instead of the %s "
-                "backend's fused path; for speed remove the hooks or patch, or merge the adapter",
+                "backend's fused path; for speed remove the hooks or patch, or merge and unload the adapter "
+                "(PEFT's merge_and_unload)",
                 type(self).__name__,
                 reason,
                 self.backend,

@@ -39,7 +39,7 @@ _PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box
 # The most pixels a frame is resized to before its views are cropped. The torch paths resize whole frames
 # (float32, all of a clip's frames at once), so a narrow strip of a video (16x65520: 1 M pixels, a few KB of
 # file) would otherwise ask for tens of GB. 2**22 is 224 x 18724 (aspect ratios up to 1:83 at the usual
-# shortest edge), and 1536 x 2730 (16:9 at the largest shortest edge check_model accepts).
+# shortest edge), and 1526 x 2713 (854x480 video at the largest shortest edge check_model accepts).
 MAX_RESIZED_PIXELS = 2**22
 
 
@@ -324,10 +324,11 @@ class VideoProcessor:
                 f"{source}: crop_size {ch}x{cw}: crops over {MAX_RESIZED_PIXELS:,} pixels (2048x2048) are not "
                 "supported"
             )
-        if self.do_resize and self.shortest_edge * (self.shortest_edge * 16 // 9) > MAX_RESIZED_PIXELS:
+        # Room for 1.8:1 frames: 16:9, and 854x480 or 720x404 (a little wider once rounded).
+        if self.do_resize and self.shortest_edge * int(self.shortest_edge * 1.8) > MAX_RESIZED_PIXELS:
             raise ValueError(
                 f"{source}: size.shortest_edge {self.shortest_edge} would resize a 16:9 video over "
-                f"{MAX_RESIZED_PIXELS:,} pixels; at most 1536 is supported"
+                f"{MAX_RESIZED_PIXELS:,} pixels; at most 1526 is supported"
             )
         if self.do_resize and max(ch, cw) > self.shortest_edge:
             raise ValueError(
