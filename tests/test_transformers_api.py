@@ -283,6 +283,9 @@ def test_config_generic_api(impl, tmp_path):
     config.save_pretrained(tmp_path)
     loaded, unused = api.Config.from_pretrained(tmp_path, return_unused_kwargs=True)
     assert unused == {} and loaded.num_frames == 5
+    # Keys that are not attributes come back, not set (both implementations).
+    loaded, unused = api.Config.from_pretrained(tmp_path, return_unused_kwargs=True, num_frames=3, foo=1)
+    assert unused == {"foo": 1} and loaded.num_frames == 3 and not hasattr(loaded, "foo")
     assert str(api.Config(torch_dtype="bfloat16").dtype).removeprefix("torch.") == "bfloat16"
 
 

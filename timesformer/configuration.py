@@ -497,8 +497,9 @@ class TimesformerConfig:
         ``local_files_only``, ``revision``, ``cache_dir``, ``token`` and ``force_download`` as in
         ``from_pretrained`` of the models; ``trust_remote_code`` has no effect), with ``overrides`` of its fields.
 
-        ``return_unused_kwargs``: return ``(config, {})`` as transformers does (every override is used: keys
-        that are not fields are kept as extra keys)."""
+        ``return_unused_kwargs``: return ``(config, unused)`` as transformers does: the overrides that are not
+        attributes of the config, which are then not set. Without it they are kept as extra keys (written
+        to ``config.json``; transformers drops them)."""
         from .loading import model_file, resolve_pretrained_dir
 
         if os.path.isfile(path) and not subfolder:
@@ -512,9 +513,13 @@ class TimesformerConfig:
             }
             directory = resolve_pretrained_dir(path, subfolder, local_files_only, [CONFIG_NAME], **hub)
             config = cls.from_json_file(model_file(directory, CONFIG_NAME))
+        unused = {}
+        if return_unused_kwargs:
+            unused = {k: v for k, v in overrides.items() if not hasattr(config, k)}
+            overrides = {k: v for k, v in overrides.items() if k not in unused}
         if overrides:
             config = cls.from_dict(config.to_dict(), **overrides)
-        return (config, {}) if return_unused_kwargs else config
+        return (config, unused) if return_unused_kwargs else config
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         os.makedirs(directory, exist_ok=True)
