@@ -161,17 +161,8 @@ class AdapterMixin:
         try:
             yield
         except BaseException:
-            config = getattr(self, "peft_config", {})
-            if name in config:
-                prefix = f"{config[name].peft_type.value.lower()}_"
-                with contextlib.suppress(Exception):
-                    _peft().functional.delete_adapter(self, adapter_name=name, prefix=prefix)
-                config.pop(name)
-            if not config:
-                if hasattr(self, "peft_config"):
-                    del self.peft_config
-                self._hf_peft_config_loaded = False
-                self._unwrap()
+            with contextlib.suppress(Exception):
+                self._remove(name)
             raise
 
     def add_adapter(self, adapter_config, adapter_name: str | None = None) -> None:
@@ -241,13 +232,22 @@ class AdapterMixin:
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
         self._check_adapters(names)
         for name in names:
-            prefix = f"{self.peft_config[name].peft_type.value.lower()}_"
-            _peft().functional.delete_adapter(self, adapter_name=name, prefix=prefix)
-            self.peft_config.pop(name)
-        if not self.peft_config:
-            del self.peft_config
-            self._hf_peft_config_loaded = False
-            self._unwrap()
+            self._remove(name)
+
+    def _remove(self, name: str) -> None:
+        """Delete adapter ``name`` (wherever PEFT put it); with the last one, PEFT's layers go too."""
+        config = getattr(self, "peft_config", {})
+        try:
+            if name in config:
+                prefix = f"{config[name].peft_type.value.lower()}_"
+                _peft().functional.delete_adapter(self, adapter_name=name, prefix=prefix)
+        finally:
+            config.pop(name, None)
+            if not config:
+                if hasattr(self, "peft_config"):
+                    del self.peft_config
+                self._hf_peft_config_loaded = False
+                self._unwrap()
 
     def _unwrap(self) -> None:
         """Put back the layers PEFT wrapped (its LoRA layer's base layer, modules_to_save's original)."""

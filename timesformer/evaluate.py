@@ -782,7 +782,8 @@ def evaluate(
 
     Run it in one process, or in every process of a ``torchrun`` job (each rank takes videos ``rank::world``
     of the sorted list of those not done yet; rank 0 merges the results after a barrier and returns the
-    metrics, the other ranks return ``{}``).
+    metrics, the other ranks return ``{}``). A ``num_missing`` above 0 in them means videos without a line
+    (``missing_message`` says what to do; the command line exits 1 with it).
 
     Args:
         data: a folder of class-named subfolders, or a list file (``load_samples``).
@@ -952,8 +953,6 @@ def evaluate(
         )
         with _writing(output / "metrics.json"):
             write_reports(output, metrics, id2label)
-        if metrics["num_missing"]:
-            logger.warning("%s", missing_message(metrics, output))
         return metrics
     finally:
         if lock is not None:
