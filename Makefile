@@ -68,22 +68,23 @@ compat: install $(COMPAT_DIR)/.installed
 
 # The H200 machine's software on this CPU machine: Python 3.12, torch 2.11 (PyPI's CUDA build, about 3 GB
 # downloaded: not part of CI), Triton 3.6, transformers 5.17, plus NumPy < 2.4 (Triton 3.6's interpreter
-# needs it) and the newest PyAV; then the backend, kernel, CUDA-graph, parity, benchmark, hooks/adapters,
-# video and evaluate tests under it. torch 2.11 is the oldest torch pyproject.toml accepts. PY312 names a
-# Python 3.12.
+# needs it), the newest PyAV, peft and accelerate; then the backend, kernel, CUDA-graph, parity, benchmark,
+# hooks/adapters, video, evaluate, loading, transformers-API and PEFT tests under it. torch 2.11 is the oldest
+# torch pyproject.toml accepts. PY312 names a Python 3.12.
 DEVICE_STACK ?= .venv-device
 PY312 ?= python3.12
 
 device-stack:
 	test -x $(DEVICE_STACK)/bin/python || $(PY312) -m venv $(DEVICE_STACK)
 	$(DEVICE_STACK)/bin/python -m pip install --quiet "torch==2.11.0" "triton==3.6.0" "transformers==5.17.0" \
-		"numpy<2.4" av safetensors pillow pytest pytest-xdist pytest-benchmark matplotlib
+		"numpy<2.4" av safetensors pillow pytest pytest-xdist pytest-benchmark matplotlib "peft>=0.17" "accelerate>=1.0"
 	PYTHONPATH=. $(DEVICE_STACK)/bin/python -m pytest -q -p no:cacheprovider -n 2 \
 		-W "ignore:Conversion of an array:DeprecationWarning" tests/test_backends.py tests/test_triton_backend.py \
 		tests/test_triton_fast_path.py tests/test_cuda_graphs.py tests/test_attention.py \
 		tests/test_temporal_attention.py tests/test_linear.py tests/test_patch_embed.py \
 		tests/test_parity_transformers.py tests/test_bench.py tests/test_hooks_and_adapters.py \
-		tests/test_video.py tests/test_evaluate.py tests/test_loading.py tests/test_drop_in_api.py tests/test_hostile.py
+		tests/test_video.py tests/test_evaluate.py tests/test_loading.py tests/test_drop_in_api.py tests/test_hostile.py \
+		tests/test_transformers_api.py tests/test_peft.py
 
 # The benchmark suite for the device found (GPU: full suite; CPU: the short one). JSON, Markdown and PNG
 # under bench/results/<device>/. ARGS passes options, e.g. make bench ARGS="--configs base --batches 32".

@@ -139,23 +139,38 @@ def test_model_get_set_embeddings(impl):
     assert model.base_model is model.timesformer
 
 
+def _checkpointing(model, name: str) -> SimpleNamespace:
+    """The model's checkpointing methods under ``name``: "activation" (transformers >= 5.2x) or "gradient"
+    (the names before; deprecated upstream since, kept here). A transformers older than the rename (the H200
+    machine's 5.17) has only the second, which is then checked upstream in their place."""
+    if not hasattr(model, f"{name}_checkpointing_enable"):
+        pytest.skip(f"transformers {transformers.__version__} has no {name}_checkpointing_enable")
+    return SimpleNamespace(
+        enable=getattr(model, f"{name}_checkpointing_enable"),
+        disable=getattr(model, f"{name}_checkpointing_disable"),
+        is_on=lambda: getattr(model, f"is_{name}_checkpointing"),
+        kwargs=f"{name}_checkpointing_kwargs",
+    )
+
+
+def _newest_name(model) -> str:
+    return "activation" if hasattr(model, "activation_checkpointing_enable") else "gradient"
+
+
 @pytest.mark.parametrize("impl", IMPLS)
-def test_activation_checkpointing_enable_disable(impl):
+@pytest.mark.parametrize("name", ["activation", "gradient"])
+def test_activation_checkpointing_enable_disable(impl, name):
     _, model, _ = _model(impl)
-    assert model.supports_gradient_checkpointing and not model.is_activation_checkpointing
-    model.activation_checkpointing_enable()
-    assert model.is_activation_checkpointing
-    flagged = [n for n, m in model.named_modules() if hasattr(m, "gradient_checkpointing")]
-    assert flagged and all(model.get_submodule(n).gradient_checkpointing for n in flagged)
-    model.activation_checkpointing_disable()
-    assert not model.is_activation_checkpointing
-    assert not any(model.get_submodule(n).gradient_checkpointing for n in flagged)
-    # The names before transformers 5 (deprecated there, kept here).
     with warnings.catch_warnings(action="ignore", category=FutureWarning):
-        model.gradient_checkpointing_enable()
-        assert model.is_gradient_checkpointing
-        model.gradient_checkpointing_disable()
-        assert not model.is_gradient_checkpointing
+        api = _checkpointing(model, name)
+        assert model.supports_gradient_checkpointing and not api.is_on()
+        api.enable()
+        assert api.is_on()
+        flagged = [n for n, m in model.named_modules() if hasattr(m, "gradient_checkpointing")]
+        assert flagged and all(model.get_submodule(n).gradient_checkpointing for n in flagged)
+        api.disable()
+        assert not api.is_on()
+        assert not any(model.get_submodule(n).gradient_checkpointing for n in flagged)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -163,7 +178,8 @@ def test_activation_checkpointing_enable_disable(impl):
 def test_training_gradient_checkpointing(impl, reentrant):
     _, model, kwargs = _model(impl, seed=4)
     model.train()
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
+    api = _checkpointing(model, _newest_name(model))
+    api.enable(**{api.kwargs: {"use_reentrant": reentrant}})
     loss = model(random_clip(kwargs, batch=2), labels=torch.tensor([0, 1])).loss
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
@@ -188,7 +204,8 @@ def test_peft_style_frozen_model_with_input_require_grads(impl):
     trainable = model.timesformer.encoder.layer[0].intermediate.dense.weight
     trainable.requires_grad_(True)
     model.enable_input_require_grads()
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    api = _checkpointing(model, _newest_name(model))
+    api.enable(**{api.kwargs: {"use_reentrant": True}})
     model(random_clip(kwargs, batch=2), labels=torch.tensor([0, 1])).loss.backward()
     assert trainable.grad is not None and trainable.grad.abs().sum() > 0
     assert model.num_parameters(only_trainable=True) == trainable.numel()
