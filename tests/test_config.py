@@ -126,3 +126,11 @@ def test_update_is_all_or_nothing_and_update_from_string_takes_fields_only():
         config.update_from_string("to_dict=1")
     with pytest.raises(ValueError, match="qkv_bias takes true or false"):
         config.update_from_string("qkv_bias=maybe")
+
+
+def test_from_pretrained_names_the_overrides_it_ignores(tmp_path, caplog):
+    TimesformerConfig(num_frames=3).save_pretrained(tmp_path)
+    with caplog.at_level("WARNING", logger="timesformer.configuration"):
+        config = TimesformerConfig.from_pretrained(tmp_path, num_frame=5, num_labels=4)
+    assert config.num_frames == 3 and config.num_labels == 4 and not hasattr(config, "num_frame")
+    assert "ignored num_frame: not fields of the config" in caplog.text

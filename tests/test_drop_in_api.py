@@ -188,6 +188,31 @@ def test_device_map_takes_one_device_only(saved):
             load(path, device_map=bad)
 
 
+def test_device_and_device_map_must_name_one_device(monkeypatch):
+    """``"cuda"`` is the current GPU (``torch.cuda.set_device``), not always the first."""
+    from timesformer.loading import loading_options
+
+    def options(device, device_map):
+        return loading_options(
+            backend="auto",
+            dtype=None,
+            device=device,
+            torch_dtype=None,
+            attn_implementation=None,
+            device_map=device_map,
+            config_overrides={},
+        )
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert options("cuda", "cuda:1")["device"] == torch.device("cuda:1")
+    assert options("cuda:1", 1)["device"] == torch.device("cuda:1")
+    assert options("cpu", "cpu")["device"] == torch.device("cpu")
+    for device, device_map in (("cuda", "cuda:0"), ("cuda:0", "cuda"), ("cpu", "cuda:1")):
+        with pytest.raises(ValueError, match="disagree"):
+            options(device, device_map)
+
+
 def test_subfolder_local_files_only_loading_info_and_low_cpu_mem_usage(saved, tmp_path):
     path, model, kwargs = saved
     outer = tmp_path / "repo"
@@ -338,3 +363,60 @@ def test_transformers_keywords_without_effect_here(saved):
         load(path, trust_remote_code="yes")
     config = TimesformerConfig.from_pretrained(path, revision="main", trust_remote_code=True)
     assert config == TimesformerConfig.from_pretrained(path)  # not stored as extra config keys
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa", "triton"])
+def test_transformers_video_classification_pipeline(hf, tmp_path, backend):
+    """``transformers.pipeline("video-classification", model=ours)`` gives transformers' labels and scores
+    for the same checkpoint. (The pipeline keeps only a plain dict of an output that is not transformers'
+    ``ModelOutput``: ours returned one and failed with ``'dict' object has no attribute 'logits'``.)"""
+    from _videos import write_indexed_video
+
+    from timesformer.preprocess import VideoProcessor
+
+    kwargs = small_config_kwargs(
+        "divided_space_time", 8, num_hidden_layers=2, image_size=32, num_frames=4, num_channels=3
+    )
+    labels = [f"class {i}" for i in range(kwargs["num_labels"])]
+    config = TimesformerConfig(**kwargs, id2label=dict(enumerate(labels)))
+    randomize_(TimesformerForVideoClassification(config), 8).save_pretrained(tmp_path)
+    VideoProcessor(shortest_edge=36, crop_size=(32, 32), image_mean=[0.4, 0.5, 0.6]).save_pretrained(tmp_path)
+    write_indexed_video(tmp_path / "clip.mp4", 30, 48, 64)
+    processor = hf.AutoImageProcessor.from_pretrained(tmp_path)  # (a video processor needs torchvision)
+    results = []
+    for model in (
+        hf.TimesformerForVideoClassification.from_pretrained(tmp_path),
+        TimesformerForVideoClassification.from_pretrained(tmp_path, backend=backend),
+    ):
+        classify = hf.pipeline("video-classification", model=model, image_processor=processor)
+        results.append(classify(str(tmp_path / "clip.mp4"), top_k=3))
+    ref, ours = results
+    assert [r["label"] for r in ours] == [r["label"] for r in ref] and ref[0]["label"] in labels
+    assert [r["score"] for r in ours] == pytest.approx([r["score"] for r in ref], rel=1e-5, abs=1e-6)
+
+
+def test_outputs_are_transformers_classes_when_transformers_is_loaded():
+    """With ``transformers`` imported, the models return its output classes (code built on it checks
+    ``isinstance(out, ModelOutput)``); without, this package's equivalents, and it never imports it."""
+    import subprocess
+    import sys
+
+    script = """
+import sys, torch, timesformer
+config = timesformer.TimesformerConfig(image_size=16, patch_size=8, num_frames=2, hidden_size=8,
+    num_hidden_layers=1, num_attention_heads=2, intermediate_size=12, num_labels=3)
+model = timesformer.TimesformerForVideoClassification(config).eval()
+x = torch.randn(1, 2, 3, 16, 16)
+out, base = model(x), model.timesformer(x)
+print(type(out).__module__, type(base).__module__, "transformers" in sys.modules)
+import transformers
+out, base = model(x), model.timesformer(x)
+assert isinstance(out, transformers.utils.ModelOutput), type(out)
+print(type(out).__module__, type(base).__module__)
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[:2] == [
+        "timesformer.outputs timesformer.outputs False",
+        "transformers.modeling_outputs transformers.modeling_outputs",
+    ]

@@ -446,12 +446,12 @@ def test_hub_options_reach_snapshot_download(monkeypatch, tmp_path):
     timesformer.TimesformerConfig.from_pretrained("someone/model", revision="v3")
     TimesformerForVideoClassification.from_pretrained("someone/model", local_files_only=True)
     picked = [{k: v for k, v in c.items() if k not in ("repo_id", "allow_patterns")} for c in calls]
-    # Only what was asked for: the hub's own defaults (HF_TOKEN, HF_HUB_OFFLINE) apply to the rest.
-    assert picked == [
-        {"revision": "v2", "cache_dir": "/c", "token": "t", "force_download": True},
-        {"revision": "v3"},
-        {"local_files_only": True},
-    ]
+    # Only what was asked for: the hub's own defaults (HF_TOKEN, HF_HUB_OFFLINE) apply to the rest. A model's
+    # load looks for a PEFT adapter first (two small files), as transformers does, with the same options.
+    first = {"revision": "v2", "cache_dir": "/c", "token": "t", "force_download": True}
+    offline = {"local_files_only": True}
+    assert picked == [first, first, {"revision": "v3"}, offline, offline]
+    assert calls[0]["allow_patterns"] == ["adapter_config.json", "config.json"]
     assert all(c["repo_id"] == "someone/model" for c in calls)
 
 
@@ -463,7 +463,8 @@ def test_hub_downloads_only_the_format_and_variant_asked_for(monkeypatch, tmp_pa
     patterns = []
 
     def snapshot_download(repo_id, allow_patterns, **kw):
-        patterns.append(allow_patterns)
+        if allow_patterns != ["adapter_config.json", "config.json"]:  # not the look for an adapter
+            patterns.append(allow_patterns)
         return str(only_bin)
 
     monkeypatch.setattr(hub, "snapshot_download", snapshot_download)

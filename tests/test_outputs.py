@@ -47,16 +47,20 @@ def test_rebuilt_from_items_and_a_pytree_node_as_in_transformers(hf):
     x = random_clip(kwargs)
     with torch.no_grad():
         theirs, out = ref(x, labels=torch.tensor([0, 1])), ours(x, labels=torch.tensor([0, 1]))
+    # transformers is loaded here, so the model returns its class: this package's class is checked beside it.
+    assert type(out) is type(theirs)
+    own = ImageClassifierOutput(**out)
     # accelerate's conversions rebuild outputs this way.
-    for o in (theirs, out):
+    for o in (theirs, out, own):
         again = type(o)({k: v for k, v in o.items()})
         assert list(again.keys()) == ["loss", "logits"] and again.logits is o.logits
     from torch.utils import _pytree
 
-    leaves, spec = _pytree.tree_flatten(out)
-    assert len(leaves) == 2 and leaves[1] is out.logits
-    rebuilt = _pytree.tree_unflatten([t * 2 for t in leaves], spec)
-    assert type(rebuilt) is ImageClassifierOutput and torch.equal(rebuilt.logits, out.logits * 2)
+    for o in (out, own):
+        leaves, spec = _pytree.tree_flatten(o)
+        assert len(leaves) == 2 and leaves[1] is o.logits
+        rebuilt = _pytree.tree_unflatten([t * 2 for t in leaves], spec)
+        assert type(rebuilt) is type(o) and torch.equal(rebuilt.logits, o.logits * 2)
 
 
 def test_torch_export_gives_the_output_class(hf):
@@ -66,7 +70,7 @@ def test_torch_export_gives_the_output_class(hf):
     exported = torch.export.export(ours, (x,)).module()
     with torch.no_grad():
         got, expected = exported(x), ours(x)
-    assert type(got) is ImageClassifierOutput
+    assert type(got) is type(expected) and type(got).__name__ == "ImageClassifierOutput"
     torch.testing.assert_close(got.logits, expected.logits)
 
 

@@ -233,9 +233,8 @@ def test_add_set_save_and_delete_adapters(tmp_path):
             torch.testing.assert_close(
                 load(fresh).eval()(pixel_values=x).logits, with_a, rtol=1e-5, atol=1e-5
             )
-    with pytest.raises(
-        FileNotFoundError, match="holds a PEFT adapter: load its base model, then model.load_adapter"
-    ):
+    # This model was built from a config, so its adapter names no base model to load.
+    with pytest.raises(ValueError, match="does not name a base model to load .* then model.load_adapter"):
         timesformer.TimesformerForVideoClassification.from_pretrained(tmp_path / "a")
     ours.set_adapter(["a", "b"])
     with pytest.raises(ValueError, match=r"2 adapters are active \(\['a', 'b'\]\); saving several at once"):
@@ -308,3 +307,78 @@ def test_load_adapter_from_a_subfolder_or_hub_fetches_only_what_it_reads(tmp_pat
         match=r"adapter '.*nowhere': expected a directory \(or hub id\) holding adapter_config.json",
     ):
         model.load_adapter(tmp_path / "nowhere", adapter_name="other")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_from_pretrained_of_an_adapter_folder_loads_its_base_then_the_adapter(tmp_path, backend):
+    """As transformers: ``from_pretrained(adapter folder)`` loads the base model the adapter's config names,
+    then the adapter; an adapter saved beside its model (``config.json`` there too) takes that model."""
+    ours, _, kwargs = _pair("sdpa", seed=33)
+    ours.save_pretrained(tmp_path / "base")
+    base = timesformer.TimesformerForVideoClassification.from_pretrained(tmp_path / "base", backend="sdpa")
+    peft_model = _adapted(base, peft.LoraConfig(**LORA, modules_to_save=["classifier"]), 33).eval()
+    peft_model.save_pretrained(tmp_path / "repo" / "adapter")  # records base_model_name_or_path
+    x = random_clip(kwargs)
+    with torch.no_grad():
+        expected = peft_model(pixel_values=x).logits
+    cls = timesformer.TimesformerForVideoClassification
+    loaded = cls.from_pretrained(tmp_path / "repo" / "adapter", backend=backend)
+    assert loaded.active_adapters() == ["default"] and not loaded.training
+    assert not any(p.requires_grad for n, p in loaded.named_parameters() if "lora_" in n)
+    ref = transformers.TimesformerForVideoClassification.from_pretrained(tmp_path / "repo" / "adapter")
+    with torch.no_grad():
+        got = loaded(x).logits
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got, ref(pixel_values=x).logits, rtol=1e-5, atol=1e-5)
+    # A subfolder belongs to the adapter; adapter_name and adapter_kwargs go to load_adapter.
+    loaded = cls.from_pretrained(
+        tmp_path / "repo",
+        subfolder="adapter",
+        backend=backend,
+        adapter_name="mine",
+        adapter_kwargs={"is_trainable": True},
+    )
+    assert loaded.active_adapters() == ["mine"]
+    assert all(p.requires_grad for n, p in loaded.named_parameters() if "lora_" in n)
+    # Beside its model: the folder's own weights are the base (the named base is not read).
+    embedded = tmp_path / "embedded"
+    ours.save_pretrained(embedded)
+    peft_model.save_pretrained(embedded)
+    (tmp_path / "base" / "model.safetensors").unlink()
+    with torch.no_grad():
+        torch.testing.assert_close(cls.from_pretrained(embedded, backend=backend)(x).logits, expected)
+    with pytest.raises(ValueError, match="adapter_name and adapter_kwargs apply to a folder holding a PEFT"):
+        cls.from_pretrained(tmp_path / "base", adapter_name="x", state_dict=ours.state_dict())
+
+
+def test_from_pretrained_of_a_hub_adapter_fetches_the_adapter_and_its_base(tmp_path, monkeypatch):
+    """Hub ids for both: the fake hub hands out only the files the patterns ask for, as the real one."""
+    import fnmatch
+    import itertools
+    import shutil
+
+    import huggingface_hub
+
+    hub_root, counter = tmp_path / "hub", itertools.count()
+
+    def snapshot_download(repo_id, allow_patterns, **kw):
+        snapshot = tmp_path / "snapshots" / str(next(counter))
+        for file in (hub_root / repo_id).rglob("*"):
+            name = file.relative_to(hub_root / repo_id).as_posix()
+            if file.is_file() and any(fnmatch.fnmatch(name, p) for p in allow_patterns):
+                (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(file, snapshot / name)
+        snapshot.mkdir(parents=True, exist_ok=True)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    ours, _, kwargs = _pair("sdpa", seed=34)
+    ours.save_pretrained(hub_root / "org" / "base")
+    base = timesformer.TimesformerForVideoClassification.from_pretrained("org/base", backend="sdpa")
+    peft_model = _adapted(base, peft.LoraConfig(**LORA), 34).eval()
+    peft_model.save_pretrained(hub_root / "org" / "adapter")
+    assert peft_model.peft_config["default"].base_model_name_or_path == "org/base"
+    loaded = timesformer.TimesformerForVideoClassification.from_pretrained("org/adapter", backend="sdpa")
+    x = random_clip(kwargs)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, peft_model(pixel_values=x).logits, rtol=1e-5, atol=1e-5)

@@ -303,6 +303,9 @@ def test_config_generic_api(impl, tmp_path):
     # Keys that are not attributes come back, not set (both implementations).
     loaded, unused = api.Config.from_pretrained(tmp_path, return_unused_kwargs=True, num_frames=3, foo=1)
     assert unused == {"foo": 1} and loaded.num_frames == 3 and not hasattr(loaded, "foo")
+    # Without return_unused_kwargs they are dropped too (ours also names them in a warning).
+    loaded = api.Config.from_pretrained(tmp_path, num_frames=3, foo=1)
+    assert loaded.num_frames == 3 and not hasattr(loaded, "foo") and "foo" not in loaded.to_dict()
     assert str(api.Config(torch_dtype="bfloat16").dtype).removeprefix("torch.") == "bfloat16"
 
 

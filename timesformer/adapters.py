@@ -44,6 +44,44 @@ def _adapter_state(directory: str, use_safetensors: bool | None) -> dict[str, to
     raise FileNotFoundError(f"no adapter weights in {directory!r}: looked for {', '.join(names)}")
 
 
+def find_adapter(
+    path: str | os.PathLike, subfolder: str, local_files_only: bool, hub: Mapping[str, Any]
+) -> tuple[str, str] | None:
+    """For ``from_pretrained(path, subfolder=...)``, as ``transformers``: ``None`` when that folder holds no PEFT
+    adapter (``adapter_config.json``; or a hub id cannot be resolved: the model loader then says why), else
+    ``(the base model's path, its subfolder)``. The base is ``path`` itself when the folder also holds
+    ``config.json`` (an adapter saved beside its model), else the model the adapter's config names
+    (``base_model_name_or_path``; ``subfolder`` then belongs to the adapter). Of a hub repository, only those
+    two JSON files are fetched here."""
+    import json
+
+    from .configuration import CONFIG_NAME
+    from .loading import model_file, resolve_pretrained_dir
+
+    try:
+        directory = resolve_pretrained_dir(
+            path, subfolder, local_files_only, [ADAPTER_CONFIG, CONFIG_NAME], **hub
+        )
+    except (FileNotFoundError, ValueError):
+        return None
+    config_file = model_file(directory, ADAPTER_CONFIG)
+    if not os.path.isfile(config_file):
+        return None
+    if os.path.isfile(model_file(directory, CONFIG_NAME)):
+        return os.fspath(path), subfolder
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            base = json.load(f).get("base_model_name_or_path")
+    except (ValueError, RecursionError, AttributeError) as e:  # JSON syntax, not UTF-8, not an object
+        raise ValueError(f"{config_file}: not a valid adapter config ({type(e).__name__}: {e})") from None
+    if not isinstance(base, str) or not base or os.path.realpath(base) == os.path.realpath(directory):
+        raise ValueError(
+            f"{config_file} does not name a base model to load (base_model_name_or_path is {base!r}): load the "
+            "base model with from_pretrained, then model.load_adapter(directory)"
+        )
+    return base, ""
+
+
 class AdapterMixin:
     """The adapter methods of ``transformers.PreTrainedModel`` (``PeftAdapterMixin``); ``peft_config`` maps each
     adapter's name to its PEFT config once one is loaded."""

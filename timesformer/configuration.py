@@ -497,9 +497,9 @@ class TimesformerConfig:
         ``local_files_only``, ``revision``, ``cache_dir``, ``token`` and ``force_download`` as in
         ``from_pretrained`` of the models; ``trust_remote_code`` has no effect), with ``overrides`` of its fields.
 
-        ``return_unused_kwargs``: return ``(config, unused)`` as transformers does: the overrides that are not
-        attributes of the config, which are then not set. Without it they are kept as extra keys (written
-        to ``config.json``; transformers drops them)."""
+        Overrides that are not attributes of the config are not set, as in transformers: with
+        ``return_unused_kwargs`` they come back as ``(config, unused)``, without it a warning names them
+        (transformers drops them silently)."""
         from .loading import model_file, resolve_pretrained_dir
 
         if os.path.isfile(path) and not subfolder:
@@ -513,10 +513,14 @@ class TimesformerConfig:
             }
             directory = resolve_pretrained_dir(path, subfolder, local_files_only, [CONFIG_NAME], **hub)
             config = cls.from_json_file(model_file(directory, CONFIG_NAME))
-        unused = {}
-        if return_unused_kwargs:
-            unused = {k: v for k, v in overrides.items() if not hasattr(config, k)}
-            overrides = {k: v for k, v in overrides.items() if k not in unused}
+        unused = {k: v for k, v in overrides.items() if not hasattr(config, k)}
+        overrides = {k: v for k, v in overrides.items() if k not in unused}
+        if unused and not return_unused_kwargs:
+            logger.warning(
+                "%s.from_pretrained: ignored %s: not fields of the config",
+                cls.__name__,
+                ", ".join(sorted(unused)),
+            )
         if overrides:
             config = cls.from_dict(config.to_dict(), **overrides)
         return (config, unused) if return_unused_kwargs else config

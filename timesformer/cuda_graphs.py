@@ -24,7 +24,7 @@ from torch import nn
 
 from .backends.base import needs_autograd
 from .modeling import TimesformerForVideoClassification, TimesformerModel, intercepted, module_path_reason
-from .outputs import BaseModelOutput, ImageClassifierOutput, ModelOutput
+from .outputs import ModelOutput, output_types
 from .weight_cache import count_optimizer_steps, fingerprint, optimizer_steps
 from .weight_cache import entries as cache_entries
 
@@ -257,11 +257,12 @@ class CudaGraphRunner:
             graph.static_input.copy_(pixel_values)
         graph.replay()
         outputs = {name: t.clone() for name, t in graph.outputs.items()}
+        base_output, classifier_output = output_types()
         if classifier:
             loss = None if labels is None else model._loss(outputs["logits"], labels)
-            out: ModelOutput = ImageClassifierOutput(loss=loss, **outputs)
+            out: ModelOutput = classifier_output(loss=loss, **outputs)
         else:
-            out = BaseModelOutput(**outputs)
+            out = base_output(**outputs)
         return out if as_dict else out.to_tuple()
 
     # ------------------------------------------------------------------ internals

@@ -227,15 +227,7 @@ def _weight_map(directory: str, names: list[tuple[str, bool]]) -> tuple[str, dic
         return candidate, {
             _shard_path(directory, roots, candidate, name): keys for name, keys in by_name.items()
         }
-    raise FileNotFoundError(
-        f"no weights in {directory!r}: looked for {', '.join(n for n, _ in names)}{_adapter_hint(directory)}"
-    )
-
-
-def _adapter_hint(directory: str) -> str:
-    if os.path.isfile(os.path.join(directory, "adapter_config.json")):
-        return "; it holds a PEFT adapter: load its base model, then model.load_adapter(directory)"
-    return ""
+    raise FileNotFoundError(f"no weights in {directory!r}: looked for {', '.join(n for n, _ in names)}")
 
 
 def _torch_load(path: str):
@@ -413,6 +405,15 @@ INERT_LOADING_OPTIONS = {
 }
 
 
+def _device_key(device: torch.device) -> tuple[str, int]:
+    """``device`` with its index spelled out: ``"cuda"`` is the current GPU, as torch places tensors."""
+    if device.index is not None:
+        return device.type, device.index
+    if device.type == "cuda" and torch.cuda.is_available():
+        return device.type, torch.cuda.current_device()
+    return device.type, 0
+
+
 def loading_options(
     *, backend, dtype, device, torch_dtype, attn_implementation, device_map, config_overrides
 ) -> dict:
@@ -457,8 +458,7 @@ def loading_options(
             )
         target = torch.device("cuda", device_map) if isinstance(device_map, int) else torch.device(device_map)
         given = None if device is None else torch.device(device)
-        # "cuda" and "cuda:0" are one device here (the first GPU, as device_map="auto" places the model).
-        if given is not None and (given.type, given.index or 0) != (target.type, target.index or 0):
+        if given is not None and _device_key(given) != _device_key(target):
             raise ValueError(f"device={device!r} and device_map={device_map!r} disagree")
         device = target
     unknown = sorted(set(config_overrides) - _config_fields())
@@ -513,7 +513,7 @@ def load_pretrained(
     if config is None:
         config_path = model_file(directory, CONFIG_NAME)
         if not os.path.isfile(config_path):
-            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory!r}{_adapter_hint(directory)}")
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory!r}")
         config = TimesformerConfig.from_json_file(config_path)
     if config_overrides:
         config = TimesformerConfig.from_dict(config.to_dict(), **config_overrides)

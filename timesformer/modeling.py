@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -24,7 +25,7 @@ from .adapters import AdapterMixin
 from .backends import BACKEND_CHOICES, Backend, get_backend, resolve_backend
 from .backends.base import ForwardContext, drop_path
 from .configuration import TimesformerConfig
-from .outputs import BaseModelOutput, ImageClassifierOutput
+from .outputs import BaseModelOutput, ImageClassifierOutput, output_types
 from .weight_cache import clear_weight_cache
 
 logger = logging.getLogger(__name__)
@@ -390,7 +391,7 @@ class TimesformerEncoder(nn.Module):
                 attentions.append(attn)
         if output_hidden_states:
             hidden_states.append(x)
-        return BaseModelOutput(
+        return output_types()[0](
             last_hidden_state=x,
             hidden_states=tuple(hidden_states) if output_hidden_states else None,
             attentions=tuple(attentions) if output_attentions else None,
@@ -815,9 +816,12 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
         cache_dir: str | os.PathLike | None = None,
         token: str | bool | None = None,
         force_download: bool = False,
+        adapter_name: str | None = None,
+        adapter_kwargs: Mapping[str, Any] | None = None,
         **config_overrides: Any,
     ):
-        """Load a checkpoint written by ``transformers``' ``save_pretrained`` (or ours).
+        """Load a checkpoint written by ``transformers``' ``save_pretrained`` (or ours), or a PEFT adapter with
+        its base model.
 
         Args:
             pretrained_model_name_or_path: a local directory with ``config.json`` and ``model.safetensors``
@@ -849,13 +853,24 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
             variant: the weights saved with ``save_pretrained(variant=...)`` (``model.fp16.safetensors``).
             revision, cache_dir, token, force_download: where a hub id's snapshot comes from (``huggingface_hub``'s
                 ``snapshot_download``); no effect on a local directory.
+            adapter_name, adapter_kwargs: for a folder (or hub repository) holding a PEFT adapter
+                (``adapter_config.json``), as in ``transformers``: the base model its config names
+                (``base_model_name_or_path``; or the folder itself when it also holds ``config.json``) is loaded
+                with the other arguments, then the adapter with ``load_adapter(folder, adapter_name,
+                **adapter_kwargs)`` (e.g. ``{"is_trainable": True}``).
             **config_overrides: config fields to override (e.g. ``num_labels=10``). Of ``transformers``' other
                 keywords, ``trust_remote_code`` has no effect (no code is fetched) and ``weights_only``,
                 ``quantization_config``, ``max_memory``, ``offload_folder``, ``key_mapping``, ... are accepted at
                 their defaults only; other names are refused.
         """
+        from .adapters import find_adapter
         from .loading import load_pretrained, loading_options
 
+        hub = {"revision": revision, "cache_dir": cache_dir, "token": token, "force_download": force_download}
+        adapter = None
+        if pretrained_model_name_or_path is not None:
+            adapter = find_adapter(pretrained_model_name_or_path, subfolder, local_files_only, hub)
+        path, base_subfolder = (pretrained_model_name_or_path, subfolder) if adapter is None else adapter
         options = loading_options(
             backend=backend,
             dtype=dtype,
@@ -865,25 +880,35 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
             device_map=device_map,
             config_overrides=config_overrides,
         )
-        return load_pretrained(
+        loaded = load_pretrained(
             cls,
-            pretrained_model_name_or_path,
+            path,
             config=None if config is None else _our_config(config),
             ignore_mismatched_sizes=ignore_mismatched_sizes,
-            subfolder=subfolder,
+            subfolder=base_subfolder,
             local_files_only=local_files_only,
             output_loading_info=output_loading_info,
             state_dict=state_dict,
             use_safetensors=use_safetensors,
             variant=variant,
-            hub={
-                "revision": revision,
-                "cache_dir": cache_dir,
-                "token": token,
-                "force_download": force_download,
-            },
+            hub=hub,
             **options,
         )
+        if adapter is not None:
+            model = loaded[0] if output_loading_info else loaded
+            options = {
+                "subfolder": subfolder,
+                "local_files_only": local_files_only,
+                **hub,
+                **(adapter_kwargs or {}),
+            }
+            model.load_adapter(pretrained_model_name_or_path, adapter_name=adapter_name, **options)
+        elif adapter_name is not None or adapter_kwargs:
+            raise ValueError(
+                "from_pretrained: adapter_name and adapter_kwargs apply to a folder holding a PEFT adapter "
+                f"(adapter_config.json); {str(pretrained_model_name_or_path)!r} holds none"
+            )
+        return loaded
 
     def save_pretrained(
         self,
@@ -1058,7 +1083,7 @@ class TimesformerModel(TimesformerPreTrainedModel):
             impl, self, pixel_values, output_attentions, output_hidden_states
         )
         x = self.layernorm(x)
-        out = BaseModelOutput(last_hidden_state=x, hidden_states=hidden_states, attentions=attentions)
+        out = output_types()[0](last_hidden_state=x, hidden_states=hidden_states, attentions=attentions)
         return out if return_dict else out.to_tuple()
 
 
@@ -1121,9 +1146,7 @@ class TimesformerForVideoClassification(TimesformerPreTrainedModel):
             # LayerNorm is per row and the head reads CLS only: normalize just the CLS rows.
             logits = impl.classify(self.timesformer.layernorm, self.classifier, x[:, :1], fwd)
         loss = None if labels is None else self._loss(logits, labels)
-        out = ImageClassifierOutput(
-            loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions
-        )
+        out = output_types()[1](loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions)
         return out if return_dict else out.to_tuple()
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

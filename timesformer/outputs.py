@@ -5,11 +5,17 @@ Fields are reachable as attributes (``out.logits``), by name (``out["logits"]``)
 one and the logits otherwise, exactly as in transformers. ``to_tuple()`` gives the ``return_dict=False``
 form. As there, an output can be rebuilt from its items (``type(out)(dict(out))``, what accelerate's
 conversions do), and every output class is a pytree node (``torch.export``, ``torch.utils._pytree``).
+
+The models return ``transformers``' own classes instead whenever ``transformers`` is loaded in the process
+(``output_types``): code built on transformers checks ``isinstance(out, transformers.utils.ModelOutput)``
+(its pipelines keep only a plain dict of anything else). This package never imports ``transformers`` itself.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
+import sys
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
@@ -117,3 +123,19 @@ class ImageClassifierOutput(ModelOutput):
     logits: torch.Tensor
     hidden_states: tuple[torch.Tensor, ...] | None
     attentions: tuple[torch.Tensor, ...] | None
+
+
+def output_types() -> tuple[type, type]:
+    """``(BaseModelOutput, ImageClassifierOutput)`` for the models to return: ``transformers``' classes of
+    those names (same fields, same behaviour) when ``transformers`` is already imported in this process, else
+    this module's."""
+    if "transformers" in sys.modules:
+        upstream = sys.modules.get("transformers.modeling_outputs")
+        if upstream is None and not torch.compiler.is_compiling():  # an import cannot be traced
+            try:
+                upstream = importlib.import_module("transformers.modeling_outputs")
+            except Exception:  # a broken or partial transformers: this package's classes serve as well
+                upstream = None
+        if upstream is not None:
+            return upstream.BaseModelOutput, upstream.ImageClassifierOutput
+    return BaseModelOutput, ImageClassifierOutput
