@@ -8,7 +8,7 @@ conversions do), and every output class is a pytree node (``torch.export``, ``to
 
 The models return ``transformers``' own classes instead whenever ``transformers`` is loaded in the process
 (``output_types``): code built on transformers checks ``isinstance(out, transformers.utils.ModelOutput)``
-(its pipelines keep only a plain dict of anything else). This package never imports ``transformers`` itself.
+(its pipelines keep only a plain dict of anything else). This package never imports ``transformers`` first.
 """
 
 from __future__ import annotations
