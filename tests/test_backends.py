@@ -190,3 +190,23 @@ def test_a_forward_traces_as_one_graph_under_torch_compile(backend):
         got = torch.compile(model, backend="aot_eager", fullgraph=True)(x).logits
         expected = model(x).logits
     assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "eager"])
+def test_a_training_step_with_labels_traces_as_one_graph(backend):
+    """The labels' range check is part of the graph under torch.compile (a Python branch on their values
+    failed with fullgraph=True): same loss and gradients, and a bad label still fails."""
+    kwargs = small_config_kwargs("divided_space_time", seed=43)
+    model = randomize_(TimesformerForVideoClassification(timesformer.TimesformerConfig(**kwargs)), 43).train()
+    model.set_backend(backend)  # (no dropout: the config's default rates are 0)
+    x, labels = random_clip(kwargs, seed=44), torch.tensor([1, 0])
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    grads = []
+    for run in (compiled, model):
+        model.zero_grad(set_to_none=True)
+        loss = run(x, labels=labels).loss
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1])
+    with pytest.raises(RuntimeError, match=r"labels must be in \[0, "):
+        compiled(x, labels=torch.tensor([1, kwargs["num_labels"]]))

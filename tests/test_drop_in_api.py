@@ -173,6 +173,12 @@ def test_attn_implementation_maps_to_a_backend(saved):
         load(path, attn_implementation="flex_attention")
     with pytest.raises(ValueError, match="disagree"):
         load(path, backend="eager", attn_implementation="sdpa")
+    # transformers' call to switch afterwards.
+    model = load(path, backend="eager")
+    model.set_attn_implementation("sdpa")
+    assert model.backend == "sdpa"
+    with pytest.raises(ValueError, match="attn_implementation must be one of"):
+        model.set_attn_implementation("flex_attention")
 
 
 def test_device_map_takes_one_device_only(saved):
@@ -286,9 +292,13 @@ def test_dtype_defaults_to_the_checkpoints_and_is_written_as_a_string(saved, tmp
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"
     # transformers 5 loads a checkpoint in its own dtype unless told otherwise.
     loaded = TimesformerForVideoClassification.from_pretrained(tmp_path / "bf16")
-    assert loaded.dtype == torch.bfloat16 and loaded.config.dtype == "bfloat16"
+    # The config's dtype is a torch.dtype (transformers' too), written as its name.
+    assert loaded.dtype == torch.bfloat16 and loaded.config.dtype == torch.bfloat16
+    assert loaded.config.torch_dtype == torch.bfloat16  # the older name
     loaded = TimesformerForVideoClassification.from_pretrained(tmp_path / "bf16", dtype=torch.float32)
-    assert loaded.dtype == torch.float32 and loaded.config.dtype == "float32"
+    assert loaded.dtype == torch.float32 and loaded.config.dtype == torch.float32
+    loaded.config.dtype = torch.float16
+    assert loaded.config.to_dict()["dtype"] == "float16"  # set afterwards, it is written too
     # A torch.dtype given to the config is written as transformers writes it.
     config = TimesformerConfig(**{**model.config.to_dict(), "dtype": torch.float16})
     assert json.loads(config.to_json_string())["dtype"] == "float16"
@@ -420,3 +430,57 @@ print(type(out).__module__, type(base).__module__)
         "timesformer.outputs timesformer.outputs False",
         "transformers.modeling_outputs transformers.modeling_outputs",
     ]
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+@pytest.mark.parametrize("grad", [False, True])
+def test_jit_trace_records_the_weights_not_a_cached_copy(backend, grad):
+    """``torch.jit.trace`` (what the legacy ONNX export runs) takes the path with autograd's ops, not the
+    inference path (whose in-place updates of residual slices the ONNX exporter mistranslated: logits 0.5 off)
+    and not prepared weights from the cache (recorded as constants: a trace ignored later weight edits, and
+    its check failed with "Graphs differed across invocations")."""
+    model, kwargs = _model("divided_space_time", backend, seed=12)
+    model.eval().config.return_dict = False
+    x, other = random_clip(kwargs, batch=2), random_clip(kwargs, batch=2, seed=13)  # a trace is of one shape
+    with torch.set_grad_enabled(grad):
+        model(x)  # fills the weight cache
+        traced = torch.jit.trace(model, (x,))  # its check runs the trace again and compares
+    weight = model.timesformer.encoder.layer[0].temporal_attention.attention.qkv.weight
+    with torch.no_grad():
+        weight.mul_(1.5)
+        torch.testing.assert_close(traced(other)[0], model(other)[0])
+
+
+def test_post_init_after_replacing_a_module_initializes_only_that_one(hf):
+    """As transformers: the usual new-head recipe keeps the pretrained weights. (post_init re-initialized every
+    weight, silently.) A replaced encoder module stays a replacement for the backends (module path)."""
+    from timesformer.modeling import module_path_reason
+
+    model, kwargs = _model(seed=14)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.classifier = torch.nn.Linear(kwargs["hidden_size"], 7)
+    new_head = model.classifier.weight.clone()
+    dense = model.timesformer.encoder.layer[0].output.dense
+    model.timesformer.encoder.layer[0].output.dense = torch.nn.Sequential(dense)
+    model.post_init()
+    after = model.state_dict()
+    for key, value in before.items():
+        if not key.startswith(("classifier.", "timesformer.encoder.layer.0.output.dense.")):
+            assert torch.equal(after[key], value), key
+    assert not torch.equal(model.classifier.weight, new_head)  # initialized as the model's own (trunc normal)
+    assert model.classifier.weight.std() < 3 * model.config.initializer_range
+    assert (
+        module_path_reason(model)
+        == "timesformer.encoder.layer.0.output.dense is a torch.nn.modules.container.Sequential"
+    )
+    assert model(random_clip(kwargs)).logits.shape[-1] == 7
+    # The same recipe on transformers' model (its behaviour, which this mirrors).
+    ref = hf.TimesformerForVideoClassification(hf.TimesformerConfig(**kwargs))
+    kept = ref.timesformer.encoder.layer[0].output.dense.weight.clone()
+    ref.classifier = torch.nn.Linear(kwargs["hidden_size"], 7)
+    ref.post_init()
+    assert torch.equal(ref.timesformer.encoder.layer[0].output.dense.weight, kept)
+    # init_weights / initialize_weights exist, and initialize nothing that is initialized already.
+    model.init_weights()
+    model.initialize_weights()
+    assert torch.equal(model.timesformer.layernorm.weight, before["timesformer.layernorm.weight"])

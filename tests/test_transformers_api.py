@@ -306,7 +306,12 @@ def test_config_generic_api(impl, tmp_path):
     # Without return_unused_kwargs they are dropped too (ours also names them in a warning).
     loaded = api.Config.from_pretrained(tmp_path, num_frames=3, foo=1)
     assert loaded.num_frames == 3 and not hasattr(loaded, "foo") and "foo" not in loaded.to_dict()
-    assert str(api.Config(torch_dtype="bfloat16").dtype).removeprefix("torch.") == "bfloat16"
+    # dtype: read as a torch.dtype (under both names), written as its name; id2label keys are ints.
+    config = api.Config(torch_dtype="bfloat16", id2label={"0": "a", "1": "b"})
+    assert config.dtype == torch.bfloat16 and config.to_dict()["id2label"] == {0: "a", 1: "b"}
+    with warnings.catch_warnings(action="ignore"):
+        assert config.torch_dtype == torch.bfloat16
+    assert json.loads(config.to_json_string())["dtype"] == "bfloat16"
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -252,3 +252,20 @@ def test_every_launch_goes_to_its_tensors_device(monkeypatch):
         with torch.no_grad():
             model(random_clip(kwargs, seed=45).to(DEVICE))
     assert len(launches) > 10 and all(launches)
+
+
+def test_autocast_runs_the_call_on_sdpa():
+    """The kernels run in the parameters' dtype and are not autocast ops: under autocast to another dtype the
+    call runs on sdpa, whose ops autocast casts (the logits came back float32 under bfloat16 autocast)."""
+    kwargs = small_config_kwargs("divided_space_time", seed=71)
+    model = randomize_(TimesformerForVideoClassification(timesformer.TimesformerConfig(**kwargs)), 71)
+    model.eval().to(DEVICE)
+    x = random_clip(kwargs, seed=72).to(DEVICE)
+    with torch.no_grad(), torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        expected = model.set_backend("sdpa")(x).logits
+        got = model.set_backend("triton")(x).logits
+        assert model.backend == "sdpa"
+    assert got.dtype == torch.bfloat16 and torch.equal(got, expected)
+    with torch.no_grad(), torch.autocast(DEVICE.type, dtype=torch.float32):  # the parameters' own dtype
+        assert model.backend == "triton"
+    assert model.backend == "triton"

@@ -16,6 +16,8 @@ import os
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+import torch
+
 from .activations import ACTIVATIONS
 
 logger = logging.getLogger(__name__)
@@ -223,6 +225,8 @@ class TimesformerConfig:
         self._extra: dict[str, Any] = {}
         for key, value in kwargs.items():
             self._extra[key] = value
+        if "dtype" in self._extra:
+            self.dtype = self._extra["dtype"]
 
         if id2label is not None:
             self.id2label = id2label
@@ -390,6 +394,27 @@ class TimesformerConfig:
     def _name_or_path(self) -> str:
         return self.name_or_path
 
+    @property
+    def dtype(self) -> Any:
+        """The weights' dtype the checkpoint records (``None`` when it records none): a ``torch.dtype``, written
+        to ``config.json`` as its name, as in transformers."""
+        return self._extra.get("dtype")
+
+    @dtype.setter
+    def dtype(self, value: Any) -> None:
+        if isinstance(value, str) and isinstance(getattr(torch, value, None), torch.dtype):
+            value = getattr(torch, value)
+        self._extra["dtype"] = value
+
+    @property
+    def torch_dtype(self) -> Any:
+        """``dtype`` under transformers' older name."""
+        return self.dtype
+
+    @torch_dtype.setter
+    def torch_dtype(self, value: Any) -> None:
+        self.dtype = value
+
     def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None) -> TimesformerConfig:
         """The config itself, as for every model that is not made of several (transformers' API)."""
         return self
@@ -441,7 +466,7 @@ class TimesformerConfig:
         for name in MODEL_FIELDS:
             value = getattr(self, name)
             out[name] = list(value) if isinstance(value, tuple) else value
-        out["id2label"] = {str(k): v for k, v in self.id2label.items()}
+        out["id2label"] = dict(self.id2label)  # int keys, as transformers (JSON writes them as strings)
         out["label2id"] = dict(self.label2id)
         for name in GENERIC_FIELDS:
             out[name] = getattr(self, name)

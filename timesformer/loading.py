@@ -540,7 +540,7 @@ def load_pretrained(
     model = model.to(dtype=torch_dtype, device=device)
     model.name_or_path = "" if path is None else os.fspath(path)
     # As transformers: the config records the dtype the model was loaded in (written to config.json).
-    model.config._extra["dtype"] = str(torch_dtype).removeprefix("torch.")
+    model.config.dtype = torch_dtype
     model.eval()
     if output_loading_info:
         return model, {

@@ -66,11 +66,15 @@ def classification_loss(
             )
         flat = labels.reshape(-1).long()
         bad = ((flat < 0) | (flat >= num_labels)) & (flat != IGNORE_INDEX)
-        if bool(bad.any()):
-            raise ValueError(
-                f"single-label classification labels must be in [0, {num_labels}) (or {IGNORE_INDEX} to "
-                f"ignore), got {flat[bad][:5].tolist()}"
-            )
+        expected = (
+            f"single-label classification labels must be in [0, {num_labels}) (or {IGNORE_INDEX} to ignore)"
+        )
+        if torch.compiler.is_compiling():
+            # A branch on the labels' values cannot be traced (fullgraph=True failed; otherwise a graph break):
+            # the check becomes part of the graph.
+            torch._assert_async(~bad.any(), expected)
+        elif bool(bad.any()):
+            raise ValueError(f"{expected}, got {flat[bad][:5].tolist()}")
         return F.cross_entropy(logits.view(-1, num_labels), flat, ignore_index=IGNORE_INDEX)
 
     # multi_label_classification

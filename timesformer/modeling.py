@@ -579,15 +579,40 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
             if hasattr(module, "time_embeddings"):
                 nn.init.zeros_(module.time_embeddings)
 
+    def _initialize_weights(self, module: nn.Module) -> None:
+        # As transformers: a module is initialized once, so that post_init() after replacing a module (a new
+        # head) initializes that one and keeps every other (pretrained) weight.
+        if not module.__dict__.get("_is_hf_initialized", False):
+            self._init_weights(module)
+            module._is_hf_initialized = True
+
+    @torch.no_grad()
+    def initialize_weights(self) -> None:
+        """Initialize the modules not initialized yet (new ones: a replaced head), as ``transformers``."""
+        self.apply(self._initialize_weights)
+
+    def init_weights(self) -> None:
+        """``initialize_weights`` (skipped while building under ``torch.device("meta")``, as in ``transformers``,
+        so that ``to_empty`` then ``init_weights`` initializes everything)."""
+        if torch.empty(0).device.type != "meta":
+            self.initialize_weights()
+        self.tie_weights()
+
     def post_init(self) -> None:
-        self.apply(self._init_weights)
+        """Call after building or replacing modules: initializes the new ones (``init_weights``) and records the
+        module types the fused backends read (``module_path_reason``)."""
+        self.init_weights()
         self._record_built_types()
 
     def _record_built_types(self) -> None:
         # The type of every submodule as built. The fused backends read these modules' weights (and the
         # activation's name, the drop path's rate): a module of another type in one's place (PEFT's LoRA
         # wrapper, a quantized subclass, nn.Identity for a Linear) must be called instead (module_path_reason).
-        self._built_types = {name: type(m) for name, m in self.named_modules() if m is not self}
+        # A later post_init() records only new names: a module replaced before it stays a replacement.
+        built = self.__dict__.setdefault("_built_types", {})
+        for name, module in self.named_modules():
+            if module is not self:
+                built.setdefault(name, type(module))
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
@@ -608,6 +633,18 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
         """Select ``"eager"``, ``"sdpa"``, ``"triton"`` or ``"auto"``; returns ``self``."""
         self._requested_backend = self._check_backend_name(name)
         return self
+
+    def set_attn_implementation(self, attn_implementation: str) -> None:
+        """``transformers``' call for switching attention: ``"eager"`` -> ``eager``, ``"sdpa"`` -> ``sdpa``,
+        ``"flash_attention_2"`` -> ``auto`` (the fused kernels where they run), as in ``from_pretrained``."""
+        from .loading import ATTN_IMPLEMENTATIONS
+
+        if not isinstance(attn_implementation, str) or attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(
+                f"attn_implementation must be one of {sorted(ATTN_IMPLEMENTATIONS)} (mapped to this package's "
+                f"backends; or call set_backend), got {attn_implementation!r}"
+            )
+        self.set_backend(ATTN_IMPLEMENTATIONS[attn_implementation])
 
     def set_input_normalization(
         self,
@@ -655,7 +692,14 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
 
     def _backend_impl(self) -> Backend:
         param = next(self.parameters())
-        return resolve_backend(self._requested_backend, param.device, self.config.head_dim, param.dtype)
+        impl = resolve_backend(self._requested_backend, param.device, self.config.head_dim, param.dtype)
+        if impl.has_autocast or not torch.is_autocast_enabled(param.device.type):
+            return impl
+        if torch.get_autocast_dtype(param.device.type) == param.dtype:
+            return impl  # autocast to the parameters' own dtype changes nothing
+        # The Triton kernels run in the parameters' dtype and are not autocast ops: under autocast to another
+        # dtype the call runs on sdpa, whose torch ops autocast casts, as it casts transformers'.
+        return get_backend("sdpa")
 
     @property
     def device(self) -> torch.device:
@@ -935,9 +979,13 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
             variant: spelled into the file names as transformers does (``model.fp16.safetensors``); load with
                 ``from_pretrained(dir, variant=...)``. Files of other variants stay.
             kwargs: transformers' ``token``, ``save_peft_format``, ``save_original_format`` and
-                ``distributed_checkpoint`` are accepted at their defaults only.
+                ``distributed_checkpoint`` are accepted at their defaults only; ``save_function`` (which
+                transformers' example scripts pass: ``accelerator.save``) is accepted and not used, as in
+                ``transformers`` 5 (``is_main_process`` decides who writes).
         """
         from .loading import save_pretrained
+
+        kwargs.pop("save_function", None)
 
         defaults = {
             "token": None,

@@ -73,9 +73,10 @@ def cached_weights(
     Not detected: edits through ``.data`` and in-place edits of tensors created under
     ``torch.inference_mode``; call ``model.clear_weight_cache()`` after those.
     """
-    if torch.compiler.is_compiling():
-        # Under torch.compile the preparation is traced into the graph (recomputed per call, never
-        # stale): the cache's pointer and version checks cannot be traced (graph breaks).
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        # Under torch.compile (and torch.jit.trace, which the legacy ONNX export runs) the preparation is
+        # traced into the graph (recomputed per call, never stale): the cache's pointer and version checks
+        # cannot be traced (graph breaks), and a cached tensor would be recorded as a constant.
         return prepare(*(s.detach() for s in sources))
     count_optimizer_steps()
     cache = module.__dict__.get("_weight_cache")

@@ -58,6 +58,8 @@ class Backend:
     # Whether the backend has an inference path (``ForwardContext.inference``): in-place residual updates
     # and prepared weights when there is no autograd and the model is in eval mode.
     has_inference_path: bool = False
+    # Whether torch.autocast applies to the backend's computation (it casts torch's ops, not Triton kernels).
+    has_autocast: bool = True
 
     def layer(
         self,
@@ -100,7 +102,14 @@ class Backend:
         ``cls_only``: the caller reads only ``x[:, 0]`` (a classifier without ``hidden_states``), so the
         last layer may skip the patch rows' work and return ``x`` of shape ``(B, 1, D)``.
         """
-        inference = self.has_inference_path and not model.training and not needs_autograd(model, pixel_values)
+        # Not under torch.jit.trace (the legacy ONNX export): the inference path's in-place residual updates
+        # of slices come out of the ONNX exporter wrong.
+        inference = (
+            self.has_inference_path
+            and not model.training
+            and not needs_autograd(model, pixel_values)
+            and not torch.jit.is_tracing()
+        )
         x, num_frames, (gh, gw) = self.embed(model.embeddings, pixel_values, inference)
         fwd = ForwardContext(num_frames, num_patches=gh * gw, training=model.training, inference=inference)
         out = model.encoder(x, fwd, self, output_attentions, output_hidden_states, cls_only)

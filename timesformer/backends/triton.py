@@ -93,6 +93,7 @@ def _eps(ln: nn.LayerNorm) -> float:
 class TritonBackend(Backend):
     name = "triton"
     has_inference_path = True
+    has_autocast = False
 
     def __init__(self) -> None:
         # The kernels have no backward and no dropout: training and autograd calls (every call off the
