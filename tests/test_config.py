@@ -131,6 +131,17 @@ def test_update_is_all_or_nothing_and_update_from_string_takes_fields_only():
 def test_from_pretrained_names_the_overrides_it_ignores(tmp_path, caplog):
     TimesformerConfig(num_frames=3).save_pretrained(tmp_path)
     with caplog.at_level("WARNING", logger="timesformer.configuration"):
-        config = TimesformerConfig.from_pretrained(tmp_path, num_frame=5, num_labels=4)
+        config = TimesformerConfig.from_pretrained(tmp_path, num_frame=5, num_labels=4, head_dim=4)
     assert config.num_frames == 3 and config.num_labels == 4 and not hasattr(config, "num_frame")
-    assert "ignored num_frame: not fields of the config" in caplog.text
+    # A property is not a field either: it was written to config.json while reading its own value.
+    assert config.head_dim == 64 and "head_dim" not in config.to_dict()
+    assert "ignored head_dim, num_frame: not fields of the config" in caplog.text
+
+
+def test_dtype_reads_as_a_torch_dtype_under_either_spelling():
+    import torch
+
+    assert TimesformerConfig(dtype="torch.float16").dtype == torch.float16
+    both = TimesformerConfig(dtype="float16", torch_dtype="bfloat16")  # dtype wins, one value kept
+    assert both.dtype == both.torch_dtype == torch.float16 and "torch_dtype" not in both.to_dict()
+    assert TimesformerConfig(dtype="not a dtype").dtype == "not a dtype"  # kept as given, refused at load

@@ -430,6 +430,19 @@ print(type(out).__module__, type(base).__module__)
         "timesformer.outputs timesformer.outputs False",
         "transformers.modeling_outputs transformers.modeling_outputs",
     ]
+    # A compiled forward cannot import the classes: the model loads them when built.
+    compiled = """
+import sys, torch, transformers, timesformer
+assert "transformers.modeling_outputs" not in sys.modules  # transformers imports lazily
+config = timesformer.TimesformerConfig(image_size=16, patch_size=8, num_frames=2, hidden_size=8,
+    num_hidden_layers=1, num_attention_heads=2, intermediate_size=12, num_labels=3)
+model = timesformer.TimesformerForVideoClassification(config).eval()
+out = torch.compile(model, backend="eager", fullgraph=True)(torch.randn(1, 2, 3, 16, 16))
+print(type(out).__module__)
+"""
+    run = subprocess.run([sys.executable, "-c", compiled], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "transformers.modeling_outputs"
 
 
 @pytest.mark.parametrize("backend", ["eager", "sdpa"])

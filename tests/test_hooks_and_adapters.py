@@ -348,8 +348,15 @@ def test_models_pickled_before_drop_path_and_activation_were_modules_still_run()
         layer.intermediate.__dict__["intermediate_act_fn"] = fn
     for model in (ours, ours.timesformer):
         del model.__dict__["_built_types"]
+    for module in ours.modules():  # nor which modules are initialized
+        del module.__dict__["_is_hf_initialized"]
     for backend in ("eager", "sdpa"):
         loaded = pickle.loads(pickle.dumps(ours)).set_backend(backend)
         assert module_path_reason(loaded) is None
         with torch.no_grad():
             torch.testing.assert_close(loaded(x).logits, expected, rtol=1e-6, atol=1e-6)
+    # The new-head recipe keeps the pickled weights.
+    kept = loaded.timesformer.encoder.layer[0].output.dense.weight.clone()
+    loaded.classifier = torch.nn.Linear(kwargs["hidden_size"], 2)
+    loaded.post_init()
+    assert torch.equal(loaded.timesformer.encoder.layer[0].output.dense.weight, kept)

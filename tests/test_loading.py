@@ -455,6 +455,12 @@ def test_hub_options_reach_snapshot_download(monkeypatch, tmp_path):
     offline = {"local_files_only": True}
     assert picked == [first, first, {"revision": "v3"}, offline, offline]
     assert calls[0]["allow_patterns"] == ["adapter_config.json", "config.json"]
+    # Bad arguments are refused before anything is fetched.
+    calls.clear()
+    for bad in ({"colour": "red"}, {"device_map": "balanced"}, {"attn_implementation": "flex"}):
+        with pytest.raises((TypeError, ValueError)):
+            TimesformerForVideoClassification.from_pretrained("someone/model", **bad)
+    assert calls == []
     assert all(c["repo_id"] == "someone/model" for c in calls)
 
 

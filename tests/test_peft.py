@@ -340,6 +340,15 @@ def test_from_pretrained_of_an_adapter_folder_loads_its_base_then_the_adapter(tm
     )
     assert loaded.active_adapters() == ["mine"]
     assert all(p.requires_grad for n, p in loaded.named_parameters() if "lora_" in n)
+    # The new-head recipe keeps the adapter's weights (post_init drew them again).
+    lora = {n: p.clone() for n, p in loaded.named_parameters() if "lora_" in n}
+    loaded.post_init()
+    assert all(torch.equal(p, lora[n]) for n, p in loaded.named_parameters() if "lora_" in n)
+    # adapter_kwargs: the adapter's own download options (transformers' meaning) and load_adapter's others.
+    loaded = cls.from_pretrained(tmp_path / "repo", adapter_kwargs={"subfolder": "adapter"}, backend=backend)
+    assert loaded.active_adapters() == ["default"]
+    with pytest.raises(TypeError, match="pass adapter_name to from_pretrained itself"):
+        cls.from_pretrained(tmp_path / "repo" / "adapter", adapter_kwargs={"adapter_name": "x"})
     # Beside its model: the folder's own weights are the base (the named base is not read).
     embedded = tmp_path / "embedded"
     ours.save_pretrained(embedded)
@@ -347,6 +356,11 @@ def test_from_pretrained_of_an_adapter_folder_loads_its_base_then_the_adapter(tm
     (tmp_path / "base" / "model.safetensors").unlink()
     with torch.no_grad():
         torch.testing.assert_close(cls.from_pretrained(embedded, backend=backend)(x).logits, expected)
+    # A base named by a relative path that does not resolve from here: the error says whose base it is.
+    config_file = tmp_path / "repo" / "adapter" / "adapter_config.json"
+    config_file.write_text(config_file.read_text().replace(str(tmp_path / "base"), "base"))
+    with pytest.raises(FileNotFoundError, match=r"holds a PEFT adapter whose base model 'base' \(its"):
+        cls.from_pretrained(tmp_path / "repo" / "adapter")
     with pytest.raises(ValueError, match="adapter_name and adapter_kwargs apply to a folder holding a PEFT"):
         cls.from_pretrained(tmp_path / "base", adapter_name="x", state_dict=ours.state_dict())
 

@@ -44,15 +44,49 @@ def _adapter_state(directory: str, use_safetensors: bool | None) -> dict[str, to
     raise FileNotFoundError(f"no adapter weights in {directory!r}: looked for {', '.join(names)}")
 
 
+def adapter_options(
+    cls: type,
+    subfolder: str,
+    local_files_only: bool,
+    hub: Mapping[str, Any],
+    adapter_kwargs: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The options ``from_pretrained`` finds and loads an adapter with: the model's download options, then
+    ``adapter_kwargs`` (any keyword of ``load_adapter`` but the adapter itself and its name)."""
+    import inspect
+
+    options = {"subfolder": subfolder, "local_files_only": local_files_only, **hub}
+    allowed = set(inspect.signature(cls.load_adapter).parameters) - {
+        "self",
+        "peft_model_id",
+        "adapter_name",
+        "peft_config",
+        "adapter_state_dict",
+    }
+    unknown = sorted(set(adapter_kwargs or {}) - allowed)
+    if unknown:
+        raise TypeError(
+            f"from_pretrained: adapter_kwargs takes {sorted(allowed)}, got {unknown}"
+            + (" (pass adapter_name to from_pretrained itself)" if "adapter_name" in unknown else "")
+        )
+    return {**options, **(adapter_kwargs or {})}
+
+
 def find_adapter(
-    path: str | os.PathLike, subfolder: str, local_files_only: bool, hub: Mapping[str, Any]
+    path: str | os.PathLike,
+    subfolder: str = "",
+    local_files_only: bool = False,
+    is_trainable: bool = False,
+    use_safetensors: bool | None = None,
+    **hub: Any,
 ) -> tuple[str, str] | None:
     """For ``from_pretrained(path, subfolder=...)``, as ``transformers``: ``None`` when that folder holds no PEFT
     adapter (``adapter_config.json``; or a hub id cannot be resolved: the model loader then says why), else
-    ``(the base model's path, its subfolder)``. The base is ``path`` itself when the folder also holds
-    ``config.json`` (an adapter saved beside its model), else the model the adapter's config names
+    ``(the base model's path, its subfolder)``. The base is ``path`` itself when it is a local folder that also
+    holds ``config.json`` (an adapter saved beside its model), else the model the adapter's config names
     (``base_model_name_or_path``; ``subfolder`` then belongs to the adapter). Of a hub repository, only those
-    two JSON files are fetched here."""
+    two JSON files are fetched here. Takes ``adapter_options``' dict (``is_trainable`` and ``use_safetensors``
+    play no part here)."""
     import json
 
     from .configuration import CONFIG_NAME
@@ -67,7 +101,8 @@ def find_adapter(
     config_file = model_file(directory, ADAPTER_CONFIG)
     if not os.path.isfile(config_file):
         return None
-    if os.path.isfile(model_file(directory, CONFIG_NAME)):
+    # Beside its model in a local folder; a hub repository's adapter takes the base it names, as transformers.
+    if os.path.isdir(path) and os.path.isfile(model_file(directory, CONFIG_NAME)):
         return os.fspath(path), subfolder
     try:
         with open(config_file, encoding="utf-8") as f:
@@ -202,6 +237,9 @@ class AdapterMixin:
             with contextlib.suppress(Exception):
                 self._remove(name)
             raise
+        # PEFT initialized (or loaded) the adapter's layers: post_init() must not draw them again.
+        for module in self.modules():
+            module._is_hf_initialized = True
 
     def add_adapter(self, adapter_config, adapter_name: str | None = None) -> None:
         """Add a new, trainable adapter (a PEFT config: LoRA, IA3, ...) and make it the active one."""

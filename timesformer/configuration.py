@@ -57,6 +57,9 @@ _TRANSFORMERS_DEFAULTS: dict[str, Any] = {
     "is_encoder_decoder": False,
 }
 
+# Keys set through properties of their own.
+_LABEL_AND_DTYPE_KEYS = ("id2label", "label2id", "num_labels", "dtype", "torch_dtype")
+
 GENERIC_FIELDS: dict[str, Any] = {
     "problem_type": None,
     "output_attentions": False,
@@ -217,8 +220,9 @@ class TimesformerConfig:
         self.return_dict = return_dict
 
         kwargs.pop("model_type", None)
-        if "torch_dtype" in kwargs and "dtype" not in kwargs:  # transformers' older name of the field
-            kwargs["dtype"] = kwargs.pop("torch_dtype")
+        if "torch_dtype" in kwargs:  # transformers' older name of the field (dtype wins when both are given)
+            torch_dtype = kwargs.pop("torch_dtype")
+            kwargs.setdefault("dtype", torch_dtype)
         # Where the config was read from, as transformers' (not written to config.json).
         self.name_or_path = str(kwargs.pop("name_or_path", kwargs.pop("_name_or_path", "")))
         # Keys this package does not interpret ("architectures", "dtype", "transformers_version", ...).
@@ -402,8 +406,9 @@ class TimesformerConfig:
 
     @dtype.setter
     def dtype(self, value: Any) -> None:
-        if isinstance(value, str) and isinstance(getattr(torch, value, None), torch.dtype):
-            value = getattr(torch, value)
+        name = value.removeprefix("torch.") if isinstance(value, str) else None
+        if name and isinstance(getattr(torch, name, None), torch.dtype):
+            value = getattr(torch, name)
         self._extra["dtype"] = value
 
     @property
@@ -538,7 +543,15 @@ class TimesformerConfig:
             }
             directory = resolve_pretrained_dir(path, subfolder, local_files_only, [CONFIG_NAME], **hub)
             config = cls.from_json_file(model_file(directory, CONFIG_NAME))
-        unused = {k: v for k, v in overrides.items() if not hasattr(config, k)}
+        # Fields, not any attribute: a property (head_dim) or method (to_dict) is not a config key.
+        fields = {
+            *MODEL_FIELDS,
+            *GENERIC_FIELDS,
+            *_TRANSFORMERS_DEFAULTS,
+            *config._extra,
+            *_LABEL_AND_DTYPE_KEYS,
+        }
+        unused = {k: v for k, v in overrides.items() if k not in fields}
         overrides = {k: v for k, v in overrides.items() if k not in unused}
         if unused and not return_unused_kwargs:
             logger.warning(

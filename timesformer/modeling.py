@@ -559,6 +559,9 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
         self._requested_backend = self._check_backend_name(backend)
         # Where the weights came from (a directory or hub id), as transformers' ``name_or_path``.
         self.name_or_path = ""
+        # With transformers imported, load its output classes now: a forward traced by torch.compile cannot
+        # import them (it would return this package's classes where an eager call returns transformers').
+        output_types()
         self._warned_module_path: str | None = None
 
     # ------------------------------------------------------------------ init
@@ -619,6 +622,9 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
         if "_built_types" not in self.__dict__:  # pickled by a version that did not record them
             with torch.device("meta"):
                 self._built_types = type(self)(self.config)._built_types
+        if "_is_hf_initialized" not in self.__dict__:  # pickled before post_init kept what is initialized
+            for module in self.modules():
+                module.__dict__.setdefault("_is_hf_initialized", True)
 
     # --------------------------------------------------------------- backend
     @staticmethod
@@ -899,22 +905,20 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
                 ``snapshot_download``); no effect on a local directory.
             adapter_name, adapter_kwargs: for a folder (or hub repository) holding a PEFT adapter
                 (``adapter_config.json``), as in ``transformers``: the base model its config names
-                (``base_model_name_or_path``; or the folder itself when it also holds ``config.json``) is loaded
-                with the other arguments, then the adapter with ``load_adapter(folder, adapter_name,
-                **adapter_kwargs)`` (e.g. ``{"is_trainable": True}``).
+                (``base_model_name_or_path``; or a local folder itself when it also holds ``config.json``) is
+                loaded with the other arguments, then the adapter with ``load_adapter(folder, adapter_name,
+                ...)``. ``adapter_kwargs``: ``load_adapter``'s options for the adapter alone, the download
+                options (``subfolder``, ``revision``, ``token``, ...; the model's by default) and, beyond
+                ``transformers``, ``is_trainable`` and ``use_safetensors``.
             **config_overrides: config fields to override (e.g. ``num_labels=10``). Of ``transformers``' other
                 keywords, ``trust_remote_code`` has no effect (no code is fetched) and ``weights_only``,
                 ``quantization_config``, ``max_memory``, ``offload_folder``, ``key_mapping``, ... are accepted at
                 their defaults only; other names are refused.
         """
-        from .adapters import find_adapter
+        from .adapters import adapter_options, find_adapter
         from .loading import load_pretrained, loading_options
 
-        hub = {"revision": revision, "cache_dir": cache_dir, "token": token, "force_download": force_download}
-        adapter = None
-        if pretrained_model_name_or_path is not None:
-            adapter = find_adapter(pretrained_model_name_or_path, subfolder, local_files_only, hub)
-        path, base_subfolder = (pretrained_model_name_or_path, subfolder) if adapter is None else adapter
+        # Arguments are checked before anything is fetched.
         options = loading_options(
             backend=backend,
             dtype=dtype,
@@ -924,34 +928,43 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
             device_map=device_map,
             config_overrides=config_overrides,
         )
-        loaded = load_pretrained(
-            cls,
-            path,
-            config=None if config is None else _our_config(config),
-            ignore_mismatched_sizes=ignore_mismatched_sizes,
-            subfolder=base_subfolder,
-            local_files_only=local_files_only,
-            output_loading_info=output_loading_info,
-            state_dict=state_dict,
-            use_safetensors=use_safetensors,
-            variant=variant,
-            hub=hub,
-            **options,
-        )
-        if adapter is not None:
-            model = loaded[0] if output_loading_info else loaded
-            options = {
-                "subfolder": subfolder,
-                "local_files_only": local_files_only,
-                **hub,
-                **(adapter_kwargs or {}),
-            }
-            model.load_adapter(pretrained_model_name_or_path, adapter_name=adapter_name, **options)
-        elif adapter_name is not None or adapter_kwargs:
+        hub = {"revision": revision, "cache_dir": cache_dir, "token": token, "force_download": force_download}
+        for_adapter = adapter_options(cls, subfolder, local_files_only, hub, adapter_kwargs)
+        base = None
+        if pretrained_model_name_or_path is not None:
+            base = find_adapter(pretrained_model_name_or_path, **for_adapter)
+        if base is None and (adapter_name is not None or adapter_kwargs):
             raise ValueError(
-                "from_pretrained: adapter_name and adapter_kwargs apply to a folder holding a PEFT adapter "
-                f"(adapter_config.json); {str(pretrained_model_name_or_path)!r} holds none"
+                "from_pretrained: adapter_name and adapter_kwargs apply to a folder holding a PEFT adapter; "
+                f"found no adapter_config.json for {str(pretrained_model_name_or_path)!r}"
             )
+        path, base_subfolder = (pretrained_model_name_or_path, subfolder) if base is None else base
+        try:
+            loaded = load_pretrained(
+                cls,
+                path,
+                config=None if config is None else _our_config(config),
+                ignore_mismatched_sizes=ignore_mismatched_sizes,
+                subfolder=base_subfolder,
+                local_files_only=local_files_only,
+                output_loading_info=output_loading_info,
+                state_dict=state_dict,
+                use_safetensors=use_safetensors,
+                variant=variant,
+                hub=hub,
+                **options,
+            )
+        except FileNotFoundError as e:
+            if base is None:
+                raise
+            raise FileNotFoundError(
+                f"{str(pretrained_model_name_or_path)!r} holds a PEFT adapter whose base model {path!r} (its "
+                "adapter_config.json's base_model_name_or_path; a relative path is taken from the current "
+                f"directory) could not be loaded: {e}"
+            ) from e
+        if base is not None:
+            model = loaded[0] if output_loading_info else loaded
+            model.load_adapter(pretrained_model_name_or_path, adapter_name=adapter_name, **for_adapter)
         return loaded
 
     def save_pretrained(

@@ -131,7 +131,8 @@ def output_types() -> tuple[type, type]:
     this module's."""
     if "transformers" in sys.modules:
         upstream = sys.modules.get("transformers.modeling_outputs")
-        if upstream is None and not torch.compiler.is_compiling():  # an import cannot be traced
+        # (An import cannot be traced: the models import it when built, so that compiled calls see it.)
+        if upstream is None and not torch.compiler.is_compiling():
             try:
                 upstream = importlib.import_module("transformers.modeling_outputs")
             except Exception:  # a broken or partial transformers: this package's classes serve as well
