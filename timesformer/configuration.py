@@ -52,6 +52,7 @@ MODEL_FIELDS: dict[str, Any] = {
 # Generic fields of transformers' PreTrainedConfig that change what the models compute or return.
 # What transformers' PretrainedConfig answers for fields this config does not store (read by tools).
 _TRANSFORMERS_DEFAULTS: dict[str, Any] = {
+    "_commit_hash": None,  # (transformers 5.17's pipeline reads it)
     "architectures": None,
     "dtype": None,
     "is_encoder_decoder": False,
@@ -544,13 +545,8 @@ class TimesformerConfig:
             directory = resolve_pretrained_dir(path, subfolder, local_files_only, [CONFIG_NAME], **hub)
             config = cls.from_json_file(model_file(directory, CONFIG_NAME))
         # Fields, not any attribute: a property (head_dim) or method (to_dict) is not a config key.
-        fields = {
-            *MODEL_FIELDS,
-            *GENERIC_FIELDS,
-            *_TRANSFORMERS_DEFAULTS,
-            *config._extra,
-            *_LABEL_AND_DTYPE_KEYS,
-        }
+        fields = {*MODEL_FIELDS, *GENERIC_FIELDS, *config._extra, *_LABEL_AND_DTYPE_KEYS}
+        fields |= {k for k in _TRANSFORMERS_DEFAULTS if not k.startswith("_")}
         unused = {k: v for k, v in overrides.items() if k not in fields}
         overrides = {k: v for k, v in overrides.items() if k not in unused}
         if unused and not return_unused_kwargs:
