@@ -756,3 +756,11 @@ def test_a_second_run_into_a_folder_in_use_is_refused(videos, bundled, tmp_path)
         holder.wait()
     assert ev.evaluate(videos, model, processor, out, workers=0, limit=2)["num_missing"] == 0
     assert (out / ev.LOCK).read_text() == ""  # released: it names no one
+
+
+def test_a_stray_local_world_size_is_named(monkeypatch):
+    from timesformer.evaluate import default_workers
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "two")
+    with pytest.raises(ValueError, match="environment variable LOCAL_WORLD_SIZE must be an integer"):
+        default_workers()

@@ -693,7 +693,7 @@ def cpu_cores() -> int:
 def default_workers() -> int:
     """Decoding processes per rank: this process's cores shared among the ranks of the machine, capped."""
     cores = cpu_cores()
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    local = _env_int("LOCAL_WORLD_SIZE", 1)
     return max(1, min(MAX_DEFAULT_WORKERS, cores // max(1, local)))
 
 
