@@ -396,3 +396,21 @@ def test_from_pretrained_of_a_hub_adapter_fetches_the_adapter_and_its_base(tmp_p
     x = random_clip(kwargs)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x).logits, peft_model(pixel_values=x).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_classify_and_evaluate_load_an_adapter_with_its_base_models_preprocessing(tmp_path):
+    """``timesformer classify --model ADAPTER``: the adapter's folder has no preprocessor_config.json; the
+    base model's is used (the defaults, another mean and std, were used silently)."""
+    from timesformer.classify import load_model
+    from timesformer.preprocess import VideoProcessor
+
+    ours, _, kwargs = _pair("sdpa", seed=35)
+    ours.save_pretrained(tmp_path / "base")
+    crop = (kwargs["image_size"],) * 2
+    VideoProcessor(shortest_edge=kwargs["image_size"], crop_size=crop, image_mean=[0.1] * 3).save_pretrained(
+        tmp_path / "base"
+    )
+    base = timesformer.TimesformerForVideoClassification.from_pretrained(tmp_path / "base", backend="sdpa")
+    _adapted(base, peft.LoraConfig(**LORA), 35).save_pretrained(tmp_path / "adapter")
+    model, processor = load_model(tmp_path / "adapter", backend="sdpa")
+    assert model.active_adapters() == ["default"] and list(processor.image_mean) == [0.1] * 3

@@ -57,9 +57,10 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
 ):
-    """``(model, processor)`` from a directory or hub id (default: the bundled model); the processor comes
-    from the model's ``preprocessor_config.json``, else ``TimesformerVideoProcessor``'s defaults (ImageNet
-    mean and std)."""
+    """``(model, processor)`` from a directory or hub id (default: the bundled model), or a PEFT adapter's
+    folder (its base model with the adapter); the processor comes from the folder's
+    ``preprocessor_config.json`` (an adapter's: else its base model's), else ``TimesformerVideoProcessor``'s
+    defaults (ImageNet mean and std)."""
     from .configuration import CONFIG_NAME
     from .loading import PREPROCESSOR_NAME, model_file, resolve_pretrained_dir
     from .modeling import TimesformerForVideoClassification
@@ -74,8 +75,12 @@ def load_model(
     net = TimesformerForVideoClassification.from_pretrained(
         source, backend=backend, device=device, dtype=dtype
     )
-    # The same folder (or hub snapshot, now holding the weights too) for the preprocessor's config.
+    # The same folder (or hub snapshot, now holding the weights too) for the preprocessor's config; for a PEFT
+    # adapter's folder without one, its base model's (name_or_path: where the base weights came from).
     directory = resolve_pretrained_dir(source, files=[CONFIG_NAME, PREPROCESSOR_NAME])
+    base = net.name_or_path
+    if not os.path.isfile(model_file(directory, PREPROCESSOR_NAME)) and base and base != os.fspath(source):
+        directory = resolve_pretrained_dir(base, files=[CONFIG_NAME, PREPROCESSOR_NAME])
     net.eval()
     net.backend  # noqa: B018  (resolves the backend now: one that cannot run here fails before any decoding)
     config = net.config
