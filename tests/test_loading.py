@@ -532,3 +532,20 @@ def test_a_variant_named_index_is_a_variant(tmp_path):
         torch.equal(a, b)
         for a, b in zip(loaded.state_dict().values(), ours.state_dict().values(), strict=True)
     )
+
+
+def test_weights_without_a_config_say_how_to_load_them(tmp_path):
+    """What transformers' Trainer.save_model writes for a model that is not its PreTrainedModel."""
+    from safetensors.torch import save_file
+
+    ours = randomize_(
+        TimesformerForVideoClassification(timesformer.TimesformerConfig(**small_config_kwargs(seed=18))), 18
+    )
+    save_file(ours.state_dict(), tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(FileNotFoundError, match=r"weights without a config \(as Trainer.save_model saves"):
+        TimesformerForVideoClassification.from_pretrained(tmp_path)
+    loaded = TimesformerForVideoClassification.from_pretrained(tmp_path, config=ours.config)
+    assert torch.equal(loaded.classifier.weight, ours.classifier.weight)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no config.json in .*'$"):  # no weights either: no hint
+        TimesformerForVideoClassification.from_pretrained(tmp_path / "empty")

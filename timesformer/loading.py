@@ -513,7 +513,14 @@ def load_pretrained(
     if config is None:
         config_path = model_file(directory, CONFIG_NAME)
         if not os.path.isfile(config_path):
-            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory!r}")
+            hint = ""
+            if any(os.path.isfile(os.path.join(directory, n)) for n, _ in weight_files(None, None)):
+                # What transformers' Trainer.save_model writes for a model that is not its PreTrainedModel.
+                hint = (
+                    ": weights without a config (as Trainer.save_model saves this package's models); pass "
+                    "config= (e.g. the trained model's config), or save with model.save_pretrained"
+                )
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory!r}{hint}")
         config = TimesformerConfig.from_json_file(config_path)
     if config_overrides:
         config = TimesformerConfig.from_dict(config.to_dict(), **config_overrides)
