@@ -266,6 +266,7 @@ def test_autocast_runs_the_call_on_sdpa():
         got = model.set_backend("triton")(x).logits
         assert model.backend == "sdpa"
     assert got.dtype == torch.bfloat16 and torch.equal(got, expected)
-    with torch.no_grad(), torch.autocast(DEVICE.type, dtype=torch.float32):  # the parameters' own dtype
-        assert model.backend == "triton"
     assert model.backend == "triton"
+    model.to(torch.bfloat16)
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):  # the parameters' own dtype: the kernels run
+        assert model.backend == "triton"

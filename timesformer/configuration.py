@@ -49,7 +49,6 @@ MODEL_FIELDS: dict[str, Any] = {
     "drop_path_rate": 0,
 }
 
-# Generic fields of transformers' PreTrainedConfig that change what the models compute or return.
 # What transformers' PretrainedConfig answers for fields this config does not store (read by tools).
 _TRANSFORMERS_DEFAULTS: dict[str, Any] = {
     "_commit_hash": None,  # (transformers 5.17's pipeline reads it)
@@ -61,6 +60,7 @@ _TRANSFORMERS_DEFAULTS: dict[str, Any] = {
 # Keys set through properties of their own.
 _LABEL_AND_DTYPE_KEYS = ("id2label", "label2id", "num_labels", "dtype", "torch_dtype")
 
+# Generic fields of transformers' PreTrainedConfig that change what the models compute or return.
 GENERIC_FIELDS: dict[str, Any] = {
     "problem_type": None,
     "output_attentions": False,
