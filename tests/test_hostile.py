@@ -93,6 +93,26 @@ def test_json_files_that_do_not_parse_name_the_file(sharded, name, content, mess
     assert name in str(info.value) or "preprocessor config" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "name", ["config.json", "model.safetensors.index.json", "preprocessor_config.json", "adapter_config.json"]
+)
+def test_json_files_over_the_size_limit_are_refused_unread(sharded, monkeypatch, name):
+    """A hostile or corrupt JSON file of gigabytes was read into memory whole."""
+    from timesformer.classify import load_model
+    from timesformer.configuration import MAX_JSON_BYTES
+
+    directory, _, _ = sharded
+    with open(directory / name, "r+b" if (directory / name).exists() else "wb") as f:
+        f.truncate(MAX_JSON_BYTES + 1)  # sparse: nothing is written, and nothing may be read
+    reads, load = [], json.load
+    monkeypatch.setattr(
+        "json.load", lambda f, *a, **k: reads.append(os.path.basename(f.name)) or load(f, *a, **k)
+    )
+    with pytest.raises(ValueError, match=rf"{re.escape(name)}: {MAX_JSON_BYTES + 1:,} bytes, over the"):
+        load_model(str(directory), backend="sdpa", device="cpu")
+    assert name not in reads
+
+
 def test_a_shard_symlinked_outside_the_directory_is_refused(sharded, tmp_path):
     directory, _, _ = sharded
     outside = tmp_path / "outside.safetensors"

@@ -87,9 +87,7 @@ def find_adapter(
     (``base_model_name_or_path``; ``subfolder`` then belongs to the adapter). Of a hub repository, only those
     two JSON files are fetched here. Takes ``adapter_options``' dict (``is_trainable`` and ``use_safetensors``
     play no part here)."""
-    import json
-
-    from .configuration import CONFIG_NAME
+    from .configuration import CONFIG_NAME, read_json_object
     from .loading import model_file, resolve_pretrained_dir
 
     try:
@@ -104,11 +102,7 @@ def find_adapter(
     # Beside its model in a local folder; a hub repository's adapter takes the base it names, as transformers.
     if os.path.isdir(path) and os.path.isfile(model_file(directory, CONFIG_NAME)):
         return os.fspath(path), subfolder
-    try:
-        with open(config_file, encoding="utf-8") as f:
-            base = json.load(f).get("base_model_name_or_path")
-    except (ValueError, RecursionError, AttributeError) as e:  # JSON syntax, not UTF-8, not an object
-        raise ValueError(f"{config_file}: not a valid adapter config ({type(e).__name__}: {e})") from None
+    base = read_json_object(config_file, "adapter config").get("base_model_name_or_path")
     if not isinstance(base, str) or not base or os.path.realpath(base) == os.path.realpath(directory):
         raise ValueError(
             f"{config_file} does not name a base model to load (base_model_name_or_path is {base!r}): load the "
@@ -165,6 +159,7 @@ class AdapterMixin:
         Raises ``CheckpointError`` when the weights do not fit the adapter's layers (another model's adapter);
         the adapter is then removed again.
         """
+        from .configuration import read_json_object
         from .loading import CheckpointError, model_file, resolve_pretrained_dir
 
         peft = _peft()
@@ -191,6 +186,9 @@ class AdapterMixin:
         if peft_config is None:
             if not os.path.isfile(model_file(directory, ADAPTER_CONFIG)):
                 raise FileNotFoundError(f"no {ADAPTER_CONFIG} in {directory!r}: not a PEFT adapter")
+            read_json_object(
+                model_file(directory, ADAPTER_CONFIG), "adapter config"
+            )  # checked before PEFT reads it
             peft_config = peft.PeftConfig.from_pretrained(directory)
         elif isinstance(peft_config, Mapping):
             peft_config = peft.get_peft_config(dict(peft_config))

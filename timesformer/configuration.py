@@ -49,6 +49,28 @@ MODEL_FIELDS: dict[str, Any] = {
     "drop_path_rate": 0,
 }
 
+# The largest JSON file read (config.json, preprocessor_config.json, a shard index, adapter_config.json): far
+# above any real one (an index of a 100B-parameter model is a few MB), so that a hostile or corrupt file is
+# refused by its size instead of being read into memory.
+MAX_JSON_BYTES = 64 * 2**20
+
+
+def read_json_object(path: str | os.PathLike, what: str = "JSON file") -> dict[str, Any]:
+    """The JSON object in ``path``; any other content (syntax, not UTF-8, deep nesting, a 5000-digit number,
+    over ``MAX_JSON_BYTES``, not an object) is a ``ValueError`` naming the file as a ``what``."""
+    size = os.path.getsize(path)
+    if size > MAX_JSON_BYTES:
+        raise ValueError(f"{path}: {size:,} bytes, over the {MAX_JSON_BYTES:,} a {what} may have")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"{path}: not a valid {what} ({type(e).__name__}: {e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
 # What transformers' PretrainedConfig answers for fields this config does not store (read by tools).
 _TRANSFORMERS_DEFAULTS: dict[str, Any] = {
     "_commit_hash": None,  # (transformers 5.17's pipeline reads it)
@@ -500,14 +522,7 @@ class TimesformerConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> TimesformerConfig:
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except (ValueError, RecursionError) as e:  # JSON syntax, not UTF-8, a 5000-digit number, deep nesting
-            raise ValueError(f"{path}: not a valid JSON config file ({type(e).__name__}: {e})") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-        return cls.from_dict(data)
+        return cls.from_dict(read_json_object(path, "JSON config file"))
 
     @classmethod
     def from_pretrained(

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .configuration import CONFIG_NAME, TimesformerConfig
+from .configuration import CONFIG_NAME, TimesformerConfig, read_json_object
 
 PREPROCESSOR_NAME = "preprocessor_config.json"
 
@@ -207,9 +207,8 @@ def _weight_map(directory: str, names: list[tuple[str, bool]]) -> tuple[str, dic
         if not index:
             return candidate, None
         try:
-            with open(candidate, encoding="utf-8") as f:
-                weight_map = json.load(f)["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+            weight_map = read_json_object(candidate, "shard index")["weight_map"]
+        except (OSError, ValueError, KeyError) as e:
             raise CheckpointError(f"{candidate}: not a valid shard index ({type(e).__name__}: {e})") from None
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(

@@ -375,19 +375,14 @@ class VideoProcessor:
     @classmethod
     def from_pretrained(cls, path) -> VideoProcessor:
         """Read ``preprocessor_config.json`` from a model directory (or the file itself)."""
-        import json
         import os
+
+        from .configuration import read_json_object
 
         file = path if os.path.isfile(path) else os.path.join(path, "preprocessor_config.json")
         if not os.path.isfile(file):
             raise FileNotFoundError(f"no preprocessor_config.json in {path}")
-        try:
-            with open(file, encoding="utf-8") as f:
-                config = json.load(f)
-        except (OSError, ValueError, RecursionError) as exc:  # not UTF-8, huge numbers, deep nesting too
-            raise ValueError(f"{file}: not a valid JSON file ({type(exc).__name__}: {exc})") from None
-        if not isinstance(config, dict):
-            raise ValueError(f"{file}: expected a JSON object, got {type(config).__name__}")
+        config = read_json_object(file)
         try:
             return cls.from_dict(config)
         except (ValueError, TypeError, KeyError) as exc:
