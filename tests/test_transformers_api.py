@@ -319,5 +319,11 @@ def test_model_generic_api(impl):
     _, model, _ = _model(impl, seed=9)
     assert "TimesformerLayer" in model._no_split_modules and not model._keep_in_fp32_modules
     assert model.can_generate() is False
+    assert type(model.get_encoder()).__name__ == "TimesformerEncoder"
+    assert model.get_encoder() is model.timesformer.encoder
+    assert model.model_tags is None
+    model.add_model_tags("video")
+    model.add_model_tags(["video", "lora"])
+    assert model.model_tags == ["video", "lora"]
     model.tie_weights()
     assert model.get_memory_footprint() == sum(p.numel() * p.element_size() for p in model.parameters())

@@ -756,6 +756,19 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
     def get_output_embeddings(self) -> None:
         return None
 
+    def get_encoder(self) -> nn.Module:
+        """The ``TimesformerEncoder``, as ``transformers`` 5 returns it."""
+        return self.base_model.encoder
+
+    model_tags: list[str] | None = None
+
+    def add_model_tags(self, tags: str | list[str]) -> None:
+        """Tags for the model card (``transformers``' API; no card is written here)."""
+        self.model_tags = list(self.model_tags or [])
+        for tag in [tags] if isinstance(tags, str) else tags:
+            if tag not in self.model_tags:
+                self.model_tags.append(tag)
+
     def tie_weights(self) -> None:
         """Nothing to tie (no token embeddings); transformers' API."""
 
