@@ -184,11 +184,10 @@ class AdapterMixin:
                     f"and {' or '.join(weights[use_safetensors])} ({exc})"
                 ) from None
         if peft_config is None:
-            if not os.path.isfile(model_file(directory, ADAPTER_CONFIG)):
+            config_file = model_file(directory, ADAPTER_CONFIG)
+            if not os.path.isfile(config_file):
                 raise FileNotFoundError(f"no {ADAPTER_CONFIG} in {directory!r}: not a PEFT adapter")
-            read_json_object(
-                model_file(directory, ADAPTER_CONFIG), "adapter config"
-            )  # checked before PEFT reads it
+            read_json_object(config_file, "adapter config")  # size and syntax checked before PEFT reads it
             peft_config = peft.PeftConfig.from_pretrained(directory)
         elif isinstance(peft_config, Mapping):
             peft_config = peft.get_peft_config(dict(peft_config))

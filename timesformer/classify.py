@@ -77,10 +77,11 @@ def load_model(
     )
     # The same folder (or hub snapshot, now holding the weights too) for the preprocessor's config; for a PEFT
     # adapter's folder without one, its base model's (name_or_path: where the base weights came from).
-    directory = resolve_pretrained_dir(source, files=[CONFIG_NAME, PREPROCESSOR_NAME])
+    files = [CONFIG_NAME, PREPROCESSOR_NAME]
+    directory = resolve_pretrained_dir(source, files=files)
     base = net.name_or_path
     if not os.path.isfile(model_file(directory, PREPROCESSOR_NAME)) and base and base != os.fspath(source):
-        directory = resolve_pretrained_dir(base, files=[CONFIG_NAME, PREPROCESSOR_NAME])
+        directory = resolve_pretrained_dir(base, files=files)
     net.eval()
     net.backend  # noqa: B018  (resolves the backend now: one that cannot run here fails before any decoding)
     config = net.config
