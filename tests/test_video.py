@@ -263,3 +263,178 @@ def test_a_process_forked_after_decoding_still_decodes(tmp_path):
     if child.is_alive():
         child.kill()
     assert child.exitcode == 0, "the forked reader hung or failed"
+
+
+# --------------------------------------------------------------------------- files as cutters and muxers write them
+def _h264_packets(frames: int, height: int = 64, width: int = 96, gop: int = 12):
+    """Packets of ``frames`` index frames (B-frames on), to mux with timestamps of the test's choosing."""
+    import fractions
+
+    codec = av.CodecContext.create("libx264", "w")
+    codec.width, codec.height, codec.pix_fmt = width, height, "yuv420p"
+    codec.time_base, codec.framerate, codec.gop_size = fractions.Fraction(1, 25), 25, gop
+    packets = []
+    for i in range(frames):
+        frame = av.VideoFrame.from_ndarray(index_frame(i, height, width), format="rgb24").reformat(
+            format="yuv420p"
+        )
+        frame.pts, frame.time_base = i, codec.time_base
+        packets += codec.encode(frame)
+    return codec, packets + codec.encode(None)
+
+
+def _mux(path, codec, packets, *, time_base, restamp, format=None) -> None:
+    """``restamp(packet)`` sets the packet's timestamps (in ``time_base``), or returns False to drop it."""
+    with av.open(str(path), "w", format=format) as out:
+        stream = out.add_stream("h264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = codec.width, codec.height, codec.pix_fmt
+        stream.codec_context.extradata = codec.extradata
+        stream.time_base = time_base
+        for packet in packets:
+            restamp(packet)
+            packet.time_base, packet.stream = time_base, stream
+            out.mux(packet)
+
+
+def _full_decode(path) -> list[int]:
+    with av.open(str(path)) as c:
+        return [read_index(f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
+
+
+def test_frames_an_mp4_edit_list_cuts_are_not_frames(tmp_path):
+    """A stream copy cut (``ffmpeg -ss 1 -c copy``) keeps the GOP's leading packets and hides them with an
+    edit list: the decoder returns no frame for them, so frame 0 is the first one shown. Counted, they made
+    frame i the frame i+3 and filled the gap by counting, so clips ran backwards ([5, 3, 4, ...])."""
+    import fractions
+
+    path = tmp_path / "cut.mp4"
+    codec, packets = _h264_packets(40)
+
+    def shift(packet):  # 3 frames before time 0: the muxer writes an edit list starting at frame 3
+        packet.pts, packet.dts = packet.pts - 3, packet.dts - 3
+
+    _mux(path, codec, packets, time_base=fractions.Fraction(1, 25), restamp=shift)
+    shown = _full_decode(path)
+    assert shown[0] == 3 and len(shown) == 37  # what the test relies on: an edit list the decoder applies
+    assert video_info(path)["frames"] == 37
+    assert _indices(read_video(path, indices=[0, 1, 2, 3, 36])) == [shown[i] for i in (0, 1, 2, 3, 36)]
+    for strategy in ("center", "uniform"):
+        expected = [shown[i] for i in sample_frame_indices(8, 1, 37, strategy)]
+        assert _indices(read_video(path, 8, 1, strategy=strategy)) == expected
+
+
+def test_mpeg_ts_whose_timestamps_wrap(tmp_path):
+    """MPEG-TS timestamps are 33 bits: a stream that starts just before the wrap begins below 0 once FFmpeg
+    unwraps it. A seek there lands past the first frame, and counting from a seek to time 0 started
+    mid-stream: clips came back out of order ([42, 18, 23, ...])."""
+    import fractions
+
+    path = tmp_path / "wrap.ts"
+    codec, packets = _h264_packets(60)
+    start = 2**33 - 90_000  # one second before the wrap, in the 90 kHz clock
+
+    def restamp(packet):
+        packet.pts, packet.dts = packet.pts * 3600 + start, packet.dts * 3600 + start
+
+    _mux(path, codec, packets, time_base=fractions.Fraction(1, 90_000), restamp=restamp, format="mpegts")
+    shown = _full_decode(path)
+    assert shown == list(range(60))
+    assert _indices(read_video(path, indices=list(range(8)))) == list(range(8))
+    for strategy in ("center", "uniform"):
+        assert _indices(read_video(path, 8, 4, strategy=strategy)) == sample_frame_indices(8, 4, 60, strategy)
+
+
+def test_mpeg_ts_packets_without_timestamps_are_frames(tmp_path):
+    """MPEG-TS may leave a packet's timestamps out. The index skipped such packets: 50 frames of 60, and
+    clips with uneven gaps."""
+    import fractions
+
+    path = tmp_path / "unstamped.ts"
+    codec, packets = _h264_packets(60, gop=30)
+    count = iter(range(len(packets)))
+
+    def restamp(packet):
+        packet.pts, packet.dts = packet.pts * 3600 + 126_000, packet.dts * 3600 + 126_000
+        if next(count) % 5 == 3 and not packet.is_keyframe:
+            packet.pts = None
+
+    _mux(path, codec, packets, time_base=fractions.Fraction(1, 90_000), restamp=restamp, format="mpegts")
+    with av.open(str(path)) as c:
+        assert any(
+            p.pts is None and p.dts is None for p in c.demux(video=0) if p.size
+        )  # what the test relies on
+    assert _full_decode(path) == list(range(60))
+    assert video_info(path)["frames"] == 60
+    assert _indices(read_video(path, indices=list(range(12)))) == list(range(12))
+    assert _indices(read_video(path, 8, 4, strategy="center")) == sample_frame_indices(8, 4, 60, "center")
+
+
+@pytest.mark.parametrize(
+    "ext, video_codec, audio_codec", [("mkv", "libx264", "aac"), ("webm", "libvpx", "libopus")]
+)
+def test_a_cut_matroska_file_with_sound_is_truncated(tmp_path, ext, video_codec, audio_codec):
+    """Matroska has no per-stream duration and its container duration covers the sound too: the check used
+    neither, so a file cut in half read as a complete, shorter video. FFmpeg writes each track's duration
+    as a tag."""
+    whole = tmp_path / f"whole.{ext}"
+    rate = 48_000
+    with av.open(str(whole), "w") as out:
+        video_stream = out.add_stream(video_codec, rate=25)
+        video_stream.width, video_stream.height, video_stream.pix_fmt = 96, 64, "yuv420p"
+        audio_stream = out.add_stream(audio_codec, rate=rate)
+        samples = np.random.default_rng(0).uniform(-0.1, 0.1, (1, rate // 25)).astype(np.float32)
+        for i in range(75):
+            out.mux(video_stream.encode(av.VideoFrame.from_ndarray(index_frame(i, 64, 96), format="rgb24")))
+            sound = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+            sound.sample_rate, sound.pts = rate, i * (rate // 25)
+            out.mux(audio_stream.encode(sound))
+        out.mux(video_stream.encode())
+        out.mux(audio_stream.encode())
+    assert _indices(read_video(whole, indices=[0, 74])) == [0, 74]
+    cut = tmp_path / f"cut.{ext}"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(VideoError, match=r"truncated video \(its header announces 3.00 s"):
+        read_video(cut, indices=[0])
+
+
+def test_the_moving_track_is_read_not_a_still_one_before_it(tmp_path):
+    """A file may carry a one-frame track (a cover image) before the video: FFmpeg's choice of track is the
+    video, where the first track gave eight copies of the still."""
+    path = tmp_path / "cover.mkv"
+    with av.open(str(path), "w") as out:
+        cover = out.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 96, 64, "yuvj420p"
+        moving = out.add_stream("libx264", rate=25)
+        moving.width, moving.height, moving.pix_fmt = 96, 64, "yuv420p"
+        out.mux(cover.encode(av.VideoFrame.from_ndarray(index_frame(1000, 64, 96), format="rgb24")))
+        out.mux(cover.encode())
+        for i in range(40):
+            out.mux(moving.encode(av.VideoFrame.from_ndarray(index_frame(i, 64, 96), format="rgb24")))
+        out.mux(moving.encode())
+    assert video_info(path)["frames"] == 40 and video_info(path)["codec"] == "h264"
+    assert _indices(read_video(path, 8, 4, strategy="center")) == sample_frame_indices(8, 4, 40, "center")
+
+
+@pytest.mark.parametrize("degrees", [90, -90, 180])
+def test_frames_are_turned_as_the_display_matrix_says(tmp_path, degrees):
+    """A phone's portrait video is stored sideways with a display rotation (counterclockwise degrees, as
+    FFmpeg's av_display_rotation_get reads it): frames come upright, as a player shows them."""
+    path = tmp_path / "turned.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        if not hasattr(stream, "set_display_rotation"):
+            pytest.skip("this PyAV cannot write a display rotation (PyAV >= 18 can)")
+        stream.set_display_rotation(degrees)
+        for i in range(20):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(index_frame(i, 64, 96), format="rgb24")))
+        out.mux(stream.encode())
+    with av.open(str(path)) as c:
+        assert next(c.decode(video=0)).rotation % 360 == degrees % 360  # what the test relies on
+    frames = read_video(path, indices=[5, 11]).numpy()
+    for got, i in zip(frames, (5, 11), strict=True):
+        expected = np.rot90(index_frame(i, 64, 96), degrees // 90)
+        assert got.shape == expected.shape
+        assert np.abs(got.astype(int) - expected).mean() < 4  # the codec's loss; a wrong turn is ~90
+        assert read_index(np.rot90(got, -(degrees // 90))) == i

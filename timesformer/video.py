@@ -9,7 +9,10 @@ with the model cards' ``read_video_pyav`` (decode every frame from the start up 
   the last one;
 - lets the decoder use its threads (``thread_type="AUTO"``), and converts only the sampled frames to RGB.
 
-Frame ``i`` is the ``i``-th frame in presentation order, as in ``read_video_pyav``'s enumeration.
+Frame ``i`` is the ``i``-th frame in presentation order, as in ``read_video_pyav``'s enumeration (frames
+an MP4 edit list cuts are not frames). Frames come as a player shows them: turned by the stream's display
+rotation (a phone's portrait video), which ``read_video_pyav`` ignores; the video track is the one FFmpeg
+picks, never a cover image.
 """
 
 from __future__ import annotations
@@ -126,6 +129,20 @@ def _open(path):
     return container
 
 
+def _video_stream(container):
+    """The video track to read: FFmpeg's choice (``av_find_best_stream``, as a player makes it), never a cover
+    image (``attached_pic``: one still frame, which MP4, MKV and MOV files may carry before the video)."""
+    from av.stream import Disposition
+
+    def moving(stream) -> bool:
+        return not stream.disposition & Disposition.attached_pic
+
+    best = container.streams.best("video") if hasattr(container.streams, "best") else None  # PyAV >= 13
+    if best is not None and moving(best):
+        return best
+    return next((s for s in container.streams.video if moving(s)), container.streams.video[0])
+
+
 def _corrupt(path, exc) -> VideoError:
     return VideoError(path, f"corrupt or truncated video ({exc.strerror or type(exc).__name__})")
 
@@ -133,26 +150,28 @@ def _corrupt(path, exc) -> VideoError:
 def _frame_index(container, stream, path) -> tuple[list[int] | None, int]:
     """``(pts, end)``: the presentation timestamps of every frame, sorted (frame ``i`` has the ``i``-th
     smallest), and where the last packet ends (its pts plus its duration, where the file records one).
-    ``pts`` is ``None`` for a video with no timestamps at all (a raw elementary stream: .h264, .hevc), which
-    ``_frame_count`` counts."""
+    ``pts`` is ``None`` for a video with packets without timestamps (a raw elementary stream: .h264, .hevc;
+    some MPEG-TS), whose frames ``_frame_count`` counts by decoding."""
     import av
 
     pts = []
     end = 0
-    unstamped = 0
+    unstamped = False
     try:
         for packet in container.demux(stream):
-            if packet.size == 0:  # the demuxer's flush packet
+            # The demuxer's flush packet, and packets an edit list cuts (an MP4 cut without re-encoding):
+            # the decoder returns no frame for those.
+            if packet.size == 0 or packet.is_discard:
                 continue
             stamp = packet.pts if packet.pts is not None else packet.dts
-            if stamp is not None:
+            if stamp is None:
+                unstamped = True  # legal in MPEG-TS: the index would leave this frame out
+            else:
                 pts.append(stamp)
                 end = max(end, stamp + (packet.duration or 0))
-            else:
-                unstamped += 1
     except av.error.FFmpegError as exc:
         raise _corrupt(path, exc) from exc
-    if not pts and unstamped:
+    if unstamped:
         return None, 0
     pts.sort()
     return pts, end
@@ -173,9 +192,26 @@ def _frame_count(container, stream, max_frame_pixels: int, path) -> int:
     return count
 
 
+def _duration_tag(stream) -> float | None:
+    """Seconds of Matroska's (and WebM's) per-track ``DURATION`` tag, ``HH:MM:SS.fraction``, which FFmpeg
+    writes where the format has no per-stream duration; ``None`` without one or for one that does not parse."""
+    text = stream.metadata.get("DURATION") or stream.metadata.get("duration")
+    if not isinstance(text, str):
+        return None
+    parts = text.strip().split(":")
+    try:
+        if len(parts) != 3:
+            return None
+        seconds = int(parts[0]) * 3600 + int(parts[1]) * 60 + float(parts[2])
+    except ValueError:
+        return None
+    return seconds if 0 < seconds < float("inf") else None
+
+
 def _check_complete(container, stream, pts: list[int], end: int, path) -> None:
     """A file cut short still demuxes (the packets before the cut): compare with what its header announces,
-    a frame count where it has one (MP4), else a duration against where the last packet ends (so that a
+    a frame count where it has one (MP4), else a duration (the stream's, Matroska's track tag, or the
+    container's for a file with no other stream) against where the last packet ends (so that a
     variable frame rate, whose nominal rate says nothing about the count, is not taken for a cut). Lenient
     where the reading is ambiguous: the end is measured both from the stream's start and from time 0 (a
     container's duration may be either), and only a file short by both counts is refused."""
@@ -193,6 +229,8 @@ def _check_complete(container, stream, pts: list[int], end: int, path) -> None:
     seconds = None
     if stream.duration is not None:
         seconds = float(stream.duration * stream.time_base)
+    elif (tagged := _duration_tag(stream)) is not None:
+        seconds = tagged
     elif container.duration is not None and len(container.streams) == 1:
         # The container's duration covers all streams: only trusted when video is the only one.
         seconds = container.duration / 1e6
@@ -253,7 +291,7 @@ def read_video(
         check_count(len(indices), "len(indices)")
     container = _open(path)
     try:
-        stream = container.streams.video[0]
+        stream = _video_stream(container)
         width, height = stream.codec_context.width or 0, stream.codec_context.height or 0
         if width * height > max_frame_pixels:
             raise VideoError(
@@ -264,15 +302,11 @@ def read_video(
         stream.thread_type = "AUTO"  # frame and slice threads: the decoder's own parallelism
         pts_index, end = _frame_index(container, stream, path)
         if pts_index is None:
-            # A raw elementary stream (.h264, .hevc): no timestamps, no seeking. Its frames are counted by
-            # decoding it from a fresh open, and taken by counting from another (_decode_sequentially).
+            # Packets without timestamps (a raw elementary stream: .h264, .hevc): its frames are counted by
+            # decoding it from a fresh open, and taken by counting from another (below).
             container.close()
             container = _open(path)
-            total = _frame_count(container, container.streams.video[0], max_frame_pixels, path)
-            container.close()
-            container = _open(path)
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
+            total = _frame_count(container, _video_stream(container), max_frame_pixels, path)
         else:
             total = len(pts_index)
             if total:
@@ -295,10 +329,16 @@ def read_video(
         frames: dict[int, np.ndarray] = {}
         if pts_index is not None:
             frames = _decode_by_pts(container, stream, [pts_index[i] for i in wanted], wanted, to_rgb, path)
-        missing = [i for i in wanted if i not in frames]
-        if missing:
-            seek = pts_index is not None
-            frames.update(_decode_sequentially(container, stream, set(missing), to_rgb, seek))
+        if len(frames) < len(wanted):
+            # No timestamps, decoded timestamps that match no packet, or a seek that landed past the first
+            # frame (MPEG-TS): the whole clip is taken by counting frames from the start of a fresh open, so
+            # that all its frames have one numbering (a seek to time 0 is not the start where timestamps
+            # begin below 0).
+            container.close()
+            container = _open(path)
+            stream = _video_stream(container)
+            stream.thread_type = "AUTO"
+            frames = _decode_sequentially(container, stream, set(wanted), to_rgb)
         missing = [i for i in wanted if i not in frames]
         if missing:
             got = bisect.bisect_left(wanted, missing[0])
@@ -327,6 +367,8 @@ def _decode_by_pts(container, stream, stamps: list[int], wanted: list[int], to_r
         for frame in container.decode(stream):
             if frame.pts is None:
                 continue
+            if not frames and frame.pts > stamps[0]:
+                break  # the seek landed past the first frame, which can no longer come: the caller counts
             i = by_pts.get(frame.pts)
             if i is not None:
                 frames[i] = to_rgb(frame)
@@ -362,21 +404,22 @@ class _ToRGB:
 
     def __call__(self, frame) -> np.ndarray:
         _check_pixels(frame, self.max_frame_pixels, self.path)
-        return self.reformatter.reformat(frame, format="rgb24").to_ndarray()
+        rgb = self.reformatter.reformat(frame, format="rgb24").to_ndarray()
+        # The display matrix (a phone's portrait video is stored sideways): shown as a player (FFmpeg's
+        # autorotate) shows it. ``rotation`` is counterclockwise degrees, as np.rot90 turns; only quarter turns
+        # exist in practice (FFmpeg rounds others the same way).
+        turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4  # older PyAV has no rotation
+        return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
 
-def _decode_sequentially(
-    container, stream, wanted: set[int], to_rgb: _ToRGB, seek: bool = True
-) -> dict[int, np.ndarray]:
-    """The slow, safe way (from frame 0, counting): for streams whose timestamps do not match their packets,
-    and for those without timestamps (``seek=False``: a freshly opened raw stream, which cannot seek)."""
+def _decode_sequentially(container, stream, wanted: set[int], to_rgb: _ToRGB) -> dict[int, np.ndarray]:
+    """The slow, safe way, counting frames from the start of a freshly opened ``container``: for streams
+    without timestamps, or whose timestamps do not match their packets or do not seek."""
     import av
 
     out = {}
     last = max(wanted)
     try:
-        if seek:
-            container.seek(0, stream=stream, backward=True, any_frame=False)
         for i, frame in enumerate(container.decode(stream)):
             if i in wanted:
                 out[i] = to_rgb(frame)
@@ -388,15 +431,16 @@ def _decode_sequentially(
 
 
 def video_info(path: str | os.PathLike) -> dict:
-    """Frame count (exact, from the packet index), size, average frame rate and codec of a video."""
+    """Frame count (exact, from the packet index), size (as stored: before the display rotation that
+    ``read_video`` applies), average frame rate and codec of a video."""
     container = _open(path)
     try:
-        stream = container.streams.video[0]
+        stream = _video_stream(container)
         pts, _ = _frame_index(container, stream, path)
         if pts is None:  # a raw stream: counted by decoding it from a fresh open
             container.close()
             container = _open(path)
-            stream = container.streams.video[0]
+            stream = _video_stream(container)
             total = _frame_count(container, stream, MAX_FRAME_PIXELS, path)
         else:
             total = len(pts)
