@@ -226,7 +226,7 @@ def test_a_cached_answer_does_not_survive_into_another_process(monkeypatch):
     import timesformer.modeling as modeling
 
     ours, _, _ = _pair("sdpa", seed=12)
-    assert module_path_reason(ours) is None and ours.__dict__["_plain_at"][0] == modeling._PROCESS
+    assert module_path_reason(ours) is None and ours.__dict__["_plain_at"][0][0] == modeling._PROCESS
     # A hook the counters cannot see (as if registered in another process whose counters matched).
     ours.timesformer.encoder.layer[0]._forward_hooks[10**9] = lambda m, a, o: None
     assert module_path_reason(ours) is None  # stale in this process, by design of the cache
@@ -317,6 +317,12 @@ def test_a_plain_module_in_another_slot_counts():
     )
     # A drop path for nn.Identity (or back) keeps the fused path: the backends read its rate.
     ours.timesformer.encoder.layer[1].drop_path = timesformer.modeling.TimesformerDropPath(0.2)
+    # Built in training mode, it would act in this eval-mode model, as in the reference.
+    assert (
+        module_path_reason(ours)
+        == "timesformer.encoder.layer.1.drop_path is in training mode and the model is not"
+    )
+    ours.eval()
     assert module_path_reason(ours) is None and ours.timesformer.encoder.layer[1].drop_path_rate == 0.2
 
 
@@ -360,3 +366,63 @@ def test_models_pickled_before_drop_path_and_activation_were_modules_still_run()
     loaded.classifier = torch.nn.Linear(kwargs["hidden_size"], 2)
     loaded.post_init()
     assert torch.equal(loaded.timesformer.encoder.layer[0].output.dense.weight, kept)
+
+
+def _noisy_pair(backend: str, seed: int):
+    kwargs = small_config_kwargs(
+        "divided_space_time",
+        seed,
+        num_hidden_layers=2,
+        hidden_dropout_prob=0.3,
+        attention_probs_dropout_prob=0.2,
+        drop_path_rate=0.4,
+    )
+    ours = randomize_(
+        timesformer.TimesformerForVideoClassification(timesformer.TimesformerConfig(**kwargs)), seed
+    ).set_backend(backend)
+    ref_config = transformers.TimesformerConfig(**{**kwargs, "drop_path_rate": 0})
+    # transformers 5 types drop_path_rate as int in its strict config; the layers accept a float.
+    object.__setattr__(ref_config, "drop_path_rate", kwargs["drop_path_rate"])
+    ref = transformers.TimesformerForVideoClassification(ref_config)
+    ref.load_state_dict(ours.state_dict())
+    return ours, ref, random_clip(kwargs)
+
+
+def _same_draws(ours, ref, x, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        torch.manual_seed(seed)
+        got = ours(x).logits
+        torch.manual_seed(seed)
+        return got, ref(x).logits
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_each_dropout_module_counts_in_its_own_mode(backend):
+    """The reference calls each dropout and drop-path module, whose own mode counts; the fused backends
+    applied the model's mode to all of them. Monte-Carlo dropout (eval, then the dropout modules back to
+    train) ran without any dropout, and training with dropout turned off kept it on."""
+    ours, ref, x = _noisy_pair(backend, seed=21)
+    for model in (ours, ref):  # Monte-Carlo dropout
+        model.eval()
+        for module in model.timesformer.encoder.modules():
+            if isinstance(module, nn.Dropout):
+                module.train()
+    assert module_path_reason(ours) is not None
+    got, expected = _same_draws(ours, ref, x, seed=5)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    again, _ = _same_draws(ours, ref, x, seed=6)
+    assert (again - got).abs().max() > 1e-3  # dropout acts: the draws differ
+
+    for model in (ours, ref):  # training with the dropout modules off (drop path still on)
+        model.train()
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.eval()
+    got, expected = _same_draws(ours, ref, x, seed=7)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+    for model in (ours, ref):  # one mode again: the fused path is back, and gives the reference's values
+        model.eval()
+    assert module_path_reason(ours) is None
+    got, expected = _same_draws(ours, ref, x, seed=8)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

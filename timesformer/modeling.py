@@ -450,12 +450,33 @@ def _module_path_scan(model: nn.Module) -> str | None:
     return None
 
 
+def _noise_rate(module: nn.Module) -> float | None:
+    """The rate of a module that adds training noise (dropout, drop path), ``None`` for any other module."""
+    if isinstance(module, nn.modules.dropout._DropoutNd):
+        return module.p
+    if isinstance(module, TimesformerDropPath):
+        return module.drop_prob
+    return None
+
+
+def _mode_reason(model: nn.Module, noisy: list[tuple[str, nn.Module]]) -> str | None:
+    # The fused backends apply dropout and drop path as the model's own mode says; the reference calls each
+    # module, whose own mode counts: Monte-Carlo dropout (eval, then dropout modules back to train), or
+    # training with some dropout off, must call the modules.
+    for name, module in noisy:
+        if module.training != model.training and _noise_rate(module):
+            mode = "training" if module.training else "eval"
+            return f"{name} is in {mode} mode and the model is not"
+    return None
+
+
 def module_path_reason(model: nn.Module) -> str | None:
     """Why ``model``'s forward has to call its modules (the eager computation), or ``None`` when the fused
     backends may read its weights directly.
 
     Reasons: a submodule of another type than the model builds (an adapter wrapping a ``Linear``, a
-    quantized subclass), hooks on a submodule, a ``forward`` patched on an instance.
+    quantized subclass), hooks on a submodule, a ``forward`` patched on an instance, a dropout or drop-path
+    module (nonzero rate) in another mode than the model (checked on every call).
     A ``None`` is cached per model until a hook is registered or a submodule assigned anywhere (a scan of
     a base model's 300 modules costs about a batch-1 forward's launch overhead); not seen after a model's
     first call: a ``forward`` patched, a ``__class__`` changed, a module put through torch's ``_modules``
@@ -466,15 +487,19 @@ def module_path_reason(model: nn.Module) -> str | None:
     if torch.compiler.is_compiling():
         # Traced (the counters and the cache are Python state a compiled forward does not re-read): the
         # compiled forward takes the path of the module structure it traced, and recompiles with it.
-        return _module_path_scan(model)
+        noisy = [(n, m) for n, m in model.named_modules() if _noise_rate(m) is not None]
+        return _module_path_scan(model) or _mode_reason(model, noisy)
     if _assignment_hook is None:
         _assignment_hook = torch.nn.modules.module.register_module_module_registration_hook(_count_assignment)
     key = (_PROCESS, torch.utils.hooks.RemovableHandle.next_id, _assignments)
-    if model.__dict__.get("_plain_at") == key:
-        return None
+    cached = model.__dict__.get("_plain_at")
+    if cached is not None and cached[0] == key:
+        return _mode_reason(model, cached[1])
     reason = _module_path_scan(model)
-    model.__dict__["_plain_at"] = key if reason is None else None
-    return reason
+    # With the dropout and drop-path modules, whose modes change without any counter seeing it.
+    noisy = [(n, m) for n, m in model.named_modules() if _noise_rate(m) is not None]
+    model.__dict__["_plain_at"] = (key, noisy) if reason is None else None
+    return reason or _mode_reason(model, noisy)
 
 
 # --------------------------------------------------------------------------- models
@@ -1065,8 +1090,8 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
                     model._warned_module_path = module_path_reason(model)
             logger.warning(
                 "%s: %s, so forwards call every module (the eager computation) instead of the %s "
-                "backend's fused path; for speed remove the hooks or patch, or merge and unload the adapter "
-                "(PEFT's merge_and_unload)",
+                "backend's fused path; for speed remove the hooks or patch, merge and unload the adapter "
+                "(PEFT's merge_and_unload), or put every module in the model's mode",
                 type(self).__name__,
                 reason,
                 self.backend,
