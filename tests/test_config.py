@@ -145,3 +145,24 @@ def test_dtype_reads_as_a_torch_dtype_under_either_spelling():
     both = TimesformerConfig(dtype="float16", torch_dtype="bfloat16")  # dtype wins, one value kept
     assert both.dtype == both.torch_dtype == torch.float16 and "torch_dtype" not in both.to_dict()
     assert TimesformerConfig(dtype="not a dtype").dtype == "not a dtype"  # kept as given, refused at load
+
+
+def test_serialization_methods_take_transformers_arguments(hf, tmp_path):
+    """``to_json_string(use_diff=...)``, ``to_json_file(json_file_path=...)``, ``save_pretrained(save_directory=,
+    push_to_hub=False)``: transformers' keywords raised TypeError here."""
+    ours = TimesformerConfig(num_frames=5, hidden_size=96, num_attention_heads=3, qkv_bias=False, num_labels=3)
+    full, diff = json.loads(ours.to_json_string(use_diff=False)), json.loads(ours.to_json_string())
+    assert full == json.loads(json.dumps(ours.to_dict()))
+    assert set(MODEL_FIELDS) <= set(diff) < set(full) and diff["model_type"] == "timesformer"
+    assert TimesformerConfig.from_dict(diff) == ours
+    ref = hf.TimesformerConfig.from_dict(diff)
+    for name in MODEL_FIELDS:
+        assert getattr(ref, name) == getattr(ours, name), name
+    ours.to_json_file(json_file_path=tmp_path / "c.json", use_diff=False)
+    assert TimesformerConfig.from_json_file(tmp_path / "c.json") == ours
+    ours.save_pretrained(save_directory=tmp_path / "saved", push_to_hub=False, commit_message="unused")
+    assert TimesformerConfig.from_pretrained(tmp_path / "saved") == ours
+    assert json.loads((tmp_path / "saved" / "config.json").read_text()) == full  # every field, as before
+    with pytest.raises(ValueError, match="push_to_hub=True is not supported"):
+        ours.save_pretrained(tmp_path / "hub", push_to_hub=True)
+    assert not (tmp_path / "hub").exists()
