@@ -150,7 +150,9 @@ def test_dtype_reads_as_a_torch_dtype_under_either_spelling():
 def test_serialization_methods_take_transformers_arguments(hf, tmp_path):
     """``to_json_string(use_diff=...)``, ``to_json_file(json_file_path=...)``, ``save_pretrained(save_directory=,
     push_to_hub=False)``: transformers' keywords raised TypeError here."""
-    ours = TimesformerConfig(num_frames=5, hidden_size=96, num_attention_heads=3, qkv_bias=False, num_labels=3)
+    ours = TimesformerConfig(
+        num_frames=5, hidden_size=96, num_attention_heads=3, qkv_bias=False, num_labels=3
+    )
     full, diff = json.loads(ours.to_json_string(use_diff=False)), json.loads(ours.to_json_string())
     assert full == json.loads(json.dumps(ours.to_dict()))
     assert set(MODEL_FIELDS) <= set(diff) < set(full) and diff["model_type"] == "timesformer"

@@ -501,16 +501,11 @@ class TimesformerConfig:
         out["model_type"] = self.model_type
         return dict(sorted(out.items()))
 
-    def to_diff_dict(self) -> dict[str, Any]:
-        """``to_dict`` without the generic (not TimeSformer) fields left at their defaults; every model field
-        stays, as in ``transformers``' diff (taken against its generic config's defaults)."""
-        default = type(self)().to_dict()
-        model = {*MODEL_FIELDS, "model_type"}
-        return {k: v for k, v in self.to_dict().items() if k in model or k not in default or v != default[k]}
-
     def to_json_string(self, use_diff: bool = True) -> str:
         """The config as JSON: ``to_diff_dict`` (``use_diff``, as ``transformers``) or every field."""
-        return json.dumps(self.to_diff_dict() if use_diff else self.to_dict(), indent=2, sort_keys=True) + "\n"
+        return (
+            json.dumps(self.to_diff_dict() if use_diff else self.to_dict(), indent=2, sort_keys=True) + "\n"
+        )
 
     def to_json_file(self, json_file_path: str | os.PathLike, use_diff: bool = True) -> None:
         with open(json_file_path, "w", encoding="utf-8") as f:
@@ -582,7 +577,9 @@ class TimesformerConfig:
             config = cls.from_dict(config.to_dict(), **overrides)
         return (config, unused) if return_unused_kwargs else config
 
-    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> None:
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any
+    ) -> None:
         """Write ``save_directory/config.json`` with every field (``transformers`` leaves out generic fields
         at their defaults; both load the same). ``push_to_hub`` only ``False`` (this package never uploads);
         ``kwargs`` are ``transformers``' upload options, unused without it."""
