@@ -194,6 +194,14 @@ def _audio_only(path):
         c.mux(s.encode())
 
 
+def _still(path):
+    with av.open(str(path), "w", format="image2", options={"update": "1"}) as c:
+        s = c.add_stream("png" if str(path).endswith(".png") else "mjpeg", rate=1)
+        s.width, s.height, s.pix_fmt = 96, 64, "rgb24" if str(path).endswith(".png") else "yuvj420p"
+        c.mux(s.encode(av.VideoFrame.from_ndarray(index_frame(1, 64, 96), format="rgb24")))
+        c.mux(s.encode())
+
+
 def _no_frames(path):
     with av.open(str(path), "w") as c:
         s = c.add_stream("libx264", rate=30)
@@ -208,6 +216,9 @@ def _no_frames(path):
         (None, "missing.mp4", "no such file"),
         (lambda p: p.write_text("not a video\n" * 40), "notes.mp4", "not a readable video file"),
         (_audio_only, "sound.wav", "has no video stream"),
+        # A one-frame "video" to FFmpeg: a thumbnail beside the videos was classified as eight equal frames.
+        (_still, "thumb.png", "is a still image (png), not a video"),
+        (_still, "thumb.jpg", "is a still image (jpeg), not a video"),
         (_no_frames, "empty.mkv", "not a readable video file"),
         (_no_frames, "empty.mp4", "has no video stream"),
         ("truncate-mp4", "cut.mp4", "not a readable video file"),

@@ -126,6 +126,10 @@ def _open(path):
     if not container.streams.video:
         container.close()
         raise VideoError(path, "has no video stream")
+    kind = container.format.name
+    if kind == "image2" or kind.endswith("_pipe"):  # FFmpeg's still-image readers (png_pipe, jpeg_pipe, ...)
+        container.close()
+        raise VideoError(path, f"is a still image ({kind.removesuffix('_pipe')}), not a video")
     return container
 
 
