@@ -230,7 +230,8 @@ def test_torn_last_line_is_redone_on_resume(videos, reference, tmp_path):
     _cli("evaluate", str(videos), "--output", str(out), "--resume", "--workers", "1")
     assert _paths(out) == _paths(reference)
     assert _metrics(out) == _metrics(reference)
-    assert json.loads((out / "metrics.json").read_text())["videos_evaluated"] == 5
+    # The 5 without a complete line, and broken.mp4 (among the first 4): error lines are tried again.
+    assert json.loads((out / "metrics.json").read_text())["videos_evaluated"] == 6
 
 
 def test_sigkill_at_any_moment_then_resume_loses_nothing(videos, reference, tmp_path):
@@ -350,7 +351,8 @@ def test_resume_matches_videos_however_data_is_spelled(videos, bundled, tmp_path
     evaluate(videos.name, model, processor, out, workers=0, limit=3)  # DATA relative to the folder above
     monkeypatch.chdir(tmp_path)
     metrics = evaluate(videos, model, processor, out, workers=0, limit=5, resume=True)
-    assert metrics["videos_evaluated"] == 2 and metrics["num_missing"] == 0 and metrics["num_videos"] == 5
+    # The 2 new ones, and broken.mp4 (among the first 3): error lines are tried again.
+    assert metrics["videos_evaluated"] == 3 and metrics["num_missing"] == 0 and metrics["num_videos"] == 5
     paths = _paths(out)
     assert len(paths) == len(set(paths)) == 5 and all(os.path.isabs(p) for p in paths)
 
@@ -764,3 +766,159 @@ def test_a_stray_local_world_size_is_named(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "two")
     with pytest.raises(ValueError, match="environment variable LOCAL_WORLD_SIZE must be an integer"):
         default_workers()
+
+
+# --------------------------------------------------------------------------- what a dataset folder may hold
+
+
+def test_folders_that_cannot_be_listed_or_count_twice_are_errors(videos, tmp_path, monkeypatch):
+    """Videos must not silently drop out of (or double in) the count: an unreadable folder was skipped, a
+    class folder that is a broken link ignored, and one folder linked under two classes scored under both."""
+    from timesformer import evaluate as ev
+
+    data = tmp_path / "data"
+    (data / LABELS[0] / "more").mkdir(parents=True)
+    (data / LABELS[0] / "a.mp4").write_bytes(b"x")
+    (data / LABELS[0] / "more" / "b.mp4").write_bytes(b"x")
+    assert len(load_samples(data, LABEL2ID, 4)) == 2
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # as for a folder of another user, mode 700 (this test may run as root)
+        if os.fspath(path).endswith("more"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(ev.os, "scandir", scandir)
+    with pytest.raises(
+        ValueError, match=r"cannot list .*more \(Permission denied\); its videos would be missing"
+    ):
+        load_samples(data, LABEL2ID, 4)
+    monkeypatch.undo()
+
+    (data / LABELS[1]).symlink_to(tmp_path / "not there", target_is_directory=True)
+    with pytest.raises(ValueError, match=rf"{LABELS[1]} is a broken link; expected a class folder"):
+        load_samples(data, LABEL2ID, 4)
+    (data / LABELS[1]).unlink()
+    (data / LABELS[1]).symlink_to(data / LABELS[0], target_is_directory=True)
+    with pytest.raises(
+        ValueError, match=r"which class folder '.+' holds too \(a link\): its videos would count under both"
+    ):
+        load_samples(data, LABEL2ID, 4)
+
+
+def test_an_output_folder_inside_data_is_not_read_as_videos(videos, bundled, tmp_path):
+    """Resumed, the reports of an output folder inside a class folder were scored as that class's videos."""
+    import shutil
+
+    from timesformer.evaluate import evaluate
+
+    data = tmp_path / "data"
+    shutil.copytree(videos, data)
+    out = data / LABELS[0] / "eval"
+    model, processor = bundled
+    evaluate(data, model, processor, out, workers=0, limit=4)
+    assert (out / "confusion.png").exists()
+    metrics = evaluate(data, model, processor, out, workers=0, resume=True)
+    assert metrics["num_videos"] == 9 and metrics["num_errors"] == 1  # broken.mp4 alone
+    assert not any(p.startswith(str(out)) for p in _paths(out))
+
+
+def test_list_lines_keep_their_paths_as_written(tmp_path):
+    """Space separated, a path kept its words but not its spaces (``my  video.mp4`` became ``my video.mp4``);
+    a comma anywhere made the line comma separated (``a,b.mp4 0``)."""
+    listing = tmp_path / "list.txt"
+    listing.write_text(
+        f'sp ace/my  video.mp4 1\nsp ace/a,b.mp4 {LABELS[2]}\n"quoted, name.mp4",0\nplain.mp4,3\nc,d.mp4,2\n'
+    )
+    got = {Path(s.path).relative_to(tmp_path).as_posix(): s.label for s in load_samples(listing, LABEL2ID, 4)}
+    assert got == {
+        "sp ace/my  video.mp4": 1,
+        "sp ace/a,b.mp4": 2,
+        "quoted, name.mp4": 0,
+        "plain.mp4": 3,
+        "c,d.mp4": 2,
+    }
+
+
+def test_sample_rate_is_checked(videos, bundled, tmp_path):
+    from timesformer.evaluate import evaluate
+
+    model, processor = bundled
+    for rate in (0, -4):
+        with pytest.raises(ValueError, match=f"sample_rate must be >= 1, got {rate}"):
+            evaluate(videos, model, processor, tmp_path / "out", workers=0, sample_rate=rate)
+
+
+def test_many_labels_give_the_confusion_as_pairs(monkeypatch):
+    """A dense confusion matrix is quadratic in the labels: 16,000 labels ran out of memory writing it."""
+    from timesformer import evaluate as ev
+    from timesformer.evaluate import Sample, compute_metrics
+
+    id2label = {i: f"c{i}" for i in range(3)}
+    samples = [Sample(f"/v/{i}.mp4", i % 3) for i in range(5)]
+    records = [
+        {
+            "path": s.path,
+            "label_id": s.label,
+            "top": [{"label_id": (s.label + (i == 4)) % 3}],
+            "correct_top5": True,
+        }
+        for i, s in enumerate(samples)
+    ]
+    dense = compute_metrics(records, samples, id2label)
+    assert dense["confusion"] == [[2, 0, 0], [0, 1, 1], [0, 0, 1]]
+    assert dense["confusion_pairs"] == [[0, 0, 2], [1, 1, 1], [1, 2, 1], [2, 2, 1]]
+    monkeypatch.setattr(ev, "MAX_DENSE_CONFUSION", 2)
+    sparse = compute_metrics(records, samples, id2label)
+    assert sparse["confusion"] is None and sparse["confusion_pairs"] == dense["confusion_pairs"]
+
+
+def test_a_batch_the_model_fails_on_is_run_a_video_at_a_time_and_errors_are_redone(
+    videos, bundled, tmp_path, monkeypatch
+):
+    """One forward takes every view of a batch: out of memory on it made all its videos error lines, and
+    --resume (with memory to spare) never tried them again."""
+    from timesformer import evaluate as ev
+
+    model, processor = bundled
+    real = ev.score_views
+
+    def only_one(model_, views, device):
+        if len(views) > 1:
+            raise RuntimeError("out of memory")
+        return real(model_, views, device)
+
+    monkeypatch.setattr(ev, "score_views", only_one)
+    out = tmp_path / "out"
+    metrics = ev.evaluate(videos, model, processor, out, workers=0, batch_size=3, limit=6)
+    assert (metrics["num_scored"], metrics["top1"]) == (5, 1.0)  # broken.mp4 is the one error
+
+    def never(model_, views, device):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(ev, "score_views", never)
+    failed = tmp_path / "failed"
+    metrics = ev.evaluate(videos, model, processor, failed, workers=0, batch_size=3, limit=6)
+    assert metrics["num_scored"] == 0
+    monkeypatch.setattr(ev, "score_views", real)
+    metrics = ev.evaluate(videos, model, processor, failed, workers=0, limit=6, resume=True)
+    assert (metrics["num_scored"], metrics["num_errors"], metrics["top1"]) == (5, 1, 1.0)
+    paths = _paths(failed)
+    assert len(paths) == len(set(paths)) == 6
+
+
+def test_resume_after_a_label_is_corrected_redoes_its_videos(videos, bundled, tmp_path):
+    """Lines were matched by path only: a resumed run kept the old labels of a corrected list file."""
+    from timesformer.evaluate import evaluate
+
+    model, processor = bundled
+    clips = [sorted((videos / name).glob("clip*.mp4")) for name in LABELS]
+    wrong, right = tmp_path / "wrong.txt", tmp_path / "right.txt"
+    wrong.write_text("".join(f"{c[0]} {(i + 1) % 4}\n{c[1]} {i}\n" for i, c in enumerate(clips)))
+    right.write_text("".join(f"{c[0]} {i}\n{c[1]} {i}\n" for i, c in enumerate(clips)))
+    out = tmp_path / "out"
+    assert evaluate(wrong, model, processor, out, workers=0)["top1"] == 0.5
+    metrics = evaluate(right, model, processor, out, workers=0, resume=True)
+    assert (metrics["top1"], metrics["videos_evaluated"]) == (1.0, 4)
+    records = read_predictions(out / PREDICTIONS)
+    assert len(records) == 8 and all(r["correct"] for r in records)

@@ -309,7 +309,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             return 2
     if not metrics:  # a rank other than 0 of a torchrun job: rank 0 reports
         return 0
-    summary = {k: v for k, v in metrics.items() if k not in ("confusion", "per_class")}
+    summary = {k: v for k, v in metrics.items() if k not in ("confusion", "confusion_pairs", "per_class")}
     if args.json:
         print(json.dumps(summary))
     else:

@@ -30,7 +30,7 @@ import socket
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,35 +106,74 @@ def _unknown_labels_error(unknown: dict[str, str], label2id: dict[str, int]) -> 
     )
 
 
+def _is_label_text(text: str, label2id: dict[str, int]) -> bool:
+    return text in label2id or text.lstrip("-").isdigit()
+
+
 def _split_on_spaces(text: str, label2id: dict[str, int]) -> list[str]:
     """``path label`` separated by spaces, where class names may hold spaces too (``playing guitar``): the
-    longest trailing run of words that is a class name or an integer is the label, else the last word."""
-    words = text.split()
-    for i in range(1, len(words)):
-        label = " ".join(words[i:])
-        if label in label2id or label.lstrip("-").isdigit():
-            return [" ".join(words[:i]), label]
+    longest trailing run of words that is a class name or an integer is the label, else the last word. The
+    path keeps its own spaces as written (``my  video.mp4``)."""
+    for gap in re.finditer(r"\s+", text):
+        if _is_label_text(text[gap.end() :], label2id):
+            return [text[: gap.start()], text[gap.end() :]]
     return text.rsplit(None, 1)
 
 
-def _videos_under(folder: Path) -> list[Path]:
-    """Every entry under ``folder`` that is not a folder (hidden names left out), in sorted order. Links to
-    folders are followed, each real folder once (no loop); anything else (a broken link, a FIFO) is listed,
-    so that its error line says what it is instead of the video silently missing from the count."""
+def _split_line(text: str, label2id: dict[str, int]) -> list[str]:
+    """``path label`` of a list line: tab separated where it holds a tab; else comma separated (CSV, quotes
+    allowed) or space separated, whichever gives a label (a comma may be part of a path: ``a,b.mp4 0``)."""
+    if "\t" in text:
+        return next(csv.reader([text], delimiter="\t"))
+    ways = [next(csv.reader([text])), text.rsplit(",", 1)] if "," in text else []
+    ways.append(_split_on_spaces(text, label2id))
+    for fields in ways:
+        fields = [x.strip() for x in fields if x.strip()]
+        if len(fields) == 2 and _is_label_text(fields[1], label2id):
+            return fields
+    return ways[0]
+
+
+def _videos_under(folder: Path, owners: dict[str, Path], skip: str | None) -> list[Path]:
+    """Every entry under the class folder ``folder`` that is not a folder (hidden names left out), in sorted
+    order. Links to folders are followed, each real folder once (no loop); anything else (a broken link, a
+    FIFO) is listed, so that its error line says what it is instead of the video silently missing from the
+    count. ``owners`` maps each real folder listed so far to its class folder: one reached from two classes
+    is an error (its videos would count under both). ``skip``: a real folder left out (the output folder)."""
     found: list[Path] = []
-    seen: set[str] = set()
-    for top, dirs, files in os.walk(folder, followlinks=True):
+
+    def unreadable(exc: OSError) -> None:
+        raise ValueError(
+            f"DATA: cannot list {exc.filename} ({exc.strerror or type(exc).__name__}); its videos would be "
+            "missing from the count"
+        )
+
+    for top, dirs, files in os.walk(folder, onerror=unreadable, followlinks=True):
         real = os.path.realpath(top)
-        if real in seen:
+        if real == skip:
             dirs.clear()
             continue
-        seen.add(real)
+        owner = owners.get(real)
+        if owner == folder:  # listed already (a loop, or two links to one folder): each real folder once
+            dirs.clear()
+            continue
+        if owner is not None:
+            raise ValueError(
+                f"DATA: {top} is the folder {real}, which class folder {owner.name!r} holds too (a link): its "
+                f"videos would count under both {owner.name!r} and {folder.name!r}"
+            )
+        owners[real] = folder
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         found += [Path(top, f) for f in files if not f.startswith(".")]
     return sorted(found)
 
 
-def load_samples(data: str | os.PathLike, label2id: dict[str, int], num_labels: int) -> list[Sample]:
+def load_samples(
+    data: str | os.PathLike,
+    label2id: dict[str, int],
+    num_labels: int,
+    exclude: str | os.PathLike | None = None,
+) -> list[Sample]:
     """The labelled videos of ``data``, sorted by path, each path once.
 
     Args:
@@ -145,11 +184,14 @@ def load_samples(data: str | os.PathLike, label2id: dict[str, int], num_labels: 
             Blank lines and lines starting with ``#`` are skipped.
         label2id: the model's ``{name: index}``.
         num_labels: the model's number of classes.
+        exclude: a folder whose files are not videos of the set (the output folder, when it is inside
+            ``data``: its reports would be read as videos).
 
     Raises:
         FileNotFoundError: ``data`` does not exist. ValueError: no videos, a line that does not parse (with its
         number), label indices out of range, or label names the model does not know (all of them listed
-        once, before any work starts).
+        once, before any work starts); a folder that cannot be listed, a class folder that is a broken link,
+        or one folder reached from two class folders.
     """
     root = Path(data)
     if not root.exists():
@@ -160,10 +202,15 @@ def load_samples(data: str | os.PathLike, label2id: dict[str, int], num_labels: 
         # Absolute paths, links in DATA's own path resolved: a resumed run matches its videos however DATA is
         # spelled or wherever it runs from.
         root = root.resolve()
-        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        for folder in folders:
+        entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+        broken = [p for p in entries if p.is_symlink() and not p.exists()]
+        if broken:  # a class folder that is a broken link (files beside the class folders are not videos)
+            raise ValueError(f"DATA: {broken[0]} is a broken link; expected a class folder of videos")
+        owners: dict[str, Path] = {}
+        skip = None if exclude is None else os.path.realpath(exclude)
+        for folder in (p for p in entries if p.is_dir()):
             label = _label_of(folder.name, label2id, num_labels, f"folder {folder}")
-            files = _videos_under(folder)
+            files = _videos_under(folder, owners, skip)
             if isinstance(label, str):
                 if files:
                     unknown[label] = f"folder {folder}"
@@ -199,11 +246,7 @@ def load_samples(data: str | os.PathLike, label2id: dict[str, int], num_labels: 
             text = line.strip()
             if not text or text.startswith("#"):
                 continue
-            if "\t" in text or "," in text:
-                fields = next(csv.reader([text], delimiter="\t" if "\t" in text else ","))
-            else:
-                fields = _split_on_spaces(text, label2id)
-            fields = [x.strip() for x in fields if x.strip()]
+            fields = [x.strip() for x in _split_line(text, label2id) if x.strip()]
             if len(fields) != 2:
                 raise ValueError(
                     f"{data}, line {number}: expected 'path label' (space, tab or comma separated), got {line!r}"
@@ -438,22 +481,31 @@ def _absolute(record: dict) -> dict:
     return record
 
 
-def _done_paths(output: Path, num_labels: int | None = None) -> set[str]:
-    done: set[str] = set()
-    for file in [output / PREDICTIONS, *_part_files(output)]:
-        done.update(_absolute(r)["path"] for r in read_predictions(file, num_labels=num_labels))
-    return done
+def _recorded(output: Path, num_labels: int | None = None) -> list[dict]:
+    """Every prediction line in ``output``: ``predictions.jsonl``'s, then the ranks' part files'."""
+    files = [output / PREDICTIONS, *_part_files(output)]
+    return [_absolute(r) for file in files for r in read_predictions(file, num_labels=num_labels)]
 
 
-def merge_predictions(output: Path, order: Sequence[str], num_labels: int | None = None) -> list[dict]:
+def _final(record: dict, labels: Mapping[str, int]) -> bool:
+    """Whether a line stands for its video: a prediction with the video's label in DATA. An error line (a
+    video that could not be read, a forward that failed: out of memory) is tried again by ``--resume``, and a
+    line of a video whose label DATA has changed since (a corrected list file) is redone."""
+    return record.get("error") is None and labels.get(record["path"]) == record["label_id"]
+
+
+def merge_predictions(output: Path, samples: Sequence[Sample], num_labels: int | None = None) -> list[dict]:
     """Merge ``predictions.jsonl`` and the ranks' part files into ``predictions.jsonl`` (one line per video, in
-    ``order``, then any others), atomically; then remove the parts. Returns the merged records."""
+    the order of ``samples``, then any others), atomically; then remove the parts. Of several lines of a video
+    (a resumed run redid it) the final one (``_final``) is kept, else the last. Returns the merged records."""
+    labels = {s.path: s.label for s in samples}
     by_path: dict[str, dict] = {}
     parts = _part_files(output)
-    for file in [output / PREDICTIONS, *parts]:
-        for record in read_predictions(file, num_labels=num_labels):
-            by_path.setdefault(_absolute(record)["path"], record)
-    rank = {p: i for i, p in enumerate(order)}
+    for record in _recorded(output, num_labels):
+        kept = by_path.get(record["path"])
+        if kept is None or not _final(kept, labels):
+            by_path[record["path"]] = record
+    rank = {s.path: i for i, s in enumerate(samples)}
     records = sorted(by_path.values(), key=lambda r: (rank.get(r["path"], len(rank)), r["path"]))
     tmp = output / (PREDICTIONS + ".tmp")
     with open(tmp, "w") as f:
@@ -472,11 +524,13 @@ def merge_predictions(output: Path, order: Sequence[str], num_labels: int | None
 
 def compute_metrics(records: Sequence[dict], samples: Sequence[Sample], id2label: dict[int, str]) -> dict:
     """Accuracy over the scored videos of ``samples``: top-1, top-5, mean class accuracy and per class, and the
-    confusion matrix (true label x predicted label) over the label indices."""
+    confusion matrix (true label x predicted label) over the label indices: whole (``confusion``) up to
+    ``MAX_DENSE_CONFUSION`` labels, and as its nonzero cells ``[true, predicted, videos]``
+    (``confusion_pairs``)."""
     wanted = {s.path for s in samples}
     records = [r for r in records if r["path"] in wanted]
     num_labels = len(id2label)
-    confusion = np.zeros((num_labels, num_labels), dtype=np.int64)
+    confusion: dict[tuple[int, int], int] = {}
     top1 = top5 = scored = errors = 0
     per_class = {i: [0, 0] for i in range(num_labels)}
     for r in records:
@@ -485,7 +539,7 @@ def compute_metrics(records: Sequence[dict], samples: Sequence[Sample], id2label
             continue
         scored += 1
         truth, ranked = int(r["label_id"]), [int(x["label_id"]) for x in r["top"]]
-        confusion[truth, ranked[0]] += 1
+        confusion[truth, ranked[0]] = confusion.get((truth, ranked[0]), 0) + 1
         top1 += ranked[0] == truth
         top5 += bool(r["correct_top5"]) if "correct_top5" in r else truth in ranked[:5]
         per_class[truth][0] += 1
@@ -500,8 +554,21 @@ def compute_metrics(records: Sequence[dict], samples: Sequence[Sample], id2label
         "top5": top5 / scored if scored else None,
         "mean_class_accuracy": float(np.mean([c / n for n, c in classes.values()])) if classes else None,
         "per_class": {id2label.get(i, str(i)): {"videos": n, "top1": c / n} for i, (n, c) in classes.items()},
-        "confusion": confusion.tolist(),
+        "confusion": _dense(confusion, num_labels) if num_labels <= MAX_DENSE_CONFUSION else None,
+        "confusion_pairs": [[t, p, n] for (t, p), n in sorted(confusion.items())],
     }
+
+
+# The confusion matrix is written whole up to this many labels (a million cells); beyond, its nonzero cells
+# only (``confusion_pairs``, at most one per video): 16,000 labels were 256 million cells, and no metrics.
+MAX_DENSE_CONFUSION = 1000
+
+
+def _dense(cells: dict[tuple[int, int], int], num_labels: int) -> list[list[int]]:
+    matrix = np.zeros((num_labels, num_labels), dtype=np.int64)
+    for (truth, predicted), count in cells.items():
+        matrix[truth, predicted] = count
+    return matrix.tolist()
 
 
 def percent(x) -> str:
@@ -541,6 +608,9 @@ def write_reports(output: Path, metrics: dict, id2label: dict[int, str]) -> None
         import matplotlib.pyplot as plt
     except ImportError:
         logger.info("matplotlib is not installed: no confusion.png")
+        return
+    if metrics["confusion"] is None:
+        logger.info("%d labels: no confusion.png (confusion_pairs in metrics.json)", len(id2label))
         return
     confusion = np.asarray(metrics["confusion"])
     n = len(confusion)
@@ -601,6 +671,16 @@ def init_distributed() -> tuple[int, int]:
     on one of them (the device, the model, DATA) and then fail together."""
     rank, world, _ = _world()
     if world > 1 and not torch.distributed.is_initialized():
+        if "TORCHELASTIC_RUN_ID" not in os.environ:  # torchrun sets it, and has gathered the ranks already
+            logger.warning(
+                "RANK=%d, WORLD_SIZE=%d set outside torchrun: waiting (up to %d s) for the other ranks at %s:%s; "
+                "unset them for a single process",
+                rank,
+                world,
+                DIST_TIMEOUT_S,
+                os.environ.get("MASTER_ADDR", "?"),
+                os.environ.get("MASTER_PORT", "?"),
+            )
         torch.distributed.init_process_group(
             "gloo",
             # The final collective waits for the slowest rank's share, which can trail by more than the
@@ -826,22 +906,27 @@ def evaluate(
                 raise ValueError(f"crops must be 1 or 3, got {crops}")
             if batch_size < 1:
                 raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            if sample_rate < 1:
+                raise ValueError(f"sample_rate must be >= 1, got {sample_rate}")
             if limit is not None and limit < 1:
                 raise ValueError(f"limit must be >= 1, got {limit}")
             config = model.config
             id2label = config.id2label  # int keys (TimesformerConfig checks them)
-            samples = load_samples(data, config.label2id, config.num_labels)
+            samples = load_samples(data, config.label2id, config.num_labels, exclude=output)
             if limit is not None:
                 samples = samples[:limit]
             output.mkdir(parents=True, exist_ok=True)
             if rank == 0:
                 lock = _lock(output)
-            done = _done_paths(output, config.num_labels)
-            if done and not resume:
+            recorded = _recorded(output, config.num_labels)
+            if recorded and not resume:
+                videos = len({r["path"] for r in recorded})
                 raise FileExistsError(
-                    f"{output} already holds predictions of {len(done)} videos; pass --resume to go on with them, or "
+                    f"{output} already holds predictions of {videos} videos; pass --resume to go on with them, or "
                     "choose another --output"
                 )
+            labels = {s.path: s.label for s in samples}
+            done = {r["path"] for r in recorded if _final(r, labels)}
             num_frames = num_frames or config.num_frames
             top_k = max(1, min(top_k, len(id2label)))
             settings = {
@@ -934,7 +1019,7 @@ def evaluate(
         if rank != 0:
             return {}
         with _writing(output / PREDICTIONS):
-            records = merge_predictions(output, [s.path for s in samples], model.config.num_labels)
+            records = merge_predictions(output, samples, model.config.num_labels)
         metrics = compute_metrics(records, samples, id2label)
         metrics.update(
             views={
@@ -1100,7 +1185,7 @@ def _cut_on_device(
 
 def _score(batch: list[dict], model, device, id2label, top_k: int, totals: dict) -> list[dict]:
     """Predictions of one batch of videos (all their views in one forward); error records for the videos that
-    could not be read, and for every video of a batch whose forward failed."""
+    could not be read, and for those the model fails on alone (a failed batch is run a video at a time)."""
     good = [item for item in batch if item["error"] is None]
     records = {}
     for item in batch:
@@ -1131,10 +1216,20 @@ def _score(batch: list[dict], model, device, id2label, top_k: int, totals: dict)
                 totals["preprocess"] += item["preprocess_ms"]
                 totals["model"] += model_ms
                 records[item["path"]] = record
-        except Exception as exc:  # the model failed on this batch: its videos are errors, the run goes on
-            message = f"model forward failed ({type(exc).__name__}: {exc})"
-            for item in good:
-                records[item["path"]] = _record(item, id2label, error=message)
+        except Exception as exc:
+            if len(good) == 1:  # the model failed on this video: an error line (tried again by --resume)
+                message = f"model forward failed ({type(exc).__name__}: {exc})"
+                records[good[0]["path"]] = _record(good[0], id2label, error=message)
+            else:
+                # Every view of the batch's videos goes through one forward: one too large for the device's
+                # memory is run again a video at a time, so that only a video that fails alone is an error.
+                logger.warning(
+                    "the model failed on a batch of %d videos (%s): one video at a time", len(good), exc
+                )
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                for item in good:
+                    records[item["path"]] = _score([item], model, device, id2label, top_k, totals)[0]
     return [records[item["path"]] for item in batch]
 
 
