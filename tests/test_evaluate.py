@@ -796,9 +796,11 @@ def test_folders_that_cannot_be_listed_or_count_twice_are_errors(videos, tmp_pat
     monkeypatch.undo()
 
     (data / LABELS[1]).symlink_to(tmp_path / "not there", target_is_directory=True)
-    with pytest.raises(ValueError, match=rf"{LABELS[1]} is a broken link; expected a class folder"):
+    with pytest.raises(ValueError, match=rf"class folder .*{LABELS[1]} is a broken link; expected a folder"):
         load_samples(data, LABEL2ID, 4)
     (data / LABELS[1]).unlink()
+    (data / "notes.txt").symlink_to(tmp_path / "gone.txt")  # not a class folder: ignored as any loose file
+    assert len(load_samples(data, LABEL2ID, 4)) == 2
     (data / LABELS[1]).symlink_to(data / LABELS[0], target_is_directory=True)
     with pytest.raises(
         ValueError, match=r"which class folder '.+' holds too \(a link\): its videos would count under both"
@@ -828,7 +830,7 @@ def test_list_lines_keep_their_paths_as_written(tmp_path):
     a comma anywhere made the line comma separated (``a,b.mp4 0``)."""
     listing = tmp_path / "list.txt"
     listing.write_text(
-        f'sp ace/my  video.mp4 1\nsp ace/a,b.mp4 {LABELS[2]}\n"quoted, name.mp4",0\nplain.mp4,3\nc,d.mp4,2\n'
+        f'sp ace/my  video.mp4 1\nsp ace/a,b.mp4 {LABELS[2]}\n"quoted, name.mp4",0\nplain.mp4,3\n'
     )
     got = {Path(s.path).relative_to(tmp_path).as_posix(): s.label for s in load_samples(listing, LABEL2ID, 4)}
     assert got == {
@@ -836,8 +838,10 @@ def test_list_lines_keep_their_paths_as_written(tmp_path):
         "sp ace/a,b.mp4": 2,
         "quoted, name.mp4": 0,
         "plain.mp4": 3,
-        "c,d.mp4": 2,
     }
+    listing.write_text("v.mp4,3,1\n")  # three columns: not a path with a comma, an error as before
+    with pytest.raises(ValueError, match="line 1: expected 'path label'"):
+        load_samples(listing, LABEL2ID, 4)
 
 
 def test_sample_rate_is_checked(videos, bundled, tmp_path):
@@ -922,3 +926,33 @@ def test_resume_after_a_label_is_corrected_redoes_its_videos(videos, bundled, tm
     assert (metrics["top1"], metrics["videos_evaluated"]) == (1.0, 4)
     records = read_predictions(out / PREDICTIONS)
     assert len(records) == 8 and all(r["correct"] for r in records)
+
+
+def test_resume_refuses_other_settings_when_none_of_its_videos_are_done(videos, bundled, tmp_path):
+    """The settings check compared only when a video of this run's DATA was done: a run on other videos (or
+    one whose lines were all errors) took new settings and rewrote settings.json."""
+    from timesformer.evaluate import evaluate
+
+    model, processor = bundled
+    clips = sorted(videos.glob("*/clip*.mp4"))
+    first, second = tmp_path / "first.txt", tmp_path / "second.txt"
+    first.write_text(f"{clips[0]} {LABELS.index(clips[0].parent.name)}\n")
+    second.write_text(f"{clips[1]} {LABELS.index(clips[1].parent.name)}\n")
+    out = tmp_path / "out"
+    evaluate(first, model, processor, out, workers=0)
+    with pytest.raises(ValueError, match=r"other settings: num_frames 4 \(was 8\)"):
+        evaluate(second, model, processor, out, workers=0, resume=True, num_frames=4)
+
+
+def test_merge_keeps_the_line_with_the_current_label_wherever_it_is(tmp_path):
+    """A part file left by a killed torchrun job may hold a video's line with its old label after the line a
+    resumed run wrote: the line with the label in DATA is kept, not the last one."""
+    from timesformer.evaluate import Sample, merge_predictions
+
+    out = tmp_path / "out"
+    out.mkdir()
+    now = {"path": "/v/x.mp4", "label": "c0", "label_id": 0, "error": "could not be read"}
+    old = {"path": "/v/x.mp4", "label": "c1", "label_id": 1, "top": [{"label_id": 1}], "correct_top5": True}
+    (out / PREDICTIONS).write_text(json.dumps(now) + "\n")
+    (out / "predictions.part-00001.jsonl").write_text(json.dumps(old) + "\n")
+    assert merge_predictions(out, [Sample("/v/x.mp4", 0)]) == [now]

@@ -427,25 +427,79 @@ def test_the_moving_track_is_read_not_a_still_one_before_it(tmp_path):
     assert _indices(read_video(path, 8, 4, strategy="center")) == sample_frame_indices(8, 4, 40, "center")
 
 
-@pytest.mark.parametrize("degrees", [90, -90, 180])
-def test_frames_are_turned_as_the_display_matrix_says(tmp_path, degrees):
-    """A phone's portrait video is stored sideways with a display rotation (counterclockwise degrees, as
-    FFmpeg's av_display_rotation_get reads it): frames come upright, as a player shows them."""
+def _anti_transpose(img: np.ndarray) -> np.ndarray:
+    return img[::-1, ::-1].swapaxes(0, 1)
+
+
+@pytest.mark.parametrize(
+    "degrees, hflip, vflip, shown",
+    [
+        (90, False, False, lambda f: np.rot90(f, 1)),  # counterclockwise, as FFmpeg's transpose=cclock
+        (-90, False, False, lambda f: np.rot90(f, -1)),  # transpose=clock
+        (180, False, False, lambda f: np.rot90(f, 2)),
+        (0, True, False, lambda f: f[:, ::-1]),  # mirrored: hflip (it reads as a 180 degree rotation)
+        (0, False, True, lambda f: f[::-1]),  # vflip
+        (90, True, False, _anti_transpose),  # a quarter turn, then mirrored: transpose=clock_flip
+    ],
+)
+def test_frames_are_shown_as_the_display_matrix_says(tmp_path, degrees, hflip, vflip, shown):
+    """A phone's portrait video is stored sideways with a display matrix (a rotation, counterclockwise as
+    av_display_rotation_get reads it, and mirroring): frames come as FFmpeg's autorotate shows them. Mirrored
+    matrices came back turned by 180 degrees or not at all."""
     path = tmp_path / "turned.mp4"
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=25)
         stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
         if not hasattr(stream, "set_display_rotation"):
-            pytest.skip("this PyAV cannot write a display rotation (PyAV >= 18 can)")
-        stream.set_display_rotation(degrees)
+            pytest.skip("this PyAV cannot write a display matrix (PyAV >= 18 can)")
+        stream.set_display_rotation(degrees, hflip=hflip, vflip=vflip)
         for i in range(20):
             out.mux(stream.encode(av.VideoFrame.from_ndarray(index_frame(i, 64, 96), format="rgb24")))
         out.mux(stream.encode())
     with av.open(str(path)) as c:
-        assert next(c.decode(video=0)).rotation % 360 == degrees % 360  # what the test relies on
+        assert next(c.decode(video=0)).side_data.get("DISPLAYMATRIX") is not None  # what the test relies on
     frames = read_video(path, indices=[5, 11]).numpy()
     for got, i in zip(frames, (5, 11), strict=True):
-        expected = np.rot90(index_frame(i, 64, 96), degrees // 90)
-        assert got.shape == expected.shape
+        expected = shown(index_frame(i, 64, 96))
+        assert got.shape == expected.shape and got.flags["C_CONTIGUOUS"]
         assert np.abs(got.astype(int) - expected).mean() < 4  # the codec's loss; a wrong turn is ~90
-        assert read_index(np.rot90(got, -(degrees // 90))) == i
+
+
+def test_a_cut_that_hides_most_of_a_group_of_frames_is_not_truncated(tmp_path):
+    """An MP4 header counts the samples an edit list hides: a cut in the middle of a long group of frames
+    (x264 puts keyframes up to 250 frames apart) was refused as truncated."""
+    import fractions
+
+    path = tmp_path / "cut.mp4"
+    codec, packets = _h264_packets(60, gop=60)
+
+    def shift(packet):  # 30 frames before time 0
+        packet.pts, packet.dts = packet.pts - 30, packet.dts - 30
+
+    _mux(path, codec, packets, time_base=fractions.Fraction(1, 25), restamp=shift)
+    shown = _full_decode(path)
+    assert shown[0] == 30 and len(shown) == 30  # what the test relies on
+    assert _indices(read_video(path, indices=[0, 29])) == [30, 59]
+
+
+def test_sound_with_a_cover_image_is_not_a_video(tmp_path):
+    """An MP3's cover art is a one-frame video track: the only one, it was read as eight equal frames."""
+    path = tmp_path / "song.mp3"
+    with av.open(str(path), "w") as out:
+        sound = out.add_stream("libmp3lame", rate=44100)
+        cover = out.add_stream("png", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 96, 64, "rgb24"
+        cover.disposition = av.stream.Disposition.attached_pic
+        out.mux(cover.encode(av.VideoFrame.from_ndarray(index_frame(3, 64, 96), format="rgb24")))
+        out.mux(cover.encode())
+        for i in range(10):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1152), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 44100, i * 1152
+            out.mux(sound.encode(frame))
+        out.mux(sound.encode())
+    with av.open(str(path)) as c:  # what the test relies on: the cover is the only video track
+        assert [s.disposition & av.stream.Disposition.attached_pic for s in c.streams.video] == [
+            av.stream.Disposition.attached_pic
+        ]
+    with pytest.raises(VideoError, match="has no video stream \\(only a cover image\\)"):
+        read_video(path, 8, 4)

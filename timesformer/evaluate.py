@@ -122,10 +122,11 @@ def _split_on_spaces(text: str, label2id: dict[str, int]) -> list[str]:
 
 def _split_line(text: str, label2id: dict[str, int]) -> list[str]:
     """``path label`` of a list line: tab separated where it holds a tab; else comma separated (CSV, quotes
-    allowed) or space separated, whichever gives a label (a comma may be part of a path: ``a,b.mp4 0``)."""
+    allowed) or space separated, whichever gives two fields ending in a label (a comma may be part of a
+    space-separated path: ``a,b.mp4 0``)."""
     if "\t" in text:
         return next(csv.reader([text], delimiter="\t"))
-    ways = [next(csv.reader([text])), text.rsplit(",", 1)] if "," in text else []
+    ways = [next(csv.reader([text]))] if "," in text else []
     ways.append(_split_on_spaces(text, label2id))
     for fields in ways:
         fields = [x.strip() for x in fields if x.strip()]
@@ -203,9 +204,12 @@ def load_samples(
         # spelled or wherever it runs from.
         root = root.resolve()
         entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
-        broken = [p for p in entries if p.is_symlink() and not p.exists()]
-        if broken:  # a class folder that is a broken link (files beside the class folders are not videos)
-            raise ValueError(f"DATA: {broken[0]} is a broken link; expected a class folder of videos")
+        # A class folder that is a broken link (another file beside the class folders is not a video).
+        broken = [
+            p for p in entries if p.is_symlink() and not p.exists() and _is_label_text(p.name, label2id)
+        ]
+        if broken:
+            raise ValueError(f"DATA: class folder {broken[0]} is a broken link; expected a folder of videos")
         owners: dict[str, Path] = {}
         skip = None if exclude is None else os.path.realpath(exclude)
         for folder in (p for p in entries if p.is_dir()):
@@ -497,13 +501,21 @@ def _final(record: dict, labels: Mapping[str, int]) -> bool:
 def merge_predictions(output: Path, samples: Sequence[Sample], num_labels: int | None = None) -> list[dict]:
     """Merge ``predictions.jsonl`` and the ranks' part files into ``predictions.jsonl`` (one line per video, in
     the order of ``samples``, then any others), atomically; then remove the parts. Of several lines of a video
-    (a resumed run redid it) the final one (``_final``) is kept, else the last. Returns the merged records."""
+    (a resumed run redid it) the final one (``_final``) is kept, else the last with the video's label in DATA,
+    else the last. Returns the merged records."""
     labels = {s.path: s.label for s in samples}
+
+    def standing(record: dict) -> tuple[bool, bool]:
+        # A redone video's newest line need not come last (a torchrun part file left by a killed job, then a
+        # single-process resume appending to predictions.jsonl): a line with its label in DATA outranks one
+        # with an outdated label, whichever came first.
+        return _final(record, labels), labels.get(record["path"]) == record["label_id"]
+
     by_path: dict[str, dict] = {}
     parts = _part_files(output)
     for record in _recorded(output, num_labels):
         kept = by_path.get(record["path"])
-        if kept is None or not _final(kept, labels):
+        if kept is None or standing(record) >= standing(kept):
             by_path[record["path"]] = record
     rank = {s.path: i for i, s in enumerate(samples)}
     records = sorted(by_path.values(), key=lambda r: (rank.get(r["path"], len(rank)), r["path"]))
@@ -939,7 +951,7 @@ def evaluate(
                 "top_k": top_k,
                 "max_frame_pixels": max_frame_pixels,
             }
-            _check_settings(output, settings, compare=bool(done), write=rank == 0)
+            _check_settings(output, settings, compare=bool(recorded), write=rank == 0)
             if rank == 0 and world > 1:
                 token = os.urandom(8).hex()
                 (output / JOB_MARK).write_text(token)
@@ -1217,19 +1229,24 @@ def _score(batch: list[dict], model, device, id2label, top_k: int, totals: dict)
                 totals["model"] += model_ms
                 records[item["path"]] = record
         except Exception as exc:
+            failure = f"{type(exc).__name__}: {exc}"
             if len(good) == 1:  # the model failed on this video: an error line (tried again by --resume)
-                message = f"model forward failed ({type(exc).__name__}: {exc})"
-                records[good[0]["path"]] = _record(good[0], id2label, error=message)
-            else:
-                # Every view of the batch's videos goes through one forward: one too large for the device's
-                # memory is run again a video at a time, so that only a video that fails alone is an error.
-                logger.warning(
-                    "the model failed on a batch of %d videos (%s): one video at a time", len(good), exc
+                records[good[0]["path"]] = _record(
+                    good[0], id2label, error=f"model forward failed ({failure})"
                 )
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                for item in good:
-                    records[item["path"]] = _score([item], model, device, id2label, top_k, totals)[0]
+        else:
+            failure = None
+        if failure is not None and len(good) > 1:
+            # Every view of the batch's videos goes through one forward: one too large for the device's memory
+            # is run again a video at a time, so that only a video that fails alone is an error. (Outside the
+            # except block: its traceback holds the failed forward's tensors.)
+            logger.warning(
+                "the model failed on a batch of %d videos (%s): one video at a time", len(good), failure
+            )
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            for item in good:
+                records[item["path"]] = _score([item], model, device, id2label, top_k, totals)[0]
     return [records[item["path"]] for item in batch]
 
 

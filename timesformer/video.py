@@ -18,6 +18,7 @@ picks, never a cover image.
 from __future__ import annotations
 
 import bisect
+import math
 import os
 from collections.abc import Callable, Sequence
 
@@ -126,6 +127,9 @@ def _open(path):
     if not container.streams.video:
         container.close()
         raise VideoError(path, "has no video stream")
+    if all(_is_cover(s) for s in container.streams.video):
+        container.close()
+        raise VideoError(path, "has no video stream (only a cover image)")
     kind = container.format.name
     if kind == "image2" or kind.endswith("_pipe"):  # FFmpeg's still-image readers (png_pipe, jpeg_pipe, ...)
         container.close()
@@ -133,39 +137,45 @@ def _open(path):
     return container
 
 
-def _video_stream(container):
-    """The video track to read: FFmpeg's choice (``av_find_best_stream``, as a player makes it), never a cover
-    image (``attached_pic``: one still frame, which MP4, MKV and MOV files may carry before the video)."""
+def _is_cover(stream) -> bool:
+    """A cover image (``attached_pic``: one still frame, which MP4, MKV, MOV and MP3 files may carry)."""
     from av.stream import Disposition
 
-    def moving(stream) -> bool:
-        return not stream.disposition & Disposition.attached_pic
+    return bool(stream.disposition & Disposition.attached_pic)
 
+
+def _video_stream(container):
+    """The video track to read: FFmpeg's choice (``av_find_best_stream``, as a player makes it), never a cover
+    image (``_open`` refuses a file that has only those)."""
     best = container.streams.best("video") if hasattr(container.streams, "best") else None  # PyAV >= 13
-    if best is not None and moving(best):
+    if best is not None and not _is_cover(best):
         return best
-    return next((s for s in container.streams.video if moving(s)), container.streams.video[0])
+    return next(s for s in container.streams.video if not _is_cover(s))
 
 
 def _corrupt(path, exc) -> VideoError:
     return VideoError(path, f"corrupt or truncated video ({exc.strerror or type(exc).__name__})")
 
 
-def _frame_index(container, stream, path) -> tuple[list[int] | None, int]:
-    """``(pts, end)``: the presentation timestamps of every frame, sorted (frame ``i`` has the ``i``-th
-    smallest), and where the last packet ends (its pts plus its duration, where the file records one).
+def _frame_index(container, stream, path) -> tuple[list[int] | None, int, int]:
+    """``(pts, end, hidden)``: the presentation timestamps of every frame, sorted (frame ``i`` has the
+    ``i``-th smallest), where the last packet ends (its pts plus its duration, where the file records one),
+    and how many packets an edit list hides (decoded, but no frames).
     ``pts`` is ``None`` for a video with packets without timestamps (a raw elementary stream: .h264, .hevc;
     some MPEG-TS), whose frames ``_frame_count`` counts by decoding."""
     import av
 
     pts = []
-    end = 0
+    end = hidden = 0
     unstamped = False
     try:
         for packet in container.demux(stream):
-            # The demuxer's flush packet, and packets an edit list cuts (an MP4 cut without re-encoding):
-            # the decoder returns no frame for those.
-            if packet.size == 0 or packet.is_discard:
+            if packet.size == 0:  # the demuxer's flush packet
+                continue
+            if (
+                packet.is_discard
+            ):  # cut by an edit list (an MP4 cut without re-encoding): no frame comes of it
+                hidden += 1
                 continue
             stamp = packet.pts if packet.pts is not None else packet.dts
             if stamp is None:
@@ -176,9 +186,9 @@ def _frame_index(container, stream, path) -> tuple[list[int] | None, int]:
     except av.error.FFmpegError as exc:
         raise _corrupt(path, exc) from exc
     if unstamped:
-        return None, 0
+        return None, 0, 0
     pts.sort()
-    return pts, end
+    return pts, end, hidden
 
 
 def _frame_count(container, stream, max_frame_pixels: int, path) -> int:
@@ -212,7 +222,7 @@ def _duration_tag(stream) -> float | None:
     return seconds if 0 < seconds < float("inf") else None
 
 
-def _check_complete(container, stream, pts: list[int], end: int, path) -> None:
+def _check_complete(container, stream, pts: list[int], end: int, hidden: int, path) -> None:
     """A file cut short still demuxes (the packets before the cut): compare with what its header announces,
     a frame count where it has one (MP4), else a duration (the stream's, Matroska's track tag, or the
     container's for a file with no other stream) against where the last packet ends (so that a
@@ -221,7 +231,9 @@ def _check_complete(container, stream, pts: list[int], end: int, path) -> None:
     container's duration may be either), and only a file short by both counts is refused."""
     total = len(pts)
     announced = float(stream.frames or 0)
-    if announced:
+    # An MP4 edit list (a cut without re-encoding) leaves the cut samples in the header's count, and the
+    # demuxer drops those it does not need: its duration (the edit's) is compared instead.
+    if announced and not hidden:
         if total < 0.9 * announced - 2:
             raise VideoError(
                 path,
@@ -304,7 +316,7 @@ def read_video(
                 "(max_frame_pixels, --max-frame-pixels)",
             )
         stream.thread_type = "AUTO"  # frame and slice threads: the decoder's own parallelism
-        pts_index, end = _frame_index(container, stream, path)
+        pts_index, end, hidden = _frame_index(container, stream, path)
         if pts_index is None:
             # Packets without timestamps (a raw elementary stream: .h264, .hevc): its frames are counted by
             # decoding it from a fresh open, and taken by counting from another (below).
@@ -314,7 +326,7 @@ def read_video(
         else:
             total = len(pts_index)
             if total:
-                _check_complete(container, stream, pts_index, end, path)
+                _check_complete(container, stream, pts_index, end, hidden, path)
         if total == 0:
             raise VideoError(path, "has no frames (zero-length video)")
         if indices is None:
@@ -409,11 +421,40 @@ class _ToRGB:
     def __call__(self, frame) -> np.ndarray:
         _check_pixels(frame, self.max_frame_pixels, self.path)
         rgb = self.reformatter.reformat(frame, format="rgb24").to_ndarray()
-        # The display matrix (a phone's portrait video is stored sideways): shown as a player (FFmpeg's
-        # autorotate) shows it. ``rotation`` is counterclockwise degrees, as np.rot90 turns; only quarter turns
-        # exist in practice (FFmpeg rounds others the same way).
-        turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4  # older PyAV has no rotation
-        return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+        shown = _as_displayed(rgb, _display_matrix(frame))
+        return rgb if shown is rgb else np.ascontiguousarray(shown)
+
+
+def _display_matrix(frame) -> np.ndarray | None:
+    """The frame's display matrix (9 int32, 16.16 fixed point), ``None`` without one."""
+    try:
+        data = frame.side_data.get("DISPLAYMATRIX")
+    except (AttributeError, KeyError, TypeError, ValueError):  # an older PyAV
+        return None
+    return None if data is None else np.frombuffer(bytes(data), np.int32)
+
+
+def _as_displayed(rgb: np.ndarray, matrix: np.ndarray | None) -> np.ndarray:
+    """``rgb`` turned and mirrored as FFmpeg's autorotate shows it (fftools' ``get_rotation`` and the
+    transpose / hflip / vflip it picks): a phone's portrait video is stored sideways. Angles other than quarter
+    turns (which FFmpeg rotates by, inside the frame's own size) are left as stored."""
+    if matrix is None or len(matrix) != 9:
+        return rgb
+    a, b, c, d = (float(matrix[i]) / 65536 for i in (0, 1, 3, 4))
+    sa, sb = math.hypot(a, c), math.hypot(b, d)
+    if sa == 0 or sb == 0:
+        return rgb
+    theta = float(round(math.degrees(math.atan2(b / sb, a / sa))))  # -av_display_rotation_get, rounded
+    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
+    if abs(theta - 90) < 1:
+        return rgb.swapaxes(0, 1) if c > 0 else np.rot90(rgb, -1)  # transpose=cclock_flip, or clock
+    if abs(theta - 270) < 1:
+        return rgb[::-1, ::-1].swapaxes(0, 1) if c < 0 else np.rot90(rgb, 1)  # clock_flip, or cclock
+    if abs(theta - 180) < 1:
+        return rgb[:: -1 if d < 0 else 1, :: -1 if a < 0 else 1]  # vflip, hflip
+    if abs(theta) < 1 and d < 0:
+        return rgb[::-1]
+    return rgb
 
 
 def _decode_sequentially(container, stream, wanted: set[int], to_rgb: _ToRGB) -> dict[int, np.ndarray]:
@@ -440,7 +481,7 @@ def video_info(path: str | os.PathLike) -> dict:
     container = _open(path)
     try:
         stream = _video_stream(container)
-        pts, _ = _frame_index(container, stream, path)
+        pts, _, _ = _frame_index(container, stream, path)
         if pts is None:  # a raw stream: counted by decoding it from a fresh open
             container.close()
             container = _open(path)
