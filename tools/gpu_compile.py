@@ -113,6 +113,12 @@ def sweep(quick: bool = False) -> list[Case]:
                               dtype, uint8=True, int64=True))  # fmt: skip
         cases.append(Case(f"int64 T=160 {name}", dict(num_frames=160, image_size=64), dtype, int64=True))
     cases.append(Case("L 96x224 fp32+tf32", PRESETS["large"].fields, torch.float32, tf32=True))
+    # 17-32 frames: the temporal kernel's largest one-tile frame block (32), at the largest head size.
+    wide = dict(
+        num_frames=24, hidden_size=12 * 128, num_attention_heads=12, intermediate_size=48 * 128, image_size=64
+    )
+    cases.append(Case("T=24 dh=128 bf16", wide, torch.bfloat16))
+    cases.append(Case("T=24 dh=128 fp32+tf32", wide, torch.float32, tf32=True))
     return cases
 
 

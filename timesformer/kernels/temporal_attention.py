@@ -146,9 +146,17 @@ def max_frames_in_tile(dtype: torch.dtype) -> int:
 def _launch_config(num_frames: int, head_dim: int, dtype: torch.dtype) -> dict:
     # Fixed, not autotuned: see kernels/__init__.py. 64 rows per program on tensor cores (4 patches of 16
     # padded frames at TimeSformer's T = 8); 16 for full-precision float32, whose FMA products keep whole
-    # operand strips in registers (32 rows spill at head size 128).
+    # operand strips in registers (32 rows spill at head size 128). float32 on TF32 tensor cores holds
+    # operands twice bf16's size: 64 rows of 32 frames spill at head sizes over 64 (2 patches' 32x32 scores
+    # on top), so one patch per program there.
     block_t = max(MIN_BLOCK_T, next_pow2(num_frames))
-    rows = 16 if dot_precision(dtype) == "ieee" else 64
+    precision = dot_precision(dtype)
+    if precision == "ieee":
+        rows = 16
+    elif dtype == torch.float32 and block_t > MIN_BLOCK_T and block_head(head_dim) > 64:
+        rows = 32
+    else:
+        rows = 64
     return dict(BLOCK_T=block_t, BLOCK_P=max(1, rows // block_t), BLOCK_D=block_head(head_dim), num_warps=4)
 
 
