@@ -272,7 +272,8 @@ def test_the_prepared_weight_cache_is_bounded():
 
 
 def _png_header_only(path, width: int, height: int) -> None:
-    """A few hundred bytes that announce a ``width x height`` PNG (named like a video)."""
+    """A few hundred bytes that announce a ``width x height`` animated PNG (a video to FFmpeg; named like an
+    MP4)."""
     import struct
     import zlib
 
@@ -280,8 +281,17 @@ def _png_header_only(path, width: int, height: int) -> None:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    animation = chunk(b"acTL", struct.pack(">II", 1, 0))  # one frame, looping
+    frame = chunk(b"fcTL", struct.pack(">IIIIIHHBB", 0, width, height, 0, 0, 1, 25, 0, 0))
     body = zlib.compress(b"\0" * 64)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + animation
+        + frame
+        + chunk(b"IDAT", body)
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_huge_frames_are_refused_before_decoding(tmp_path, clip):

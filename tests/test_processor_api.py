@@ -179,3 +179,102 @@ def test_an_extreme_aspect_ratio_is_refused_before_anything_is_allocated():
     assert VideoProcessor(do_resize=False).resize_crops(uhd, [None])[0].shape == (1, 224, 224, 3)
     for h, w in ((1080, 1920), (480, 854), (404, 720)):
         VideoProcessor(shortest_edge=1526).output_size(h, w)
+
+
+def _close_to(got: torch.Tensor, expected: torch.Tensor, std) -> None:
+    """At most one 8-bit level apart (PIL rounds the resized frame, we do not), far less on average."""
+    assert got.shape == expected.shape
+    level = torch.tensor([1 / 255 / s for s in std]).view(1, 1, 3, 1, 1)
+    diff = (got - expected).abs()
+    assert (diff <= 1.01 * level).all(), (diff / level).max()
+    assert (diff / level).mean() < 0.3
+
+
+@pytest.mark.parametrize("hw", [(36, 64), (64, 36), (40, 44)])
+def test_longest_edge_caps_the_resize_as_transformers(hw):
+    """``size: {shortest_edge, longest_edge}`` lost its longest_edge: a wide frame was resized past it."""
+    size = {"shortest_edge": 24, "longest_edge": 30}
+    settings = dict(image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.25, 0.3], rescale_factor=1 / 255)
+    frames = [PIL.fromarray(f.numpy()) for f in _frames(2, *hw, seed=hw[0])]
+    for crop in (False, True):
+        reference = transformers.VideoMAEImageProcessorPil(
+            size=size, do_center_crop=crop, crop_size={"height": 12, "width": 14}, **settings
+        )
+        ours = VideoProcessor.from_dict(
+            {"size": size, "do_center_crop": crop, "crop_size": {"height": 12, "width": 14}, **settings}
+        )
+        expected = reference(frames, return_tensors="pt")["pixel_values"]
+        _close_to(ours(frames, return_tensors="pt")["pixel_values"], expected, settings["image_std"])
+    assert ours.to_dict()["size"] == size  # kept when saved
+
+
+def test_missing_mean_and_std_are_those_of_the_class_the_file_names(tmp_path):
+    """transformers' VideoMAE processors (what AutoImageProcessor loads for TimeSformer) default to 0.5 / 0.5,
+    its TimesformerVideoProcessor to ImageNet's; a file naming VideoMAEImageProcessor without mean and std was
+    normalized with ImageNet's."""
+    import json
+
+    from timesformer.preprocess import IMAGENET_MEAN, STANDARD_MEAN
+
+    assert list(transformers.VideoMAEImageProcessorPil().image_mean) == list(STANDARD_MEAN)
+    base = {"size": {"shortest_edge": 24}, "crop_size": 24}
+    cases = [
+        ("preprocessor_config.json", {"image_processor_type": "VideoMAEImageProcessor"}, STANDARD_MEAN),
+        ("preprocessor_config.json", {}, STANDARD_MEAN),  # AutoImageProcessor: VideoMAEImageProcessor
+        (
+            "video_preprocessor_config.json",
+            {},
+            IMAGENET_MEAN,
+        ),  # AutoVideoProcessor: TimesformerVideoProcessor
+        ("preprocessor_config.json", {"video_processor_type": "TimesformerVideoProcessor"}, IMAGENET_MEAN),
+    ]
+    for i, (name, extra, mean) in enumerate(cases):
+        folder = tmp_path / str(i)
+        folder.mkdir()
+        (folder / name).write_text(json.dumps({**base, **extra}))
+        assert VideoProcessor.from_pretrained(folder).image_mean == pytest.approx(mean), (name, extra)
+
+
+def test_a_video_processor_saved_by_transformers_5_is_read(tmp_path):
+    """transformers 5 saves a video processor as video_preprocessor_config.json (and its AutoVideoProcessor
+    reads that first): classify used the default preprocessing instead, without a word."""
+    import json
+    import shutil
+
+    from timesformer.classify import bundled_model_dir, load_model
+
+    folder = tmp_path / "model"
+    shutil.copytree(bundled_model_dir(), folder)
+    image = json.loads((folder / "preprocessor_config.json").read_text())
+    (folder / "preprocessor_config.json").unlink()
+    video = {**image, "video_processor_type": "TimesformerVideoProcessor", "image_mean": [0.3, 0.4, 0.5]}
+    video.pop("image_processor_type", None)
+    (folder / "video_preprocessor_config.json").write_text(json.dumps(video))
+    _, processor = load_model(folder, backend="sdpa", device="cpu")
+    assert processor.image_mean == pytest.approx((0.3, 0.4, 0.5))
+    assert VideoProcessor.from_pretrained(folder).image_mean == pytest.approx((0.3, 0.4, 0.5))
+    (folder / "video_preprocessor_config.json").unlink()
+    with pytest.raises(
+        FileNotFoundError, match="no video_preprocessor_config.json or preprocessor_config.json"
+    ):
+        VideoProcessor.from_pretrained(folder)
+
+
+def test_transparent_frames_are_composited_onto_white():
+    """RGBA frames lost their alpha channel (the colors under transparent pixels showed), where transformers'
+    convert_to_rgb composites them onto white."""
+    from transformers.image_transforms import convert_to_rgb
+
+    rng = np.random.default_rng(3)
+    rgba = [PIL.fromarray(rng.integers(0, 256, (20, 28, 4), dtype=np.uint8), mode="RGBA") for _ in range(2)]
+    ours = VideoProcessor(shortest_edge=20, crop_size=(20, 28), image_mean=0.0, image_std=1.0)
+    got = ours(rgba, return_tensors="pt")["pixel_values"][0]
+    expected = [np.asarray(convert_to_rgb(f, return_numpy=True), np.float32) / 255 for f in rgba]
+    expected = torch.from_numpy(np.stack(expected)).permute(0, 3, 1, 2)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    # An opaque frame is what convert("RGB") gives.
+    opaque = PIL.fromarray(rng.integers(0, 256, (20, 28, 3), dtype=np.uint8)).convert("RGBA")
+    got = ours([opaque], return_tensors="pt")["pixel_values"][0, 0]
+    torch.testing.assert_close(
+        got, torch.from_numpy(np.asarray(opaque.convert("RGB"), np.float32) / 255).permute(2, 0, 1)
+    )

@@ -59,10 +59,10 @@ def load_model(
 ):
     """``(model, processor)`` from a directory or hub id (default: the bundled model), or a PEFT adapter's
     folder (its base model with the adapter); the processor comes from the folder's
-    ``preprocessor_config.json`` (an adapter's: else its base model's), else ``TimesformerVideoProcessor``'s
-    defaults (ImageNet mean and std)."""
+    ``video_preprocessor_config.json`` or ``preprocessor_config.json`` (an adapter's: else its base model's),
+    else ``TimesformerVideoProcessor``'s defaults (ImageNet mean and std)."""
     from .configuration import CONFIG_NAME
-    from .loading import PREPROCESSOR_NAME, model_file, resolve_pretrained_dir
+    from .loading import PREPROCESSOR_NAMES, preprocessor_file, resolve_pretrained_dir
     from .modeling import TimesformerForVideoClassification
     from .preprocess import VideoProcessor
 
@@ -77,10 +77,10 @@ def load_model(
     )
     # The same folder (or hub snapshot, now holding the weights too) for the preprocessor's config; for a PEFT
     # adapter's folder without one, its base model's (name_or_path: where the base weights came from).
-    files = [CONFIG_NAME, PREPROCESSOR_NAME]
+    files = [CONFIG_NAME, *PREPROCESSOR_NAMES]
     directory = resolve_pretrained_dir(source, files=files)
     base = net.name_or_path
-    if not os.path.isfile(model_file(directory, PREPROCESSOR_NAME)) and base and base != os.fspath(source):
+    if preprocessor_file(directory) is None and base and base != os.fspath(source):
         directory = resolve_pretrained_dir(base, files=files)
     net.eval()
     net.backend  # noqa: B018  (resolves the backend now: one that cannot run here fails before any decoding)
@@ -97,13 +97,13 @@ def load_model(
             f"{directory}: attention_type 'space_only' gives one prediction per frame; classify and evaluate "
             "take models whose logits are per clip (divided_space_time or joint_space_time)"
         )
-    config_file = model_file(directory, PREPROCESSOR_NAME)
-    if os.path.isfile(config_file):
+    config_file = preprocessor_file(directory)
+    if config_file is not None:
         processor = VideoProcessor.from_pretrained(config_file)
         processor.check_model(net.config, config_file)
     else:
         processor = VideoProcessor()  # transformers' TimesformerVideoProcessor defaults (ImageNet mean/std)
-        processor.check_model(net.config, "the default preprocessing (no preprocessor_config.json)")
+        processor.check_model(net.config, "the default preprocessing (no preprocessor config)")
     return net, processor
 
 

@@ -14,6 +14,9 @@ import torch
 from .configuration import CONFIG_NAME, TimesformerConfig, read_json_object
 
 PREPROCESSOR_NAME = "preprocessor_config.json"
+# Where transformers 5 saves a video processor (TimesformerVideoProcessor); its AutoVideoProcessor reads it first.
+VIDEO_PREPROCESSOR_NAME = "video_preprocessor_config.json"
+PREPROCESSOR_NAMES = (VIDEO_PREPROCESSOR_NAME, PREPROCESSOR_NAME)
 
 if TYPE_CHECKING:
     from .modeling import TimesformerPreTrainedModel
@@ -76,7 +79,7 @@ HUB_OPTIONS = {"revision": None, "cache_dir": None, "token": None, "force_downlo
 
 
 # What a hub snapshot fetches by default: the configs and every weight file.
-MODEL_FILES = (CONFIG_NAME, PREPROCESSOR_NAME, "*.safetensors", "*.bin", "*.index.json", "*.index.*.json")
+MODEL_FILES = (CONFIG_NAME, *PREPROCESSOR_NAMES, "*.safetensors", "*.bin", "*.index.json", "*.index.*.json")
 
 
 def hub_weight_files(variant: str | None, use_safetensors: bool | None) -> list[str]:
@@ -177,6 +180,17 @@ def model_file(directory: str, name: str) -> str:
     if os.path.lexists(path) and not _inside(path, _allowed_roots(directory)):
         raise CheckpointError(f"{path} resolves (through a symlink) outside the model directory")
     return path
+
+
+def preprocessor_file(directory: str) -> str | None:
+    """The preprocessing config of a model directory, in ``transformers`` 5's order: a video processor's
+    ``video_preprocessor_config.json``, else an image processor's ``preprocessor_config.json``; ``None``
+    without either."""
+    for name in PREPROCESSOR_NAMES:
+        path = model_file(directory, name)
+        if os.path.isfile(path):
+            return path
+    return None
 
 
 def _shard_path(directory: str, roots: list[str], index: str, shard: str) -> str:

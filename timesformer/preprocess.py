@@ -31,6 +31,9 @@ logger = logging.getLogger("timesformer")
 # are 0.5 / 0.5; the model cards' preprocessor_config.json files give theirs explicitly).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# transformers' IMAGENET_STANDARD_MEAN / _STD: the defaults of VideoMAE's processors.
+STANDARD_MEAN = (0.5, 0.5, 0.5)
+STANDARD_STD = (0.5, 0.5, 0.5)
 # PIL's filter codes, as preprocessor_config.json's "resample" spells them.
 BILINEAR = 2
 _PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
@@ -43,14 +46,27 @@ _PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box
 MAX_RESIZED_PIXELS = 2**22
 
 
-def resize_output_size(height: int, width: int, shortest_edge: int) -> tuple[int, int]:
+def resize_output_size(
+    height: int, width: int, shortest_edge: int, longest_edge: int | None = None
+) -> tuple[int, int]:
     """``(h, w)`` after resizing the shortest edge to ``shortest_edge``, keeping the aspect ratio the way
-    ``transformers`` rounds it (the long edge truncated: ``int(shortest_edge * long / short)``)."""
-    if height <= 0 or width <= 0 or shortest_edge <= 0:
-        raise ValueError(f"sizes must be positive, got {height}x{width} and shortest_edge={shortest_edge}")
+    ``transformers`` rounds it (the long edge truncated: ``int(shortest_edge * long / short)``). With
+    ``longest_edge``, the shortest edge is made smaller where the long one would exceed it, as
+    ``transformers``' ``get_size_with_aspect_ratio`` does."""
+    if height <= 0 or width <= 0 or shortest_edge <= 0 or (longest_edge is not None and longest_edge <= 0):
+        raise ValueError(
+            f"sizes must be positive, got {height}x{width}, shortest_edge={shortest_edge} and "
+            f"longest_edge={longest_edge}"
+        )
     short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = shortest_edge, int(shortest_edge * long / short)
-    return (new_long, new_short) if width <= height else (new_short, new_long)
+    size, raw = shortest_edge, None
+    if longest_edge is not None and long / short * size > longest_edge:
+        raw = longest_edge * short / long
+        size = round(raw)
+    if short == size:
+        return height, width
+    new_long = int((raw if raw is not None else size) * long / short)
+    return (new_long, size) if width <= height else (size, new_long)
 
 
 def center_crop_box(height: int, width: int, crop_h: int, crop_w: int) -> tuple[int, int]:
@@ -271,8 +287,10 @@ class VideoProcessor:
         do_center_crop: bool = True,
         do_rescale: bool = True,
         do_normalize: bool = True,
+        longest_edge: int | None = None,
     ):
         self.shortest_edge = _positive_int("size.shortest_edge", shortest_edge)
+        self.longest_edge = None if longest_edge is None else _positive_int("size.longest_edge", longest_edge)
         if isinstance(crop_size, dict) and set(crop_size) == {"height", "width"}:
             crop_size = (crop_size["height"], crop_size["width"])
         if isinstance(crop_size, (int, float)) or (
@@ -337,8 +355,9 @@ class VideoProcessor:
             )
 
     @classmethod
-    def from_dict(cls, config: dict) -> VideoProcessor:
-        """From the fields of a ``preprocessor_config.json`` (missing ones take the reference's defaults)."""
+    def from_dict(cls, config: dict, processor_type: str = "TimesformerVideoProcessor") -> VideoProcessor:
+        """From the fields of a ``preprocessor_config.json`` (missing ones take the defaults of the class its
+        ``image_processor_type`` or ``video_processor_type`` names, else of ``processor_type``)."""
         resample = config.get("resample", BILINEAR)
         if resample is not None and (isinstance(resample, bool) or not isinstance(resample, int)):
             raise ValueError(
@@ -356,15 +375,30 @@ class VideoProcessor:
         size = config.get("size", {"shortest_edge": 224})
         if isinstance(size, int):
             size = {"shortest_edge": size}
-        if not isinstance(size, dict) or "shortest_edge" not in size:
+        if (
+            not isinstance(size, dict)
+            or "shortest_edge" not in size
+            or not set(size) <= {"shortest_edge", "longest_edge"}
+        ):
             raise ValueError(
-                f"preprocessor config: expected size with 'shortest_edge' (as VideoMAEImageProcessor), got {size}"
+                "preprocessor config: expected size with 'shortest_edge' (and optionally 'longest_edge'), as "
+                f"VideoMAEImageProcessor, got {size}"
             )
+        # Defaults of the class the config names: VideoMAE's processors normalize with 0.5 / 0.5 (transformers'
+        # AutoImageProcessor picks VideoMAEImageProcessor for TimeSformer), its TimesformerVideoProcessor with
+        # ImageNet's mean and std.
+        kind = config.get("image_processor_type") or config.get("video_processor_type") or processor_type
+        mean, std = (
+            (STANDARD_MEAN, STANDARD_STD)
+            if str(kind).startswith("VideoMAE")
+            else (IMAGENET_MEAN, IMAGENET_STD)
+        )
         return cls(
             shortest_edge=size["shortest_edge"],
+            longest_edge=size.get("longest_edge"),
             crop_size=config.get("crop_size", {"height": 224, "width": 224}),
-            image_mean=config.get("image_mean", IMAGENET_MEAN),
-            image_std=config.get("image_std", IMAGENET_STD),
+            image_mean=config.get("image_mean", mean),
+            image_std=config.get("image_std", std),
             rescale_factor=config.get("rescale_factor", 1 / 255),
             do_resize=config.get("do_resize", True),
             do_center_crop=config.get("do_center_crop", True),
@@ -374,17 +408,22 @@ class VideoProcessor:
 
     @classmethod
     def from_pretrained(cls, path) -> VideoProcessor:
-        """Read ``preprocessor_config.json`` from a model directory (or the file itself)."""
+        """Read a model directory's ``video_preprocessor_config.json`` (what ``transformers`` 5 saves for a
+        video processor) or ``preprocessor_config.json``, or the file itself. Fields the file leaves out take
+        the defaults of the class it names, else of the one ``transformers`` loads from that file name
+        (``AutoVideoProcessor``: TimesformerVideoProcessor; ``AutoImageProcessor``: VideoMAEImageProcessor)."""
         import os
 
         from .configuration import read_json_object
+        from .loading import PREPROCESSOR_NAMES, VIDEO_PREPROCESSOR_NAME, preprocessor_file
 
-        file = path if os.path.isfile(path) else os.path.join(path, "preprocessor_config.json")
-        if not os.path.isfile(file):
-            raise FileNotFoundError(f"no preprocessor_config.json in {path}")
+        file = path if os.path.isfile(path) else preprocessor_file(os.fspath(path))
+        if file is None:
+            raise FileNotFoundError(f"no {' or '.join(PREPROCESSOR_NAMES)} in {path}")
         config = read_json_object(file)
+        video = os.path.basename(file) == VIDEO_PREPROCESSOR_NAME
         try:
-            return cls.from_dict(config)
+            return cls.from_dict(config, "TimesformerVideoProcessor" if video else "VideoMAEImageProcessor")
         except (ValueError, TypeError, KeyError) as exc:
             raise ValueError(f"{file}: {exc}") from None
 
@@ -392,7 +431,8 @@ class VideoProcessor:
         return {
             "image_processor_type": "VideoMAEImageProcessor",
             "do_resize": self.do_resize,
-            "size": {"shortest_edge": self.shortest_edge},
+            "size": {"shortest_edge": self.shortest_edge}
+            | ({} if self.longest_edge is None else {"longest_edge": self.longest_edge}),
             "resample": BILINEAR,
             "do_center_crop": self.do_center_crop,
             "crop_size": {"height": self.crop_size[0], "width": self.crop_size[1]},
@@ -414,7 +454,11 @@ class VideoProcessor:
     def output_size(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """``(resize (h, w), crop (h, w))`` for frames of ``height x width``; a resize larger than
         ``MAX_RESIZED_PIXELS`` (an extreme aspect ratio) is refused."""
-        size = resize_output_size(height, width, self.shortest_edge) if self.do_resize else (height, width)
+        size = (
+            resize_output_size(height, width, self.shortest_edge, self.longest_edge)
+            if self.do_resize
+            else (height, width)
+        )
         # (Frames kept at their size are bounded by read_video's max_frame_pixels instead.)
         if size != (height, width) and size[0] * size[1] > MAX_RESIZED_PIXELS:
             raise ValueError(
@@ -558,11 +602,15 @@ class BatchFeature(dict):
 
 
 def _frame(frame) -> torch.Tensor:
-    """One frame as uint8 ``(H, W, 3)``: a PIL image (converted to RGB), or an ``(H, W, 3)`` / ``(3, H, W)``
-    array or tensor."""
-    if hasattr(frame, "convert") and hasattr(frame, "size"):  # a PIL image, without importing PIL
+    """One frame as uint8 ``(H, W, 3)``: a PIL image (converted to RGB, transparency composited onto white as
+    ``transformers``' ``convert_to_rgb`` does), or an ``(H, W, 3)`` / ``(3, H, W)`` array or tensor."""
+    if hasattr(frame, "convert") and hasattr(frame, "getbands"):  # a PIL image, without importing PIL
         import numpy as np
+        from PIL import Image
 
+        if "A" in frame.getbands() or frame.info.get("transparency") is not None:
+            rgba = frame.convert("RGBA")  # convert("RGB") would drop the alpha channel: colors under it show
+            frame = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
         frame = np.array(frame.convert("RGB"))
     frame = torch.as_tensor(frame)
     if frame.dim() == 3 and frame.shape[-1] != 3 and frame.shape[0] == 3:
