@@ -276,6 +276,16 @@ def test_writes_that_would_race_on_a_gpu_are_refused():
         lin.linear_residual_(x, w, vec, torch.randn(2, 1, 16, device=DEVICE).expand(2, 3, 16))
     with pytest.raises(ValueError, match="out overlaps x in memory"):
         lin.layer_norm_linear_fwd(x, w, vec, vec, x)
+    # The epilogue's vectors are read by every program too.
+    buffer = torch.randn(8 + 2 * 3 * 16, device=DEVICE)
+    bias, out = buffer[:16], buffer[8:].view(2, 3, 16)  # the bias's last 8 values are out's first
+    with pytest.raises(ValueError, match="out overlaps bias in memory"):
+        lin.layer_norm_linear_fwd(x, w, vec, bias, out)
+    with pytest.raises(ValueError, match="residual overlaps bias in memory"):
+        lin.linear_residual_(x, w, bias, out)
+    weights = torch.randn(16 * 16, device=DEVICE)
+    with pytest.raises(ValueError, match="residual overlaps weight in memory"):
+        lin.linear_residual_(x, weights.view(16, 16), vec, weights[:96].view(2, 3, 16))
     # A residual that is a view into a larger buffer (the residual stream) is fine when x is elsewhere.
     stream = torch.randn(2, 7, 16, device=DEVICE)
     lin.linear_residual_(stream[:, :3].clone(), w, vec, stream[:, 4:])

@@ -494,7 +494,8 @@ def layer_norm_linear_fwd(
     ``colsum=None`` skips the LayerNorm (a plain projection with bias and activation epilogue).
     """
     n, code = _check_layer_norm_linear(x, weight, colsum, bias, activation)
-    check_out(_LN_OP, "out", out, (*x.shape[:2], n), x, like_name="x", reads={"x": x, "weight": weight})
+    reads = {"x": x, "weight": weight, "colsum": colsum, "bias": bias}
+    check_out(_LN_OP, "out", out, (*x.shape[:2], n), x, like_name="x", reads=reads)
     _launch(x, weight, out, None, bias, colsum, x.shape[1], 0, float(eps), code, int64)
     return out
 
@@ -577,7 +578,7 @@ def _linear_residual_op(
     int64: bool | None,
 ) -> None:
     _check_linear_residual(x, weight, bias, residual, mean_rows)
-    check_writes(_RES_OP, "residual", residual, {"x": x})
+    check_writes(_RES_OP, "residual", residual, {"x": x, "weight": weight, "bias": bias})
     out_rows = residual.shape[1]
     _launch(
         x, weight, residual, residual, bias, None, out_rows, x.shape[1] if mean_rows else 0, 0.0, 0, int64

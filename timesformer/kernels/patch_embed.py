@@ -373,7 +373,7 @@ def patch_embed_fwd(
         like_name="the weight",
         dtype_str=dtype_name,
         last_stride=False,
-        reads={"pixels": pixels, "weight": weight, "pos": pos, "time": time, "cls": cls},
+        reads={"pixels": pixels, "weight": weight, "bias": bias, "pos": pos, "time": time, "cls": cls},
     )
     return _launch(pixels, weight, bias, pos, time, cls, out, sizes, channels_last, space_only, int64)
 
