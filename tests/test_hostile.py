@@ -496,9 +496,12 @@ def test_sigint_stops_cleanly_with_complete_lines(demo_clip, tmp_path):
         videos.append(tmp_path / f"v{i:02d}.mp4")
         os.link(demo_clip, videos[-1])
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # SIGINT at its default: a test run started in the background of a script inherits it ignored (bash),
+    # and Python then installs no KeyboardInterrupt handler.
     proc = subprocess.Popen([sys.executable, "-m", "timesformer", "classify", *map(str, videos), "--json",
                              "--batch-size", "1", "--workers", "1"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     first = proc.stdout.readline()
     proc.send_signal(signal.SIGINT)
     rest, stderr = proc.communicate(timeout=120)
