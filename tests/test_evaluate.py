@@ -956,3 +956,24 @@ def test_merge_keeps_the_line_with_the_current_label_wherever_it_is(tmp_path):
     (out / PREDICTIONS).write_text(json.dumps(now) + "\n")
     (out / "predictions.part-00001.jsonl").write_text(json.dumps(old) + "\n")
     assert merge_predictions(out, [Sample("/v/x.mp4", 0)]) == [now]
+
+
+def test_resume_refuses_other_preprocessing(videos, bundled, tmp_path):
+    """The preprocessing was not among the settings: a model folder given another preprocessor config between
+    two runs mixed two normalizations in one predictions.jsonl."""
+
+    from timesformer.evaluate import evaluate
+    from timesformer.preprocess import VideoProcessor
+
+    model, processor = bundled
+    out = tmp_path / "out"
+    evaluate(videos, model, processor, out, workers=0, limit=2)
+    other = VideoProcessor.from_dict({**processor.to_dict(), "image_mean": [0.0, 0.0, 0.0]})
+    with pytest.raises(
+        ValueError, match=r"other settings: preprocessing image_mean \[0.0, 0.0, 0.0\] \(was \["
+    ):
+        evaluate(videos, model, other, out, workers=0, limit=4, resume=True)
+    # A settings.json of an older version, without the preprocessing, is not compared on it.
+    settings = json.loads((out / "settings.json").read_text())
+    (out / "settings.json").write_text(json.dumps({k: v for k, v in settings.items() if " " not in k}))
+    assert evaluate(videos, model, processor, out, workers=0, limit=4, resume=True)["num_missing"] == 0

@@ -278,3 +278,44 @@ def test_transparent_frames_are_composited_onto_white():
     torch.testing.assert_close(
         got, torch.from_numpy(np.asarray(opaque.convert("RGB"), np.float32) / 255).permute(2, 0, 1)
     )
+
+
+def test_a_saved_processor_loads_back_whichever_file_is_read_first(tmp_path):
+    """from_pretrained reads video_preprocessor_config.json first: a processor saved over a folder that had one
+    (as transformers 5 writes) came back with the old settings. Both files are written, with the same settings."""
+    import json
+
+    (tmp_path / "video_preprocessor_config.json").write_text(json.dumps({"image_mean": [0.1, 0.2, 0.3]}))
+    saved = VideoProcessor(
+        shortest_edge=40, longest_edge=60, crop_size=(32, 32), image_mean=[0.45, 0.4, 0.35]
+    )
+    saved.save_pretrained(tmp_path)
+    assert VideoProcessor.from_pretrained(tmp_path).to_dict() == saved.to_dict()
+    image = VideoProcessor.from_pretrained(tmp_path / "preprocessor_config.json")
+    assert image.to_dict() == saved.to_dict()
+    video = json.loads((tmp_path / "video_preprocessor_config.json").read_text())
+    assert (
+        video["video_processor_type"] == "TimesformerVideoProcessor" and "image_processor_type" not in video
+    )
+
+
+def test_a_longest_edge_that_leaves_no_room_for_the_crop_is_refused_at_load():
+    """The cap shortens a wide frame's short side: every 16:9 video failed, one by one, at the crop."""
+    config = TimesformerConfig()
+    fits = VideoProcessor.from_dict({"size": {"shortest_edge": 224, "longest_edge": 410}, "crop_size": 224})
+    fits.check_model(config)
+    for longest in (300, 100):
+        short = VideoProcessor.from_dict(
+            {"size": {"shortest_edge": 224, "longest_edge": longest}, "crop_size": 224}
+        )
+        with pytest.raises(
+            ValueError,
+            match=rf"size.longest_edge {longest} resizes a 1.8:1 frame's \(16:9, 854x480\) short side to",
+        ):
+            short.check_model(config, "the config")
+
+
+def test_a_setting_of_none_in_a_call_is_the_processors_own():
+    frames = _frames(2, 40, 52)
+    ours = VideoProcessor(shortest_edge=32, crop_size=(32, 32))
+    torch.testing.assert_close(ours(frames, size=None, image_mean=None, do_resize=None), ours(frames))

@@ -950,6 +950,8 @@ def evaluate(
                 "crops": crops,
                 "top_k": top_k,
                 "max_frame_pixels": max_frame_pixels,
+                # The frames' preprocessing, field by field (the model folder's preprocessor config may change).
+                **{f"preprocessing {k}": v for k, v in json.loads(json.dumps(processor.to_dict())).items()},
             }
             _check_settings(output, settings, compare=bool(recorded), write=rank == 0)
             if rank == 0 and world > 1:
@@ -1160,7 +1162,8 @@ def _check_settings(output: Path, settings: dict, compare: bool, write: bool) ->
             before = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise ValueError(f"{path} is unreadable ({exc}); remove it, or choose another --output") from None
-        changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
+        # A setting a run of an older version did not record is not compared.
+        changed = {k: (before[k], v) for k, v in settings.items() if k in before and before[k] != v}
         if changed:
             listed = ", ".join(f"{k} {new!r} (was {old!r})" for k, (old, new) in changed.items())
             raise ValueError(

@@ -74,7 +74,7 @@ def center_crop_box(height: int, width: int, crop_h: int, crop_w: int) -> tuple[
     if crop_h > height or crop_w > width:
         raise ValueError(
             f"center crop {crop_h}x{crop_w} is larger than the resized frame {height}x{width}; "
-            "expected a crop no larger than the resize (shortest_edge >= crop size)"
+            "expected a crop no larger than the resize (size.shortest_edge, and longest_edge, >= crop size)"
         )
     return (height - crop_h) // 2, (width - crop_w) // 2
 
@@ -353,6 +353,16 @@ class VideoProcessor:
                 f"{source}: crop_size {ch}x{cw} is larger than size.shortest_edge {self.shortest_edge}: the crop "
                 "would not fit in a resized frame"
             )
+        if self.do_resize and self.longest_edge is not None:
+            # The cap shortens the short side of wide frames: a 1.8:1 frame (16:9 and a little wider) must
+            # still hold the crop.
+            short = min(resize_output_size(1000, 1800, self.shortest_edge, self.longest_edge))
+            if max(ch, cw) > short:
+                raise ValueError(
+                    f"{source}: size.longest_edge {self.longest_edge} resizes a 1.8:1 frame's (16:9, 854x480) short "
+                    f"side to {short}, "
+                    f"under crop_size {ch}x{cw}: the crop would not fit"
+                )
 
     @classmethod
     def from_dict(cls, config: dict, processor_type: str = "TimesformerVideoProcessor") -> VideoProcessor:
@@ -444,12 +454,21 @@ class VideoProcessor:
         }
 
     def save_pretrained(self, directory) -> None:
+        """Write ``preprocessor_config.json`` (as ``VideoMAEImageProcessor``, what ``transformers``'
+        ``AutoImageProcessor`` reads) and ``video_preprocessor_config.json`` (as ``TimesformerVideoProcessor``,
+        what its ``AutoVideoProcessor`` and ``from_pretrained`` read first), the same settings in both."""
         import json
         import os
 
+        from .loading import PREPROCESSOR_NAME, VIDEO_PREPROCESSOR_NAME
+
         os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, "preprocessor_config.json"), "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
+        image = self.to_dict()
+        video = {k: v for k, v in image.items() if k != "image_processor_type"}
+        video["video_processor_type"] = "TimesformerVideoProcessor"
+        for name, fields in ((PREPROCESSOR_NAME, image), (VIDEO_PREPROCESSOR_NAME, video)):
+            with open(os.path.join(directory, name), "w") as f:
+                json.dump(fields, f, indent=2)
 
     def output_size(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """``(resize (h, w), crop (h, w))`` for frames of ``height x width``; a resize larger than
@@ -550,6 +569,9 @@ class VideoProcessor:
         if return_tensors not in (None, "pt", "np"):
             raise ValueError(f"return_tensors must be None, 'pt' or 'np', got {return_tensors!r}")
         processor = self
+        settings = {
+            k: v for k, v in settings.items() if v is not None
+        }  # None: the processor's own, as transformers
         if settings:
             unknown = sorted(set(settings) - _SETTINGS)
             if unknown:
