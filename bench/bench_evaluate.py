@@ -85,7 +85,7 @@ def markdown(rows: list[dict]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.bench_evaluate", description=__doc__.splitlines()[0]
+        prog="python -m bench.bench_evaluate", description=" ".join(__doc__.split("\n\n")[0].split())
     )
     parser.add_argument("--videos", type=int, default=16)
     parser.add_argument("--workers", type=int, nargs="+", default=None)

@@ -454,15 +454,17 @@ def test_run_gpu_script_rehearsal(tmp_path):
 
     root = pathlib.Path(__file__).resolve().parent.parent
     env = dict(
-        os.environ, REHEARSAL="1", STAGES="env suite nonsense", OUT=str(tmp_path), PYTHON=sys.executable
+        os.environ, REHEARSAL="1", STAGES="env tests suite nonsense", OUT=str(tmp_path), PYTHON=sys.executable
     )
     done = subprocess.run(
         ["bash", str(root / "bench" / "run_gpu.sh")], env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 1, done.stderr  # the unknown stage
-    assert {p.name for p in tmp_path.iterdir()} == {"log.txt", "run.json", "run.md", "run.png"}
+    assert {p.name for p in tmp_path.iterdir()} == {"log.txt", "tests.txt", "run.json", "run.md", "run.png"}
     summary = done.stdout.split("===== summary =====")[1]
-    assert "env    exit 0" in summary and "suite  exit 0" in summary
+    # The tests stage collects its files (running them on a CPU outlasted its limit, made for a GPU).
+    assert "env    exit 0" in summary and "tests  exit 0" in summary and "suite  exit 0" in summary
+    assert " tests collected" in (tmp_path / "tests.txt").read_text()
     assert "unknown stage nonsense" in done.stdout
     result = json.loads((tmp_path / "run.json").read_text())
     assert {r["status"] for r in result["e2e"]} == {"ok"} and len(result["e2e"]) == 4

@@ -480,7 +480,10 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=evaluate)
     p = sub.add_parser("sample", help="write a synthetic clip that the bundled model classifies")
     p.add_argument("out", metavar="OUT.mp4")
-    p.add_argument("--label", default="0", help="class index or name (default 0)")
+    from .synthetic import LABELS
+
+    classes = ", ".join(f"{i} {name!r}" for i, name in enumerate(LABELS))
+    p.add_argument("--label", default="0", help=f"class index or name (default 0): {classes}")
     p.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0)
     p.set_defaults(func=sample)
     args = parser.parse_args(argv)

@@ -151,12 +151,16 @@ def _launch_config(head_dim: int, dtype: torch.dtype) -> dict:
     # block reach 255 registers and spill on sm_80. Heads of 32 or less take 2 warps: with 4, ptxas spills
     # 4-28 bytes on sm_80 at 72-96 registers in some specializations (Triton 3.6 and 3.9). Full-precision
     # float32 products run on the FMA units and keep whole operand strips in registers: 32 x 16 tiles
-    # (64 x 32 spills at head size 64, heavily at 128).
+    # (64 x 32 spills at head size 64, heavily at 128). float32 on TF32 tensor cores at head sizes over 64:
+    # 16-key blocks (64 x 32 spills 12 B on sm_80; 8 warps fit too, at one block per SM; not measured which
+    # is faster).
     warps = 4
     if dot_precision(dtype) == "ieee":
         block_m, block_n = 32, 16
     elif 32 < head_dim <= 64:
         block_m, block_n = 64, 64
+    elif dtype == torch.float32 and head_dim > 64:
+        block_m, block_n = 64, 16
     else:
         block_m, block_n = 64, 32
         if head_dim <= 32:
