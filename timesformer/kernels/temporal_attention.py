@@ -8,8 +8,9 @@ a ``[BLOCK_P, T, head_dim]`` tile of q, k and v, the ``T x T`` scores of every p
 in one patch's values out of its neighbours' outputs.
 
 The ``T x T`` scores of a tile live in registers, so one tile holds at most ``max_frames_in_tile(dtype)``
-frames (32, or 16 for full-precision float32, whose FMA products hold whole operand strips in registers):
-past that the compiled kernel spills (``make gpu-compile``). Longer clips (TimeSformer-L's 96 frames) run
+frames (32, or 16 for float32: full-precision FMA products hold whole operand strips in registers, and on
+TF32 tensor cores float32 operands take twice bf16's registers): past that the compiled kernel spills
+(``make gpu-compile``). Longer clips (TimeSformer-L's 96 frames) run
 each patch's ``T`` rows as one sequence of the online-softmax kernel of ``attention.py``, which walks the keys
 in blocks.
 
@@ -139,24 +140,17 @@ MIN_BLOCK_T = 16
 
 def max_frames_in_tile(dtype: torch.dtype) -> int:
     """The most frames one program's tile holds without spilling (checked by ``make gpu-compile`` on
-    sm_80/sm_90 with Triton 3.6 and the current version: 64 frames spill on 3.6 at head size 128)."""
-    return 16 if dot_precision(dtype) == "ieee" else 32
+    sm_80/sm_90 with Triton 3.6 and the current version: 64 frames spill on 3.6 at head size 128, and 32
+    float32 frames on TF32 at head size 128, even one patch per program)."""
+    return 16 if dtype == torch.float32 else 32
 
 
 def _launch_config(num_frames: int, head_dim: int, dtype: torch.dtype) -> dict:
     # Fixed, not autotuned: see kernels/__init__.py. 64 rows per program on tensor cores (4 patches of 16
     # padded frames at TimeSformer's T = 8); 16 for full-precision float32, whose FMA products keep whole
-    # operand strips in registers (32 rows spill at head size 128). float32 on TF32 tensor cores holds
-    # operands twice bf16's size: 64 rows of 32 frames spill at head sizes over 64 (2 patches' 32x32 scores
-    # on top), so one patch per program there.
+    # operand strips in registers (32 rows spill at head size 128).
     block_t = max(MIN_BLOCK_T, next_pow2(num_frames))
-    precision = dot_precision(dtype)
-    if precision == "ieee":
-        rows = 16
-    elif dtype == torch.float32 and block_t > MIN_BLOCK_T and block_head(head_dim) > 64:
-        rows = 32
-    else:
-        rows = 64
+    rows = 16 if dot_precision(dtype) == "ieee" else 64
     return dict(BLOCK_T=block_t, BLOCK_P=max(1, rows // block_t), BLOCK_D=block_head(head_dim), num_warps=4)
 
 
