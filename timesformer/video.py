@@ -10,9 +10,9 @@ with the model cards' ``read_video_pyav`` (decode every frame from the start up 
 - lets the decoder use its threads (``thread_type="AUTO"``), and converts only the sampled frames to RGB.
 
 Frame ``i`` is the ``i``-th frame in presentation order, as in ``read_video_pyav``'s enumeration (frames
-an MP4 edit list cuts are not frames). Frames come as a player shows them: turned by the stream's display
-rotation (a phone's portrait video), which ``read_video_pyav`` ignores; the video track is the one FFmpeg
-picks, never a cover image.
+an MP4 edit list cuts are not frames). Frames come as a player shows them: turned and mirrored by the
+stream's display matrix (a phone's portrait video is stored sideways), which ``read_video_pyav`` ignores; the
+video track is the one FFmpeg picks, never a cover image.
 """
 
 from __future__ import annotations
@@ -172,9 +172,8 @@ def _frame_index(container, stream, path) -> tuple[list[int] | None, int, int]:
         for packet in container.demux(stream):
             if packet.size == 0:  # the demuxer's flush packet
                 continue
-            if (
-                packet.is_discard
-            ):  # cut by an edit list (an MP4 cut without re-encoding): no frame comes of it
+            # Cut by an edit list (an MP4 cut without re-encoding): decoded, but no frame comes of it.
+            if packet.is_discard:
                 hidden += 1
                 continue
             stamp = packet.pts if packet.pts is not None else packet.dts
