@@ -319,3 +319,33 @@ def test_a_setting_of_none_in_a_call_is_the_processors_own():
     frames = _frames(2, 40, 52)
     ours = VideoProcessor(shortest_edge=32, crop_size=(32, 32))
     torch.testing.assert_close(ours(frames, size=None, image_mean=None, do_resize=None), ours(frames))
+
+
+def test_size_as_height_and_width_resizes_exactly_as_transformers():
+    """``size: {height, width}`` (an exact resize, the aspect ratio not kept) was refused."""
+    settings = dict(image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.25, 0.3], rescale_factor=1 / 255)
+    frames = [PIL.fromarray(f.numpy()) for f in _frames(2, 36, 64, seed=5)]
+    for crop in (False, True):
+        fields = dict(
+            size={"height": 30, "width": 28}, do_center_crop=crop, crop_size={"height": 24, "width": 16}
+        )
+        reference = transformers.VideoMAEImageProcessorPil(**fields, **settings)
+        ours = VideoProcessor.from_dict({**fields, **settings})
+        expected = reference(frames, return_tensors="pt")["pixel_values"]
+        # Within one 8-bit level of PIL, which rounds its resized frame (this shrink's rounding alone averages
+        # about 0.3 level: the uint8 path, rounded the same way, is compared with PIL's frames below).
+        level = torch.tensor([1 / 255 / s for s in settings["image_std"]]).view(1, 1, 3, 1, 1)
+        got = ours(frames, return_tensors="pt")["pixel_values"]
+        assert got.shape == expected.shape and ((got - expected).abs() <= 1.01 * level).all()
+    uncropped = VideoProcessor.from_dict({**fields, "do_center_crop": False})
+    resized = uncropped.resize_crops(torch.from_numpy(np.stack([np.asarray(f) for f in frames])), [None])[0]
+    pil = np.stack([np.asarray(f.resize((28, 30), PIL.BILINEAR)) for f in frames])
+    diff = (resized.int() - torch.from_numpy(pil).int()).abs()
+    assert resized.shape == (2, 30, 28, 3) and diff.max() <= 1 and diff.float().mean() < 0.3
+    assert VideoProcessor.from_dict(ours.to_dict()).to_dict() == ours.to_dict()
+    assert ours.to_dict()["size"] == {"height": 30, "width": 28}
+    ours.check_model(TimesformerConfig(patch_size=8), "the config")
+    with pytest.raises(ValueError, match="crop_size 32x16 is larger than size 30x28"):
+        VideoProcessor.from_dict({**fields, "crop_size": {"height": 32, "width": 16}}).check_model(
+            TimesformerConfig(patch_size=8), "the config"
+        )

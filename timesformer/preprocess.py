@@ -288,9 +288,20 @@ class VideoProcessor:
         do_rescale: bool = True,
         do_normalize: bool = True,
         longest_edge: int | None = None,
+        resize_to: tuple[int, int] | None = None,
     ):
         self.shortest_edge = _positive_int("size.shortest_edge", shortest_edge)
         self.longest_edge = None if longest_edge is None else _positive_int("size.longest_edge", longest_edge)
+        # size {height, width}: every frame resized to exactly that, its aspect ratio not kept (as transformers);
+        # shortest_edge and longest_edge then play no part.
+        self.resize_to = None
+        if resize_to is not None:
+            if not isinstance(resize_to, (tuple, list)) or len(resize_to) != 2:
+                raise ValueError(f"resize_to must be (height, width), got {resize_to!r}")
+            self.resize_to = (
+                _positive_int("size.height", resize_to[0]),
+                _positive_int("size.width", resize_to[1]),
+            )
         if isinstance(crop_size, dict) and set(crop_size) == {"height", "width"}:
             crop_size = (crop_size["height"], crop_size["width"])
         if isinstance(crop_size, (int, float)) or (
@@ -342,6 +353,17 @@ class VideoProcessor:
                 f"{source}: crop_size {ch}x{cw}: crops over {MAX_RESIZED_PIXELS:,} pixels (2048x2048) are not "
                 "supported"
             )
+        if self.do_resize and self.resize_to is not None:
+            rh, rw = self.resize_to
+            if rh * rw > MAX_RESIZED_PIXELS:
+                raise ValueError(
+                    f"{source}: size {rh}x{rw}: resizes over {MAX_RESIZED_PIXELS:,} pixels are not supported"
+                )
+            if ch > rh or cw > rw:
+                raise ValueError(
+                    f"{source}: crop_size {ch}x{cw} is larger than size {rh}x{rw}: the crop would not fit"
+                )
+            return
         # Room for 1.8:1 frames: 16:9, and 854x480 or 720x404 (a little wider once rounded).
         if self.do_resize and self.shortest_edge * int(self.shortest_edge * 1.8) > MAX_RESIZED_PIXELS:
             raise ValueError(
@@ -385,14 +407,15 @@ class VideoProcessor:
         size = config.get("size", {"shortest_edge": 224})
         if isinstance(size, int):
             size = {"shortest_edge": size}
-        if (
+        exact = isinstance(size, dict) and set(size) == {"height", "width"}
+        if not exact and (
             not isinstance(size, dict)
             or "shortest_edge" not in size
             or not set(size) <= {"shortest_edge", "longest_edge"}
         ):
             raise ValueError(
-                "preprocessor config: expected size with 'shortest_edge' (and optionally 'longest_edge'), as "
-                f"VideoMAEImageProcessor, got {size}"
+                "preprocessor config: expected size with 'shortest_edge' (and optionally 'longest_edge'), or "
+                f"'height' and 'width', as VideoMAEImageProcessor, got {size}"
             )
         # Defaults of the class the config names: VideoMAE's processors normalize with 0.5 / 0.5 (transformers'
         # AutoImageProcessor picks VideoMAEImageProcessor for TimeSformer), its TimesformerVideoProcessor with
@@ -404,8 +427,9 @@ class VideoProcessor:
             else (IMAGENET_MEAN, IMAGENET_STD)
         )
         return cls(
-            shortest_edge=size["shortest_edge"],
-            longest_edge=size.get("longest_edge"),
+            shortest_edge=224 if exact else size["shortest_edge"],
+            longest_edge=None if exact else size.get("longest_edge"),
+            resize_to=(size["height"], size["width"]) if exact else None,
             crop_size=config.get("crop_size", {"height": 224, "width": 224}),
             image_mean=config.get("image_mean", mean),
             image_std=config.get("image_std", std),
@@ -437,12 +461,18 @@ class VideoProcessor:
         except (ValueError, TypeError, KeyError) as exc:
             raise ValueError(f"{file}: {exc}") from None
 
+    def _size_dict(self) -> dict:
+        if self.resize_to is not None:
+            return {"height": self.resize_to[0], "width": self.resize_to[1]}
+        return {"shortest_edge": self.shortest_edge} | (
+            {} if self.longest_edge is None else {"longest_edge": self.longest_edge}
+        )
+
     def to_dict(self) -> dict:
         return {
             "image_processor_type": "VideoMAEImageProcessor",
             "do_resize": self.do_resize,
-            "size": {"shortest_edge": self.shortest_edge}
-            | ({} if self.longest_edge is None else {"longest_edge": self.longest_edge}),
+            "size": self._size_dict(),
             "resample": BILINEAR,
             "do_center_crop": self.do_center_crop,
             "crop_size": {"height": self.crop_size[0], "width": self.crop_size[1]},
@@ -473,16 +503,17 @@ class VideoProcessor:
     def output_size(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """``(resize (h, w), crop (h, w))`` for frames of ``height x width``; a resize larger than
         ``MAX_RESIZED_PIXELS`` (an extreme aspect ratio) is refused."""
-        size = (
-            resize_output_size(height, width, self.shortest_edge, self.longest_edge)
-            if self.do_resize
-            else (height, width)
-        )
+        if not self.do_resize:
+            size = (height, width)
+        elif self.resize_to is not None:
+            size = self.resize_to
+        else:
+            size = resize_output_size(height, width, self.shortest_edge, self.longest_edge)
         # (Frames kept at their size are bounded by read_video's max_frame_pixels instead.)
         if size != (height, width) and size[0] * size[1] > MAX_RESIZED_PIXELS:
             raise ValueError(
-                f"frames of {height}x{width} would be resized to {size[0]}x{size[1]} (shortest edge "
-                f"{self.shortest_edge}), over {MAX_RESIZED_PIXELS:,} pixels: an aspect ratio this extreme is "
+                f"frames of {height}x{width} would be resized to {size[0]}x{size[1]} (size "
+                f"{self._size_dict()}), over {MAX_RESIZED_PIXELS:,} pixels: an aspect ratio this extreme is "
                 "not supported"
             )
         crop = self.crop_size if self.do_center_crop else size
