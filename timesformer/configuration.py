@@ -55,6 +55,15 @@ MODEL_FIELDS: dict[str, Any] = {
 MAX_JSON_BYTES = 64 * 2**20
 
 
+def refuse_push_to_hub(push_to_hub: bool) -> None:
+    """``save_pretrained``'s ``push_to_hub``: only ``False`` (this package never uploads)."""
+    if push_to_hub:
+        raise ValueError(
+            "save_pretrained: push_to_hub=True is not supported: save, then upload the folder with "
+            "huggingface_hub.upload_folder"
+        )
+
+
 def read_json_object(path: str | os.PathLike, what: str = "JSON file") -> dict[str, Any]:
     """The JSON object in ``path``; any other content (syntax, not UTF-8, deep nesting, a 5000-digit number,
     over ``MAX_JSON_BYTES``, not an object) is a ``ValueError`` naming the file as a ``what``."""
@@ -583,11 +592,7 @@ class TimesformerConfig:
         """Write ``save_directory/config.json`` with every field (``transformers`` leaves out generic fields
         at their defaults; both load the same). ``push_to_hub`` only ``False`` (this package never uploads);
         ``kwargs`` are ``transformers``' upload options, unused without it."""
-        if push_to_hub:
-            raise ValueError(
-                "save_pretrained: push_to_hub=True is not supported: save, then upload the folder with "
-                "huggingface_hub.upload_folder"
-            )
+        refuse_push_to_hub(push_to_hub)
         os.makedirs(save_directory, exist_ok=True)
         self.to_json_file(os.path.join(save_directory, CONFIG_NAME), use_diff=False)
 

@@ -951,7 +951,7 @@ def evaluate(
                 "top_k": top_k,
                 "max_frame_pixels": max_frame_pixels,
                 # The frames' preprocessing, field by field (the model folder's preprocessor config may change).
-                **{f"preprocessing {k}": v for k, v in json.loads(json.dumps(processor.to_dict())).items()},
+                **{f"preprocessing {k}": v for k, v in processor.to_dict().items()},
             }
             _check_settings(output, settings, compare=bool(recorded), write=rank == 0)
             if rank == 0 and world > 1:

@@ -24,7 +24,7 @@ from .activations import ACTIVATIONS, Activation
 from .adapters import AdapterMixin
 from .backends import BACKEND_CHOICES, Backend, get_backend, resolve_backend
 from .backends.base import ForwardContext, drop_path
-from .configuration import TimesformerConfig
+from .configuration import TimesformerConfig, refuse_push_to_hub
 from .outputs import BaseModelOutput, ImageClassifierOutput, output_types
 from .weight_cache import clear_weight_cache
 
@@ -459,6 +459,10 @@ def _noise_rate(module: nn.Module) -> float | None:
     return None
 
 
+def _noisy_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in model.named_modules() if _noise_rate(m) is not None]
+
+
 def _mode_reason(model: nn.Module, noisy: list[tuple[str, nn.Module]]) -> str | None:
     # The fused backends apply dropout and drop path as the model's own mode says; the reference calls each
     # module, whose own mode counts: Monte-Carlo dropout (eval, then dropout modules back to train), or
@@ -487,8 +491,7 @@ def module_path_reason(model: nn.Module) -> str | None:
     if torch.compiler.is_compiling():
         # Traced (the counters and the cache are Python state a compiled forward does not re-read): the
         # compiled forward takes the path of the module structure it traced, and recompiles with it.
-        noisy = [(n, m) for n, m in model.named_modules() if _noise_rate(m) is not None]
-        return _module_path_scan(model) or _mode_reason(model, noisy)
+        return _module_path_scan(model) or _mode_reason(model, _noisy_modules(model))
     if _assignment_hook is None:
         _assignment_hook = torch.nn.modules.module.register_module_module_registration_hook(_count_assignment)
     key = (_PROCESS, torch.utils.hooks.RemovableHandle.next_id, _assignments)
@@ -497,7 +500,7 @@ def module_path_reason(model: nn.Module) -> str | None:
         return _mode_reason(model, cached[1])
     reason = _module_path_scan(model)
     # With the dropout and drop-path modules, whose modes change without any counter seeing it.
-    noisy = [(n, m) for n, m in model.named_modules() if _noise_rate(m) is not None]
+    noisy = _noisy_modules(model)
     model.__dict__["_plain_at"] = (key, noisy) if reason is None else None
     return reason or _mode_reason(model, noisy)
 
@@ -1051,11 +1054,7 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
                 raise ValueError(
                     f"save_pretrained: {name}={value!r} is not supported (only {defaults[name]!r})"
                 )
-        if push_to_hub:
-            raise ValueError(
-                "save_pretrained: push_to_hub=True is not supported: save, then upload the folder with "
-                "huggingface_hub.upload_folder"
-            )
+        refuse_push_to_hub(push_to_hub)
         if not is_main_process:
             return
         if self._hf_peft_config_loaded:  # as transformers: the active adapter alone, in PEFT's format

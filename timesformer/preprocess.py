@@ -382,8 +382,7 @@ class VideoProcessor:
             if max(ch, cw) > short:
                 raise ValueError(
                     f"{source}: size.longest_edge {self.longest_edge} resizes a 1.8:1 frame's (16:9, 854x480) short "
-                    f"side to {short}, "
-                    f"under crop_size {ch}x{cw}: the crop would not fit"
+                    f"side to {short}, under crop_size {ch}x{cw}: the crop would not fit"
                 )
 
     @classmethod
@@ -427,8 +426,8 @@ class VideoProcessor:
             else (IMAGENET_MEAN, IMAGENET_STD)
         )
         return cls(
-            shortest_edge=224 if exact else size["shortest_edge"],
-            longest_edge=None if exact else size.get("longest_edge"),
+            shortest_edge=size.get("shortest_edge", 224),
+            longest_edge=size.get("longest_edge"),
             resize_to=(size["height"], size["width"]) if exact else None,
             crop_size=config.get("crop_size", {"height": 224, "width": 224}),
             image_mean=config.get("image_mean", mean),
@@ -600,9 +599,8 @@ class VideoProcessor:
         if return_tensors not in (None, "pt", "np"):
             raise ValueError(f"return_tensors must be None, 'pt' or 'np', got {return_tensors!r}")
         processor = self
-        settings = {
-            k: v for k, v in settings.items() if v is not None
-        }  # None: the processor's own, as transformers
+        # A setting of None is the processor's own, as in transformers.
+        settings = {k: v for k, v in settings.items() if v is not None}
         if settings:
             unknown = sorted(set(settings) - _SETTINGS)
             if unknown:

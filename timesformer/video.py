@@ -420,8 +420,7 @@ class _ToRGB:
     def __call__(self, frame) -> np.ndarray:
         _check_pixels(frame, self.max_frame_pixels, self.path)
         rgb = self.reformatter.reformat(frame, format="rgb24").to_ndarray()
-        shown = _as_displayed(rgb, _display_matrix(frame))
-        return rgb if shown is rgb else np.ascontiguousarray(shown)
+        return np.ascontiguousarray(_as_displayed(rgb, _display_matrix(frame)))
 
 
 def _display_matrix(frame) -> np.ndarray | None:
