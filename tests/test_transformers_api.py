@@ -327,3 +327,61 @@ def test_model_generic_api(impl):
     assert model.model_tags == ["video", "lora"]
     model.tie_weights()
     assert model.get_memory_footprint() == sum(p.numel() * p.element_size() for p in model.parameters())
+    assert model.get_decoder() is model.timesformer  # transformers 5's answer without a decoder: the base
+
+
+@pytest.mark.parametrize(
+    "problem, num_labels, make_labels",
+    [
+        ("single_label_classification", 5, lambda g: torch.tensor([3, -100, 0, 4, 1, 2, -100])),
+        ("multi_label_classification", 5, lambda g: torch.rand(7, 5, generator=g)),
+        ("regression", 1, lambda g: torch.randn(7, generator=g)),
+        ("regression", 3, lambda g: torch.randn(7, 3, generator=g)),
+    ],
+)
+@pytest.mark.parametrize("num_items", [None, 11, torch.tensor(13)])
+def test_loss_function_equals_transformers(problem, num_labels, make_labels, num_items):
+    """``model.loss_function(labels, logits, config, num_items_in_batch=)`` is the loss ``forward`` computes,
+    with ``transformers``' numbers (there ``loss_type`` ``ForVideoClassification`` is its sequence-classification
+    loss); ``num_items_in_batch`` (gradient accumulation) divides a summed cross-entropy."""
+    g = torch.Generator().manual_seed(num_labels)
+    logits, labels = torch.randn(7, num_labels, generator=g, dtype=torch.float64), make_labels(g)
+    if labels.is_floating_point():
+        labels = labels.double()
+    results = []
+    for impl in ("transformers", "sdpa"):
+        _, model, _ = _model(impl, seed=3, num_labels=num_labels)
+        # Inferred from the labels and stored, in both (several regression targets must be named).
+        model.config.problem_type = problem if (problem, num_labels) == ("regression", 3) else None
+        results.append(model.loss_function(labels, logits, model.config, num_items_in_batch=num_items))
+        assert model.config.problem_type == problem
+    torch.testing.assert_close(results[1], results[0], rtol=1e-12, atol=0)
+    _, model, _ = _model("sdpa", seed=3, num_labels=num_labels)
+    with pytest.raises(ValueError, match=r"ignore_index must be -100"):
+        model.loss_function(labels, logits, model.config, ignore_index=0)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_dummy_inputs_run_and_sdpa_support_is_declared(impl):
+    _, model, kwargs = _model(impl, seed=4)
+    if impl == "transformers":
+        assert set(model.dummy_inputs) == {"input_ids"}  # a text placeholder upstream
+        return
+    inputs = model.dummy_inputs
+    assert inputs["pixel_values"].shape == (
+        2,
+        kwargs["num_frames"],
+        3,
+        kwargs["image_size"],
+        kwargs["image_size"],
+    )
+    assert model(**inputs).logits.shape == (2, kwargs["num_labels"])
+    assert model._supports_sdpa is True
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_push_to_hub_is_refused_naming_the_way_to_upload(impl):
+    api, model, _ = _model(impl, seed=2)
+    for owner in (model, model.config, api.Config()):
+        with pytest.raises(NotImplementedError, match=r"push_to_hub is not provided.*upload_folder"):
+            owner.push_to_hub("someone/some-model", private=True)

@@ -64,6 +64,14 @@ def refuse_push_to_hub(push_to_hub: bool) -> None:
         )
 
 
+def no_push_to_hub(owner: object) -> None:
+    """``push_to_hub`` of a config or model: refused, naming the two calls that do it."""
+    raise NotImplementedError(
+        f"{type(owner).__name__}.push_to_hub is not provided (this package never uploads): call "
+        "save_pretrained(folder), then huggingface_hub.upload_folder(repo_id=..., folder_path=folder)"
+    )
+
+
 def read_json_object(path: str | os.PathLike, what: str = "JSON file") -> dict[str, Any]:
     """The JSON object in ``path``; any other content (syntax, not UTF-8, deep nesting, a 5000-digit number,
     over ``MAX_JSON_BYTES``, not an object) is a ``ValueError`` naming the file as a ``what``."""
@@ -595,6 +603,9 @@ class TimesformerConfig:
         refuse_push_to_hub(push_to_hub)
         os.makedirs(save_directory, exist_ok=True)
         self.to_json_file(os.path.join(save_directory, CONFIG_NAME), use_diff=False)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> None:
+        no_push_to_hub(self)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, TimesformerConfig) and self.to_dict() == other.to_dict()

@@ -19,13 +19,18 @@ def infer_problem_type(num_labels: int, labels: torch.Tensor) -> str:
 
 
 def classification_loss(
-    config: TimesformerConfig, logits: torch.Tensor, labels: torch.Tensor
+    config: TimesformerConfig,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    num_items_in_batch: torch.Tensor | int | None = None,
 ) -> torch.Tensor:
     """Loss of ``logits`` ``(rows, num_labels)`` against ``labels``.
 
     As in transformers, a ``problem_type`` of ``None`` is inferred from the labels on the first call and
     stored in the config. Labels are checked first so that a shape or range error names what was
     expected instead of failing inside the loss (or broadcasting silently, as MSE would).
+    ``num_items_in_batch`` (single-label only, as in ``transformers``): the cross-entropy is summed and divided
+    by it, so that gradient accumulation averages over every labelled clip of the accumulated batches.
     """
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
@@ -75,7 +80,12 @@ def classification_loss(
             torch._assert_async(~bad.any(), expected)
         elif bool(bad.any()):
             raise ValueError(f"{expected}, got {flat[bad][:5].tolist()}")
-        return F.cross_entropy(logits.view(-1, num_labels), flat, ignore_index=IGNORE_INDEX)
+        if num_items_in_batch is None:
+            return F.cross_entropy(logits.view(-1, num_labels), flat, ignore_index=IGNORE_INDEX)
+        total = F.cross_entropy(logits.view(-1, num_labels), flat, ignore_index=IGNORE_INDEX, reduction="sum")
+        if isinstance(num_items_in_batch, torch.Tensor):
+            num_items_in_batch = num_items_in_batch.to(total.device)
+        return total / num_items_in_batch
 
     # multi_label_classification
     if tuple(labels.shape) != (rows, num_labels):
@@ -87,3 +97,26 @@ def classification_loss(
             f"multi-label classification labels must be floating point, got dtype {labels.dtype}"
         )
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+def video_classification_loss(
+    labels: torch.Tensor,
+    pooled_logits: torch.Tensor,
+    config: TimesformerConfig,
+    num_items_in_batch: torch.Tensor | int | None = None,
+    **kwargs,
+) -> torch.Tensor:
+    """The model's ``loss_function``: ``classification_loss`` with the arguments of ``transformers``'
+    ``ForSequenceClassificationLoss`` (``loss_type`` ``"ForVideoClassification"`` maps to it there).
+
+    Args:
+        labels: as ``TimesformerForVideoClassification.forward`` takes them.
+        pooled_logits: ``(rows, num_labels)``.
+        config: its ``problem_type`` (inferred and stored when ``None``) and ``num_labels``.
+        num_items_in_batch: see ``classification_loss``; other keywords are ignored, as there.
+    """
+    if kwargs.get("ignore_index", IGNORE_INDEX) != IGNORE_INDEX:
+        raise ValueError(
+            f"ignore_index must be {IGNORE_INDEX} (the label the model ignores), got {kwargs['ignore_index']}"
+        )
+    return classification_loss(config, pooled_logits, labels, num_items_in_batch)

@@ -24,7 +24,7 @@ from .activations import ACTIVATIONS, Activation
 from .adapters import AdapterMixin
 from .backends import BACKEND_CHOICES, Backend, get_backend, resolve_backend
 from .backends.base import ForwardContext, drop_path
-from .configuration import TimesformerConfig, refuse_push_to_hub
+from .configuration import TimesformerConfig, no_push_to_hub, refuse_push_to_hub
 from .outputs import BaseModelOutput, ImageClassifierOutput, output_types
 from .weight_cache import clear_weight_cache
 
@@ -574,6 +574,9 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
     main_input_name = "pixel_values"
 
     supports_gradient_checkpointing = True
+    # What transformers' attention switch checks; flash_attention_2 maps to the fused kernels.
+    _supports_sdpa = True
+    _supports_flash_attn = True
     # As transformers' (accelerate's device maps and quantizers read them).
     _no_split_modules = ("TimesformerLayer",)
     _keep_in_fp32_modules = None
@@ -787,6 +790,31 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
     def get_encoder(self) -> nn.Module:
         """The ``TimesformerEncoder``, as ``transformers`` 5 returns it."""
         return self.base_model.encoder
+
+    def get_decoder(self) -> nn.Module:
+        """The ``TimesformerModel`` (``base_model``), as ``transformers`` 5 answers for a model without a
+        decoder."""
+        return self.base_model
+
+    @property
+    def dummy_inputs(self) -> dict[str, torch.Tensor]:
+        """A forward's inputs for tracing tools: ``{"pixel_values": (2, num_frames, num_channels, image_size,
+        image_size)}`` random floats (``transformers``' own is a text placeholder, ``input_ids``)."""
+        c = self.config
+        return {"pixel_values": torch.randn(2, c.num_frames, c.num_channels, c.image_size, c.image_size)}
+
+    loss_type = "ForVideoClassification"
+
+    @property
+    def loss_function(self):
+        """``loss_function(labels, logits, config)``: the loss ``forward`` computes for ``labels``, by
+        ``config.problem_type`` (``transformers`` 5.24's own falls back to a causal-LM loss for TimeSformer)."""
+        from .losses import video_classification_loss
+
+        return video_classification_loss
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> None:
+        no_push_to_hub(self)
 
     model_tags: list[str] | None = None
 
