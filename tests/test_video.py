@@ -463,6 +463,8 @@ def test_frames_are_shown_as_the_display_matrix_says(tmp_path, degrees, hflip, v
         expected = shown(index_frame(i, 64, 96))
         assert got.shape == expected.shape and got.flags["C_CONTIGUOUS"]
         assert np.abs(got.astype(int) - expected).mean() < 4  # the codec's loss; a wrong turn is ~90
+    info = video_info(path)  # the size read_video returns (it was the stored 64x96 before)
+    assert (info["height"], info["width"]) == frames.shape[1:3] and info["frames"] == 20
 
 
 def test_a_cut_that_hides_most_of_a_group_of_frames_is_not_truncated(tmp_path):

@@ -455,6 +455,25 @@ def _as_displayed(rgb: np.ndarray, matrix: np.ndarray | None) -> np.ndarray:
     return rgb
 
 
+def _displayed_size(path, height: int, width: int) -> tuple[int, int]:
+    """``(height, width)`` turned as the first frame's display matrix turns frames (a quarter turn swaps them);
+    as stored when no frame decodes, or when the stored size is over the pixel limit (not decoded)."""
+    import av
+
+    if height * width > MAX_FRAME_PIXELS:
+        return height, width
+    try:
+        with _open(path) as container:
+            frame = next(container.decode(_video_stream(container)), None)
+    except (av.error.FFmpegError, VideoError):
+        return height, width
+    if frame is None:
+        return height, width
+    # A strided view with no channels stands in for the frame: turning it costs nothing.
+    shape = _as_displayed(np.empty((height, width, 0), np.uint8), _display_matrix(frame)).shape
+    return shape[0], shape[1]
+
+
 def _decode_sequentially(container, stream, wanted: set[int], to_rgb: _ToRGB) -> dict[int, np.ndarray]:
     """The slow, safe way, counting frames from the start of a freshly opened ``container``: for streams
     without timestamps, or whose timestamps do not match their packets or do not seek."""
@@ -474,8 +493,8 @@ def _decode_sequentially(container, stream, wanted: set[int], to_rgb: _ToRGB) ->
 
 
 def video_info(path: str | os.PathLike) -> dict:
-    """Frame count (exact, from the packet index), size (as stored: before the display rotation that
-    ``read_video`` applies), average frame rate and codec of a video."""
+    """Frame count (exact, from the packet index), size (as ``read_video`` returns frames: turned as the first
+    frame's display matrix says), average frame rate and codec of a video."""
     container = _open(path)
     try:
         stream = _video_stream(container)
@@ -488,10 +507,11 @@ def video_info(path: str | os.PathLike) -> dict:
         else:
             total = len(pts)
         rate = stream.average_rate
+        height, width = _displayed_size(path, stream.codec_context.height, stream.codec_context.width)
         return {
             "frames": total,
-            "height": stream.codec_context.height,
-            "width": stream.codec_context.width,
+            "height": height,
+            "width": width,
             "fps": float(rate) if rate else None,
             "codec": stream.codec_context.name,
         }
