@@ -422,3 +422,51 @@ def test_cuda_matches_torch(op, name, dtype):
     view = torch.cat([frames, frames], dim=2)[:, :, : shape[2]]
     assert torch.equal(run_op(op, view, size, top, left, crop, dtype=dtype), out)
     assert torch.equal(run_op(op, strided, size, top, left, crop, dtype=dtype), out)
+
+
+@pytest.mark.parametrize(
+    "shape, size, crop, box",
+    [
+        ((2, 5, 7, 3), (5, 7), (8, 10), None),  # larger on both sides, odd differences: the odd pixel after
+        ((2, 37, 53, 3), (20, 28), (24, 16), None),  # taller than the frame, narrower
+        ((1, 30, 90, 3), (10, 30), (16, 16), (-3, 14)),  # the right view of three, padded above and below
+        ((2, 9, 1, 3), (3, 1), (2, 4), (1, -2)),  # one column, padded on both sides unevenly
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_crop_larger_than_the_frame_is_padded_with_black(op, shape, size, crop, box, dtype):
+    """As ``transformers``' video processors (torchvision's ``pad`` with 0, before rescale and normalize): the
+    frame sits at ``(crop - size) // 2`` on a side it does not fill. It was an error here."""
+    frames = random_frames(shape, stable_seed(*shape, *crop))
+    native = preprocess_frames(frames, size, crop, MEAN, STD, dtype=dtype, box=box, native=True)
+    plain = preprocess_frames(frames, size, crop, MEAN, STD, dtype=dtype, box=box, native=False)
+    # Built by hand: the resized frame (the torch path's own, cropped to itself) pasted on a black canvas.
+    (rh, rw), (ch, cw) = size, crop
+    top, left = box if box is not None else (-((ch - rh) // 2) if ch > rh else (rh - ch) // 2,
+                                             -((cw - rw) // 2) if cw > rw else (rw - cw) // 2)  # fmt: skip
+    resized = preprocess_frames_torch(frames, size, size, (0.0,) * 3, (1.0,) * 3, rescale=1.0)
+    canvas = torch.zeros(shape[0], 3, rh + 2 * ch, rw + 2 * cw)
+    canvas[:, :, ch : ch + rh, cw : cw + rw] = resized
+    window = canvas[:, :, ch + top : ch + top + ch, cw + left : cw + left + cw]
+    m, s = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    expected = ((window / 255 - m) / s).to(dtype)
+    assert native.shape == plain.shape == (shape[0], 3, *crop)
+    if dtype == torch.float32:
+        assert_float_match(plain, expected, crop)
+        assert_float_match(native, expected, crop)
+    else:
+        assert_one_rounding_apart(plain, expected)
+        assert_one_rounding_apart(native, expected)
+    black = (-m / s).to(dtype).expand_as(expected)
+    placed = torch.zeros(rh + 2 * ch, rw + 2 * cw, dtype=torch.bool)
+    placed[ch : ch + rh, cw : cw + rw] = True
+    outside = ~placed[ch + top : ch + top + ch, cw + left : cw + left + cw].expand_as(expected)
+    assert outside.any()
+    assert torch.equal(native[outside], black[outside]) and torch.equal(plain[outside], black[outside])
+
+
+def test_a_box_outside_the_frame_is_refused():
+    frames = random_frames((1, 10, 30, 3), 2)
+    for box in ((-7, 0), (0, -1), (-3, 15), (1, 0)):  # a side that the crop neither fits in nor covers
+        with pytest.raises(ValueError, match=r"does not fit in the resized frame 10x30"):
+            preprocess_frames(frames, (10, 30), (16, 16), MEAN, STD, box=box)

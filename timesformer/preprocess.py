@@ -70,13 +70,12 @@ def resize_output_size(
 
 
 def center_crop_box(height: int, width: int, crop_h: int, crop_w: int) -> tuple[int, int]:
-    """``(top, left)`` of a ``crop_h x crop_w`` center crop, as ``transformers``' ``center_crop`` places it."""
-    if crop_h > height or crop_w > width:
-        raise ValueError(
-            f"center crop {crop_h}x{crop_w} is larger than the resized frame {height}x{width}; "
-            "expected a crop no larger than the resize (size.shortest_edge, and longest_edge, >= crop size)"
-        )
-    return (height - crop_h) // 2, (width - crop_w) // 2
+    """``(top, left)`` of a ``crop_h x crop_w`` center crop, as ``transformers``' ``center_crop`` places it. A
+    crop larger than the frame on a side starts before it (negative): the frame is padded there with black
+    (zeros before normalization), with the odd pixel after it, as ``transformers``' video processors pad."""
+    top = (height - crop_h) // 2 if crop_h <= height else -((crop_h - height) // 2)
+    left = (width - crop_w) // 2 if crop_w <= width else -((crop_w - width) // 2)
+    return top, left
 
 
 def _check(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype) -> None:
@@ -107,25 +106,38 @@ def _check(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float], dt
 def crop_boxes(height: int, width: int, crop_h: int, crop_w: int, crops: int = 1) -> list[tuple[int, int]]:
     """``(top, left)`` of each spatial view of a ``height x width`` (resized) frame: ``crops=1`` the center
     crop; ``crops=3`` three crops along the long side (left, center, right; top, center, bottom for portrait
-    frames), the test protocol of the TimeSformer and VideoMAE papers."""
+    frames), the test protocol of the TimeSformer and VideoMAE papers (three center crops where the crop is
+    longer than that side, padded as ``center_crop_box`` says)."""
     if crops not in (1, 3):
         raise ValueError(f"crops must be 1 or 3, got {crops}")
     top, left = center_crop_box(height, width, crop_h, crop_w)
     if crops == 1:
         return [(top, left)]
     if height > width:
-        return [(0, left), (top, left), (height - crop_h, left)]
-    return [(top, 0), (top, left), (top, width - crop_w)]
+        return [(0, left), (top, left), (height - crop_h, left)] if crop_h <= height else [(top, left)] * 3
+    return [(top, 0), (top, left), (top, width - crop_w)] if crop_w <= width else [(top, left)] * 3
 
 
 def _box(size: tuple[int, int], crop: tuple[int, int], box: tuple[int, int] | None) -> tuple[int, int]:
+    """``box``, or the center crop's: a crop's side lies inside the frame's, or covers it (padding)."""
     (rh, rw), (ch, cw) = size, crop
     if box is None:
         return center_crop_box(rh, rw, ch, cw)
     top, left = box
-    if not (0 <= top <= rh - ch and 0 <= left <= rw - cw):
-        raise ValueError(f"crop {ch}x{cw} at (top, left) = {box} does not fit in the resized frame {rh}x{rw}")
+    if not (min(0, rh - ch) <= top <= max(0, rh - ch) and min(0, rw - cw) <= left <= max(0, rw - cw)):
+        raise ValueError(
+            f"crop {ch}x{cw} at (top, left) = {box} does not fit in the resized frame {rh}x{rw} (a crop side "
+            "longer than the frame's must cover it)"
+        )
     return top, left
+
+
+def _inside(size: tuple[int, int], crop: tuple[int, int], box: tuple[int, int]):
+    """The part of the crop at ``box`` inside the ``size`` frame: ``(crop, box)`` of that part, and the
+    ``(rows, columns)`` slices it fills in the crop."""
+    (rh, rw), (ch, cw), (top, left) = size, crop, box
+    t0, t1, l0, l1 = max(top, 0), min(top + ch, rh), max(left, 0), min(left + cw, rw)
+    return (t1 - t0, l1 - l0), (t0, l0), (slice(t0 - top, t1 - top), slice(l0 - left, l1 - left))
 
 
 def preprocess_frames_torch(
@@ -145,6 +157,11 @@ def preprocess_frames_torch(
     x = frames.permute(0, 3, 1, 2).float()
     if (rh, rw) != tuple(x.shape[-2:]):
         x = F.interpolate(x, size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)
+    # Zeros (black) where the crop is larger than the frame, before normalization, as transformers pads.
+    pad = (max(-left, 0), max(left + cw - rw, 0), max(-top, 0), max(top + ch - rh, 0))
+    if any(pad):
+        x = F.pad(x, pad)
+        top, left = max(top, 0), max(left, 0)
     x = x[:, :, top : top + ch, left : left + cw]
     m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
@@ -206,21 +223,28 @@ def preprocess_frames(
     if not use_native:
         return preprocess_frames_torch(frames, size, crop, mean, std, rescale, dtype, box)
     _check(frames, mean, std, dtype)
-    (rh, rw), (ch, cw) = size, crop
-    top, left = _box(size, crop, box)
-    return torch.ops.timesformer_csrc.preprocess_frames(
+    box = _box(size, crop, box)
+    part, part_box, (rows, cols) = _inside(size, crop, box)
+    out = torch.ops.timesformer_csrc.preprocess_frames(
         frames,
-        rh,
-        rw,
-        top,
-        left,
-        ch,
-        cw,
+        *size,
+        *part_box,
+        *part,
         [float(m) for m in mean],
         [float(s) for s in std],
         float(rescale),
         dtype,
     )
+    if part == tuple(crop):
+        return out
+    # The crop is larger than the frame: the op computes the part inside, the rest is black (0) normalized,
+    # computed as the torch path computes it.
+    m = torch.tensor(mean, dtype=torch.float32, device=out.device)
+    s = torch.tensor(std, dtype=torch.float32, device=out.device)
+    black = ((torch.zeros(3, device=out.device) * rescale - m) / s).to(dtype)
+    padded = black.view(1, 3, 1, 1).expand(out.shape[0], 3, *crop).contiguous()
+    padded[:, :, rows, cols] = out
+    return padded
 
 
 def _number(name: str, value) -> float:
@@ -335,8 +359,8 @@ class VideoProcessor:
 
     def check_model(self, config, source: str = "the preprocessor") -> None:
         """Refuse settings that cannot feed ``config``'s model, naming ``source`` (e.g. the config file): the
-        views must have one fixed size (a center crop) that is a multiple of the patch size, and the crop
-        must fit in every resized frame."""
+        views must have one fixed size (a center crop) that is a multiple of the patch size. (A crop larger
+        than a resized frame is padded, as in ``transformers``.)"""
         ph, pw = config.patch_hw
         ch, cw = self.crop_size
         if not self.do_center_crop:
@@ -359,10 +383,6 @@ class VideoProcessor:
                 raise ValueError(
                     f"{source}: size {rh}x{rw}: resizes over {MAX_RESIZED_PIXELS:,} pixels are not supported"
                 )
-            if ch > rh or cw > rw:
-                raise ValueError(
-                    f"{source}: crop_size {ch}x{cw} is larger than size {rh}x{rw}: the crop would not fit"
-                )
             return
         # Room for 1.8:1 frames: 16:9, and 854x480 or 720x404 (a little wider once rounded).
         if self.do_resize and self.shortest_edge * int(self.shortest_edge * 1.8) > MAX_RESIZED_PIXELS:
@@ -370,20 +390,6 @@ class VideoProcessor:
                 f"{source}: size.shortest_edge {self.shortest_edge} would resize a 16:9 video over "
                 f"{MAX_RESIZED_PIXELS:,} pixels; at most 1526 is supported"
             )
-        if self.do_resize and max(ch, cw) > self.shortest_edge:
-            raise ValueError(
-                f"{source}: crop_size {ch}x{cw} is larger than size.shortest_edge {self.shortest_edge}: the crop "
-                "would not fit in a resized frame"
-            )
-        if self.do_resize and self.longest_edge is not None:
-            # The cap shortens the short side of wide frames: a 1.8:1 frame (16:9 and a little wider) must
-            # still hold the crop.
-            short = min(resize_output_size(1000, 1800, self.shortest_edge, self.longest_edge))
-            if max(ch, cw) > short:
-                raise ValueError(
-                    f"{source}: size.longest_edge {self.longest_edge} resizes a 1.8:1 frame's (16:9, 854x480) short "
-                    f"side to {short}, under crop_size {ch}x{cw}: the crop would not fit"
-                )
 
     @classmethod
     def from_dict(cls, config: dict, processor_type: str = "TimesformerVideoProcessor") -> VideoProcessor:
@@ -567,8 +573,14 @@ class VideoProcessor:
             x = x.round_().clamp_(0, 255).to(torch.uint8)
         views = []
         for box in boxes:
-            top, left = _box(size, (ch, cw), box)
-            views.append(x[:, :, top : top + ch, left : left + cw].permute(0, 2, 3, 1).contiguous())
+            part, (top, left), (rows, cols) = _inside(size, (ch, cw), _box(size, (ch, cw), box))
+            inside = x[:, :, top : top + part[0], left : left + part[1]].permute(0, 2, 3, 1)
+            if part == (ch, cw):
+                views.append(inside.contiguous())
+                continue
+            view = x.new_zeros(x.shape[0], ch, cw, 3)  # black where the crop is larger than the frame
+            view[:, rows, cols] = inside
+            views.append(view)
         return views
 
     def __call__(
