@@ -343,7 +343,8 @@ def test_model_generic_api(impl):
 def test_loss_function_equals_transformers(problem, num_labels, make_labels, num_items):
     """``model.loss_function(labels, logits, config, num_items_in_batch=)`` is the loss ``forward`` computes,
     with ``transformers``' numbers (there ``loss_type`` ``ForVideoClassification`` is its sequence-classification
-    loss); ``num_items_in_batch`` (gradient accumulation) divides a summed cross-entropy."""
+    loss); ``num_items_in_batch`` (gradient accumulation) divides the summed loss, of every problem type here
+    (transformers divides only the cross-entropy, and returns the mean of the others)."""
     g = torch.Generator().manual_seed(num_labels)
     logits, labels = torch.randn(7, num_labels, generator=g, dtype=torch.float64), make_labels(g)
     if labels.is_floating_point():
@@ -355,6 +356,8 @@ def test_loss_function_equals_transformers(problem, num_labels, make_labels, num
         model.config.problem_type = problem if (problem, num_labels) == ("regression", 3) else None
         results.append(model.loss_function(labels, logits, model.config, num_items_in_batch=num_items))
         assert model.config.problem_type == problem
+    if num_items is not None and problem != "single_label_classification":
+        results[0] = results[0] * labels.numel() / num_items  # the mean, summed, divided by num_items
     torch.testing.assert_close(results[1], results[0], rtol=1e-12, atol=0)
     _, model, _ = _model("sdpa", seed=3, num_labels=num_labels)
     with pytest.raises(ValueError, match=r"ignore_index must be -100"):
@@ -385,3 +388,87 @@ def test_push_to_hub_is_refused_naming_the_way_to_upload(impl):
     for owner in (model, model.config, api.Config()):
         with pytest.raises(NotImplementedError, match=r"push_to_hub is not provided.*upload_folder"):
             owner.push_to_hub("someone/some-model", private=True)
+
+
+@pytest.mark.parametrize(
+    "problem", ["single_label_classification", "regression", "multi_label_classification"]
+)
+def test_the_loss_reads_the_models_num_labels_and_promotes_to_the_labels_dtype(problem):
+    """A replaced head with ``model.num_labels`` set (and the config left as it was): the loss reads the model's
+    count, as transformers' forward does (it was refused, or taken for another problem type). Float labels of
+    a higher precision promote the loss, as torch's losses do there (it was computed in the model's dtype)."""
+    num_labels = {"single_label_classification": 5, "regression": 1, "multi_label_classification": 4}[problem]
+    g = torch.Generator().manual_seed(num_labels)
+    labels = {
+        "single_label_classification": torch.tensor([4, 1]),
+        "regression": torch.randn(2, generator=g, dtype=torch.float64),
+        "multi_label_classification": torch.rand(2, num_labels, generator=g, dtype=torch.float64),
+    }[problem]
+    losses = []
+    for impl in ("transformers", "eager", "sdpa"):
+        _, model, kwargs = _model(impl, seed=6, num_labels=3)
+        model.classifier = torch.nn.Linear(kwargs["hidden_size"], num_labels)
+        for param in model.classifier.parameters():
+            torch.nn.init.normal_(param, generator=torch.Generator().manual_seed(param.dim()))
+        model.num_labels = num_labels
+        x = random_clip(kwargs, batch=2)
+        losses.append(model.eval()(x, labels=labels).loss)
+        assert model.config.problem_type == problem and model.config.num_labels == 3
+    assert (
+        losses[0].dtype
+        == losses[1].dtype
+        == losses[2].dtype
+        == (torch.float32 if problem == "single_label_classification" else torch.float64)
+    )
+    for loss in losses[1:]:
+        torch.testing.assert_close(loss, losses[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_peft_sequence_classification_wrapper_runs(impl):
+    """PEFT's ``task_type="SEQ_CLS"`` wrapper calls ``forward(input_ids=None, attention_mask=None,
+    inputs_embeds=None, ...)``: refused as unknown arguments before; a value for one is still refused."""
+    peft = pytest.importorskip("peft")
+    _, model, kwargs = _model(impl, seed=8)
+    x = random_clip(kwargs, batch=2)
+    with torch.no_grad():
+        expected = model.eval()(x).logits
+    wrapped = peft.get_peft_model(
+        model, peft.LoraConfig(r=2, target_modules=["qkv"], task_type="SEQ_CLS", init_lora_weights=True)
+    ).eval()
+    with torch.no_grad():
+        out = wrapped(pixel_values=x, labels=torch.tensor([0, 2]))
+    torch.testing.assert_close(out.logits, expected)  # LoRA starts at zero: the base model's logits
+    assert out.loss is not None
+    if impl != "transformers":
+        with pytest.raises(
+            TypeError, match=r"unexpected keyword argument\(s\) \['interpolate_pos_encoding'\]"
+        ):
+            model(x, interpolate_pos_encoding=True)
+        with pytest.raises(TypeError, match=r"\['input_ids'\]: .* accepted only as None"):
+            model.timesformer(x, input_ids=torch.zeros(2, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_trainer_gradient_accumulation_averages_over_every_label(impl, multi_label):
+    """The ``Trainer`` sees ``accepts_loss_kwargs`` and passes ``num_items_in_batch`` (the labels it counts
+    over the step's batches): two accumulated batches of 2 give the gradient of one batch of 4."""
+    _, model, kwargs = _model(impl, seed=10, num_labels=3)
+    model.train()
+    x = random_clip(kwargs, batch=4)
+    labels = (
+        torch.rand(4, 3, generator=torch.Generator().manual_seed(2))
+        if multi_label
+        else torch.tensor([0, 2, 1, 2])
+    )
+    model.zero_grad()
+    model(x, labels=labels).loss.backward()
+    whole = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    for half in (slice(0, 2), slice(2, 4)):
+        counted = labels.ne(-100).sum()  # the Trainer's count
+        model(x[half], labels=labels[half], num_items_in_batch=counted).loss.backward()
+    for p, g in zip(model.parameters(), whole, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-7)
+    assert type(model).accepts_loss_kwargs is True

@@ -23,25 +23,44 @@ def classification_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,
     num_items_in_batch: torch.Tensor | int | None = None,
+    num_labels: int | None = None,
 ) -> torch.Tensor:
     """Loss of ``logits`` ``(rows, num_labels)`` against ``labels``.
 
     As in transformers, a ``problem_type`` of ``None`` is inferred from the labels on the first call and
     stored in the config. Labels are checked first so that a shape or range error names what was
-    expected instead of failing inside the loss (or broadcasting silently, as MSE would).
-    ``num_items_in_batch`` (single-label only, as in ``transformers``): the cross-entropy is summed and divided
-    by it, so that gradient accumulation averages over every labelled clip of the accumulated batches.
+    expected instead of failing inside the loss (or broadcasting silently, as MSE would). Float labels of
+    another precision than the logits promote the loss, as torch's losses do in transformers.
+
+    Args:
+        num_items_in_batch: the ``Trainer``'s count of labels over the batches of one optimizer step
+            (gradient accumulation): the loss is summed and divided by it, so that the step averages over
+            every label of them. ``None``: the mean over these labels.
+        num_labels: the head's label count (the model's ``num_labels``, as transformers reads it); default
+            ``config.num_labels``.
     """
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
     if labels.device != logits.device:
         raise ValueError(f"labels are on {labels.device} but the logits are on {logits.device}")
-    rows, num_labels = logits.shape[0], config.num_labels
+    rows = logits.shape[0]
+    num_labels = config.num_labels if num_labels is None else num_labels
     if num_labels < 1:
         raise ValueError("labels were given but the model has num_labels=0 (no classification head)")
     if config.problem_type is None:
         config.problem_type = infer_problem_type(num_labels, labels)
     problem = config.problem_type
+    reduction = "mean" if num_items_in_batch is None else "sum"
+
+    def reduced(loss: torch.Tensor) -> torch.Tensor:
+        if num_items_in_batch is None:
+            return loss
+        count = num_items_in_batch
+        return loss / (count.to(loss.device) if isinstance(count, torch.Tensor) else count)
+
+    def target(labels: torch.Tensor) -> torch.Tensor:
+        # Integer targets are values in the logits' precision; float ones keep theirs (the loss promotes).
+        return labels if labels.is_floating_point() else labels.to(logits.dtype)
 
     if problem == "regression":
         # Integer targets (ratings, counts) are values, as in transformers' MSELoss; bool and complex are not.
@@ -52,12 +71,12 @@ def classification_loss(
                 raise ValueError(
                     f"regression labels must have shape ({rows},) or ({rows}, 1), got {tuple(labels.shape)}"
                 )
-            return F.mse_loss(logits.squeeze(), labels.to(logits.dtype).squeeze())
+            return reduced(F.mse_loss(logits.squeeze(), target(labels).squeeze(), reduction=reduction))
         if tuple(labels.shape) != (rows, num_labels):
             raise ValueError(
                 f"regression labels must have shape ({rows}, {num_labels}), got {tuple(labels.shape)}"
             )
-        return F.mse_loss(logits, labels.to(logits.dtype))
+        return reduced(F.mse_loss(logits, target(labels), reduction=reduction))
 
     if problem == "single_label_classification":
         if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
@@ -80,12 +99,9 @@ def classification_loss(
             torch._assert_async(~bad.any(), expected)
         elif bool(bad.any()):
             raise ValueError(f"{expected}, got {flat[bad][:5].tolist()}")
-        if num_items_in_batch is None:
-            return F.cross_entropy(logits.view(-1, num_labels), flat, ignore_index=IGNORE_INDEX)
-        total = F.cross_entropy(logits.view(-1, num_labels), flat, ignore_index=IGNORE_INDEX, reduction="sum")
-        if isinstance(num_items_in_batch, torch.Tensor):
-            num_items_in_batch = num_items_in_batch.to(total.device)
-        return total / num_items_in_batch
+        return reduced(
+            F.cross_entropy(logits.view(-1, num_labels), flat, ignore_index=IGNORE_INDEX, reduction=reduction)
+        )
 
     # multi_label_classification
     if tuple(labels.shape) != (rows, num_labels):
@@ -96,7 +112,7 @@ def classification_loss(
         raise ValueError(
             f"multi-label classification labels must be floating point, got dtype {labels.dtype}"
         )
-    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+    return reduced(F.binary_cross_entropy_with_logits(logits, labels, reduction=reduction))
 
 
 def video_classification_loss(
@@ -113,7 +129,8 @@ def video_classification_loss(
         labels: as ``TimesformerForVideoClassification.forward`` takes them.
         pooled_logits: ``(rows, num_labels)``.
         config: its ``problem_type`` (inferred and stored when ``None``) and ``num_labels``.
-        num_items_in_batch: see ``classification_loss``; other keywords are ignored, as there.
+        num_items_in_batch: see ``classification_loss``: every problem type's summed loss is divided by it
+            (transformers divides only the single-label cross-entropy). Other keywords are ignored, as there.
     """
     if kwargs.get("ignore_index", IGNORE_INDEX) != IGNORE_INDEX:
         raise ValueError(

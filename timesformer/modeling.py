@@ -1166,6 +1166,18 @@ def _our_config(config) -> TimesformerConfig:
     )
 
 
+def unused_forward_arguments(kwargs: dict[str, Any]) -> None:
+    """Arguments of other models' ``forward`` (PEFT's sequence-classification wrapper passes ``input_ids``,
+    ``attention_mask`` and ``inputs_embeds`` as ``None``) are accepted as ``None``; a value is refused rather
+    than ignored (``transformers``' ``**kwargs`` drops e.g. ``interpolate_pos_encoding=True`` silently)."""
+    given = sorted(name for name, value in kwargs.items() if value is not None)
+    if given:
+        raise TypeError(
+            f"forward() got unexpected keyword argument(s) {given}: arguments this model does not take are "
+            "accepted only as None"
+        )
+
+
 class TimesformerModel(TimesformerPreTrainedModel):
     """The TimeSformer encoder (``transformers.TimesformerModel``).
 
@@ -1188,6 +1200,7 @@ class TimesformerModel(TimesformerPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        **kwargs: Any,
     ) -> BaseModelOutput | tuple:
         """Encode clips.
 
@@ -1195,12 +1208,15 @@ class TimesformerModel(TimesformerPreTrainedModel):
             pixel_values: ``(batch, frames, channels, height, width)`` normalized pixels. Frame count and
                 resolution may differ from the config's (embeddings are interpolated, and every layer uses
                 the input's frames and patch grid); height and width must be multiples of the patch size.
+            kwargs: arguments of other models that callers pass along (PEFT: ``input_ids=None``), accepted
+                as ``None`` only; any other value is a ``TypeError`` (see ``unused_forward_arguments``).
 
         Returns:
             ``BaseModelOutput`` (or its tuple when ``return_dict=False``): ``last_hidden_state`` of shape
             ``(batch, 1 + patches * frames, hidden)``, or ``(batch * frames, 1 + patches, hidden)`` for
             ``space_only``.
         """
+        unused_forward_arguments(kwargs)
         output_attentions, output_hidden_states, return_dict = self._flags(
             output_attentions, output_hidden_states, return_dict
         )
@@ -1220,6 +1236,9 @@ _DROP_PATHS = (TimesformerDropPath, nn.Identity)
 
 class TimesformerForVideoClassification(TimesformerPreTrainedModel):
     """TimeSformer with a linear head on the final CLS token (``transformers.TimesformerForVideoClassification``)."""
+
+    # The Trainer passes num_items_in_batch and leaves the gradient-accumulation scaling to the loss.
+    accepts_loss_kwargs = True
 
     def __init__(self, config: TimesformerConfig, *, backend: str = "auto") -> None:
         super().__init__(config, backend=backend)
@@ -1243,6 +1262,8 @@ class TimesformerForVideoClassification(TimesformerPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        **kwargs: Any,
     ) -> ImageClassifierOutput | tuple:
         """Classify clips.
 
@@ -1251,11 +1272,15 @@ class TimesformerForVideoClassification(TimesformerPreTrainedModel):
             labels: ``(batch,)`` class indices (single-label), ``(batch, num_labels)`` floats
                 (multi-label) or ``(batch,)`` / ``(batch, 1)`` floats (regression, ``num_labels == 1``).
                 For ``space_only`` there is one logits row per frame, so ``batch * frames`` labels.
+            num_items_in_batch: what the ``Trainer`` passes under gradient accumulation (the labels of the
+                step's batches): the loss is summed and divided by it (``classification_loss``).
+            kwargs: as in ``TimesformerModel.forward``: ``None`` only.
 
         Returns:
             ``ImageClassifierOutput`` (or its tuple): ``logits`` ``(batch, num_labels)``, ``loss`` when
             labels were given.
         """
+        unused_forward_arguments(kwargs)
         output_attentions, output_hidden_states, return_dict = self._flags(
             output_attentions, output_hidden_states, return_dict
         )
@@ -1271,11 +1296,12 @@ class TimesformerForVideoClassification(TimesformerPreTrainedModel):
             )
             # LayerNorm is per row and the head reads CLS only: normalize just the CLS rows.
             logits = impl.classify(self.timesformer.layernorm, self.classifier, x[:, :1], fwd)
-        loss = None if labels is None else self._loss(logits, labels)
+        loss = None if labels is None else self._loss(logits, labels, num_items_in_batch)
         out = output_types()[1](loss=loss, logits=logits, hidden_states=hidden_states, attentions=attentions)
         return out if return_dict else out.to_tuple()
 
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
         from .losses import classification_loss
 
-        return classification_loss(self.config, logits, labels)
+        # The model's num_labels, as transformers reads it: a replaced head sets it without the config.
+        return classification_loss(self.config, logits, labels, num_items_in_batch, self.num_labels)
