@@ -227,7 +227,12 @@ def test_subfolder_local_files_only_loading_info_and_low_cpu_mem_usage(saved, tm
     loaded, info = TimesformerForVideoClassification.from_pretrained(
         outer, subfolder="sub", local_files_only=True, output_loading_info=True, low_cpu_mem_usage=True
     )
-    assert info == {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+    assert info == {
+        "missing_keys": set(),
+        "unexpected_keys": set(),
+        "mismatched_keys": set(),
+        "error_msgs": [],
+    }
     x = random_clip(kwargs, batch=1)
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(x).logits, model.eval()(x).logits)

@@ -472,3 +472,45 @@ def test_trainer_gradient_accumulation_averages_over_every_label(impl, multi_lab
     for p, g in zip(model.parameters(), whole, strict=True):
         torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-7)
     assert type(model).accepts_loss_kwargs is True
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_loading_info_names_a_new_or_dropped_head_and_the_config_records_the_path(impl, tmp_path):
+    """``output_loading_info`` said nothing of a head left newly initialized (a base checkpoint into the
+    classifier) or dropped (the reverse), and ``config._name_or_path`` stayed empty."""
+    api, model, kwargs = _model(impl, seed=12, num_labels=4)
+    model.save_pretrained(tmp_path / "cls")
+    model.timesformer.save_pretrained(tmp_path / "base")
+    loaded, info = api.load(api.Classifier, tmp_path / "base", output_loading_info=True)
+    assert info["missing_keys"] == {"classifier.weight", "classifier.bias"} and not info["unexpected_keys"]
+    assert loaded.config._name_or_path == loaded.name_or_path == str(tmp_path / "base")
+    _, info = api.load(api.Model, tmp_path / "cls", output_loading_info=True)
+    assert info["unexpected_keys"] == {"classifier.weight", "classifier.bias"} and not info["missing_keys"]
+    _, info = api.load(
+        api.Classifier, tmp_path / "cls", num_labels=6, ignore_mismatched_sizes=True, output_loading_info=True
+    )
+    width = kwargs["hidden_size"]
+    assert info["mismatched_keys"] == {
+        ("classifier.weight", torch.Size([4, width]), torch.Size([6, width])),
+        ("classifier.bias", torch.Size([4]), torch.Size([6])),
+    }
+    assert info["error_msgs"] == [] and not info["missing_keys"] and not info["unexpected_keys"]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_config_attributes_set_in_code_are_saved(impl, tmp_path):
+    """An attribute that is no field (``architectures``, a user's own key) set on a config, or a kept key
+    changed, was lost or written stale by ``save_pretrained`` / ``to_dict``."""
+    api = _api(impl)
+    config = api.Config(**small_config_kwargs("divided_space_time", 3))
+    config.my_field = 7
+    config.architectures = ["TimesformerForVideoClassification"]
+    config.save_pretrained(tmp_path / "a")
+    again = api.Config.from_pretrained(tmp_path / "a")
+    assert (again.my_field, again.architectures) == (7, ["TimesformerForVideoClassification"])
+    again.my_field = 8
+    assert again.to_dict()["my_field"] == 8
+    again.save_pretrained(tmp_path / "b")
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["my_field"] == 8
+    again._name_or_path = "somewhere"
+    assert again._name_or_path == "somewhere" and "_name_or_path" not in again.to_diff_dict()

@@ -108,6 +108,10 @@ GENERIC_FIELDS: dict[str, Any] = {
 }
 
 
+# Instance attributes of the config itself (everything else set on it is an extra key).
+_OWN_ATTRIBUTES = frozenset({*MODEL_FIELDS, *GENERIC_FIELDS, "name_or_path"})
+
+
 # Upper bounds checked before anything is allocated: far above every published TimeSformer (base 768 wide,
 # L 96 frames, HR 448 px), low enough that a typo or a hostile config.json fails with the field's name
 # instead of a long initialization or an allocator error.
@@ -434,9 +438,23 @@ class TimesformerConfig:
             return _TRANSFORMERS_DEFAULTS[name]
         raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # A name that is no field of this class (architectures, a setting of the user's own) is kept as an
+        # extra key, so that to_dict and save_pretrained write it, as transformers writes such attributes.
+        extra = self.__dict__.get("_extra")
+        own = name.startswith("_") or name in _OWN_ATTRIBUTES or hasattr(type(self), name)
+        if extra is not None and not own:
+            extra[name] = value
+            return
+        super().__setattr__(name, value)
+
     @property
     def _name_or_path(self) -> str:
         return self.name_or_path
+
+    @_name_or_path.setter
+    def _name_or_path(self, value: str | os.PathLike) -> None:
+        self.name_or_path = str(value)
 
     @property
     def dtype(self) -> Any:

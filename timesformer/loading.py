@@ -305,7 +305,7 @@ def adapt_state_dict(
     state: Mapping[str, torch.Tensor],
     *,
     ignore_mismatched_sizes: bool = False,
-    reinitialized: list[tuple[str, tuple[int, ...], tuple[int, ...]]] | None = None,
+    info: dict[str, set] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Map a checkpoint of either class onto ``model``'s keys and check it loads exactly.
 
@@ -313,9 +313,13 @@ def adapt_state_dict(
     dropped with a log line), a base checkpoint into ``TimesformerForVideoClassification`` (prefix added;
     the head keeps its fresh initialization, with a warning, as in transformers). Anything else missing,
     unexpected or misshaped raises ``CheckpointError`` naming the keys. With ``ignore_mismatched_sizes``,
-    misshaped weights are left out (re-initialized) instead, each appended to ``reinitialized`` as
-    ``(key, checkpoint shape, model shape)``.
+    misshaped weights are left out (re-initialized) instead.
+
+    ``info``: ``transformers``' loading info, filled in: the head's keys in ``missing_keys`` (newly
+    initialized) or ``unexpected_keys`` (dropped), and ``(key, checkpoint shape, model shape)`` of each
+    re-initialized weight in ``mismatched_keys``.
     """
+    info = {"missing_keys": set(), "unexpected_keys": set(), "mismatched_keys": set()} if info is None else info
     expected = model.state_dict()
     has_prefix = any(k.startswith(PREFIX) for k in expected)
     state = dict(state)
@@ -326,6 +330,7 @@ def adapt_state_dict(
         dropped = sorted(k for k in state if k.startswith(HEAD_PREFIX))
         if dropped:
             logger.info("not loading the classification head %s into a TimesformerModel", dropped)
+            info["unexpected_keys"].update(dropped)
         state = {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
 
     missing = [k for k in expected if k not in state]
@@ -333,6 +338,7 @@ def adapt_state_dict(
         head = [k for k in missing if k.startswith(HEAD_PREFIX)]
         if head:
             logger.warning("classifier weights %s are newly initialized: train the model before use", head)
+            info["missing_keys"].update(head)
             missing = [k for k in missing if not k.startswith(HEAD_PREFIX)]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
@@ -360,8 +366,7 @@ def adapt_state_dict(
                 tuple(value.shape),
                 tuple(want),
             )
-            if reinitialized is not None:
-                reinitialized.append((key, tuple(value.shape), tuple(want)))
+            info["mismatched_keys"].add((key, value.shape, want))
         else:
             mismatched.append(
                 f"{key}: checkpoint has shape {tuple(value.shape)}, the model expects {tuple(want)}"
@@ -551,24 +556,18 @@ def load_pretrained(
     # the weights (or asks for a huge model) fails here, before anything is allocated or initialized.
     with torch.device("meta"):
         skeleton = cls(config, backend=backend)
-    reinitialized: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
-    state = adapt_state_dict(
-        skeleton, state, ignore_mismatched_sizes=ignore_mismatched_sizes, reinitialized=reinitialized
-    )
+    info: dict[str, Any] = {"missing_keys": set(), "unexpected_keys": set(), "mismatched_keys": set()}
+    state = adapt_state_dict(skeleton, state, ignore_mismatched_sizes=ignore_mismatched_sizes, info=info)
     model = cls(config, backend=backend)
     model.load_state_dict(state, strict=False)  # exactness was checked by adapt_state_dict
     model = model.to(dtype=torch_dtype, device=device)
-    model.name_or_path = "" if path is None else os.fspath(path)
+    # Where the weights came from, on the model and its config, as transformers records it.
+    model.name_or_path = model.config.name_or_path = "" if path is None else os.fspath(path)
     # As transformers: the config records the dtype the model was loaded in (written to config.json).
     model.config.dtype = torch_dtype
     model.eval()
     if output_loading_info:
-        return model, {
-            "missing_keys": [],
-            "unexpected_keys": [],
-            "mismatched_keys": reinitialized,
-            "error_msgs": [],
-        }
+        return model, {**info, "error_msgs": []}
     return model
 
 
