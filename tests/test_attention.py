@@ -250,3 +250,13 @@ def test_bad_input_is_rejected_with_the_numbers():
         ka.spatial_attention_fwd(
             q, k, v, torch.empty(2, 12, 16, device=DEVICE), torch.empty(2, 4, 16, device=DEVICE), 3, 2
         )
+
+
+def test_cpu_tensors_without_the_interpreter_are_refused_clearly(monkeypatch):
+    """Triton's own error for CPU tensors is "0 active drivers ([]). There should only be one."."""
+    from timesformer.kernels import attention
+
+    q = torch.randn(1, 5, 3 * 8)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match=r"run on CUDA tensors, or on the CPU in Triton's interpreter"):
+        attention.attention(q, q, q, 2)

@@ -111,6 +111,22 @@ def test_input_require_grads_on_a_frozen_embedding():
     assert seen == [False, True, False]
 
 
+@pytest.mark.parametrize("backend", ["sdpa", "triton"])
+def test_input_require_grads_on_a_frozen_model_in_eval_mode(backend):
+    """Every weight frozen, ``enable_input_require_grads`` and eval mode (a frozen base under adapters, or
+    saliency): ``sdpa`` took its inference path and crashed at backward (in-place updates on a recorded
+    graph), ``triton`` returned logits without a graph. (No hook here: a hook makes the model call its
+    modules, which worked.)"""
+    logits = {}
+    for name in ("eager", backend):
+        model, kwargs = _model(backend=name, seed=3)
+        model.requires_grad_(False).eval().enable_input_require_grads()
+        logits[name] = model(random_clip(kwargs, batch=2)).logits
+        assert logits[name].requires_grad
+        logits[name].square().sum().backward()
+    torch.testing.assert_close(logits[backend], logits["eager"], rtol=1e-4, atol=1e-5)
+
+
 def test_name_or_path_and_transformers_configs(hf, tmp_path):
     model, kwargs = _model()
     assert model.name_or_path == ""

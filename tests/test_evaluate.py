@@ -977,3 +977,160 @@ def test_resume_refuses_other_preprocessing(videos, bundled, tmp_path):
     settings = json.loads((out / "settings.json").read_text())
     (out / "settings.json").write_text(json.dumps({k: v for k, v in settings.items() if " " not in k}))
     assert evaluate(videos, model, processor, out, workers=0, limit=4, resume=True)["num_missing"] == 0
+
+
+def test_resume_refuses_weights_changed_under_the_same_name(videos, bundled, tmp_path):
+    """A checkpoint overwritten in place (retrained into one folder, the bundled model of a newer release)
+    has the same name: resumed, half the predictions were the old model's and half the new one's."""
+    import copy
+
+    import torch
+
+    from timesformer.evaluate import evaluate, weights_digest
+
+    model, processor = bundled
+    out = tmp_path / "out"
+    evaluate(videos, model, processor, out, workers=0, limit=2, model_name="checkpoints/latest")
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed.classifier.weight.copy_(changed.classifier.weight.flip(0))
+    assert weights_digest(changed) != weights_digest(model)
+    assert weights_digest(copy.deepcopy(model).to(torch.float32)) == weights_digest(model)
+    with pytest.raises(
+        ValueError, match=r"other settings: model weights '[0-9a-f]{32}' \(was '[0-9a-f]{32}'\)"
+    ):
+        evaluate(videos, changed, processor, out, workers=0, resume=True, model_name="checkpoints/latest")
+    metrics = evaluate(videos, model, processor, out, workers=0, resume=True, model_name="checkpoints/latest")
+    assert metrics["num_videos"] == 9 and metrics["videos_evaluated"] == 7
+
+
+def test_class_names_that_repeat_or_hold_markup_keep_every_class_and_the_plot(tmp_path):
+    """Two indices named alike (ImageNet's two "crane") overwrote each other in per_class; a name with "$"
+    (matplotlib's math) failed the whole command after the metrics were written."""
+    from timesformer.evaluate import Sample, compute_metrics, write_reports
+
+    id2label = {0: "crane", 1: "pay $_$ tip", 2: "crane", 3: "a|b"}
+    samples = [Sample(f"/v/{i}.mp4", i % 4) for i in range(6)]
+    records = [
+        {"path": s.path, "label_id": s.label, "top": [{"label_id": s.label}], "correct_top5": True}
+        for s in samples
+    ]
+    metrics = compute_metrics(records, samples, id2label)
+    assert metrics["per_class"] == {
+        "crane (0)": {"videos": 2, "top1": 1.0},
+        "pay $_$ tip": {"videos": 2, "top1": 1.0},
+        "crane (2)": {"videos": 1, "top1": 1.0},
+        "a|b": {"videos": 1, "top1": 1.0},
+    }
+    metrics.update(
+        views={"clips": 1, "crops": 1, "num_frames": 8, "sample_rate": 4},
+        model="m", backend="sdpa", device="cpu", dtype="float32", world_size=1, videos_evaluated=6,
+        wall_time_s=1.0, videos_per_second=6.0, time_per_video_ms={},
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_reports(tmp_path, metrics, id2label)
+    assert (tmp_path / "confusion.png").stat().st_size > 0
+    assert "| a\\|b | 1 | 100.00% |" in (tmp_path / "metrics.md").read_text()
+
+
+def test_list_files_comments_tabs_and_links_keep_paths_as_written(tmp_path):
+    """A file named ``#1 take.mp4`` was dropped as a comment without a word; a tab-separated path lost its
+    quotes (CSV rules); a list file reached through a link read its paths relative to the link's target."""
+    (tmp_path / "#1 take.mp4").write_bytes(b"")
+    (tmp_path / "list.txt").write_text('#1 take.mp4 0\n"best" clip.mp4\t1\n# a comment\n')
+    with pytest.warns(UserWarning, match=r"line 1: skipped as a comment .* write its path as ./#1 take.mp4"):
+        samples = load_samples(tmp_path / "list.txt", LABEL2ID, 4)
+    assert [Path(s.path).name for s in samples] == ['"best" clip.mp4']
+    (tmp_path / "list.txt").write_text("./#1 take.mp4 0\n")
+    assert [Path(s.path).name for s in load_samples(tmp_path / "list.txt", LABEL2ID, 4)] == ["#1 take.mp4"]
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "real.txt").write_text("vids/a.mp4 0\n")
+    (tmp_path / "link.txt").symlink_to(tmp_path / "lists" / "real.txt")
+    assert load_samples(tmp_path / "link.txt", LABEL2ID, 4)[0].path == str(tmp_path / "vids" / "a.mp4")
+
+
+def test_an_output_that_is_a_class_folder_or_a_file_is_refused(videos, bundled, tmp_path):
+    import shutil
+
+    from timesformer.evaluate import evaluate
+
+    model, processor = bundled
+    data = tmp_path / "data"
+    shutil.copytree(videos, data)
+    with pytest.raises(
+        ValueError, match=rf"is DATA's class folder '{LABELS[1]}': its videos would be left out"
+    ):
+        evaluate(data, model, processor, data / LABELS[1], workers=0)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(
+        ValueError, match=r"--output .*afile: expected a folder \(or a new name\), got a file"
+    ):
+        evaluate(data, model, processor, tmp_path / "afile", workers=0)
+
+
+def test_a_resume_with_nothing_left_reports_no_times(videos, bundled, tmp_path):
+    from timesformer.evaluate import evaluate
+
+    model, processor = bundled
+    out = tmp_path / "out"
+    first = evaluate(videos, model, processor, out, workers=0, limit=2)
+    assert all(v > 0 for v in first["time_per_video_ms"].values())
+    again = evaluate(videos, model, processor, out, workers=0, limit=2, resume=True)
+    assert again["videos_evaluated"] == 0 and set(again["time_per_video_ms"].values()) == {None}
+
+
+_DYING_RANK = """
+import os
+import sys
+
+from timesformer import __main__ as cli
+from timesformer import evaluate as ev
+
+if os.environ["RANK"] == "1":  # a machine lost during the run
+    ev._score = lambda *args, **kwargs: os._exit(9)
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_rank_that_dies_during_the_run_is_one_line_on_the_others(videos, tmp_path):
+    """Across machines the survivors are not killed by their launcher: rank 0 finished its share, then printed
+    thirty lines of gloo traceback. It says what happened in one line (exit 1), and --resume completes."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out"
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+               "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": "1",
+               "TORCHELASTIC_RUN_ID": "one-job-on-two-machines"}  # fmt: skip
+        args = ["evaluate", str(videos), "--output", str(out), "--workers", "0", "--no-progress"]
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _DYING_RANK, *args],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+        )
+    results = [proc.communicate(timeout=240) for proc in procs]
+    assert [proc.returncode for proc in procs] == [1, 9], results
+    err = results[0][1].strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("timesformer: error: rank 0: another rank of the job died before the end (")
+    assert (
+        "by peer" in err
+    )  # gloo's "Connection closed by peer" or "Read error ...: Connection reset by peer"
+    assert err.endswith("this rank's 5 lines are kept: run again with --resume")
+    proc = _cli("evaluate", str(videos), "--output", str(out), "--workers", "0", "--resume", "--json")
+    metrics = json.loads(
+        proc.stdout
+    )  # rank 1's 4 videos, and broken.mp4 if rank 0 had it (errors are redone)
+    assert (
+        metrics["videos_evaluated"] in (4, 5) and metrics["num_missing"] == 0 and len(set(_paths(out))) == 9
+    )

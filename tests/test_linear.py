@@ -18,6 +18,7 @@ from conftest import (
     assert_kernel_accuracy,
     assert_tf32_accuracy,
     poisoned,
+    rel_err,
     round_tf32,
     tf32_allowed,
 )
@@ -82,7 +83,7 @@ def test_layer_norm_linear(dtype, batch, rows, k, n):
     assert_kernel_accuracy(out, exact, plain)
 
 
-@pytest.mark.parametrize("offset", [0.0, 2.0])
+@pytest.mark.parametrize("offset", [0.0, 2.0, 1000.0])
 def test_layer_norm_linear_tf32(offset):
     batch, rows, k, n, eps = 2, 37, 96, 72, 1e-5
     x = _stream(batch, rows, k, 7, offset=offset).float().to(DEVICE)
@@ -150,16 +151,51 @@ def test_layer_norm_without_affine_and_without_layer_norm():
     assert_kernel_accuracy(out, F.gelu(F.linear(x.double(), w.double(), b.double())))
 
 
-def test_layer_norm_statistics_are_accurate_for_large_offsets():
-    """Rows with a mean 1000x their spread: the statistics are Chan's update, not E[x^2] - E[x]^2 (which
-    loses every digit of the variance in float32 here)."""
-    x64 = _stream(1, 8, 200, 21) + 1000.0
-    params64 = _ln_linear_params(200, 24, 22)
+def _errors(out, exact):
+    return rel_err(out, exact), float((out.double() - exact).abs().max())
+
+
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+@pytest.mark.parametrize("offset", [10.0, 100.0, 1000.0, "constant", "step"])
+def test_layer_norm_linear_is_accurate_for_rows_far_from_zero(dtype, offset):
+    """Rows whose mean is 10-1000x their spread, and rows of one value (LayerNorm leaves the bias): at most
+    twice plain torch's error, by norm and max, in every dtype (and fp32's 1e-5 where torch keeps it). The
+    product of raw rows left ``mean * c1`` to cancel in the epilogue: 3-6x torch's error at 100-1000x, and
+    6000x on constant rows. The statistics are sums of shifted rows (``E[x^2] - E[x]^2`` unshifted would
+    lose every digit)."""
+    k, n = 200, 24
+    if offset == "constant":
+        x64 = torch.full((2, 6, k), 3.7, dtype=torch.float64)
+        x64[1] = -113.25
+    elif offset == "step":  # the first K tile far from the rest: the shift (its mean) is far from the row's
+        x64 = _stream(2, 6, k, 23)
+        x64[..., :40] += 500.0
+    else:
+        x64 = _stream(2, 6, k, 21) + offset * (
+            1 + torch.rand(2, 6, 1, generator=_gen(3), dtype=torch.float64)
+        )
+    params64 = _ln_linear_params(k, n, 22)
+    x, *params = _cast(dtype, x64, *params64)
+    out, plain = _run_ln_linear(x, *params, 1e-6, "linear")
+    exact = _exact(x, *params, 1e-6)
+    assert torch.isfinite(out).all()
+    (err, max_err), (plain_err, plain_max) = _errors(out, exact), _errors(plain, exact)
+    assert err <= 2 * plain_err and max_err <= 2 * plain_max, (err, plain_err, max_err, plain_max)
+    if dtype == torch.float32 and plain_err < 5e-6:
+        assert err <= 1e-5
+
+
+def test_relu_epilogue_keeps_nan():
+    """``tl.maximum`` returns the other operand for NaN by default: a NaN row came out of the ReLU as 0."""
+    x64 = _stream(1, 3, 32, 4)
+    params64 = _ln_linear_params(32, 16, 5)
     x, *params = _cast(torch.float32, x64, *params64)
-    out, _ = _run_ln_linear(x, *params, 1e-5, "linear")
-    exact = _exact(x, *params, 1e-5)
-    # The fold's cancellation costs ~|mean|/std ulps in the product: 1e3 here, so not 1e-5.
-    assert torch.isfinite(out).all() and (out.double() - exact).norm() / exact.norm() < 1e-3
+    x[0, 1, 7] = float("nan")
+    folded, colsum, shift = lin.prepare_layer_norm_linear(*params)
+    out = lin.layer_norm_linear(x, folded, colsum, shift, 1e-5, activation="relu")
+    assert out[0, 1].isnan().all() and not out[0, [0, 2]].isnan().any()
+    plain = lin.layer_norm_linear(x, params[2], None, params[3], activation="relu")  # no LayerNorm
+    assert plain[0, 1].isnan().all()
 
 
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)

@@ -245,6 +245,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import (
         OutputError,
         RankError,
+        RankLostError,
         WorkerError,
         default_device,
         evaluate,
@@ -301,7 +302,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                 ),
                 progress=False if args.no_progress else None,
             )
-        except (OutputError, WorkerError) as exc:  # during the run: what was written is kept
+        except (OutputError, WorkerError, RankLostError) as exc:  # during the run: what was written is kept
             _error(printable(exc))
             return 1
         except (OSError, ValueError, RankError) as exc:  # the set-up

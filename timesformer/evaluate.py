@@ -70,6 +70,11 @@ class WorkerError(RuntimeError):
     """A decoding worker process died (killed by a signal: out of memory, a decoder crash)."""
 
 
+class RankLostError(RuntimeError):
+    """Another rank of a ``torchrun`` job died during the run (its machine, its process): this rank's lines
+    are kept, and ``--resume`` goes on with every rank's."""
+
+
 class RankError(RuntimeError):
     """The ranks of a ``torchrun`` job cannot work together: another rank failed to set up, or the ranks see
     different videos or output folders. Raised on every rank, so that none waits for the others."""
@@ -125,7 +130,7 @@ def _split_line(text: str, label2id: dict[str, int]) -> list[str]:
     allowed) or space separated, whichever gives two fields ending in a label (a comma may be part of a
     space-separated path: ``a,b.mp4 0``)."""
     if "\t" in text:
-        return next(csv.reader([text], delimiter="\t"))
+        return text.split("\t")  # no quoting rules: a path keeps its quotes as written
     ways = [next(csv.reader([text]))] if "," in text else []
     ways.append(_split_on_spaces(text, label2id))
     for fields in ways:
@@ -133,6 +138,17 @@ def _split_line(text: str, label2id: dict[str, int]) -> list[str]:
         if len(fields) == 2 and _is_label_text(fields[1], label2id):
             return fields
     return ways[0]
+
+
+def _warn_if_a_file(text: str, number: int, base: Path, data, label2id: dict[str, int]) -> None:
+    """A comment line (``#...``) that names an existing file as written, ``#1 take.mp4 0``: say how to list it."""
+    fields = [x.strip() for x in _split_line(text, label2id) if x.strip()]
+    if len(fields) == 2 and (base / fields[0]).is_file():
+        warnings.warn(
+            f"DATA {data}, line {number}: skipped as a comment (it starts with '#'), but {fields[0]!r} is a file; "
+            f"to evaluate it, write its path as ./{fields[0]}",
+            stacklevel=3,
+        )
 
 
 def _videos_under(folder: Path, owners: dict[str, Path], skip: str | None) -> list[Path]:
@@ -213,6 +229,11 @@ def load_samples(
         owners: dict[str, Path] = {}
         skip = None if exclude is None else os.path.realpath(exclude)
         for folder in (p for p in entries if p.is_dir()):
+            if skip is not None and os.path.realpath(folder) == skip:
+                raise ValueError(
+                    f"DIR {exclude} is DATA's class folder {folder.name!r}: its videos would be left out; choose an "
+                    "--output outside DATA's class folders"
+                )
             label = _label_of(folder.name, label2id, num_labels, f"folder {folder}")
             files = _videos_under(folder, owners, skip)
             if isinstance(label, str):
@@ -236,7 +257,9 @@ def load_samples(
                 f"DATA {data}: a list file of {root.stat().st_size:,} bytes, over {MAX_LIST_BYTES:,}; expected "
                 "'path label' lines"
             )
-        base = root.resolve().parent
+        # The folder the list file is named in (a link to a list elsewhere reads paths relative to the link),
+        # resolved so that a resumed run matches its videos however DATA is spelled.
+        base = Path(os.path.realpath(os.path.dirname(os.path.abspath(root))))
         try:
             # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the first path.
             with open(root, newline="", encoding="utf-8-sig") as f:
@@ -248,6 +271,8 @@ def load_samples(
             ) from None
         for number, line in enumerate(lines, 1):
             text = line.strip()
+            if text.startswith("#"):
+                _warn_if_a_file(text, number, base, data, label2id)
             if not text or text.startswith("#"):
                 continue
             fields = [x.strip() for x in _split_line(text, label2id) if x.strip()]
@@ -557,6 +582,7 @@ def compute_metrics(records: Sequence[dict], samples: Sequence[Sample], id2label
         per_class[truth][0] += 1
         per_class[truth][1] += ranked[0] == truth
     classes = {i: v for i, v in per_class.items() if v[0]}
+    names = class_names(id2label)
     return {
         "num_videos": len(samples),
         "num_scored": scored,
@@ -565,10 +591,19 @@ def compute_metrics(records: Sequence[dict], samples: Sequence[Sample], id2label
         "top1": top1 / scored if scored else None,
         "top5": top5 / scored if scored else None,
         "mean_class_accuracy": float(np.mean([c / n for n, c in classes.values()])) if classes else None,
-        "per_class": {id2label.get(i, str(i)): {"videos": n, "top1": c / n} for i, (n, c) in classes.items()},
+        "per_class": {names[i]: {"videos": n, "top1": c / n} for i, (n, c) in classes.items()},
         "confusion": _dense(confusion, num_labels) if num_labels <= MAX_DENSE_CONFUSION else None,
         "confusion_pairs": [[t, p, n] for (t, p), n in sorted(confusion.items())],
     }
+
+
+def class_names(id2label: Mapping[int, str]) -> dict[int, str]:
+    """A distinct name per label index: a name that several indices share (ImageNet has two "crane") is
+    followed by its index, ``crane (134)``, so that per-class results do not overwrite one another."""
+    counts: dict[str, int] = {}
+    for name in id2label.values():
+        counts[name] = counts.get(name, 0) + 1
+    return {i: name if counts[name] == 1 else f"{name} ({i})" for i, name in id2label.items()}
 
 
 # The confusion matrix is written whole up to this many labels (a million cells); beyond, its nonzero cells
@@ -576,11 +611,28 @@ def compute_metrics(records: Sequence[dict], samples: Sequence[Sample], id2label
 MAX_DENSE_CONFUSION = 1000
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """A digest of every tensor of ``model.state_dict()`` (name, dtype, shape and bytes): the same for the same
+    weights on any device."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        flat = tensor.reshape(-1)  # a copy where the tensor is not contiguous
+        digest.update(flat.view(torch.uint8).cpu().numpy().tobytes() if flat.numel() else b"")
+    return digest.hexdigest()
+
+
 def _dense(cells: dict[tuple[int, int], int], num_labels: int) -> list[list[int]]:
     matrix = np.zeros((num_labels, num_labels), dtype=np.int64)
     for (truth, predicted), count in cells.items():
         matrix[truth, predicted] = count
     return matrix.tolist()
+
+
+def _cell(text: str) -> str:
+    """A Markdown table cell: ``|`` would end it, a newline the row."""
+    return " ".join(text.replace("|", "\\|").split())
 
 
 def percent(x) -> str:
@@ -610,7 +662,8 @@ def write_reports(output: Path, metrics: dict, id2label: dict[int, str]) -> None
         "|---|---|---|",
     ]
     lines += [
-        f"| {name} | {c['videos']} | {percent(c['top1'])} |" for name, c in metrics["per_class"].items()
+        f"| {_cell(name)} | {c['videos']} | {percent(c['top1'])} |"
+        for name, c in metrics["per_class"].items()
     ]
     (output / "metrics.md").write_text("\n".join(lines) + "\n")
     try:
@@ -627,18 +680,24 @@ def write_reports(output: Path, metrics: dict, id2label: dict[int, str]) -> None
     confusion = np.asarray(metrics["confusion"])
     n = len(confusion)
     fig, ax = plt.subplots(figsize=(min(4 + 0.4 * n, 24), min(3.5 + 0.4 * n, 24)))
-    image = ax.imshow(confusion, cmap="Blues")
-    fig.colorbar(image, ax=ax, label="videos")
-    if n <= 40:
-        names = [id2label.get(i, str(i)) for i in range(n)]
-        ax.set_xticks(range(n), names, rotation=90)
-        ax.set_yticks(range(n), names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"top-1 {percent(metrics['top1'])} over {metrics['num_scored']} videos")
-    fig.tight_layout()
-    fig.savefig(output / "confusion.png", dpi=100)
-    plt.close(fig)
+    try:
+        image = ax.imshow(confusion, cmap="Blues")
+        fig.colorbar(image, ax=ax, label="videos")
+        if n <= 40:
+            # Drawn as written: matplotlib reads "$...$" in a label as math, and fails on "pay $_$ tip".
+            names = [class_names(id2label).get(i, str(i)).replace("$", r"\$") for i in range(n)]
+            ax.set_xticks(range(n), names, rotation=90)
+            ax.set_yticks(range(n), names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"top-1 {percent(metrics['top1'])} over {metrics['num_scored']} videos")
+        fig.tight_layout()
+        fig.savefig(output / "confusion.png", dpi=100)
+    except (ValueError, RuntimeError) as exc:  # the metrics are written: a plot that fails only says so
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        warnings.warn(f"confusion.png not written (the metrics are): {reason}", stacklevel=2)
+    finally:
+        plt.close(fig)
 
 
 # ------------------------------------------------------------------------------------- distribution
@@ -927,6 +986,8 @@ def evaluate(
             samples = load_samples(data, config.label2id, config.num_labels, exclude=output)
             if limit is not None:
                 samples = samples[:limit]
+            if output.exists() and not output.is_dir():
+                raise ValueError(f"--output {output}: expected a folder (or a new name), got a file")
             output.mkdir(parents=True, exist_ok=True)
             if rank == 0:
                 lock = _lock(output)
@@ -943,6 +1004,9 @@ def evaluate(
             top_k = max(1, min(top_k, len(id2label)))
             settings = {
                 "model": model_name or getattr(model, "name_or_path", None) or type(model).__name__,
+                # The weights themselves: a checkpoint overwritten in place (retrained into one folder, a
+                # package upgrade's bundled model) has the same name.
+                "model weights": weights_digest(model),
                 "dtype": str(dtype).removeprefix("torch."),
                 "num_frames": num_frames,
                 "sample_rate": sample_rate,
@@ -1021,14 +1085,23 @@ def evaluate(
             # is the OutputError naming the file, not a bare OSError.
             with _writing(mine_file):
                 out.close()
-        written_all = written
+        counts = [written, scored, totals["decode"], totals["preprocess"], totals["model"]]
         if world > 1:
-            # The barrier also makes rank 0's wall time the job's (it waits for the slowest rank).
-            # (On the group's device: a caller's own nccl group takes CUDA tensors only.)
+            # The barrier also makes rank 0's wall time the job's (it waits for the slowest rank), and the
+            # videos and times are every rank's. (On the group's device: an nccl group takes CUDA tensors only.)
             on_cuda = torch.distributed.get_backend() == "nccl"
-            count = torch.tensor([written], dtype=torch.int64, device=device if on_cuda else None)
-            torch.distributed.all_reduce(count)
-            written_all = int(count.item())
+            summed = torch.tensor(counts, dtype=torch.float64, device=device if on_cuda else None)
+            try:
+                torch.distributed.all_reduce(summed)
+            except RuntimeError as exc:  # gloo: "Connection closed by peer"; nccl: DistBackendError
+                # gloo's first sentence, without its source location: "Connection closed by peer [host]:port".
+                cause = re.sub(r"^\[[^\]]*\]\s*", "", (str(exc).splitlines() or [""])[0]).split(". ")[0]
+                raise RankLostError(
+                    f"rank {rank}: another rank of the job died before the end ({cause}); this rank's {written} "
+                    "lines are kept: run again with --resume"
+                ) from None
+            counts = summed.tolist()
+        written_all, scored_all = int(counts[0]), int(counts[1])
         wall = time.perf_counter() - start
         if rank != 0:
             return {}
@@ -1048,7 +1121,10 @@ def evaluate(
             videos_evaluated=written_all,
             wall_time_s=wall,
             videos_per_second=written_all / wall if wall > 0 else 0.0,
-            time_per_video_ms={k: v / max(1, scored) for k, v in totals.items()},
+            # Summed over the ranks' workers and processes, per video scored; none when this run scored none.
+            time_per_video_ms={
+                k: (v / scored_all if scored_all else None) for k, v in zip(totals, counts[2:], strict=True)
+            },
         )
         with _writing(output / "metrics.json"):
             write_reports(output, metrics, id2label)

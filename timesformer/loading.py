@@ -319,7 +319,9 @@ def adapt_state_dict(
     initialized) or ``unexpected_keys`` (dropped), and ``(key, checkpoint shape, model shape)`` of each
     re-initialized weight in ``mismatched_keys``.
     """
-    info = {"missing_keys": set(), "unexpected_keys": set(), "mismatched_keys": set()} if info is None else info
+    info = (
+        {"missing_keys": set(), "unexpected_keys": set(), "mismatched_keys": set()} if info is None else info
+    )
     expected = model.state_dict()
     has_prefix = any(k.startswith(PREFIX) for k in expected)
     state = dict(state)

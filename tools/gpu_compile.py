@@ -161,16 +161,25 @@ def record_launches() -> Iterator[Recorder]:
 
     # The triton backend's availability check, in the backend table: every launch may run (no GPU here).
     triton_entry = backends.BACKENDS["triton"]._replace(status=status)
-    with mock.patch.object(JITFunction, "run", run), mock.patch.dict(backends.BACKENDS, triton=triton_entry):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.object(JITFunction, "run", run))
+        stack.enter_context(mock.patch.dict(backends.BACKENDS, triton=triton_entry))
+        # The launchers refuse CPU tensors outside the interpreter; recorded launches never run.
+        for module in _kernel_modules():
+            stack.enter_context(mock.patch.object(module, "on_device", lambda x: contextlib.nullcontext()))
         yield recorder
+
+
+def _kernel_modules() -> tuple:
+    from timesformer.kernels import attention, linear, patch_embed, temporal_attention
+
+    return attention, linear, patch_embed, temporal_attention
 
 
 @contextlib.contextmanager
 def _forced_int64():
-    from timesformer.kernels import attention, linear, patch_embed, temporal_attention
-
     with contextlib.ExitStack() as stack:
-        for module in (attention, linear, patch_embed, temporal_attention):
+        for module in _kernel_modules():
             stack.enter_context(mock.patch.object(module, "needs_int64", lambda *_: True))
         yield
 

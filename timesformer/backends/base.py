@@ -46,9 +46,16 @@ def drop_path(x: torch.Tensor, rate: float, mask_shape: tuple[int, ...], trainin
 
 
 def needs_autograd(model: torch.nn.Module, pixel_values: torch.Tensor) -> bool:
+    """Whether the forward builds a graph: grad mode, and the input, a parameter, or the embeddings' output
+    (``enable_input_require_grads``, with every weight frozen) requires grad."""
     if not torch.is_grad_enabled():
         return False
-    return pixel_values.requires_grad or any(p.requires_grad for p in model.parameters())
+    embeddings = getattr(getattr(model, "base_model", model), "embeddings", None)
+    return (
+        pixel_values.requires_grad
+        or getattr(embeddings, "input_requires_grad", False)
+        or any(p.requires_grad for p in model.parameters())
+    )
 
 
 class Backend:

@@ -38,7 +38,15 @@ def on_device(x: torch.Tensor) -> contextlib.AbstractContextManager:
     """A block whose launches go to ``x``'s GPU. Triton launches on the current CUDA device and its stream,
     not on the tensors' device: a model on ``cuda:1`` while ``cuda:0`` is current (torchrun ranks without
     ``torch.cuda.set_device``) would launch on the wrong GPU."""
-    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+    if x.is_cuda:
+        return torch.cuda.device(x.device)
+    if not interpreting():
+        # (Triton's own message here is "0 active drivers".)
+        raise RuntimeError(
+            f"the Triton kernels run on CUDA tensors, or on the CPU in Triton's interpreter (TRITON_INTERPRET=1 "
+            f"set before importing timesformer); got tensors on {x.device}"
+        )
+    return contextlib.nullcontext()
 
 
 def dtype_name(dtype: torch.dtype) -> str:
