@@ -1116,7 +1116,7 @@ def test_a_rank_that_dies_during_the_run_is_one_line_on_the_others(videos, tmp_p
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
-            )  # fmt: skip
+            )
         )
     results = [proc.communicate(timeout=240) for proc in procs]
     assert [proc.returncode for proc in procs] == [1, 9], results
