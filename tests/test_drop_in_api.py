@@ -205,9 +205,17 @@ def test_device_map_takes_one_device_only(saved):
     # "auto" as accelerate places a model that fits on the first device: the GPU when there is one.
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert load(path, device_map="auto").device.type == expected
-    for bad in ("balanced", {"timesformer": "cpu", "classifier": "cpu"}):
+    # A map whose entries all name one device (transformers loads it) is that device.
+    assert load(path, device_map={"timesformer": "cpu", "classifier": "cpu"}).device.type == "cpu"
+    for bad in ("balanced", {"timesformer": "cpu", "classifier": "cuda:0"}, {}):
         with pytest.raises(ValueError, match="not supported; pass one device"):
             load(path, device_map=bad)
+    with pytest.raises(ValueError, match=r"device_map entries must be devices, got 'disk'"):
+        load(path, device_map={"timesformer": "cpu", "classifier": "disk"})
+    # transformers 5's per-module dtypes: one for the whole model is that dtype.
+    assert load(path, dtype={"": "float16"}).dtype == torch.float16
+    with pytest.raises(ValueError, match=r"dtype per module \(\['', 'classifier'\]\) is not supported"):
+        load(path, dtype={"": "float16", "classifier": "float32"})
 
 
 def test_device_and_device_map_must_name_one_device(monkeypatch):

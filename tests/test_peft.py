@@ -115,6 +115,23 @@ def test_accelerate_empty_init_and_dispatch_load_a_sharded_checkpoint(tmp_path):
         torch.testing.assert_close(loaded(x).logits, ours(x).logits, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("backend", ["sdpa", "triton"])
+@pytest.mark.parametrize("how", ["cpu", "disk"])
+def test_accelerate_whole_model_offload_gives_transformers_logits(tmp_path, backend, how):
+    """``cpu_offload`` / ``disk_offload`` leave the weights on "meta" between calls (hooks bring them in):
+    every forward failed with "pixel_values is on cpu but the model is on meta" (and triton's backend check
+    failed on "meta")."""
+    ours, ref, kwargs = _pair(backend, seed=25)
+    x = random_clip(kwargs)
+    if how == "cpu":
+        accelerate.cpu_offload(ours, execution_device=torch.device("cpu"))
+    else:
+        accelerate.disk_offload(ours, str(tmp_path / "offload"), execution_device=torch.device("cpu"))
+    assert ours.classifier.weight.is_meta
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x).logits, ref(x).logits, rtol=1e-5, atol=1e-6)
+
+
 def test_accelerator_trains_and_saves_a_loadable_model(tmp_path):
     ours, _, kwargs = _pair("sdpa", seed=25)
     ours.train()

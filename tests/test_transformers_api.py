@@ -514,3 +514,60 @@ def test_config_attributes_set_in_code_are_saved(impl, tmp_path):
     assert json.loads((tmp_path / "b" / "config.json").read_text())["my_field"] == 8
     again._name_or_path = "somewhere"
     assert again._name_or_path == "somewhere" and "_name_or_path" not in again.to_diff_dict()
+
+
+@pytest.mark.parametrize("attention", ["divided_space_time", "space_only", "joint_space_time"])
+def test_the_encoder_is_called_as_transformers_calls_it(attention):
+    """``model.get_encoder()(embeddings)``, with ``transformers``' keywords: the encoder took the model's
+    internal arguments only (``TypeError: missing 'fwd' and 'backend'``)."""
+    outs = {}
+    for impl in ("transformers", "sdpa"):
+        api = _api(impl)
+        kwargs = small_config_kwargs(attention, 14, num_hidden_layers=2)
+        model = randomize_(api.make(api.Classifier, api.Config(**kwargs)), 14).eval()
+        x = random_clip(kwargs, batch=2)
+        with torch.no_grad():
+            tokens = model.timesformer.embeddings(x)
+            out = model.get_encoder()(tokens, output_hidden_states=True, return_dict=True)
+            as_tuple = model.get_encoder()(tokens, False, True, False)
+        assert isinstance(as_tuple, tuple) and len(as_tuple) == 2
+        torch.testing.assert_close(as_tuple[0], out.last_hidden_state)
+        outs[impl] = out
+    torch.testing.assert_close(outs["sdpa"].last_hidden_state, outs["transformers"].last_hidden_state)
+    assert len(outs["sdpa"].hidden_states) == len(outs["transformers"].hidden_states) == 3
+    with pytest.raises(ValueError, match=r"hidden_states must hold 1 \+ patches x"):
+        model.get_encoder()(tokens[:, :-1] if attention != "space_only" else tokens[:, :1])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_config_given_as_a_path_and_from_dict_returning_unused_keywords(impl, tmp_path):
+    """``from_pretrained(dir, config=<path>)`` and ``Config.from_dict(d, return_unused_kwargs=True)`` (a tuple)
+    as ``transformers`` takes them: the first was refused, the second returned the config alone and wrote
+    ``return_unused_kwargs`` into it."""
+    api, model, kwargs = _model(impl, seed=15, num_labels=4)
+    model.save_pretrained(tmp_path / "model")
+    other = api.Config(**{**kwargs, "num_labels": 4, "hidden_dropout_prob": 0.25})
+    other.save_pretrained(tmp_path / "config")
+    for where in (tmp_path / "config", str(tmp_path / "config" / "config.json")):
+        loaded = api.load(api.Classifier, tmp_path / "model", config=where)
+        assert loaded.config.hidden_dropout_prob == 0.25
+    config, unused = api.Config.from_dict(
+        {**kwargs, "num_labels": 4}, return_unused_kwargs=True, num_frames=3, not_a_field=1
+    )
+    assert config.num_frames == 3 and unused == {"not_a_field": 1}
+    assert "return_unused_kwargs" not in config.to_dict() and not hasattr(config, "not_a_field")
+
+
+def test_module_class_names_are_transformers_for_name_based_tools():
+    """FSDP's ``transformer_layer_cls_to_wrap`` and accelerate's ``no_split_module_classes`` find classes by
+    name: ``TimeSformerAttention`` (transformers' spelling) matched nothing here. (The activation is this
+    package's one class for every ``hidden_act``.)"""
+    from accelerate.utils.dataclasses import get_module_class_from_name
+
+    names = {}
+    for impl in ("transformers", "sdpa"):
+        _, model, _ = _model(impl, seed=16)
+        names[impl] = {type(m).__name__ for m in model.modules()} - {"GELUActivation", "Activation"}
+        assert get_module_class_from_name(model, "TimeSformerAttention") is not None
+    assert names["sdpa"] == names["transformers"]
+    assert timesformer.modeling.TimesformerAttention is timesformer.modeling.TimeSformerAttention

@@ -108,6 +108,18 @@ GENERIC_FIELDS: dict[str, Any] = {
 }
 
 
+def _field_names(extra_keys) -> set[str]:
+    """Names an override may set: fields, not any attribute (a property such as ``head_dim`` or a method such
+    as ``to_dict`` is not a config key), and the config's own extra keys."""
+    return {
+        *MODEL_FIELDS,
+        *GENERIC_FIELDS,
+        *extra_keys,
+        *_LABEL_AND_DTYPE_KEYS,
+        *(k for k in _TRANSFORMERS_DEFAULTS if not k.startswith("_")),
+    }
+
+
 # Instance attributes of the config itself (everything else set on it is an extra key).
 _OWN_ATTRIBUTES = frozenset({*MODEL_FIELDS, *GENERIC_FIELDS, "name_or_path"})
 
@@ -547,16 +559,27 @@ class TimesformerConfig:
             f.write(self.to_json_string(use_diff=use_diff))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], **overrides: Any) -> TimesformerConfig:
+    def from_dict(
+        cls, data: Mapping[str, Any], **overrides: Any
+    ) -> TimesformerConfig | tuple[TimesformerConfig, dict[str, Any]]:
+        """The config of ``data`` (a ``config.json``'s keys; unknown ones are kept) with ``overrides``. With
+        ``return_unused_kwargs=True``, as ``transformers``: overrides that are not fields of the config are not
+        set and come back as ``(config, unused)``."""
         data = dict(data)
         model_type = data.get("model_type")
         if model_type is not None and model_type != cls.model_type:
             raise ValueError(f"config has model_type={model_type!r}, expected {cls.model_type!r}")
+        unused: dict[str, Any] | None = None
+        if overrides.pop("return_unused_kwargs", False):
+            fields = _field_names(data)
+            unused = {k: v for k, v in overrides.items() if k not in fields}
+            overrides = {k: v for k, v in overrides.items() if k not in unused}
         data.update(overrides)
         if "num_labels" in overrides and "id2label" not in overrides:
             data.pop("id2label", None)
             data.pop("label2id", None)
-        return cls(**data)
+        config = cls(**data)
+        return config if unused is None else (config, unused)
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> TimesformerConfig:
@@ -597,9 +620,7 @@ class TimesformerConfig:
             }
             directory = resolve_pretrained_dir(path, subfolder, local_files_only, [CONFIG_NAME], **hub)
             config = cls.from_json_file(model_file(directory, CONFIG_NAME))
-        # Fields, not any attribute: a property (head_dim) or method (to_dict) is not a config key.
-        fields = {*MODEL_FIELDS, *GENERIC_FIELDS, *config._extra, *_LABEL_AND_DTYPE_KEYS}
-        fields |= {k for k in _TRANSFORMERS_DEFAULTS if not k.startswith("_")}
+        fields = _field_names(config._extra)
         unused = {k: v for k, v in overrides.items() if k not in fields}
         overrides = {k: v for k, v in overrides.items() if k not in unused}
         if unused and not return_unused_kwargs:

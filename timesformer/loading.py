@@ -434,6 +434,18 @@ def _device_key(device: torch.device) -> tuple[str, int]:
     return device.type, 0
 
 
+def _map_device(value) -> torch.device:
+    """A device_map entry: an index, a device name or a ``torch.device``; a place other than a device (``"disk"``,
+    ``"meta"``) is refused."""
+    if (
+        value in ("disk", "meta")
+        or not isinstance(value, (int, str, torch.device))
+        or isinstance(value, bool)
+    ):
+        raise ValueError(f"device_map entries must be devices, got {value!r} (offloading is not supported)")
+    return torch.device("cuda", value) if isinstance(value, int) else torch.device(value)
+
+
 def loading_options(
     *, backend, dtype, device, torch_dtype, attn_implementation, device_map, config_overrides
 ) -> dict:
@@ -447,6 +459,14 @@ def loading_options(
     trust = config_overrides.pop("trust_remote_code", None)
     if trust is not None and not isinstance(trust, bool):
         raise TypeError(f"trust_remote_code must be a bool, got {trust!r}")
+    for name, value in (("dtype", dtype), ("torch_dtype", torch_dtype)):
+        # transformers 5's per-module dtypes: one entry for the whole model ("") is that dtype.
+        if isinstance(value, Mapping):
+            if set(value) != {""}:
+                raise ValueError(
+                    f"{name} per module ({sorted(value)}) is not supported: pass one dtype, or {{'': dtype}}"
+                )
+            dtype, torch_dtype = (value[""], torch_dtype) if name == "dtype" else (dtype, value[""])
     if torch_dtype is not None:
         if dtype is not None and dtype != torch_dtype:
             raise ValueError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree; pass one (dtype)")
@@ -463,12 +483,14 @@ def loading_options(
         backend = mapped
     if device_map is not None:
         if isinstance(device_map, Mapping):
-            if set(device_map) != {""}:
+            # Entries that all name one device (as accelerate writes a map for a model that fits) are that device.
+            places = {_device_key(_map_device(v)) for v in device_map.values()} if device_map else set()
+            if len(places) != 1:
                 raise ValueError(
-                    f"device_map splits the model over devices ({len(device_map)} entries): not supported; pass "
-                    "one device, e.g. device_map='cuda:0'"
+                    f"device_map splits the model over devices ({len(device_map)} entries on {len(places)} "
+                    "devices): not supported; pass one device, e.g. device_map='cuda:0'"
                 )
-            device_map = device_map[""]
+            device_map = next(iter(device_map.values()))
         if device_map in ("auto", "sequential"):
             # What accelerate does with a model that fits on the first device: a TimeSformer always does.
             device_map = "cuda:0" if torch.cuda.is_available() else "cpu"

@@ -185,7 +185,7 @@ class TimesformerSelfOutput(nn.Module):
         return self.dropout(self.dense(hidden_states))
 
 
-class TimesformerAttention(nn.Module):
+class TimeSformerAttention(nn.Module):
     def __init__(self, config: TimesformerConfig) -> None:
         super().__init__()
         self.attention = TimesformerSelfAttention(config)
@@ -199,11 +199,9 @@ class TimesformerAttention(nn.Module):
         return (self.output(context), *probs)
 
 
-# transformers spells this one class "TimeSformerAttention". Class names are not part of state_dict keys
-# (the attribute names are: ``attention.attention.qkv``, ``temporal_attention.output.dense``, ..., which
-# must stay exactly transformers'), so the class follows this package's casing; the alias is for code that
-# imports it by transformers' name.
-TimeSformerAttention = TimesformerAttention
+# transformers spells this one class "TimeSformerAttention", and tools find classes by that name (FSDP's
+# transformer_layer_cls_to_wrap, accelerate's no_split_module_classes); the alias is this package's casing.
+TimesformerAttention = TimeSformerAttention
 
 
 class TimesformerIntermediate(nn.Module):
@@ -263,14 +261,14 @@ class TimesformerLayer(nn.Module):
             torch.linspace(0, config.drop_path_rate, config.num_hidden_layers, device="cpu")[layer_index]
         )
         self.drop_path = TimesformerDropPath(rate) if rate > 0 else nn.Identity()
-        self.attention = TimesformerAttention(config)
+        self.attention = TimeSformerAttention(config)
         self.intermediate = TimesformerIntermediate(config)
         self.output = TimesformerOutput(config)
         self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         if config.attention_type == "divided_space_time":
             self.temporal_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-            self.temporal_attention = TimesformerAttention(config)
+            self.temporal_attention = TimeSformerAttention(config)
             self.temporal_dense = nn.Linear(config.hidden_size, config.hidden_size)
 
     @property
@@ -344,6 +342,7 @@ class TimesformerLayer(nn.Module):
 class TimesformerEncoder(nn.Module):
     def __init__(self, config: TimesformerConfig) -> None:
         super().__init__()
+        self.config = config
         self.layer = nn.ModuleList([TimesformerLayer(config, i) for i in range(config.num_hidden_layers)])
         # As transformers' encoder: when true (and training), every ``checkpoint_every``-th layer is recomputed
         # in the backward pass by ``checkpoint_function`` (set by ``activation_checkpointing_enable``).
@@ -364,19 +363,50 @@ class TimesformerEncoder(nn.Module):
 
     def forward(
         self,
-        x: torch.Tensor,
-        fwd: ForwardContext,
-        backend: Backend,
+        hidden_states: torch.Tensor,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        return_dict: bool = True,
+        *,
+        fwd: ForwardContext | None = None,
+        backend: Backend | None = None,
         cls_only: bool = False,
-    ) -> BaseModelOutput:
-        """Every layer on ``backend``: ``last_hidden_state`` before the final LayerNorm, ``hidden_states``
-        and ``attentions`` when asked for (a ``BaseModelOutput``, as the reference's encoder returns).
+    ) -> BaseModelOutput | tuple:
+        """Every layer: ``last_hidden_state`` before the final LayerNorm, ``hidden_states`` and ``attentions``
+        when asked for (a ``BaseModelOutput``, as the reference's encoder returns).
 
-        ``cls_only``: the caller reads only ``x[:, 0]``, so the last layer may skip the patch rows' work and
-        return ``x`` of shape ``(B, 1, D)``.
+        Called as ``transformers``' encoder (``model.get_encoder()(embeddings)``), the layers run the eager
+        computation on the config's ``num_frames``. The model's forward passes its own:
+
+        Args:
+            hidden_states: the embeddings' output ``(batch, 1 + patches * frames, hidden)`` (``(batch * frames,
+                1 + patches, hidden)`` for ``space_only``).
+            fwd: the call's frames and patches, mode and path; backend: the backend that runs the layers.
+            cls_only: the caller reads only ``x[:, 0]``, so the last layer may skip the patch rows' work and
+                return ``x`` of shape ``(B, 1, D)``.
         """
+        x = hidden_states
+        if fwd is None or backend is None:
+            fwd, backend = self._as_transformers_calls(x), get_backend("eager")
+        out = self._layers(x, fwd, backend, output_attentions, output_hidden_states, cls_only)
+        return out if return_dict else out.to_tuple()
+
+    def _as_transformers_calls(self, x: torch.Tensor) -> ForwardContext:
+        config = self.config
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != config.hidden_size:
+            raise ValueError(
+                f"hidden_states must be (batch, tokens, {config.hidden_size}), got "
+                f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}"
+            )
+        frames = 1 if config.attention_type == "space_only" else config.num_frames
+        if x.shape[1] < 2 or (x.shape[1] - 1) % frames:
+            raise ValueError(
+                f"hidden_states must hold 1 + patches x {frames} frame(s) tokens (config.num_frames), got "
+                f"{x.shape[1]}"
+            )
+        return ForwardContext(config.num_frames, (x.shape[1] - 1) // frames, self.training, inference=False)
+
+    def _layers(self, x, fwd, backend, output_attentions, output_hidden_states, cls_only) -> BaseModelOutput:
         hidden_states: list[torch.Tensor] = []
         attentions: list[torch.Tensor] = []
         for i, layer in enumerate(self.layer):
@@ -554,7 +584,8 @@ def _check_pixel_values(
             f"pixel_values height and width must be positive multiples of the patch size {ph}x{pw}, "
             f"got {height}x{width}"
         )
-    if pixel_values.device != param.device:
+    # (Weights on "meta" are offloaded by accelerate, whose hooks bring them to the input's device per call.)
+    if pixel_values.device != param.device and param.device.type != "meta":
         raise ValueError(
             f"pixel_values is on {pixel_values.device} but the model is on {param.device}; move one of them"
         )
@@ -951,7 +982,8 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
             dtype: parameter dtype; the default ``"auto"`` (as transformers 5) takes the checkpoint's
                 (its config's ``dtype``), float32 when it records none.
             device: where to put the model.
-            config: use this config instead of the checkpoint's ``config.json``.
+            config: use this config instead of the checkpoint's ``config.json``: a config, or where to read one
+                (a folder, a ``config.json`` file or a hub id).
             ignore_mismatched_sizes: re-initialize (with a warning) weights whose shapes differ, e.g. a
                 classifier head for another number of labels.
             torch_dtype: ``transformers``' older name of ``dtype``.
@@ -1008,6 +1040,10 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
                 f"found no adapter_config.json for {str(pretrained_model_name_or_path)!r}"
             )
         path, base_subfolder = (pretrained_model_name_or_path, subfolder) if base is None else base
+        if isinstance(
+            config, (str, os.PathLike)
+        ):  # a folder, config.json or hub id, as transformers takes it
+            config = TimesformerConfig.from_pretrained(config, local_files_only=local_files_only, **hub)
         try:
             loaded = load_pretrained(
                 cls,
@@ -1121,7 +1157,7 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
                 "(PEFT's merge_and_unload), or put every module in the model's mode",
                 type(self).__name__,
                 reason,
-                self.backend,
+                self._requested_backend,  # (the backend it would resolve to: unknown for offloaded weights)
             )
         return reason is not None
 

@@ -119,5 +119,7 @@ class Backend:
         )
         x, num_frames, (gh, gw) = self.embed(model.embeddings, pixel_values, inference)
         fwd = ForwardContext(num_frames, num_patches=gh * gw, training=model.training, inference=inference)
-        out = model.encoder(x, fwd, self, output_attentions, output_hidden_states, cls_only)
+        out = model.encoder(
+            x, output_attentions, output_hidden_states, fwd=fwd, backend=self, cls_only=cls_only
+        )
         return out.last_hidden_state, out.hidden_states, out.attentions, fwd

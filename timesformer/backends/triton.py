@@ -42,7 +42,7 @@ from .base import Backend
 from .sdpa import SdpaBackend, _fold_temporal
 
 if TYPE_CHECKING:
-    from ..modeling import TimesformerAttention, TimesformerEmbeddings, TimesformerLayer
+    from ..modeling import TimeSformerAttention, TimesformerEmbeddings, TimesformerLayer
     from .base import ForwardContext
 
 
@@ -194,7 +194,7 @@ class TritonBackend(Backend):
         w, c1, c2 = _ln_proj(layer, "triton_qkv_s", ln, layer.attention.attention.qkv)
         return _linear.layer_norm_linear(rows, w[part], c1[part], c2[part], _eps(ln))
 
-    def _out_s(self, attention: TimesformerAttention, owner: nn.Module) -> tuple[torch.Tensor, ...]:
+    def _out_s(self, attention: TimeSformerAttention, owner: nn.Module) -> tuple[torch.Tensor, ...]:
         return _proj(owner, "triton_out_s", attention.output.dense)
 
     def _fused_spatial(self, layer: TimesformerLayer, x: torch.Tensor, fwd: ForwardContext) -> None:
