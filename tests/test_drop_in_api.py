@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import pytest
 import torch
@@ -125,6 +126,19 @@ def test_input_require_grads_on_a_frozen_model_in_eval_mode(backend):
         assert logits[name].requires_grad
         logits[name].square().sum().backward()
     torch.testing.assert_close(logits[backend], logits["eager"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "triton"])
+def test_vmap_over_clips_gives_the_unbatched_logits(backend):
+    """``torch.func.vmap`` of a frozen eval model (per-sample saliency, ensembles): on ``triton`` the inference
+    path's in-place custom ops have no batching rule and failed."""
+    model, kwargs = _model(backend=backend, seed=4)
+    model.eval().requires_grad_(False)
+    x = random_clip(kwargs, batch=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's notes on ops it batches by a loop
+        mapped = torch.func.vmap(lambda clip: model(clip[None]).logits[0])(x)
+    torch.testing.assert_close(mapped, model(x).logits, rtol=1e-4, atol=1e-5)
 
 
 def test_name_or_path_and_transformers_configs(hf, tmp_path):

@@ -110,12 +110,14 @@ class Backend:
         last layer may skip the patch rows' work and return ``x`` of shape ``(B, 1, D)``.
         """
         # Not under torch.jit.trace (the legacy ONNX export): the inference path's in-place residual updates
-        # of slices come out of the ONNX exporter wrong.
+        # of slices come out of the ONNX exporter wrong. Not under torch.func's transforms (vmap): the
+        # kernels' custom ops have no batching rules, and the in-place ones cannot fall back to a loop.
         inference = (
             self.has_inference_path
             and not model.training
             and not needs_autograd(model, pixel_values)
             and not torch.jit.is_tracing()
+            and not torch._C._are_functorch_transforms_active()
         )
         x, num_frames, (gh, gw) = self.embed(model.embeddings, pixel_values, inference)
         fwd = ForwardContext(num_frames, num_patches=gh * gw, training=model.training, inference=inference)
