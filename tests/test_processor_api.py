@@ -356,3 +356,21 @@ def test_size_as_height_and_width_resizes_exactly_as_transformers():
     assert VideoProcessor.from_dict(ours.to_dict()).to_dict() == ours.to_dict()
     assert ours.to_dict()["size"] == {"height": 30, "width": 28}
     ours.check_model(TimesformerConfig(patch_size=8), "the config")
+
+
+@pytest.mark.parametrize("hw, crop", [((36, 64), (16, 16)), ((64, 36), (24, 16)), ((30, 30), (24, 24))])
+def test_size_as_max_height_and_width_fits_frames_as_transformers(hw, crop):
+    """``size: {max_height, max_width}`` (the largest size within both, the aspect ratio kept) was refused."""
+    settings = dict(image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.25, 0.3], rescale_factor=1 / 255)
+    fields = dict(size={"max_height": 30, "max_width": 40}, crop_size={"height": crop[0], "width": crop[1]})
+    frames = [PIL.fromarray(f.numpy()) for f in _frames(2, *hw, seed=hw[0])]
+    expected = transformers.VideoMAEImageProcessorPil(**fields, **settings)(frames, return_tensors="pt")
+    ours = VideoProcessor.from_dict({**fields, **settings})
+    _close_to(
+        ours(frames, return_tensors="pt")["pixel_values"], expected["pixel_values"], settings["image_std"]
+    )
+    assert ours.to_dict()["size"] == fields["size"]
+    assert VideoProcessor.from_dict(ours.to_dict()).to_dict() == ours.to_dict()
+    ours.check_model(TimesformerConfig(patch_size=8), "the config")
+    with pytest.raises(ValueError, match=r"fit in 30x40 .* as 0x40 pixels: an aspect ratio this extreme"):
+        ours(torch.zeros(1, 2, 200, 3, dtype=torch.uint8))

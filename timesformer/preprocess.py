@@ -69,6 +69,20 @@ def resize_output_size(
     return (new_long, size) if width <= height else (size, new_long)
 
 
+def fit_within_size(height: int, width: int, max_height: int, max_width: int) -> tuple[int, int]:
+    """``(h, w)`` of a ``height x width`` frame scaled, its aspect ratio kept, to the largest size within
+    ``max_height x max_width`` (up or down), rounded down as ``transformers`` does; a side that would round to
+    nothing (an extreme aspect ratio) is an error."""
+    scale = min(max_height / height, max_width / width)
+    size = int(height * scale), int(width * scale)
+    if min(size) < 1:
+        raise ValueError(
+            f"frames of {height}x{width} fit in {max_height}x{max_width} (size max_height, max_width) as "
+            f"{size[0]}x{size[1]} pixels: an aspect ratio this extreme is not supported"
+        )
+    return size
+
+
 def center_crop_box(height: int, width: int, crop_h: int, crop_w: int) -> tuple[int, int]:
     """``(top, left)`` of a ``crop_h x crop_w`` center crop, as ``transformers``' ``center_crop`` places it. A
     crop larger than the frame on a side starts before it (negative): the frame is padded there with black
@@ -313,6 +327,7 @@ class VideoProcessor:
         do_normalize: bool = True,
         longest_edge: int | None = None,
         resize_to: tuple[int, int] | None = None,
+        fit_within: tuple[int, int] | None = None,
     ):
         self.shortest_edge = _positive_int("size.shortest_edge", shortest_edge)
         self.longest_edge = None if longest_edge is None else _positive_int("size.longest_edge", longest_edge)
@@ -325,6 +340,17 @@ class VideoProcessor:
             self.resize_to = (
                 _positive_int("size.height", resize_to[0]),
                 _positive_int("size.width", resize_to[1]),
+            )
+        # size {max_height, max_width}: the aspect ratio kept, the largest size within both (as transformers).
+        self.fit_within = None
+        if fit_within is not None:
+            if resize_to is not None:
+                raise ValueError("resize_to and fit_within are two sizes: pass one")
+            if not isinstance(fit_within, (tuple, list)) or len(fit_within) != 2:
+                raise ValueError(f"fit_within must be (max_height, max_width), got {fit_within!r}")
+            self.fit_within = (
+                _positive_int("size.max_height", fit_within[0]),
+                _positive_int("size.max_width", fit_within[1]),
             )
         if isinstance(crop_size, dict) and set(crop_size) == {"height", "width"}:
             crop_size = (crop_size["height"], crop_size["width"])
@@ -377,8 +403,8 @@ class VideoProcessor:
                 f"{source}: crop_size {ch}x{cw}: crops over {MAX_RESIZED_PIXELS:,} pixels (2048x2048) are not "
                 "supported"
             )
-        if self.do_resize and self.resize_to is not None:
-            rh, rw = self.resize_to
+        if self.do_resize and (self.resize_to or self.fit_within) is not None:
+            rh, rw = self.resize_to or self.fit_within
             if rh * rw > MAX_RESIZED_PIXELS:
                 raise ValueError(
                     f"{source}: size {rh}x{rw}: resizes over {MAX_RESIZED_PIXELS:,} pixels are not supported"
@@ -413,14 +439,15 @@ class VideoProcessor:
         if isinstance(size, int):
             size = {"shortest_edge": size}
         exact = isinstance(size, dict) and set(size) == {"height", "width"}
-        if not exact and (
+        fit = isinstance(size, dict) and set(size) == {"max_height", "max_width"}
+        if not exact and not fit and (
             not isinstance(size, dict)
             or "shortest_edge" not in size
             or not set(size) <= {"shortest_edge", "longest_edge"}
         ):
             raise ValueError(
-                "preprocessor config: expected size with 'shortest_edge' (and optionally 'longest_edge'), or "
-                f"'height' and 'width', as VideoMAEImageProcessor, got {size}"
+                "preprocessor config: expected size with 'shortest_edge' (and optionally 'longest_edge'), "
+                f"'height' and 'width', or 'max_height' and 'max_width', as transformers' processors, got {size}"
             )
         # Defaults of the class the config names: VideoMAE's processors normalize with 0.5 / 0.5 (transformers'
         # AutoImageProcessor picks VideoMAEImageProcessor for TimeSformer), its TimesformerVideoProcessor with
@@ -435,6 +462,7 @@ class VideoProcessor:
             shortest_edge=size.get("shortest_edge", 224),
             longest_edge=size.get("longest_edge"),
             resize_to=(size["height"], size["width"]) if exact else None,
+            fit_within=(size["max_height"], size["max_width"]) if fit else None,
             crop_size=config.get("crop_size", {"height": 224, "width": 224}),
             image_mean=config.get("image_mean", mean),
             image_std=config.get("image_std", std),
@@ -469,6 +497,8 @@ class VideoProcessor:
     def _size_dict(self) -> dict:
         if self.resize_to is not None:
             return {"height": self.resize_to[0], "width": self.resize_to[1]}
+        if self.fit_within is not None:
+            return {"max_height": self.fit_within[0], "max_width": self.fit_within[1]}
         return {"shortest_edge": self.shortest_edge} | (
             {} if self.longest_edge is None else {"longest_edge": self.longest_edge}
         )
@@ -512,6 +542,8 @@ class VideoProcessor:
             size = (height, width)
         elif self.resize_to is not None:
             size = self.resize_to
+        elif self.fit_within is not None:
+            size = fit_within_size(height, width, *self.fit_within)
         else:
             size = resize_output_size(height, width, self.shortest_edge, self.longest_edge)
         # (Frames kept at their size are bounded by read_video's max_frame_pixels instead.)
