@@ -221,10 +221,11 @@ def test_device_map_takes_one_device_only(saved):
     assert load(path, device_map="auto").device.type == expected
     # A map whose entries all name one device (transformers loads it) is that device.
     assert load(path, device_map={"timesformer": "cpu", "classifier": "cpu"}).device.type == "cpu"
+    assert load(path, device_map={"": "auto"}).device.type == expected
     for bad in ("balanced", {"timesformer": "cpu", "classifier": "cuda:0"}, {}):
         with pytest.raises(ValueError, match="not supported; pass one device"):
             load(path, device_map=bad)
-    with pytest.raises(ValueError, match=r"device_map entries must be devices, got 'disk'"):
+    with pytest.raises(ValueError, match=r"device_map must name a device \(or map to one\), got .disk."):
         load(path, device_map={"timesformer": "cpu", "classifier": "disk"})
     # transformers 5's per-module dtypes: one for the whole model is that dtype.
     assert load(path, dtype={"": "float16"}).dtype == torch.float16

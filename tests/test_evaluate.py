@@ -1007,8 +1007,13 @@ def test_resume_refuses_weights_changed_under_the_same_name(videos, bundled, tmp
 def test_class_names_that_repeat_or_hold_markup_keep_every_class_and_the_plot(tmp_path):
     """Two indices named alike (ImageNet's two "crane") overwrote each other in per_class; a name with "$"
     (matplotlib's math) failed the whole command after the metrics were written."""
-    from timesformer.evaluate import Sample, compute_metrics, write_reports
+    from timesformer.evaluate import Sample, class_names, compute_metrics, write_reports
 
+    assert set(class_names({0: "crane", 1: "crane", 2: "crane (1)"}).values()) == {
+        "crane (0)",
+        "crane (1) (1)",
+        "crane (1)",
+    }  # a class's own name is not taken by another's
     id2label = {0: "crane", 1: "pay $_$ tip", 2: "crane", 3: "a|b"}
     samples = [Sample(f"/v/{i}.mp4", i % 4) for i in range(6)]
     records = [
@@ -1038,7 +1043,9 @@ def test_list_files_comments_tabs_and_links_keep_paths_as_written(tmp_path):
     """A file named ``#1 take.mp4`` was dropped as a comment without a word; a tab-separated path lost its
     quotes (CSV rules); a list file reached through a link read its paths relative to the link's target."""
     (tmp_path / "#1 take.mp4").write_bytes(b"")
-    (tmp_path / "list.txt").write_text('#1 take.mp4 0\n"best" clip.mp4\t1\n# a comment\n')
+    (tmp_path / "list.txt").write_text(
+        f'#1 take.mp4 0\n"best" clip.mp4\t1\n# a comment\n#{"x" * 300}.mp4 0\n'
+    )
     with pytest.warns(UserWarning, match=r"line 1: skipped as a comment .* write its path as ./#1 take.mp4"):
         samples = load_samples(tmp_path / "list.txt", LABEL2ID, 4)
     assert [Path(s.path).name for s in samples] == ['"best" clip.mp4']

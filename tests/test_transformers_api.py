@@ -5,6 +5,7 @@ the check itself is right. The numerics are compared in ``test_parity_transforme
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import warnings
@@ -571,3 +572,27 @@ def test_module_class_names_are_transformers_for_name_based_tools():
         assert get_module_class_from_name(model, "TimeSformerAttention") is not None
     assert names["sdpa"] == names["transformers"]
     assert timesformer.modeling.TimesformerAttention is timesformer.modeling.TimeSformerAttention
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_an_encoder_pre_hook_that_returns_the_hidden_states_keeps_the_outputs_asked_for(impl):
+    """A pre-hook returning ``(hidden_states,)`` replaces the positional arguments: the model passes its
+    flags by keyword, as transformers does (they fell back to False, silently)."""
+    _, model, kwargs = _model(impl, seed=17)
+    model.timesformer.encoder.register_forward_pre_hook(lambda module, args: (args[0] * 1.0,))
+    out = model(random_clip(kwargs, batch=1), output_hidden_states=True, output_attentions=True)
+    assert len(out.hidden_states) == 3 and len(out.attentions) == 2
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_shallow_copy_of_a_config_is_its_own_and_dummy_inputs_take_non_square_sizes(impl):
+    api, model, kwargs = _model(impl, seed=18, num_labels=3)
+    copied = copy.copy(model.config)
+    copied.num_labels = 5
+    copied.architectures = ["Other"]
+    assert model.config.num_labels == 3 and len(model.config.label2id) == 3
+    assert getattr(model.config, "architectures", None) in (None, ["TimesformerForVideoClassification"])
+    if impl != "transformers":  # (transformers' dummy_inputs is a text placeholder)
+        wide = api.make(api.Classifier, api.Config(**{**kwargs, "image_size": [16, 32], "patch_size": 8}))
+        assert wide.dummy_inputs["pixel_values"].shape[-2:] == (16, 32)
+        assert wide(**wide.dummy_inputs).logits.shape[0] == 2

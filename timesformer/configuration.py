@@ -121,7 +121,7 @@ def _field_names(extra_keys) -> set[str]:
 
 
 # Instance attributes of the config itself (everything else set on it is an extra key).
-_OWN_ATTRIBUTES = frozenset({*MODEL_FIELDS, *GENERIC_FIELDS, "name_or_path"})
+_OWN_ATTRIBUTES = frozenset({*MODEL_FIELDS, *GENERIC_FIELDS, "name_or_path", "label2id"})
 
 
 # Upper bounds checked before anything is allocated: far above every published TimeSformer (base 768 wide,
@@ -459,6 +459,15 @@ class TimesformerConfig:
             extra[name] = value
             return
         super().__setattr__(name, value)
+
+    def __copy__(self) -> TimesformerConfig:
+        # The extra keys are this config's own: a copy that sets one must not change the original (as
+        # transformers' configs, whose attributes are each their own).
+        copied = type(self).__new__(type(self))
+        copied.__dict__.update(self.__dict__)
+        copied.__dict__["_extra"] = dict(self._extra)
+        copied.__dict__["label2id"] = dict(self.label2id)
+        return copied
 
     @property
     def _name_or_path(self) -> str:

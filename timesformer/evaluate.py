@@ -143,7 +143,11 @@ def _split_line(text: str, label2id: dict[str, int]) -> list[str]:
 def _warn_if_a_file(text: str, number: int, base: Path, data, label2id: dict[str, int]) -> None:
     """A comment line (``#...``) that names an existing file as written, ``#1 take.mp4 0``: say how to list it."""
     fields = [x.strip() for x in _split_line(text, label2id) if x.strip()]
-    if len(fields) == 2 and (base / fields[0]).is_file():
+    try:
+        named = len(fields) == 2 and (base / fields[0]).is_file()
+    except OSError:  # a commented-out line whose first field is no possible name (too long)
+        return
+    if named:
         warnings.warn(
             f"DATA {data}, line {number}: skipped as a comment (it starts with '#'), but {fields[0]!r} is a file; "
             f"to evaluate it, write its path as ./{fields[0]}",
@@ -603,7 +607,15 @@ def class_names(id2label: Mapping[int, str]) -> dict[int, str]:
     counts: dict[str, int] = {}
     for name in id2label.values():
         counts[name] = counts.get(name, 0) + 1
-    return {i: name if counts[name] == 1 else f"{name} ({i})" for i, name in id2label.items()}
+    names = dict(id2label)
+    taken = set(counts)  # "crane (1)" may be a class's own name too: then the index goes on
+    for i, name in id2label.items():
+        if counts[name] > 1:
+            while name in taken:
+                name = f"{name} ({i})"
+            names[i] = name
+            taken.add(name)
+    return names
 
 
 # The confusion matrix is written whole up to this many labels (a million cells); beyond, its nonzero cells
@@ -685,7 +697,8 @@ def write_reports(output: Path, metrics: dict, id2label: dict[int, str]) -> None
         fig.colorbar(image, ax=ax, label="videos")
         if n <= 40:
             # Drawn as written: matplotlib reads "$...$" in a label as math, and fails on "pay $_$ tip".
-            names = [class_names(id2label).get(i, str(i)).replace("$", r"\$") for i in range(n)]
+            shown = class_names(id2label)
+            names = [shown.get(i, str(i)).replace("$", r"\$") for i in range(n)]
             ax.set_xticks(range(n), names, rotation=90)
             ax.set_yticks(range(n), names)
         ax.set_xlabel("predicted")

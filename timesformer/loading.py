@@ -434,16 +434,32 @@ def _device_key(device: torch.device) -> tuple[str, int]:
     return device.type, 0
 
 
+def _whole_model_dtype(name: str, value):
+    if not isinstance(value, Mapping):
+        return value
+    if set(value) != {""}:
+        raise ValueError(
+            f"{name} per module ({sorted(value)}) is not supported: pass one dtype, or {{'': dtype}}"
+        )
+    return value[""]
+
+
 def _map_device(value) -> torch.device:
     """A device_map entry: an index, a device name or a ``torch.device``; a place other than a device (``"disk"``,
-    ``"meta"``) is refused."""
+    ``"meta"``, ``"auto"`` beside a device) is refused."""
+    refused = ValueError(
+        f"device_map must name a device (or map to one), got {value!r} (offloading is not supported)"
+    )
     if (
         value in ("disk", "meta")
         or not isinstance(value, (int, str, torch.device))
         or isinstance(value, bool)
     ):
-        raise ValueError(f"device_map entries must be devices, got {value!r} (offloading is not supported)")
-    return torch.device("cuda", value) if isinstance(value, int) else torch.device(value)
+        raise refused
+    try:
+        return torch.device("cuda", value) if isinstance(value, int) else torch.device(value)
+    except RuntimeError:
+        raise refused from None
 
 
 def loading_options(
@@ -459,14 +475,8 @@ def loading_options(
     trust = config_overrides.pop("trust_remote_code", None)
     if trust is not None and not isinstance(trust, bool):
         raise TypeError(f"trust_remote_code must be a bool, got {trust!r}")
-    for name, value in (("dtype", dtype), ("torch_dtype", torch_dtype)):
-        # transformers 5's per-module dtypes: one entry for the whole model ("") is that dtype.
-        if isinstance(value, Mapping):
-            if set(value) != {""}:
-                raise ValueError(
-                    f"{name} per module ({sorted(value)}) is not supported: pass one dtype, or {{'': dtype}}"
-                )
-            dtype, torch_dtype = (value[""], torch_dtype) if name == "dtype" else (dtype, value[""])
+    # transformers 5's per-module dtypes: one entry for the whole model ("") is that dtype.
+    dtype, torch_dtype = _whole_model_dtype("dtype", dtype), _whole_model_dtype("torch_dtype", torch_dtype)
     if torch_dtype is not None:
         if dtype is not None and dtype != torch_dtype:
             raise ValueError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree; pass one (dtype)")
@@ -483,14 +493,15 @@ def loading_options(
         backend = mapped
     if device_map is not None:
         if isinstance(device_map, Mapping):
-            # Entries that all name one device (as accelerate writes a map for a model that fits) are that device.
-            places = {_device_key(_map_device(v)) for v in device_map.values()} if device_map else set()
-            if len(places) != 1:
+            # Entries that all name one place (as accelerate writes a map for a model that fits) are that place.
+            values = list(device_map.values())
+            same = bool(values) and all(v == values[0] for v in values)
+            if not same and len({_device_key(_map_device(v)) for v in values}) != 1:
                 raise ValueError(
-                    f"device_map splits the model over devices ({len(device_map)} entries on {len(places)} "
-                    "devices): not supported; pass one device, e.g. device_map='cuda:0'"
+                    f"device_map splits the model over devices ({len(device_map)} entries): not supported; pass "
+                    "one device, e.g. device_map='cuda:0'"
                 )
-            device_map = next(iter(device_map.values()))
+            device_map = values[0]
         if device_map in ("auto", "sequential"):
             # What accelerate does with a model that fits on the first device: a TimeSformer always does.
             device_map = "cuda:0" if torch.cuda.is_available() else "cpu"
@@ -498,7 +509,7 @@ def loading_options(
             raise ValueError(
                 f"device_map={device_map!r} (splitting over devices) is not supported; pass one device"
             )
-        target = torch.device("cuda", device_map) if isinstance(device_map, int) else torch.device(device_map)
+        target = _map_device(device_map)
         given = None if device is None else torch.device(device)
         if given is not None and _device_key(given) != _device_key(target):
             raise ValueError(f"device={device!r} and device_map={device_map!r} disagree")

@@ -829,10 +829,10 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
 
     @property
     def dummy_inputs(self) -> dict[str, torch.Tensor]:
-        """A forward's inputs for tracing tools: ``{"pixel_values": (2, num_frames, num_channels, image_size,
-        image_size)}`` random floats (``transformers``' own is a text placeholder, ``input_ids``)."""
+        """A forward's inputs for tracing tools: ``{"pixel_values": (2, num_frames, num_channels, height,
+        width)}`` random floats at the config's size (``transformers``' own is a text placeholder, ``input_ids``)."""
         c = self.config
-        return {"pixel_values": torch.randn(2, c.num_frames, c.num_channels, c.image_size, c.image_size)}
+        return {"pixel_values": torch.randn(2, c.num_frames, c.num_channels, *c.image_hw)}
 
     loss_type = "ForVideoClassification"
 

@@ -440,10 +440,14 @@ class VideoProcessor:
             size = {"shortest_edge": size}
         exact = isinstance(size, dict) and set(size) == {"height", "width"}
         fit = isinstance(size, dict) and set(size) == {"max_height", "max_width"}
-        if not exact and not fit and (
-            not isinstance(size, dict)
-            or "shortest_edge" not in size
-            or not set(size) <= {"shortest_edge", "longest_edge"}
+        if (
+            not exact
+            and not fit
+            and (
+                not isinstance(size, dict)
+                or "shortest_edge" not in size
+                or not set(size) <= {"shortest_edge", "longest_edge"}
+            )
         ):
             raise ValueError(
                 "preprocessor config: expected size with 'shortest_edge' (and optionally 'longest_edge'), "

@@ -121,7 +121,14 @@ class Backend:
         )
         x, num_frames, (gh, gw) = self.embed(model.embeddings, pixel_values, inference)
         fwd = ForwardContext(num_frames, num_patches=gh * gw, training=model.training, inference=inference)
+        # The flags by keyword, as transformers passes them: a pre-hook returning new positional arguments
+        # (the hidden states alone) keeps them.
         out = model.encoder(
-            x, output_attentions, output_hidden_states, fwd=fwd, backend=self, cls_only=cls_only
+            x,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            fwd=fwd,
+            backend=self,
+            cls_only=cls_only,
         )
         return out.last_hidden_state, out.hidden_states, out.attentions, fwd

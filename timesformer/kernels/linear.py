@@ -8,18 +8,20 @@ One GEMM kernel, ``out = epilogue(A @ W^T)``, with constexpr features for the si
 
       LN(x) W^T + b = rstd * (x W'^T - mean * c1) + c2.
 
-  So the main loop multiplies the rows as loaded, less one shift ``s`` per row (no normalization on the A
-  tile's path: ``x - s`` is one subtraction, exact where ``x`` is within a factor 2 of ``s``), and the
-  LayerNorm costs a per-row correction ``rstd * (acc - (mean - s) * c1)`` in the epilogue. ``s`` is the
-  first K tile's mean in ``x``'s dtype: a row's mean can be 1000x its spread, and the product of raw rows
-  left ``mean * c1`` to cancel in fp32, ~|mean|/std ulps of error; shifted, the correction is small. The
-  row statistics are sums of the shifted rows over the same A tiles the loop loads anyway (no separate
-  statistics pass, no extra read of ``x``): with the shift that close to the mean, ``E[s^2] - E[s]^2``
-  cancels little (even where the first tile's mean is far from the rest, the shift is within
-  ``sqrt(K / BLOCK_K)`` standard deviations of the row's mean). ``c1`` is summed from the *rounded*
-  ``W'`` the loop uses, so the correction cancels what the loop added. Accuracy: ``W'`` is rounded once
-  where torch uses ``W``, and the shifted rows where torch rounds the normalized ones: errors of one size
-  (tests check the 2x rule against torch, offsets of 1000x the spread included).
+  So the main loop multiplies the rows as loaded (no normalize-and-round step between the load and the
+  tensor-core product, which would put ALU work on the A tile's path), and the LayerNorm costs a per-row
+  correction in the epilogue. The row statistics come from the same A tiles the loop loads anyway, combined
+  tile by tile with Chan's parallel update of (mean, M2), which is as accurate as the two-pass formula
+  (no ``E[x^2] - E[x]^2`` cancellation); no separate statistics pass, no extra read of ``x``. ``c1`` is
+  summed from the *rounded* ``W'`` the loop uses, so the ``mean * c1`` term cancels what the loop added.
+  Accuracy: with 16-bit rows the products are exact and the normalized rows are never rounded (torch
+  rounds them), ``W'`` is rounded once where torch uses ``W``: errors of one size (tests check the 2x rule
+  against torch). The ``mean * c1`` cancellation costs ~|mean|/std fp32 ulps, under a 16-bit ulp until a
+  row's mean is ~1000x (fp16) or ~10000x (bf16) its spread, or a row is one value (known limit: the
+  residual stream's rows are far from that; rows of zeros are exact). fp32 rows have no such margin
+  (``CENTER``): each tile's deviations from its mean are multiplied instead, and that mean's distance from
+  the first tile's is added times the tile's weight sums, so no large term cancels (rows 1000x off zero
+  and constant rows keep fp32's accuracy; a TF32 product rounds only the deviations).
 - ``ACTIVATION``: exact (erf) GELU, the tanh GELU, ReLU, SiLU, quick GELU or none, in fp32 before the one
   rounding. Other activations of the config run in torch after the kernel (``ACTIVATIONS_IN_KERNEL``).
 - ``RESIDUAL``: ``out = residual + A W^T + b``, written in place into the residual stream (out-projections,
@@ -113,7 +115,7 @@ def _linear_tile(
     stride_xb, stride_xr, stride_xk, stride_wn, stride_wk, stride_ob, stride_or, stride_rb, stride_rr,
     out_rows, mean_rows, M, N, K, eps,
     LN: tl.constexpr, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, MEAN_ROWS: tl.constexpr,
-    ACTIVATION: tl.constexpr, TMA_A: tl.constexpr, TMA_W: tl.constexpr,
+    ACTIVATION: tl.constexpr, CENTER: tl.constexpr, TMA_A: tl.constexpr, TMA_W: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     DOT_PRECISION: tl.constexpr, INTERPRET: tl.constexpr, INT64: tl.constexpr,
 ):
@@ -147,9 +149,9 @@ def _linear_tile(
     offs_k = tl.arange(0, BLOCK_K)
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    shift = tl.zeros([BLOCK_M], tl.float32)
-    s1 = tl.zeros([BLOCK_M], tl.float32)
-    s2 = tl.zeros([BLOCK_M], tl.float32)
+    mean = tl.zeros([BLOCK_M], tl.float32)
+    m2 = tl.zeros([BLOCK_M], tl.float32)
+    shift = tl.zeros([BLOCK_M], tl.float32)  # what acc holds the rows less of (CENTER: the first tile's mean)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + offs_k
         k_ok = k < K
@@ -173,28 +175,35 @@ def _linear_tile(
                 other=0.0,
             )
         if LN:
-            # A row's mean can dwarf its spread, which is all LayerNorm keeps: the rows are shifted by the
-            # first tile's mean (in A's dtype, so that x - shift is exact for every x within a factor 2 of
-            # it), and the epilogue's correction (mean - shift) * c1 is then small. (Raw rows left mean * c1
-            # to cancel: ~|mean|/std ulps of error.) The statistics are the shifted rows' sums, whose
-            # E[s^2] - E[s]^2 cancels little with the shift that close to the mean.
+            # Chan et al.: merge this tile's (count, mean, M2) into the running ones.
             a32 = a.to(tl.float32)
-            if k0 == 0:
-                first = tl.sum(a32, 1) / tl.sum(k_ok.to(tl.float32), 0)
-                shift = to_dtype(first, a.dtype, INTERPRET).to(tl.float32)
-            shifted = tl.where(k_ok[None, :], a32 - shift[:, None], 0.0)
-            s1 += tl.sum(shifted, 1)
-            s2 += tl.sum(shifted * shifted, 1)
-            acc += mma(to_dtype(shifted, a.dtype, INTERPRET), w, DOT_PRECISION, INTERPRET)
+            count_a = k0 * 1.0
+            count_b = tl.sum(k_ok.to(tl.float32), 0)
+            mean_b = tl.sum(a32, 1) / count_b
+            dev = tl.where(k_ok[None, :], a32 - mean_b[:, None], 0.0)
+            if CENTER:
+                # fp32 rows: the fold leaves (mean - shift) * c1 to cancel at fp32 precision, ~|mean|/std
+                # ulps where torch centers first, and a TF32 product rounds its inputs relative to their size.
+                # Multiply the tile's deviations from its mean instead, and add that mean's distance from
+                # the first tile's (the shift) times the tile's weight sums: every term stays small.
+                shift = tl.where(k0 == 0, mean_b, shift)
+                acc += mma(dev, w, DOT_PRECISION, INTERPRET)
+                acc += (mean_b - shift)[:, None] * tl.sum(w, 0)[None, :]
+            else:
+                # 16-bit rows go in exactly as loaded (no rounding on the A tile's path): the products are
+                # exact and the fp32 cancellation costs ~|mean|/std fp32 ulps, far under a 16-bit ulp.
+                acc += mma(a, w, DOT_PRECISION, INTERPRET)
+            delta = mean_b - mean
+            total = count_a + count_b
+            mean += delta * (count_b / total)
+            m2 += tl.sum(dev * dev, 1) + delta * delta * (count_a * count_b / total)
         else:
             acc += mma(a, w, DOT_PRECISION, INTERPRET)
 
     if LN:
-        mean_shifted = s1 / K  # mean - shift
-        var = tl.maximum(s2 / K - mean_shifted * mean_shifted, 0.0)
-        rstd = 1.0 / tl.sqrt(var + eps)
+        rstd = 1.0 / tl.sqrt(m2 / K + eps)
         c1 = tl.load(Colsum + offs_n, mask=n_ok, other=0.0)
-        acc = (acc - mean_shifted[:, None] * c1[None, :]) * rstd[:, None]
+        acc = (acc - (mean - shift)[:, None] * c1[None, :]) * rstd[:, None]
     if HAS_BIAS:
         acc += tl.load(Bias + offs_n, mask=n_ok, other=0.0)[None, :]
     acc = _activation(acc, ACTIVATION)
@@ -237,12 +246,14 @@ def _linear_kernel(
     N,
     K,
     eps,
-    # Features: folded LayerNorm, bias, in-place residual add, A rows as a mean of rows, activation code
+    # Features: folded LayerNorm, bias, in-place residual add, A rows as a mean of rows, activation code,
+    # fp32 rows centered per tile for the LayerNorm's product
     LN: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     RESIDUAL: tl.constexpr,
     MEAN_ROWS: tl.constexpr,
     ACTIVATION: tl.constexpr,
+    CENTER: tl.constexpr,
     # A and W tiles through their tensor descriptors; a persistent grid, its tile loop flattened
     TMA_A: tl.constexpr,
     TMA_W: tl.constexpr,
@@ -270,7 +281,7 @@ def _linear_kernel(
                 tile,
                 X, W, XDesc, WDesc, Out, Res, Bias, Colsum,
                 stride_xb, stride_xr, stride_xk, stride_wn, stride_wk, stride_ob, stride_or, stride_rb, stride_rr,
-                out_rows, mean_rows, M, N, K, eps, LN, HAS_BIAS, RESIDUAL, MEAN_ROWS, ACTIVATION,
+                out_rows, mean_rows, M, N, K, eps, LN, HAS_BIAS, RESIDUAL, MEAN_ROWS, ACTIVATION, CENTER,
                 TMA_A, TMA_W, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, DOT_PRECISION, INTERPRET, INT64,
             )
     else:
@@ -278,7 +289,7 @@ def _linear_kernel(
             tl.program_id(0),
             X, W, XDesc, WDesc, Out, Res, Bias, Colsum,
             stride_xb, stride_xr, stride_xk, stride_wn, stride_wk, stride_ob, stride_or, stride_rb, stride_rr,
-            out_rows, mean_rows, M, N, K, eps, LN, HAS_BIAS, RESIDUAL, MEAN_ROWS, ACTIVATION,
+            out_rows, mean_rows, M, N, K, eps, LN, HAS_BIAS, RESIDUAL, MEAN_ROWS, ACTIVATION, CENTER,
             TMA_A, TMA_W, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, DOT_PRECISION, INTERPRET, INT64,
         )
     # fmt: on
@@ -325,15 +336,13 @@ def _activation_code(op: str, activation: str) -> int:
 # --------------------------------------------------------------------------------------- launch configuration
 
 
-def _launch_config(m: int, dtype: torch.dtype, precision: str = "ieee") -> dict:
+def _launch_config(m: int, dtype: torch.dtype) -> dict:
     # Fixed, not autotuned: see kernels/__init__.py. 128 x 128 x 64 with 3 stages is the usual Hopper bf16
     # GEMM tile that fits in shared memory; the row block shrinks for the few-row products (CLS rows, the
     # classifier) so that they do not compute 128-row tiles of padding. fp32 (full-precision FMA products, or
-    # TF32 where allowed) holds twice the bytes per element: half the tile each way. Full-precision products
-    # run on FMA units with the operands in registers: 8 warps share the tile (4 spilled on sm_90, with the
-    # LayerNorm's shifted rows).
+    # TF32 where allowed) holds twice the bytes per element: half the tile each way.
     if dtype == torch.float32:
-        block_m, block_n, block_k, warps, stages = 64, 64, 32, 4 if precision == "tf32" else 8, 2
+        block_m, block_n, block_k, warps, stages = 64, 64, 32, 4, 2
     else:
         block_m, block_n, block_k, warps, stages = 128, 128, 64, 8, 3
     return dict(
@@ -419,7 +428,7 @@ def _launch(x, weight, out, res, bias, colsum, out_rows, mean_rows, eps, activat
     if m == 0 or n == 0:
         return
     precision = dot_precision(x.dtype)
-    cfg = _launch_config(m, x.dtype, precision)
+    cfg = _launch_config(m, x.dtype)
     if mean_rows:
         # The CLS rows' product (a row per clip) gains nothing from a persistent grid, and its row-mean loop
         # inside the flattened tile loop spills on sm_90.
@@ -459,6 +468,7 @@ def _launch(x, weight, out, res, bias, colsum, out_rows, mean_rows, eps, activat
             RESIDUAL=res is not None,
             MEAN_ROWS=mean_rows > 0,
             ACTIVATION=activation,
+            CENTER=colsum is not None and x.dtype == torch.float32,
             TMA_A=x_desc is not None,
             TMA_W=w_desc is not None,
             DOT_PRECISION=precision,
