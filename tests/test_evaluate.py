@@ -303,14 +303,19 @@ def test_torchrun_two_ranks_match_one_process_and_survive_a_killed_rank(videos, 
     part = out / "predictions.part-00001.jsonl"
     deadline = time.monotonic() + 300
     killed = False
-    while time.monotonic() < deadline and proc.poll() is None:
-        if part.exists() and part.stat().st_size > 0:
-            pid = _rank_pids(proc.pid).get(1)
-            if pid is not None:
-                os.kill(pid, signal.SIGKILL)
-                killed = True
-                break
+    pid = None
+    # Rank 1's process first (a slow /proc scan), then the kill as soon as its first line is written: looked up
+    # after the line, the pid came too late on a loaded machine, after rank 1 had finished its share and the
+    # job its metrics.
+    while pid is None and time.monotonic() < deadline and proc.poll() is None:
+        pid = _rank_pids(proc.pid).get(1)
         time.sleep(0.01)
+    while pid is not None and time.monotonic() < deadline and proc.poll() is None:
+        if part.exists() and part.stat().st_size > 0:
+            os.kill(pid, signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.001)
     stdout, stderr = proc.communicate(timeout=300)
     assert killed and proc.returncode != 0, stdout + stderr
     assert not (out / "metrics.json").exists()
