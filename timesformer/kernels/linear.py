@@ -336,13 +336,15 @@ def _activation_code(op: str, activation: str) -> int:
 # --------------------------------------------------------------------------------------- launch configuration
 
 
-def _launch_config(m: int, dtype: torch.dtype) -> dict:
+def _launch_config(m: int, dtype: torch.dtype, precision: str = "ieee") -> dict:
     # Fixed, not autotuned: see kernels/__init__.py. 128 x 128 x 64 with 3 stages is the usual Hopper bf16
     # GEMM tile that fits in shared memory; the row block shrinks for the few-row products (CLS rows, the
     # classifier) so that they do not compute 128-row tiles of padding. fp32 (full-precision FMA products, or
-    # TF32 where allowed) holds twice the bytes per element: half the tile each way.
+    # TF32 where allowed) holds twice the bytes per element: half the tile each way. Full-precision products
+    # hold their operands in registers (FMA, no tensor cores): 8 warps share the tile, where 4 spilled 56 B
+    # per thread on sm_90 (Triton 3.9) with the LayerNorm's centered rows.
     if dtype == torch.float32:
-        block_m, block_n, block_k, warps, stages = 64, 64, 32, 4, 2
+        block_m, block_n, block_k, warps, stages = 64, 64, 32, 4 if precision == "tf32" else 8, 2
     else:
         block_m, block_n, block_k, warps, stages = 128, 128, 64, 8, 3
     return dict(
@@ -428,7 +430,7 @@ def _launch(x, weight, out, res, bias, colsum, out_rows, mean_rows, eps, activat
     if m == 0 or n == 0:
         return
     precision = dot_precision(x.dtype)
-    cfg = _launch_config(m, x.dtype)
+    cfg = _launch_config(m, x.dtype, precision)
     if mean_rows:
         # The CLS rows' product (a row per clip) gains nothing from a persistent grid, and its row-mean loop
         # inside the flattened tile loop spills on sm_90.
