@@ -180,8 +180,9 @@ def test_layer_norm_linear_is_accurate_for_rows_far_from_zero(dtype, offset):
     """Rows whose mean is 10-1000x their spread, rows of one value (LayerNorm leaves the bias), and rows whose
     first K tile is far from the rest: at most twice plain torch's error, by norm and max (and fp32's 1e-5
     where torch keeps it). fp32 rows multiplied raw left ``mean * c1`` to cancel in the epilogue: 2-4x torch's
-    error at 10-1000x, and 6000x on constant rows."""
-    k, n = 200, 24
+    error at 10-1000x, and 6000x on constant rows; with the tiles' means merged at the rows' offset rather than
+    relative to the first tile's, 2-4x at the base model's width (768, 24 tiles of fp32)."""
+    k, n = 768, 24
     if offset == "constant":
         x64 = torch.full((2, 6, k), 3.7, dtype=torch.float64)
         x64[1] = -113.25
@@ -202,6 +203,31 @@ def test_layer_norm_linear_is_accurate_for_rows_far_from_zero(dtype, offset):
     assert err <= 2 * plain_err and max_err <= 2 * plain_max, (err, plain_err, max_err, plain_max)
     if dtype == torch.float32 and plain_err < 5e-6:
         assert err <= 1e-5
+
+
+# NaN bit patterns: Python's, the one a GPU's arithmetic produces, a small payload, a negative one.
+NAN_BITS = [0x7FC00000, 0x7FFFFFFF, 0x7F800001, -1]
+
+
+@pytest.mark.parametrize("bits", NAN_BITS, ids=lambda bits: f"{bits & 0xFFFFFFFF:#010x}")
+def test_tf32_products_keep_every_nan(bits):
+    """Rounding an operand to TF32 adds a carry at bit 13: a NaN whose payload has bits 13-22 set (0x7FFFFFFF)
+    came out as -0.0 and one with a small payload as inf, so a NaN row of a TF32 product was finite."""
+    nan = torch.tensor([bits], dtype=torch.int32).view(torch.float32)
+    x64 = _stream(1, 4, 40, 8)
+    params64 = _ln_linear_params(40, 16, 9)
+    x, ln_w, ln_b, w, b = _cast(torch.float32, x64, *params64)
+    x[0, 2, 5] = nan
+    folded, colsum, shift = lin.prepare_layer_norm_linear(ln_w, ln_b, w, b)
+    res = torch.randn(1, 4, 16, generator=_gen(10)).to(DEVICE)
+    with tf32_allowed():
+        outs = [
+            lin.layer_norm_linear(x, folded, colsum, shift, 1e-5),
+            lin.layer_norm_linear(x, w, None, b),
+            lin.linear_residual_(x, w, b, res.clone()),
+        ]
+    for out in outs:
+        assert out[0, 2].isnan().all() and not out[0, [0, 1, 3]].isnan().any()
 
 
 def test_relu_epilogue_keeps_nan():

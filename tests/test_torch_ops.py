@@ -72,6 +72,12 @@ def test_bad_packing_is_rejected():
         torch_ops.attention(torch.randn(1, 2, 18), 4)
     with pytest.raises(ValueError, match="not a multiple of num_frames=3"):
         torch_ops.temporal_attention(torch.randn(1, 4, 12), 3, 2)
+    for op, rows in (
+        (torch_ops.temporal_attention, 4),
+        (torch_ops.spatial_attention, 5),
+    ):  # was ZeroDivisionError
+        with pytest.raises(ValueError, match="num_frames must be at least 1, got 0"):
+            op(torch.randn(1, rows, 12), 0, 2)
 
 
 @pytest.mark.parametrize("layers", [1, 2])

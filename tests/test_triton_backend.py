@@ -96,6 +96,27 @@ def test_half_precision_error_within_twice_eager(dtype, attention_type):
     assert triton_err <= 2 * eager_err, (triton_err, eager_err)
 
 
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+def test_gpu_nan_pixel_gives_nan_logits_with_tf32(attention_type):
+    """0x7FFFFFFF is the NaN a GPU's arithmetic produces: rounded to TF32 it came out as -0.0, so a clip with
+    one such pixel got finite logits on triton (fp32 with TF32 allowed, the only way auto picks triton for
+    fp32) where eager's were NaN. The other clip of the batch stays finite."""
+    model, kwargs = _pair(attention_type, 5, cls=TimesformerForVideoClassification)
+    x = random_clip(kwargs, batch=2, seed=6).to(DEVICE)
+    x[0, -1, -1, 3, 2] = torch.tensor([0x7FFFFFFF], dtype=torch.int32).view(torch.float32).item()
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        got, expected = _eager_and_triton(model, x)
+    finally:
+        torch.set_float32_matmul_precision(saved)
+    per_clip = attention_type != "space_only"  # space_only's logits are one row per frame
+    rows = x.shape[0] if per_clip else x.shape[0] * x.shape[1]
+    assert got.logits.shape[0] == rows
+    assert torch.equal(got.logits.isnan(), expected.logits.isnan()) and expected.logits.isnan().any()
+    assert not expected.logits.isnan().all()
+
+
 def test_training_and_autograd_take_the_torch_path():
     """The kernels have no backward and no dropout: such calls run the sdpa path and train as before."""
     model, kwargs = _pair("divided_space_time", 9, cls=TimesformerForVideoClassification)

@@ -45,6 +45,11 @@ def attention(qkv: torch.Tensor, num_heads: int, dropout_p: float = 0.0) -> torc
     return out.transpose(1, 2).reshape(batch, seqlen, hidden)
 
 
+def _check_frames(num_frames: int) -> None:
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be at least 1, got {num_frames}")
+
+
 def temporal_attention(
     qkv: torch.Tensor, num_frames: int, num_heads: int, dropout_p: float = 0.0
 ) -> torch.Tensor:
@@ -61,6 +66,7 @@ def temporal_attention(
         ``(batch, num_patches * T, hidden)`` contexts in the same row order.
     """
     batch, rows, _ = qkv.shape
+    _check_frames(num_frames)
     if rows % num_frames:
         raise ValueError(f"qkv has {rows} rows, not a multiple of num_frames={num_frames}")
     hidden, head_dim = _split_heads(qkv, num_heads)
@@ -92,6 +98,7 @@ def spatial_attention(
         and ``(batch, T, hidden)``, the CLS context of each frame (the layer averages it over frames).
     """
     batch, rows, _ = qkv.shape
+    _check_frames(num_frames)
     if (rows - 1) % num_frames or rows < 1:
         raise ValueError(
             f"qkv has {rows} rows, expected 1 + num_patches * num_frames (num_frames={num_frames})"

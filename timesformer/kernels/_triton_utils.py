@@ -19,10 +19,11 @@ import triton.language as tl
 
 @triton.jit
 def _round_to_tf32(x):
-    # Round the fp32 bit pattern at bit 13 (ties to even): 10 mantissa bits stay.
+    # Round the fp32 bit pattern at bit 13 (ties to even): 10 mantissa bits stay. A NaN is kept as it is: the
+    # carry would turn 0x7FFFFFFF (the NaN a GPU's arithmetic produces) into -0.0, and 0x7F800001 into inf.
     bits = x.to(tl.uint32, bitcast=True)
     bits = (bits + (0xFFF + ((bits >> 13) & 1))) & 0xFFFFE000
-    return bits.to(tl.float32, bitcast=True)
+    return tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
 
 
 @triton.jit
@@ -52,5 +53,5 @@ def to_dtype(x, DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
             # Round the fp32 bit pattern at bit 16 (ties to even) so that the truncating cast is exact.
             bits = x.to(tl.uint32, bitcast=True)
             bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
-            x = bits.to(tl.float32, bitcast=True)
+            x = tl.where(x != x, x, bits.to(tl.float32, bitcast=True))  # a NaN's payload would carry
     return x.to(DTYPE)

@@ -151,7 +151,9 @@ def _linear_tile(
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     mean = tl.zeros([BLOCK_M], tl.float32)
     m2 = tl.zeros([BLOCK_M], tl.float32)
-    shift = tl.zeros([BLOCK_M], tl.float32)  # what acc holds the rows less of (CENTER: the first tile's mean)
+    # What acc holds the rows less of (CENTER: the first tile's mean); ``mean`` is kept relative to it, so that
+    # merging the tiles' means rounds at the size of their spread, not of the rows' offset.
+    shift = tl.zeros([BLOCK_M], tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + offs_k
         k_ok = k < K
@@ -182,8 +184,8 @@ def _linear_tile(
             mean_b = tl.sum(a32, 1) / count_b
             dev = tl.where(k_ok[None, :], a32 - mean_b[:, None], 0.0)
             if CENTER:
-                # fp32 rows: the fold leaves (mean - shift) * c1 to cancel at fp32 precision, ~|mean|/std
-                # ulps where torch centers first, and a TF32 product rounds its inputs relative to their size.
+                # fp32 rows multiplied raw would leave mean * c1 to cancel at fp32 precision, ~|mean|/std ulps
+                # where torch centers first, and a TF32 product rounds its inputs relative to their size.
                 # Multiply the tile's deviations from its mean instead, and add that mean's distance from
                 # the first tile's (the shift) times the tile's weight sums: every term stays small.
                 shift = tl.where(k0 == 0, mean_b, shift)
@@ -193,7 +195,7 @@ def _linear_tile(
                 # 16-bit rows go in exactly as loaded (no rounding on the A tile's path): the products are
                 # exact and the fp32 cancellation costs ~|mean|/std fp32 ulps, far under a 16-bit ulp.
                 acc += mma(a, w, DOT_PRECISION, INTERPRET)
-            delta = mean_b - mean
+            delta = (mean_b - shift) - mean
             total = count_a + count_b
             mean += delta * (count_b / total)
             m2 += tl.sum(dev * dev, 1) + delta * delta * (count_a * count_b / total)
@@ -203,7 +205,7 @@ def _linear_tile(
     if LN:
         rstd = 1.0 / tl.sqrt(m2 / K + eps)
         c1 = tl.load(Colsum + offs_n, mask=n_ok, other=0.0)
-        acc = (acc - (mean - shift)[:, None] * c1[None, :]) * rstd[:, None]
+        acc = (acc - mean[:, None] * c1[None, :]) * rstd[:, None]
     if HAS_BIAS:
         acc += tl.load(Bias + offs_n, mask=n_ok, other=0.0)[None, :]
     acc = _activation(acc, ACTIVATION)

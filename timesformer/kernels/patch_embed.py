@@ -133,6 +133,7 @@ def _patch_embed_kernel(
         t = t.to(tl.int64)
         gy = gy.to(tl.int64)
         gx = gx.to(tl.int64)
+        offs_n = offs_n.to(tl.int64)  # ``out`` may be hidden-major: offs_n * stride_od is then the large term
 
     # im2col: the address of pixel (row m, k) is row_part[m] + col_part[k].
     x_rows = X + b * stride_xb + t * stride_xt + (gy * PATCH_H) * stride_xh + (gx * PATCH_W) * stride_xw
