@@ -596,3 +596,34 @@ def test_a_shallow_copy_of_a_config_is_its_own_and_dummy_inputs_take_non_square_
         wide = api.make(api.Classifier, api.Config(**{**kwargs, "image_size": [16, 32], "patch_size": 8}))
         assert wide.dummy_inputs["pixel_values"].shape[-2:] == (16, 32)
         assert wide(**wide.dummy_inputs).logits.shape[0] == 2
+
+
+def test_seeded_models_and_new_heads_get_transformers_values(tmp_path):
+    """A seeded model gets ``transformers``' initial weights and leaves the generator where it does, built from
+    a config (18 of 49 weights differed: transformers draws a normal before the truncated normal) and loaded
+    (a new head from a base checkpoint; a full checkpoint draws nothing: the whole model was initialized first)."""
+    kwargs = small_config_kwargs("divided_space_time", 7, num_hidden_layers=2)
+    built = []
+    for lib in (transformers, timesformer):
+        torch.manual_seed(0)
+        model = lib.TimesformerForVideoClassification(lib.TimesformerConfig(**kwargs))
+        built.append((model.state_dict(), torch.rand(3)))
+    (theirs, their_next), (ours, our_next) = built
+    assert theirs.keys() == ours.keys() and all(torch.equal(theirs[k], ours[k]) for k in theirs)
+    assert torch.equal(their_next, our_next)
+
+    transformers.TimesformerModel(transformers.TimesformerConfig(**kwargs)).save_pretrained(tmp_path / "base")
+    timesformer.TimesformerForVideoClassification(timesformer.TimesformerConfig(**kwargs)).save_pretrained(
+        tmp_path / "full"
+    )
+    for folder, head in (("base", True), ("full", False)):
+        loaded = []
+        for lib in (transformers, timesformer):
+            torch.manual_seed(1)
+            model = lib.TimesformerForVideoClassification.from_pretrained(tmp_path / folder)
+            loaded.append((model.classifier.weight.detach().clone(), torch.rand(3)))
+        (their_head, their_next), (our_head, our_next) = loaded
+        assert torch.equal(their_head, our_head) and torch.equal(their_next, our_next), folder
+        if not head:
+            torch.manual_seed(1)
+            assert torch.equal(our_next, torch.rand(3))  # loading a whole checkpoint drew nothing

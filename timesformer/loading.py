@@ -593,8 +593,7 @@ def load_pretrained(
         skeleton = cls(config, backend=backend)
     info: dict[str, Any] = {"missing_keys": set(), "unexpected_keys": set(), "mismatched_keys": set()}
     state = adapt_state_dict(skeleton, state, ignore_mismatched_sizes=ignore_mismatched_sizes, info=info)
-    model = cls(config, backend=backend)
-    model.load_state_dict(state, strict=False)  # exactness was checked by adapt_state_dict
+    model = _materialize(skeleton, state)
     model = model.to(dtype=torch_dtype, device=device)
     # Where the weights came from, on the model and its config, as transformers records it.
     model.name_or_path = model.config.name_or_path = "" if path is None else os.fspath(path)
@@ -603,6 +602,25 @@ def load_pretrained(
     model.eval()
     if output_loading_info:
         return model, {**info, "error_msgs": []}
+    return model
+
+
+def _materialize(skeleton: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
+    """``skeleton`` (built on "meta") on the CPU with ``state``'s weights; the modules whose weights ``state``
+    lacks (a new head, re-initialized mismatched weights) initialized, the others not: as transformers, no time
+    and no random draws spent on weights the checkpoint overwrites (a seeded run's new head gets the values
+    transformers gives it)."""
+    model = skeleton.to_empty(device="cpu")
+    names = {id(module): name for name, module in model.named_modules()}
+    order: list[torch.nn.Module] = []
+    model.apply(order.append)  # children before their parent, as initialize_weights visits them
+    for module in order:
+        prefix = names[id(module)] and names[id(module)] + "."
+        if any(prefix + name not in state for name, _ in module.named_parameters(recurse=False)):
+            model._init_weights(module)
+    for module in order:
+        module._is_hf_initialized = True  # a module replaced later (post_init) is initialized alone
+    model.load_state_dict(state, strict=False)  # exactness was checked by adapt_state_dict
     return model
 
 

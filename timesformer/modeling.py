@@ -26,7 +26,7 @@ from .backends import BACKEND_CHOICES, Backend, get_backend, resolve_backend
 from .backends.base import ForwardContext, drop_path
 from .configuration import TimesformerConfig, no_push_to_hub, refuse_push_to_hub
 from .outputs import BaseModelOutput, ImageClassifierOutput, output_types
-from .weight_cache import clear_weight_cache
+from .weight_cache import assignments, clear_weight_cache
 
 logger = logging.getLogger(__name__)
 
@@ -429,18 +429,6 @@ class TimesformerEncoder(nn.Module):
 
 
 # --------------------------------------------------------------------------- the module path
-# Bumped by a global module-registration hook whenever any module gets a submodule assigned (PEFT's
-# injection, ``model.encoder.layer[3] = ...``): with torch's hook-handle counter, it tells when a cached
-# answer of ``module_path_reason`` may be stale.
-_assignments = 0
-_assignment_hook = None
-
-
-def _count_assignment(_module, _name, _submodule) -> None:
-    global _assignments
-    _assignments += 1
-
-
 # A process-wide token in the cache key: a model pickled with its cached answer (torch.save, spawned
 # workers) meets counters that restarted in another process.
 _PROCESS = os.urandom(8).hex()
@@ -517,14 +505,13 @@ def module_path_reason(model: nn.Module) -> str | None:
     dict directly (``ModuleList.insert``). A reason is never cached, so removing the hooks brings the fused
     path back.
     """
-    global _assignment_hook
     if torch.compiler.is_compiling():
         # Traced (the counters and the cache are Python state a compiled forward does not re-read): the
         # compiled forward takes the path of the module structure it traced, and recompiles with it.
         return _module_path_scan(model) or _mode_reason(model, _noisy_modules(model))
-    if _assignment_hook is None:
-        _assignment_hook = torch.nn.modules.module.register_module_module_registration_hook(_count_assignment)
-    key = (_PROCESS, torch.utils.hooks.RemovableHandle.next_id, _assignments)
+    # Submodule assignments (PEFT's injection, ``model.encoder.layer[3] = ...``) and torch's hook-handle
+    # counter tell when a cached answer may be stale.
+    key = (_PROCESS, torch.utils.hooks.RemovableHandle.next_id, assignments())
     cached = model.__dict__.get("_plain_at")
     if cached is not None and cached[0] == key:
         return _mode_reason(model, cached[1])
@@ -629,9 +616,13 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
     # ------------------------------------------------------------------ init
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        # Mirrors TimesformerPreTrainedModel._init_weights of transformers.
+        # Mirrors TimesformerPreTrainedModel._init_weights of transformers, random draws included: a seeded
+        # model gets transformers' values, and leaves the generator as transformers does.
         std = self.config.initializer_range
         if isinstance(module, (nn.Linear, nn.Conv2d)):
+            # transformers 5's PreTrainedModel._init_weights, which Timesformer's calls first, draws a normal
+            # that the truncated normal then replaces.
+            nn.init.normal_(module.weight, std=std or 0.02)
             nn.init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)

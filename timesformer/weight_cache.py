@@ -41,6 +41,26 @@ def optimizer_steps() -> int:
     return _optimizer_steps
 
 
+# Bumped whenever any module gets a submodule assigned. PEFT's ``merge_and_unload`` adds the adapters into
+# the base weights through ``.data`` (no version bump, same address) and then puts the base layers back in
+# place of its wrappers: these assignments are all that tells a prepared weight it is stale.
+_assignments = 0
+_assignment_hook = None
+
+
+def _count_assignment(_module, _name, _submodule) -> None:
+    global _assignments
+    _assignments += 1
+
+
+def assignments() -> int:
+    """Submodule assignments anywhere in this process since the first call (which starts the count)."""
+    global _assignment_hook
+    if _assignment_hook is None:
+        _assignment_hook = torch.nn.modules.module.register_module_module_registration_hook(_count_assignment)
+    return _assignments
+
+
 def fingerprint(t: torch.Tensor) -> tuple:
     """What identifies ``t``'s current values without reading them: address, version counter (bumped by
     in-place edits), dtype, device and shape. Inference tensors (``torch.inference_mode``) carry no
@@ -70,8 +90,9 @@ def cached_weights(
     version counter), replaced (new storage), or after any optimizer step (fused optimizers bypass
     version counters). The entry keeps the old sources alive so that a new tensor can never reuse
     their address and look unchanged; the models drop all entries on ``.to()``/``.half()``/...
-    Not detected: edits through ``.data`` and in-place edits of tensors created under
-    ``torch.inference_mode``; call ``model.clear_weight_cache()`` after those.
+    A submodule assigned anywhere (PEFT's ``merge_and_unload``, whose ``.data`` edits are otherwise
+    invisible) counts as a change too. Not detected: other edits through ``.data`` and in-place edits of
+    tensors created under ``torch.inference_mode``; call ``model.clear_weight_cache()`` after those.
     """
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         # Under torch.compile (and torch.jit.trace, which the legacy ONNX export runs) the preparation is
@@ -82,7 +103,7 @@ def cached_weights(
     cache = module.__dict__.get("_weight_cache")
     if cache is None:
         cache = module.__dict__["_weight_cache"] = OrderedDict()
-    stamp = (_optimizer_steps, *(fingerprint(s) for s in sources))
+    stamp = (_optimizer_steps, assignments(), *(fingerprint(s) for s in sources))
     hit = cache.get(key)
     if hit is not None and hit[0] == stamp:
         cache.move_to_end(key)
