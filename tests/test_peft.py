@@ -208,7 +208,14 @@ def test_load_adapter_gives_the_peft_models_logits(tmp_path, backend):
     with torch.no_grad():
         plain = fresh(x).logits
     fresh.train()
-    fresh.load_adapter(directory)
+    with pytest.raises(NotImplementedError, match="hotswap=True"):
+        fresh.load_adapter(directory, hotswap=True)
+    with pytest.raises(TypeError, match=r"adapter_kwargs takes .* got \['bogus'\]"):
+        fresh.load_adapter(directory, adapter_kwargs={"bogus": 1})
+    # transformers' keywords (low_cpu_mem_usage, hotswap and the download options as adapter_kwargs) were refused
+    fresh.load_adapter(
+        directory.parent, low_cpu_mem_usage=True, hotswap="auto", adapter_kwargs={"subfolder": directory.name}
+    )
     assert not fresh.training  # inference by default, as transformers
     assert fresh.active_adapters() == ["default"] and set(fresh.peft_config) == {"default"}
     assert not any(p.requires_grad for n, p in fresh.named_parameters() if "lora_" in n)
@@ -382,7 +389,7 @@ def test_from_pretrained_of_an_adapter_folder_loads_its_base_then_the_adapter(tm
     config_file.write_text(config_file.read_text().replace(str(tmp_path / "base"), "base"))
     with pytest.raises(FileNotFoundError, match=r"holds a PEFT adapter whose base model 'base' \(its"):
         cls.from_pretrained(tmp_path / "repo" / "adapter")
-    with pytest.raises(ValueError, match="adapter_name and adapter_kwargs apply to a folder holding a PEFT"):
+    with pytest.raises(ValueError, match="adapter_name applies to a folder holding a PEFT adapter"):
         cls.from_pretrained(tmp_path / "base", adapter_name="x", state_dict=ours.state_dict())
 
 

@@ -627,3 +627,81 @@ def test_seeded_models_and_new_heads_get_transformers_values(tmp_path):
         if not head:
             torch.manual_seed(1)
             assert torch.equal(our_next, torch.rand(3))  # loading a whole checkpoint drew nothing
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_another_num_labels_makes_new_label_maps(impl):
+    """``update({"num_labels": 5})`` on a 3-class config (and a constructor given maps of 2 classes with
+    num_labels=4) kept the old ``label2id`` beside a new ``id2label``."""
+    api = _api(impl)
+    config = api.Config(**small_config_kwargs("divided_space_time", 9, num_labels=3))
+    config.update({"num_labels": 5})
+    assert config.num_labels == 5 and len(config.id2label) == 5
+    assert config.label2id == {name: i for i, name in config.id2label.items()}
+    config = api.Config(id2label={0: "a", 1: "b"}, label2id={"a": 0, "b": 1}, num_labels=4)
+    assert len(config.id2label) == 4 and config.label2id == {name: i for i, name in config.id2label.items()}
+    config.update({"num_labels": 4, "hidden_size": 96})  # the same count keeps the maps
+    assert config.id2label == {i: f"LABEL_{i}" for i in range(4)} and config.hidden_size == 96
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_from_pretrained_leaves_the_config_given_as_it_was(impl, tmp_path):
+    """A load with ``config=`` wrote its dtype and path onto the caller's config and shared it with the model:
+    the next load with that config came out in float16 without asking."""
+    api, model, _ = _model(impl, seed=10)
+    model.save_pretrained(tmp_path)
+    config = api.Config.from_pretrained(tmp_path)
+    before = config.to_dict()
+    half = api.load(api.Classifier, tmp_path, config=config, dtype=torch.float16)
+    assert half.config is not config and config.to_dict() == before
+    plain = api.load(api.Classifier, tmp_path, config=config)
+    assert plain.dtype == torch.float32 and plain.config is not half.config
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_config_without_dtype_loads_in_the_weights_dtype(impl, tmp_path):
+    """transformers 5 takes the first floating-point weight's dtype when config.json records none; ours took
+    float32."""
+    api, model, _ = _model(impl, seed=11)
+    model.half().save_pretrained(tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    for key in ("dtype", "torch_dtype"):
+        raw.pop(key, None)
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    for kwargs in ({}, {"dtype": "auto"}):
+        assert api.load(api.Classifier, tmp_path, **kwargs).dtype == torch.float16
+    assert api.load(api.Classifier, tmp_path, dtype=torch.float32).dtype == torch.float32
+
+
+def test_registered_with_transformers_auto_classes(tmp_path, monkeypatch):
+    """``AutoConfig.register`` / ``AutoModelForVideoClassification.register`` with our classes: loading failed
+    on ``sub_configs``, then on the ``name_or_path`` and ``adapter_kwargs`` the Auto classes pass, and
+    ``from_config`` on a missing ``_from_config``."""
+    from transformers import AutoConfig, AutoModelForVideoClassification
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    mapping = AutoModelForVideoClassification._model_mapping
+    monkeypatch.setattr(CONFIG_MAPPING, "_extra_content", dict(CONFIG_MAPPING._extra_content))
+    monkeypatch.setattr(mapping, "_extra_content", dict(mapping._extra_content))
+    AutoConfig.register("timesformer", timesformer.TimesformerConfig, exist_ok=True)
+    AutoModelForVideoClassification.register(
+        timesformer.TimesformerConfig, timesformer.TimesformerForVideoClassification, exist_ok=True
+    )
+    _, model, kwargs = _model("sdpa", seed=12)
+    model.save_pretrained(tmp_path)
+    x = random_clip(kwargs)
+    loaded = AutoModelForVideoClassification.from_pretrained(tmp_path, dtype=torch.float64)
+    assert type(loaded) is timesformer.TimesformerForVideoClassification and loaded.dtype == torch.float64
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x.double()).logits.float(), model.eval()(x).logits)
+    built = AutoModelForVideoClassification.from_config(model.config, dtype=torch.float16)
+    assert type(built) is timesformer.TimesformerForVideoClassification and built.dtype == torch.float16
+    assert built.config.dtype == torch.float16
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_pipeline_on_the_model_prints(impl):
+    """``repr`` of a pipeline reads ``model.input_modalities``."""
+    _, model, _ = _model(impl, seed=13)
+    pipe = transformers.pipeline("video-classification", model=model, image_processor=object())
+    assert "input_modalities" in repr(pipe)

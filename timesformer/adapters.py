@@ -62,6 +62,7 @@ def adapter_options(
         "adapter_name",
         "peft_config",
         "adapter_state_dict",
+        "adapter_kwargs",
     }
     unknown = sorted(set(adapter_kwargs or {}) - allowed)
     if unknown:
@@ -132,10 +133,13 @@ class AdapterMixin:
         adapter_name: str | None = None,
         peft_config: Any = None,
         adapter_state_dict: Mapping[str, torch.Tensor] | None = None,
+        low_cpu_mem_usage: bool = False,
         is_trainable: bool = False,
+        hotswap: bool | str = "auto",
+        local_files_only: bool = False,
+        adapter_kwargs: Mapping[str, Any] | None = None,
         *,
         subfolder: str = "",
-        local_files_only: bool = False,
         use_safetensors: bool | None = None,
         revision: str | None = None,
         cache_dir: str | os.PathLike | None = None,
@@ -151,10 +155,14 @@ class AdapterMixin:
             adapter_name: its name (default ``"default"``).
             peft_config, adapter_state_dict: the config (a PEFT config or its dict) and weights in memory,
                 instead of ``peft_model_id``'s files.
+            low_cpu_mem_usage: accepted, as ``transformers`` takes it (an adapter is small: built directly).
             is_trainable: keep the adapter trainable; by default it is frozen and the model put in eval mode,
                 as in ``transformers``.
+            hotswap: ``"auto"`` or ``False``; ``True`` (replacing a loaded adapter's weights in place) is refused.
             subfolder, local_files_only, revision, cache_dir, token, force_download: as ``from_pretrained``.
             use_safetensors: ``True``: only ``adapter_model.safetensors``; ``False``: the ``.bin`` first.
+            adapter_kwargs: any of these download options (and ``use_safetensors``) as a dict, as
+                ``transformers`` passes them; they win over the keywords.
 
         Raises ``CheckpointError`` when the weights do not fit the adapter's layers (another model's adapter);
         the adapter is then removed again.
@@ -162,18 +170,34 @@ class AdapterMixin:
         from .configuration import read_json_object
         from .loading import CheckpointError, model_file, resolve_pretrained_dir
 
+        if hotswap not in ("auto", False):
+            raise NotImplementedError(
+                f"load_adapter: hotswap={hotswap!r} (replacing a loaded adapter's weights in place) is not "
+                "supported; delete_adapter, then load_adapter"
+            )
+        options = dict(
+            subfolder=subfolder,
+            local_files_only=local_files_only,
+            use_safetensors=use_safetensors,
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            force_download=force_download,
+        )
+        unknown = sorted(set(adapter_kwargs or {}) - set(options))
+        if unknown:
+            raise TypeError(f"load_adapter: adapter_kwargs takes {sorted(options)}, got {unknown}")
+        options.update(adapter_kwargs or {})
+        subfolder, local_files_only, use_safetensors = (
+            options.pop(k) for k in ("subfolder", "local_files_only", "use_safetensors")
+        )
         peft = _peft()
         name = "default" if adapter_name is None else adapter_name
         if peft_model_id is None and (peft_config is None or adapter_state_dict is None):
             raise ValueError("load_adapter needs peft_model_id, or both peft_config and adapter_state_dict")
         directory = None
         if peft_model_id is not None:
-            hub = {
-                "revision": revision,
-                "cache_dir": cache_dir,
-                "token": token,
-                "force_download": force_download,
-            }
+            hub = options  # revision, cache_dir, token, force_download
             weights = {None: ADAPTER_WEIGHTS, True: ADAPTER_WEIGHTS[:1], False: ADAPTER_WEIGHTS[1:]}
             files = [ADAPTER_CONFIG, *weights[use_safetensors]]
             try:

@@ -14,7 +14,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 
@@ -225,6 +225,8 @@ class TimesformerConfig:
     """
 
     model_type = "timesformer"
+    # As transformers' (its Auto classes read it): no nested configs.
+    sub_configs: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self,
@@ -299,7 +301,7 @@ class TimesformerConfig:
                 self.num_labels = num_labels
         else:
             self.num_labels = 2 if num_labels is None else num_labels
-        if label2id is not None and id2label is not None:
+        if label2id is not None and id2label is not None and len(self.id2label) == len(id2label):
             try:
                 self.label2id = {str(k): int(v) for k, v in dict(label2id).items()}
             except (TypeError, ValueError):
@@ -516,7 +518,12 @@ class TimesformerConfig:
         an invalid config raise and leave this one as it was."""
         values = dict(values)
         name = str(values.pop("name_or_path", self.name_or_path))
-        updated = type(self).from_dict({**self.to_dict(), **values})  # checks the result
+        base = self.to_dict()
+        if "id2label" not in values and values.get("num_labels", self.num_labels) != self.num_labels:
+            # As setting num_labels: another count makes new generic maps (these would outvote it).
+            base.pop("id2label", None)
+            base.pop("label2id", None)
+        updated = type(self).from_dict({**base, **values})  # checks the result
         self.__dict__.update(updated.__dict__)
         self.name_or_path = name
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -383,11 +384,16 @@ def adapt_state_dict(
 # --------------------------------------------------------------------------- public entry points
 
 
-def _parse_dtype(dtype: torch.dtype | str | None, config: TimesformerConfig) -> torch.dtype:
+def model_dtype(
+    dtype: torch.dtype | str | None, config: TimesformerConfig, state: Mapping[str, torch.Tensor]
+) -> torch.dtype:
     """The model dtype for ``dtype``; ``None`` and ``"auto"`` (transformers 5's default) take the checkpoint's
-    ``dtype``/``torch_dtype`` from its config, float32 when it records none."""
+    ``dtype``/``torch_dtype`` from its config, else (as transformers) its first floating-point weight's dtype,
+    float32 when it has none."""
     if dtype is None or dtype == "auto":
-        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
+        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        if dtype is None:
+            dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
     value = (
         dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype).replace("torch.", ""), None)
     )
@@ -471,6 +477,8 @@ def loading_options(
     for name, default in INERT_LOADING_OPTIONS.items():
         if name in config_overrides and config_overrides.pop(name) != default:
             raise ValueError(f"from_pretrained: {name} is not supported here (only {name}={default!r})")
+    # What transformers' Auto classes pass along: the path being loaded, which the model records anyway.
+    config_overrides.pop("name_or_path", None)
     # No code is ever fetched: the classes are this package's, so trusting remote code changes nothing.
     trust = config_overrides.pop("trust_remote_code", None)
     if trust is not None and not isinstance(trust, bool):
@@ -575,6 +583,8 @@ def load_pretrained(
                 )
             raise FileNotFoundError(f"no {CONFIG_NAME} in {directory!r}{hint}")
         config = TimesformerConfig.from_json_file(config_path)
+    else:
+        config = copy.deepcopy(config)  # as transformers: the model's own, the caller's stays as it was
     if config_overrides:
         config = TimesformerConfig.from_dict(config.to_dict(), **config_overrides)
     if state_dict is None:
@@ -585,7 +595,7 @@ def load_pretrained(
         state = dict(state_dict)
     else:
         raise TypeError(f"state_dict must map parameter names to tensors, got {type(state_dict).__name__}")
-    torch_dtype = _parse_dtype(dtype, config)
+    torch_dtype = model_dtype(dtype, config, state)
 
     # The checkpoint's keys and shapes against a model without storage first: a config that does not fit
     # the weights (or asks for a huge model) fails here, before anything is allocated or initialized.

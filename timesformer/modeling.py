@@ -590,6 +590,7 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
     config_class = TimesformerConfig
     base_model_prefix = "timesformer"
     main_input_name = "pixel_values"
+    input_modalities = ("image",)  # as transformers' (its pipelines print it)
 
     supports_gradient_checkpointing = True
     # What transformers' attention switch checks; flash_attention_2 maps to the fused kernels.
@@ -934,6 +935,34 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
 
     # ------------------------------------------------------------ checkpoints
     @classmethod
+    def _from_config(
+        cls,
+        config: TimesformerConfig,
+        *,
+        backend: str = "auto",
+        dtype: torch.dtype | str | None = None,
+        torch_dtype: torch.dtype | str | None = None,
+        attn_implementation: str | None = None,
+    ):
+        """A new, initialized model of ``config`` in ``dtype`` (the config's when not given), as ``transformers``'
+        ``_from_config``, which its Auto classes' ``from_config`` calls."""
+        from .loading import loading_options, model_dtype
+
+        options = loading_options(
+            backend=backend,
+            dtype=dtype,
+            device=None,
+            torch_dtype=torch_dtype,
+            attn_implementation=attn_implementation,
+            device_map=None,
+            config_overrides={},
+        )
+        model = cls(config, backend=options["backend"])
+        dtype = model_dtype(options["dtype"], model.config, {})
+        model.config.dtype = dtype  # as transformers: the config records the weights' dtype
+        return model.to(dtype)
+
+    @classmethod
     def from_pretrained(
         cls,
         pretrained_model_name_or_path: str | os.PathLike | None,
@@ -971,7 +1000,7 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
                 ``config`` and ``state_dict``.
             backend: ``"auto"``, ``"eager"``, ``"sdpa"`` or ``"triton"``.
             dtype: parameter dtype; the default ``"auto"`` (as transformers 5) takes the checkpoint's
-                (its config's ``dtype``), float32 when it records none.
+                (its config's ``dtype``; else its first floating-point weight's).
             device: where to put the model.
             config: use this config instead of the checkpoint's ``config.json``: a config, or where to read one
                 (a folder, a ``config.json`` file or a hub id).
@@ -1025,10 +1054,11 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
         base = None
         if pretrained_model_name_or_path is not None:
             base = find_adapter(pretrained_model_name_or_path, **for_adapter)
-        if base is None and (adapter_name is not None or adapter_kwargs):
+        if base is None and adapter_name is not None:
+            # (adapter_kwargs alone are ignored then, as transformers does: its Auto classes always pass some.)
             raise ValueError(
-                "from_pretrained: adapter_name and adapter_kwargs apply to a folder holding a PEFT adapter; "
-                f"found no adapter_config.json for {str(pretrained_model_name_or_path)!r}"
+                "from_pretrained: adapter_name applies to a folder holding a PEFT adapter; found no "
+                f"adapter_config.json for {str(pretrained_model_name_or_path)!r}"
             )
         path, base_subfolder = (pretrained_model_name_or_path, subfolder) if base is None else base
         if isinstance(
