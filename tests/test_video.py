@@ -302,7 +302,8 @@ def _mux(path, codec, packets, *, time_base, restamp, format=None) -> None:
         stream.codec_context.extradata = codec.extradata
         stream.time_base = time_base
         for packet in packets:
-            restamp(packet)
+            if restamp(packet) is False:
+                continue
             packet.time_base, packet.stream = time_base, stream
             out.mux(packet)
 
@@ -505,3 +506,151 @@ def test_sound_with_a_cover_image_is_not_a_video(tmp_path):
         ]
     with pytest.raises(VideoError, match="has no video stream \\(only a cover image\\)"):
         read_video(path, 8, 4)
+
+
+@pytest.mark.parametrize(
+    "ext, format, time_base, scale",
+    [
+        ("mkv", None, 1000, 40),  # the seek lands on a later keyframe
+        ("mp4", None, 25, 1),  # no keyframe before the first frames: the seek fails
+        ("ts", "mpegts", 90_000, 3600),  # the seek lands past the frame
+    ],
+)
+def test_a_file_that_starts_mid_gop_keeps_its_frame_numbers(tmp_path, ext, format, time_base, scale):
+    """A capture, or a cut, that starts after a keyframe: its first packets refer to frames before the start and
+    never decode. The index numbered frames by their packets and the fallback by the frames the decoder gave, so
+    frames came shifted ([21] for frame 5, [16] for frame 6), and a seek with no keyframe before the frame made
+    a playable file "corrupt". Frame i is now the i-th packet's frame whichever way it is read, and one that
+    does not decode is the next one that does."""
+    import fractions
+
+    path = tmp_path / f"midgop.{ext}"
+    codec, packets = _h264_packets(48, gop=12)
+    order, kept = iter(range(len(packets))), []
+    offset = 126_000 if ext == "ts" else 0  # MPEG-TS timestamps start above 0
+
+    def cut(packet):  # the first 4 packets in decode order
+        if next(order) < 4:
+            return False
+        kept.append(packet.pts)
+        packet.pts, packet.dts = packet.pts * scale + offset, packet.dts * scale + offset
+
+    _mux(path, codec, packets, time_base=fractions.Fraction(1, time_base), restamp=cut, format=format)
+    sources = sorted(kept)  # frame i of the file is index frame sources[i]
+    shown = _full_decode(path)
+    # What the test relies on: the first frames never decode.
+    assert shown[0] > sources[1] and len(shown) < len(sources)
+    total = len(sources)
+    assert video_info(path)["frames"] == total
+    expected = [min(s for s in shown if s >= sources[i]) for i in range(total)]
+    for wanted in ([0], [1], [2], [5], [6], list(range(0, total, 3)), [total - 1, 0]):
+        assert _indices(read_video(path, indices=wanted)) == [expected[i] for i in wanted], wanted
+    for strategy in ("center", "uniform"):
+        got = _indices(read_video(path, 8, 4, strategy=strategy))
+        assert got == [expected[i] for i in sample_frame_indices(8, 4, total, strategy)]
+
+
+@pytest.mark.parametrize("junk", ["trailing zeros", "a zeroed gap"])
+def test_mpeg_ts_with_junk_bytes_is_read(tmp_path, junk):
+    """A complete MPEG-TS with a run of junk bytes (a capture's zero padding, a zeroed gap on 188-byte packets):
+    the demuxer asks to retry (EAGAIN) while it resyncs, or a seek fails, and the file was refused as corrupt."""
+    clean = tmp_path / "clean.ts"
+    write_indexed_video(clean, 60, 64, 96)
+    data = clean.read_bytes()
+    half = len(data) // 2 // 188 * 188
+    path = tmp_path / "junk.ts"
+    if junk == "trailing zeros":
+        path.write_bytes(data + b"\0" * 200_000)
+    else:
+        path.write_bytes(data[:half] + b"\0" * (188 * 600) + data[half:])
+    assert video_info(path)["frames"] == 60
+    assert _indices(read_video(path, indices=[0, 29, 30, 31, 59])) == [0, 29, 30, 31, 59]
+    assert _indices(read_video(path, 8, 4, strategy="center")) == sample_frame_indices(8, 4, 60, "center")
+
+
+def _one_frame(path, codec: str, pix_fmt: str, format: str, options=None) -> None:
+    with av.open(str(path), "w", format=format, options=options or {}) as out:
+        stream = out.add_stream(codec, rate=1)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, pix_fmt
+        out.mux(stream.encode(av.VideoFrame.from_ndarray(index_frame(5, 64, 64), format="rgb24")))
+        out.mux(stream.encode())
+
+
+@pytest.mark.parametrize(
+    "name, codec, pix_fmt, format, options, kind",
+    [
+        (
+            "photo.avif",
+            "libsvtav1",
+            "yuv420p",
+            "avif",
+            None,
+            "avif",
+        ),  # an image item, read by the MP4 demuxer
+        (
+            "photo.heic",
+            "libx264",
+            "yuv420p",
+            "mp4",
+            {"brand": "heic"},
+            "heic",
+        ),  # HEIC's brand (no HEIF muxer)
+        ("thumb.gif", "gif", "rgb8", "gif", None, "gif"),
+    ],
+)
+def test_still_images_read_by_video_demuxers_are_not_videos(
+    tmp_path, name, codec, pix_fmt, format, options, kind
+):
+    """AVIF and HEIC photos come through FFmpeg's MP4 demuxer, a GIF through its own: a one-frame file of them
+    was classified as eight equal frames, where a PNG was refused."""
+    if codec not in av.codecs_available:
+        pytest.skip(f"this FFmpeg has no {codec} encoder")
+    path = tmp_path / name
+    _one_frame(path, codec, pix_fmt, format, options)
+    for read in (lambda: read_video(path, 8, 4), lambda: video_info(path)):
+        with pytest.raises(VideoError, match=rf"is a still image \({kind}\), not a video"):
+            read()
+
+
+def test_a_one_frame_video_is_a_video(tmp_path):
+    path = tmp_path / "one.mp4"
+    _one_frame(path, "libx264", "yuv420p", "mp4")
+    assert _indices(read_video(path, 4, 1)) == [5, 5, 5, 5]
+    assert video_info(path)["frames"] == 1
+
+
+def test_frames_that_share_a_timestamp_are_told_apart_by_their_order(tmp_path):
+    """A muxer that rounds, or a broken encoder, can give two frames one timestamp: the frame asked for came
+    back as the other one ([9] for frame 10), depending on which other frames were asked for."""
+    import fractions
+
+    source, path = tmp_path / "source.mkv", tmp_path / "dup.mkv"
+    write_indexed_video(source, 40, 64, 96, codec="mjpeg", gop=1)
+    with av.open(str(source)) as src, av.open(str(path), "w") as out:
+        stream = out.add_stream_from_template(src.streams.video[0])
+        for k, packet in enumerate(p for p in src.demux(src.streams.video[0]) if p.size):
+            packet.stream, packet.time_base = stream, fractions.Fraction(1, 30)
+            packet.pts, packet.dts, packet.duration = (k if k < 10 else k - 1), None, 1  # 9 and 10 share one
+            out.mux(packet)
+    with av.open(str(path)) as c:  # what the test relies on
+        stamps = [p.pts for p in c.demux(video=0) if p.size]
+        assert stamps[9] == stamps[10] and len(set(stamps)) == 39
+    for wanted in ([10], [9], [10, 9], [0, 10, 20], [11]):
+        assert _indices(read_video(path, indices=wanted)) == wanted
+    assert _indices(read_video(path, 8, 4, strategy="center")) == sample_frame_indices(8, 4, 40, "center")
+
+
+def test_avi_with_b_frames_is_read_in_presentation_order(tmp_path):
+    """AVI stores no presentation timestamps: with B-frames, FFmpeg's stand-ins are in decode order, and frames
+    numbered by them came out of order ([0, 8, 13, 24, 49] for [0, 7, 13, 25, 49]). Timestamps that go backwards
+    are not the frames' order: the frames are counted."""
+    path = tmp_path / "b-frames.avi"
+    write_indexed_video(path, 50, 64, 96)
+    with av.open(str(path)) as c:  # what the test relies on: timestamps out of presentation order
+        stamps = [f.pts for f in c.decode(video=0)]
+        assert stamps != sorted(stamps)
+    assert _full_decode(path) == list(range(50))
+    wanted = [0, 7, 13, 25, 49]
+    assert _indices(read_video(path, indices=wanted)) == wanted
+    for strategy in ("center", "uniform"):
+        assert _indices(read_video(path, 8, 4, strategy=strategy)) == sample_frame_indices(8, 4, 50, strategy)

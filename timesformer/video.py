@@ -10,7 +10,10 @@ with the model cards' ``read_video_pyav`` (decode every frame from the start up 
 - lets the decoder use its threads (``thread_type="AUTO"``), and converts only the sampled frames to RGB.
 
 Frame ``i`` is the ``i``-th frame in presentation order, as in ``read_video_pyav``'s enumeration (frames
-an MP4 edit list cuts are not frames). Frames come as a player shows them: turned and mirrored by the
+an MP4 edit list cuts are not frames), whichever way it is read (a seek, or decoding from the start where a
+seek cannot be trusted); a frame that does not decode (the first frames of a capture or a cut that starts
+between keyframes, which refer to frames before it) is the next one that does, where ``read_video_pyav``
+would shift every frame after it. Frames come as a player shows them: turned and mirrored by the
 stream's display matrix (a phone's portrait video is stored sideways), which ``read_video_pyav`` ignores; the
 video track is the one FFmpeg picks, never a cover image.
 """
@@ -20,7 +23,7 @@ from __future__ import annotations
 import bisect
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -94,6 +97,19 @@ MAX_NUM_FRAMES = 1024
 # Seconds FFmpeg may wait in one open or read call before giving up (a regular file never comes close).
 IO_TIMEOUT_S = 60.0
 
+# Reads in a row that may ask to be retried (EAGAIN) before the file is taken for corrupt. The MPEG-TS demuxer
+# asks while it resyncs over junk bytes (a capture's zero padding, a zeroed gap), each time past up to 64 KB more
+# of them, where ffmpeg's own read loop reads on: this is over 600 MB of junk in one run.
+MAX_READ_RETRIES = 10_000
+
+# The HEIF family's brands (ISO/IEC 23008-12: AVIF, HEIC and their image sequences), which FFmpeg reads with its
+# MP4 demuxer: a file of one frame with one of them as its major brand is a photo.
+_STILL_BRANDS = frozenset(
+    {"avif", "avis", "heic", "heix", "heim", "heis", "hevc", "hevx", "hevm", "hevs", "mif1", "mif2", "msf1"}
+)
+# Demuxers of animated image formats (GIF, APNG, JPEG XL): a file of one frame in them is a still image.
+_ANIMATED_IMAGE_FORMATS = ("gif", "apng", "jpegxl_anim")
+
 
 def _open(path):
     """Open a local regular file with FFmpeg's ``file:`` protocol, never a URL, device or pipe.
@@ -137,6 +153,49 @@ def _open(path):
     return container
 
 
+def _still_image(container, total: int) -> str | None:
+    """The kind of still image a file of ``total`` frames is (``"avif"``, ``"gif"``, ...), ``None`` for a video.
+
+    ``_open`` refuses FFmpeg's still-image readers by name; these formats come through the demuxers of videos
+    (MP4's for AVIF and HEIC, animations' for GIF and APNG) and are told apart by one frame: a one-frame video
+    in an ordinary container (MP4 with a video brand, Matroska, ...) is still a video."""
+    if total != 1:
+        return None
+    kind = container.format.name
+    if kind in _ANIMATED_IMAGE_FORMATS:
+        return kind.removesuffix("_anim")
+    if "mp4" in kind.split(","):  # "mov,mp4,m4a,3gp,3g2,mj2"
+        brand = str(container.metadata.get("major_brand") or "").strip().lower()
+        if brand in _STILL_BRANDS:
+            return brand
+    return None
+
+
+def _check_not_still(container, total: int, path) -> None:
+    if (kind := _still_image(container, total)) is not None:
+        raise VideoError(path, f"is a still image ({kind}), not a video")
+
+
+def _retrying(read: Callable[[], Iterator]) -> Iterator:
+    """The items of ``read()`` (``container.demux`` or ``container.decode``), read on where FFmpeg asks to retry
+    (EAGAIN, ``BlockingIOError``): the MPEG-TS demuxer does while it resyncs over junk bytes, and each retry
+    starts where the last read stopped (a fresh ``read()`` goes on from there; the decoder keeps its state).
+    At most ``MAX_READ_RETRIES`` in a row, then the error is raised."""
+    import av
+
+    retries = 0
+    while True:
+        try:
+            for item in read():
+                retries = 0
+                yield item
+            return
+        except av.error.BlockingIOError:
+            retries += 1
+            if retries > MAX_READ_RETRIES:
+                raise
+
+
 def _is_cover(stream) -> bool:
     """A cover image (``attached_pic``: one still frame, which MP4, MKV, MOV and MP3 files may carry)."""
     from av.stream import Disposition
@@ -169,7 +228,7 @@ def _frame_index(container, stream, path) -> tuple[list[int] | None, int, int]:
     end = hidden = 0
     unstamped = False
     try:
-        for packet in container.demux(stream):
+        for packet in _retrying(lambda: container.demux(stream)):
             if packet.size == 0:  # the demuxer's flush packet
                 continue
             # Cut by an edit list (an MP4 cut without re-encoding): decoded, but no frame comes of it.
@@ -197,7 +256,7 @@ def _frame_count(container, stream, max_frame_pixels: int, path) -> int:
 
     count = 0
     try:
-        for frame in container.decode(stream):
+        for frame in _retrying(lambda: container.decode(stream)):
             _check_pixels(frame, max_frame_pixels, path)
             count += 1
     except av.error.FFmpegError as exc:
@@ -293,7 +352,8 @@ def read_video(
         uint8 ``(num_frames, height, width, 3)`` RGB frames (``len(indices)`` frames when given).
 
     Raises:
-        VideoError: missing file, not a video, no video stream, no frames, corrupt or truncated data.
+        VideoError: missing file, not a video (a still image: PNG, JPEG, a one-frame GIF, an AVIF or HEIC photo),
+            no video stream, no frames, corrupt or truncated data.
     """
 
     def check_count(count: int, name: str) -> None:
@@ -324,8 +384,9 @@ def read_video(
             total = _frame_count(container, _video_stream(container), max_frame_pixels, path)
         else:
             total = len(pts_index)
-            if total:
-                _check_complete(container, stream, pts_index, end, hidden, path)
+        _check_not_still(container, total, path)
+        if pts_index is not None and total:
+            _check_complete(container, stream, pts_index, end, hidden, path)
         if total == 0:
             raise VideoError(path, "has no frames (zero-length video)")
         if indices is None:
@@ -342,18 +403,25 @@ def read_video(
         wanted = sorted(set(indices))
         to_rgb = _ToRGB(max_frame_pixels, path)
         frames: dict[int, np.ndarray] = {}
-        if pts_index is not None:
-            frames = _decode_by_pts(container, stream, [pts_index[i] for i in wanted], wanted, to_rgb, path)
+        # Frames that share a timestamp (a broken muxer's) are told apart by their order from the start only:
+        # a seek may land between them.
+        if pts_index is not None and len(set(pts_index)) == total:
+            frames = _decode_by_pts(container, stream, pts_index, wanted, to_rgb, path)
         if len(frames) < len(wanted):
-            # No timestamps, decoded timestamps that match no packet, or a seek that landed past the first
-            # frame (MPEG-TS): the whole clip is taken by counting frames from the start of a fresh open, so
-            # that all its frames have one numbering (a seek to time 0 is not the start where timestamps
-            # begin below 0).
-            container.close()
-            container = _open(path)
-            stream = _video_stream(container)
-            stream.thread_type = "AUTO"
-            frames = _decode_sequentially(container, stream, set(wanted), to_rgb)
+            # No timestamps, duplicate ones, decoded timestamps that match no packet, a seek that fails (no
+            # keyframe before the frame: a file that starts mid-GOP) or lands past the first frame (MPEG-TS):
+            # the whole clip is taken from the start of a fresh open, numbered as the seek numbers it, so that
+            # all its frames have one numbering (a seek to time 0 is not the start where timestamps begin
+            # below 0).
+            for numbered_by in (pts_index, None):  # timestamps, then counting where they are out of order
+                container.close()
+                container = _open(path)
+                stream = _video_stream(container)
+                stream.thread_type = "AUTO"
+                taken = _decode_sequentially(container, stream, numbered_by, wanted, to_rgb)
+                if taken is not None:
+                    frames = taken
+                    break
         missing = [i for i in wanted if i not in frames]
         if missing:
             got = bisect.bisect_left(wanted, missing[0])
@@ -370,28 +438,93 @@ def read_video(
     return torch.from_numpy(np.stack([frames[i] for i in indices]))
 
 
-def _decode_by_pts(container, stream, stamps: list[int], wanted: list[int], to_rgb: _ToRGB, path):
-    """Frames ``wanted`` (sorted) by their presentation timestamps ``stamps``: one seek to the keyframe at or
-    before the first, then decoding up to the last. Frames whose decoded pts match no packet's stay missing."""
+def _decode_by_pts(container, stream, pts_index: list[int], wanted: list[int], to_rgb: _ToRGB, path):
+    """Frames ``wanted`` (sorted) of a video whose index ``pts_index`` holds no timestamp twice: one seek to the
+    keyframe at or before the first, then decoding up to the last, each frame numbered by its timestamp
+    (``_Numbering``). Empty where that numbering does not hold, for the caller to decode from the start: a seek
+    that fails or lands past the first frame, a decoded timestamp that matches no packet or comes out of order."""
     import av
 
-    by_pts = dict(zip(stamps, wanted, strict=True))
-    frames: dict[int, np.ndarray] = {}
+    numbering, taken = _Numbering(pts_index), _Taken(wanted, to_rgb)
     try:
-        container.seek(stamps[0], stream=stream, backward=True, any_frame=False)
-        for frame in container.decode(stream):
-            if frame.pts is None:
-                continue
-            if not frames and frame.pts > stamps[0]:
-                break  # the seek landed past the first frame, which can no longer come: the caller counts
-            i = by_pts.get(frame.pts)
-            if i is not None:
-                frames[i] = to_rgb(frame)
-            if frame.pts >= stamps[-1]:
+        container.seek(pts_index[wanted[0]], stream=stream, backward=True, any_frame=False)
+    except av.error.FFmpegError:
+        return {}  # no keyframe at or before the frame (a file that starts mid-GOP), or no seek here
+    try:
+        for frame in _retrying(lambda: container.decode(stream)):
+            number = numbering.indexed(frame.pts)
+            if number is None or numbering.backwards:
+                return {}  # a timestamp that matches no packet, or not in order: only counting tells
+            if not taken.frames and number > wanted[0]:
+                # The seek landed past the first frame, or the first frame does not decode, which the caller
+                # tells apart by decoding from the start.
+                return {}
+            if taken.add(number, frame):
                 break
     except av.error.FFmpegError as exc:
         raise _corrupt(path, exc) from exc
-    return frames
+    return taken.frames
+
+
+class _Numbering:
+    """The number of each decoded frame, in presentation order: the position of its timestamp in the index
+    (frame ``i`` has the ``i``-th smallest; frames that share one take its positions in the order they come),
+    else, for a frame whose timestamp is not there (no index: a raw stream; timestamps that wrap), one more
+    than the frame before it. Frames that do not decode (the first packets of a file that starts mid-GOP,
+    which refer to frames before its start) leave their numbers out, where counting would shift the frames
+    after them. ``backwards`` tells that a timestamp came lower than one before it: the decoder gives frames
+    in presentation order, so the timestamps are not the frames' (AVI stores none, and FFmpeg's stand-ins are
+    in decode order), and only counting numbers the frames."""
+
+    def __init__(self, pts_index: list[int] | None) -> None:
+        self.pts_index = pts_index or []
+        self.seen: dict[int, int] = {}  # frames so far with each timestamp
+        self.last = -1
+        self.latest: int | None = None
+        self.backwards = False
+
+    def indexed(self, stamp: int | None) -> int | None:
+        """The frame's number by its timestamp, ``None`` when the index does not hold it."""
+        if stamp is None:
+            return None
+        if self.latest is not None and stamp < self.latest:
+            self.backwards = True
+        self.latest = stamp if self.latest is None else max(self.latest, stamp)
+        first = bisect.bisect_left(self.pts_index, stamp)
+        if first == len(self.pts_index) or self.pts_index[first] != stamp:
+            return None
+        k = self.seen.get(stamp, 0)
+        self.seen[stamp] = k + 1
+        return min(first + k, bisect.bisect_right(self.pts_index, stamp) - 1)
+
+    def __call__(self, stamp: int | None) -> int:
+        number = self.indexed(stamp)
+        self.last = self.last + 1 if number is None else number
+        return self.last
+
+
+class _Taken:
+    """The wanted frames (sorted numbers) out of decoded frames in presentation order. A frame that never
+    decodes is the next one that does (what a player shows there: nothing new until then), so that a file
+    which starts mid-GOP, or drops a frame, keeps its frame count and every frame its number. A wanted frame
+    after the last one that decodes stays missing: the caller's "corrupt or truncated" error."""
+
+    def __init__(self, wanted: list[int], to_rgb: _ToRGB) -> None:
+        self.wanted, self.to_rgb = wanted, to_rgb
+        self.frames: dict[int, np.ndarray] = {}
+        self.k = 0
+
+    def add(self, number: int, frame) -> bool:
+        """Take the frame numbered ``number`` for itself and the wanted frames before it that did not come;
+        ``True`` once every wanted frame is taken."""
+        wanted, k = self.wanted, self.k
+        if k < len(wanted) and wanted[k] <= number:
+            rgb = self.to_rgb(frame)
+            while k < len(wanted) and wanted[k] <= number:
+                self.frames[wanted[k]] = rgb
+                k += 1
+            self.k = k
+        return k == len(wanted)
 
 
 def _check_pixels(frame, max_frame_pixels: int, path) -> None:
@@ -464,7 +597,8 @@ def _displayed_size(path, height: int, width: int) -> tuple[int, int]:
         return height, width
     try:
         with _open(path) as container:
-            frame = next(container.decode(_video_stream(container)), None)
+            stream = _video_stream(container)
+            frame = next(_retrying(lambda: container.decode(stream)), None)
     except (av.error.FFmpegError, VideoError):
         return height, width
     if frame is None:
@@ -474,22 +608,28 @@ def _displayed_size(path, height: int, width: int) -> tuple[int, int]:
     return shape[0], shape[1]
 
 
-def _decode_sequentially(container, stream, wanted: set[int], to_rgb: _ToRGB) -> dict[int, np.ndarray]:
-    """The slow, safe way, counting frames from the start of a freshly opened ``container``: for streams
-    without timestamps, or whose timestamps do not match their packets or do not seek."""
+def _decode_sequentially(
+    container, stream, pts_index: list[int] | None, wanted: list[int], to_rgb: _ToRGB
+) -> dict[int, np.ndarray] | None:
+    """The slow, safe way, from the start of a freshly opened ``container``: for streams without timestamps,
+    with duplicate ones, whose timestamps do not match their packets or do not seek. Frames are numbered as
+    ``_decode_by_pts`` numbers them, by their timestamps' places in ``pts_index`` (counted where a timestamp
+    is not there), so that frame ``i`` is the same frame whichever way it is read; ``None`` as soon as the
+    timestamps turn out not to be in presentation order, for the caller to count frames instead
+    (``pts_index=None``)."""
     import av
 
-    out = {}
-    last = max(wanted)
+    numbering, taken = _Numbering(pts_index), _Taken(wanted, to_rgb)
     try:
-        for i, frame in enumerate(container.decode(stream)):
-            if i in wanted:
-                out[i] = to_rgb(frame)
-            if i >= last:
+        for frame in _retrying(lambda: container.decode(stream)):
+            number = numbering(frame.pts)
+            if pts_index is not None and numbering.backwards:
+                return None
+            if taken.add(number, frame):
                 break
     except av.error.FFmpegError:
         pass  # the caller reports the frames that are still missing
-    return out
+    return taken.frames
 
 
 def video_info(path: str | os.PathLike) -> dict:
@@ -506,6 +646,7 @@ def video_info(path: str | os.PathLike) -> dict:
             total = _frame_count(container, stream, MAX_FRAME_PIXELS, path)
         else:
             total = len(pts)
+        _check_not_still(container, total, path)
         rate = stream.average_rate
         height, width = _displayed_size(path, stream.codec_context.height, stream.codec_context.width)
         return {
