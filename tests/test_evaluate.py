@@ -215,7 +215,9 @@ def test_argument_errors():
     for args, message in [
         (["--clips", "0"], "--clips: must be 1 to 64, got 0"),
         (["--crops", "2"], "--crops: invalid choice: 2"),
-        (["--workers", "-1"], "--workers must be >= 0"),
+        (["--workers", "-1"], "--workers: must be 0 to 65,536, got -1"),
+        (["--batch-size", str(2**70)], "--batch-size: must be 1 to 2,147,483,648"),
+        (["--limit", "0"], "--limit: must be 1 to"),
     ]:
         proc = _cli("evaluate", "DATA", "--output", "OUT", *args, check=False)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
@@ -847,6 +849,24 @@ def test_list_lines_keep_their_paths_as_written(tmp_path):
     listing.write_text("v.mp4,3,1\n")  # three columns: not a path with a comma, an error as before
     with pytest.raises(ValueError, match="line 1: expected 'path label'"):
         load_samples(listing, LABEL2ID, 4)
+
+
+def test_list_lines_break_only_at_line_breaks_and_numeric_class_names_warn(tmp_path, recwarn):
+    """str.splitlines broke a line at U+2028 (and \\x0b, \\x85, ...), legal in a file name: the run stopped
+    on half a path. Class names that are other classes' indices silently took precedence over indices."""
+    listing = tmp_path / "list.txt"
+    listing.write_bytes("take\u2028two.mp4 1\r\nform\x0cfeed.mp4 2\rlast.mp4 0\n".encode())
+    got = {Path(s.path).name: s.label for s in load_samples(listing, LABEL2ID, 4)}
+    assert got == {"take\u2028two.mp4": 1, "form\x0cfeed.mp4": 2, "last.mp4": 0}
+    assert not recwarn.list
+    numeric = {"1": 0, "2": 1, "3": 2, "0": 3}
+    listing.write_text("a.mp4 0\nb.mp4 3\nc.mp4 0\n")
+    with pytest.warns(
+        UserWarning,
+        match=r"'0' \(first on line 1\) is class 3, not class 0, '3' \(first on line 2\) is class 2",
+    ):
+        got = {Path(s.path).name: s.label for s in load_samples(listing, numeric, 4)}
+    assert got == {"a.mp4": 3, "b.mp4": 2, "c.mp4": 3}  # the names, as before
 
 
 def test_sample_rate_is_checked(videos, bundled, tmp_path):

@@ -374,3 +374,16 @@ def test_size_as_max_height_and_width_fits_frames_as_transformers(hw, crop):
     ours.check_model(TimesformerConfig(patch_size=8), "the config")
     with pytest.raises(ValueError, match=r"fit in 30x40 .* as 0x40 pixels: an aspect ratio this extreme"):
         ours(torch.zeros(1, 2, 200, 3, dtype=torch.uint8))
+
+
+def test_shortest_edge_within_longest_edge_refuses_a_side_of_no_pixels():
+    """``{shortest_edge, longest_edge}`` on a 2x1000 strip rounded the short side to 0: a bare RuntimeError from
+    the resize op."""
+    ours = VideoProcessor.from_dict(
+        {"size": {"shortest_edge": 30, "longest_edge": 40}, "crop_size": {"height": 16, "width": 16}}
+    )
+    with pytest.raises(
+        ValueError, match=r"2x1000 resized to .* a side of 0 pixels: an aspect ratio this extreme"
+    ):
+        ours(torch.full((1, 2, 1000, 3), 7, dtype=torch.uint8))
+    assert ours(torch.full((1, 20, 30, 3), 7, dtype=torch.uint8), return_tensors=None).shape[-2:] == (16, 16)

@@ -346,6 +346,10 @@ def _int_in(low: int, high: int):
 
 
 _clips = _int_in(1, 64)
+# Counts with a bound far past any use (top-k is capped at the labels, workers at the videos): a larger
+# number gave an internal error ("Stop argument for islice() must be ... sys.maxsize").
+_count = _int_in(1, 2**31)
+_workers = _int_in(0, 2**16)
 
 
 def _video_model_options(p: argparse.ArgumentParser, device_help: str) -> None:
@@ -452,11 +456,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("classify", help="top-k labels of video files")
     p.add_argument("videos", nargs="+", metavar="VIDEO")
     _video_model_options(p, device_help="default: cuda if available, else cpu")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--top-k", type=_count, default=5)
+    p.add_argument("--batch-size", type=_count, default=4)
     p.add_argument("--strategy", choices=["center", "uniform", "random"], default="center")
     p.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0, help="seed of the random strategy")
-    p.add_argument("--workers", type=int, default=2, help="decoding threads")
+    p.add_argument("--workers", type=_workers, default=2, help="decoding threads")
     p.add_argument("--json", action="store_true", help="one JSON object per video on stdout")
     p.set_defaults(func=classify)
     p = sub.add_parser(
@@ -469,14 +473,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", required=True, metavar="DIR", help="where predictions and metrics go")
     _video_model_options(p, device_help="default: cuda:LOCAL_RANK if available, else cpu")
     p.add_argument(
-        "--batch-size", type=int, default=4, help="videos per forward (each with clips x crops views)"
+        "--batch-size", type=_count, default=4, help="videos per forward (each with clips x crops views)"
     )
     p.add_argument(
-        "--workers", type=int, default=None, help="decoding processes per rank (default: the cores)"
+        "--workers", type=_workers, default=None, help="decoding processes per rank (default: the cores)"
     )
-    p.add_argument("--top-k", type=int, default=5, help="labels kept per video in the predictions")
+    p.add_argument("--top-k", type=_count, default=5, help="labels kept per video in the predictions")
     p.add_argument("--resume", action="store_true", help="skip the videos already in DIR's predictions")
-    p.add_argument("--limit", type=int, default=None, help="only the first N videos (sorted by path)")
+    p.add_argument("--limit", type=_count, default=None, help="only the first N videos (sorted by path)")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p.set_defaults(func=evaluate)
     p = sub.add_parser("sample", help="write a synthetic clip that the bundled model classifies")
@@ -491,12 +495,6 @@ def main(argv: list[str] | None = None) -> int:
     if sys.stdout is None or sys.stdout.closed:
         _error("standard output is closed; nothing could be reported")
         return 2
-    if getattr(args, "batch_size", 1) < 1 or getattr(args, "top_k", 1) < 1:
-        parser.error("--batch-size and --top-k must be >= 1")
-    if getattr(args, "workers", 0) is not None and getattr(args, "workers", 0) < 0:
-        parser.error(f"--workers must be >= 0, got {args.workers}")
-    if getattr(args, "limit", None) is not None and args.limit < 1:
-        parser.error(f"--limit must be >= 1, got {args.limit}")
     return _run(args.func, args)
 
 

@@ -267,12 +267,21 @@ def load_samples(
         try:
             # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the first path.
             with open(root, newline="", encoding="utf-8-sig") as f:
-                lines = f.read().splitlines()
+                # Line breaks as editors count them: str.splitlines also breaks at \x0b, \x0c, \x1c-\x1e,
+                # \x85, U+2028 and U+2029, which may be part of a file name.
+                lines = re.split(r"\r\n|\r|\n", f.read())
         except UnicodeDecodeError:
             raise ValueError(
                 f"DATA {data}: expected a folder of class-named subfolders or a list file of 'path label' "
                 "lines (UTF-8 text), got a file that is not text"
             ) from None
+        # Class names that are other classes' indices ("0" naming class 3): such a label is the name.
+        shadowed = {
+            name: index
+            for name, index in label2id.items()
+            if name.isascii() and name.isdigit() and int(name) != index and int(name) < num_labels
+        }
+        first_shadowed: dict[str, int] = {}
         for number, line in enumerate(lines, 1):
             text = line.strip()
             if text.startswith("#"):
@@ -285,6 +294,8 @@ def load_samples(
                     f"{data}, line {number}: expected 'path label' (space, tab or comma separated), got {line!r}"
                 )
             where = f"{data}, line {number}"
+            if fields[1] in shadowed:
+                first_shadowed.setdefault(fields[1], number)
             label = _label_of(fields[1], label2id, num_labels, where)
             if isinstance(label, str):
                 unknown.setdefault(label, f"line {number}")
@@ -295,6 +306,16 @@ def load_samples(
             samples.append(Sample(os.path.normpath(path if path.is_absolute() else base / path), label))
         if not samples and not unknown:
             raise ValueError(f"DATA {data}: the list file has no videos")
+        if first_shadowed:
+            listed = ", ".join(
+                f"{name!r} (first on line {n}) is class {shadowed[name]}, not class {name}"
+                for name, n in list(first_shadowed.items())[:3]
+            )
+            warnings.warn(
+                f"DATA {data}: the model has class names that are numbers, and a label that is a class name is "
+                f"taken as that class: {listed}; if the list holds indices, write the class names instead",
+                stacklevel=2,
+            )
     if unknown:
         raise _unknown_labels_error(unknown, label2id)
     by_path: dict[str, Sample] = {}

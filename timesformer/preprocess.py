@@ -66,6 +66,12 @@ def resize_output_size(
     if short == size:
         return height, width
     new_long = int((raw if raw is not None else size) * long / short)
+    if size < 1 or new_long < 1:
+        raise ValueError(
+            f"frames of {height}x{width} resized to shortest_edge={shortest_edge} within longest_edge="
+            f"{longest_edge} have a side of {min(size, new_long)} pixels: an aspect ratio this extreme is not "
+            "supported"
+        )
     return (new_long, size) if width <= height else (size, new_long)
 
 
