@@ -64,6 +64,26 @@ def _expected(model_dir, path, top_k=5):
     return [(LABELS[i], v) for i, v in zip(indices.tolist(), values.tolist(), strict=True)]
 
 
+def test_a_batch_the_model_fails_on_is_run_a_video_at_a_time(model_dir, videos, capsys, monkeypatch):
+    """One forward takes every view of a batch: out of memory on it made every video of the batch an error."""
+    from timesformer import classify as cl
+
+    real = cl.score_views
+
+    def only_one(model_, views, device):
+        if len(views) > 1:
+            raise RuntimeError("out of memory")
+        return real(model_, views, device)
+
+    monkeypatch.setattr(cl, "score_views", only_one)
+    options = ["--json", "--top-k", "2", "--batch-size", "2", "--backend", "sdpa", "--no-progress"]
+    assert main(["classify", *videos[:2], "--model", str(model_dir), *options]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    for obj, path in zip(lines, videos[:2], strict=True):
+        expected = _expected(model_dir, path, 2)
+        assert "error" not in obj and [x["label"] for x in obj["labels"]] == [n for n, _ in expected]
+
+
 def test_json_lines_match_the_pipeline_by_hand(model_dir, videos, capsys):
     options = ["--json", "--top-k", "3", "--batch-size", "2", "--backend", "sdpa", "--workers", "3"]
     code = main(["classify", *videos, "--model", str(model_dir), *options, "--no-progress"])

@@ -317,6 +317,9 @@ def test_save_pretrained_shards_and_transformers_keywords(hf, tmp_path, safe):
     suffix = ".safetensors" if safe else ".bin"
     shards = sorted(p.name for p in tmp_path.glob(f"*-of-*{suffix}"))
     assert len(shards) > 2 and not (tmp_path / f"{'model' if safe else 'pytorch_model'}{suffix}").exists()
+    index = json.loads(next(tmp_path.glob("*.index.json")).read_text())
+    # The metadata transformers 5 writes (total_parameters was missing).
+    assert index["metadata"] == {"total_parameters": ours.num_parameters(), "total_size": total}
     x = random_clip(kwargs)
     for cls in (TimesformerForVideoClassification, hf.TimesformerForVideoClassification):  # ours and theirs
         with torch.no_grad():

@@ -705,3 +705,25 @@ def test_a_pipeline_on_the_model_prints(impl):
     _, model, _ = _model(impl, seed=13)
     pipe = transformers.pipeline("video-classification", model=model, image_processor=object())
     assert "input_modalities" in repr(pipe)
+
+
+def test_module_attributes_of_transformers_are_there():
+    """The plain attributes code written for transformers' modules reads (``embeddings.num_patches``,
+    ``patch_embeddings.image_size``, a layer's ``config``) are on ours, module by module, with its values."""
+    values, models = {}, {}
+    for impl in ("transformers", "sdpa"):
+        _, model, _ = _model(impl, seed=17, image_size=48, patch_size=16)
+        models[impl] = model
+        values[impl] = {
+            (name, key): value
+            for name, module in model.named_modules()
+            for key, value in vars(module).items()
+            if key in ("num_patches", "image_size", "patch_size", "config")
+        }
+    assert values["sdpa"].keys() == values["transformers"].keys()
+    for (name, key), value in values["transformers"].items():
+        ours = values["sdpa"][(name, key)]
+        if key == "config":  # the model's own config object, as transformers'
+            assert value is models["transformers"].config and ours is models["sdpa"].config, name
+        else:
+            assert ours == value, (name, key, ours, value)

@@ -183,6 +183,19 @@ def test_bad_explicit_indices(tmp_path):
     write_indexed_video(path, 20, 64, 96)
     with pytest.raises(ValueError, match=r"in \[0, 20\)"):
         read_video(path, indices=[3, 20])
+    # A float was truncated (2.7 read as frame 2) and a string taken digit by digit ("12" as frames 1, 2).
+    with pytest.raises(TypeError, match=r"integer frame numbers, got \[1, 2.7\]"):
+        read_video(path, indices=[1, 2.7])
+    with pytest.raises(TypeError, match="got a string '12'"):
+        read_video(path, indices="12")
+    with pytest.raises(TypeError, match="integer frame numbers"):
+        read_video(path, indices=lambda total: [total / 2])
+    with pytest.raises(ValueError, match="seed must be a non-negative int or None, got -1"):
+        read_video(path, seed=-1)
+    # NumPy and tensor integers are frame numbers.
+    expected = read_video(path, indices=[4, 1])
+    assert torch.equal(read_video(path, indices=np.array([4, 1])), expected)
+    assert torch.equal(read_video(path, indices=torch.tensor([4, 1])), expected)
 
 
 def _audio_only(path):

@@ -7,6 +7,7 @@ A video that cannot be read yields an error result and the others go on.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .video import MAX_FRAME_PIXELS
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -230,9 +233,24 @@ def classify_videos(
         preds = [p for p, _ in batch]
         try:
             probs, share = score_views(model, [x for _, x in batch], device)
-        except Exception as exc:  # the model failed on this batch: its videos get the error, the others go on
-            for pred in preds:
-                pred.error = f"model forward failed ({type(exc).__name__}: {exc})"
+        except Exception as exc:
+            failure = f"{type(exc).__name__}: {exc}"
+        else:
+            failure = None
+        if failure is not None:
+            if len(batch) == 1:  # the model failed on this video: its error, the others go on
+                preds[0].error = f"model forward failed ({failure})"
+                return preds
+            # One forward takes every view of the batch: one too large for the device's memory is run again a
+            # video at a time, so that only a video that fails alone is an error (as evaluate does). Outside
+            # the except block: its traceback holds the failed forward's tensors.
+            logger.warning(
+                "the model failed on a batch of %d videos (%s): one video at a time", len(batch), failure
+            )
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            for item in batch:
+                run([item])
             return preds
         values, indices = probs.topk(top_k, dim=-1)
         for pred, p, v, i in zip(preds, probs, values.tolist(), indices.tolist(), strict=True):

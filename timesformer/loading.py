@@ -697,7 +697,10 @@ def save_pretrained(
             files[name] = shard
             weight_map.update(dict.fromkeys(shard, name))
         index = {
-            "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+            "metadata": {
+                "total_parameters": sum(t.numel() for t in state.values()),  # as transformers 5 writes it
+                "total_size": sum(t.numel() * t.element_size() for t in state.values()),
+            },
             "weight_map": weight_map,
         }
         files[names[1]] = json.dumps(index, indent=2)

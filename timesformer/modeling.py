@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 class TimesformerPatchEmbeddings(nn.Module):
     def __init__(self, config: TimesformerConfig) -> None:
         super().__init__()
+        # As transformers' (read by code written for it; the forward takes the input's own size).
+        self.image_size = config.image_hw
+        self.num_patches = config.num_patches
         self.patch_size = config.patch_hw
         self.projection = nn.Conv2d(
             config.num_channels, config.hidden_size, kernel_size=self.patch_size, stride=self.patch_size
@@ -71,6 +74,7 @@ class TimesformerEmbeddings(nn.Module):
         self.input_requires_grad = False
         self.config_grid = config.grid_hw
         self.patch_embeddings = TimesformerPatchEmbeddings(config)
+        self.num_patches = self.patch_embeddings.num_patches  # as transformers
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.position_embeddings = nn.Parameter(torch.zeros(1, config.num_patches + 1, config.hidden_size))
         self.pos_drop = nn.Dropout(p=config.hidden_dropout_prob)
@@ -252,6 +256,7 @@ class TimesformerDropPath(nn.Module):
 class TimesformerLayer(nn.Module):
     def __init__(self, config: TimesformerConfig, layer_index: int) -> None:
         super().__init__()
+        self.config = config  # as transformers'
         self.attention_type = config.attention_type
         self.num_heads = config.num_attention_heads
         self.num_frames = config.num_frames

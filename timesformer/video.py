@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import operator
 import os
 from collections.abc import Callable, Iterator, Sequence
 
@@ -362,7 +363,10 @@ def read_video(
 
     if indices is None:
         check_count(num_frames, "num_frames")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
     elif not callable(indices):
+        indices = _frame_numbers(indices)
         check_count(len(indices), "len(indices)")
     container = _open(path)
     try:
@@ -394,9 +398,8 @@ def read_video(
             indices = sample_frame_indices(num_frames, sample_rate, total, strategy, rng)
         else:
             if callable(indices):  # chosen from the frame count, found by this one pass over the packets
-                indices = indices(total)
+                indices = _frame_numbers(indices(total))
                 check_count(len(indices), "len(indices)")
-            indices = [int(i) for i in indices]
             bad = [i for i in indices if not 0 <= i < total]
             if bad or not indices:
                 raise ValueError(f"frame indices must be in [0, {total}) for {path}, got {bad or indices}")
@@ -436,6 +439,17 @@ def read_video(
         (h0, w0), (h1, w1) = sizes[0], sizes[-1]
         raise VideoError(path, f"the frame size changes within the video ({w0}x{h0} and {w1}x{h1})")
     return torch.from_numpy(np.stack([frames[i] for i in indices]))
+
+
+def _frame_numbers(indices) -> list[int]:
+    """``indices`` as ints: Python's, NumPy's or 0-d integer tensors; a float (``2.7`` was read as frame 2) or a
+    string (``"12"`` was frames 1 and 2) is refused."""
+    if isinstance(indices, (str, bytes)):
+        raise TypeError(f"indices must be a sequence of frame numbers, got a string {indices!r:.50}")
+    try:
+        return [operator.index(i) for i in indices]
+    except TypeError:
+        raise TypeError(f"indices must be integer frame numbers, got {list(indices)[:8]!r:.200}") from None
 
 
 def _decode_by_pts(container, stream, pts_index: list[int], wanted: list[int], to_rgb: _ToRGB, path):
