@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import assert_close, random_clip, randomize_, small_config_kwargs
@@ -113,6 +115,24 @@ def test_data_edits_need_clear_weight_cache():
         model.encoder.layer[0].temporal_dense.weight.data.mul_(2.0)  # bypasses version counters
         model.clear_weight_cache()
         assert_close(model(x).last_hidden_state, _eager_reference(model, x))
+
+
+def test_prepared_weights_stay_while_other_modules_are_built():
+    """The cache watches submodules put in another's place (PEFT's merge); counting every registration made
+    a container built per batch, a sliced ModuleList or a deepcopy re-prepare every weight on every forward."""
+    model = _model("sdpa")
+    x = random_clip(KWARGS)
+    with torch.no_grad():
+        model(x)
+        held = {id(m): dict(m.__dict__.get("_weight_cache", {})) for m in model.modules()}
+        assert any(held.values())
+        for _ in range(2):
+            pre = torch.nn.Sequential(torch.nn.Identity(), torch.nn.ModuleList([torch.nn.ReLU()])[:1])
+            copy.deepcopy(pre)
+            model(pre[0](x))
+        for m in model.modules():
+            now = m.__dict__.get("_weight_cache", {})
+            assert all(now.get(k) is v for k, v in held[id(m)].items())  # the same entries: nothing prepared
 
 
 def test_hidden_states_are_snapshots_not_aliases():

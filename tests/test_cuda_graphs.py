@@ -291,6 +291,14 @@ def _data_edit_then_clear_weight_cache(model, x):
     model.clear_weight_cache()
 
 
+def _peft_merge_and_unload(model, x):
+    """PEFT merges through ``.data`` (no version bump, same storage) and then puts the base layers back."""
+    import peft
+
+    lora = peft.LoraConfig(target_modules=["temporal_dense", "qkv", "dense"], r=2, init_lora_weights=False)
+    assert peft.get_peft_model(model, lora).merge_and_unload() is model
+
+
 def _other_input_normalization(model, x):
     model.set_input_normalization([0.3], [0.2])
 
@@ -302,6 +310,7 @@ CHANGES = {
     "fused_adam_step": _step(torch.optim.Adam, lr=0.1, fused=True),  # bumps no version counter
     "replaced_submodule": _replace_head,
     "clear_weight_cache": _data_edit_then_clear_weight_cache,
+    "peft_merge_and_unload": _peft_merge_and_unload,
     "set_input_normalization": _other_input_normalization,
 }
 

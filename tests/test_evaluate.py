@@ -867,6 +867,10 @@ def test_list_lines_break_only_at_line_breaks_and_numeric_class_names_warn(tmp_p
     ):
         got = {Path(s.path).name: s.label for s in load_samples(listing, numeric, 4)}
     assert got == {"a.mp4": 3, "b.mp4": 2, "c.mp4": 3}  # the names, as before
+    ratings = {str(r): r - 1 for r in range(1, 6)}  # "5" is no index of 5 classes: the list holds names
+    listing.write_text("a.mp4 1\nb.mp4 5\n")
+    assert {Path(s.path).name: s.label for s in load_samples(listing, ratings, 5)} == {"a.mp4": 0, "b.mp4": 4}
+    assert not recwarn.list
 
 
 def test_sample_rate_is_checked(videos, bundled, tmp_path):

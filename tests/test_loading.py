@@ -552,3 +552,34 @@ def test_weights_without_a_config_say_how_to_load_them(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"no config.json in .*'$"):  # no weights either: no hint
         TimesformerForVideoClassification.from_pretrained(tmp_path / "empty")
+
+
+class _WithBuffer(TimesformerForVideoClassification):
+    def __init__(self, config, **kwargs):
+        super().__init__(config, **kwargs)
+        self.register_buffer("class_weights", torch.linspace(0, 1, 3), persistent=False)
+
+
+class _NormedHead(TimesformerForVideoClassification):
+    def __init__(self, config, **kwargs):
+        super().__init__(config, **kwargs)
+        hidden = config.hidden_size
+        self.classifier = torch.nn.Sequential(torch.nn.BatchNorm1d(hidden), torch.nn.Linear(hidden, 3))
+        self.post_init()
+
+
+def test_subclasses_with_modules_or_buffers_of_their_own_load_initialized(tmp_path):
+    """from_pretrained initializes only what a checkpoint lacks, on a model made with ``to_empty``: a
+    subclass's BatchNorm head (a type ``_init_weights`` does not know) and a non-persistent buffer set in
+    ``__init__`` came out as uninitialized memory."""
+    config = timesformer.TimesformerConfig(**small_config_kwargs("divided_space_time", 18, num_labels=3))
+    _WithBuffer(config).save_pretrained(tmp_path / "full")
+    TimesformerModel(config).save_pretrained(tmp_path / "base")
+    junk = [torch.full((4096,), float("nan")) for _ in range(64)]  # freed memory that to_empty may hand out
+    del junk
+    assert torch.equal(_WithBuffer.from_pretrained(tmp_path / "full").class_weights, torch.linspace(0, 1, 3))
+    norm = _NormedHead.from_pretrained(tmp_path / "base").classifier[0]
+    assert torch.equal(norm.weight, torch.ones_like(norm.weight)) and torch.equal(
+        norm.bias, torch.zeros_like(norm.bias)
+    )
+    assert torch.equal(norm.running_var, torch.ones_like(norm.running_var)) and norm.num_batches_tracked == 0

@@ -642,6 +642,11 @@ def test_another_num_labels_makes_new_label_maps(impl):
     assert len(config.id2label) == 4 and config.label2id == {name: i for i, name in config.id2label.items()}
     config.update({"num_labels": 4, "hidden_size": 96})  # the same count keeps the maps
     assert config.id2label == {i: f"LABEL_{i}" for i in range(4)} and config.hidden_size == 96
+    config.update({"num_labels": 2, "label2id": {"x": 0, "y": 1}})  # a label2id given with the count stays
+    assert config.id2label == {0: "LABEL_0", 1: "LABEL_1"} and config.label2id == {"x": 0, "y": 1}
+    if impl != "transformers":  # transformers keeps the generic label2id (or sets none) beside new names
+        config.update({"id2label": {0: "p", 1: "q", 2: "r"}})
+        assert config.num_labels == 3 and config.label2id == {"p": 0, "q": 1, "r": 2}
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -697,6 +702,18 @@ def test_registered_with_transformers_auto_classes(tmp_path, monkeypatch):
     built = AutoModelForVideoClassification.from_config(model.config, dtype=torch.float16)
     assert type(built) is timesformer.TimesformerForVideoClassification and built.dtype == torch.float16
     assert built.config.dtype == torch.float16
+    # An adapter folder: the Auto class loads the base it names, passing the folder as _adapter_model_path.
+    import peft
+
+    adapted = peft.get_peft_model(
+        model, peft.LoraConfig(target_modules=["qkv"], r=2, init_lora_weights=False)
+    )
+    adapted.peft_config["default"].base_model_name_or_path = str(tmp_path)
+    adapted.save_pretrained(tmp_path / "adapter")
+    with torch.no_grad():
+        expected = adapted.eval()(pixel_values=x).logits
+        got = AutoModelForVideoClassification.from_pretrained(tmp_path / "adapter")(x).logits
+    torch.testing.assert_close(got, expected)
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -190,8 +190,11 @@ def test_bad_explicit_indices(tmp_path):
         read_video(path, indices="12")
     with pytest.raises(TypeError, match="integer frame numbers"):
         read_video(path, indices=lambda total: [total / 2])
-    with pytest.raises(ValueError, match="seed must be a non-negative int or None, got -1"):
-        read_video(path, seed=-1)
+    for seed in (-1, 2.5, "7"):
+        with pytest.raises(ValueError, match=f"seed must be a non-negative int or None, got {seed!r}"):
+            read_video(path, seed=seed)
+    drawn = np.random.default_rng(0).integers(0, 100)  # a NumPy integer is a seed
+    assert torch.equal(read_video(path, seed=drawn), read_video(path, seed=int(drawn)))
     # NumPy and tensor integers are frame numbers.
     expected = read_video(path, indices=[4, 1])
     assert torch.equal(read_video(path, indices=np.array([4, 1])), expected)

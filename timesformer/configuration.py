@@ -200,6 +200,13 @@ def _pair(value: Any, name: str) -> tuple[int, int]:
     raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
 
 
+def _label2id(value: Any) -> dict[str, int]:
+    try:
+        return {str(k): int(v) for k, v in dict(value).items()}
+    except (TypeError, ValueError):
+        raise ValueError(f"label2id must map class names to class indices, got {value!r:.200}") from None
+
+
 class TimesformerConfig:
     """Configuration of a TimeSformer model (same fields and defaults as ``transformers.TimesformerConfig``).
 
@@ -302,12 +309,7 @@ class TimesformerConfig:
         else:
             self.num_labels = 2 if num_labels is None else num_labels
         if label2id is not None and id2label is not None and len(self.id2label) == len(id2label):
-            try:
-                self.label2id = {str(k): int(v) for k, v in dict(label2id).items()}
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"label2id must map class names to class indices, got {label2id!r:.200}"
-                ) from None
+            self.label2id = _label2id(label2id)
         self.validate()
 
     # ------------------------------------------------------------------ labels
@@ -519,11 +521,15 @@ class TimesformerConfig:
         values = dict(values)
         name = str(values.pop("name_or_path", self.name_or_path))
         base = self.to_dict()
-        if "id2label" not in values and values.get("num_labels", self.num_labels) != self.num_labels:
-            # As setting num_labels: another count makes new generic maps (these would outvote it).
-            base.pop("id2label", None)
-            base.pop("label2id", None)
+        if "id2label" in values or values.get("num_labels", self.num_labels) != self.num_labels:
+            # As setting num_labels or id2label: the maps not given are made anew (generic ones for another
+            # count, label2id from id2label); the old ones would outvote the new count or names.
+            for key in ("id2label", "label2id"):
+                if key not in values:
+                    base.pop(key, None)
         updated = type(self).from_dict({**base, **values})  # checks the result
+        if "label2id" in values and "id2label" not in values:
+            updated.label2id = _label2id(values["label2id"])  # set after the count, as transformers sets it
         self.__dict__.update(updated.__dict__)
         self.name_or_path = name
 

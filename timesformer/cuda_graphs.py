@@ -25,7 +25,7 @@ from torch import nn
 from .backends.base import needs_autograd
 from .modeling import TimesformerForVideoClassification, TimesformerModel, intercepted, module_path_reason
 from .outputs import ModelOutput, output_types
-from .weight_cache import count_optimizer_steps, fingerprint, optimizer_steps
+from .weight_cache import count_optimizer_steps, fingerprint, optimizer_steps, replacements
 from .weight_cache import entries as cache_entries
 
 # Eager runs before each capture (PyTorch's CUDA-graph docs use 3): they compile the Triton kernels for
@@ -108,6 +108,9 @@ class _Snapshot:
         self.modules = list(model.modules())
         _, self.state = _scan(self.modules)
         self.optimizer_steps = optimizer_steps()
+        # A submodule replaced anywhere (PEFT's merge_and_unload, whose .data edits no fingerprint sees) stales
+        # the prepared weights the graphs read, as it does the models' caches.
+        self.replacements = replacements()
         # The graphs read prepared weights (e.g. the folded temporal projection) by address: keep them
         # alive, and recapture when the model drops or recomputes them (model.clear_weight_cache()).
         # ``older``: the entries of the graphs captured before, which still live; this capture's warm-up may
@@ -139,6 +142,7 @@ class _Snapshot:
         training, state = _scan(self.modules)
         unchanged = (
             optimizer_steps() == self.optimizer_steps
+            and replacements() == self.replacements
             and state == self.state
             and all(cache_entries(m).get(key) is entry for m, key, entry in self.prepared)
             and all(d.get(name) == value for d, name, value in self.attributes)

@@ -282,6 +282,7 @@ def load_samples(
             if name.isascii() and name.isdigit() and int(name) != index and int(name) < num_labels
         }
         first_shadowed: dict[str, int] = {}
+        names_used = False
         for number, line in enumerate(lines, 1):
             text = line.strip()
             if text.startswith("#"):
@@ -296,6 +297,8 @@ def load_samples(
             where = f"{data}, line {number}"
             if fields[1] in shadowed:
                 first_shadowed.setdefault(fields[1], number)
+            elif fields[1] in label2id and fields[1].isascii() and fields[1].isdigit():
+                names_used = names_used or int(fields[1]) >= num_labels  # no index: the list holds names
             label = _label_of(fields[1], label2id, num_labels, where)
             if isinstance(label, str):
                 unknown.setdefault(label, f"line {number}")
@@ -306,7 +309,7 @@ def load_samples(
             samples.append(Sample(os.path.normpath(path if path.is_absolute() else base / path), label))
         if not samples and not unknown:
             raise ValueError(f"DATA {data}: the list file has no videos")
-        if first_shadowed:
+        if first_shadowed and not names_used:
             listed = ", ".join(
                 f"{name!r} (first on line {n}) is class {shadowed[name]}, not class {name}"
                 for name, n in list(first_shadowed.items())[:3]

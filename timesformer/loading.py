@@ -603,7 +603,11 @@ def load_pretrained(
         skeleton = cls(config, backend=backend)
     info: dict[str, Any] = {"missing_keys": set(), "unexpected_keys": set(), "mismatched_keys": set()}
     state = adapt_state_dict(skeleton, state, ignore_mismatched_sizes=ignore_mismatched_sizes, info=info)
-    model = _materialize(skeleton, state)
+    if _init_covers(skeleton):
+        model = _materialize(skeleton, state)
+    else:  # modules whose init this package does not know (a subclass's): built and initialized in full
+        model = cls(config, backend=backend)
+        model.load_state_dict(state, strict=False)  # exactness was checked by adapt_state_dict
     model = model.to(dtype=torch_dtype, device=device)
     # Where the weights came from, on the model and its config, as transformers records it.
     model.name_or_path = model.config.name_or_path = "" if path is None else os.fspath(path)
@@ -613,6 +617,18 @@ def load_pretrained(
     if output_loading_info:
         return model, {**info, "error_msgs": []}
     return model
+
+
+def _init_covers(skeleton: torch.nn.Module) -> bool:
+    """Whether ``_init_weights`` initializes every tensor of the model: each module holding parameters or
+    buffers is of a type it handles (exactly: a subclass may add its own), and none has a buffer that the
+    state dict leaves out (set in ``__init__``, which ``to_empty`` would leave uninitialized)."""
+    covered = skeleton._init_weights_covers
+    return all(
+        not module._non_persistent_buffers_set
+        and (type(module) in covered or not (module._parameters or module._buffers))
+        for module in skeleton.modules()
+    )
 
 
 def _materialize(skeleton: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:

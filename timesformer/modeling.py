@@ -620,6 +620,10 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
         self._warned_module_path: str | None = None
 
     # ------------------------------------------------------------------ init
+    # The module types _init_weights initializes in full: from_pretrained initializes only the modules whose
+    # weights a checkpoint lacks when every module holding tensors is one of these.
+    _init_weights_covers = (nn.Linear, nn.Conv2d, nn.LayerNorm, TimesformerEmbeddings)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         # Mirrors TimesformerPreTrainedModel._init_weights of transformers, random draws included: a seeded
@@ -1055,11 +1059,15 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
             config_overrides=config_overrides,
         )
         hub = {"revision": revision, "cache_dir": cache_dir, "token": token, "force_download": force_download}
+        adapter_kwargs = dict(adapter_kwargs or {})
+        # transformers' Auto classes find an adapter folder's base themselves: they load the base through here
+        # and name the adapter folder this way.
+        adapter_path = adapter_kwargs.pop("_adapter_model_path", None)
         for_adapter = adapter_options(cls, subfolder, local_files_only, hub, adapter_kwargs)
         base = None
-        if pretrained_model_name_or_path is not None:
+        if pretrained_model_name_or_path is not None and adapter_path is None:
             base = find_adapter(pretrained_model_name_or_path, **for_adapter)
-        if base is None and adapter_name is not None:
+        if base is None and adapter_path is None and adapter_name is not None:
             # (adapter_kwargs alone are ignored then, as transformers does: its Auto classes always pass some.)
             raise ValueError(
                 "from_pretrained: adapter_name applies to a folder holding a PEFT adapter; found no "
@@ -1093,9 +1101,10 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
                 "adapter_config.json's base_model_name_or_path; a relative path is taken from the current "
                 f"directory) could not be loaded: {e}"
             ) from e
-        if base is not None:
+        if base is not None or adapter_path is not None:
             model = loaded[0] if output_loading_info else loaded
-            model.load_adapter(pretrained_model_name_or_path, adapter_name=adapter_name, **for_adapter)
+            source = pretrained_model_name_or_path if adapter_path is None else adapter_path
+            model.load_adapter(source, adapter_name=adapter_name, **for_adapter)
         return loaded
 
     def save_pretrained(

@@ -363,8 +363,14 @@ def read_video(
 
     if indices is None:
         check_count(num_frames, "num_frames")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+        if seed is not None:
+            try:
+                number = operator.index(seed)  # NumPy's integers too (a seed drawn from a generator)
+            except TypeError:
+                number = -1
+            if number < 0 or isinstance(seed, bool):
+                raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+            seed = number
     elif not callable(indices):
         indices = _frame_numbers(indices)
         check_count(len(indices), "len(indices)")

@@ -41,24 +41,43 @@ def optimizer_steps() -> int:
     return _optimizer_steps
 
 
-# Bumped whenever any module gets a submodule assigned. PEFT's ``merge_and_unload`` adds the adapters into
-# the base weights through ``.data`` (no version bump, same address) and then puts the base layers back in
-# place of its wrappers: these assignments are all that tells a prepared weight it is stale.
+# Bumped by a global module-registration hook: ``_assignments`` whenever any module gets a submodule
+# assigned (the module path's cache watches the structure), ``_replacements`` when that takes the place of
+# another one. PEFT's ``merge_and_unload`` adds the adapters into the base weights through ``.data`` (no
+# version bump, same address) and then puts the base layers back in place of its wrappers: these replacements
+# are all that tells a prepared weight it is stale. (Modules built anywhere, a container per batch, register
+# submodules where none were: those leave the prepared weights alone.)
 _assignments = 0
+_replacements = 0
 _assignment_hook = None
 
 
-def _count_assignment(_module, _name, _submodule) -> None:
-    global _assignments
+def _count_assignment(module, name, submodule) -> None:
+    global _assignments, _replacements
     _assignments += 1
+    # The hook runs before the assignment: what the name holds is still the one being replaced.
+    held = module.__dict__.get("_modules", {}).get(name)
+    if held is not None and held is not submodule:
+        _replacements += 1
 
 
-def assignments() -> int:
-    """Submodule assignments anywhere in this process since the first call (which starts the count)."""
+def _count() -> None:
     global _assignment_hook
     if _assignment_hook is None:
         _assignment_hook = torch.nn.modules.module.register_module_module_registration_hook(_count_assignment)
+
+
+def assignments() -> int:
+    """Submodule assignments anywhere in this process since the first call of this or ``replacements``."""
+    _count()
     return _assignments
+
+
+def replacements() -> int:
+    """Submodules put in another's place anywhere in this process since the first call of this or
+    ``assignments``."""
+    _count()
+    return _replacements
 
 
 def fingerprint(t: torch.Tensor) -> tuple:
@@ -90,8 +109,8 @@ def cached_weights(
     version counter), replaced (new storage), or after any optimizer step (fused optimizers bypass
     version counters). The entry keeps the old sources alive so that a new tensor can never reuse
     their address and look unchanged; the models drop all entries on ``.to()``/``.half()``/...
-    A submodule assigned anywhere (PEFT's ``merge_and_unload``, whose ``.data`` edits are otherwise
-    invisible) counts as a change too. Not detected: other edits through ``.data`` and in-place edits of
+    A submodule put in another's place anywhere (PEFT's ``merge_and_unload``, whose ``.data`` edits are
+    otherwise invisible) counts as a change too. Not detected: other edits through ``.data`` and in-place edits of
     tensors created under ``torch.inference_mode``; call ``model.clear_weight_cache()`` after those.
     """
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
@@ -103,7 +122,7 @@ def cached_weights(
     cache = module.__dict__.get("_weight_cache")
     if cache is None:
         cache = module.__dict__["_weight_cache"] = OrderedDict()
-    stamp = (_optimizer_steps, assignments(), *(fingerprint(s) for s in sources))
+    stamp = (_optimizer_steps, replacements(), *(fingerprint(s) for s in sources))
     hit = cache.get(key)
     if hit is not None and hit[0] == stamp:
         cache.move_to_end(key)
