@@ -744,3 +744,15 @@ def test_module_attributes_of_transformers_are_there():
             assert value is models["transformers"].config and ours is models["sdpa"].config, name
         else:
             assert ours == value, (name, key, ours, value)
+
+
+@pytest.mark.parametrize("impl", [*IMPLS, "triton"])
+def test_a_model_without_its_final_layernorm(impl):
+    """transformers' forward skips ``layernorm`` set to ``None``; ours called it (TypeError)."""
+    _, model, kwargs = _model(impl, seed=19)
+    model.eval().timesformer.layernorm = None
+    x = random_clip(kwargs)
+    with torch.no_grad():
+        hidden = model.timesformer(x).last_hidden_state
+        logits = model(x).logits
+        torch.testing.assert_close(logits, model.classifier(hidden[:, 0]), rtol=1e-5, atol=1e-5)

@@ -1295,7 +1295,8 @@ class TimesformerModel(TimesformerPreTrainedModel):
         x, hidden_states, attentions, _ = self._encode(
             impl, self, pixel_values, output_attentions, output_hidden_states
         )
-        x = self.layernorm(x)
+        if self.layernorm is not None:  # as transformers: a model may drop its final LayerNorm
+            x = self.layernorm(x)
         out = output_types()[0](last_hidden_state=x, hidden_states=hidden_states, attentions=attentions)
         return out if return_dict else out.to_tuple()
 

@@ -87,10 +87,11 @@ class Backend:
         return (embeddings(pixel_values), *embeddings.frames_and_grid(pixel_values))
 
     def classify(
-        self, layernorm: nn.LayerNorm, classifier: nn.Module, cls: torch.Tensor, fwd: ForwardContext
+        self, layernorm: nn.LayerNorm | None, classifier: nn.Module, cls: torch.Tensor, fwd: ForwardContext
     ) -> torch.Tensor:
-        """Logits ``(rows, labels)`` from the final CLS rows ``cls`` ``(rows, 1, hidden)`` (strided view)."""
-        return classifier(layernorm(cls[:, 0]))
+        """Logits ``(rows, labels)`` from the final CLS rows ``cls`` ``(rows, 1, hidden)`` (strided view);
+        ``layernorm`` ``None`` where the model dropped its final LayerNorm."""
+        return classifier(cls[:, 0] if layernorm is None else layernorm(cls[:, 0]))
 
     def encode(
         self,

@@ -149,9 +149,9 @@ class TritonBackend(Backend):
         return x, frames, grid
 
     def classify(
-        self, layernorm: nn.LayerNorm, classifier: nn.Module, cls: torch.Tensor, fwd: ForwardContext
+        self, layernorm: nn.LayerNorm | None, classifier: nn.Module, cls: torch.Tensor, fwd: ForwardContext
     ) -> torch.Tensor:
-        if not fwd.inference or type(classifier) is not nn.Linear:  # a subclass or adapter: called as is
+        if not fwd.inference or type(classifier) is not nn.Linear or layernorm is None:  # called as is
             return self.fallback.classify(layernorm, classifier, cls, fwd)
         w, c1, c2 = _ln_proj(classifier, "triton_head", layernorm, classifier)
         return _linear.layer_norm_linear(cls, w, c1, c2, _eps(layernorm))[:, 0]
