@@ -175,6 +175,18 @@ def plain_torch_attention(tf32: bool = False):
         yield
 
 
+def fail_batches_of_several(module, monkeypatch) -> None:
+    """Make ``module.score_views`` fail (as out of memory) on a batch of more than one video."""
+    real = module.score_views
+
+    def only_one(model, views, device):
+        if len(views) > 1:
+            raise RuntimeError("out of memory")
+        return real(model, views, device)
+
+    monkeypatch.setattr(module, "score_views", only_one)
+
+
 @contextlib.contextmanager
 def tf32_allowed():
     """TF32 allowed for float32 products (``torch.set_float32_matmul_precision("high")``) in the block."""

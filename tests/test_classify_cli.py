@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 from _videos import write_indexed_video
-from conftest import randomize_
+from conftest import fail_batches_of_several, randomize_
 
 from timesformer import TimesformerConfig, TimesformerForVideoClassification
 from timesformer.__main__ import main
@@ -68,14 +68,7 @@ def test_a_batch_the_model_fails_on_is_run_a_video_at_a_time(model_dir, videos, 
     """One forward takes every view of a batch: out of memory on it made every video of the batch an error."""
     from timesformer import classify as cl
 
-    real = cl.score_views
-
-    def only_one(model_, views, device):
-        if len(views) > 1:
-            raise RuntimeError("out of memory")
-        return real(model_, views, device)
-
-    monkeypatch.setattr(cl, "score_views", only_one)
+    fail_batches_of_several(cl, monkeypatch)
     options = ["--json", "--top-k", "2", "--batch-size", "2", "--backend", "sdpa", "--no-progress"]
     assert main(["classify", *videos[:2], "--model", str(model_dir), *options]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]

@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from conftest import fail_batches_of_several
 
 from timesformer.evaluate import (
     PREDICTIONS,
@@ -915,13 +916,7 @@ def test_a_batch_the_model_fails_on_is_run_a_video_at_a_time_and_errors_are_redo
 
     model, processor = bundled
     real = ev.score_views
-
-    def only_one(model_, views, device):
-        if len(views) > 1:
-            raise RuntimeError("out of memory")
-        return real(model_, views, device)
-
-    monkeypatch.setattr(ev, "score_views", only_one)
+    fail_batches_of_several(ev, monkeypatch)
     out = tmp_path / "out"
     metrics = ev.evaluate(videos, model, processor, out, workers=0, batch_size=3, limit=6)
     assert (metrics["num_scored"], metrics["top1"]) == (5, 1.0)  # broken.mp4 is the one error

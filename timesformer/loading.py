@@ -469,7 +469,14 @@ def _map_device(value) -> torch.device:
 
 
 def loading_options(
-    *, backend, dtype, device, torch_dtype, attn_implementation, device_map, config_overrides
+    *,
+    backend,
+    dtype=None,
+    device=None,
+    torch_dtype=None,
+    attn_implementation=None,
+    device_map=None,
+    config_overrides=(),
 ) -> dict:
     """``transformers``' ``from_pretrained`` keywords turned into this package's ``backend``, ``dtype``,
     ``device`` and config overrides, or refused with the reason."""
@@ -603,11 +610,9 @@ def load_pretrained(
         skeleton = cls(config, backend=backend)
     info: dict[str, Any] = {"missing_keys": set(), "unexpected_keys": set(), "mismatched_keys": set()}
     state = adapt_state_dict(skeleton, state, ignore_mismatched_sizes=ignore_mismatched_sizes, info=info)
-    if _init_covers(skeleton):
-        model = _materialize(skeleton, state)
-    else:  # modules whose init this package does not know (a subclass's): built and initialized in full
-        model = cls(config, backend=backend)
-        model.load_state_dict(state, strict=False)  # exactness was checked by adapt_state_dict
+    # Modules whose init this package does not know (a subclass's): built and initialized in full.
+    model = _init_missing(skeleton, state) if _init_covers(skeleton) else cls(config, backend=backend)
+    model.load_state_dict(state, strict=False)  # exactness was checked by adapt_state_dict
     model = model.to(dtype=torch_dtype, device=device)
     # Where the weights came from, on the model and its config, as transformers records it.
     model.name_or_path = model.config.name_or_path = "" if path is None else os.fspath(path)
@@ -631,11 +636,11 @@ def _init_covers(skeleton: torch.nn.Module) -> bool:
     )
 
 
-def _materialize(skeleton: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
-    """``skeleton`` (built on "meta") on the CPU with ``state``'s weights; the modules whose weights ``state``
-    lacks (a new head, re-initialized mismatched weights) initialized, the others not: as transformers, no time
-    and no random draws spent on weights the checkpoint overwrites (a seeded run's new head gets the values
-    transformers gives it)."""
+def _init_missing(skeleton: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
+    """``skeleton`` (built on "meta") on the CPU, for ``state``'s weights: the modules whose weights ``state``
+    lacks (a new head, re-initialized mismatched weights) initialized, the others left for the load: as
+    transformers, no time and no random draws spent on weights the checkpoint overwrites (a seeded run's new
+    head gets the values transformers gives it)."""
     model = skeleton.to_empty(device="cpu")
     names = {id(module): name for name, module in model.named_modules()}
     order: list[torch.nn.Module] = []
@@ -646,7 +651,6 @@ def _materialize(skeleton: torch.nn.Module, state: Mapping[str, torch.Tensor]) -
             model._init_weights(module)
     for module in order:
         module._is_hf_initialized = True  # a module replaced later (post_init) is initialized alone
-    model.load_state_dict(state, strict=False)  # exactness was checked by adapt_state_dict
     return model
 
 

@@ -958,13 +958,7 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
         from .loading import loading_options, model_dtype
 
         options = loading_options(
-            backend=backend,
-            dtype=dtype,
-            device=None,
-            torch_dtype=torch_dtype,
-            attn_implementation=attn_implementation,
-            device_map=None,
-            config_overrides={},
+            backend=backend, dtype=dtype, torch_dtype=torch_dtype, attn_implementation=attn_implementation
         )
         model = cls(config, backend=options["backend"])
         dtype = model_dtype(options["dtype"], model.config, {})
