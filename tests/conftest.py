@@ -175,16 +175,19 @@ def plain_torch_attention(tf32: bool = False):
         yield
 
 
-def fail_batches_of_several(module, monkeypatch) -> None:
-    """Make ``module.score_views`` fail (as out of memory) on a batch of more than one video."""
-    real = module.score_views
+def fail_batches_of_several(monkeypatch) -> None:
+    """Make ``timesformer.classify.score_views`` (classify's and evaluate's forward) fail (as out of memory) on
+    a batch of more than one video."""
+    from timesformer import classify
+
+    real = classify.score_views
 
     def only_one(model, views, device):
         if len(views) > 1:
             raise RuntimeError("out of memory")
         return real(model, views, device)
 
-    monkeypatch.setattr(module, "score_views", only_one)
+    monkeypatch.setattr(classify, "score_views", only_one)
 
 
 @contextlib.contextmanager

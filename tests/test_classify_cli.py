@@ -66,9 +66,7 @@ def _expected(model_dir, path, top_k=5):
 
 def test_a_batch_the_model_fails_on_is_run_a_video_at_a_time(model_dir, videos, capsys, monkeypatch):
     """One forward takes every view of a batch: out of memory on it made every video of the batch an error."""
-    from timesformer import classify as cl
-
-    fail_batches_of_several(cl, monkeypatch)
+    fail_batches_of_several(monkeypatch)
     options = ["--json", "--top-k", "2", "--batch-size", "2", "--backend", "sdpa", "--no-progress"]
     assert main(["classify", *videos[:2], "--model", str(model_dir), *options]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]

@@ -912,11 +912,12 @@ def test_a_batch_the_model_fails_on_is_run_a_video_at_a_time_and_errors_are_redo
 ):
     """One forward takes every view of a batch: out of memory on it made all its videos error lines, and
     --resume (with memory to spare) never tried them again."""
+    from timesformer import classify as cl
     from timesformer import evaluate as ev
 
     model, processor = bundled
-    real = ev.score_views
-    fail_batches_of_several(ev, monkeypatch)
+    real = cl.score_views
+    fail_batches_of_several(monkeypatch)
     out = tmp_path / "out"
     metrics = ev.evaluate(videos, model, processor, out, workers=0, batch_size=3, limit=6)
     assert (metrics["num_scored"], metrics["top1"]) == (5, 1.0)  # broken.mp4 is the one error
@@ -924,11 +925,11 @@ def test_a_batch_the_model_fails_on_is_run_a_video_at_a_time_and_errors_are_redo
     def never(model_, views, device):
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(ev, "score_views", never)
+    monkeypatch.setattr(cl, "score_views", never)
     failed = tmp_path / "failed"
     metrics = ev.evaluate(videos, model, processor, failed, workers=0, batch_size=3, limit=6)
     assert metrics["num_scored"] == 0
-    monkeypatch.setattr(ev, "score_views", real)
+    monkeypatch.setattr(cl, "score_views", real)
     metrics = ev.evaluate(videos, model, processor, failed, workers=0, limit=6, resume=True)
     assert (metrics["num_scored"], metrics["num_errors"], metrics["top1"]) == (5, 1, 1.0)
     paths = _paths(failed)

@@ -155,6 +155,31 @@ def score_views(model, views: list[torch.Tensor], device: torch.device) -> tuple
     return torch.stack([p.mean(0) for p in probs.split([len(v) for v in views])]), model_ms
 
 
+def score_each(
+    model, views: list[torch.Tensor], device: torch.device
+) -> list[tuple[torch.Tensor | None, float, str | None]]:
+    """``score_views`` per video, with its failures per video: ``(probs (labels,) float32, model ms, None)`` for
+    a video scored, ``(None, model ms, why)`` for one whose output is not finite or on which the model fails.
+
+    One forward takes every view of the batch. A failed one (out of the device's memory, most often) is run
+    again a video at a time, so that only a video that fails alone is an error."""
+    try:
+        probs, model_ms = score_views(model, views, device)
+    except Exception as exc:
+        failure = f"{type(exc).__name__}: {exc}"
+    else:
+        return [
+            (p, model_ms, None) if (why := nan_error(p)) is None else (None, model_ms, why) for p in probs
+        ]
+    # Outside the except block: its traceback holds the failed forward's tensors.
+    if len(views) == 1:
+        return [(None, 0.0, f"model forward failed ({failure})")]
+    logger.warning("the model failed on a batch of %d videos (%s): one video at a time", len(views), failure)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return [score_each(model, [v], device)[0] for v in views]
+
+
 def classify_videos(
     paths: Iterable[str],
     model,
@@ -229,36 +254,13 @@ def classify_videos(
             path, decode_ms=(decoded - start) * 1e3, preprocess_ms=(done - decoded) * 1e3
         ), pixels
 
-    def run(batch: list[tuple[Prediction, torch.Tensor]]) -> list[Prediction]:
-        preds = [p for p, _ in batch]
-        try:
-            probs, share = score_views(model, [x for _, x in batch], device)
-        except Exception as exc:
-            failure = f"{type(exc).__name__}: {exc}"
-        else:
-            failure = None
-        if failure is not None:
-            if len(batch) == 1:  # the model failed on this video: its error, the others go on
-                preds[0].error = f"model forward failed ({failure})"
-                return preds
-            # One forward takes every view of the batch: one too large for the device's memory is run again a
-            # video at a time, so that only a video that fails alone is an error (as evaluate does). Outside
-            # the except block: its traceback holds the failed forward's tensors.
-            logger.warning(
-                "the model failed on a batch of %d videos (%s): one video at a time", len(batch), failure
-            )
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            for item in batch:
-                run([item])
-            return preds
-        values, indices = probs.topk(top_k, dim=-1)
-        for pred, p, v, i in zip(preds, probs, values.tolist(), indices.tolist(), strict=True):
-            pred.error = nan_error(p)
-            if pred.error is None:
-                pred.labels = [(id2label.get(k, str(k)), q) for k, q in zip(i, v, strict=True)]
-            pred.model_ms = share
-        return preds
+    def run(batch: list[tuple[Prediction, torch.Tensor]]) -> None:
+        scores = score_each(model, [x for _, x in batch], device)
+        for (pred, _), (probs, model_ms, error) in zip(batch, scores, strict=True):
+            pred.model_ms, pred.error = model_ms, error
+            if error is None:
+                values, indices = (t.tolist() for t in probs.topk(top_k))
+                pred.labels = [(id2label.get(k, str(k)), q) for k, q in zip(indices, values, strict=True)]
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         # Keep about two batches of videos decoding ahead of the model, not the whole list in memory.

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .classify import nan_error, score_views, synchronize
+from .classify import score_each, synchronize
 from .preprocess import native_cuda_available
 from .video import MAX_FRAME_PIXELS, MAX_NUM_FRAMES
 
@@ -1312,57 +1312,35 @@ def _cut_on_device(
 
 
 def _score(batch: list[dict], model, device, id2label, top_k: int, totals: dict) -> list[dict]:
-    """Predictions of one batch of videos (all their views in one forward); error records for the videos that
-    could not be read, and for those the model fails on alone (a failed batch is run a video at a time)."""
+    """Predictions of one batch of videos (all their views in one forward, ``score_each``); error records for
+    the videos that could not be read or that the model fails on alone."""
     good = [item for item in batch if item["error"] is None]
     records = {}
     for item in batch:
         if item["error"] is not None:
             records[item["path"]] = _record(item, id2label, error=item["error"])
-    if good:
-        try:
-            probs, model_ms = score_views(model, [item["views"] for item in good], device)
-            for item, mean in zip(good, probs, strict=True):
-                error = nan_error(mean)
-                if error is not None:
-                    records[item["path"]] = _record(item, id2label, error=error)
-                    continue
-                # At least the five best, so that the top-5 accuracy does not depend on top_k.
-                values, indices = (t.tolist() for t in mean.topk(min(max(top_k, 5), mean.numel())))
-                top = [
-                    {"label": id2label.get(i, str(i)), "label_id": i, "probability": round(v, 6)}
-                    for v, i in zip(values[:top_k], indices[:top_k], strict=True)
-                ]
-                record = _record(item, id2label, top=top)
-                record["correct_top5"] = item["label"] in indices[:5]
-                record["time_ms"] = {
-                    "decode": round(item["decode_ms"], 2),
-                    "preprocess": round(item["preprocess_ms"], 2),
-                    "model": round(model_ms, 2),
-                }
-                totals["decode"] += item["decode_ms"]
-                totals["preprocess"] += item["preprocess_ms"]
-                totals["model"] += model_ms
-                records[item["path"]] = record
-        except Exception as exc:
-            failure = f"{type(exc).__name__}: {exc}"
-            if len(good) == 1:  # the model failed on this video: an error line (tried again by --resume)
-                records[good[0]["path"]] = _record(
-                    good[0], id2label, error=f"model forward failed ({failure})"
-                )
-        else:
-            failure = None
-        if failure is not None and len(good) > 1:
-            # Every view of the batch's videos goes through one forward: one too large for the device's memory
-            # is run again a video at a time, so that only a video that fails alone is an error. (Outside the
-            # except block: its traceback holds the failed forward's tensors.)
-            logger.warning(
-                "the model failed on a batch of %d videos (%s): one video at a time", len(good), failure
-            )
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            for item in good:
-                records[item["path"]] = _score([item], model, device, id2label, top_k, totals)[0]
+    scores = score_each(model, [item["views"] for item in good], device) if good else []
+    for item, (mean, model_ms, error) in zip(good, scores, strict=True):
+        if error is not None:  # an error line, tried again by --resume
+            records[item["path"]] = _record(item, id2label, error=error)
+            continue
+        # At least the five best, so that the top-5 accuracy does not depend on top_k.
+        values, indices = (t.tolist() for t in mean.topk(min(max(top_k, 5), mean.numel())))
+        top = [
+            {"label": id2label.get(i, str(i)), "label_id": i, "probability": round(v, 6)}
+            for v, i in zip(values[:top_k], indices[:top_k], strict=True)
+        ]
+        record = _record(item, id2label, top=top)
+        record["correct_top5"] = item["label"] in indices[:5]
+        record["time_ms"] = {
+            "decode": round(item["decode_ms"], 2),
+            "preprocess": round(item["preprocess_ms"], 2),
+            "model": round(model_ms, 2),
+        }
+        totals["decode"] += item["decode_ms"]
+        totals["preprocess"] += item["preprocess_ms"]
+        totals["model"] += model_ms
+        records[item["path"]] = record
     return [records[item["path"]] for item in batch]
 
 
