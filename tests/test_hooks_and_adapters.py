@@ -306,6 +306,29 @@ def test_a_swapped_activation_module_counts(backend):
     assert (got - plain).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("backend", ["sdpa", "triton"])
+def test_a_changed_attention_scale_counts(backend):
+    """transformers' attention multiplies scores by the module's ``scale``; the fused backends ignored one set
+    on the module (an attention temperature) and scaled by head_dim ** -0.5."""
+    ours, ref, kwargs = _pair(backend, seed=14)
+    x = random_clip(kwargs)
+    with torch.no_grad():
+        plain = ours(x).logits  # the fused path ran, and its answer is cached
+    for model in (ours, ref):
+        model.timesformer.encoder.layer[1].temporal_attention.attention.scale = 0.9
+    reason = module_path_reason(ours)
+    assert reason is not None and reason.startswith(
+        "timesformer.encoder.layer.1.temporal_attention.attention.scale is 0.9, not head_dim ** -0.5"
+    )
+    with torch.no_grad():
+        got = ours(x).logits
+    torch.testing.assert_close(got, ref(x).logits, rtol=1e-5, atol=1e-5)
+    assert (got - plain).abs().max() > 1e-3
+    scale = ours.timesformer.encoder.layer[1].attention.attention.scale
+    ours.timesformer.encoder.layer[1].temporal_attention.attention.scale = scale
+    assert module_path_reason(ours) is None
+
+
 def test_a_plain_module_in_another_slot_counts():
     """Any module of another type than the model built at that name is called: nn.Dropout in a drop-path
     slot was "plain", so sdpa ignored it in training."""

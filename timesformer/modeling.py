@@ -482,15 +482,28 @@ def _noise_rate(module: nn.Module) -> float | None:
     return None
 
 
-def _noisy_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(name, m) for name, m in model.named_modules() if _noise_rate(m) is not None]
+def _watched_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The modules whose state the fused backends follow on every call, since it changes without any counter
+    seeing it: dropout and drop path (their mode) and self-attention (its ``scale``)."""
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if _noise_rate(m) is not None or isinstance(m, TimesformerSelfAttention)
+    ]
 
 
-def _mode_reason(model: nn.Module, noisy: list[tuple[str, nn.Module]]) -> str | None:
-    # The fused backends apply dropout and drop path as the model's own mode says; the reference calls each
-    # module, whose own mode counts: Monte-Carlo dropout (eval, then dropout modules back to train), or
-    # training with some dropout off, must call the modules.
-    for name, module in noisy:
+def _state_reason(model: nn.Module, watched: list[tuple[str, nn.Module]]) -> str | None:
+    for name, module in watched:
+        if isinstance(module, TimesformerSelfAttention):
+            # The fused backends scale scores by head_dim ** -0.5 (the module's own, from its config); a scale
+            # set on the module (an attention temperature) is applied by its forward only.
+            fused = (module.qkv.in_features // module.num_heads) ** -0.5
+            if module.scale != fused:
+                return f"{name}.scale is {module.scale!r}, not head_dim ** -0.5 = {fused!r}"
+            continue
+        # The fused backends apply dropout and drop path as the model's own mode says; the reference calls
+        # each module, whose own mode counts: Monte-Carlo dropout (eval, then dropout modules back to train),
+        # or training with some dropout off, must call the modules.
         if module.training != model.training and _noise_rate(module):
             mode = "training" if module.training else "eval"
             return f"{name} is in {mode} mode and the model is not"
@@ -502,8 +515,8 @@ def module_path_reason(model: nn.Module) -> str | None:
     backends may read its weights directly.
 
     Reasons: a submodule of another type than the model builds (an adapter wrapping a ``Linear``, a
-    quantized subclass), hooks on a submodule, a ``forward`` patched on an instance, a dropout or drop-path
-    module (nonzero rate) in another mode than the model (checked on every call).
+    quantized subclass), hooks on a submodule, a ``forward`` patched on an instance; checked on every call: a
+    dropout or drop-path module (nonzero rate) in another mode than the model, an attention ``scale`` changed.
     A ``None`` is cached per model until a hook is registered or a submodule assigned anywhere (a scan of
     a base model's 300 modules costs about a batch-1 forward's launch overhead); not seen after a model's
     first call: a ``forward`` patched, a ``__class__`` changed, a module put through torch's ``_modules``
@@ -513,18 +526,17 @@ def module_path_reason(model: nn.Module) -> str | None:
     if torch.compiler.is_compiling():
         # Traced (the counters and the cache are Python state a compiled forward does not re-read): the
         # compiled forward takes the path of the module structure it traced, and recompiles with it.
-        return _module_path_scan(model) or _mode_reason(model, _noisy_modules(model))
+        return _module_path_scan(model) or _state_reason(model, _watched_modules(model))
     # Submodule assignments (PEFT's injection, ``model.encoder.layer[3] = ...``) and torch's hook-handle
     # counter tell when a cached answer may be stale.
     key = (_PROCESS, torch.utils.hooks.RemovableHandle.next_id, assignments())
     cached = model.__dict__.get("_plain_at")
     if cached is not None and cached[0] == key:
-        return _mode_reason(model, cached[1])
+        return _state_reason(model, cached[1])
     reason = _module_path_scan(model)
-    # With the dropout and drop-path modules, whose modes change without any counter seeing it.
-    noisy = _noisy_modules(model)
-    model.__dict__["_plain_at"] = (key, noisy) if reason is None else None
-    return reason or _mode_reason(model, noisy)
+    watched = _watched_modules(model)
+    model.__dict__["_plain_at"] = (key, watched) if reason is None else None
+    return reason or _state_reason(model, watched)
 
 
 # --------------------------------------------------------------------------- models
@@ -1183,7 +1195,7 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
             logger.warning(
                 "%s: %s, so forwards call every module (the eager computation) instead of the %s "
                 "backend's fused path; for speed remove the hooks or patch, merge and unload the adapter "
-                "(PEFT's merge_and_unload), or put every module in the model's mode",
+                "(PEFT's merge_and_unload), put every module in the model's mode, or the attention scales back",
                 type(self).__name__,
                 reason,
                 self._requested_backend,  # (the backend it would resolve to: unknown for offloaded weights)
