@@ -344,6 +344,10 @@ def test_bad_input_is_refused_with_the_numbers():
         lin.linear_residual_(x[:, :0], w, vec, torch.randn(2, 1, 8, device=DEVICE), mean_rows=True)
     with pytest.raises(ValueError, match="bias must be contiguous, got stride 2"):
         lin.linear_residual_(x, w, torch.randn(16, device=DEVICE)[::2], torch.randn(2, 3, 8, device=DEVICE))
+    # A LayerNorm over no features: its statistics were 0 / 0, and every output NaN. Without one, the bias.
+    with pytest.raises(ValueError, match=r"the LayerNorm needs at least one feature, got x \(2, 3, 0\)"):
+        lin.layer_norm_linear(x[..., :0], w[:, :0], vec, vec)
+    torch.testing.assert_close(lin.layer_norm_linear(x[..., :0], w[:, :0], None, vec), vec.expand(2, 3, 8))
 
 
 def test_writes_that_would_race_on_a_gpu_are_refused():

@@ -489,7 +489,10 @@ _LN_OP = "layer_norm_linear"
 
 def _check_layer_norm_linear(x, weight, colsum, bias, activation: str) -> tuple[int, int]:
     """Validate the op's inputs; returns ``(out_features, activation code)``."""
-    n, _ = _check_operands(_LN_OP, x, weight, {"colsum": colsum, "bias": bias})
+    n, k = _check_operands(_LN_OP, x, weight, {"colsum": colsum, "bias": bias})
+    if colsum is not None and k == 0:
+        # The rows' statistics would be 0 / 0: a model has no such layer, and NaN out would say nothing.
+        raise ValueError(f"{_LN_OP}: the LayerNorm needs at least one feature, got x {tuple(x.shape)}")
     return n, _activation_code(_LN_OP, activation)
 
 
