@@ -35,6 +35,15 @@ def test_auto_resolves_to_sdpa_and_reports_it():
     assert model.set_backend("eager") is model and model.backend == "eager"
 
 
+def test_backend_names_the_eager_computation_while_forwards_call_the_modules():
+    """``backend`` said "sdpa" while a hook made every forward call the modules."""
+    model = _model("auto")
+    handle = model.encoder.layer[0].register_forward_hook(lambda *_: None)
+    assert model.backend == "eager"
+    handle.remove()
+    assert model.backend == "sdpa"
+
+
 def test_triton_without_interpreter_and_unknown_backends_are_refused(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     # Selecting it is allowed (the model may move to a GPU next); running it on the CPU is not.

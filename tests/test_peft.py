@@ -134,6 +134,9 @@ def test_accelerate_whole_model_offload_gives_transformers_logits(tmp_path, back
     assert ours.classifier.weight.is_meta
     with torch.no_grad():
         torch.testing.assert_close(ours(x).logits, ref(x).logits, rtol=1e-5, atol=1e-6)
+    # What the forward ran: the hooks make it call the modules. (Was the backend for "meta": "sdpa", and an
+    # error for triton.)
+    assert ours.backend == "eager"
 
 
 def test_accelerator_trains_and_saves_a_loadable_model(tmp_path):

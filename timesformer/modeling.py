@@ -768,7 +768,11 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
 
     @property
     def backend(self) -> str:
-        """Name of the backend in force for the model's current device."""
+        """Name of the backend a forward runs (without attention maps): ``eager`` while it has to call the
+        modules (``module_path_reason``: hooks, as an offloading tool's, or adapters), else the one in force for
+        the model's current device."""
+        if self._requested_backend == "eager" or module_path_reason(self) is not None:
+            return "eager"
         return self._backend_impl().name
 
     def _backend_impl(self) -> Backend:
