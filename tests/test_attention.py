@@ -203,6 +203,25 @@ def test_joint_nan_in_a_query_stays_in_its_row():
     assert rel_err(out[ok], exact[ok]) <= 1e-5
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's overflow, inside the interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_joint_first_key_block_overflowing_to_minus_inf(dtype):
+    """Query 0's scores against the first 64 keys (a whole key block, whatever its size) overflow to -inf
+    and the others are finite: softmax gives those keys weight 0; the running max stayed -inf after the first
+    block and exp2(-inf + inf) made the row NaN (fp32 and bf16 have the range for the product to overflow)."""
+    hidden, heads = 16, 2
+    qkv = random_qkv(2, 80, hidden, seed=stable_seed("overflow", dtype))
+    q, k, _ = qkv.view(2, 80, 3, hidden).unbind(2)
+    q[..., 0], k[..., 0] = 0.0, 0.0  # this feature adds nothing, but for query 0 and the first 64 keys
+    q[:, 0, 0], k[:, :64, 0] = 1e20, -1e20
+    qkv = qkv.to(dtype)
+    exact = torch_ops.attention(qkv.double(), heads)  # scores of -1e40, finite in float64
+    with plain_torch_attention():
+        plain = torch_ops.attention(qkv, heads)
+    out = ka.attention_fwd(*qkv.split(hidden, -1), poisoned((2, 80, hidden), dtype), heads)
+    assert_kernel_accuracy(out, exact, plain)
+
+
 @pytest.mark.parametrize("int64", [False, True])
 def test_joint_int64_indexing_path(int64):
     qkv = random_qkv(2, 70, 16, seed=13).float()

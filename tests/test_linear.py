@@ -344,6 +344,18 @@ def test_bad_input_is_refused_with_the_numbers():
         lin.linear_residual_(x[:, :0], w, vec, torch.randn(2, 1, 8, device=DEVICE), mean_rows=True)
     with pytest.raises(ValueError, match="bias must be contiguous, got stride 2"):
         lin.linear_residual_(x, w, torch.randn(16, device=DEVICE)[::2], torch.randn(2, 3, 8, device=DEVICE))
+    # No backward: the sum carried no gradient to x, and a leaf changed under autograd, without an error.
+    leaf = torch.randn(2, 3, 8, device=DEVICE, requires_grad=True)
+    for args in (
+        (x.detach().requires_grad_(), w, vec, torch.randn(2, 3, 8, device=DEVICE)),
+        (x, w, vec, leaf),
+    ):
+        with pytest.raises(
+            ValueError, match="linear_residual_: the op has no backward, and an input requires"
+        ):
+            lin.linear_residual_(*args)
+    with torch.no_grad():
+        lin.linear_residual_(x, w, vec, leaf)
     # A LayerNorm over no features: its statistics were 0 / 0, and every output NaN. Without one, the bias.
     with pytest.raises(ValueError, match=r"the LayerNorm needs at least one feature, got x \(2, 3, 0\)"):
         lin.layer_norm_linear(x[..., :0], w[:, :0], vec, vec)

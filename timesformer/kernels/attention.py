@@ -119,10 +119,13 @@ def _attention_fwd_kernel(
         s = mma(q, tl.trans(k), DOT_PRECISION, INTERPRET) * qk_scale
         s = tl.where(n_ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.math.exp2(m_i - m_new)
+        # A row whose scores so far are all -inf (products that overflowed) subtracts 0, not -inf: its
+        # probabilities are then 0 rather than exp2(-inf + inf) = NaN, which no later block would undo.
+        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.math.exp2(m_i - m_sub)
         # The normalizer sums the probabilities as rounded for the product, so that the weights of each
         # output still sum to one (halves the error of 16-bit outputs on short sequences).
-        p = to_dtype(tl.math.exp2(s - m_new[:, None]), V.dtype.element_ty, INTERPRET)
+        p = to_dtype(tl.math.exp2(s - m_sub[:, None]), V.dtype.element_ty, INTERPRET)
         l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
         v = tl.load(V_seq + k_rows[:, None] * stride_vr, mask=kv_mask, other=0.0)
         acc = acc * alpha[:, None] + mma(p, v, DOT_PRECISION, INTERPRET)

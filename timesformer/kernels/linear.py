@@ -627,6 +627,14 @@ def linear_residual_(
         mean_rows: project the mean of each batch's ``rows`` rows of ``x`` (the frame-mean of the CLS
             contexts) into its one residual row.
     """
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, residual)):
+        # The other ops fail at backward (no autograd formula); an in-place op cannot: its result would carry
+        # no gradient to x, W and b, and a leaf's data would change under autograd. Checked here: autograd is
+        # off inside the op.
+        raise ValueError(
+            f"{_RES_OP}: the op has no backward, and an input requires grad: call it under torch.no_grad() "
+            "or torch.inference_mode()"
+        )
     torch.ops.timesformer.linear_residual_(x, weight, bias, residual, mean_rows, int64)
     return residual
 
