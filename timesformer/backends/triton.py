@@ -132,10 +132,11 @@ class TritonBackend(Backend):
                 embeddings,
                 f"triton_patch_fold_{norm}",
                 (conv.weight, conv.bias),
-                lambda w, b: _patch.fold_normalization(w, b, norm.mean, norm.std, norm.rescale_factor),
+                lambda w, b: _patch.fold_normalization(w, b, norm.mean, norm.std),
             )
+            pixel_scale = norm.rescale_factor
         else:
-            weight, bias = conv.weight, conv.bias
+            weight, bias, pixel_scale = conv.weight, conv.bias, 1.0
         x = _patch.patch_embed(
             pixel_values,
             weight,
@@ -145,6 +146,7 @@ class TritonBackend(Backend):
             embeddings.cls_token.view(-1),
             channels_last=frames_u8,
             space_only=space_only,
+            pixel_scale=pixel_scale,
         )
         return x, frames, grid
 

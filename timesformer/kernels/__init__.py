@@ -5,8 +5,8 @@
   one online-softmax kernel;
 - ``linear``: one GEMM with the LayerNorm folded in (``LN -> qkv``, ``LN -> fc1``, final LN -> head) and
   epilogues for bias, activation, in-place residual add and the CLS frame-mean;
-- ``patch_embed``: im2col GEMM from float pixels or uint8 frames (normalization folded into the weights by
-  ``fold_normalization``, not applied in the kernel) with bias, position and time embeddings and the CLS
+- ``patch_embed``: im2col GEMM from float pixels or uint8 frames (mean and std folded into the weights by
+  ``fold_normalization``, the rescale applied to the fp32 product) with bias, position and time embeddings and the CLS
   row, written in the model's row order.
 
 Each module is ordered bottom-up (what a function calls comes before it), the same way: the

@@ -18,13 +18,15 @@ row are read once either way (each pixel belongs to one patch); the ``D / BLOCK_
 block are neighbours in the grid, so they share its pixels in L2.
 
 Inputs: float ``pixel_values (B, T, C, H, W)``, or uint8 frames ``(B, T, H, W, C)`` as a video decoder gives
-them, normalized by folding ``(u * rescale - mean[c]) / std[c]`` into the weights (``fold_normalization``).
+them, normalized ``(u * rescale - mean[c]) / std[c]`` by folding ``mean`` and ``std`` into the weights
+(``fold_normalization``) and ``rescale`` into the epilogue (``pixel_scale``).
 
 Pure-torch references: ``timesformer.torch_ops.patch_embed`` and ``timesformer.torch_ops.normalize_frames``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -87,6 +89,8 @@ def _patch_embed_kernel(
     num_frames,
     num_patches,
     grid_w,
+    # Factor of the product (the pixels' rescale, 1 / 255 for uint8 frames; 1 for float pixels)
+    pixel_scale,
     # Patch size; features: time embedding (off for space-only), uint8 pixels
     PATCH_H: tl.constexpr,
     PATCH_W: tl.constexpr,
@@ -161,12 +165,14 @@ def _patch_embed_kernel(
         )
         if PIXELS_U8:
             # 0..255 are exact in every compute dtype: the conversion is exact, and the normalization is
-            # folded into W (fold_normalization), so the raw values go straight into the product.
+            # folded into W and pixel_scale (fold_normalization), so the raw values go straight into the
+            # product.
             x = to_dtype(x.to(tl.float32), W.dtype.element_ty, INTERPRET)
         acc += mma(x, w, DOT_PRECISION, INTERPRET)
 
-    # Epilogue in fp32, one rounding: + bias + pos[1 + n] (+ time[t]).
+    # Epilogue in fp32, one rounding: * pixel_scale + bias + pos[1 + n] (+ time[t]).
     mask = m_ok[:, None] & n_ok[None, :]
+    acc = acc * pixel_scale
     acc += tl.load(Bias + offs_n * stride_bd, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     acc += tl.load(Pos + (1 + n)[:, None] * stride_pr + offs_n[None, :] * stride_pd, mask=mask, other=0.0).to(
         tl.float32
@@ -195,9 +201,11 @@ _OP = "patch_embed"
 
 
 def _check_patch_embed(
-    pixels, weight, bias, pos, time, cls, channels_last: bool, space_only: bool
+    pixels, weight, bias, pos, time, cls, channels_last: bool, space_only: bool, pixel_scale: float
 ) -> tuple[tuple[int, int, int], tuple[int, int, int, int, int]]:
     """Validate the op's inputs; returns ``(out_shape, (B, T, N, grid_w, D))``."""
+    if not math.isfinite(pixel_scale):
+        raise ValueError(f"{_OP}: pixel_scale must be a finite number, got {pixel_scale!r}")
     layout = (
         "(batch, frames, height, width, channels)"
         if channels_last
@@ -286,7 +294,7 @@ def _launch_config(dtype: torch.dtype, pixels_u8: bool) -> dict:
 
 
 def _launch(
-    pixels, weight, bias, pos, time, cls, out, sizes, channels_last, space_only, int64
+    pixels, weight, bias, pos, time, cls, out, sizes, channels_last, space_only, pixel_scale, int64
 ) -> torch.Tensor:
     """Launch on checked arguments (``sizes``: ``_check_patch_embed``'s ``(B, T, N, grid_w, D)``)."""
     batch, frames, num_patches, grid_w, hidden = sizes
@@ -321,6 +329,7 @@ def _launch(
             frames,
             num_patches,
             grid_w,
+            pixel_scale,
             PATCH_H=weight.shape[2],
             PATCH_W=weight.shape[3],
             HAS_TIME=not space_only,
@@ -344,6 +353,7 @@ def patch_embed_fwd(
     *,
     channels_last: bool,
     space_only: bool,
+    pixel_scale: float = 1.0,
     int64: bool | None = None,
 ) -> torch.Tensor:
     """Launcher of ``patch_embed``: writes every element of ``out`` and returns it.
@@ -362,9 +372,14 @@ def patch_embed_fwd(
             weight's dtype and device, any strides.
         channels_last: the pixels are uint8 ``(B, T, H, W, C)`` frames.
         space_only: space-only layout, no time embedding.
+        pixel_scale: factor of the product, before the bias (the processor's ``rescale_factor`` for uint8
+            frames and ``fold_normalization``'s weights).
         int64: index in 64 bits (default: only where offsets need it).
     """
-    out_shape, sizes = _check_patch_embed(pixels, weight, bias, pos, time, cls, channels_last, space_only)
+    pixel_scale = float(pixel_scale)
+    out_shape, sizes = _check_patch_embed(
+        pixels, weight, bias, pos, time, cls, channels_last, space_only, pixel_scale
+    )
     check_out(
         _OP,
         "out",
@@ -376,7 +391,9 @@ def patch_embed_fwd(
         last_stride=False,
         reads={"pixels": pixels, "weight": weight, "bias": bias, "pos": pos, "time": time, "cls": cls},
     )
-    return _launch(pixels, weight, bias, pos, time, cls, out, sizes, channels_last, space_only, int64)
+    return _launch(
+        pixels, weight, bias, pos, time, cls, out, sizes, channels_last, space_only, pixel_scale, int64
+    )
 
 
 # ----------------------------------------------------------------------------------------------------- the op
@@ -392,15 +409,22 @@ def _patch_embed_op(
     cls: torch.Tensor,
     channels_last: bool,
     space_only: bool,
+    pixel_scale: float = 1.0,
 ) -> torch.Tensor:
-    out_shape, sizes = _check_patch_embed(pixels, weight, bias, pos, time, cls, channels_last, space_only)
+    out_shape, sizes = _check_patch_embed(
+        pixels, weight, bias, pos, time, cls, channels_last, space_only, pixel_scale
+    )
     out = torch.empty(out_shape, dtype=weight.dtype, device=weight.device)
-    return _launch(pixels, weight, bias, pos, time, cls, out, sizes, channels_last, space_only, None)
+    return _launch(
+        pixels, weight, bias, pos, time, cls, out, sizes, channels_last, space_only, pixel_scale, None
+    )
 
 
 @_patch_embed_op.register_fake
-def _(pixels, weight, bias, pos, time, cls, channels_last, space_only):
-    out_shape, _ = _check_patch_embed(pixels, weight, bias, pos, time, cls, channels_last, space_only)
+def _(pixels, weight, bias, pos, time, cls, channels_last, space_only, pixel_scale=1.0):
+    out_shape, _ = _check_patch_embed(
+        pixels, weight, bias, pos, time, cls, channels_last, space_only, pixel_scale
+    )
     return weight.new_empty(out_shape)
 
 
@@ -414,13 +438,15 @@ def patch_embed(
     *,
     channels_last: bool = False,
     space_only: bool = False,
+    pixel_scale: float = 1.0,
 ) -> torch.Tensor:
     """Embeddings of a clip in the model's layout: conv patch embedding, CLS, position and time embeddings.
 
     Args:
         pixels: float ``(B, T, C, H, W)`` in the weight's dtype (normalized pixel values), or with
             ``channels_last`` uint8 frames ``(B, T, H, W, C)`` (pass the weight and bias of
-            ``fold_normalization``). Any strides; ``H``, ``W`` multiples of the patch size ``(ph, pw)``.
+            ``fold_normalization`` and the ``rescale`` as ``pixel_scale``). Any strides; ``H``, ``W``
+            multiples of the patch size ``(ph, pw)``.
         weight: ``(D, C, ph, pw)`` conv weight, float32 / float16 / bfloat16: the output dtype.
         bias: ``(D,)``.
         pos: ``(1 + N, D)``, the position table already interpolated to the grid, ``N = (H/ph) * (W/pw)``.
@@ -428,13 +454,16 @@ def patch_embed(
         cls: ``(D,)``.
         channels_last: the pixels are uint8 ``(B, T, H, W, C)`` frames.
         space_only: the space-only layout (no time embedding).
+        pixel_scale: factor of the conv's product, applied before the bias (in the fp32 epilogue).
 
     Returns:
         A new contiguous ``(B, 1 + N * T, D)`` tensor, row 0 CLS and row ``1 + n * T + t`` patch ``n`` of frame
         ``t``; or ``(B * T, 1 + N, D)`` for ``space_only``. Bias, tables and CLS may be float32 with a 16-bit
         weight: everything after the product is added in fp32 and rounded once.
     """
-    return torch.ops.timesformer.patch_embed(pixels, weight, bias, pos, time, cls, channels_last, space_only)
+    return torch.ops.timesformer.patch_embed(
+        pixels, weight, bias, pos, time, cls, channels_last, space_only, float(pixel_scale)
+    )
 
 
 # ----------------------------------------------------------------------------------------- weight preparation
@@ -445,12 +474,12 @@ def fold_normalization(
     bias: torch.Tensor,
     mean: Sequence[float] | torch.Tensor,
     std: Sequence[float] | torch.Tensor,
-    rescale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fold the image processor's normalization ``(u * rescale - mean[c]) / std[c]`` into the conv.
+    """Fold the image processor's normalization ``(u * rescale - mean[c]) / std[c]`` into the conv: returns
+    ``(W', bias')`` for ``patch_embed(frames, W', bias', ..., channels_last=True, pixel_scale=rescale)``.
 
-    ``conv(W, (u * rescale - mean) / std) + bias = conv(W', u) + bias'`` with
-    ``W'[d, c, kh, kw] = W[d, c, kh, kw] * rescale / std[c]`` and
+    ``conv(W, (u * rescale - mean) / std) + bias = rescale * conv(W', u) + bias'`` with
+    ``W'[d, c, kh, kw] = W[d, c, kh, kw] / std[c]`` and
     ``bias'[d] = bias[d] - sum_{c, kh, kw} W[d, c, kh, kw] * mean[c] / std[c]``.
 
     The kernel does not normalize the pixels it loads: it multiplies the raw uint8 values (exact in every
@@ -458,13 +487,14 @@ def fold_normalization(
     loop stays a plain product (no per-element multiply-add, no channel lookup per loaded pixel); the
     algebra is exact (the conv is linear); and the only rounding it adds is one rounding of each ``W'`` to
     the weight's dtype, the same size of error as rounding each normalized pixel to that dtype, which the
-    unfused pipeline does. Computed once per weight (callers cache it).
+    unfused pipeline does. ``rescale`` stays out of ``W'``: folded in, it took float16 weights below about
+    3.5e-3 into float16's subnormal range (``W * rescale / std`` under 6.1e-5), where they lose precision. It
+    is applied to the fp32 product instead. Computed once per weight (callers cache it).
 
     Args:
         weight: ``(D, C, ph, pw)`` conv weight.
         bias: ``(D,)``.
         mean, std: ``C`` numbers each (sequences or tensors).
-        rescale: the factor applied to the raw values first (``1 / 255`` for the usual processors).
 
     Returns:
         ``(weight', bias')``: computed in float64 and cast once, ``weight'`` to the weight's dtype, ``bias'`` to
@@ -491,8 +521,7 @@ def fold_normalization(
             f"fold_normalization: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}"
         )
     w64 = weight.detach().to(torch.float64)
-    scale = (rescale / std64).view(1, channels, 1, 1)
+    w_folded = (w64 / std64.view(1, channels, 1, 1)).to(weight.dtype)
     shift = (mean64 / std64).view(1, channels, 1, 1)
-    w_folded = (w64 * scale).to(weight.dtype)
     b_folded = bias.detach().to(torch.float64) - (w64 * shift).sum(dim=(1, 2, 3))
     return w_folded, b_folded.to(torch.promote_types(bias.dtype, torch.float32))
