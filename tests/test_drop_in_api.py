@@ -141,6 +141,25 @@ def test_vmap_over_clips_gives_the_unbatched_logits(backend):
     torch.testing.assert_close(mapped, model(x).logits, rtol=1e-4, atol=1e-5)
 
 
+def test_per_sample_gradients_with_labels_under_vmap():
+    """``vmap(grad(...))`` of the model's own loss (per-sample gradients: DP-SGD, influence functions) failed on
+    the label range check, a branch on the labels' values."""
+    model, kwargs = _model(seed=5)
+    x, labels = random_clip(kwargs, batch=3), torch.arange(3) % kwargs["num_labels"]
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def loss(p, clip, label):
+        return torch.func.functional_call(model, p, (clip[None],), {"labels": label[None]}).loss
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's notes on ops it batches by a loop
+        grads = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))(params, x, labels)
+    for i in (0, 2):
+        model.zero_grad()
+        model(x[i : i + 1], labels=labels[i : i + 1]).loss.backward()
+        torch.testing.assert_close(grads["classifier.weight"][i], model.classifier.weight.grad)
+
+
 def test_name_or_path_and_transformers_configs(hf, tmp_path):
     model, kwargs = _model()
     assert model.name_or_path == ""

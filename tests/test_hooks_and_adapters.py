@@ -168,6 +168,26 @@ def test_the_reason_names_the_module_and_is_logged_once(caplog):
     assert module_path_reason(ours.timesformer) == "encoder.layer.0 has a patched forward"
 
 
+@pytest.mark.parametrize("backend", ["sdpa", "triton"])
+def test_a_forward_patched_after_the_first_call_counts(backend):
+    """The answer cached at the first call was kept: a forward patched on the first layer afterwards (attention
+    rollout, a debugging wrapper) was skipped, and the logits were the unpatched model's."""
+    ours, ref, kwargs = _pair(backend, seed=16)
+    x = random_clip(kwargs)
+    with torch.no_grad():
+        plain = ours(x).logits
+    for model in (ours, ref):
+        layer = model.timesformer.encoder.layer[0]
+        layer.forward = lambda *args, _forward=layer.forward, **kw: (_forward(*args, **kw)[0] * 0.5,)
+    assert module_path_reason(ours) == "timesformer.encoder.layer.0 has a patched forward"
+    with torch.no_grad():
+        got = ours(x).logits
+    torch.testing.assert_close(got, ref(x).logits, rtol=1e-5, atol=1e-5)
+    assert (got - plain).abs().max() > 1e-3
+    del ours.timesformer.encoder.layer[0].forward
+    assert module_path_reason(ours) is None
+
+
 def test_global_hooks_observe_what_runs():
     """Global module hooks belong to tools that observe whatever runs (FlopCounterMode's module tracker,
     profilers): they keep the fused path, and fire on the modules it calls."""
@@ -327,6 +347,47 @@ def test_a_changed_attention_scale_counts(backend):
     scale = ours.timesformer.encoder.layer[1].attention.attention.scale
     ours.timesformer.encoder.layer[1].temporal_attention.attention.scale = scale
     assert module_path_reason(ours) is None
+
+
+@pytest.mark.parametrize("flags", [{}, {"output_hidden_states": True}, {"output_attentions": True}])
+@pytest.mark.parametrize("return_dict", [True, False])
+def test_a_hook_on_the_encoder_model_sees_transformers_call(return_dict, flags):
+    """The classifier called its encoder model with the flags positional and ``return_dict=True``: a hook
+    with kwargs saw three positional arguments, and a ``BaseModelOutput`` where transformers gives a tuple."""
+    ours, ref, kwargs = _pair("sdpa", seed=15)
+    x = random_clip(kwargs)
+    seen, outs = {}, {}
+    for name, model in (("ours", ours), ("ref", ref)):
+
+        def hook(module, args, kw, out, name=name):
+            seen[name] = (len(args), sorted(kw), isinstance(out, tuple))
+
+        model.timesformer.register_forward_hook(hook, with_kwargs=True)
+        with torch.no_grad():
+            outs[name] = model(x, return_dict=return_dict, **flags)
+    assert seen["ours"] == seen["ref"] and seen["ours"][2] != return_dict
+    if return_dict:
+        outs = {name: tuple(out.values()) for name, out in outs.items()}
+    torch.testing.assert_close(outs["ours"], outs["ref"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_projection_for_other_channels_sets_the_input_channels(backend):
+    """A pretrained model adapted to 1-channel video by a new patch projection (depth, grayscale): the input
+    check read the config's 3 channels and refused the clips transformers runs."""
+    ours, ref, kwargs = _pair(backend, seed=17)
+    gen = torch.Generator().manual_seed(17)
+    conv = nn.Conv2d(1, kwargs["hidden_size"], kwargs["patch_size"], kwargs["patch_size"])
+    with torch.no_grad():
+        for p in conv.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    for model in (ours, ref):
+        model.timesformer.embeddings.patch_embeddings.projection = conv
+    x = random_clip({**kwargs, "num_channels": 1})
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x).logits, ref(x).logits, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"pixel_values must have 1 channels \(dimension 2 of"):
+        ours(random_clip(kwargs))
 
 
 def test_a_plain_module_in_another_slot_counts():

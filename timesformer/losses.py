@@ -93,7 +93,9 @@ def classification_loss(
         expected = (
             f"single-label classification labels must be in [0, {num_labels}) (or {IGNORE_INDEX} to ignore)"
         )
-        if torch.compiler.is_compiling():
+        if torch._C._are_functorch_transforms_active():
+            pass  # torch.func (vmap: per-sample gradients) has no value-dependent check; cross_entropy checks
+        elif torch.compiler.is_compiling():
             # A branch on the labels' values cannot be traced (fullgraph=True failed; otherwise a graph break):
             # the check becomes part of the graph.
             torch._assert_async(~bad.any(), expected)

@@ -10,6 +10,7 @@ adapter such as PEFT's LoRA wrapping a ``Linear``, a patched ``forward``).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -517,11 +518,11 @@ def module_path_reason(model: nn.Module) -> str | None:
     Reasons: a submodule of another type than the model builds (an adapter wrapping a ``Linear``, a
     quantized subclass), hooks on a submodule, a ``forward`` patched on an instance; checked on every call: a
     dropout or drop-path module (nonzero rate) in another mode than the model, an attention ``scale`` changed.
-    A ``None`` is cached per model until a hook is registered or a submodule assigned anywhere (a scan of
-    a base model's 300 modules costs about a batch-1 forward's launch overhead); not seen after a model's
-    first call: a ``forward`` patched, a ``__class__`` changed, a module put through torch's ``_modules``
-    dict directly (``ModuleList.insert``). A reason is never cached, so removing the hooks brings the fused
-    path back.
+    A ``None`` is cached per model until a hook is registered, a submodule assigned anywhere or a ``forward``
+    patched (a scan of a base model's 300 modules costs about a batch-1 forward's launch overhead); not seen
+    after a model's first call: a ``__class__`` changed, a module put through torch's ``_modules`` dict
+    directly (``ModuleList.insert``). A reason is never cached, so removing the hooks brings the fused path
+    back.
     """
     if torch.compiler.is_compiling():
         # Traced (the counters and the cache are Python state a compiled forward does not re-read): the
@@ -531,11 +532,21 @@ def module_path_reason(model: nn.Module) -> str | None:
     # counter tell when a cached answer may be stale.
     key = (_PROCESS, torch.utils.hooks.RemovableHandle.next_id, assignments())
     cached = model.__dict__.get("_plain_at")
-    if cached is not None and cached[0] == key:
+    # A forward patched on an instance is seen by no counter: looked up in each module's __dict__ (about 7 us
+    # for a base model's 300 modules).
+    if (
+        cached is not None
+        and cached[0] == key
+        and not any(map(dict.__contains__, cached[2], itertools.repeat("forward")))
+    ):
         return _state_reason(model, cached[1])
     reason = _module_path_scan(model)
     watched = _watched_modules(model)
-    model.__dict__["_plain_at"] = (key, watched) if reason is None else None
+    if reason is None:
+        scanned = [m.__dict__ for m in model.modules() if m is not model]
+        model.__dict__["_plain_at"] = (key, watched, scanned)
+    else:
+        model.__dict__["_plain_at"] = None
     return reason or _state_reason(model, watched)
 
 
@@ -543,7 +554,11 @@ def module_path_reason(model: nn.Module) -> str | None:
 
 
 def _check_pixel_values(
-    pixel_values: Any, config: TimesformerConfig, param: torch.Tensor, norm: InputNormalization | None
+    pixel_values: Any,
+    config: TimesformerConfig,
+    channels_expected: int,
+    param: torch.Tensor,
+    norm: InputNormalization | None,
 ) -> torch.Tensor:
     if not isinstance(pixel_values, torch.Tensor):
         raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
@@ -572,14 +587,14 @@ def _check_pixel_values(
         raise ValueError(
             f"pixel_values must hold at least one clip of at least one frame, got shape {tuple(pixel_values.shape)}"
         )
-    if channels != config.num_channels:
+    if channels != channels_expected:
         layout = (
             "dimension 4 of uint8 (batch, frames, height, width, channels)"
             if frames_u8
             else ("dimension 2 of (batch, frames, channels, height, width)")
         )
         raise ValueError(
-            f"pixel_values must have {config.num_channels} channels ({layout}), got {channels} in shape "
+            f"pixel_values must have {channels_expected} channels ({layout}), got {channels} in shape "
             f"{tuple(pixel_values.shape)}"
         )
     ph, pw = config.patch_hw
@@ -1216,7 +1231,12 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
         cls_only=False,
     ):
         emb = model.embeddings
-        pixel_values = _check_pixel_values(pixel_values, self.config, emb.cls_token, emb.input_normalization)
+        projection = emb.patch_embeddings.projection
+        # A projection put in the conv's place (1-channel video) sets the channels, as in transformers.
+        channels = projection.in_channels if isinstance(projection, nn.Conv2d) else self.config.num_channels
+        pixel_values = _check_pixel_values(
+            pixel_values, self.config, channels, emb.cls_token, emb.input_normalization
+        )
         return impl.encode(
             model,
             pixel_values,
@@ -1367,10 +1387,21 @@ class TimesformerForVideoClassification(TimesformerPreTrainedModel):
             output_attentions, output_hidden_states, return_dict
         )
         if self._calls_modules(output_attentions):
-            # The reference's calls, so that hooks on (and adapters in) the encoder and head all run.
-            out = self.timesformer(pixel_values, output_attentions, output_hidden_states, return_dict=True)
-            logits = self.classifier(out.last_hidden_state[:, 0])
-            hidden_states, attentions = out.hidden_states, out.attentions
+            # The reference's calls, with its arguments, so that hooks on (and adapters in) the encoder and head
+            # all run and see what they see in transformers.
+            out = self.timesformer(
+                pixel_values,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+                return_dict=return_dict,
+            )
+            if return_dict:
+                sequence, hidden_states, attentions = out.last_hidden_state, out.hidden_states, out.attentions
+            else:  # the tuple holds what the flags asked for, in BaseModelOutput's order
+                sequence, *rest = out
+                hidden_states = rest.pop(0) if output_hidden_states else None
+                attentions = rest.pop(0) if output_attentions else None
+            logits = self.classifier(sequence[:, 0])
         else:
             impl = self._backend_impl()
             x, hidden_states, attentions, fwd = self._encode(
