@@ -88,6 +88,22 @@ def test_folder_layout(videos):
     assert {(Path(s.path).parent.name, s.label) for s in samples} == {(n, i) for n, i in LABEL2ID.items()}
 
 
+def test_files_beside_the_class_folders_are_named_in_a_warning(videos, tmp_path):
+    """A flat or mixed layout: the videos at DATA's top level were left out without a word ("1 of 1 videos
+    scored, 100%")."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(videos, data)
+    for name in ("a.mp4", "b.mp4", "c.mp4", "d.mp4"):
+        shutil.copy(next((data / LABELS[0]).iterdir()), data / name)
+    with pytest.warns(
+        UserWarning,
+        match=r"4 file\(s\) beside the class folders are not evaluated .*'a.mp4', 'b.mp4', 'c.mp4', ...$",
+    ):
+        assert len(load_samples(data, LABEL2ID, 4)) == 9
+
+
 def test_list_file_separators_relative_paths_names_and_indices(tmp_path):
     (tmp_path / "sub").mkdir()
     listing = tmp_path / "sub" / "list.txt"
@@ -516,6 +532,7 @@ def test_resume_of_a_run_that_recorded_relative_paths(videos, bundled, tmp_path,
 # Two ranks of a gloo group (torchrun's environment variables), each running one scenario of the checks that
 # keep the ranks of a job together; each prints what it raised.
 _RANK_SCRIPT = """
+import os
 import sys
 from pathlib import Path
 
@@ -536,6 +553,12 @@ try:
         with ev.together("set up"):
             if rank == 1:
                 raise KeyboardInterrupt
+    elif scenario == "dies":
+        if rank == 1:  # its machine lost while the others set up
+            print("gone", flush=True)
+            os._exit(0)
+        with ev.together("set up"):
+            pass
     else:
         out = tmp / (f"local{rank}" if scenario == "folder" else "shared")
         out.mkdir(exist_ok=True)
@@ -546,7 +569,10 @@ try:
         torch.distributed.barrier()
         if scenario == "data" and rank == 1:
             samples.append(Sample("/v/c.mp4", 0))  # a dataset still syncing on this machine
-        ev._check_same_work(out, samples, set(), token)
+        settings = {"top_k": 5, "clips": 1}
+        if scenario == "settings" and rank == 1:
+            settings = {"top_k": 1, "clips": 1}  # another command line on this machine
+        ev._check_same_work(out, samples, set(), token, settings)
     print("ok")
 except BaseException as exc:
     print(type(exc).__name__, exc)
@@ -597,11 +623,14 @@ def _two_ranks(scenario: str, tmp_path: Path) -> list[str]:
         ("interrupt", [r"RankError rank 1 of 2 \(host .*\) could not set up: KeyboardInterrupt", "KeyboardInterrupt"]),
         ("folder", [r"RankError rank 1 of 2 \(host .*\) does not see rank 0's files in DIR .*local1: under torchrun, DIR must be one folder every machine shares"] * 2),
         ("data", [r"RankError rank 1 of 2 \(host .*\) lists 3 videos \(0 done\) where rank 0 lists 2 \(0 done\)"] * 2),
+        ("settings", [r"RankError rank 1 of 2 \(host .*\) evaluates with other settings than rank 0: top_k 1 \(rank 0: 5\); every rank must run the same command"] * 2),
+        ("dies", [r"RankError another rank of the job died during set-up \(.*by peer", "gone"]),
     ],
 )  # fmt: skip
 def test_ranks_fail_together_and_refuse_to_split_different_work(tmp_path, scenario, expected):
     """Without these checks: a set-up error on one machine left the others waiting 2 hours; a DIR that is not
-    shared, or a DATA listing that differs, gave metrics over part of the set and exit 0."""
+    shared, or a DATA listing that differs, gave metrics over part of the set and exit 0; other settings on
+    one machine mixed its predictions into the results; a rank dying in set-up was a gloo traceback."""
     import re
 
     results = _two_ranks(scenario, tmp_path)
@@ -1094,6 +1123,11 @@ def test_an_output_that_is_a_class_folder_or_a_file_is_refused(videos, bundled, 
         ValueError, match=rf"is DATA's class folder '{LABELS[1]}': its videos would be left out"
     ):
         evaluate(data, model, processor, data / LABELS[1], workers=0)
+    # Not there yet: the run was accepted, and its --resume refused (under torchrun, whether rank 0 had made
+    # it when another rank listed DATA).
+    with pytest.raises(ValueError, match=r"DIR .*eval would be one of DATA's class folders \('eval'\)"):
+        evaluate(data, model, processor, data / "eval", workers=0)
+    assert not (data / "eval").exists()
     (tmp_path / "afile").write_text("x")
     with pytest.raises(
         ValueError, match=r"--output .*afile: expected a folder \(or a new name\), got a file"

@@ -155,6 +155,10 @@ def _warn_if_a_file(text: str, number: int, base: Path, data, label2id: dict[str
         )
 
 
+# Files beside the class folders that are not left-out videos: a dataset's notes, lists and label maps.
+_NOTES = (".txt", ".csv", ".tsv", ".json", ".jsonl", ".md", ".yaml", ".yml")
+
+
 def _videos_under(folder: Path, owners: dict[str, Path], skip: str | None) -> list[Path]:
     """Every entry under the class folder ``folder`` that is not a folder (hidden names left out), in sorted
     order. Links to folders are followed, each real folder once (no loop); anything else (a broken link, a
@@ -232,6 +236,12 @@ def load_samples(
             raise ValueError(f"DATA: class folder {broken[0]} is a broken link; expected a folder of videos")
         owners: dict[str, Path] = {}
         skip = None if exclude is None else os.path.realpath(exclude)
+        if skip is not None and os.path.dirname(skip) == str(root) and not os.path.lexists(skip):
+            # Refused before it exists too: a run into it would start, and its --resume be refused.
+            raise ValueError(
+                f"DIR {exclude} would be one of DATA's class folders ({os.path.basename(skip)!r}); choose an "
+                "--output outside DATA's class folders"
+            )
         for folder in (p for p in entries if p.is_dir()):
             if skip is not None and os.path.realpath(folder) == skip:
                 raise ValueError(
@@ -248,6 +258,16 @@ def load_samples(
         if not samples and not unknown:
             raise ValueError(
                 f"DATA {data}: no videos; expected class-named subfolders of videos (e.g. {root}/<class>/x.mp4)"
+            )
+        # A flat or mixed layout: its videos would be missing from the count without a word. (Not the notes
+        # and lists a dataset folder often holds beside its classes.)
+        loose = [p.name for p in entries if not p.is_dir() and p.suffix.lower() not in _NOTES]
+        if loose:
+            warnings.warn(
+                f"DATA {data}: {len(loose)} file(s) beside the class folders are not evaluated (a video is "
+                f"labelled by the class folder it is in): {', '.join(map(repr, loose[:3]))}"
+                + (", ..." if len(loose) > 3 else ""),
+                stacklevel=2,
             )
     else:
         # Read whole: a FIFO would block forever, a device (/dev/zero) never end.
@@ -804,8 +824,17 @@ def _all_gather(value) -> list:
     if world == 1 or not torch.distributed.is_initialized():
         return [value]
     values = [None] * world
-    torch.distributed.all_gather_object(values, value)
+    try:
+        torch.distributed.all_gather_object(values, value)
+    except RuntimeError as exc:  # gloo: "Connection closed by peer"
+        raise RankError(f"another rank of the job died during set-up ({_lost_cause(exc)})") from None
     return values
+
+
+def _lost_cause(exc: RuntimeError) -> str:
+    """The first sentence of a collective's error for a rank that died, without gloo's source location:
+    "Connection closed by peer [host]:port"."""
+    return re.sub(r"^\[[^\]]*\]\s*", "", (str(exc).splitlines() or [""])[0]).split(". ")[0]
 
 
 def _where(rank: int, world: int, host: str) -> str:
@@ -820,7 +849,8 @@ def together(step: str):
     try:
         yield
     except BaseException as exc:  # Ctrl-C on one machine too: the others hear of it
-        _gather_failures(step, exc)
+        with contextlib.suppress(RankError):  # this rank's own error comes first
+            _gather_failures(step, exc)
         raise
     _gather_failures(step, None)
 
@@ -834,10 +864,13 @@ def _gather_failures(step: str, exc: BaseException | None) -> None:
         raise RankError(f"{_where(rank, world, host)} could not {step}{more}: {text}")
 
 
-def _check_same_work(output: Path, samples: Sequence[Sample], done: set[str], token: str | None) -> None:
-    """Every rank lists the same videos, has the same ones done, and sees rank 0's ``JOB_MARK`` (``token``)
-    in ``output``; otherwise each would take a share of another list (videos evaluated twice or never) or
-    write where rank 0 does not merge. Raises ``RankError`` on every rank."""
+def _check_same_work(
+    output: Path, samples: Sequence[Sample], done: set[str], token: str | None, settings: dict
+) -> None:
+    """Every rank lists the same videos, has the same ones done, evaluates with the same ``settings`` and
+    sees rank 0's ``JOB_MARK`` (``token``) in ``output``; otherwise each would take a share of another list
+    (videos evaluated twice or never), mix predictions made another way into the results, or write where
+    rank 0 does not merge. Raises ``RankError`` on every rank."""
     digest = hashlib.sha256()
     for sample in samples:
         digest.update(f"{sample.path}\t{sample.label}\n".encode("utf-8", "surrogateescape"))
@@ -848,11 +881,19 @@ def _check_same_work(output: Path, samples: Sequence[Sample], done: set[str], to
         with contextlib.suppress(OSError):
             seen = (output / JOB_MARK).read_text()
     views = _all_gather(
-        (socket.gethostname(), digest.hexdigest(), len(samples), len(done), seen, str(output.resolve()))
+        (
+            socket.gethostname(),
+            digest.hexdigest(),
+            len(samples),
+            len(done),
+            seen,
+            str(output.resolve()),
+            settings,
+        )
     )
     reference = views[0]
     world = len(views)
-    for rank, (host, digest_, count, ndone, mark, folder) in enumerate(views[1:], 1):
+    for rank, (host, digest_, count, ndone, mark, folder, settings_) in enumerate(views[1:], 1):
         if mark != reference[4]:
             raise RankError(
                 f"{_where(rank, world, host)} does not see rank 0's files in DIR {folder}: under torchrun, DIR "
@@ -863,6 +904,17 @@ def _check_same_work(output: Path, samples: Sequence[Sample], done: set[str], to
                 f"{_where(rank, world, host)} lists {count} videos ({ndone} done) where rank 0 lists "
                 f"{reference[2]} ({reference[3]} done), or other paths or labels: every machine must see the "
                 "same DATA files at the same path"
+            )
+        if settings_ != reference[6]:
+            # (A different model, dtype or preprocessing on one machine: its command line, or a cached model.)
+            differ = ", ".join(
+                f"{k} {settings_.get(k)!r} (rank 0: {reference[6].get(k)!r})"
+                for k in sorted(settings_.keys() | reference[6].keys())
+                if settings_.get(k) != reference[6].get(k)
+            )
+            raise RankError(
+                f"{_where(rank, world, host)} evaluates with other settings than rank 0: {differ}; every rank "
+                "must run the same command with the same model"
             )
 
 
@@ -1060,7 +1112,7 @@ def evaluate(
                 (output / JOB_MARK).write_text(token)
         if world > 1:
             try:  # also the barrier before any rank writes: every rank has read the same results (the same split)
-                _check_same_work(output, samples, done, token)
+                _check_same_work(output, samples, done, token, settings)
             finally:
                 if rank == 0:
                     (output / JOB_MARK).unlink(missing_ok=True)
@@ -1131,11 +1183,9 @@ def evaluate(
             try:
                 torch.distributed.all_reduce(summed)
             except RuntimeError as exc:  # gloo: "Connection closed by peer"; nccl: DistBackendError
-                # gloo's first sentence, without its source location: "Connection closed by peer [host]:port".
-                cause = re.sub(r"^\[[^\]]*\]\s*", "", (str(exc).splitlines() or [""])[0]).split(". ")[0]
                 raise RankLostError(
-                    f"rank {rank}: another rank of the job died before the end ({cause}); this rank's {written} "
-                    "lines are kept: run again with --resume"
+                    f"rank {rank}: another rank of the job died before the end ({_lost_cause(exc)}); this rank's "
+                    f"{written} lines are kept: run again with --resume"
                 ) from None
             counts = summed.tolist()
         written_all, scored_all = int(counts[0]), int(counts[1])
