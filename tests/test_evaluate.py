@@ -797,6 +797,33 @@ def test_a_second_run_into_a_folder_in_use_is_refused(videos, bundled, tmp_path)
     assert (out / ev.LOCK).read_text() == ""  # released: it names no one
 
 
+def test_a_folder_is_in_use_while_any_rank_of_its_job_runs(videos, bundled, tmp_path):
+    """Only rank 0 held DIR: after it died, a --resume ran beside the surviving ranks, and its merge deleted
+    the part files they were appending to."""
+    from timesformer import evaluate as ev
+
+    model, processor = bundled
+    out = tmp_path / "out"
+    out.mkdir()
+    rank0 = ev._lock(out)  # this process, as rank 0: then rank 1 of the same job takes its byte
+    rank1 = subprocess.Popen(
+        [sys.executable, "-c", "from pathlib import Path; from timesformer import evaluate as ev; import sys, time; "
+         "print(ev._hold_rank(Path(sys.argv[1]), 1) is not None, flush=True); time.sleep(60)", str(out)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert rank1.stdout.readline().strip() == "True"
+        ev._unlock(rank0)  # rank 0 dies
+        with pytest.raises(
+            FileExistsError, match=r"in use by another evaluate run \(.*or a rank of its torchrun"
+        ):
+            ev.evaluate(videos, model, processor, out, workers=0, limit=2, resume=True)
+    finally:
+        rank1.kill()
+        rank1.wait()
+    assert ev.evaluate(videos, model, processor, out, workers=0, limit=2, resume=True)["num_missing"] == 0
+
+
 def test_a_stray_local_world_size_is_named(monkeypatch):
     from timesformer.evaluate import default_workers
 

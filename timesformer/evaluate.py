@@ -55,7 +55,7 @@ MAX_LIST_BYTES = 2**30
 DIST_TIMEOUT_S = 2 * 3600
 # Written by rank 0 in DIR before any video, read by every rank: DIR is one folder they all share.
 JOB_MARK = ".evaluate-job"
-# Rank 0's hold on DIR while a run works in it (``_lock``).
+# The ranks' hold on DIR while a run works in it (``_lock``, ``_hold_rank``).
 LOCK = ".evaluate-lock"
 
 
@@ -1054,7 +1054,7 @@ def evaluate(
     device, dtype = param.device, param.dtype
     rank, world = init_distributed()
     # What can fail on one rank only (DATA missing on one machine) stops every rank, each naming the cause.
-    lock = None  # rank 0's hold on the output folder (_lock): a descriptor
+    lock = None  # this rank's hold on the output folder (_lock, _hold_rank): a descriptor
     try:
         token = None
         with together("set up"):
@@ -1116,6 +1116,8 @@ def evaluate(
             finally:
                 if rank == 0:
                     (output / JOB_MARK).unlink(missing_ok=True)
+            if rank > 0:
+                lock = _hold_rank(output, rank)
         # The videos still to do are split across the ranks (sample i of them to rank i % world_size), so a
         # resumed run is balanced however the interrupted one had progressed.
         todo = [s for s in samples if s.path not in done][rank::world]
@@ -1218,7 +1220,7 @@ def evaluate(
         return metrics
     finally:
         if lock is not None:
-            _unlock(lock)
+            _unlock(lock, rank)
 
 
 def _lock(output: Path) -> int | None:
@@ -1227,7 +1229,12 @@ def _lock(output: Path) -> int | None:
     writing, and its merge would replace the file the first appends to (those lines lost). The kernel drops
     the lock when its process dies, however (kill -9, a container restart), so a crashed run never blocks
     ``--resume``; it works across PID namespaces, and across hosts where the filesystem supports locks (NFSv4,
-    NLM). Returns the open descriptor, or ``None`` (with a warning) on a filesystem without locks."""
+    NLM). Returns the open descriptor, or ``None`` (with a warning) on a filesystem without locks.
+
+    Rank 0 takes the whole file, so it is refused while any rank of another run holds a byte of it, then
+    keeps byte 0; the other ranks of a torchrun job then hold theirs (``_hold_rank``): the folder stays in use
+    while any rank of the run lives (a ``--resume`` after rank 0 died ran beside the others, and its merge
+    deleted the part files they were appending to)."""
     import fcntl
 
     path = output / LOCK
@@ -1249,19 +1256,35 @@ def _lock(output: Path) -> int | None:
             return None
         raise FileExistsError(
             f"{output} is in use by another evaluate run (process {holder.get('pid', '?')} on host "
-            f"{holder.get('host', '?')}, since {holder.get('started', '?')}); wait for it to end, or choose "
-            "another --output"
+            f"{holder.get('host', '?')}, since {holder.get('started', '?')}, or a rank of its torchrun job that "
+            "still runs); wait for it to end, or choose another --output"
         ) from None
     mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(mine).encode(), 0)
+    fcntl.lockf(fd, fcntl.LOCK_UN, 0, 1)  # from byte 1 on: the other ranks' bytes
     return fd
 
 
-def _unlock(fd: int) -> None:
+def _hold_rank(output: Path, rank: int) -> int | None:
+    """Rank ``rank`` (> 0)'s byte of ``LOCK``, held until ``_unlock``; taken after rank 0 has kept only byte 0
+    (``_lock``). Returns the open descriptor, or ``None`` where the filesystem has no locks."""
+    import fcntl
+
+    fd = os.open(output / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, rank)
+    except OSError:  # no locks here (rank 0 warned), or none to be had: the run goes on as before
+        os.close(fd)
+        return None
+    return fd
+
+
+def _unlock(fd: int, rank: int = 0) -> None:
     # The file stays (removing it would race with a run that has it open); emptied, it names no one.
-    with contextlib.suppress(OSError):
-        os.ftruncate(fd, 0)
+    if rank == 0:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
     os.close(fd)
 
 
