@@ -905,13 +905,14 @@ def _check_same_work(
                 f"{reference[2]} ({reference[3]} done), or other paths or labels: every machine must see the "
                 "same DATA files at the same path"
             )
-        if settings_ != reference[6]:
-            # (A different model, dtype or preprocessing on one machine: its command line, or a cached model.)
-            differ = ", ".join(
-                f"{k} {settings_.get(k)!r} (rank 0: {reference[6].get(k)!r})"
-                for k in sorted(settings_.keys() | reference[6].keys())
-                if settings_.get(k) != reference[6].get(k)
-            )
+        # Other weights, dtype or preprocessing on one machine (its command line, a cached model). Not the
+        # model's name: a folder may lie at another path on each machine, and the weights' digest is compared.
+        differ = ", ".join(
+            f"{k} {settings_.get(k)!r} (rank 0: {reference[6].get(k)!r})"
+            for k in sorted(settings_.keys() | reference[6].keys())
+            if k != "model" and settings_.get(k) != reference[6].get(k)
+        )
+        if differ:
             raise RankError(
                 f"{_where(rank, world, host)} evaluates with other settings than rank 0: {differ}; every rank "
                 "must run the same command with the same model"
