@@ -42,6 +42,10 @@ def test_backend_names_the_eager_computation_while_forwards_call_the_modules():
     assert model.backend == "eager"
     handle.remove()
     assert model.backend == "sdpa"
+    # A hook on a classifier's head alone: the classifier calls its encoder model, which stays fused.
+    classifier = _model("auto", cls=TimesformerForVideoClassification)
+    classifier.classifier.register_forward_hook(lambda *_: None)
+    assert classifier.backend == "sdpa"
 
 
 def test_triton_without_interpreter_and_unknown_backends_are_refused(monkeypatch):

@@ -158,6 +158,10 @@ def test_per_sample_gradients_with_labels_under_vmap():
         model.zero_grad()
         model(x[i : i + 1], labels=labels[i : i + 1]).loss.backward()
         torch.testing.assert_close(grads["classifier.weight"][i], model.classifier.weight.grad)
+    # Under grad alone the labels are plain tensors: still checked (on a GPU, cross_entropy's own check is a
+    # device-side assert that ends the process's CUDA context).
+    with pytest.raises(ValueError, match=r"labels must be in \[0, "):
+        torch.func.grad(loss)(params, x[0], torch.tensor(kwargs["num_labels"]))
 
 
 def test_name_or_path_and_transformers_configs(hf, tmp_path):

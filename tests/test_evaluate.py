@@ -95,11 +95,13 @@ def test_files_beside_the_class_folders_are_named_in_a_warning(videos, tmp_path)
 
     data = tmp_path / "data"
     shutil.copytree(videos, data)
-    for name in ("a.mp4", "b.mp4", "c.mp4", "d.mp4"):
+    for name in ("a.mp4", "b.mp4", "c.MKV", "d.webm"):
         shutil.copy(next((data / LABELS[0]).iterdir()), data / name)
+    for name in ("README", "LICENSE", "classes.txt", "labels.pbtxt"):  # not named as videos
+        (data / name).write_text("x")
     with pytest.warns(
         UserWarning,
-        match=r"4 file\(s\) beside the class folders are not evaluated .*'a.mp4', 'b.mp4', 'c.mp4', ...$",
+        match=r"4 file\(s\) beside the class folders are not evaluated .*'a.mp4', 'b.mp4', 'c.MKV', ...$",
     ):
         assert len(load_samples(data, LABEL2ID, 4)) == 9
 
@@ -1156,6 +1158,12 @@ def test_an_output_that_is_a_class_folder_or_a_file_is_refused(videos, bundled, 
     with pytest.raises(ValueError, match=r"DIR .*eval would be one of DATA's class folders \('eval'\)"):
         evaluate(data, model, processor, data / "eval", workers=0)
     assert not (data / "eval").exists()
+    # A hidden name is no class folder, before and after it exists.
+    for _ in range(2):
+        assert (
+            evaluate(data, model, processor, data / ".eval", workers=0, limit=1, resume=True)["num_videos"]
+            == 1
+        )
     (tmp_path / "afile").write_text("x")
     with pytest.raises(
         ValueError, match=r"--output .*afile: expected a folder \(or a new name\), got a file"

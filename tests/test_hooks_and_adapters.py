@@ -388,6 +388,13 @@ def test_a_projection_for_other_channels_sets_the_input_channels(backend):
         torch.testing.assert_close(ours(x).logits, ref(x).logits, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match=r"pixel_values must have 1 channels \(dimension 2 of"):
         ours(random_clip(kwargs))
+    # uint8 frames, normalized by the model: one channel's mean and std.
+    ours.set_input_normalization([0.4], [0.3])
+    size = kwargs["image_size"]
+    frames = torch.randint(0, 256, (2, kwargs["num_frames"], size, size, 1), dtype=torch.uint8, generator=gen)
+    with torch.no_grad():
+        expected = ref((frames.permute(0, 1, 4, 2, 3) / 255 - 0.4) / 0.3).logits
+        torch.testing.assert_close(ours(frames).logits, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_a_plain_module_in_another_slot_counts():

@@ -252,7 +252,14 @@ class CudaGraphRunner:
             return model(pixel_values, **kwargs)
 
         param = next(model.parameters())
-        key = (tuple(pixel_values.shape), pixel_values.dtype, model.backend, param.dtype, param.device)
+        # (The backend's name: _replayable has found the fused path, with no module-path reason.)
+        key = (
+            tuple(pixel_values.shape),
+            pixel_values.dtype,
+            model._backend_impl().name,
+            param.dtype,
+            param.device,
+        )
         graph = self._graphs.get(key)
         if graph is None:
             graph = self._capture(key, pixel_values)

@@ -155,8 +155,28 @@ def _warn_if_a_file(text: str, number: int, base: Path, data, label2id: dict[str
         )
 
 
-# Files beside the class folders that are not left-out videos: a dataset's notes, lists and label maps.
-_NOTES = (".txt", ".csv", ".tsv", ".json", ".jsonl", ".md", ".yaml", ".yml")
+# The usual names of video files, for the warning about those beside the class folders (inside a class folder
+# every file is a video, whatever its name).
+_VIDEO_SUFFIXES = frozenset(
+    [
+        ".mp4",
+        ".m4v",
+        ".mov",
+        ".mkv",
+        ".webm",
+        ".avi",
+        ".mpg",
+        ".mpeg",
+        ".ts",
+        ".mts",
+        ".m2ts",
+        ".flv",
+        ".wmv",
+        ".3gp",
+        ".ogv",
+        ".gif",
+    ]
+)
 
 
 def _videos_under(folder: Path, owners: dict[str, Path], skip: str | None) -> list[Path]:
@@ -236,7 +256,12 @@ def load_samples(
             raise ValueError(f"DATA: class folder {broken[0]} is a broken link; expected a folder of videos")
         owners: dict[str, Path] = {}
         skip = None if exclude is None else os.path.realpath(exclude)
-        if skip is not None and os.path.dirname(skip) == str(root) and not os.path.lexists(skip):
+        if (
+            skip is not None
+            and os.path.dirname(skip) == str(root)
+            and not os.path.basename(skip).startswith(".")  # hidden names are no class folders
+            and not os.path.lexists(skip)
+        ):
             # Refused before it exists too: a run into it would start, and its --resume be refused.
             raise ValueError(
                 f"DIR {exclude} would be one of DATA's class folders ({os.path.basename(skip)!r}); choose an "
@@ -259,9 +284,9 @@ def load_samples(
             raise ValueError(
                 f"DATA {data}: no videos; expected class-named subfolders of videos (e.g. {root}/<class>/x.mp4)"
             )
-        # A flat or mixed layout: its videos would be missing from the count without a word. (Not the notes
-        # and lists a dataset folder often holds beside its classes.)
-        loose = [p.name for p in entries if not p.is_dir() and p.suffix.lower() not in _NOTES]
+        # A flat or mixed layout: its videos would be missing from the count without a word. (By the usual
+        # names of video files: a dataset folder holds notes, lists and label maps beside its classes.)
+        loose = [p.name for p in entries if not p.is_dir() and p.suffix.lower() in _VIDEO_SUFFIXES]
         if loose:
             warnings.warn(
                 f"DATA {data}: {len(loose)} file(s) beside the class folders are not evaluated (a video is "

@@ -18,6 +18,17 @@ def infer_problem_type(num_labels: int, labels: torch.Tensor) -> str:
     return "multi_label_classification"
 
 
+def _any_value(mask: torch.Tensor) -> bool:
+    """``bool(mask.any())``; ``False`` for labels mapped by torch.func's vmap (per-sample gradients), where no
+    branch on values can run (cross_entropy still refuses an index out of range)."""
+    try:
+        return bool(mask.any())
+    except RuntimeError as exc:
+        if "vmap" not in str(exc):
+            raise
+        return False
+
+
 def classification_loss(
     config: TimesformerConfig,
     logits: torch.Tensor,
@@ -93,13 +104,11 @@ def classification_loss(
         expected = (
             f"single-label classification labels must be in [0, {num_labels}) (or {IGNORE_INDEX} to ignore)"
         )
-        if torch._C._are_functorch_transforms_active():
-            pass  # torch.func (vmap: per-sample gradients) has no value-dependent check; cross_entropy checks
-        elif torch.compiler.is_compiling():
+        if torch.compiler.is_compiling():
             # A branch on the labels' values cannot be traced (fullgraph=True failed; otherwise a graph break):
             # the check becomes part of the graph.
             torch._assert_async(~bad.any(), expected)
-        elif bool(bad.any()):
+        elif _any_value(bad):
             raise ValueError(f"{expected}, got {flat[bad][:5].tolist()}")
         return reduced(
             F.cross_entropy(logits.view(-1, num_labels), flat, ignore_index=IGNORE_INDEX, reduction=reduction)

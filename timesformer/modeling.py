@@ -483,24 +483,27 @@ def _noise_rate(module: nn.Module) -> float | None:
     return None
 
 
-def _watched_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def _watched_modules(model: nn.Module) -> list[tuple[str, nn.Module, float | None]]:
     """The modules whose state the fused backends follow on every call, since it changes without any counter
-    seeing it: dropout and drop path (their mode) and self-attention (its ``scale``)."""
-    return [
-        (name, m)
-        for name, m in model.named_modules()
-        if _noise_rate(m) is not None or isinstance(m, TimesformerSelfAttention)
-    ]
+    seeing it: dropout and drop path (their mode), and self-attention (its ``scale``, with the one the fused
+    backends use: ``head_dim ** -0.5``). For a model whose modules are the ones it builds."""
+    watched = []
+    for name, m in model.named_modules():
+        if isinstance(m, TimesformerSelfAttention):
+            watched.append((name, m, (m.qkv.in_features // m.num_heads) ** -0.5))
+        elif _noise_rate(m) is not None:
+            watched.append((name, m, None))
+    return watched
 
 
-def _state_reason(model: nn.Module, watched: list[tuple[str, nn.Module]]) -> str | None:
-    for name, module in watched:
-        if isinstance(module, TimesformerSelfAttention):
-            # The fused backends scale scores by head_dim ** -0.5 (the module's own, from its config); a scale
-            # set on the module (an attention temperature) is applied by its forward only.
-            fused = (module.qkv.in_features // module.num_heads) ** -0.5
-            if module.scale != fused:
-                return f"{name}.scale is {module.scale!r}, not head_dim ** -0.5 = {fused!r}"
+def _state_reason(model: nn.Module, watched: list[tuple[str, nn.Module, float | None]]) -> str | None:
+    for name, module, fused in watched:
+        if fused is not None:
+            # A scale set on the module (an attention temperature) is applied by its forward only. (Within
+            # 1e-6: 1 / math.sqrt(d) is head_dim ** -0.5 to an ulp.)
+            scale = module.__dict__.get("scale")
+            if not (isinstance(scale, (int, float)) and abs(scale - fused) <= 1e-6 * fused):
+                return f"{name}.scale is {scale!r}, not head_dim ** -0.5 = {fused!r}"
             continue
         # The fused backends apply dropout and drop path as the model's own mode says; the reference calls
         # each module, whose own mode counts: Monte-Carlo dropout (eval, then dropout modules back to train),
@@ -527,7 +530,8 @@ def module_path_reason(model: nn.Module) -> str | None:
     if torch.compiler.is_compiling():
         # Traced (the counters and the cache are Python state a compiled forward does not re-read): the
         # compiled forward takes the path of the module structure it traced, and recompiles with it.
-        return _module_path_scan(model) or _state_reason(model, _watched_modules(model))
+        reason = _module_path_scan(model)
+        return reason or _state_reason(model, _watched_modules(model))
     # Submodule assignments (PEFT's injection, ``model.encoder.layer[3] = ...``) and torch's hook-handle
     # counter tell when a cached answer may be stale.
     key = (_PROCESS, torch.utils.hooks.RemovableHandle.next_id, assignments())
@@ -541,13 +545,13 @@ def module_path_reason(model: nn.Module) -> str | None:
     ):
         return _state_reason(model, cached[1])
     reason = _module_path_scan(model)
-    watched = _watched_modules(model)
-    if reason is None:
-        scanned = [m.__dict__ for m in model.modules() if m is not model]
-        model.__dict__["_plain_at"] = (key, watched, scanned)
-    else:
+    if reason is not None:
         model.__dict__["_plain_at"] = None
-    return reason or _state_reason(model, watched)
+        return reason
+    watched = _watched_modules(model)
+    scanned = [m.__dict__ for m in model.modules() if m is not model]
+    model.__dict__["_plain_at"] = (key, watched, scanned)
+    return _state_reason(model, watched)
 
 
 # --------------------------------------------------------------------------- models
@@ -742,6 +746,12 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
             )
         self.set_backend(ATTN_IMPLEMENTATIONS[attn_implementation])
 
+    def _input_channels(self) -> int:
+        """The channels of a clip: the patch projection's (one put in the conv's place, for 1-channel video,
+        sets them, as in transformers), else the config's."""
+        projection = self.base_model.embeddings.patch_embeddings.projection
+        return projection.in_channels if isinstance(projection, nn.Conv2d) else self.config.num_channels
+
     def set_input_normalization(
         self,
         image_mean: Any,
@@ -760,7 +770,7 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
         """
         from .preprocess import check_normalization, per_channel
 
-        channels = self.config.num_channels
+        channels = self._input_channels()
         std = per_channel("image_std", image_std, channels)
         if any(not v > 0 for v in std):
             raise ValueError(f"image_std must be positive, got {std}")
@@ -786,9 +796,14 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
         """Name of the backend a forward runs (without attention maps): ``eager`` while it has to call the
         modules (``module_path_reason``: hooks, as an offloading tool's, or adapters), else the one in force for
         the model's current device."""
-        if self._requested_backend == "eager" or module_path_reason(self) is not None:
+        if self._requested_backend == "eager":
             return "eager"
-        return self._backend_impl().name
+        if module_path_reason(self) is None:
+            return self._backend_impl().name
+        # A classifier then calls its encoder model, which takes its own path (a hook on the head alone
+        # leaves the encoder on the fused one).
+        encoder = getattr(self, "timesformer", None)
+        return encoder.backend if isinstance(encoder, TimesformerPreTrainedModel) else "eager"
 
     def _backend_impl(self) -> Backend:
         param = next(self.parameters())
@@ -1231,11 +1246,8 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
         cls_only=False,
     ):
         emb = model.embeddings
-        projection = emb.patch_embeddings.projection
-        # A projection put in the conv's place (1-channel video) sets the channels, as in transformers.
-        channels = projection.in_channels if isinstance(projection, nn.Conv2d) else self.config.num_channels
         pixel_values = _check_pixel_values(
-            pixel_values, self.config, channels, emb.cls_token, emb.input_normalization
+            pixel_values, self.config, self._input_channels(), emb.cls_token, emb.input_normalization
         )
         return impl.encode(
             model,
