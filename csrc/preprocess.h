@@ -55,7 +55,9 @@ inline void check_preprocess_args(const at::Tensor& frames, int64_t resize_h, in
   TORCH_CHECK(mean.size() == 3 && std.size() == 3,
               "preprocess_frames: expected 3 means and 3 stds (RGB), got ", mean.size(), " and ", std.size());
   for (double s : std) {
-    TORCH_CHECK(s != 0.0, "preprocess_frames: expected nonzero stds, got ", std);
+    // As the kernels use it: a float (1e-50 is 0 there).
+    TORCH_CHECK(std::isfinite(s) && static_cast<float>(s) != 0.0f,
+                "preprocess_frames: expected finite stds, nonzero in float32, got ", std);
   }
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
               "preprocess_frames: expected dtype torch.float32, torch.bfloat16 or torch.float16, got ",

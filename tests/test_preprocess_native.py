@@ -238,7 +238,10 @@ BAD = {
     "zero resize": (_bad(size=(0, 24)), r"expected a positive resize size, got 0x24"),
     "2 means": (_bad(mean=(0.5, 0.5)), r"expected 3 means and 3 stds \(RGB\), got 2 and 3"),
     "4 stds": (_bad(std=(0.5,) * 4), r"got 3 and 4"),
-    "zero std": (_bad(std=(0.5, 0.0, 0.5)), r"expected nonzero stds"),
+    "zero std": (_bad(std=(0.5, 0.0, 0.5)), r"expected finite stds, nonzero in float32"),
+    # 0 as the kernels' float: every output was inf; NaN: every output NaN.
+    "std 0 in float32": (_bad(std=(0.5, 1e-50, 0.5)), r"expected finite stds, nonzero in float32"),
+    "NaN std": (_bad(std=(0.5, float("nan"), 0.5)), r"expected finite stds, nonzero in float32"),
     "float64 output": (
         _bad(dtype=torch.float64),
         r"expected dtype torch.float32, torch.bfloat16 or torch.float16, got torch.float64",
@@ -326,6 +329,16 @@ def test_falls_back_to_torch_without_extension(op, monkeypatch):
     assert torch.equal(out, preprocess_frames_torch(frames, (36, 48), (32, 32), MEAN, STD))
     with pytest.raises(RuntimeError, match="native preprocessing extension is not built"):
         preprocess_frames(frames, (36, 48), (32, 32), MEAN, STD, native=True)
+
+
+def test_the_default_path_follows_the_frames_device(op, monkeypatch):
+    """Frames on a device the extension has no kernel for (CUDA with a CPU-only build, MPS) went to the native
+    op, which raised the dispatcher's "Could not run"; they take the torch path, which runs anywhere. On the
+    meta device the checks run without data."""
+    frames = random_frames((2, 48, 64, 3), 43)
+    monkeypatch.setattr(pp, "preprocess_frames_torch", lambda *a, **k: "torch path")
+    assert preprocess_frames(frames.to("meta"), (36, 48), (32, 32), MEAN, STD) == "torch path"
+    assert preprocess_frames(frames, (36, 48), (32, 32), MEAN, STD).shape == (2, 3, 32, 32)  # native
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 builds: no FMA contraction")

@@ -79,6 +79,9 @@ def test_every_input_form_gives_the_same_pixel_values():
         "list of HWC arrays": list(arrays),
         "list of CHW tensors": [f.permute(2, 0, 1) for f in video],
         "RGBA PIL images": [PIL.fromarray(f).convert("RGBA") for f in arrays],
+        # Negative strides (OpenCV's BGR to RGB, frames[..., ::-1]): torch cannot share them.
+        "BGR array flipped": np.ascontiguousarray(arrays[..., ::-1])[..., ::-1],
+        "list of flipped BGR arrays": [np.ascontiguousarray(f[..., ::-1])[..., ::-1] for f in arrays],
     }
     for name, form in forms.items():
         torch.testing.assert_close(processor(form), expected, rtol=0, atol=0, msg=name)
@@ -122,12 +125,21 @@ def test_settings_per_call_and_transformers_spellings():
     scalar = VideoProcessor(shortest_edge=32, crop_size=32, image_mean=0.5, image_std=0.25)
     assert scalar.image_mean == (0.5,) * 3 and scalar.image_std == (0.25,) * 3
     assert VideoProcessor(crop_size=[20]).crop_size == (20, 20)
+    # size as (height, width), per call and in a config, as transformers' get_size_dict reads it
+    exact = VideoProcessor.from_dict({"size": {"height": 24, "width": 30}, "crop_size": 24})(video)
+    torch.testing.assert_close(base(video, size=(24, 30), crop_size=24), exact, rtol=0, atol=0)
+    torch.testing.assert_close(VideoProcessor.from_dict({"size": [24, 30], "crop_size": 24})(video), exact)
+    # resample per call: bilinear is what runs; another filter is named, not ignored silently
+    torch.testing.assert_close(base(video, resample=2), base(video), rtol=0, atol=0)
+    with pytest.warns(UserWarning, match=r"resample=3 \(bicubic\) is not implemented"):
+        base(video, resample=3)
 
 
 @pytest.mark.parametrize(
     "call,match",
     [
         (lambda p, v: p(v, return_tensors="tf"), "return_tensors must be None, 'pt' or 'np'"),
+        (lambda p, v: p(v, return_tensors="np", dtype=torch.bfloat16), "'np' cannot hold bfloat16"),
         (lambda p, v: p(v.float() / 255), "expected uint8 frames"),
         (lambda p, v: p(v, do_sample_frames=True), r"unknown processor setting\(s\) \['do_sample_frames'\]"),
         (lambda p, v: p([]), "got an empty list"),

@@ -117,8 +117,11 @@ def _check(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float], dt
         )
     if len(mean) != 3 or len(std) != 3:
         raise ValueError(f"expected 3 means and 3 stds (RGB), got {len(mean)} and {len(std)}")
-    if any(s == 0 for s in std):
-        raise ValueError(f"std must be nonzero, got {list(std)}")
+    # As the kernels use them: float32 (1e-50 is 0 there, and its outputs inf).
+    if any(not (math.isfinite(s) and float(torch.tensor(s, dtype=torch.float32)) != 0) for s in std):
+        raise ValueError(f"std must be finite and nonzero in float32, got {list(std)}")
+    if any(not math.isfinite(m) for m in mean):
+        raise ValueError(f"mean must be finite, got {list(mean)}")
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"expected dtype float32, bfloat16 or float16, got {dtype}")
 
@@ -232,12 +235,17 @@ def preprocess_frames(
         rescale: multiplies the 0..255 values first (``1 / 255``).
         dtype: float32, bfloat16 or float16 (computed in float32, rounded once).
         box: ``(top, left)`` of the crop in the resized frame (``crop_boxes``); default: the center crop.
-        native: force (True) or avoid (False) the native op; default: native when built.
+        native: force (True) or avoid (False) the native op; default: native when built for the frames'
+            device (the CPU, or CUDA where the extension has its CUDA kernel), else the torch path.
 
     Returns:
         ``(T, 3, crop_h, crop_w)`` contiguous tensor of ``dtype`` on the frames' device.
     """
-    use_native = native_available() if native is None else native
+    if native is None:
+        native_here = native_cuda_available() if frames.device.type == "cuda" else frames.device.type == "cpu"
+        use_native = native_here and native_available()
+    else:
+        use_native = native
     if native and not native_available():
         raise RuntimeError("the native preprocessing extension is not built (see README: Native extension)")
     if not use_native:
@@ -444,6 +452,8 @@ class VideoProcessor:
         size = config.get("size", {"shortest_edge": 224})
         if isinstance(size, int):
             size = {"shortest_edge": size}
+        elif isinstance(size, (list, tuple)) and len(size) == 2:
+            size = {"height": size[0], "width": size[1]}  # (height, width), as transformers' get_size_dict
         exact = isinstance(size, dict) and set(size) == {"height", "width"}
         fit = isinstance(size, dict) and set(size) == {"max_height", "max_width"}
         if (
@@ -652,6 +662,8 @@ class VideoProcessor:
         """
         if return_tensors not in (None, "pt", "np"):
             raise ValueError(f"return_tensors must be None, 'pt' or 'np', got {return_tensors!r}")
+        if return_tensors == "np" and dtype == torch.bfloat16:
+            raise ValueError("return_tensors='np' cannot hold bfloat16 (NumPy has no such dtype): pass 'pt'")
         processor = self
         # A setting of None is the processor's own, as in transformers.
         settings = {k: v for k, v in settings.items() if v is not None}
@@ -677,7 +689,7 @@ class VideoProcessor:
 
 # The settings a call may override, by their preprocessor_config.json names.
 _SETTINGS = frozenset(
-    {"size", "crop_size", "image_mean", "image_std", "rescale_factor"}
+    {"size", "crop_size", "image_mean", "image_std", "rescale_factor", "resample"}
     | {"do_resize", "do_center_crop", "do_rescale", "do_normalize"}
 )
 
@@ -706,6 +718,17 @@ class BatchFeature(dict):
         return BatchFeature({k: move(v) for k, v in self.items()})
 
 
+def _as_tensor(array) -> torch.Tensor:
+    """``torch.as_tensor``, also for a NumPy view with negative strides (``frames[..., ::-1]``, BGR to RGB),
+    which torch cannot share: copied."""
+    strides = getattr(array, "strides", None)
+    if not isinstance(array, torch.Tensor) and strides is not None and any(s < 0 for s in strides):
+        import numpy as np
+
+        array = np.ascontiguousarray(array)
+    return torch.as_tensor(array)
+
+
 def _frame(frame) -> torch.Tensor:
     """One frame as uint8 ``(H, W, 3)``: a PIL image (converted to RGB, transparency composited onto white as
     ``transformers``' ``convert_to_rgb`` does), or an ``(H, W, 3)`` / ``(3, H, W)`` array or tensor."""
@@ -717,7 +740,7 @@ def _frame(frame) -> torch.Tensor:
             rgba = frame.convert("RGBA")  # convert("RGB") would drop the alpha channel: colors under it show
             frame = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
         frame = np.array(frame.convert("RGB"))
-    frame = torch.as_tensor(frame)
+    frame = _as_tensor(frame)
     if frame.dim() == 3 and frame.shape[-1] != 3 and frame.shape[0] == 3:
         frame = frame.permute(1, 2, 0)
     if frame.dim() != 3 or frame.shape[-1] != 3:
@@ -738,7 +761,7 @@ def _video(video) -> torch.Tensor:
             raise ValueError(f"the frames of one video must share a size, got sizes (H, W) {sizes[:4]}")
         video = torch.stack(frames)
     else:
-        video = torch.as_tensor(video)
+        video = _as_tensor(video)
         if video.dim() == 4 and video.shape[-1] != 3 and video.shape[1] == 3:
             video = video.permute(0, 2, 3, 1)
         if video.dim() != 4 or video.shape[-1] != 3:
