@@ -3,6 +3,7 @@ random small model saved the way transformers saves one (plus a preprocessor_con
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 
@@ -107,6 +108,60 @@ def test_progress_bar_for_many_videos_on_a_terminal(model_dir, videos, capsys, m
     assert main(["classify", *videos, "--model", str(model_dir)]) == 0
     err = capsys.readouterr().err
     assert f"{len(videos)}/{len(videos)} videos" in err and err.endswith("\n")
+
+
+def test_results_and_errors_stream_in_order_below_the_bar(model_dir, videos, tmp_path, monkeypatch):
+    """On a terminal the bar and the results shared lines ("[####...] 1/4 videos ... s0.mp4"); piped, the
+    text results were not flushed, so an error line came out above the results before it."""
+
+    class Terminal(io.StringIO):  # stdout and stderr on one terminal
+        def isatty(self) -> bool:
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stdout", term)
+    monkeypatch.setattr(sys, "stderr", term)
+    missing = str(tmp_path / "missing.mp4")
+    args = [videos[0], missing, videos[1], videos[2]]
+    assert main(["classify", *args, "--model", str(model_dir), "--top-k", "1", "--batch-size", "1"]) == 1
+    # What the terminal shows: \r goes back to the line's start, \x1b[K erases the rest of it.
+    screen = [line.rsplit("\r", 1)[-1].replace("\x1b[K", "") for line in term.getvalue().split("\n")]
+    bars = [line for line in screen if line.startswith("[")]
+    assert bars and all(" videos, " in line for line in bars)
+    rest = [line for line in screen if line and not line.startswith(("[", "  "))]
+    assert rest[:4] == [videos[0], f"timesformer: error: {missing}: no such file", videos[1], videos[2]]
+    assert rest[4].startswith("time per video")
+
+
+def test_strategy_and_seed_choose_the_frames_of_three_crops_and_are_refused_with_clips(
+    model_dir, videos, capsys
+):
+    """With --crops 3 the strategy was ignored (center frames); with --clips K it still is, so it is refused."""
+    from timesformer.classify import classify_videos, load_model
+    from timesformer.evaluate import cut_views
+
+    model, processor = load_model(str(model_dir), backend="sdpa")
+    got = next(
+        classify_videos([videos[0]], model, processor, strategy="uniform", crops=3, top_k=5, workers=0)
+    )
+    frames = read_video(videos[0], 4, 4, strategy="uniform")
+    with torch.no_grad():
+        views = cut_views(frames, processor, 4, 3, torch.float32, uint8=False)
+        probs = model(views).logits.softmax(-1).mean(0)
+    assert dict(got.labels) == pytest.approx({LABELS[i]: p for i, p in enumerate(probs.tolist())}, abs=1e-5)
+    for option in (["--strategy", "uniform"], ["--seed", "0"]):
+        assert main(["classify", videos[0], "--model", str(model_dir), "--clips", "2", *option]) == 2
+        assert "--strategy and --seed choose the frames of one clip" in capsys.readouterr().err
+
+
+def test_a_closed_stderr_still_gives_the_results(model_dir, videos, tmp_path, monkeypatch, capsys):
+    """``2>&-`` (sys.stderr is None): the progress bar's isatty() raised before any video, and an error line
+    would have gone to stdout."""
+    monkeypatch.setattr(sys, "stderr", None)
+    missing = str(tmp_path / "missing.mp4")
+    assert main(["classify", *videos[:3], missing, "--model", str(model_dir), "--json"]) == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [x["video"] for x in lines] == [*videos[:3], missing] and "error" in lines[3]
 
 
 def test_bad_videos_fail_alone(model_dir, videos, tmp_path, capsys):

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import platform
@@ -161,6 +162,11 @@ def info(_: argparse.Namespace) -> int:
 
 
 def _error(message: str) -> None:
+    if sys.stderr is None:  # closed (2>&-): nowhere to say it; print would write it to stdout
+        return
+    if sys.stdout is not None and not sys.stdout.closed:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()  # the results before it come first when both go to one place
     print(f"timesformer: error: {message}", file=sys.stderr)
 
 
@@ -176,6 +182,12 @@ def classify(args: argparse.Namespace) -> int:
     from .classify import classify_videos, load_model
     from .evaluate import Progress
 
+    if args.clips > 1 and (args.strategy is not None or args.seed is not None):
+        # Was ignored: --clips K takes K uniform clips, whatever the strategy.
+        _error(
+            "--strategy and --seed choose the frames of one clip; --clips K takes K uniform clips: use one"
+        )
+        return 2
     dtype = getattr(torch, args.dtype)  # one of --dtype's choices
     try:
         # Model, backend, device and preprocessing are all checked here, before any video is decoded.
@@ -195,31 +207,31 @@ def classify(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_frames=args.num_frames,
         sample_rate=args.sample_rate,
-        strategy=args.strategy,
-        seed=args.seed,
+        strategy=args.strategy or "center",
+        seed=0 if args.seed is None else args.seed,
         workers=args.workers,
         clips=args.clips,
         crops=args.crops,
         max_frame_pixels=args.max_frame_pixels,
     ):
-        progress.step()
+        progress.clear()  # a result never shares the bar's line; the bar is drawn again below it
         if pred.error is not None:
             failed += 1
-            progress.end_line()  # an error line never shares the bar's line
             _error(f"{printable(pred.path)}: {printable(pred.error)}")
             if args.json:
                 print(json.dumps(pred.to_json()), flush=True)
-            continue
-        done += 1
-        totals["decode"] += pred.decode_ms
-        totals["preprocess"] += pred.preprocess_ms
-        totals["model"] += pred.model_ms
-        if args.json:
-            print(json.dumps(pred.to_json()), flush=True)
         else:
-            print(printable(pred.path))
-            for label, p in pred.labels:
-                print(f"  {100 * p:6.2f}%  {printable(label)}")
+            done += 1
+            totals["decode"] += pred.decode_ms
+            totals["preprocess"] += pred.preprocess_ms
+            totals["model"] += pred.model_ms
+            if args.json:
+                print(json.dumps(pred.to_json()), flush=True)
+            else:
+                lines = [printable(pred.path)]
+                lines += [f"  {100 * p:6.2f}%  {printable(label)}" for label, p in pred.labels]
+                print("\n".join(lines), flush=True)  # streamed, as each video is done
+        progress.step()
     if done and not args.json:
         param = next(model.parameters())
         per = {k: v / done for k, v in totals.items()}
@@ -458,8 +470,15 @@ def main(argv: list[str] | None = None) -> int:
     _video_model_options(p, device_help="default: cuda if available, else cpu")
     p.add_argument("--top-k", type=_count, default=5)
     p.add_argument("--batch-size", type=_count, default=4)
-    p.add_argument("--strategy", choices=["center", "uniform", "random"], default="center")
-    p.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0, help="seed of the random strategy")
+    p.add_argument(
+        "--strategy",
+        choices=["center", "uniform", "random"],
+        default=None,
+        help="which frames make the clip (default center; with --clips 1 only)",
+    )
+    p.add_argument(
+        "--seed", type=_int_in(0, 2**32 - 1), default=None, help="seed of the random strategy (default 0)"
+    )
     p.add_argument("--workers", type=_workers, default=2, help="decoding threads")
     p.add_argument("--json", action="store_true", help="one JSON object per video on stdout")
     p.set_defaults(func=classify)

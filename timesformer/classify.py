@@ -207,9 +207,9 @@ def classify_videos(
         num_frames: frames per clip (default: the model config's).
         sample_rate, strategy, seed: frame sampling (``timesformer.video.read_video``).
         workers: decoding threads.
-        clips, crops: views per video (``timesformer.evaluate``): ``clips`` uniform temporal clips (the
-            sampling strategy then does not apply) x 1 or 3 spatial crops; the labels' probabilities are the
-            mean of the views' softmax probabilities.
+        clips, crops: views per video (``timesformer.evaluate``): ``clips`` uniform temporal clips (more than
+            one: the sampling strategy does not apply) x 1 or 3 spatial crops; the labels' probabilities are
+            the mean of the views' softmax probabilities.
         max_frame_pixels: videos with larger frames are errors (``read_video``'s limit by default).
     """
     from .evaluate import cut_views, decode_views
@@ -230,7 +230,7 @@ def classify_videos(
     def load(path: str):
         try:
             start = time.perf_counter()
-            if clips == 1 and crops == 1:
+            if clips == 1:  # the strategy's frames (then cropped once or three times)
                 frames = read_video(
                     path,
                     num_frames,

@@ -968,7 +968,8 @@ def default_workers() -> int:
 
 class Progress:
     """A one-line progress bar on stderr: videos done, videos/s, ETA. By default only on a terminal, and only
-    for at least ``min_total`` videos; ``end_line`` ends an unfinished bar's line before other output."""
+    for at least ``min_total`` videos; ``end_line`` ends an unfinished bar's line before other output, or
+    ``clear`` erases it (the next ``step`` draws it again below that output). Off where stderr is closed."""
 
     def __init__(
         self, total: int, enabled: bool | None = None, stream=None, min_total: int = 1, label: str = ""
@@ -976,7 +977,11 @@ class Progress:
         self.stream = sys.stderr if stream is None else stream
         self.label = label
         self.total, self.done, self.open = total, 0, False
-        self.enabled = (self.stream.isatty() if enabled is None else enabled) and total >= min_total
+        self.enabled = (
+            self.stream is not None
+            and (self.stream.isatty() if enabled is None else enabled)
+            and total >= min_total
+        )
         self.start = time.perf_counter()
 
     def step(self, n: int = 1) -> None:
@@ -999,6 +1004,11 @@ class Progress:
     def end_line(self) -> None:
         if self.open:
             print(file=self.stream)
+            self.open = False
+
+    def clear(self) -> None:
+        if self.open:
+            print("\r\x1b[K", end="", file=self.stream, flush=True)
             self.open = False
 
 
