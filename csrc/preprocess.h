@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 namespace timesformer {
@@ -55,9 +56,14 @@ inline void check_preprocess_args(const at::Tensor& frames, int64_t resize_h, in
   TORCH_CHECK(mean.size() == 3 && std.size() == 3,
               "preprocess_frames: expected 3 means and 3 stds (RGB), got ", mean.size(), " and ", std.size());
   for (double s : std) {
-    // As the kernels use it: a float (1e-50 is 0 there).
-    TORCH_CHECK(std::isfinite(s) && static_cast<float>(s) != 0.0f,
+    // As the kernels use it: a float (1e-50 is 0 there, 1e300 out of its range). Range first: converting an
+    // out-of-range double to float is undefined behaviour.
+    TORCH_CHECK(std::abs(s) <= std::numeric_limits<float>::max() && static_cast<float>(s) != 0.0f,
                 "preprocess_frames: expected finite stds, nonzero in float32, got ", std);
+  }
+  for (double m : mean) {
+    TORCH_CHECK(std::abs(m) <= std::numeric_limits<float>::max(),
+                "preprocess_frames: expected means finite in float32, got ", mean);
   }
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
               "preprocess_frames: expected dtype torch.float32, torch.bfloat16 or torch.float16, got ",

@@ -13,6 +13,7 @@ import platform
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -242,6 +243,8 @@ BAD = {
     # 0 as the kernels' float: every output was inf; NaN: every output NaN.
     "std 0 in float32": (_bad(std=(0.5, 1e-50, 0.5)), r"expected finite stds, nonzero in float32"),
     "NaN std": (_bad(std=(0.5, float("nan"), 0.5)), r"expected finite stds, nonzero in float32"),
+    "std inf in float32": (_bad(std=(0.5, 1e300, 0.5)), r"expected finite stds, nonzero in float32"),
+    "mean inf in float32": (_bad(mean=(0.5, -1e300, 0.5)), r"expected means finite in float32"),
     "float64 output": (
         _bad(dtype=torch.float64),
         r"expected dtype torch.float32, torch.bfloat16 or torch.float16, got torch.float64",
@@ -297,6 +300,42 @@ def test_torch_compile(op, dynamic):
     for t in (2, 3):
         frames = random_frames((t, 36, 64, 3), t)
         assert torch.equal(compiled(frames), f(frames))
+
+
+def test_public_api_compiles_to_one_graph():
+    """The public function under torch.compile: the std check (through a float32 tensor) broke the graph,
+    and the CUDA-kernel query could not be traced at all (fullgraph failed)."""
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+
+    def f(frames):
+        return preprocess_frames(frames, (36, 48), (32, 32), MEAN, STD) * 2
+
+    frames = random_frames((2, 48, 64, 3), 44)
+    torch.testing.assert_close(torch.compile(f, backend=counter, fullgraph=True)(frames), f(frames))
+    assert counter.frame_count == 1
+    with warnings.catch_warnings():  # stds as a tensor: checked without torch's warnings about copying it
+        warnings.simplefilter("error")
+        torch.testing.assert_close(
+            preprocess_frames(frames, (36, 48), (32, 32), MEAN, torch.tensor(STD)), f(frames) / 2
+        )
+
+
+def test_the_checks_of_the_public_function(op):
+    import numpy as np
+
+    frames = random_frames((2, 8, 8, 3), 45)
+    with pytest.raises(ValueError, match=r"expected uint8 frames of shape \(T, H, W, 3\), got ndarray"):
+        preprocess_frames(frames.numpy(), (8, 8), (8, 8), MEAN, STD)
+    for std in ((0.5, 1e-50, 0.5), (0.5, 1e300, 0.5), (0.5, float("nan"), 0.5)):
+        with pytest.raises(ValueError, match="std must be finite and nonzero in float32"):
+            preprocess_frames(frames, (8, 8), (8, 8), MEAN, std)
+    with pytest.raises(ValueError, match="mean must be finite in float32"):
+        preprocess_frames(frames, (8, 8), (8, 8), (0.5, 1e300, 0.5), STD)
+    processor = VideoProcessor(shortest_edge=8, crop_size=8)
+    flipped = np.ascontiguousarray(frames.numpy()[..., ::-1])[..., ::-1]  # a BGR to RGB view
+    assert torch.equal(processor.preprocess(flipped), processor.preprocess(frames))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

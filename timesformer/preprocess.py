@@ -98,6 +98,12 @@ def center_crop_box(height: int, width: int, crop_h: int, crop_w: int) -> tuple[
     return top, left
 
 
+# float32's largest value, and the smallest magnitude that does not round to 0 in it (half of its smallest
+# subnormal, 2**-149, rounds to 0: ties to even).
+_FLOAT32_MAX = 3.4028234663852886e38
+_FLOAT32_TINY = 2.0**-149 * 0.5000001
+
+
 def _check(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype) -> None:
     if (
         not isinstance(frames, torch.Tensor)
@@ -117,11 +123,12 @@ def _check(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float], dt
         )
     if len(mean) != 3 or len(std) != 3:
         raise ValueError(f"expected 3 means and 3 stds (RGB), got {len(mean)} and {len(std)}")
-    # As the kernels use them: float32 (1e-50 is 0 there, and its outputs inf).
-    if any(not (math.isfinite(s) and float(torch.tensor(s, dtype=torch.float32)) != 0) for s in std):
+    # As the kernels use them: float32, where 1e-50 is 0 and 1e300 inf (outputs inf, NaN or 0). Plain Python,
+    # so that torch.compile traces it without a break.
+    if any(not _FLOAT32_TINY <= abs(float(s)) <= _FLOAT32_MAX for s in std):
         raise ValueError(f"std must be finite and nonzero in float32, got {list(std)}")
-    if any(not math.isfinite(m) for m in mean):
-        raise ValueError(f"mean must be finite, got {list(mean)}")
+    if any(not abs(float(m)) <= _FLOAT32_MAX for m in mean):
+        raise ValueError(f"mean must be finite in float32, got {list(mean)}")
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"expected dtype float32, bfloat16 or float16, got {dtype}")
 
@@ -206,6 +213,7 @@ def native_available() -> bool:
     return hasattr(torch.ops, "timesformer_csrc") and hasattr(torch.ops.timesformer_csrc, "preprocess_frames")
 
 
+@torch.compiler.assume_constant_result  # a dispatcher query torch.compile cannot trace
 def native_cuda_available() -> bool:
     """Whether the native extension is built with its CUDA kernel (frames can be preprocessed on the GPU)."""
     return native_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
@@ -241,6 +249,7 @@ def preprocess_frames(
     Returns:
         ``(T, 3, crop_h, crop_w)`` contiguous tensor of ``dtype`` on the frames' device.
     """
+    _check(frames, mean, std, dtype)  # before reading the frames' device: a NumPy array's is a string
     if native is None:
         native_here = native_cuda_available() if frames.device.type == "cuda" else frames.device.type == "cpu"
         use_native = native_here and native_available()
@@ -250,7 +259,6 @@ def preprocess_frames(
         raise RuntimeError("the native preprocessing extension is not built (see README: Native extension)")
     if not use_native:
         return preprocess_frames_torch(frames, size, crop, mean, std, rescale, dtype, box)
-    _check(frames, mean, std, dtype)
     box = _box(size, crop, box)
     part, part_box, (rows, cols) = _inside(size, crop, box)
     out = torch.ops.timesformer_csrc.preprocess_frames(
@@ -586,7 +594,7 @@ class VideoProcessor:
         """One clip: uint8 ``(T, H, W, 3)`` -> ``(T, 3, crop_h, crop_w)``; ``box``: ``(top, left)`` of the
         crop in the resized frame (``view_boxes``), default the center crop."""
         if not isinstance(frames, torch.Tensor):
-            frames = torch.as_tensor(frames)
+            frames = _as_tensor(frames)
         if frames.dim() != 4:
             raise ValueError(f"expected uint8 frames of shape (T, H, W, 3), got shape {tuple(frames.shape)}")
         size, crop = self.output_size(frames.shape[1], frames.shape[2])
