@@ -968,8 +968,8 @@ def default_workers() -> int:
 
 class Progress:
     """A one-line progress bar on stderr: videos done, videos/s, ETA. By default only on a terminal, and only
-    for at least ``min_total`` videos; ``end_line`` ends an unfinished bar's line before other output, or
-    ``clear`` erases it (the next ``step`` draws it again below that output). Off where stderr is closed."""
+    for at least ``min_total`` videos; ``clear`` erases an unfinished bar before other output (the next
+    ``step`` draws it again below that output). Off where stderr is closed."""
 
     def __init__(
         self, total: int, enabled: bool | None = None, stream=None, min_total: int = 1, label: str = ""
@@ -1000,11 +1000,6 @@ class Progress:
             file=self.stream,
             flush=True,
         )
-
-    def end_line(self) -> None:
-        if self.open:
-            print(file=self.stream)
-            self.open = False
 
     def clear(self) -> None:
         if self.open:
