@@ -774,6 +774,18 @@ def test_repair_cuts_only_a_torn_line(tmp_path):
     assert path.read_text() == f"{good}\n{foreign}\n"
 
 
+def _holder(out: Path, hold: str) -> subprocess.Popen:
+    """Another process that holds ``out`` by ``hold`` (an expression of ``ev`` and ``out``) for a minute, once
+    it has (a descriptor: not ``None``)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from pathlib import Path; from timesformer import evaluate as ev; import sys, time; "
+         f"out = Path(sys.argv[1]); print({hold} is not None, flush=True); time.sleep(60)", str(out)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout.readline().strip() == "True"
+    return proc
+
+
 def test_a_second_run_into_a_folder_in_use_is_refused(videos, bundled, tmp_path):
     """Its merge would replace the file the first run appends to (those lines lost). The hold is a kernel lock,
     so a run killed with SIGKILL never blocks the next one (a pid check failed on container restarts)."""
@@ -782,13 +794,8 @@ def test_a_second_run_into_a_folder_in_use_is_refused(videos, bundled, tmp_path)
     model, processor = bundled
     out = tmp_path / "out"
     out.mkdir()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "from pathlib import Path; from timesformer import evaluate as ev; import sys, time; "
-         "ev._lock(Path(sys.argv[1])); print('held', flush=True); time.sleep(60)", str(out)],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    holder = _holder(out, "ev._lock(out)")
     try:
-        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(
             FileExistsError, match=rf"in use by another evaluate run \(process {holder.pid} on host"
         ):
@@ -809,13 +816,8 @@ def test_a_folder_is_in_use_while_any_rank_of_its_job_runs(videos, bundled, tmp_
     out = tmp_path / "out"
     out.mkdir()
     rank0 = ev._lock(out)  # this process, as rank 0: then rank 1 of the same job takes its byte
-    rank1 = subprocess.Popen(
-        [sys.executable, "-c", "from pathlib import Path; from timesformer import evaluate as ev; import sys, time; "
-         "print(ev._hold_rank(Path(sys.argv[1]), 1) is not None, flush=True); time.sleep(60)", str(out)],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    rank1 = _holder(out, "ev._hold_rank(out, 1)")
     try:
-        assert rank1.stdout.readline().strip() == "True"
         ev._unlock(rank0)  # rank 0 dies
         with pytest.raises(
             FileExistsError, match=r"in use by another evaluate run \(.*or a rank of its torchrun"
