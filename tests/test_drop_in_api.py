@@ -234,6 +234,47 @@ def test_attn_implementation_maps_to_a_backend(saved):
         model.set_attn_implementation("flex_attention")
 
 
+def test_config_attn_implementation_is_the_models_choice(saved, tmp_path):
+    """transformers' ``config._attn_implementation``: set by the config's ``attn_implementation=`` or by the
+    model, read by a model built from the config, never written to config.json."""
+    path, _, kwargs = saved
+    config = TimesformerConfig(**kwargs)
+    assert config._attn_implementation is None  # as transformers', until a model records its choice
+    model = TimesformerForVideoClassification(config)
+    assert config._attn_implementation == "auto" and model._requested_backend == "auto"
+    model.set_attn_implementation("eager")
+    assert config._attn_implementation == "eager" and model.timesformer._requested_backend == "eager"
+    model.set_backend("sdpa")
+    assert model.config._attn_implementation == "sdpa"
+
+    config = TimesformerConfig(**kwargs, attn_implementation="eager")
+    assert config._attn_implementation == "eager"
+    for key in ("attn_implementation", "_attn_implementation", "_attn_implementation_internal"):
+        assert key not in config.to_dict()
+    assert TimesformerConfig(**kwargs) == config  # not a field: configs that differ only here are equal
+    built = TimesformerForVideoClassification(config)
+    assert built.backend == "eager" and built.timesformer.backend == "eager"
+    # A model given a backend records it; one built from a config that was set later follows it.
+    assert TimesformerModel(config, backend="sdpa").config._attn_implementation == "sdpa"
+    config._attn_implementation = "eager"
+    assert TimesformerModel(config).backend == "eager"
+    with pytest.raises(ValueError, match="attn_implementation must be one of"):
+        config._attn_implementation = "flex_attention"
+    with pytest.raises(ValueError, match="attn_implementation must be one of"):
+        TimesformerConfig(**kwargs, attn_implementation="flash_attention_3")
+
+    load = TimesformerForVideoClassification.from_pretrained
+    loaded = load(path, attn_implementation="flash_attention_2")
+    assert loaded.config._attn_implementation == "flash_attention_2"
+    assert loaded._requested_backend == "auto"
+    assert load(path, config=config).backend == "eager"  # the config= given decides, as in transformers
+    assert load(path, config=config, backend="sdpa").backend == "sdpa"
+    loaded.save_pretrained(tmp_path / "again")
+    assert "attn_implementation" not in (tmp_path / "again" / "config.json").read_text()
+    assert load(tmp_path / "again").config._attn_implementation == "auto"
+    assert TimesformerConfig.from_pretrained(path, attn_implementation="sdpa")._attn_implementation == "sdpa"
+
+
 def test_device_map_takes_one_device_only(saved):
     path, _, _ = saved
     load = TimesformerForVideoClassification.from_pretrained

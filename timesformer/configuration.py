@@ -117,7 +117,25 @@ def _field_names(extra_keys) -> set[str]:
         *extra_keys,
         *_LABEL_AND_DTYPE_KEYS,
         *(k for k in _TRANSFORMERS_DEFAULTS if not k.startswith("_")),
+        "attn_implementation",
     }
+
+
+# transformers' attention names -> this package's backends (flash_attention_2: the fused kernels where they run).
+ATTN_IMPLEMENTATIONS = {"eager": "eager", "sdpa": "sdpa", "flash_attention_2": "auto"}
+
+
+def attn_backend(name: Any, what: str = "attn_implementation") -> str:
+    """The backend of ``name``: one of transformers' attention names (``ATTN_IMPLEMENTATIONS``) or of this
+    package's backends (``"triton"``, ``"auto"``, ...); ``what`` names the setting in the error."""
+    from .backends import BACKEND_CHOICES
+
+    if isinstance(name, str) and name in ATTN_IMPLEMENTATIONS:
+        return ATTN_IMPLEMENTATIONS[name]
+    if isinstance(name, str) and name in BACKEND_CHOICES:
+        return name
+    choices = sorted({*ATTN_IMPLEMENTATIONS, *BACKEND_CHOICES})
+    raise ValueError(f"{what} must be one of {choices}, got {name!r}")
 
 
 # Instance attributes of the config itself (everything else set on it is an extra key).
@@ -285,6 +303,10 @@ class TimesformerConfig:
         self.return_dict = return_dict
 
         kwargs.pop("model_type", None)
+        # As transformers': the attention a model built from this config uses, not written to config.json.
+        attn_implementation = kwargs.pop("attn_implementation", None)
+        if attn_implementation is not None:
+            self._attn_implementation = attn_implementation
         if "torch_dtype" in kwargs:  # transformers' older name of the field (dtype wins when both are given)
             torch_dtype = kwargs.pop("torch_dtype")
             kwargs.setdefault("dtype", torch_dtype)
@@ -480,6 +502,20 @@ class TimesformerConfig:
     @_name_or_path.setter
     def _name_or_path(self, value: str | os.PathLike) -> None:
         self.name_or_path = str(value)
+
+    @property
+    def _attn_implementation(self) -> str | None:
+        """The attention a model of this config was asked for (transformers' field): ``None`` until a model is
+        built or it is set; then transformers' name where there is one (``"eager"``, ``"sdpa"``,
+        ``"flash_attention_2"``), else this package's backend (``"auto"``, ``"triton"``). A model built from the
+        config uses it; ``set_backend`` and ``set_attn_implementation`` update it."""
+        return self.__dict__.get("_attn_implementation_internal")
+
+    @_attn_implementation.setter
+    def _attn_implementation(self, value: str | None) -> None:
+        if value is not None:
+            attn_backend(value)
+        self.__dict__["_attn_implementation_internal"] = value
 
     @property
     def dtype(self) -> Any:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .configuration import CONFIG_NAME, TimesformerConfig, read_json_object
+from .configuration import CONFIG_NAME, TimesformerConfig, attn_backend, read_json_object
 
 PREPROCESSOR_NAME = "preprocessor_config.json"
 # Where transformers 5 saves a video processor (TimesformerVideoProcessor); its AutoVideoProcessor reads it first.
@@ -403,9 +403,6 @@ def model_dtype(
     return value
 
 
-# attn_implementation of transformers -> backend of this package.
-ATTN_IMPLEMENTATIONS = {"eager": "eager", "sdpa": "sdpa", "flash_attention_2": "auto"}
-
 
 def _config_fields() -> set[str]:
     import inspect
@@ -497,15 +494,10 @@ def loading_options(
             raise ValueError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree; pass one (dtype)")
         dtype = torch_dtype
     if attn_implementation is not None:
-        if attn_implementation not in ATTN_IMPLEMENTATIONS:
-            raise ValueError(
-                f"attn_implementation must be one of {sorted(ATTN_IMPLEMENTATIONS)} (mapped to this package's "
-                f"backends), got {attn_implementation!r}"
-            )
-        mapped = ATTN_IMPLEMENTATIONS[attn_implementation]
-        if backend not in ("auto", mapped):
+        mapped = attn_backend(attn_implementation)
+        if backend is not None and attn_backend(backend, "backend") != mapped:
             raise ValueError(f"backend={backend!r} and attn_implementation={attn_implementation!r} disagree")
-        backend = mapped
+        backend = attn_implementation  # the model records the name asked for (config._attn_implementation)
     if device_map is not None:
         if isinstance(device_map, Mapping):
             # Entries that all name one place (as accelerate writes a map for a model that fits) are that place.
@@ -542,7 +534,7 @@ def load_pretrained(
     cls,
     path: str | os.PathLike | None,
     *,
-    backend: str,
+    backend: str | None,
     dtype: torch.dtype | str | None,
     device: torch.device | str | None,
     config: TimesformerConfig | None,

@@ -23,9 +23,9 @@ from torch import nn
 
 from .activations import ACTIVATIONS, Activation
 from .adapters import AdapterMixin
-from .backends import BACKEND_CHOICES, Backend, get_backend, resolve_backend
+from .backends import Backend, get_backend, resolve_backend
 from .backends.base import ForwardContext, drop_path
-from .configuration import TimesformerConfig, no_push_to_hub, refuse_push_to_hub
+from .configuration import TimesformerConfig, attn_backend, no_push_to_hub, refuse_push_to_hub
 from .outputs import BaseModelOutput, ImageClassifierOutput, output_types
 from .weight_cache import assignments, clear_weight_cache
 
@@ -637,12 +637,13 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
     _keep_in_fp32_modules = None
     _tied_weights_keys = None
 
-    def __init__(self, config: TimesformerConfig, *, backend: str = "auto") -> None:
+    def __init__(self, config: TimesformerConfig, *, backend: str | None = None) -> None:
         super().__init__()
         config = _our_config(config)
         config.validate()
         self.config = config
-        self._requested_backend = self._check_backend_name(backend)
+        # As transformers: the config's attention choice unless one is given, then recorded on the config.
+        self._request_backend((config._attn_implementation or "auto") if backend is None else backend)
         # Where the weights came from (a directory or hub id), as transformers' ``name_or_path``.
         self.name_or_path = ""
         # With transformers imported, load its output classes now: a forward traced by torch.compile cannot
@@ -721,30 +722,24 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
                 module.__dict__.setdefault("_is_hf_initialized", True)
 
     # --------------------------------------------------------------- backend
-    @staticmethod
-    def _check_backend_name(name: str) -> str:
-        if name not in BACKEND_CHOICES:
-            raise ValueError(f"backend must be one of {BACKEND_CHOICES}, got {name!r}")
-        if name != "auto":
-            get_backend(name)  # raises with the reason where the backend cannot exist at all
-        return name
+    def _request_backend(self, name: str) -> None:
+        backend = attn_backend(name, "backend")
+        if backend != "auto":
+            get_backend(backend)  # raises with the reason where the backend cannot exist at all
+        self._requested_backend = backend
+        self.config._attn_implementation = name
 
     def set_backend(self, name: str) -> TimesformerPreTrainedModel:
-        """Select ``"eager"``, ``"sdpa"``, ``"triton"`` or ``"auto"``; returns ``self``."""
-        self._requested_backend = self._check_backend_name(name)
+        """Select ``"eager"``, ``"sdpa"``, ``"triton"`` or ``"auto"`` (or one of transformers' attention names,
+        ``ATTN_IMPLEMENTATIONS``), recorded as ``config._attn_implementation``; returns ``self``."""
+        self._request_backend(name)
         return self
 
     def set_attn_implementation(self, attn_implementation: str) -> None:
         """``transformers``' call for switching attention: ``"eager"`` -> ``eager``, ``"sdpa"`` -> ``sdpa``,
         ``"flash_attention_2"`` -> ``auto`` (the fused kernels where they run), as in ``from_pretrained``."""
-        from .loading import ATTN_IMPLEMENTATIONS
-
-        if not isinstance(attn_implementation, str) or attn_implementation not in ATTN_IMPLEMENTATIONS:
-            raise ValueError(
-                f"attn_implementation must be one of {sorted(ATTN_IMPLEMENTATIONS)} (mapped to this package's "
-                f"backends; or call set_backend), got {attn_implementation!r}"
-            )
-        self.set_backend(ATTN_IMPLEMENTATIONS[attn_implementation])
+        attn_backend(attn_implementation)  # the error names attn_implementation
+        self.set_backend(attn_implementation)
 
     def _input_channels(self) -> int:
         """The channels of a clip: the patch projection's (one put in the conv's place, for 1-channel video,
@@ -994,7 +989,7 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
         cls,
         config: TimesformerConfig,
         *,
-        backend: str = "auto",
+        backend: str | None = None,
         dtype: torch.dtype | str | None = None,
         torch_dtype: torch.dtype | str | None = None,
         attn_implementation: str | None = None,
@@ -1016,7 +1011,7 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
         cls,
         pretrained_model_name_or_path: str | os.PathLike | None,
         *,
-        backend: str = "auto",
+        backend: str | None = None,
         dtype: torch.dtype | str | None = None,
         device: torch.device | str | None = None,
         config: TimesformerConfig | None = None,
@@ -1047,7 +1042,8 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
                 (or ``pytorch_model.bin``, or a sharded index of either), or a hub id, resolved through
                 ``huggingface_hub`` when installed (its offline cache works); ``None`` builds the model from
                 ``config`` and ``state_dict``.
-            backend: ``"auto"``, ``"eager"``, ``"sdpa"`` or ``"triton"``.
+            backend: ``"auto"``, ``"eager"``, ``"sdpa"`` or ``"triton"``; by default the config's
+                ``_attn_implementation`` (a ``config=`` may set it), else ``"auto"``.
             dtype: parameter dtype; the default ``"auto"`` (as transformers 5) takes the checkpoint's
                 (its config's ``dtype``; else its first floating-point weight's).
             device: where to put the model.
@@ -1058,7 +1054,7 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
             torch_dtype: ``transformers``' older name of ``dtype``.
             attn_implementation: ``transformers``' attention choice, mapped to a backend: ``"eager"`` ->
                 ``eager``, ``"sdpa"`` -> ``sdpa``, ``"flash_attention_2"`` -> ``auto`` (the fused kernels
-                where they run); others are refused.
+                where they run); others are refused. Recorded as ``config._attn_implementation``.
             device_map: one device (``"cuda:0"``, ``0``, ``torch.device``, or ``{"": device}``); splitting a
                 model over devices (``"auto"``, several entries) is refused.
             subfolder: the checkpoint lies in this subfolder of the directory or hub repository.
@@ -1296,10 +1292,11 @@ class TimesformerModel(TimesformerPreTrainedModel):
 
     Args:
         config: model configuration.
-        backend: ``"auto"`` (``triton`` where it runs, else ``sdpa``), ``"eager"``, ``"sdpa"`` or ``"triton"``.
+        backend: ``"auto"`` (``triton`` where it runs, else ``sdpa``), ``"eager"``, ``"sdpa"`` or ``"triton"``;
+            by default ``config._attn_implementation``, else ``"auto"``.
     """
 
-    def __init__(self, config: TimesformerConfig, *, backend: str = "auto") -> None:
+    def __init__(self, config: TimesformerConfig, *, backend: str | None = None) -> None:
         super().__init__(config, backend=backend)
         config = self.config  # converted from a transformers config by the base class
         self.embeddings = TimesformerEmbeddings(config)
@@ -1354,7 +1351,7 @@ class TimesformerForVideoClassification(TimesformerPreTrainedModel):
     # The Trainer passes num_items_in_batch and leaves the gradient-accumulation scaling to the loss.
     accepts_loss_kwargs = True
 
-    def __init__(self, config: TimesformerConfig, *, backend: str = "auto") -> None:
+    def __init__(self, config: TimesformerConfig, *, backend: str | None = None) -> None:
         super().__init__(config, backend=backend)
         config = self.config  # converted from a transformers config by the base class
         self.num_labels = config.num_labels
