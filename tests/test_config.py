@@ -83,6 +83,10 @@ def test_num_labels_and_overrides():
         ("id2label", {"zero": "a"}, "id2label keys must be class indices 0..n-1, got 'zero'"),
         ("id2label", {0.5: "a"}, "id2label keys must be class indices 0..n-1, got 0.5"),
         ("id2label", ["a"], "id2label must be a mapping of class index -> name, got list"),
+        # Written as the "names" classify printed ("None", "['x']").
+        ("id2label", {"0": "a", "1": None}, "id2label names must be strings, got None for class 1"),
+        ("id2label", {"0": ["x"]}, r"id2label names must be strings, got \['x'\] for class 0"),
+        ("id2label", {"0": True}, "id2label names must be strings, got True for class 0"),
         ("hidden_dropout_prob", 1.5, r"hidden_dropout_prob must be a number in \[0, 1\), got 1.5"),
         ("problem_type", "ranking", "problem_type must be None or one of"),
         ("layer_norm_eps", -1.0, "layer_norm_eps must be a positive finite number"),

@@ -750,13 +750,18 @@ def test_lines_that_are_not_predictions_are_redone_on_resume(videos, bundled, tm
         {"path": first, "label_id": -1, "top": [{"label_id": -1}], "correct_top5": True},
         {"path": first, "label_id": 1},
     ]
-    (out / PREDICTIONS).write_text("".join(json.dumps(r) + "\n" for r in bad))
+    # Lines json cannot take: a byte that is not UTF-8 (stopped --resume with a bare UnicodeDecodeError) and
+    # nesting past Python's stack (a RecursionError traceback).
+    unreadable = [b'{"path": "caf\xe9.mp4", "label": 1}', b"[" * 100_000]
+    (out / PREDICTIONS).write_bytes(
+        "".join(json.dumps(r) + "\n" for r in bad).encode() + b"".join(line + b"\n" for line in unreadable)
+    )
     with caplog.at_level("WARNING", logger="timesformer"):
         metrics = evaluate(videos, model, processor, out, workers=0, limit=3, resume=True)
     assert (metrics["num_videos"], metrics["num_missing"], metrics["videos_evaluated"]) == (3, 0, 3)
-    assert sum("skipping a line that is not a prediction" in r.getMessage() for r in caplog.records) >= len(
-        bad
-    )
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("skipping a line that is not a prediction" in m for m in messages) >= len(bad)
+    assert sum("skipping a line that is not JSON" in m for m in messages) >= len(unreadable)
     assert _paths(out)[0] == first and len(_paths(out)) == 3
 
 

@@ -547,6 +547,8 @@ def test_closed_or_full_stdout_is_an_error(demo_clip):
 def test_sample_and_demo_refuse_bad_arguments(tmp_path):
     _one_error_line(_cli("sample", tmp_path / "missing" / "x.mp4"), "does not exist")
     _one_error_line(_cli("sample", tmp_path / "x.gif"), "expected a file name ending in .mp4, .mkv, .mov")
+    # A digit to str.isdigit that int() refuses: int()'s traceback before.
+    _one_error_line(_cli("sample", tmp_path / "x.mp4", "--label", "\u00b2"), "unknown label '\u00b2'")
     for args, message in [
         (["--repeats", "0"], "--repeats: must be 1 to 1,000, got 0"),
         (["--frames", "-1"], "--frames: must be 1 to 4,096, got -1"),
@@ -587,6 +589,9 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(demo_clip, tmp_path):
         # Positive and finite, but every normalized pixel overflowed float32 (every video "not finite").
         (0.45, (0.2, 1e-45, 0.2), 1 / 255, r"out of float32's range"),
         (0.45, 0.2, 1e308, r"out of float32's range"),
+        # A JSON object's keys were taken for the values: {"1": 0, ...} became (1, 2, 3).
+        ({"1": 0.4, "2": 0.4, "3": 0.4}, 0.2, 1 / 255, r"image_mean must be 3 numbers"),
+        (0.45, {0.2, 0.3, 0.25}, 1 / 255, r"image_std must be 3 numbers"),
     ],
 )
 def test_input_normalization_must_be_finite(mean, std, rescale, message):

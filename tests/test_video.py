@@ -670,3 +670,61 @@ def test_avi_with_b_frames_is_read_in_presentation_order(tmp_path):
     assert _indices(read_video(path, indices=wanted)) == wanted
     for strategy in ("center", "uniform"):
         assert _indices(read_video(path, 8, 4, strategy=strategy)) == sample_frame_indices(8, 4, 50, strategy)
+
+
+@pytest.mark.parametrize("suffix", ["mp4", "mkv"])
+def test_tags_that_are_not_utf8_are_no_reason_to_refuse_a_video(tmp_path, suffix):
+    """A title in Latin-1 (older cameras and tools; a damaged byte does the same): PyAV decoded every tag as
+    UTF-8 and the playable file raised UnicodeDecodeError."""
+    path = tmp_path / f"latin1.{suffix}"
+    with av.open(str(path), "w", metadata_encoding="latin-1") as out:
+        out.metadata["title"] = "Café"
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        stream.metadata["title"] = "Caméra"
+        for i in range(20):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(index_frame(i, 64, 96), format="rgb24")))
+        out.mux(stream.encode())
+    assert video_info(path)["frames"] == 20
+    assert _indices(read_video(path, indices=[0, 7, 19])) == [0, 7, 19]
+
+
+def test_a_track_of_a_codec_ffmpeg_lacks_is_named(tmp_path):
+    clean = tmp_path / "clean.mkv"
+    write_indexed_video(clean, 12, 64, 96)
+    data = clean.read_bytes()
+    assert data.count(b"V_MPEG4/ISO/AVC") == 1
+    path = tmp_path / "unknown.mkv"
+    path.write_bytes(data.replace(b"V_MPEG4/ISO/AVC", b"V_MPEG4/ISO/XYZ"))
+    for read in (video_info, read_video):
+        with pytest.raises(VideoError, match="codec is not one this FFmpeg build decodes"):
+            read(path)
+
+
+def test_an_mpeg_ts_packet_of_an_unknown_pid_is_read_past(tmp_path):
+    """One corrupt bit in a packet header moves a packet to a PID the header does not list: FFmpeg adds a
+    stream mid-file, PyAV raised IndexError for its packet and the whole video was lost."""
+    clean = tmp_path / "clean.ts"
+    write_indexed_video(clean, 60, 64, 96)
+    data = bytearray(clean.read_bytes())
+    video_pid_starts = [i for i in range(0, len(data), 188) if data[i : i + 3] == b"\x47\x41\x00"]
+    moved = video_pid_starts[len(video_pid_starts) * 3 // 4]  # a frame's first packet, late in the file
+    data[moved + 1] = 0x49  # PID 0x100 -> 0x900
+    path = tmp_path / "moved.ts"
+    path.write_bytes(bytes(data))
+    frames = video_info(path)["frames"]
+    assert frames == 59  # the moved packet's frame has no start any more
+    got = _indices(read_video(path, indices=[0, 1, 2]))
+    assert got == [0, 1, 2]
+    assert read_video(path, 8, 4, strategy="uniform").shape == (8, 64, 96, 3)
+
+
+def test_junk_past_the_retry_bound_is_named(tmp_path, monkeypatch):
+    """Past MAX_READ_RETRIES the error said only EAGAIN's "Resource temporarily unavailable"."""
+    clean = tmp_path / "clean.ts"
+    write_indexed_video(clean, 30, 64, 96)
+    path = tmp_path / "padded.ts"
+    path.write_bytes(clean.read_bytes() + b"\0" * 4_000_000)
+    monkeypatch.setattr(video, "MAX_READ_RETRIES", 3)
+    with pytest.raises(VideoError, match="no video packet in 3 reads in a row: hundreds of MB of junk bytes"):
+        read_video(path, 8)

@@ -394,7 +394,7 @@ def sample(args: argparse.Namespace) -> int:
     from .synthetic import LABELS, sample_clip
 
     label = args.label
-    if not label.isdigit():
+    if not (label.isascii() and label.isdigit()):  # "²" is a digit to isdigit, not to int
         matches = [i for i, name in enumerate(LABELS) if name == label]
         if not matches:
             _error(

@@ -367,6 +367,10 @@ class TimesformerConfig:
                 raise ValueError(f"id2label keys must be class indices 0..n-1, got {k!r}") from None
             if isinstance(k, float) or str(index) != str(k).strip():
                 raise ValueError(f"id2label keys must be class indices 0..n-1, got {k!r}")
+            # A name read from JSON: a string, or a number (written for a class named by its code); None, a
+            # list or a dict is a broken file whose str() would be the "name" classify prints.
+            if isinstance(v, bool) or not isinstance(v, (str, int)):
+                raise ValueError(f"id2label names must be strings, got {v!r} for class {index}")
             labels[index] = str(v)
         if sorted(labels) != list(range(len(labels))):
             bad = sorted(set(labels) - set(range(len(labels))))[:5]

@@ -558,7 +558,7 @@ def read_predictions(path: Path, repair: bool = False, num_labels: int | None = 
             if raw.strip():
                 try:
                     record = json.loads(raw)
-                except json.JSONDecodeError:
+                except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past Python's stack
                     logger.warning("%s: skipping a line that is not JSON: %r", path, raw[:80])
                 else:
                     if is_prediction(record, num_labels):

@@ -403,7 +403,6 @@ def model_dtype(
     return value
 
 
-
 def _config_fields() -> set[str]:
     import inspect
 

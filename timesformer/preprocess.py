@@ -20,7 +20,7 @@ import functools
 import logging
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -299,7 +299,9 @@ def per_channel(name: str, values, channels: int = 3) -> tuple[float, ...]:
     """``channels`` finite numbers, one per channel; one number (or a 1-element sequence) stands for all, as
     in ``transformers``' processors. For the processor's and ``set_input_normalization``'s mean and std."""
     try:
-        if isinstance(values, (str, bytes)):
+        if isinstance(
+            values, (str, bytes, Mapping, set, frozenset)
+        ):  # a dict would give its keys, a set no order
             raise TypeError
         items = [float(v) for v in ([values] if isinstance(values, (int, float)) else values)]
     except (TypeError, ValueError):

@@ -138,7 +138,9 @@ def _open(path):
     if not os.access(path, os.R_OK):
         raise VideoError(path, "cannot be read (permission denied)")
     try:
-        container = av.open("file:" + os.path.realpath(path), timeout=IO_TIMEOUT_S)
+        # Tags that are not UTF-8 (Latin-1 titles of older tools, a damaged byte) must not make a playable file
+        # unreadable: nothing here depends on their text.
+        container = av.open("file:" + os.path.realpath(path), timeout=IO_TIMEOUT_S, metadata_errors="replace")
     except av.error.FFmpegError as exc:
         raise VideoError(path, f"not a readable video file ({exc.strerror or type(exc).__name__})") from exc
     if not container.streams.video:
@@ -147,6 +149,9 @@ def _open(path):
     if all(_is_cover(s) for s in container.streams.video):
         container.close()
         raise VideoError(path, "has no video stream (only a cover image)")
+    if all(s.codec_context is None for s in container.streams.video if not _is_cover(s)):
+        container.close()
+        raise VideoError(path, "its video codec is not one this FFmpeg build decodes")
     kind = container.format.name
     if kind == "image2" or kind.endswith("_pipe"):  # FFmpeg's still-image readers (png_pipe, jpeg_pipe, ...)
         container.close()
@@ -181,7 +186,9 @@ def _retrying(read: Callable[[], Iterator]) -> Iterator:
     """The items of ``read()`` (``container.demux`` or ``container.decode``), read on where FFmpeg asks to retry
     (EAGAIN, ``BlockingIOError``): the MPEG-TS demuxer does while it resyncs over junk bytes, and each retry
     starts where the last read stopped (a fresh ``read()`` goes on from there; the decoder keeps its state).
-    At most ``MAX_READ_RETRIES`` in a row, then the error is raised."""
+    PyAV's ``IndexError`` is read past the same way: it comes of a packet of a stream that appeared after the
+    header (an MPEG-TS PID first seen mid-file, as one corrupt bit in a packet header makes), never of the
+    track being read, which the header has. At most ``MAX_READ_RETRIES`` in a row, then the error is raised."""
     import av
 
     retries = 0
@@ -191,7 +198,7 @@ def _retrying(read: Callable[[], Iterator]) -> Iterator:
                 retries = 0
                 yield item
             return
-        except av.error.BlockingIOError:
+        except (av.error.BlockingIOError, IndexError):
             retries += 1
             if retries > MAX_READ_RETRIES:
                 raise
@@ -206,15 +213,25 @@ def _is_cover(stream) -> bool:
 
 def _video_stream(container):
     """The video track to read: FFmpeg's choice (``av_find_best_stream``, as a player makes it), never a cover
-    image (``_open`` refuses a file that has only those)."""
+    image nor a track of a codec FFmpeg cannot decode (``_open`` refuses a file that has only those)."""
+
+    def readable(stream) -> bool:
+        return not _is_cover(stream) and stream.codec_context is not None
+
     best = container.streams.best("video") if hasattr(container.streams, "best") else None  # PyAV >= 13
-    if best is not None and not _is_cover(best):
+    if best is not None and readable(best):
         return best
-    return next(s for s in container.streams.video if not _is_cover(s))
+    return next(s for s in container.streams.video if readable(s))
 
 
 def _corrupt(path, exc) -> VideoError:
-    return VideoError(path, f"corrupt or truncated video ({exc.strerror or type(exc).__name__})")
+    import av
+
+    if isinstance(exc, av.error.BlockingIOError):  # _retrying gave up: EAGAIN's own words say nothing here
+        reason = f"no video packet in {MAX_READ_RETRIES:,} reads in a row: hundreds of MB of junk bytes"
+    else:
+        reason = exc.strerror or type(exc).__name__
+    return VideoError(path, f"corrupt or truncated video ({reason})")
 
 
 def _frame_index(container, stream, path) -> tuple[list[int] | None, int, int]:
