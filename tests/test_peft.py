@@ -185,6 +185,38 @@ def test_trainer_fine_tunes_an_adapter_with_checkpointing_and_saves_it(tmp_path)
         torch.testing.assert_close(reloaded(pixel_values=x).logits, model.eval()(pixel_values=x).logits)
 
 
+def test_trainer_save_model_after_add_adapter_is_refused_at_load_with_the_way_back(tmp_path):
+    """Trainer.save_model of a model that is not a transformers PreTrainedModel writes its whole state dict,
+    adapter layers in place, and no adapter settings: from_pretrained(dir, config=...), which the missing
+    config.json's error suggests, raised "missing keys" about qkv. It now names the cause and the way back,
+    which gives the trained logits."""
+    ours, _, kwargs = _pair("sdpa", seed=27)
+    ours.save_pretrained(tmp_path / "base")
+    adapter = peft.LoraConfig(**LORA)
+    ours.add_adapter(adapter)
+    data = [
+        {"pixel_values": random_clip(kwargs, batch=1, seed=i)[0], "labels": i % kwargs["num_labels"]}
+        for i in range(2)
+    ]
+    args = transformers.TrainingArguments(
+        str(tmp_path / "run"), per_device_train_batch_size=2, max_steps=1, learning_rate=0.1, report_to=[],
+        use_cpu=True, save_strategy="no", remove_unused_columns=False,
+    )  # fmt: skip
+    trainer = transformers.Trainer(model=ours, args=args, train_dataset=data)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "saved"))
+    with pytest.raises(
+        timesformer.CheckpointError, match=r"PEFT adapter layers injected .*\(model.add_adapter"
+    ):
+        timesformer.TimesformerForVideoClassification.from_pretrained(tmp_path / "saved", config=ours.config)
+    back = timesformer.TimesformerForVideoClassification.from_pretrained(tmp_path / "base")
+    back.add_adapter(adapter)
+    back.load_state_dict(load_file(str(tmp_path / "saved" / "model.safetensors")))
+    x = random_clip(kwargs)
+    with torch.no_grad():
+        torch.testing.assert_close(back.eval()(x).logits, ours.eval()(x).logits)
+
+
 # ---------------------------------------------------------------- transformers' adapter methods on the model
 
 

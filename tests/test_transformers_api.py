@@ -756,3 +756,27 @@ def test_a_model_without_its_final_layernorm(impl):
         hidden = model.timesformer(x).last_hidden_state
         logits = model(x).logits
         torch.testing.assert_close(logits, model.classifier(hidden[:, 0]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("cls", ["Classifier", "Model"])
+def test_save_pretrained_records_the_architecture_on_the_live_config(impl, cls, tmp_path):
+    """transformers sets config.architectures on the model's config when it saves; it stayed None here."""
+    _, model, _ = _model(impl, seed=19, cls=cls)
+    dtype = model.config.dtype
+    model.save_pretrained(tmp_path)
+    assert model.config.architectures == [type(model).__name__]
+    if impl != "transformers":
+        assert model.config.dtype == dtype  # the dtype written is the weights', the live one unchanged
+
+
+def test_a_fractional_drop_path_rate_warns_that_transformers_refuses_the_file(tmp_path, caplog):
+    kwargs = small_config_kwargs("divided_space_time", 20, drop_path_rate=0.1)
+    with caplog.at_level("WARNING", logger="timesformer"):
+        timesformer.TimesformerConfig(**kwargs).save_pretrained(tmp_path / "frac")
+    assert any("transformers 5 declares drop_path_rate an int" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="timesformer"):
+        timesformer.TimesformerConfig(**{**kwargs, "drop_path_rate": 0}).save_pretrained(tmp_path / "zero")
+    assert not caplog.records
+    assert transformers.TimesformerConfig.from_pretrained(tmp_path / "zero").drop_path_rate == 0

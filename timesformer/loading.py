@@ -301,6 +301,18 @@ def read_state_dict(
 # --------------------------------------------------------------------------- key mapping
 
 
+# Parts of the keys PEFT's tuner layers add inside a wrapped module (LoRA, IA3, LoHa, ...; modules_to_save).
+_PEFT_KEY_MARKERS = (
+    ".base_layer.",
+    ".lora_",
+    ".modules_to_save.",
+    ".original_module.",
+    ".ia3_",
+    ".hada_",
+    ".lokr_",
+)
+
+
 def adapt_state_dict(
     model: TimesformerPreTrainedModel,
     state: Mapping[str, torch.Tensor],
@@ -344,6 +356,17 @@ def adapt_state_dict(
             info["missing_keys"].update(head)
             missing = [k for k in missing if not k.startswith(HEAD_PREFIX)]
     unexpected = [k for k in state if k not in expected]
+    injected = [k for k in unexpected if any(m in k for m in _PEFT_KEY_MARKERS)]
+    if injected:
+        # What transformers' Trainer.save_model writes for a model that is not a transformers PreTrainedModel
+        # after add_adapter: the whole state dict with the adapter's layers in place, no adapter_config.json.
+        raise CheckpointError(
+            f"the checkpoint holds a model with PEFT adapter layers injected (keys such as {injected[0]!r}), "
+            "as Trainer.save_model writes for this package's models; its adapter settings are not in it. Save "
+            "with model.save_pretrained(dir) after training (it writes the adapter in PEFT's format), or build "
+            "the model, add the same adapter (model.add_adapter(config)) and load the file with "
+            "model.load_state_dict(safetensors.torch.load_file(path))"
+        )
     if missing or unexpected:
         parts = []
         if missing:
@@ -743,8 +766,9 @@ def save_pretrained(
     for name in files:
         os.replace(os.path.join(directory, name + ".tmp"), os.path.join(directory, name))
     config = model.config  # last: a save that failed above leaves the earlier config with its weights
+    config.architectures = [type(model).__name__]  # on the live config too, as transformers sets it
     extra = dict(config._extra)
-    config._extra.update(architectures=[type(model).__name__], dtype=str(model.dtype).replace("torch.", ""))
+    config._extra.update(dtype=str(model.dtype).replace("torch.", ""))
     try:
         config.save_pretrained(directory)
     finally:
