@@ -310,9 +310,15 @@ def _rank_pids(parent: int) -> dict[int, int]:
 @pytest.mark.slow
 def test_torchrun_two_ranks_match_one_process_and_survive_a_killed_rank(videos, reference, tmp_path):
     out = tmp_path / "two"
-    proc = _torchrun(videos, out)
-    stdout, stderr = proc.communicate(timeout=600)
+    loose = videos / "loose.mp4"  # beside the class folders: named once, by rank 0 (by every rank before)
+    loose.write_bytes(b"x")
+    try:
+        proc = _torchrun(videos, out)
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        loose.unlink()
     assert proc.returncode == 0, stdout + stderr
+    assert stderr.count("beside the class folders are not evaluated") == 1, stderr
     assert _paths(out) == _paths(reference)  # every video exactly once, in order
     assert _metrics(out) == _metrics(reference)
     assert json.loads((out / "metrics.json").read_text())["world_size"] == 2

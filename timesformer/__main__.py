@@ -188,6 +188,12 @@ def classify(args: argparse.Namespace) -> int:
             "--strategy and --seed choose the frames of one clip; --clips K takes K uniform clips: use one"
         )
         return 2
+    if args.seed is not None and args.strategy != "random":
+        # Was ignored: center and uniform take the same frames whatever the seed.
+        _error(
+            f"--seed applies to --strategy random only, got strategy {args.strategy or 'center (the default)'}"
+        )
+        return 2
     dtype = getattr(torch, args.dtype)  # one of --dtype's choices
     try:
         # Model, backend, device and preprocessing are all checked here, before any video is decoded.

@@ -1103,7 +1103,10 @@ def evaluate(
                 raise ValueError(f"limit must be >= 1, got {limit}")
             config = model.config
             id2label = config.id2label  # int keys (TimesformerConfig checks them)
-            samples = load_samples(data, config.label2id, config.num_labels, exclude=output)
+            with warnings.catch_warnings():
+                if rank != 0:  # the data's warnings (loose files, list lines) are the same on every rank
+                    warnings.simplefilter("ignore")
+                samples = load_samples(data, config.label2id, config.num_labels, exclude=output)
             if limit is not None:
                 samples = samples[:limit]
             if output.exists() and not output.is_dir():
