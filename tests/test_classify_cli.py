@@ -156,7 +156,9 @@ def test_strategy_and_seed_choose_the_frames_of_three_crops_and_are_refused_with
     for option, got in ([], "center (the default)"), (["--strategy", "uniform"], "uniform"):
         assert main(["classify", videos[0], "--model", str(model_dir), "--seed", "3", *option]) == 2
         assert f"--seed applies to --strategy random only, got strategy {got}" in capsys.readouterr().err
-    assert main(["classify", videos[0], "--model", str(model_dir), "--seed", "3", "--strategy", "random"]) == 0
+    assert (
+        main(["classify", videos[0], "--model", str(model_dir), "--seed", "3", "--strategy", "random"]) == 0
+    )
 
 
 def test_a_closed_stderr_still_gives_the_results(model_dir, videos, tmp_path, monkeypatch, capsys):
