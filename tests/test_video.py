@@ -117,6 +117,8 @@ def test_a_raw_stream_without_timestamps_is_read_by_counting(tmp_path):
     assert _indices(read_video(path, 8, 4, strategy="center")) == sample_frame_indices(8, 4, 40, "center")
     with pytest.raises(VideoError, match="96x64 pixels are over the limit"):
         read_video(path, indices=[0], max_frame_pixels=96 * 63)
+    with pytest.raises(VideoError, match="96x64 pixels are over the limit"):
+        video_info(path, max_frame_pixels=96 * 63)
 
 
 def test_short_clip_samples_what_exists_then_repeats(tmp_path):
@@ -226,10 +228,24 @@ def _no_frames(path):
         c.start_encoding()
 
 
+def _sound_beside_an_empty_video_track(path):
+    with av.open(str(path), "w") as c:
+        video_track = c.add_stream("libx264", rate=30)
+        video_track.width = video_track.height = 64
+        video_track.pix_fmt = "yuv420p"
+        sound = c.add_stream("aac", rate=8000)
+        for i in range(8):
+            frame = av.AudioFrame.from_ndarray(np.ones((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 8000, i * 1024
+            c.mux(sound.encode(frame))
+        c.mux(sound.encode())
+
+
 @pytest.mark.parametrize(
     "make,name,reason",
     [
         (None, "missing.mp4", "no such file"),
+        (_sound_beside_an_empty_video_track, "silent.mkv", "has no frames (zero-length video)"),
         (lambda p: p.write_text("not a video\n" * 40), "notes.mp4", "not a readable video file"),
         (_audio_only, "sound.wav", "has no video stream"),
         # A one-frame "video" to FFmpeg: a thumbnail beside the videos was classified as eight equal frames.
@@ -260,6 +276,10 @@ def test_errors_name_the_file_and_the_reason(tmp_path, make, name, reason):
         read_video(path, 8, 4, strategy="center")
     assert str(path) in str(exc.value) and reason in str(exc.value)
     assert "\n" not in str(exc.value)
+    if make != "garble":  # (its damage is in frames video_info does not decode)
+        # video_info gave 0 frames, or the count of a file cut short, where read_video refuses the file.
+        with pytest.raises(VideoError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+            video_info(path)
 
 
 def test_directory_is_not_a_video(tmp_path):

@@ -340,6 +340,42 @@ def _check_complete(container, stream, pts: list[int], end: int, hidden: int, pa
         )
 
 
+def _indexed(path, max_frame_pixels: int):
+    """``(container, stream, pts_index, total)`` of a checked video, the container open and placed anywhere:
+    its frames within ``max_frame_pixels``, not a still image, not cut short (``_check_complete``), with at
+    least one frame. ``pts_index`` is ``None`` for a video without timestamps (counted by decoding)."""
+    container = _open(path)
+    try:
+        stream = _video_stream(container)
+        width, height = stream.codec_context.width or 0, stream.codec_context.height or 0
+        if width * height > max_frame_pixels:
+            raise VideoError(
+                path,
+                f"frames of {width}x{height} pixels are over the limit of {max_frame_pixels:,} pixels "
+                "(max_frame_pixels, --max-frame-pixels)",
+            )
+        stream.thread_type = "AUTO"  # frame and slice threads: the decoder's own parallelism
+        pts_index, end, hidden = _frame_index(container, stream, path)
+        if pts_index is None:
+            # Packets without timestamps (a raw elementary stream: .h264, .hevc): its frames are counted by
+            # decoding it from a fresh open, and taken by counting from another (read_video).
+            container.close()
+            container = _open(path)
+            stream = _video_stream(container)
+            total = _frame_count(container, stream, max_frame_pixels, path)
+        else:
+            total = len(pts_index)
+        _check_not_still(container, total, path)
+        if pts_index is not None and total:
+            _check_complete(container, stream, pts_index, end, hidden, path)
+        if total == 0:
+            raise VideoError(path, "has no frames (zero-length video)")
+    except BaseException:
+        container.close()
+        raise
+    return container, stream, pts_index, total
+
+
 def read_video(
     path: str | os.PathLike,
     num_frames: int = 8,
@@ -391,31 +427,8 @@ def read_video(
     elif not callable(indices):
         indices = _frame_numbers(indices)
         check_count(len(indices), "len(indices)")
-    container = _open(path)
+    container, stream, pts_index, total = _indexed(path, max_frame_pixels)
     try:
-        stream = _video_stream(container)
-        width, height = stream.codec_context.width or 0, stream.codec_context.height or 0
-        if width * height > max_frame_pixels:
-            raise VideoError(
-                path,
-                f"frames of {width}x{height} pixels are over the limit of {max_frame_pixels:,} pixels "
-                "(max_frame_pixels, --max-frame-pixels)",
-            )
-        stream.thread_type = "AUTO"  # frame and slice threads: the decoder's own parallelism
-        pts_index, end, hidden = _frame_index(container, stream, path)
-        if pts_index is None:
-            # Packets without timestamps (a raw elementary stream: .h264, .hevc): its frames are counted by
-            # decoding it from a fresh open, and taken by counting from another (below).
-            container.close()
-            container = _open(path)
-            total = _frame_count(container, _video_stream(container), max_frame_pixels, path)
-        else:
-            total = len(pts_index)
-        _check_not_still(container, total, path)
-        if pts_index is not None and total:
-            _check_complete(container, stream, pts_index, end, hidden, path)
-        if total == 0:
-            raise VideoError(path, "has no frames (zero-length video)")
         if indices is None:
             rng = np.random.default_rng(seed)
             indices = sample_frame_indices(num_frames, sample_rate, total, strategy, rng)
@@ -627,11 +640,9 @@ def _as_displayed(rgb: np.ndarray, matrix: np.ndarray | None) -> np.ndarray:
 
 def _displayed_size(path, height: int, width: int) -> tuple[int, int]:
     """``(height, width)`` turned as the first frame's display matrix turns frames (a quarter turn swaps them);
-    as stored when no frame decodes, or when the stored size is over the pixel limit (not decoded)."""
+    as stored when no frame decodes."""
     import av
 
-    if height * width > MAX_FRAME_PIXELS:
-        return height, width
     try:
         with _open(path) as container:
             stream = _video_stream(container)
@@ -669,22 +680,19 @@ def _decode_sequentially(
     return taken.frames
 
 
-def video_info(path: str | os.PathLike) -> dict:
+def video_info(path: str | os.PathLike, max_frame_pixels: int = MAX_FRAME_PIXELS) -> dict:
     """Frame count (exact, from the packet index), size (as ``read_video`` returns frames: turned as the first
-    frame's display matrix says), average frame rate and codec of a video."""
-    container = _open(path)
+    frame's display matrix says), average frame rate and codec of a video, with ``read_video``'s checks (the
+    pixel limit ``max_frame_pixels``, still images, files cut short, no frames), so that frame numbers chosen
+    from it are ones ``read_video`` takes.
+
+    Raises:
+        VideoError: as ``read_video``.
+    """
+    container, stream, _, total = _indexed(path, max_frame_pixels)
     try:
-        stream = _video_stream(container)
-        pts, _, _ = _frame_index(container, stream, path)
-        if pts is None:  # a raw stream: counted by decoding it from a fresh open
-            container.close()
-            container = _open(path)
-            stream = _video_stream(container)
-            total = _frame_count(container, stream, MAX_FRAME_PIXELS, path)
-        else:
-            total = len(pts)
-        _check_not_still(container, total, path)
         rate = stream.average_rate
+        # (Within max_frame_pixels: _indexed checked the stored size.)
         height, width = _displayed_size(path, stream.codec_context.height, stream.codec_context.width)
         return {
             "frames": total,
