@@ -748,3 +748,28 @@ def test_junk_past_the_retry_bound_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(video, "MAX_READ_RETRIES", 3)
     with pytest.raises(VideoError, match="no video packet in 3 reads in a row: hundreds of MB of junk bytes"):
         read_video(path, 8)
+
+
+@pytest.mark.parametrize("suffix", ["mp4", "mkv", "mov"])
+def test_frames_far_apart_cost_a_seek_each_not_the_frames_between(tmp_path, monkeypatch, suffix):
+    """uniform and several clips decoded every frame from the first sampled one to the last (one seek): 240
+    frames here for frames 3 and 230. Each run of frames without a keyframe between them is now a seek. (An
+    MPEG-TS seek lands past its frame, there as before, and the file is decoded from the start.)"""
+    path = tmp_path / f"long.{suffix}"
+    write_indexed_video(path, 240, 64, 96, gop=12)
+    decoded = []
+    indexed = video._Numbering.indexed
+    monkeypatch.setattr(
+        video._Numbering, "indexed", lambda self, stamp: decoded.append(stamp) or indexed(self, stamp)
+    )
+    for wanted in ([3, 230], [230, 3, 3, 120, 121, 122], sample_frame_indices(8, 4, 240, "uniform")):
+        decoded.clear()
+        assert _indices(read_video(path, indices=wanted)) == list(wanted)
+        # Each run decodes from its keyframe (at most 11 frames before it) to its last frame, plus the frames
+        # a decoder with B-frames holds back.
+        container, _, index = video._indexed(path, 64 * 96)
+        container.close()
+        runs = video._runs(sorted(set(wanted)), index.keyframes)
+        assert len(decoded) <= sum(r[-1] - r[0] + 12 + 4 for r in runs), (wanted, len(decoded))
+    assert video._runs([3, 5, 12, 13, 40], [0, 12, 24, 36]) == [[3, 5], [12, 13], [40]]
+    assert video._runs([3, 5, 11], []) == [[3, 5, 11]]

@@ -5,8 +5,9 @@ with the model cards' ``read_video_pyav`` (decode every frame from the start up 
 
 - indexes the stream first by demuxing packets (no decoding): the exact frame count and each frame's
   presentation timestamp, whether or not the container reports a count, and for variable frame rates;
-- seeks to the keyframe before the first sampled frame instead of decoding from frame 0, and stops after
-  the last one;
+- seeks to the keyframe before the first sampled frame instead of decoding from frame 0, again wherever a
+  keyframe lies between two sampled frames (frames far apart cost a seek each), and stops after the last
+  one;
 - lets the decoder use its threads (``thread_type="AUTO"``), and converts only the sampled frames to RGB.
 
 Frame ``i`` is the ``i``-th frame in presentation order, as in ``read_video_pyav``'s enumeration (frames
@@ -21,10 +22,12 @@ video track is the one FFmpeg picks, never a cover image.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import operator
 import os
 from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -234,15 +237,15 @@ def _corrupt(path, exc) -> VideoError:
     return VideoError(path, f"corrupt or truncated video ({reason})")
 
 
-def _frame_index(container, stream, path) -> tuple[list[int] | None, int, int]:
-    """``(pts, end, hidden)``: the presentation timestamps of every frame, sorted (frame ``i`` has the
-    ``i``-th smallest), where the last packet ends (its pts plus its duration, where the file records one),
-    and how many packets an edit list hides (decoded, but no frames).
+def _frame_index(container, stream, path) -> tuple[list[int] | None, list[int], int, int]:
+    """``(pts, keys, end, hidden)``: the presentation timestamps of every frame, sorted (frame ``i`` has the
+    ``i``-th smallest), those of the keyframes, where the last packet ends (its pts plus its duration, where
+    the file records one), and how many packets an edit list hides (decoded, but no frames).
     ``pts`` is ``None`` for a video with packets without timestamps (a raw elementary stream: .h264, .hevc;
     some MPEG-TS), whose frames ``_frame_count`` counts by decoding."""
     import av
 
-    pts = []
+    pts, keys = [], []
     end = hidden = 0
     unstamped = False
     try:
@@ -258,13 +261,16 @@ def _frame_index(container, stream, path) -> tuple[list[int] | None, int, int]:
                 unstamped = True  # legal in MPEG-TS: the index would leave this frame out
             else:
                 pts.append(stamp)
+                if packet.is_keyframe:
+                    keys.append(stamp)
                 end = max(end, stamp + (packet.duration or 0))
     except av.error.FFmpegError as exc:
         raise _corrupt(path, exc) from exc
     if unstamped:
-        return None, 0, 0
+        return None, [], 0, 0
     pts.sort()
-    return pts, end, hidden
+    keys.sort()
+    return pts, keys, end, hidden
 
 
 def _frame_count(container, stream, max_frame_pixels: int, path) -> int:
@@ -340,10 +346,16 @@ def _check_complete(container, stream, pts: list[int], end: int, hidden: int, pa
         )
 
 
+class _Index(NamedTuple):
+    pts: list[int] | None  # every frame's timestamp, sorted; None for a video without timestamps
+    keyframes: list[int]  # the numbers of the keyframes (empty without timestamps)
+    total: int  # frames
+
+
 def _indexed(path, max_frame_pixels: int):
-    """``(container, stream, pts_index, total)`` of a checked video, the container open and placed anywhere:
+    """``(container, stream, index)`` of a checked video (``_Index``), the container open and placed anywhere:
     its frames within ``max_frame_pixels``, not a still image, not cut short (``_check_complete``), with at
-    least one frame. ``pts_index`` is ``None`` for a video without timestamps (counted by decoding)."""
+    least one frame."""
     container = _open(path)
     try:
         stream = _video_stream(container)
@@ -355,7 +367,7 @@ def _indexed(path, max_frame_pixels: int):
                 "(max_frame_pixels, --max-frame-pixels)",
             )
         stream.thread_type = "AUTO"  # frame and slice threads: the decoder's own parallelism
-        pts_index, end, hidden = _frame_index(container, stream, path)
+        pts_index, keys, end, hidden = _frame_index(container, stream, path)
         if pts_index is None:
             # Packets without timestamps (a raw elementary stream: .h264, .hevc): its frames are counted by
             # decoding it from a fresh open, and taken by counting from another (read_video).
@@ -373,7 +385,8 @@ def _indexed(path, max_frame_pixels: int):
     except BaseException:
         container.close()
         raise
-    return container, stream, pts_index, total
+    keyframes = [] if pts_index is None else sorted({bisect.bisect_left(pts_index, k) for k in keys})
+    return container, stream, _Index(pts_index, keyframes, total)
 
 
 def read_video(
@@ -427,7 +440,8 @@ def read_video(
     elif not callable(indices):
         indices = _frame_numbers(indices)
         check_count(len(indices), "len(indices)")
-    container, stream, pts_index, total = _indexed(path, max_frame_pixels)
+    container, stream, index = _indexed(path, max_frame_pixels)
+    pts_index, total = index.pts, index.total
     try:
         if indices is None:
             rng = np.random.default_rng(seed)
@@ -445,7 +459,7 @@ def read_video(
         # Frames that share a timestamp (a broken muxer's) are told apart by their order from the start only:
         # a seek may land between them.
         if pts_index is not None and len(set(pts_index)) == total:
-            frames = _decode_by_pts(container, stream, pts_index, wanted, to_rgb, path)
+            frames = _decode_by_pts(container, stream, index, wanted, to_rgb, path)
         if len(frames) < len(wanted):
             # No timestamps, duplicate ones, decoded timestamps that match no packet, a seek that fails (no
             # keyframe before the frame: a file that starts mid-GOP) or lands past the first frame (MPEG-TS):
@@ -488,16 +502,49 @@ def _frame_numbers(indices) -> list[int]:
         raise TypeError(f"indices must be integer frame numbers, got {list(indices)[:8]!r:.200}") from None
 
 
-def _decode_by_pts(container, stream, pts_index: list[int], wanted: list[int], to_rgb: _ToRGB, path):
-    """Frames ``wanted`` (sorted) of a video whose index ``pts_index`` holds no timestamp twice: one seek to the
-    keyframe at or before the first, then decoding up to the last, each frame numbered by its timestamp
-    (``_Numbering``). Empty where that numbering does not hold, for the caller to decode from the start: a seek
-    that fails or lands past the first frame, a decoded timestamp that matches no packet or comes out of order."""
+def _decode_by_pts(container, stream, index: _Index, wanted: list[int], to_rgb: _ToRGB, path):
+    """Frames ``wanted`` (sorted) of a video whose index holds no timestamp twice: for each run of them with
+    no keyframe in between (``_runs``), one seek to the keyframe at or before its first frame, then decoding
+    up to its last, each frame numbered by its timestamp (``_Numbering``). So frames far apart (``uniform``,
+    several clips) cost a seek each, not the decoding of everything between them. Incomplete where that
+    numbering does not hold, for the caller to decode from the start: a seek that fails or lands past the
+    run's first frame, a decoded timestamp that matches no packet or comes out of order."""
+    frames: dict[int, np.ndarray] = {}
+    for run in _runs(wanted, index.keyframes):
+        # The seek aims at the run's keyframe: FFmpeg's MPEG-TS seek lands on a packet at or before the time
+        # asked, not on a keyframe, and one before the keyframe decodes into it (a frame's own time, from which
+        # nothing decodes until the next keyframe, past the run's first frame).
+        key = bisect.bisect_right(index.keyframes, run[0]) - 1
+        target = index.pts[index.keyframes[key] if key >= 0 else run[0]]
+        taken = _decode_run(container, stream, index.pts, target, run, to_rgb, path)
+        frames.update(taken)
+        if len(taken) < len(run):
+            break
+    return frames
+
+
+def _runs(wanted: list[int], keyframes: list[int]) -> list[list[int]]:
+    """``wanted`` (sorted frame numbers) cut where a keyframe lies after one wanted frame and at or before the
+    next: decoding from that keyframe skips every frame between them."""
+    runs = [[wanted[0]]]
+    for before, frame in itertools.pairwise(wanted):
+        key = bisect.bisect_right(keyframes, frame) - 1  # the last keyframe at or before the frame
+        if key >= 0 and keyframes[key] > before:
+            runs.append([frame])
+        else:
+            runs[-1].append(frame)
+    return runs
+
+
+def _decode_run(container, stream, pts_index: list[int], target: int, run: list[int], to_rgb: _ToRGB, path):
+    """The frames ``run`` (sorted), decoded from a seek to the keyframe at or before timestamp ``target``."""
     import av
 
-    numbering, taken = _Numbering(pts_index), _Taken(wanted, to_rgb)
+    # A fresh numbering per seek: leading frames of an open GOP, decoded after a seek, may come with
+    # timestamps below those of the run before.
+    numbering, taken = _Numbering(pts_index), _Taken(run, to_rgb)
     try:
-        container.seek(pts_index[wanted[0]], stream=stream, backward=True, any_frame=False)
+        container.seek(target, stream=stream, backward=True, any_frame=False)
     except av.error.FFmpegError:
         return {}  # no keyframe at or before the frame (a file that starts mid-GOP), or no seek here
     try:
@@ -505,8 +552,8 @@ def _decode_by_pts(container, stream, pts_index: list[int], wanted: list[int], t
             number = numbering.indexed(frame.pts)
             if number is None or numbering.backwards:
                 return {}  # a timestamp that matches no packet, or not in order: only counting tells
-            if not taken.frames and number > wanted[0]:
-                # The seek landed past the first frame, or the first frame does not decode, which the caller
+            if not taken.frames and number > run[0]:
+                # The seek landed past the run's first frame, or that frame does not decode, which the caller
                 # tells apart by decoding from the start.
                 return {}
             if taken.add(number, frame):
@@ -689,13 +736,13 @@ def video_info(path: str | os.PathLike, max_frame_pixels: int = MAX_FRAME_PIXELS
     Raises:
         VideoError: as ``read_video``.
     """
-    container, stream, _, total = _indexed(path, max_frame_pixels)
+    container, stream, index = _indexed(path, max_frame_pixels)
     try:
         rate = stream.average_rate
         # (Within max_frame_pixels: _indexed checked the stored size.)
         height, width = _displayed_size(path, stream.codec_context.height, stream.codec_context.width)
         return {
-            "frames": total,
+            "frames": index.total,
             "height": height,
             "width": width,
             "fps": float(rate) if rate else None,
