@@ -2,7 +2,8 @@
 
 - decode: ``timesformer.video.read_video`` against the model cards' ``read_video_pyav`` (copied below as
   they publish it) on the same file and the same frame indices: 8 frames at sample rate 4 from a 10 s,
-  30 fps, 640x360 H.264 clip, windows drawn with the cards' ``sample_frame_indices``. Two encodings of the
+  30 fps, 640x360 H.264 clip, windows drawn with the cards' ``sample_frame_indices``, and 8 frames spread
+  over the whole clip (evaluation's ``uniform``). Two encodings of the
   clip: a keyframe every 2 s (what phones and streaming sites write), and x264's default (keyframes at
   most 250 frames apart, so a 10 s clip has about two).
 - preprocess: ``timesformer.preprocess`` (the native op when built, and the pure-torch fallback) against
@@ -103,12 +104,16 @@ def clip_path(keyframe_interval: int | None) -> str:
 
 
 WINDOWS = [sample_frame_indices(8, 4, SECONDS * FPS, np.random.RandomState(k)).tolist() for k in range(8)]
+# What evaluation takes (--strategy uniform, and each of --clips K): frames spread over the whole video.
+UNIFORM = [np.linspace(0, SECONDS * FPS - 1, 8).round().astype(int).tolist()]
+SAMPLINGS = {"8 frames at sample rate 4": WINDOWS, "8 uniform frames": UNIFORM}
 ENCODINGS = {"keyframe every 2 s": 2 * FPS, "x264 default keyframes": None}
 
 
 @pytest.mark.parametrize("impl", ["ours", "reference"])
 @pytest.mark.parametrize("encoding", list(ENCODINGS))
-def test_decode(benchmark, encoding, impl):
+@pytest.mark.parametrize("sampling", list(SAMPLINGS))
+def test_decode(benchmark, sampling, encoding, impl):
     import av
 
     path = clip_path(ENCODINGS[encoding])
@@ -120,15 +125,17 @@ def test_decode(benchmark, encoding, impl):
     def ours(indices):
         return read_video(path, indices=indices).numpy()
 
-    for w in WINDOWS[:3]:
+    windows = SAMPLINGS[sampling]
+    for w in windows[:3]:
         np.testing.assert_array_equal(ours(w), reference(w))
     state = {"k": 0}
 
     def step(fn):
         state["k"] += 1
-        return fn(WINDOWS[state["k"] % len(WINDOWS)])
+        return fn(windows[state["k"] % len(windows)])
 
-    benchmark.group = f"decode 8 frames, {SECONDS} s {WIDTH}x{HEIGHT} H.264 ({encoding})"
+    frames = "8 frames" if sampling == "8 frames at sample rate 4" else sampling
+    benchmark.group = f"decode {frames}, {SECONDS} s {WIDTH}x{HEIGHT} H.264 ({encoding})"
     benchmark.extra_info["role"] = impl
     benchmark(step, ours if impl == "ours" else reference)
 
