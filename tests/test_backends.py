@@ -59,7 +59,8 @@ def test_triton_without_interpreter_and_unknown_backends_are_refused(monkeypatch
     with pytest.raises(BackendUnavailableError, match="triton"):
         _model().set_backend("triton").backend  # noqa: B018
     with pytest.raises(
-        ValueError, match=r"backend must be one of \('eager', 'sdpa', 'triton', 'auto'\), got 'flash'"
+        ValueError,
+        match=r"backend must be one of \['auto', 'eager', 'flash_attention_2', 'sdpa', 'triton'\], got 'flash'",
     ):
         _model("flash")
 

@@ -268,6 +268,8 @@ def test_config_attn_implementation_is_the_models_choice(saved, tmp_path):
     assert loaded.config._attn_implementation == "flash_attention_2"
     assert loaded._requested_backend == "auto"
     assert load(path, config=config).backend == "eager"  # the config= given decides, as in transformers
+    assert load(path, config=config, output_hidden_states=True).backend == "eager"  # with overrides too
+    assert load(path, backend="auto", attn_implementation="eager").backend == "eager"  # "auto": no choice
     assert load(path, config=config, backend="sdpa").backend == "sdpa"
     loaded.save_pretrained(tmp_path / "again")
     assert "attn_implementation" not in (tmp_path / "again" / "config.json").read_text()

@@ -780,3 +780,6 @@ def test_a_fractional_drop_path_rate_warns_that_transformers_refuses_the_file(tm
         timesformer.TimesformerConfig(**{**kwargs, "drop_path_rate": 0}).save_pretrained(tmp_path / "zero")
     assert not caplog.records
     assert transformers.TimesformerConfig.from_pretrained(tmp_path / "zero").drop_path_rate == 0
+    with caplog.at_level("WARNING", logger="timesformer"):  # 0.0 is a float to transformers' check as well
+        timesformer.TimesformerConfig(**{**kwargs, "drop_path_rate": 0.0}).save_pretrained(tmp_path / "float")
+    assert any("declares drop_path_rate an int" in r.getMessage() for r in caplog.records)

@@ -702,11 +702,11 @@ class TimesformerConfig:
         at their defaults; both load the same). ``push_to_hub`` only ``False`` (this package never uploads);
         ``kwargs`` are ``transformers``' upload options, unused without it."""
         refuse_push_to_hub(push_to_hub)
-        if not float(self.drop_path_rate).is_integer():
+        if isinstance(self.drop_path_rate, float):  # 0.0 too: the check is of the JSON type
             logger.warning(
                 "drop_path_rate=%r: transformers 5 declares drop_path_rate an int and refuses to load this "
                 "config.json (this package loads it); drop path does nothing at inference, so set "
-                "config.drop_path_rate = 0 before saving a model for transformers",
+                "config.drop_path_rate = 0 (an int) before saving a model for transformers",
                 self.drop_path_rate,
             )
         os.makedirs(save_directory, exist_ok=True)

@@ -517,7 +517,7 @@ def loading_options(
         dtype = torch_dtype
     if attn_implementation is not None:
         mapped = attn_backend(attn_implementation)
-        if backend is not None and attn_backend(backend, "backend") != mapped:
+        if backend not in (None, "auto") and attn_backend(backend, "backend") != mapped:
             raise ValueError(f"backend={backend!r} and attn_implementation={attn_implementation!r} disagree")
         backend = attn_implementation  # the model records the name asked for (config._attn_implementation)
     if device_map is not None:
@@ -607,7 +607,10 @@ def load_pretrained(
     else:
         config = copy.deepcopy(config)  # as transformers: the model's own, the caller's stays as it was
     if config_overrides:
+        given = config
         config = TimesformerConfig.from_dict(config.to_dict(), **config_overrides)
+        if config._attn_implementation is None:  # not a field (to_dict leaves it out): the given config's
+            config._attn_implementation = given._attn_implementation
     if state_dict is None:
         state = read_state_dict(directory, variant, use_safetensors)
     elif isinstance(state_dict, Mapping) and all(

@@ -189,9 +189,10 @@ def _retrying(read: Callable[[], Iterator]) -> Iterator:
     """The items of ``read()`` (``container.demux`` or ``container.decode``), read on where FFmpeg asks to retry
     (EAGAIN, ``BlockingIOError``): the MPEG-TS demuxer does while it resyncs over junk bytes, and each retry
     starts where the last read stopped (a fresh ``read()`` goes on from there; the decoder keeps its state).
-    PyAV's ``IndexError`` is read past the same way: it comes of a packet of a stream that appeared after the
-    header (an MPEG-TS PID first seen mid-file, as one corrupt bit in a packet header makes), never of the
-    track being read, which the header has. At most ``MAX_READ_RETRIES`` in a row, then the error is raised."""
+    PyAV's ``IndexError`` ends the reading: its demuxer raises it in its end-of-file flush for a stream that
+    appeared after the header (an MPEG-TS PID first seen mid-file, as one corrupt bit in a packet header
+    makes), after the track being read, which the header has, was flushed (a fresh read would flush it
+    again). At most ``MAX_READ_RETRIES`` retries in a row, then the error is raised."""
     import av
 
     retries = 0
@@ -201,7 +202,9 @@ def _retrying(read: Callable[[], Iterator]) -> Iterator:
                 retries = 0
                 yield item
             return
-        except (av.error.BlockingIOError, IndexError):
+        except IndexError:
+            return
+        except av.error.BlockingIOError:
             retries += 1
             if retries > MAX_READ_RETRIES:
                 raise
