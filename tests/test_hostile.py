@@ -15,7 +15,7 @@ from conftest import randomize_, small_config_kwargs
 from safetensors.torch import load_file, save_file
 
 from timesformer import CheckpointError, TimesformerConfig, TimesformerForVideoClassification
-from timesformer.video import VideoError, read_video
+from timesformer.video import VideoError, read_video, video_info
 
 # ------------------------------------------------------------------------------ checkpoint shards
 
@@ -306,8 +306,8 @@ def test_huge_frames_are_refused_before_decoding(tmp_path, clip):
 
 
 def _size_switching_video(path, sizes: list[tuple[int, int, int]]) -> None:
-    """An H.264 stream whose frame size changes midway (one encoder per ``(width, height, frames)`` run,
-    streams concatenated, remuxed into mp4 with one timestamp per frame)."""
+    """An H.264 stream whose frame size changes midway (one encoder per ``(width, height, frames)`` run, no
+    B-frames, streams concatenated, remuxed into mp4 with one timestamp per frame)."""
     import fractions
     import io
 
@@ -320,8 +320,11 @@ def _size_switching_video(path, sizes: list[tuple[int, int, int]]) -> None:
         with av.open(part, "w", format="h264") as out:
             stream = out.add_stream("libx264", rate=30)
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.codec_context.max_b_frames = 0  # decode order is presentation order: the timestamps below
             for i in range(count):
+                # Grey 40 * i on the left half, 100 levels more on the right (i counted per run).
                 pixels = np.full((height, width, 3), 40 * i % 256, dtype=np.uint8)
+                pixels[:, width // 2 :] = (40 * i + 100) % 256
                 out.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
             out.mux(stream.encode())
         raw.write(part.getvalue())
@@ -339,10 +342,40 @@ def test_a_stream_that_grows_its_frames_midway_is_held_to_the_limit(tmp_path):
     _size_switching_video(path, [(64, 48, 2), (320, 240, 6)])
     with pytest.raises(VideoError, match=r"a frame of 320x240 pixels is over the limit of 3,072 pixels"):
         read_video(path, indices=[0, 4], max_frame_pixels=64 * 48)
-    with pytest.raises(VideoError, match=r"the frame size changes within the video \(64x48 and 320x240\)"):
-        read_video(path, indices=[0, 4])
-    assert read_video(path, indices=[3, 5]).shape == (2, 240, 320, 3)
     assert read_video(path, indices=[0, 1], max_frame_pixels=64 * 48).shape == (2, 48, 64, 3)
+
+
+@pytest.mark.parametrize("indices", [[0, 4], [3, 5], [7, 1, 6], list(range(8))])
+def test_frames_of_a_size_change_midway_are_scaled_to_the_first_size(tmp_path, indices):
+    """As FFmpeg's command line does (``-autoscale``): every frame at the header's (first frames') size,
+    ``video_info``'s, whichever frames are read, through a seek or from the start."""
+    path = tmp_path / "switch.mp4"
+    _size_switching_video(path, [(64, 48, 3), (320, 240, 5)])
+    info = video_info(path)
+    assert (info["width"], info["height"], info["frames"]) == (64, 48, 8)
+    frames = read_video(path, indices=indices)
+    assert frames.shape == (len(indices), 48, 64, 3)
+    for frame, i in zip(frames, indices, strict=True):
+        k = i if i < 3 else i - 3  # the frame's place in its run
+        # The whole frame, scaled (a crop would be one grey): its left and right quarters, away from the edge
+        # that encoding and scaling blur.
+        left, right = (frame[:, s].double().mean().item() for s in (slice(0, 16), slice(48, 64)))
+        assert abs(left - 40 * k % 256) < 6 and abs(right - (40 * k + 100) % 256) < 6, (i, left, right)
+
+
+def test_a_display_rotation_that_changes_midway_is_an_error(clip, monkeypatch):
+    """Frames turned by a display matrix that only some frames carry cannot make one tensor: said so."""
+    import numpy as np
+
+    import timesformer.video as video
+
+    quarter_turn = np.array([0, 65536, 0, -65536, 0, 0, 0, 0, 1 << 30], np.int32)
+    monkeypatch.setattr(video, "_display_matrix", lambda frame: quarter_turn if frame.pts >= 2 else None)
+    with pytest.raises(
+        VideoError, match=r"the display rotation changes within the video \(48x32 and 32x48 frames\)"
+    ):
+        read_video(clip, indices=[0, 3])
+    assert read_video(clip, indices=[3, 4]).shape == (2, 48, 32, 3)
 
 
 def test_frame_counts_are_bounded(clip):

@@ -419,7 +419,8 @@ def read_video(
         max_num_frames: refuse to return more frames than this (default 1024).
 
     Returns:
-        uint8 ``(num_frames, height, width, 3)`` RGB frames (``len(indices)`` frames when given).
+        uint8 ``(num_frames, height, width, 3)`` RGB frames (``len(indices)`` frames when given), of
+        ``video_info``'s size: frames of another size (a stream whose size changes midway) are scaled to it.
 
     Raises:
         VideoError: missing file, not a video (a still image: PNG, JPEG, a one-frame GIF, an AVIF or HEIC photo),
@@ -445,6 +446,7 @@ def read_video(
         check_count(len(indices), "len(indices)")
     container, stream, index = _indexed(path, max_frame_pixels)
     pts_index, total = index.pts, index.total
+    size = (stream.codec_context.width or 0, stream.codec_context.height or 0)
     try:
         if indices is None:
             rng = np.random.default_rng(seed)
@@ -457,7 +459,7 @@ def read_video(
             if bad or not indices:
                 raise ValueError(f"frame indices must be in [0, {total}) for {path}, got {bad or indices}")
         wanted = sorted(set(indices))
-        to_rgb = _ToRGB(max_frame_pixels, path)
+        to_rgb = _ToRGB(max_frame_pixels, path, size=size)
         frames: dict[int, np.ndarray] = {}
         # Frames that share a timestamp (a broken muxer's) are told apart by their order from the start only:
         # a seek may land between them.
@@ -487,10 +489,12 @@ def read_video(
             )
     finally:
         container.close()
-    sizes = sorted({frames[i].shape[:2] for i in wanted})
-    if len(sizes) > 1:
-        (h0, w0), (h1, w1) = sizes[0], sizes[-1]
-        raise VideoError(path, f"the frame size changes within the video ({w0}x{h0} and {w1}x{h1})")
+    shapes = sorted({frames[i].shape[:2] for i in wanted})
+    if len(shapes) > 1:  # sizes are one (``_ToRGB``): a display matrix that turns some frames only
+        (h0, w0), (h1, w1) = shapes[0], shapes[-1]
+        raise VideoError(
+            path, f"the display rotation changes within the video ({w0}x{h0} and {w1}x{h1} frames)"
+        )
     return torch.from_numpy(np.stack([frames[i] for i in indices]))
 
 
@@ -638,21 +642,34 @@ def _check_pixels(frame, max_frame_pixels: int, path) -> None:
 
 
 class _ToRGB:
-    """Decoded frames to ``(H, W, 3)`` uint8 arrays, each held to ``max_frame_pixels`` first.
+    """Decoded frames to ``(H, W, 3)`` uint8 arrays, each held to ``max_frame_pixels`` first, and scaled to
+    ``size`` (the stream header's ``(width, height)``: its first frames') where a frame's size differs, as
+    FFmpeg's command line scales a stream whose size changes midway (joined recordings, adaptive streams) to
+    its first frame's (``-autoscale``, on by default; bicubic, its default scaler). Without ``size`` (a header
+    that gives none), the first frame converted sets it.
 
     With a reformatter of its own: ``frame.to_ndarray(format=...)`` goes through one that PyAV 19 keeps for
     the whole process, whose conversion threads do not survive a fork, so a DataLoader worker forked after
     its parent had decoded deadlocks in it."""
 
-    def __init__(self, max_frame_pixels: int, path) -> None:
+    def __init__(self, max_frame_pixels: int, path, size: tuple[int, int] | None = None) -> None:
         from av.video.reformatter import VideoReformatter
 
         self.reformatter = VideoReformatter()
         self.max_frame_pixels, self.path = max_frame_pixels, path
+        self.size = size if size and size[0] > 0 and size[1] > 0 else None
 
     def __call__(self, frame) -> np.ndarray:
         _check_pixels(frame, self.max_frame_pixels, self.path)
-        rgb = self.reformatter.reformat(frame, format="rgb24").to_ndarray()
+        if self.size is None:
+            self.size = (frame.width, frame.height)
+        width, height = self.size
+        if (frame.width, frame.height) == self.size:
+            rgb = self.reformatter.reformat(frame, format="rgb24").to_ndarray()
+        else:
+            rgb = self.reformatter.reformat(
+                frame, width=width, height=height, format="rgb24", interpolation="BICUBIC"
+            ).to_ndarray()
         return np.ascontiguousarray(_as_displayed(rgb, _display_matrix(frame)))
 
 
