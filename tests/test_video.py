@@ -750,26 +750,32 @@ def test_junk_past_the_retry_bound_is_named(tmp_path, monkeypatch):
         read_video(path, 8)
 
 
-@pytest.mark.parametrize("suffix", ["mp4", "mkv", "mov"])
+@pytest.mark.parametrize("suffix", ["mp4", "mkv", "mov", "ts"])
 def test_frames_far_apart_cost_a_seek_each_not_the_frames_between(tmp_path, monkeypatch, suffix):
     """uniform and several clips decoded every frame from the first sampled one to the last (one seek): 240
-    frames here for frames 3 and 230. Each run of frames without a keyframe between them is now a seek. (An
-    MPEG-TS seek lands past its frame, there as before, and the file is decoded from the start.)"""
+    frames here for frames 3 and 230. Each run of frames without a keyframe between them is now a seek. An
+    MPEG-TS seek lands one keyframe past the one asked for (with B-frames): a seek to the keyframe before is
+    tried, where MPEG-TS was decoded from its start."""
     path = tmp_path / f"long.{suffix}"
     write_indexed_video(path, 240, 64, 96, gop=12)
-    decoded = []
-    indexed = video._Numbering.indexed
+    decoded, fallbacks = [], []
+    indexed, sequentially = video._Numbering.indexed, video._decode_sequentially
     monkeypatch.setattr(
         video._Numbering, "indexed", lambda self, stamp: decoded.append(stamp) or indexed(self, stamp)
     )
+    monkeypatch.setattr(video, "_decode_sequentially", lambda *a: fallbacks.append(1) or sequentially(*a))
     for wanted in ([3, 230], [230, 3, 3, 120, 121, 122], sample_frame_indices(8, 4, 240, "uniform")):
         decoded.clear()
         assert _indices(read_video(path, indices=wanted)) == list(wanted)
         # Each run decodes from its keyframe (at most 11 frames before it) to its last frame, plus the frames
-        # a decoder with B-frames holds back.
+        # a decoder with B-frames holds back, and for MPEG-TS those of the seeks that landed past the run.
         container, _, index = video._indexed(path, 64 * 96)
         container.close()
         runs = video._runs(sorted(set(wanted)), index.keyframes)
-        assert len(decoded) <= sum(r[-1] - r[0] + 12 + 4 for r in runs), (wanted, len(decoded))
+        assert len(decoded) <= sum(r[-1] - r[0] + 12 + 4 + 4 * (suffix == "ts") for r in runs), (
+            wanted,
+            len(decoded),
+        )
+    assert not fallbacks
     assert video._runs([3, 5, 12, 13, 40], [0, 12, 24, 36]) == [[3, 5], [12, 13], [40]]
     assert video._runs([3, 5, 11], []) == [[3, 5, 11]]

@@ -105,6 +105,9 @@ IO_TIMEOUT_S = 60.0
 # asks while it resyncs over junk bytes (a capture's zero padding, a zeroed gap), each time past up to 64 KB more
 # of them, where ffmpeg's own read loop reads on: this is over 600 MB of junk in one run.
 MAX_READ_RETRIES = 10_000
+# Keyframes further back tried where a seek lands past the frames asked for (MPEG-TS lands one past).
+SEEK_BACKOFF = 2
+_BEFORE_START = -(1 << 40)  # a seek target below any timestamp of a real file: its start (or an error: AVI)
 
 # The HEIF family's brands (ISO/IEC 23008-12: AVIF, HEIC and their image sequences), which FFmpeg reads with its
 # MP4 demuxer: a file of one frame with one of them as its major brand is a photo.
@@ -514,16 +517,25 @@ def _decode_by_pts(container, stream, index: _Index, wanted: list[int], to_rgb: 
     no keyframe in between (``_runs``), one seek to the keyframe at or before its first frame, then decoding
     up to its last, each frame numbered by its timestamp (``_Numbering``). So frames far apart (``uniform``,
     several clips) cost a seek each, not the decoding of everything between them. Incomplete where that
-    numbering does not hold, for the caller to decode from the start: a seek that fails or lands past the
-    run's first frame, a decoded timestamp that matches no packet or comes out of order."""
+    numbering does not hold, for the caller to decode from the start: a seek that fails or still lands past
+    the run's first frame from ``SEEK_BACKOFF`` keyframes before it, a decoded timestamp that matches no
+    packet or comes out of order."""
     frames: dict[int, np.ndarray] = {}
+    keys = set(index.keyframes)
     for run in _runs(wanted, index.keyframes):
-        # The seek aims at the run's keyframe: FFmpeg's MPEG-TS seek lands on a packet at or before the time
-        # asked, not on a keyframe, and one before the keyframe decodes into it (a frame's own time, from which
-        # nothing decodes until the next keyframe, past the run's first frame).
         key = bisect.bisect_right(index.keyframes, run[0]) - 1
-        target = index.pts[index.keyframes[key] if key >= 0 else run[0]]
-        taken = _decode_run(container, stream, index.pts, target, run, to_rgb, path)
+        # FFmpeg's MPEG-TS seek lands on the first keyframe whose decoding timestamp is at or after the time
+        # asked, past the keyframe asked for where its frames are reordered (its DTS below its PTS): where a
+        # seek lands past the run, one to the keyframe before is tried, and so on, then one before every
+        # timestamp (the file's start) where that reaches the first keyframe.
+        tried = range(key, max(key - 1 - SEEK_BACKOFF, -1), -1)
+        targets = [index.pts[index.keyframes[k]] for k in tried] + ([_BEFORE_START] if 0 in tried else [])
+        for target in targets or [index.pts[run[0]]]:
+            taken = _decode_run(container, stream, index.pts, keys, target, run, to_rgb, path)
+            if taken is not None:
+                break
+        if not taken:
+            return frames
         frames.update(taken)
         if len(taken) < len(run):
             break
@@ -543,13 +555,18 @@ def _runs(wanted: list[int], keyframes: list[int]) -> list[list[int]]:
     return runs
 
 
-def _decode_run(container, stream, pts_index: list[int], target: int, run: list[int], to_rgb: _ToRGB, path):
-    """The frames ``run`` (sorted), decoded from a seek to the keyframe at or before timestamp ``target``."""
+def _decode_run(
+    container, stream, pts_index: list[int], keys: set[int], target: int, run: list[int], to_rgb: _ToRGB, path
+) -> dict[int, np.ndarray] | None:
+    """The frames ``run`` (sorted), decoded from a seek to the keyframe at or before timestamp ``target``;
+    ``None`` where the seek landed past the run's first frame or at the end (or that frame does not decode,
+    which the caller tells apart by decoding from the start), ``{}`` where the numbering cannot be trusted."""
     import av
 
     # A fresh numbering per seek: leading frames of an open GOP, decoded after a seek, may come with
     # timestamps below those of the run before.
     numbering, taken = _Numbering(pts_index), _Taken(run, to_rgb)
+    keyed = False  # a keyframe decoded since the seek: frames before it may be ones a decoder made up
     try:
         container.seek(target, stream=stream, backward=True, any_frame=False)
     except av.error.FFmpegError:
@@ -559,15 +576,16 @@ def _decode_run(container, stream, pts_index: list[int], target: int, run: list[
             number = numbering.indexed(frame.pts)
             if number is None or numbering.backwards:
                 return {}  # a timestamp that matches no packet, or not in order: only counting tells
+            keyed = keyed or number in keys
+            if not keyed:
+                continue  # leading frames of an open GOP, or a seek that landed between keyframes
             if not taken.frames and number > run[0]:
-                # The seek landed past the run's first frame, or that frame does not decode, which the caller
-                # tells apart by decoding from the start.
-                return {}
+                return None
             if taken.add(number, frame):
                 break
     except av.error.FFmpegError as exc:
         raise _corrupt(path, exc) from exc
-    return taken.frames
+    return taken.frames or None  # nothing: the seek landed at the end (past the last keyframe's frames)
 
 
 class _Numbering:
