@@ -240,6 +240,13 @@ def test_argument_errors():
     ]:
         proc = _cli("evaluate", "DATA", "--output", "OUT", *args, check=False)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    # An empty path was the current folder (its videos evaluated, its results written there), an empty device
+    # the default one.
+    for args, name in [(["", "--output", "OUT"], "DATA"), (["DATA", "--output", ""], "--output"),
+                       (["DATA", "--output", "OUT", "--device", ""], "--device")]:  # fmt: skip
+        proc = _cli("evaluate", *args, check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert f"argument {name}: expected a value, got an empty string" in proc.stderr, proc.stderr
 
 
 def test_torn_last_line_is_redone_on_resume(videos, reference, tmp_path):
@@ -1249,3 +1256,63 @@ def test_a_rank_that_dies_during_the_run_is_one_line_on_the_others(videos, tmp_p
     assert (
         metrics["videos_evaluated"] in (4, 5) and metrics["num_missing"] == 0 and len(set(_paths(out))) == 9
     )
+
+
+def test_a_label2id_that_disagrees_with_id2label_is_not_used(videos, bundled, tmp_path, reference):
+    """A config.json whose label2id swaps two classes scored every video of them wrong (0% where all were
+    right); one that points past the classes wrote lines no run reads back, so --resume never finished. The
+    names predictions carry (id2label's) decide; each bad entry is named in a warning."""
+    import copy
+
+    from timesformer.evaluate import class_ids, evaluate
+
+    model, processor = bundled
+    model = copy.deepcopy(model)
+    swapped = dict(LABEL2ID, **{LABELS[0]: 1, LABELS[1]: 0})
+    with pytest.warns(UserWarning, match="disagrees with its id2label"):
+        assert class_ids(model.config.id2label, swapped) == LABEL2ID
+    model.config.label2id = dict(swapped, **{LABELS[2]: 7, "another name": 3})
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning) as caught:
+        metrics = evaluate(videos, model, processor, out, workers=0)
+    said = " | ".join(str(w.message) for w in caught)
+    assert f"label2id[{LABELS[0]!r}] = 1 disagrees with its id2label (class 1 is {LABELS[1]!r}" in said
+    assert f"label2id[{LABELS[2]!r}] = 7 is not a class (0-3): ignored" in said
+    assert "another name" not in said
+    ours, theirs = _metrics(out), _metrics(reference)
+    assert ours.pop("model") != theirs.pop("model")  # named by its folder here, "(bundled)" by the command
+    assert ours == theirs and metrics["top1"] == 1.0
+
+
+def test_results_files_that_are_not_files_or_objects_are_refused(videos, bundled, tmp_path):
+    """A FIFO named predictions.jsonl made the run wait forever; a settings.json of 5 was a TypeError
+    traceback, and one of [] let a resume with other settings through."""
+    import threading
+
+    from timesformer.evaluate import evaluate
+
+    model, processor = bundled
+    out = tmp_path / "out"
+    evaluate(videos, model, processor, out, workers=0, limit=1)
+    for content in ("5", "[]", '"x"'):
+        (out / "settings.json").write_text(content)
+        with pytest.raises(
+            ValueError, match=r"settings.json is unreadable \(expected a JSON object of settings"
+        ):
+            evaluate(videos, model, processor, out, workers=0, limit=2, resume=True, num_frames=4)
+    fifo = tmp_path / "fifo"
+    fifo.mkdir()
+    os.mkfifo(fifo / PREDICTIONS)
+    result = {}
+
+    def run():
+        try:
+            evaluate(videos, model, processor, fifo, workers=0, limit=1, resume=True)
+        except Exception as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "evaluate waits on the FIFO"
+    assert "expected a file of results, got not a regular file (a FIFO" in str(result.get("error")), result

@@ -224,6 +224,19 @@ def test_devices_and_non_paths_are_refused():
 # ----------------------------------------------------------------------------------- model limits
 
 
+@pytest.mark.parametrize("safe_serialization", [True, False])
+def test_a_model_folder_whose_name_is_not_utf8_saves_and_loads(tmp_path, safe_serialization):
+    """safetensors takes only UTF-8 paths: such a folder (a Latin-1 name) could not be loaded, and the error
+    called its intact weights file "corrupt or truncated"."""
+    directory = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"mod\xe8le"))
+    model = randomize_(TimesformerForVideoClassification(TimesformerConfig(**small_config_kwargs())), seed=3)
+    model.save_pretrained(directory, safe_serialization=safe_serialization)
+    loaded = TimesformerForVideoClassification.from_pretrained(directory)
+    expected = model.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in loaded.state_dict().items())
+    assert loaded.state_dict().keys() == expected.keys()
+
+
 def test_a_config_that_does_not_fit_the_weights_fails_before_building_the_model(sharded, monkeypatch):
     import timesformer.modeling as modeling
 
@@ -383,6 +396,32 @@ def test_frame_counts_are_bounded(clip):
         read_video(clip, 100_000, 1)
     with pytest.raises(ValueError, match=r"num_frames must be 1 to 1024, got 0"):
         read_video(clip, 0, 1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"sample_rate": float("nan")}, "sample_rate must be an integer, got nan (float)"),  # an IndexError
+        ({"sample_rate": 2.5}, "sample_rate must be an integer, got 2.5"),  # taken as is
+        ({"num_frames": 2.5}, "num_frames must be an integer, got 2.5"),
+        ({"num_frames": True}, "num_frames must be an integer, got True (bool)"),  # one frame
+        ({"max_frame_pixels": float("nan")}, "max_frame_pixels must be an integer, got nan"),  # no limit
+        ({"max_num_frames": "8"}, "max_num_frames must be an integer, got '8' (str)"),
+    ],
+)
+def test_numbers_that_are_not_integers_are_refused(clip, kwargs, message):
+    import numpy as np
+
+    with pytest.raises(TypeError, match=re.escape(message)):
+        read_video(clip, **{"num_frames": 4, "sample_rate": 2, "strategy": "center", **kwargs})
+    with pytest.raises(ValueError, match=r"sample_rate must be >= 1, got 0"):
+        read_video(clip, 4, 0)
+    assert read_video(clip, np.int64(4), np.int32(2), max_frame_pixels=np.int64(48 * 32)).shape == (
+        4,
+        32,
+        48,
+        3,
+    )
 
 
 # ------------------------------------------------------------------------------ the command line

@@ -272,6 +272,36 @@ def test_a_video_processor_saved_by_transformers_5_is_read(tmp_path):
         VideoProcessor.from_pretrained(folder)
 
 
+@pytest.mark.parametrize("kind", ["a folder", "a broken link", "a FIFO"])
+def test_a_preprocessor_config_that_is_not_a_file_is_refused(tmp_path, kind):
+    """A folder (or a FIFO) named preprocessor_config.json was taken for no config: the 224x224 defaults
+    for a 32x32 model, without a word."""
+    import os
+    import re
+    import shutil
+
+    from timesformer.classify import bundled_model_dir, load_model
+    from timesformer.loading import CheckpointError
+
+    folder = tmp_path / "model"
+    shutil.copytree(bundled_model_dir(), folder)
+    path = folder / "preprocessor_config.json"
+    path.unlink()
+    {
+        "a folder": path.mkdir,
+        "a broken link": lambda: path.symlink_to("gone.json"),
+        "a FIFO": lambda: os.mkfifo(path),
+    }[kind]()
+    expected = "not a regular file (a FIFO?)" if kind == "a FIFO" else kind
+    with pytest.raises(
+        CheckpointError,
+        match=re.escape(f"preprocessor_config.json: expected a preprocessing config file, got {expected}"),
+    ):
+        load_model(folder, backend="sdpa", device="cpu")
+    with pytest.raises(CheckpointError, match="expected a preprocessing config file"):
+        VideoProcessor.from_pretrained(folder)
+
+
 def test_transparent_frames_are_composited_onto_white():
     """RGBA frames lost their alpha channel (the colors under transparent pixels showed), where transformers'
     convert_to_rgb composites them onto white."""

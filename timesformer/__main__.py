@@ -348,6 +348,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _given(text: str) -> str:
+    """An argparse type: a non-empty string (an empty path would mean the current folder, an empty device the
+    default one)."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a value, got an empty string")
+    return text
+
+
 def _int_in(low: int, high: int):
     """An argparse type: an int from ``low`` to ``high``."""
 
@@ -372,9 +380,11 @@ _workers = _int_in(0, 2**16)
 
 def _video_model_options(p: argparse.ArgumentParser, device_help: str) -> None:
     """The options ``classify`` and ``evaluate`` share: the model, where it runs, and the views."""
-    p.add_argument("--model", default=None, help="model directory or hub id (default: the bundled model)")
+    p.add_argument(
+        "--model", type=_given, default=None, help="model directory or hub id (default: the bundled model)"
+    )
     p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
-    p.add_argument("--device", default=None, help=device_help)
+    p.add_argument("--device", type=_given, default=None, help=device_help)
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument(
         "--num-frames",
@@ -465,14 +475,14 @@ def main(argv: list[str] | None = None) -> int:
         "--frames", type=_int_in(1, 4096), default=None, help="frames per clip (default: the preset's)"
     )
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--device", type=_given, default=None, help="default: cuda if available, else cpu")
     p.add_argument("--repeats", type=_int_in(1, 1000), default=3)
     p.set_defaults(func=demo)
     p = sub.add_parser("info", help="versions and which backends run here")
     p.set_defaults(func=info)
     sub.add_parser("bench", help="the benchmark suite (python -m bench); its arguments pass through")
     p = sub.add_parser("classify", help="top-k labels of video files")
-    p.add_argument("videos", nargs="+", metavar="VIDEO")
+    p.add_argument("videos", type=_given, nargs="+", metavar="VIDEO")
     _video_model_options(p, device_help="default: cuda if available, else cpu")
     p.add_argument("--top-k", type=_count, default=5)
     p.add_argument("--batch-size", type=_count, default=4)
@@ -493,9 +503,14 @@ def main(argv: list[str] | None = None) -> int:
         help="accuracy of a model on a labelled video set (multi-view, parallel decoding, resumable, torchrun)",
     )
     p.add_argument(
-        "data", metavar="DATA", help="a folder of class-named subfolders, or a 'path label' list file"
+        "data",
+        type=_given,
+        metavar="DATA",
+        help="a folder of class-named subfolders, or a 'path label' list file",
     )
-    p.add_argument("--output", required=True, metavar="DIR", help="where predictions and metrics go")
+    p.add_argument(
+        "--output", type=_given, required=True, metavar="DIR", help="where predictions and metrics go"
+    )
     _video_model_options(p, device_help="default: cuda:LOCAL_RANK if available, else cpu")
     p.add_argument(
         "--batch-size", type=_count, default=4, help="videos per forward (each with clips x crops views)"
@@ -509,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p.set_defaults(func=evaluate)
     p = sub.add_parser("sample", help="write a synthetic clip that the bundled model classifies")
-    p.add_argument("out", metavar="OUT.mp4")
+    p.add_argument("out", type=_given, metavar="OUT.mp4")
     from .synthetic import LABELS
 
     classes = ", ".join(f"{i} {name!r}" for i, name in enumerate(LABELS))

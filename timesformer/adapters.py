@@ -381,9 +381,9 @@ class AdapterMixin:
         self.peft_config[name].save_pretrained(directory)
         keep, stale = ADAPTER_WEIGHTS if safe_serialization else ADAPTER_WEIGHTS[::-1]
         if safe_serialization:
-            from safetensors.torch import save_file
+            from .loading import save_safetensors
 
-            save_file(weights, os.path.join(directory, keep), metadata={"format": "pt"})
+            save_safetensors(weights, os.path.join(directory, keep))
         else:
             torch.save(weights, os.path.join(directory, keep))
         with contextlib.suppress(FileNotFoundError):

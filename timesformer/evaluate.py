@@ -86,6 +86,35 @@ class Sample:
     label: int
 
 
+def class_ids(id2label: Mapping[int, str], label2id: Mapping[str, int]) -> dict[str, int]:
+    """``{name: class index}`` for a dataset's label names: ``id2label``'s names (those the predictions carry),
+    and ``label2id``'s other names that point to a class. A ``label2id`` entry that points to another class than
+    ``id2label`` names, or past the classes, is left out with a warning naming it: its videos would be scored
+    against a class other than the one their predictions name, or written as lines no run can read back."""
+    names: dict[str, int] = {}
+    for index in sorted(id2label):
+        names.setdefault(str(id2label[index]), index)  # a name given twice: its first class ...
+    for name, index in label2id.items():
+        if str(id2label.get(index)) == name:
+            names[name] = index  # ... unless label2id picks another of its classes
+        elif index not in id2label:
+            warnings.warn(
+                f"the model's label2id[{name!r}] = {index!r} is not a class (0-{len(id2label) - 1}): ignored; "
+                "fix the model's config.json",
+                stacklevel=2,
+            )
+        elif name in names:
+            warnings.warn(
+                f"the model's label2id[{name!r}] = {index!r} disagrees with its id2label (class {index} is "
+                f"{id2label[index]!r}, {name!r} is class {names[name]}): id2label's is used, the name "
+                "predictions carry; fix the model's config.json",
+                stacklevel=2,
+            )
+        else:
+            names[name] = index  # another name of the class: kept, as transformers keeps it
+    return names
+
+
 def _label_of(text: str, label2id: dict[str, int], num_labels: int, where: str) -> int | str:
     """A label index from a name or an integer string; an unknown name is returned as a str."""
     text = text.strip()
@@ -540,6 +569,15 @@ def is_prediction(record, num_labels: int | None = None) -> bool:
     )
 
 
+def _check_regular(path: Path) -> None:
+    """A results file in DIR must be a regular file: reading a FIFO there would wait forever."""
+    if not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file (a FIFO, device or socket)"
+        raise ValueError(
+            f"{path}: expected a file of results, got {kind}; remove it, or choose another --output"
+        )
+
+
 def read_predictions(path: Path, repair: bool = False, num_labels: int | None = None) -> list[dict]:
     """The complete lines of a predictions file. A torn last line (a run killed while writing it) is left out,
     and with ``repair`` cut off the file, so that appending goes on after the last complete line. Lines that
@@ -547,6 +585,7 @@ def read_predictions(path: Path, repair: bool = False, num_labels: int | None = 
     warning, so a resumed run evaluates their videos again."""
     if not path.exists():
         return []
+    _check_regular(path)
     data = path.read_bytes()
     records, good_end, offset = [], 0, 0
     for raw in data.split(b"\n"):
@@ -1106,7 +1145,8 @@ def evaluate(
             with warnings.catch_warnings():
                 if rank != 0:  # the data's warnings (loose files, list lines) are the same on every rank
                     warnings.simplefilter("ignore")
-                samples = load_samples(data, config.label2id, config.num_labels, exclude=output)
+                label_ids = class_ids(id2label, config.label2id)
+                samples = load_samples(data, label_ids, config.num_labels, exclude=output)
             if limit is not None:
                 samples = samples[:limit]
             if output.exists() and not output.is_dir():
@@ -1378,8 +1418,11 @@ def _check_settings(output: Path, settings: dict, compare: bool, write: bool) ->
     ``write``, record ``settings`` for the runs that resume this one."""
     path = output / SETTINGS
     if compare and path.exists():
+        _check_regular(path)
         try:
             before = json.loads(path.read_text())
+            if not isinstance(before, dict):
+                raise ValueError(f"expected a JSON object of settings, got {type(before).__name__}")
         except (OSError, ValueError) as exc:
             raise ValueError(f"{path} is unreadable ({exc}); remove it, or choose another --output") from None
         # A setting a run of an older version did not record is not compared.

@@ -191,6 +191,11 @@ def preprocessor_file(directory: str) -> str | None:
         path = model_file(directory, name)
         if os.path.isfile(path):
             return path
+        if os.path.lexists(path):  # not to be passed over for the default preprocessing, silently
+            kind = "a folder" if os.path.isdir(path) else "a broken link" if os.path.islink(path) else None
+            raise CheckpointError(
+                f"{path}: expected a preprocessing config file, got {kind or 'not a regular file (a FIFO?)'}"
+            )
     return None
 
 
@@ -250,8 +255,44 @@ def _torch_load(path: str):
     before the keys and shapes are checked. Older files are read whole."""
     import zipfile
 
+    if not _utf8(path):  # torch takes only UTF-8 names: the open file instead, read whole
+        with open(path, "rb") as f:
+            return torch.load(f, map_location="cpu", weights_only=True)
     mmap = zipfile.is_zipfile(path)
     return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
+def _utf8(path: str) -> bool:
+    try:
+        os.fsdecode(path).encode("utf-8")
+    except UnicodeEncodeError:  # bytes of another encoding in a name, kept by Python as surrogate escapes
+        return False
+    return True
+
+
+def load_safetensors(path: str) -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file``, also for a path that is not UTF-8 (which safetensors refuses): opened
+    here, and mapped through ``/proc/self/fd`` where there is one, else read whole."""
+    from safetensors.torch import load, load_file
+
+    if _utf8(path):
+        return load_file(path)
+    with open(path, "rb") as f:
+        if os.path.isdir("/proc/self/fd"):
+            return load_file(f"/proc/self/fd/{f.fileno()}")
+        return load(f.read())
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str) -> None:
+    """``safetensors.torch.save_file`` (metadata ``format: pt``, as ``transformers`` writes it), also to a path
+    that is not UTF-8."""
+    from safetensors.torch import save, save_file
+
+    if _utf8(path):
+        save_file(tensors, path, metadata={"format": "pt"})
+    else:
+        with open(path, "wb") as f:
+            f.write(save(tensors, metadata={"format": "pt"}))
 
 
 def _read_weights(path: str) -> dict[str, torch.Tensor]:
@@ -259,9 +300,7 @@ def _read_weights(path: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"weights file {path} is missing (named by the shard index)")
     try:
         if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            return load_file(path)
+            return load_safetensors(path)
         state = _torch_load(path)
     except Exception as e:  # safetensors and pickle report corruption with many exception types
         raise CheckpointError(
@@ -752,9 +791,7 @@ def save_pretrained(
                 with open(tmp, "w") as f:
                     f.write(content + "\n")
             elif safe_serialization:
-                from safetensors.torch import save_file
-
-                save_file(content, tmp, metadata={"format": "pt"})
+                save_safetensors(content, tmp)
             else:
                 torch.save(content, tmp)
     except BaseException:

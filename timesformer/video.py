@@ -68,6 +68,7 @@ def sample_frame_indices(
     frame that exists, from frame 0, then repeats the last of them up to ``num_frames`` (for every strategy
     except ``"uniform"``, which repeats frames only when ``total < num_frames``).
     """
+    num_frames, sample_rate = _integer(num_frames, "num_frames"), _integer(sample_rate, "sample_rate")
     if num_frames < 1 or sample_rate < 1:
         raise ValueError(f"num_frames and sample_rate must be >= 1, got {num_frames} and {sample_rate}")
     if total < 1:
@@ -90,6 +91,17 @@ def sample_frame_indices(
     start = end - window
     indices = np.linspace(start, end, num=num_frames)
     return np.clip(indices, start, end - 1).astype(np.int64).tolist()
+
+
+def _integer(value, name: str) -> int:
+    """``value`` as an int: Python's or NumPy's; a float (``nan`` turned a limit off), a bool or a string is
+    refused, naming the argument."""
+    try:
+        if not isinstance(value, bool):
+            return operator.index(value)
+    except TypeError:
+        pass
+    raise TypeError(f"{name} must be an integer, got {value!r:.50} ({type(value).__name__})")
 
 
 # Limits checked before decoding: a frame larger than MAX_FRAME_PIXELS (a 16000x16000 header in a few KB of
@@ -362,6 +374,9 @@ def _indexed(path, max_frame_pixels: int):
     """``(container, stream, index)`` of a checked video (``_Index``), the container open and placed anywhere:
     its frames within ``max_frame_pixels``, not a still image, not cut short (``_check_complete``), with at
     least one frame."""
+    max_frame_pixels = _integer(max_frame_pixels, "max_frame_pixels")
+    if max_frame_pixels < 1:
+        raise ValueError(f"max_frame_pixels must be >= 1, got {max_frame_pixels}")
     container = _open(path)
     try:
         stream = _video_stream(container)
@@ -434,8 +449,13 @@ def read_video(
         if not 1 <= count <= max_num_frames:
             raise ValueError(f"{name} must be 1 to {max_num_frames}, got {count}")
 
+    max_num_frames = _integer(max_num_frames, "max_num_frames")
     if indices is None:
+        num_frames = _integer(num_frames, "num_frames")
         check_count(num_frames, "num_frames")
+        sample_rate = _integer(sample_rate, "sample_rate")
+        if sample_rate < 1:
+            raise ValueError(f"sample_rate must be >= 1, got {sample_rate}")
         if seed is not None:
             try:
                 number = operator.index(seed)  # NumPy's integers too (a seed drawn from a generator)
