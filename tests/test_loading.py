@@ -335,9 +335,16 @@ def test_save_pretrained_shards_and_transformers_keywords(hf, tmp_path, safe):
     assert not (tmp_path / "other_rank").exists()
     # The last line of transformers' *_no_trainer example scripts (save_function is not used, as in 5.x).
     ours.save_pretrained(tmp_path / "script", is_main_process=True, save_function=torch.save)
+    ours.save_pretrained(tmp_path / "script", push_to_hub=False, repo_id="a/b", commit_message="unused")
     assert sorted(p.name for p in (tmp_path / "script").iterdir()) == ["config.json", "model.safetensors"]
     for bad, error, message in [
         (dict(push_to_hub=True), ValueError, "push_to_hub=True is not supported"),
+        # (Its upload's keywords were a TypeError about them, not the refusal of the upload.)
+        (
+            dict(push_to_hub=True, repo_id="a/b", private=True),
+            ValueError,
+            "push_to_hub=True is not supported",
+        ),
         (dict(max_shard_size="lots"), ValueError, "max_shard_size must be a positive size"),
         (dict(variant="../fp16"), ValueError, "variant must be a name"),
         (dict(colour="red"), TypeError, "unexpected keyword argument 'colour'"),

@@ -285,6 +285,7 @@ def test_config_generic_api(impl, tmp_path):
     api = _api(impl)
     config = api.Config(**small_config_kwargs("divided_space_time", 8))
     assert config.architectures is None and config.is_encoder_decoder is False and config.dtype is None
+    assert config.chunk_size_feed_forward == 0  # (an AttributeError here)
     assert config.get_text_config() is config and config.name_or_path == ""
     assert (
         config.to_diff_dict()["num_frames"] == config.num_frames
@@ -381,6 +382,29 @@ def test_dummy_inputs_run_and_sdpa_support_is_declared(impl):
     )
     assert model(**inputs).logits.shape == (2, kwargs["num_labels"])
     assert model._supports_sdpa is True
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_methods_trainer_and_accelerate_call(impl):
+    """Trainer resuming from a checkpoint that lacks a key read ``model._keys_to_ignore_on_save``: an
+    AttributeError here. ``get_parameter_or_buffer`` (accelerate's loaders) and ``named_non_persistent_buffers``
+    were missing; ``set_input_embeddings`` raises as transformers' TimeSformer does."""
+    api, model, _ = _model(impl)
+    state = model.state_dict()
+    state.pop("classifier.bias")
+    result = model.load_state_dict(state, strict=False)
+    assert result.missing_keys == ["classifier.bias"]
+    transformers.Trainer._issue_warnings_after_load(SimpleNamespace(model=model), result)  # warns, no error
+    assert model.get_parameter_or_buffer("classifier.bias") is model.classifier.bias
+    with pytest.raises(AttributeError):
+        model.get_parameter_or_buffer("classifier.colour")
+    assert list(model.named_non_persistent_buffers()) == []
+    model.register_buffer("scratch", torch.zeros(2), persistent=False)
+    model.classifier.register_buffer("kept", torch.ones(1))
+    assert [name for name, _ in model.named_non_persistent_buffers()] == ["scratch"]
+    with pytest.raises(NotImplementedError, match="set_input_embeddings"):
+        model.set_input_embeddings(torch.nn.Identity())
+    assert api.Classifier._keys_to_ignore_on_save is None
 
 
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
@@ -627,6 +651,35 @@ def test_seeded_models_and_new_heads_get_transformers_values(tmp_path):
         if not head:
             torch.manual_seed(1)
             assert torch.equal(our_next, torch.rand(3))  # loading a whole checkpoint drew nothing
+
+
+def test_reinitialized_mismatched_weights_and_init_weights_on_a_loaded_model_follow_transformers(tmp_path):
+    """A mismatched position embedding (a checkpoint loaded at twice its resolution) was drawn after a class
+    token the checkpoint then overwrote: transformers' values shifted by one row. ``model.apply(
+    model._init_weights)`` re-drew every loaded weight, where transformers leaves them."""
+    kwargs = small_config_kwargs("divided_space_time", 5, num_hidden_layers=2)
+    folder = tmp_path / "full"
+    model = randomize_(
+        timesformer.TimesformerForVideoClassification(timesformer.TimesformerConfig(**kwargs)), 2
+    )
+    model.save_pretrained(folder)
+    loaded = []
+    for lib in (transformers, timesformer):
+        torch.manual_seed(3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            grown = lib.TimesformerForVideoClassification.from_pretrained(
+                folder, image_size=2 * kwargs["image_size"], ignore_mismatched_sizes=True
+            )
+        state = {k: v.detach().clone() for k, v in grown.state_dict().items()}
+        reloaded = lib.TimesformerForVideoClassification.from_pretrained(folder)
+        reloaded.apply(reloaded._init_weights)
+        loaded.append((state, torch.rand(3), reloaded.state_dict()))
+    (theirs, their_next, their_kept), (ours, our_next, our_kept) = loaded
+    assert theirs.keys() == ours.keys() and all(torch.equal(theirs[k], ours[k]) for k in theirs)
+    assert torch.equal(their_next, our_next)
+    saved = model.state_dict()
+    assert all(torch.equal(our_kept[k], saved[k]) and torch.equal(their_kept[k], saved[k]) for k in saved)
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -92,6 +92,7 @@ def read_json_object(path: str | os.PathLike, what: str = "JSON file") -> dict[s
 _TRANSFORMERS_DEFAULTS: dict[str, Any] = {
     "_commit_hash": None,  # (transformers 5.17's pipeline reads it)
     "architectures": None,
+    "chunk_size_feed_forward": 0,  # (transformers' apply_chunking_to_forward reads it; 0: no chunking)
     "dtype": None,
     "is_encoder_decoder": False,
 }

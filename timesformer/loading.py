@@ -669,6 +669,7 @@ def load_pretrained(
     # Modules whose init this package does not know (a subclass's): built and initialized in full.
     model = _init_missing(skeleton, state) if _init_covers(skeleton) else cls(config, backend=backend)
     model.load_state_dict(state, strict=False)  # exactness was checked by adapt_state_dict
+    _mark_loaded(model, state)
     model = model.to(dtype=torch_dtype, device=device)
     # Where the weights came from, on the model and its config, as transformers records it.
     model.name_or_path = model.config.name_or_path = "" if path is None else os.fspath(path)
@@ -692,12 +693,21 @@ def _init_covers(skeleton: torch.nn.Module) -> bool:
     )
 
 
+def _mark_loaded(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Flag the tensors ``state`` loads (``_is_hf_initialized``, as transformers 5 flags them): the model's
+    init functions skip them."""
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if name in state:
+            tensor._is_hf_initialized = True
+
+
 def _init_missing(skeleton: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
     """``skeleton`` (built on "meta") on the CPU, for ``state``'s weights: the modules whose weights ``state``
     lacks (a new head, re-initialized mismatched weights) initialized, the others left for the load: as
     transformers, no time and no random draws spent on weights the checkpoint overwrites (a seeded run's new
     head gets the values transformers gives it)."""
     model = skeleton.to_empty(device="cpu")
+    _mark_loaded(model, state)  # _init_weights leaves those alone, without a draw
     names = {id(module): name for name, module in model.named_modules()}
     order: list[torch.nn.Module] = []
     model.apply(order.append)  # children before their parent, as initialize_weights visits them

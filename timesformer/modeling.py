@@ -619,6 +619,18 @@ def _check_pixel_values(
     return pixel_values
 
 
+# save_pretrained's keywords that transformers passes on to the upload (push_to_hub=True) and otherwise leaves.
+_UPLOAD_KEYWORDS = (
+    "repo_id",
+    "commit_message",
+    "commit_description",
+    "private",
+    "create_pr",
+    "revision",
+    "tags",
+)
+
+
 class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
     """Shared construction, initialization, backend selection and checkpoint I/O; ``transformers``' adapter
     methods (``load_adapter``, ``add_adapter``, ...) come from ``AdapterMixin``."""
@@ -636,6 +648,8 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
     _no_split_modules = ("TimesformerLayer",)
     _keep_in_fp32_modules = None
     _tied_weights_keys = None
+    # Trainer reads it whenever a checkpoint it resumes from lacks a key (None: nothing left out on save).
+    _keys_to_ignore_on_save = None
 
     def __init__(self, config: TimesformerConfig, *, backend: str | None = None) -> None:
         super().__init__()
@@ -660,22 +674,30 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
     def _init_weights(self, module: nn.Module) -> None:
         # Mirrors TimesformerPreTrainedModel._init_weights of transformers, random draws included: a seeded
         # model gets transformers' values, and leaves the generator as transformers does.
+        # As transformers 5's init functions, a tensor a checkpoint loaded (``_is_hf_initialized``) is left
+        # alone, and no random draw is spent on it: a mismatched position embedding re-initialized beside a
+        # loaded class token gets transformers' values, and ``model.apply(model._init_weights)`` keeps loaded
+        # weights.
+        def init(fn, tensor, **kwargs) -> None:
+            if not getattr(tensor, "_is_hf_initialized", False):
+                fn(tensor, **kwargs)
+
         std = self.config.initializer_range
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             # transformers 5's PreTrainedModel._init_weights, which Timesformer's calls first, draws a normal
             # that the truncated normal then replaces.
-            nn.init.normal_(module.weight, std=std or 0.02)
-            nn.init.trunc_normal_(module.weight, std=std)
+            init(nn.init.normal_, module.weight, std=std or 0.02)
+            init(nn.init.trunc_normal_, module.weight, std=std)
             if module.bias is not None:
-                nn.init.zeros_(module.bias)
+                init(nn.init.zeros_, module.bias)
         elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+            init(nn.init.ones_, module.weight)
+            init(nn.init.zeros_, module.bias)
         elif isinstance(module, TimesformerEmbeddings):
-            nn.init.trunc_normal_(module.cls_token, std=std)
-            nn.init.trunc_normal_(module.position_embeddings, std=std)
+            init(nn.init.trunc_normal_, module.cls_token, std=std)
+            init(nn.init.trunc_normal_, module.position_embeddings, std=std)
             if hasattr(module, "time_embeddings"):
-                nn.init.zeros_(module.time_embeddings)
+                init(nn.init.zeros_, module.time_embeddings)
 
     def _initialize_weights(self, module: nn.Module) -> None:
         # As transformers: a module is initialized once, so that post_init() after replacing a module (a new
@@ -857,8 +879,37 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
         """The patch embedding (``embeddings.patch_embeddings``), as in ``transformers``."""
         return self.base_model.embeddings.patch_embeddings
 
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        """Not provided, as in ``transformers`` (whose TimeSformer raises the same): the patch embedding's weights
+        are read by the fused kernels; load other weights into it instead."""
+        raise NotImplementedError(
+            f"{type(self).__name__}.set_input_embeddings is not provided (nor by transformers' TimeSformer): "
+            "load weights into get_input_embeddings() instead"
+        )
+
     def get_output_embeddings(self) -> None:
         return None
+
+    def get_parameter_or_buffer(self, target: str) -> torch.Tensor:
+        """The parameter or buffer named ``target`` (``AttributeError`` for neither), as ``transformers``' (which
+        accelerate's loaders call)."""
+        try:
+            return self.get_parameter(target)
+        except AttributeError:
+            pass
+        try:
+            return self.get_buffer(target)
+        except AttributeError:
+            raise AttributeError(
+                f"`{target}` is neither a parameter nor a buffer of {type(self).__name__}"
+            ) from None
+
+    def named_non_persistent_buffers(self, recurse: bool = True, remove_duplicate: bool = True):
+        """``(name, buffer)`` of the buffers ``state_dict`` leaves out, as ``transformers``'."""
+        for name, tensor in self.named_buffers(recurse=recurse, remove_duplicate=remove_duplicate):
+            parent, _, own = name.rpartition(".")
+            if own in self.get_submodule(parent)._non_persistent_buffers_set:
+                yield name, tensor
 
     def get_encoder(self) -> nn.Module:
         """The ``TimesformerEncoder``, as ``transformers`` 5 returns it."""
@@ -1168,14 +1219,19 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
             variant: spelled into the file names as transformers does (``model.fp16.safetensors``); load with
                 ``from_pretrained(dir, variant=...)``. Files of other variants stay.
             kwargs: transformers' ``token``, ``save_peft_format``, ``save_original_format`` and
-                ``distributed_checkpoint`` are accepted at their defaults only; ``save_function`` (which
+                ``distributed_checkpoint`` are accepted at their defaults only; its upload options (``repo_id``,
+                ``commit_message``, ``private``, ...) are not used, as there without ``push_to_hub``; ``save_function`` (which
                 transformers' example scripts pass: ``accelerator.save``) is accepted and not used, as in
                 ``transformers`` 5 (``is_main_process`` decides who writes).
         """
         from .loading import save_pretrained
 
         kwargs.pop("save_function", None)
-
+        # First: with push_to_hub, transformers passes the other keywords (repo_id, commit_message, private,
+        # ...) on to the upload, which is what is refused; without it they are unused, as there.
+        refuse_push_to_hub(push_to_hub)
+        for name in _UPLOAD_KEYWORDS:
+            kwargs.pop(name, None)
         defaults = {
             "token": None,
             "save_peft_format": True,
@@ -1189,7 +1245,6 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
                 raise ValueError(
                     f"save_pretrained: {name}={value!r} is not supported (only {defaults[name]!r})"
                 )
-        refuse_push_to_hub(push_to_hub)
         if not is_main_process:
             return
         if self._hf_peft_config_loaded:  # as transformers: the active adapter alone, in PEFT's format
