@@ -102,6 +102,20 @@ def test_invalid_values_name_field_and_value(field, value, message):
         TimesformerConfig(**{field: value})
 
 
+def test_id2label_names_may_be_numpy_integers_and_strings():
+    """Names taken from an array of class codes (NumPy integers, NumPy strings) were refused or kept as
+    NumPy objects."""
+    import numpy as np
+
+    config = TimesformerConfig(id2label={np.int64(0): np.int64(7), 1: np.str_("b"), "2": 30})
+    assert config.id2label == {0: "7", 1: "b", 2: "30"} and all(
+        type(v) is str for v in config.id2label.values()
+    )
+    assert config.label2id == {"7": 0, "b": 1, "30": 2}
+    with pytest.raises(ValueError, match=r"id2label names must be strings, got np.float64\(1.5\) for class 0"):
+        TimesformerConfig(id2label={0: np.float64(1.5)})
+
+
 def test_invalid_value_set_after_construction_is_caught_by_model():
     import timesformer
 

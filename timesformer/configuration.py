@@ -12,6 +12,7 @@ import copy
 import json
 import logging
 import math
+import numbers
 import os
 from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
@@ -370,9 +371,10 @@ class TimesformerConfig:
                 raise ValueError(f"id2label keys must be class indices 0..n-1, got {k!r}")
             # A name read from JSON: a string, or a number (written for a class named by its code); None, a
             # list or a dict is a broken file whose str() would be the "name" classify prints.
-            if isinstance(v, bool) or not isinstance(v, (str, int)):
+            # (NumPy's integers too: names taken from an array of class codes.)
+            if isinstance(v, bool) or not isinstance(v, (str, numbers.Integral)):
                 raise ValueError(f"id2label names must be strings, got {v!r} for class {index}")
-            labels[index] = str(v)
+            labels[index] = str(v) if isinstance(v, str) else str(int(v))
         if sorted(labels) != list(range(len(labels))):
             bad = sorted(set(labels) - set(range(len(labels))))[:5]
             raise ValueError(
