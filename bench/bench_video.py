@@ -5,7 +5,7 @@
   30 fps, 640x360 H.264 clip, windows drawn with the cards' ``sample_frame_indices``, and 8 frames spread
   over the whole clip (evaluation's ``uniform``). Two encodings of the
   clip: a keyframe every 2 s (what phones and streaming sites write), and x264's default (keyframes at
-  most 250 frames apart, so a 10 s clip has about two).
+  most 250 frames apart, so a 10 s clip has about two); and the first in an MPEG-TS (broadcast recordings).
 - preprocess: ``timesformer.preprocess`` (the native op when built, and the pure-torch fallback) against
   ``transformers.VideoMAEImageProcessorPil`` on the same 8 decoded frames (-> 224^2, the TimeSformer
   checkpoints' mean and std).
@@ -82,15 +82,15 @@ def _render(i: int) -> np.ndarray:
     return img.clip(0, 255).astype(np.uint8)
 
 
-def clip_path(keyframe_interval: int | None) -> str:
+def clip_path(keyframe_interval: int | None, container: str = "mp4") -> str:
     """The benchmark clip, written once per machine (temp dir), with a keyframe every ``keyframe_interval``
-    frames (None: x264's default)."""
+    frames (None: x264's default), in an MP4 or an MPEG-TS (``container="ts"``)."""
     import av
 
-    name = f"timesformer-bench-{SECONDS}s-{WIDTH}x{HEIGHT}-gop{keyframe_interval or 'default'}.mp4"
+    name = f"timesformer-bench-{SECONDS}s-{WIDTH}x{HEIGHT}-gop{keyframe_interval or 'default'}.{container}"
     path = os.path.join(tempfile.gettempdir(), name)
     if not os.path.exists(path):
-        tmp = path + ".part.mp4"
+        tmp = path + f".part.{container}"
         with av.open(tmp, "w") as container:
             stream = container.add_stream("libx264", rate=FPS)
             stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
@@ -107,7 +107,12 @@ WINDOWS = [sample_frame_indices(8, 4, SECONDS * FPS, np.random.RandomState(k)).t
 # What evaluation takes (--strategy uniform, and each of --clips K): frames spread over the whole video.
 UNIFORM = [np.linspace(0, SECONDS * FPS - 1, 8).round().astype(int).tolist()]
 SAMPLINGS = {"8 frames at sample rate 4": WINDOWS, "8 uniform frames": UNIFORM}
-ENCODINGS = {"keyframe every 2 s": 2 * FPS, "x264 default keyframes": None}
+ENCODINGS = {
+    "keyframe every 2 s": (2 * FPS, "mp4"),
+    "x264 default keyframes": (None, "mp4"),
+    # MPEG-TS seeks land a keyframe late: read_video seeks again from the keyframe before.
+    "keyframe every 2 s, MPEG-TS": (2 * FPS, "ts"),
+}
 
 
 @pytest.mark.parametrize("impl", ["ours", "reference"])
@@ -116,7 +121,7 @@ ENCODINGS = {"keyframe every 2 s": 2 * FPS, "x264 default keyframes": None}
 def test_decode(benchmark, sampling, encoding, impl):
     import av
 
-    path = clip_path(ENCODINGS[encoding])
+    path = clip_path(*ENCODINGS[encoding])
 
     def reference(indices):
         with av.open(path) as container:
