@@ -132,9 +132,11 @@ def test_bad_data_gives_clear_errors(tmp_path):
         load_samples(listing, LABEL2ID, 4)
     listing.write_text("a.mp4 jumping\nb.mp4 swimming\nc.mp4 jumping\n")
     with pytest.raises(
-        ValueError, match=r"2 label name\(s\) are not in the model's label2id: 'jumping' \(line 1\)"
+        ValueError, match=r"2 label name\(s\) are not class names of the model: 'jumping' \(line 1\)"
     ):
         load_samples(listing, LABEL2ID, 4)
+    with pytest.raises(ValueError, match=r"or an index 0-3$"):  # other names of a class count no class
+        load_samples(listing, {**LABEL2ID, "another name": 1}, 4)
     listing.write_text("")
     with pytest.raises(ValueError, match="the list file has no videos"):
         load_samples(listing, LABEL2ID, 4)
@@ -1277,7 +1279,7 @@ def test_a_label2id_that_disagrees_with_id2label_is_not_used(videos, bundled, tm
         metrics = evaluate(videos, model, processor, out, workers=0)
     said = " | ".join(str(w.message) for w in caught)
     assert f"label2id[{LABELS[0]!r}] = 1 disagrees with its id2label (class 1 is {LABELS[1]!r}" in said
-    assert f"label2id[{LABELS[2]!r}] = 7 is not a class (0-3): ignored" in said
+    assert f"label2id[{LABELS[2]!r}] = 7 is not one of its 4 classes: ignored" in said
     assert "another name" not in said
     ours, theirs = _metrics(out), _metrics(reference)
     assert ours.pop("model") != theirs.pop("model")  # named by its folder here, "(bundled)" by the command

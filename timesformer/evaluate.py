@@ -99,8 +99,8 @@ def class_ids(id2label: Mapping[int, str], label2id: Mapping[str, int]) -> dict[
             names[name] = index  # ... unless label2id picks another of its classes
         elif index not in id2label:
             warnings.warn(
-                f"the model's label2id[{name!r}] = {index!r} is not a class (0-{len(id2label) - 1}): ignored; "
-                "fix the model's config.json",
+                f"the model's label2id[{name!r}] = {index!r} is not one of its {len(id2label)} classes: "
+                "ignored; fix the model's config.json",
                 stacklevel=2,
             )
         elif name in names:
@@ -129,14 +129,14 @@ def _label_of(text: str, label2id: dict[str, int], num_labels: int, where: str) 
     return index
 
 
-def _unknown_labels_error(unknown: dict[str, str], label2id: dict[str, int]) -> ValueError:
+def _unknown_labels_error(unknown: dict[str, str], label2id: dict[str, int], num_labels: int) -> ValueError:
     names = sorted(unknown)
     shown = ", ".join(f"{n!r} ({unknown[n]})" for n in names[:5])
     more = f" and {len(names) - 5} more" if len(names) > 5 else ""
     known = ", ".join(repr(k) for k in sorted(label2id)[:5])
     return ValueError(
-        f"{len(names)} label name(s) are not in the model's label2id: {shown}{more}; expected a class name "
-        f"(e.g. {known}) or an index 0-{len(label2id) - 1}"
+        f"{len(names)} label name(s) are not class names of the model: {shown}{more}; expected a class name "
+        f"(e.g. {known}) or an index 0-{num_labels - 1}"
     )
 
 
@@ -394,7 +394,7 @@ def load_samples(
                 stacklevel=2,
             )
     if unknown:
-        raise _unknown_labels_error(unknown, label2id)
+        raise _unknown_labels_error(unknown, label2id, num_labels)
     by_path: dict[str, Sample] = {}
     duplicates = 0
     for s in samples:

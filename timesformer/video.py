@@ -255,17 +255,19 @@ def _corrupt(path, exc) -> VideoError:
     return VideoError(path, f"corrupt or truncated video ({reason})")
 
 
-def _frame_index(container, stream, path) -> tuple[list[int] | None, list[int], int, int]:
-    """``(pts, keys, end, hidden)``: the presentation timestamps of every frame, sorted (frame ``i`` has the
-    ``i``-th smallest), those of the keyframes, where the last packet ends (its pts plus its duration, where
-    the file records one), and how many packets an edit list hides (decoded, but no frames).
+def _frame_index(container, stream, path) -> tuple[list[int] | None, list[int], int, int, bool]:
+    """``(pts, keys, end, hidden, ordered)``: the presentation timestamps of every frame, sorted (frame ``i``
+    has the ``i``-th smallest), those of the keyframes, where the last packet ends (its pts plus its duration,
+    where the file records one), how many packets an edit list hides (decoded, but no frames), and whether
+    the decoding timestamps never go back (``False``: joined recordings whose clock restarts, an MPEG-TS
+    discontinuity, where sorted timestamps are not the frames' order).
     ``pts`` is ``None`` for a video with packets without timestamps (a raw elementary stream: .h264, .hevc;
     some MPEG-TS), whose frames ``_frame_count`` counts by decoding."""
     import av
 
     pts, keys = [], []
     end = hidden = 0
-    unstamped = False
+    unstamped, ordered, last_dts = False, True, None
     try:
         for packet in _retrying(lambda: container.demux(stream)):
             if packet.size == 0:  # the demuxer's flush packet
@@ -274,6 +276,9 @@ def _frame_index(container, stream, path) -> tuple[list[int] | None, list[int], 
             if packet.is_discard:
                 hidden += 1
                 continue
+            if packet.dts is not None:
+                ordered = ordered and (last_dts is None or packet.dts >= last_dts)
+                last_dts = packet.dts
             stamp = packet.pts if packet.pts is not None else packet.dts
             if stamp is None:
                 unstamped = True  # legal in MPEG-TS: the index would leave this frame out
@@ -285,25 +290,27 @@ def _frame_index(container, stream, path) -> tuple[list[int] | None, list[int], 
     except av.error.FFmpegError as exc:
         raise _corrupt(path, exc) from exc
     if unstamped:
-        return None, [], 0, 0
+        return None, [], 0, 0, ordered
     pts.sort()
     keys.sort()
-    return pts, keys, end, hidden
+    return pts, keys, end, hidden, ordered
 
 
-def _frame_count(container, stream, max_frame_pixels: int, path) -> int:
+def _frame_count(container, stream, max_frame_pixels: int, path) -> tuple[int, tuple[int, int] | None]:
     """The frames of a freshly opened video without timestamps, by decoding it (a packet need not be one
-    frame), each held to ``max_frame_pixels``."""
+    frame), each held to ``max_frame_pixels``, and the first one's ``(width, height)`` (a raw stream has no
+    header: FFmpeg's probe may have read a later size)."""
     import av
 
-    count = 0
+    count, first = 0, None
     try:
         for frame in _retrying(lambda: container.decode(stream)):
             _check_pixels(frame, max_frame_pixels, path)
             count += 1
+            first = first or (frame.width, frame.height)
     except av.error.FFmpegError as exc:
         raise _corrupt(path, exc) from exc
-    return count
+    return count, first
 
 
 def _duration_tag(stream) -> float | None:
@@ -368,6 +375,8 @@ class _Index(NamedTuple):
     pts: list[int] | None  # every frame's timestamp, sorted; None for a video without timestamps
     keyframes: list[int]  # the numbers of the keyframes (empty without timestamps)
     total: int  # frames
+    ordered: bool  # decoding timestamps never go back: the sorted timestamps are the frames' order
+    size: tuple[int, int]  # (width, height) of the first frames, as the header gives it (0 where unknown)
 
 
 def _indexed(path, max_frame_pixels: int):
@@ -388,14 +397,15 @@ def _indexed(path, max_frame_pixels: int):
                 "(max_frame_pixels, --max-frame-pixels)",
             )
         stream.thread_type = "AUTO"  # frame and slice threads: the decoder's own parallelism
-        pts_index, keys, end, hidden = _frame_index(container, stream, path)
+        pts_index, keys, end, hidden, ordered = _frame_index(container, stream, path)
         if pts_index is None:
             # Packets without timestamps (a raw elementary stream: .h264, .hevc): its frames are counted by
             # decoding it from a fresh open, and taken by counting from another (read_video).
             container.close()
             container = _open(path)
             stream = _video_stream(container)
-            total = _frame_count(container, stream, max_frame_pixels, path)
+            total, first = _frame_count(container, stream, max_frame_pixels, path)
+            width, height = first or (width, height)
         else:
             total = len(pts_index)
         _check_not_still(container, total, path)
@@ -407,7 +417,7 @@ def _indexed(path, max_frame_pixels: int):
         container.close()
         raise
     keyframes = [] if pts_index is None else sorted({bisect.bisect_left(pts_index, k) for k in keys})
-    return container, stream, _Index(pts_index, keyframes, total)
+    return container, stream, _Index(pts_index, keyframes, total, ordered, (width, height))
 
 
 def read_video(
@@ -469,7 +479,6 @@ def read_video(
         check_count(len(indices), "len(indices)")
     container, stream, index = _indexed(path, max_frame_pixels)
     pts_index, total = index.pts, index.total
-    size = (stream.codec_context.width or 0, stream.codec_context.height or 0)
     try:
         if indices is None:
             rng = np.random.default_rng(seed)
@@ -482,11 +491,13 @@ def read_video(
             if bad or not indices:
                 raise ValueError(f"frame indices must be in [0, {total}) for {path}, got {bad or indices}")
         wanted = sorted(set(indices))
-        to_rgb = _ToRGB(max_frame_pixels, path, size=size)
+        # (The header's size, as the first open read it: a raw stream, counted by decoding, has the last
+        # frame's on its stream now.)
+        to_rgb = _ToRGB(max_frame_pixels, path, size=index.size)
         frames: dict[int, np.ndarray] = {}
         # Frames that share a timestamp (a broken muxer's) are told apart by their order from the start only:
         # a seek may land between them.
-        if pts_index is not None and len(set(pts_index)) == total:
+        if pts_index is not None and len(set(pts_index)) == total and index.ordered:
             frames = _decode_by_pts(container, stream, index, wanted, to_rgb, path)
         if len(frames) < len(wanted):
             # No timestamps, duplicate ones, decoded timestamps that match no packet, a seek that fails (no
@@ -494,7 +505,8 @@ def read_video(
             # the whole clip is taken from the start of a fresh open, numbered as the seek numbers it, so that
             # all its frames have one numbering (a seek to time 0 is not the start where timestamps begin
             # below 0).
-            for numbered_by in (pts_index, None):  # timestamps, then counting where they are out of order
+            # Timestamps, then counting where they come out of order; counting alone where the clock goes back.
+            for numbered_by in (pts_index, None) if index.ordered else (None,):
                 container.close()
                 container = _open(path)
                 stream = _video_stream(container)
@@ -551,7 +563,9 @@ def _decode_by_pts(container, stream, index: _Index, wanted: list[int], to_rgb: 
         tried = range(key, max(key - 1 - SEEK_BACKOFF, -1), -1)
         targets = [index.pts[index.keyframes[k]] for k in tried] + ([_BEFORE_START] if 0 in tried else [])
         for target in targets or [index.pts[run[0]]]:
-            taken = _decode_run(container, stream, index.pts, keys, target, run, to_rgb, path)
+            # Before the first indexed keyframe (an MP4 cut without re-encoding hides its first one), frames
+            # count from the seek, as the index has no keyframe to wait for.
+            taken = _decode_run(container, stream, index.pts, keys, key < 0, target, run, to_rgb, path)
             if taken is not None:
                 break
         if not taken:
@@ -576,7 +590,15 @@ def _runs(wanted: list[int], keyframes: list[int]) -> list[list[int]]:
 
 
 def _decode_run(
-    container, stream, pts_index: list[int], keys: set[int], target: int, run: list[int], to_rgb: _ToRGB, path
+    container,
+    stream,
+    pts_index: list[int],
+    keys: set[int],
+    keyed: bool,
+    target: int,
+    run: list[int],
+    to_rgb: _ToRGB,
+    path,
 ) -> dict[int, np.ndarray] | None:
     """The frames ``run`` (sorted), decoded from a seek to the keyframe at or before timestamp ``target``;
     ``None`` where the seek landed past the run's first frame or at the end (or that frame does not decode,
@@ -586,7 +608,8 @@ def _decode_run(
     # A fresh numbering per seek: leading frames of an open GOP, decoded after a seek, may come with
     # timestamps below those of the run before.
     numbering, taken = _Numbering(pts_index), _Taken(run, to_rgb)
-    keyed = False  # a keyframe decoded since the seek: frames before it may be ones a decoder made up
+    # ``keyed``: a keyframe decoded since the seek (frames before it may be ones a decoder made up), or none
+    # to wait for.
     try:
         container.seek(target, stream=stream, backward=True, any_frame=False)
     except av.error.FFmpegError:
@@ -798,7 +821,7 @@ def video_info(path: str | os.PathLike, max_frame_pixels: int = MAX_FRAME_PIXELS
     try:
         rate = stream.average_rate
         # (Within max_frame_pixels: _indexed checked the stored size.)
-        height, width = _displayed_size(path, stream.codec_context.height, stream.codec_context.width)
+        height, width = _displayed_size(path, index.size[1], index.size[0])
         return {
             "frames": index.total,
             "height": height,
