@@ -112,7 +112,9 @@ def test_id2label_names_may_be_numpy_integers_and_strings():
         type(v) is str for v in config.id2label.values()
     )
     assert config.label2id == {"7": 0, "b": 1, "30": 2}
-    with pytest.raises(ValueError, match=r"id2label names must be strings, got np.float64\(1.5\) for class 0"):
+    with pytest.raises(
+        ValueError, match=r"id2label names must be strings, got np.float64\(1.5\) for class 0"
+    ):
         TimesformerConfig(id2label={0: np.float64(1.5)})
 
 
