@@ -237,6 +237,7 @@ def test_cpu_microbenchmarks_run_through_pytest_benchmark(monkeypatch):
     assert {n for n in names if n.startswith("decode 8 frames")} == {
         "decode 8 frames, 2 s 128x72 H.264 (keyframe every 2 s)",
         "decode 8 frames, 2 s 128x72 H.264 (x264 default keyframes)",
+        "decode 8 frames, 2 s 128x72 H.264 (keyframe every 2 s, MPEG-TS)",
     }
     assert "preprocess 8 frames 128x72 -> 224^2 (pure-torch fallback)" in names
     assert all(k["ms"] > 0 and k["baseline_ms"] > 0 for k in result["kernels"])
