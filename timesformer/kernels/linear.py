@@ -19,9 +19,11 @@ One GEMM kernel, ``out = epilogue(A @ W^T)``, with constexpr features for the si
   against torch). The ``mean * c1`` cancellation costs ~|mean|/std fp32 ulps, under a 16-bit ulp until a
   row's mean is ~1000x (fp16) or ~10000x (bf16) its spread, or a row is one value (known limit: the
   residual stream's rows are far from that; rows of zeros are exact). fp32 rows have no such margin
-  (``CENTER``): each tile's deviations from its mean are multiplied instead, and that mean's distance from
-  the first tile's is added times the tile's weight sums, so no large term cancels (rows 1000x off zero
-  and constant rows keep fp32's accuracy; a TF32 product rounds only the deviations).
+  (``CENTER``): each tile's deviations from its mean are multiplied instead, and the accumulator is kept
+  relative to the running mean of the tiles so far (each tile adds its mean's distance from it times the
+  tile's weight sums; each move of it subtracts the move times the earlier tiles' sums), so no large term
+  cancels (rows 1000x off zero, constant rows, and rows whose first features stand 100x apart keep fp32's
+  accuracy; a TF32 product rounds only the deviations).
 - ``ACTIVATION``: exact (erf) GELU, the tanh GELU, ReLU, SiLU, quick GELU or none, in fp32 before the one
   rounding. Other activations of the config run in torch after the kernel (``ACTIVATIONS_IN_KERNEL``).
 - ``RESIDUAL``: ``out = residual + A W^T + b``, written in place into the residual stream (out-projections,
@@ -151,9 +153,11 @@ def _linear_tile(
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     mean = tl.zeros([BLOCK_M], tl.float32)
     m2 = tl.zeros([BLOCK_M], tl.float32)
-    # What acc holds the rows less of (CENTER: the first tile's mean); ``mean`` is kept relative to it, so that
-    # merging the tiles' means rounds at the size of their spread, not of the rows' offset.
+    # What acc holds the rows less of (CENTER: the running mean of the tiles so far); ``mean`` is kept relative
+    # to it, so that merging the tiles' means rounds at the size of their spread, not of the rows' offset.
     shift = tl.zeros([BLOCK_M], tl.float32)
+    # CENTER: the weight sums of the tiles so far, which a move of ``shift`` multiplies.
+    wsum = tl.zeros([BLOCK_N], tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + offs_k
         k_ok = k < K
@@ -184,21 +188,39 @@ def _linear_tile(
             mean_b = tl.sum(a32, 1) / count_b
             dev = tl.where(k_ok[None, :], a32 - mean_b[:, None], 0.0)
             if CENTER:
-                # fp32 rows multiplied raw would leave mean * c1 to cancel at fp32 precision, ~|mean|/std ulps
-                # where torch centers first, and a TF32 product rounds its inputs relative to their size.
-                # Multiply the tile's deviations from its mean instead, and add that mean's distance from
-                # the first tile's (the shift) times the tile's weight sums: every term stays small.
                 shift = tl.where(k0 == 0, mean_b, shift)
-                acc += mma(dev, w, DOT_PRECISION, INTERPRET)
-                acc += (mean_b - shift)[:, None] * tl.sum(w, 0)[None, :]
-            else:
-                # 16-bit rows go in exactly as loaded (no rounding on the A tile's path): the products are
-                # exact and the fp32 cancellation costs ~|mean|/std fp32 ulps, far under a 16-bit ulp.
-                acc += mma(a, w, DOT_PRECISION, INTERPRET)
             delta = (mean_b - shift) - mean
             total = count_a + count_b
             mean += delta * (count_b / total)
             m2 += tl.sum(dev * dev, 1) + delta * delta * (count_a * count_b / total)
+            if CENTER:
+                # fp32 rows multiplied raw would leave mean * c1 to cancel at fp32 precision, ~|mean|/std ulps
+                # where torch centers first, and a TF32 product rounds its inputs relative to their size.
+                # Multiply the tile's deviations from its mean instead, and keep acc relative to the running
+                # mean of the tiles so far (the shift, moved here by ``step``): the tile's mean adds its
+                # distance from that times its weight sums, the move subtracts ``step`` times the earlier
+                # tiles'. Every term stays small, and a tile far from the others (a row whose first features
+                # stand apart) is not a large term in every later tile and in a final mean * c1 (3x torch's
+                # error where the first tile stood 100x apart, measured with the first tile's mean as shift).
+                moved = shift + mean
+                step = moved - shift  # exact: the two are close (Sterbenz)
+                w_b = tl.sum(w, 0)
+                acc += mma(dev, w, DOT_PRECISION, INTERPRET)
+                # The same two rank-1 updates in the form that compiles without spilling for each precision
+                # on Triton 3.6 and 3.9 (tools.gpu_compile): as one expression, full-precision products
+                # spilled 8-12 B on sm_90 with 3.6; as two, TF32 spilled 4 B on sm_80 with 3.9.
+                if DOT_PRECISION == "tf32":
+                    acc += (mean_b - moved)[:, None] * w_b[None, :] - step[:, None] * wsum[None, :]
+                else:
+                    acc += (mean_b - moved)[:, None] * w_b[None, :]
+                    acc -= step[:, None] * wsum[None, :]
+                wsum += w_b
+                mean -= step
+                shift = moved
+            else:
+                # 16-bit rows go in exactly as loaded (no rounding on the A tile's path): the products are
+                # exact and the fp32 cancellation costs ~|mean|/std fp32 ulps, far under a 16-bit ulp.
+                acc += mma(a, w, DOT_PRECISION, INTERPRET)
         else:
             acc += mma(a, w, DOT_PRECISION, INTERPRET)
 
