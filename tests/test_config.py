@@ -167,6 +167,22 @@ def test_dtype_reads_as_a_torch_dtype_under_either_spelling():
     assert TimesformerConfig(dtype="not a dtype").dtype == "not a dtype"  # kept as given, refused at load
 
 
+def test_to_dict_has_transformers_keys_and_values(hf):
+    """``to_dict`` lacked transformers' generic keys (``_name_or_path``, ``is_encoder_decoder``,
+    ``chunk_size_feed_forward``, ``architectures``, ``dtype``): code that indexes them raised KeyError."""
+    kwargs = dict(num_frames=3, hidden_size=40, num_attention_heads=5, problem_type="regression")
+    ref, ours = hf.TimesformerConfig(**kwargs).to_dict(), TimesformerConfig(**kwargs).to_dict()
+    ref.pop("transformers_version")  # (this package's configs are not transformers')
+    assert ours == ref
+    named = TimesformerConfig(name_or_path="some/where", architectures=["TimesformerModel"])
+    assert named.to_dict()["_name_or_path"] == "some/where"
+    assert named.to_diff_dict()["architectures"] == ["TimesformerModel"]
+    assert "_name_or_path" not in named.to_diff_dict()
+    # Read back (update, from_dict(to_dict())), the generic keys at their defaults stay out of config.json.
+    again = TimesformerConfig.from_dict(TimesformerConfig(**kwargs).to_dict())
+    assert again.to_diff_dict() == TimesformerConfig(**kwargs).to_diff_dict()
+
+
 def test_serialization_methods_take_transformers_arguments(hf, tmp_path):
     """``to_json_string(use_diff=...)``, ``to_json_file(json_file_path=...)``, ``save_pretrained(save_directory=,
     push_to_hub=False)``: transformers' keywords raised TypeError here."""
@@ -184,7 +200,11 @@ def test_serialization_methods_take_transformers_arguments(hf, tmp_path):
     assert TimesformerConfig.from_json_file(tmp_path / "c.json") == ours
     ours.save_pretrained(save_directory=tmp_path / "saved", push_to_hub=False, commit_message="unused")
     assert TimesformerConfig.from_pretrained(tmp_path / "saved") == ours
-    assert json.loads((tmp_path / "saved" / "config.json").read_text()) == full  # every field, as before
+    # Every field, but where it was read from and transformers' generic keys left at their defaults.
+    generic = {"_name_or_path", "architectures", "chunk_size_feed_forward", "dtype", "is_encoder_decoder"}
+    assert generic <= set(full) and not generic & set(diff)
+    saved = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert saved == {k: v for k, v in full.items() if k not in generic}
     with pytest.raises(ValueError, match="push_to_hub=True is not supported"):
         ours.save_pretrained(tmp_path / "hub", push_to_hub=True)
     assert not (tmp_path / "hub").exists()

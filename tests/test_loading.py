@@ -50,7 +50,8 @@ def test_our_checkpoint_loads_in_transformers(hf, tmp_path, safe):
     loaded = again.config.to_dict()
     assert loaded.pop("dtype") == "float32"  # what the model was loaded in; the saved model's records none
     assert loaded["architectures"] == ["TimesformerForVideoClassification"]
-    assert loaded == {k: v for k, v in ours.config.to_dict().items() if k != "dtype"}
+    assert loaded.pop("_name_or_path") == str(tmp_path) == ref.config.to_dict()["_name_or_path"]
+    assert loaded == {k: v for k, v in ours.config.to_dict().items() if k not in ("dtype", "_name_or_path")}
     for (k, a), (k2, b) in zip(ours.state_dict().items(), again.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(a, b)
 

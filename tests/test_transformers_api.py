@@ -407,6 +407,40 @@ def test_methods_trainer_and_accelerate_call(impl):
     assert api.Classifier._keys_to_ignore_on_save is None
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_retrieve_modules_and_attention_checks_answer_as_transformers(impl):
+    """``retrieve_modules_from_names`` (transformers' loading helpers) and ``get_correct_attn_implementation``
+    were missing; ``register_for_auto_class`` (hub remote code) raises naming ``AutoModel.register``."""
+    _, model, _ = _model(impl, seed=5)
+    keys = [
+        "classifier.bias",
+        "timesformer.encoder.layer.1.output.dense.weight",
+        "timesformer.embeddings.cls_token",
+    ]
+    names = {id(m): n for n, m in model.named_modules()}
+    found_modules = model.retrieve_modules_from_names(keys)
+    found = [names[id(m)] for m in found_modules]
+    assert found == ["timesformer.embeddings", "timesformer.encoder.layer.1.output.dense", "classifier"]
+    # Keys of the head model matched on the base model, and the base model's keys on the head model.
+    bare = [k.removeprefix("timesformer.") for k in keys]
+    assert model.retrieve_modules_from_names(bare, remove_prefix=True) == model.retrieve_modules_from_names(
+        keys
+    )
+    assert model.base_model.retrieve_modules_from_names(keys, add_prefix=True) == found_modules[:2]
+    assert model.get_correct_attn_implementation("eager") == "eager"
+    if impl == "transformers":  # (its TimeSformer has no sdpa: the default falls back to eager)
+        assert model.get_correct_attn_implementation(None) == "eager"
+    else:
+        assert model.get_correct_attn_implementation("sdpa") == "sdpa"
+        assert model.get_correct_attn_implementation(None) == "auto"
+    with pytest.raises(ValueError, match="attn_implementation"):
+        model.get_correct_attn_implementation("paged_attention_9")
+    if impl != "transformers":
+        for owner in (type(model), type(model.config)):
+            with pytest.raises(NotImplementedError, match=r"register_for_auto_class.*\.register\("):
+                owner.register_for_auto_class()
+
+
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
 def test_push_to_hub_is_refused_naming_the_way_to_upload(impl):
     api, model, _ = _model(impl, seed=2)

@@ -98,6 +98,13 @@ _TRANSFORMERS_DEFAULTS: dict[str, Any] = {
     "is_encoder_decoder": False,
 }
 
+
+def _is_default(name: str, value: Any) -> bool:
+    """Whether ``value`` is transformers' default of the generic key ``name`` (``0`` is not ``False``)."""
+    default = _TRANSFORMERS_DEFAULTS[name]
+    return type(value) is type(default) and value == default
+
+
 # Keys set through properties of their own.
 _LABEL_AND_DTYPE_KEYS = ("id2label", "label2id", "num_labels", "dtype", "torch_dtype")
 
@@ -317,6 +324,8 @@ class TimesformerConfig:
         # Keys this package does not interpret ("architectures", "dtype", "transformers_version", ...).
         self._extra: dict[str, Any] = {}
         for key, value in kwargs.items():
+            if key in _TRANSFORMERS_DEFAULTS and _is_default(key, value):
+                continue  # (to_dict's own "architectures": None read back: not a key of this config's)
             self._extra[key] = value
         if "dtype" in self._extra:
             self.dtype = self._extra["dtype"]
@@ -551,10 +560,12 @@ class TimesformerConfig:
         return self
 
     def to_diff_dict(self) -> dict[str, Any]:
-        """``to_dict`` less the generic fields at their defaults (what transformers writes for a model config)."""
+        """``to_dict`` less the generic fields at their defaults and ``_name_or_path`` (what transformers writes
+        for a model config)."""
         out = self.to_dict()
-        for name, default in GENERIC_FIELDS.items():
-            if out.get(name) == default:
+        del out["_name_or_path"]  # (where it was read from: not written, as transformers)
+        for name, default in (*GENERIC_FIELDS.items(), *_TRANSFORMERS_DEFAULTS.items()):
+            if name in out and out[name] == default:
                 del out[name]
         return out
 
@@ -610,6 +621,10 @@ class TimesformerConfig:
         out["label2id"] = dict(self.label2id)
         for name in GENERIC_FIELDS:
             out[name] = getattr(self, name)
+        for name, default in _TRANSFORMERS_DEFAULTS.items():  # transformers' generic keys (code reads them)
+            if not name.startswith("_"):
+                out.setdefault(name, default)
+        out["_name_or_path"] = self.name_or_path
         out["model_type"] = self.model_type
         return dict(sorted(out.items()))
 
@@ -701,8 +716,9 @@ class TimesformerConfig:
     def save_pretrained(
         self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any
     ) -> None:
-        """Write ``save_directory/config.json`` with every field (``transformers`` leaves out generic fields
-        at their defaults; both load the same). ``push_to_hub`` only ``False`` (this package never uploads);
+        """Write ``save_directory/config.json`` with every field but ``_name_or_path`` and transformers' generic
+        keys this config does not set (``transformers`` leaves out generic fields at their defaults; both load
+        the same). ``push_to_hub`` only ``False`` (this package never uploads);
         ``kwargs`` are ``transformers``' upload options, unused without it."""
         refuse_push_to_hub(push_to_hub)
         if isinstance(self.drop_path_rate, float):  # 0.0 too: the check is of the JSON type
@@ -713,10 +729,24 @@ class TimesformerConfig:
                 self.drop_path_rate,
             )
         os.makedirs(save_directory, exist_ok=True)
-        self.to_json_file(os.path.join(save_directory, CONFIG_NAME), use_diff=False)
+        fields = self.to_dict()
+        del fields["_name_or_path"]
+        for name in _TRANSFORMERS_DEFAULTS:  # (written where set: "architectures")
+            if name in fields and _is_default(name, fields[name]):
+                del fields[name]
+        with open(os.path.join(save_directory, CONFIG_NAME), "w", encoding="utf-8") as f:
+            f.write(json.dumps(fields, indent=2, sort_keys=True) + "\n")
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> None:
         no_push_to_hub(self)
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class: str | type = "AutoConfig") -> None:
+        """Not provided: it marks hub remote code, and this package is installed instead."""
+        raise NotImplementedError(
+            f"{cls.__name__}.register_for_auto_class is not provided (it is for hub remote code; this package is "
+            f"installed): call transformers.AutoConfig.register('timesformer', {cls.__name__}, exist_ok=True)"
+        )
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, TimesformerConfig) and self.to_dict() == other.to_dict()

@@ -757,6 +757,48 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
         self._request_backend(name)
         return self
 
+    def get_correct_attn_implementation(
+        self, requested_attention: str | None, is_init_check: bool = False
+    ) -> str:
+        """The attention a model asked for ``requested_attention`` records, as ``transformers``' check: the name
+        itself (``None``: ``"auto"``, the default here, where transformers' is ``"sdpa"``); a name that is no
+        attention or a backend that cannot run at all raises ``ValueError``."""
+        name = "auto" if requested_attention is None else requested_attention
+        backend = attn_backend(name)
+        if backend != "auto":
+            get_backend(backend)
+        return name
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class: str | type = "AutoModel") -> None:
+        """Not provided: it marks hub remote code, and this package is installed instead. Register the classes
+        with ``transformers``' auto classes (``AutoModel.register``), as the README shows."""
+        raise NotImplementedError(
+            f"{cls.__name__}.register_for_auto_class is not provided (it is for hub remote code; this package is "
+            "installed): call transformers.AutoConfig.register('timesformer', TimesformerConfig, exist_ok=True) "
+            f"and transformers.AutoModel.register(TimesformerConfig, {cls.__name__}, exist_ok=True) instead"
+        )
+
+    def retrieve_modules_from_names(
+        self, names: list[str], add_prefix: bool = False, remove_prefix: bool = False
+    ) -> list[nn.Module]:
+        """The modules that hold the parameters or buffers ``names`` (state-dict keys), in ``named_modules``
+        order, as ``transformers``'; ``add_prefix`` / ``remove_prefix``: the module names are matched with the
+        base model's prefix (``timesformer.``) added (removed), for a head model's keys on the base model (the
+        base model's keys on a head model)."""
+        owners = {key.rpartition(".")[0] for key in names}
+        # (A ParameterList's entries: "owner.list.0" belongs to "owner", as transformers reads such keys.)
+        owners |= {".".join(key.split(".")[:-2]) for key in names if key[-1:].isdigit()}
+        found = []
+        for name, module in self.named_modules():
+            if remove_prefix:
+                name = name.removeprefix(f"{self.base_model_prefix}.")
+            elif add_prefix:
+                name = f"{self.base_model_prefix}.{name}" if name else self.base_model_prefix
+            if name in owners:
+                found.append(module)
+        return found
+
     def set_attn_implementation(self, attn_implementation: str) -> None:
         """``transformers``' call for switching attention: ``"eager"`` -> ``eager``, ``"sdpa"`` -> ``sdpa``,
         ``"flash_attention_2"`` -> ``auto`` (the fused kernels where they run), as in ``from_pretrained``."""
