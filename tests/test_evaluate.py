@@ -775,9 +775,32 @@ def test_lines_that_are_not_predictions_are_redone_on_resume(videos, bundled, tm
         metrics = evaluate(videos, model, processor, out, workers=0, limit=3, resume=True)
     assert (metrics["num_videos"], metrics["num_missing"], metrics["videos_evaluated"]) == (3, 0, 3)
     messages = [r.getMessage() for r in caplog.records]
-    assert sum("skipping a line that is not a prediction" in m for m in messages) >= len(bad)
-    assert sum("skipping a line that is not JSON" in m for m in messages) >= len(unreadable)
+    # Once each (not again before appending and at the merge).
+    assert sum("skipping a line that is not a prediction" in m for m in messages) == len(bad)
+    assert sum("skipping a line that is not JSON" in m for m in messages) == len(unreadable)
     assert _paths(out)[0] == first and len(_paths(out)) == 3
+
+
+def test_lines_of_another_model_are_not_overwritten(videos, bundled, tmp_path):
+    """A folder whose lines were all foreign (another model's labels, edited by hand) counted as empty: the run
+    went ahead without --resume, compared no settings, and its merge deleted every earlier line."""
+    from timesformer.evaluate import SETTINGS, evaluate
+
+    model, processor = bundled
+    out = tmp_path / "out"
+    out.mkdir()
+    lines = [
+        {"path": str(videos / "a.mp4"), "label_id": 9, "top": [{"label_id": 9}]},  # a 10-class model's
+        {"id": 1, "pred": "cat"},
+    ]
+    text = "".join(json.dumps(r) + "\n" for r in lines)
+    (out / PREDICTIONS).write_text(text)
+    (out / SETTINGS).write_text(json.dumps({"model weights": "0123", "num_frames": 8}))
+    with pytest.raises(FileExistsError, match="already holds lines that are not predictions of this model"):
+        evaluate(videos, model, processor, out, workers=0, limit=2)
+    with pytest.raises(ValueError, match=r"other settings: model weights"):
+        evaluate(videos, model, processor, out, workers=0, limit=2, resume=True)
+    assert (out / PREDICTIONS).read_text() == text
 
 
 def test_repair_cuts_only_a_torn_line(tmp_path):

@@ -578,11 +578,13 @@ def _check_regular(path: Path) -> None:
         )
 
 
-def read_predictions(path: Path, repair: bool = False, num_labels: int | None = None) -> list[dict]:
+def read_predictions(
+    path: Path, repair: bool = False, num_labels: int | None = None, warn: bool = True
+) -> list[dict]:
     """The complete lines of a predictions file. A torn last line (a run killed while writing it) is left out,
     and with ``repair`` cut off the file, so that appending goes on after the last complete line. Lines that
-    are not predictions (``is_prediction``: edited by hand, of a model with other labels) are skipped with a
-    warning, so a resumed run evaluates their videos again."""
+    are not predictions (``is_prediction``: edited by hand, of a model with other labels) are skipped, with a
+    warning unless not ``warn``, so a resumed run evaluates their videos again (the merge drops them)."""
     if not path.exists():
         return []
     _check_regular(path)
@@ -598,11 +600,12 @@ def read_predictions(path: Path, repair: bool = False, num_labels: int | None = 
                 try:
                     record = json.loads(raw)
                 except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past Python's stack
-                    logger.warning("%s: skipping a line that is not JSON: %r", path, raw[:80])
+                    if warn:
+                        logger.warning("%s: skipping a line that is not JSON: %r", path, raw[:80])
                 else:
                     if is_prediction(record, num_labels):
                         records.append(record)
-                    else:
+                    elif warn:
                         logger.warning("%s: skipping a line that is not a prediction: %r", path, raw[:80])
         offset = end
     if repair and good_end < len(data):
@@ -622,10 +625,21 @@ def _absolute(record: dict) -> dict:
     return record
 
 
-def _recorded(output: Path, num_labels: int | None = None) -> list[dict]:
+def _recorded(output: Path, num_labels: int | None = None, warn: bool = True) -> list[dict]:
     """Every prediction line in ``output``: ``predictions.jsonl``'s, then the ranks' part files'."""
     files = [output / PREDICTIONS, *_part_files(output)]
-    return [_absolute(r) for file in files for r in read_predictions(file, num_labels=num_labels)]
+    return [_absolute(r) for file in files for r in read_predictions(file, False, num_labels, warn)]
+
+
+def _holds_lines(output: Path) -> bool:
+    """Whether ``output``'s predictions files hold any line, a prediction or not (of a model with other
+    labels, edited by hand): a run without ``--resume`` must not rewrite them."""
+    for file in (output / PREDICTIONS, *_part_files(output)):
+        if file.is_file():
+            with open(file, "rb") as f:
+                if any(line.strip() for line in f):
+                    return True
+    return False
 
 
 def _final(record: dict, labels: Mapping[str, int]) -> bool:
@@ -635,7 +649,9 @@ def _final(record: dict, labels: Mapping[str, int]) -> bool:
     return record.get("error") is None and labels.get(record["path"]) == record["label_id"]
 
 
-def merge_predictions(output: Path, samples: Sequence[Sample], num_labels: int | None = None) -> list[dict]:
+def merge_predictions(
+    output: Path, samples: Sequence[Sample], num_labels: int | None = None, warn: bool = True
+) -> list[dict]:
     """Merge ``predictions.jsonl`` and the ranks' part files into ``predictions.jsonl`` (one line per video, in
     the order of ``samples``, then any others), atomically; then remove the parts. Of several lines of a video
     (a resumed run redid it) the final one (``_final``) is kept, else the last with the video's label in DATA,
@@ -650,7 +666,7 @@ def merge_predictions(output: Path, samples: Sequence[Sample], num_labels: int |
 
     by_path: dict[str, dict] = {}
     parts = _part_files(output)
-    for record in _recorded(output, num_labels):
+    for record in _recorded(output, num_labels, warn):
         kept = by_path.get(record["path"])
         if kept is None or standing(record) >= standing(kept):
             by_path[record["path"]] = record
@@ -1155,11 +1171,16 @@ def evaluate(
             if rank == 0:
                 lock = _lock(output)
             recorded = _recorded(output, config.num_labels)
-            if recorded and not resume:
+            held = bool(recorded) or _holds_lines(output)
+            if held and not resume:
                 videos = len({r["path"] for r in recorded})
+                what = (
+                    f"predictions of {videos} videos"
+                    if videos
+                    else "lines that are not predictions of this model"
+                )
                 raise FileExistsError(
-                    f"{output} already holds predictions of {videos} videos; pass --resume to go on with them, or "
-                    "choose another --output"
+                    f"{output} already holds {what}; pass --resume to go on with them, or choose another --output"
                 )
             labels = {s.path: s.label for s in samples}
             done = {r["path"] for r in recorded if _final(r, labels)}
@@ -1180,7 +1201,7 @@ def evaluate(
                 # The frames' preprocessing, field by field (the model folder's preprocessor config may change).
                 **{f"preprocessing {k}": v for k, v in processor.to_dict().items()},
             }
-            _check_settings(output, settings, compare=bool(recorded), write=rank == 0)
+            _check_settings(output, settings, compare=held, write=rank == 0)
             if rank == 0 and world > 1:
                 token = os.urandom(8).hex()
                 (output / JOB_MARK).write_text(token)
@@ -1222,7 +1243,7 @@ def evaluate(
             prefetch_factor=2 if workers > 0 else None,
         )
         mine_file = output / (PREDICTIONS if world == 1 else PART.format(rank=rank))
-        read_predictions(mine_file, repair=True)  # cut a torn last line before appending
+        read_predictions(mine_file, repair=True, warn=False)  # cut a torn last line before appending
         # Rank 0's share under torchrun (the others' progress is not sent to it), and said so.
         label = f"rank 0 of {world}: " if world > 1 else ""
         bar = Progress(len(todo), enabled=progress if rank == 0 else False, label=label)
@@ -1269,7 +1290,7 @@ def evaluate(
         if rank != 0:
             return {}
         with _writing(output / PREDICTIONS):
-            records = merge_predictions(output, samples, model.config.num_labels)
+            records = merge_predictions(output, samples, model.config.num_labels, warn=False)
         metrics = compute_metrics(records, samples, id2label)
         metrics.update(
             views={
