@@ -169,8 +169,13 @@ class SdpaBackend(Backend):
             # mean_t(out(c_t)) == out(mean_t c_t): project one averaged CLS row instead of T.
             x[:, 0].add_(F.linear(cls_ctx.mean(1), w_o, b_o))
             return x
-        r_p = self._dropout(s_attn.output.dropout, F.linear(patch_ctx, w_o, b_o), fwd)
-        r_c = self._dropout(s_attn.output.dropout, F.linear(cls_ctx, w_o, b_o), fwd)
+        r_p, r_c = F.linear(patch_ctx, w_o, b_o), F.linear(cls_ctx, w_o, b_o)
+        if fwd.training and s_attn.output.dropout.p > 0:
+            # One draw over the reference's (clip, frame, CLS + patches) layout, so that a seed draws the
+            # reference's mask (training with one seed gives transformers' numbers).
+            r = torch.cat((r_c.unsqueeze(2), r_p.view(batch, n, frames, hidden).transpose(1, 2)), 2)
+            r = F.dropout(r, s_attn.output.dropout.p, training=True)
+            r_c, r_p = r[:, :, 0], r[:, :, 1:].transpose(1, 2).reshape(batch, n * frames, hidden)
         if fwd.training and layer.drop_path_rate > 0:
             # The reference draws once per (clip, frame) sequence of the spatial pass, CLS included.
             keep = 1.0 - layer.drop_path_rate
