@@ -106,6 +106,27 @@ def test_saved_adapter_reloads_and_merging_brings_the_fused_path_back(backend, t
         torch.testing.assert_close(merged(x).logits, adapted, rtol=1e-5, atol=1e-5)
 
 
+def test_auto_peft_model_loads_an_adapter_with_the_import_allowlist(tmp_path):
+    """As the README says: PEFT records ``timesformer.modeling`` as the base class's library and imports it
+    only when allowed."""
+    ours, _, kwargs = _pair("sdpa", seed=24)
+    ours.save_pretrained(tmp_path / "base")
+    base = timesformer.TimesformerForVideoClassification.from_pretrained(tmp_path / "base")
+    model = _adapted(base, peft.LoraConfig(**LORA), 4).eval()
+    model.save_pretrained(tmp_path / "adapter")
+    x = random_clip(kwargs)
+    with torch.no_grad():
+        adapted = model(pixel_values=x).logits
+    with pytest.raises(ValueError, match=r"import_allowlist=\['timesformer.modeling'\]"):
+        peft.AutoPeftModel.from_pretrained(tmp_path / "adapter")
+    loaded = peft.AutoPeftModel.from_pretrained(
+        tmp_path / "adapter", import_allowlist=["timesformer.modeling"]
+    )
+    assert type(loaded.base_model.model) is timesformer.TimesformerForVideoClassification
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(pixel_values=x).logits, adapted, rtol=1e-5, atol=1e-5)
+
+
 def test_accelerate_empty_init_and_dispatch_load_a_sharded_checkpoint(tmp_path):
     ours, _, kwargs = _pair("sdpa", seed=24)
     ours.save_pretrained(tmp_path, max_shard_size="10KB")
