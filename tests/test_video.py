@@ -684,6 +684,26 @@ def test_still_images_read_by_video_demuxers_are_not_videos(
             read()
 
 
+@pytest.mark.parametrize("codec, frames", [("libwebp_anim", 5), ("libwebp", 1)])
+def test_an_animated_webp_is_not_called_a_still_image(tmp_path, codec, frames):
+    """FFmpeg reads WebP as a still image and decodes no frame of an animation: a 5-frame WebP was called "a
+    still image (webp)"."""
+    path = tmp_path / "clip.webp"
+    with av.open(str(path), "w", format="webp") as c:
+        s = c.add_stream(codec, rate=10)
+        s.width, s.height, s.pix_fmt = 32, 24, "yuv420p"
+        rng = np.random.default_rng(frames)
+        for _ in range(frames):
+            pixels = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+            c.mux(s.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        c.mux(s.encode())
+    message = (
+        r"is an animated WebP, which FFmpeg's WebP reader cannot decode" if frames > 1 else "still image"
+    )
+    with pytest.raises(VideoError, match=message):
+        read_video(path, 2, 1)
+
+
 def test_a_one_frame_video_is_a_video(tmp_path):
     path = tmp_path / "one.mp4"
     _one_frame(path, "libx264", "yuv420p", "mp4")
