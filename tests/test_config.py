@@ -174,6 +174,8 @@ def test_to_dict_has_transformers_keys_and_values(hf):
     ref, ours = hf.TimesformerConfig(**kwargs).to_dict(), TimesformerConfig(**kwargs).to_dict()
     ref.pop("transformers_version")  # (this package's configs are not transformers')
     assert ours == ref
+    assert TimesformerConfig().transformers_version is None
+    assert TimesformerConfig(transformers_version="4.40.0").transformers_version == "4.40.0"
     named = TimesformerConfig(name_or_path="some/where", architectures=["TimesformerModel"])
     assert named.to_dict()["_name_or_path"] == "some/where"
     assert named.to_diff_dict()["architectures"] == ["TimesformerModel"]

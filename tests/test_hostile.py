@@ -500,7 +500,7 @@ def test_bad_setups_fail_before_decoding_with_one_line(model_dir, demo_clip):
     _one_error_line(_cli("classify", missing, "--model", model_dir), "image_std must be positive and finite")
     # Positive and finite, but out of float32's range once applied: every video was "not finite".
     _edit_json(preprocessor, image_std=[1e-45, 0.2, 0.2])
-    _one_error_line(_cli("classify", missing, "--model", model_dir), "out of float32's range")
+    _one_error_line(_cli("classify", missing, "--model", model_dir), "out of the range a model takes")
     # A crop no model can run in reasonable time (it asked for 25 GB per video).
     _edit_json(preprocessor, image_std=[0.2, 0.2, 0.2], size={"shortest_edge": 16384}, crop_size=16384)
     _one_error_line(
@@ -656,6 +656,39 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(demo_clip, tmp_path):
     assert "[#" not in proc.stderr and proc.stderr.strip().startswith("timesformer: error:"), proc.stderr
 
 
+def test_setups_that_ran_unsaid_are_warned_about_or_refused(model_dir, demo_clip):
+    """Ran without a word: a preprocessor_config.json edit that video_preprocessor_config.json beside it
+    outvoted, and 224x224 crops (the defaults, without a preprocessor config) for a 32x32 model, about 50x the
+    compute; a 1-channel model failed on every video after decoding it, then exited 0."""
+    from timesformer.preprocess import VideoProcessor
+
+    image = model_dir / "preprocessor_config.json"
+    VideoProcessor.from_pretrained(image).save_pretrained(model_dir)  # writes both files
+    _edit_json(image, image_mean=[0.5, 0.5, 0.5])
+    proc = _cli("classify", demo_clip, "--model", model_dir, "--top-k", "1")
+    assert proc.returncode == 0, proc.stderr
+    warning = (
+        "timesformer: warning: " + str(model_dir / "video_preprocessor_config.json") + " and "
+        "preprocessor_config.json beside it disagree on image_mean; using video_preprocessor_config.json"
+    )
+    assert proc.stderr.startswith(warning) and len(proc.stderr.splitlines()) == 1, proc.stderr
+    image.unlink()
+    (model_dir / "video_preprocessor_config.json").unlink()
+    proc = _cli("classify", demo_clip, "--model", model_dir, "--top-k", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.startswith(
+        "timesformer: warning: the default preprocessing (no preprocessor config): crops of 224x224 for a model "
+        "of image_size 32x32: its position embeddings are interpolated to 28x28 patches"
+    ), proc.stderr
+    gray = TimesformerConfig.from_pretrained(model_dir)
+    gray.num_channels = 1
+    TimesformerForVideoClassification(gray).save_pretrained(model_dir)
+    _one_error_line(
+        _cli("classify", demo_clip, "--model", model_dir),
+        "the model takes 1-channel frames; videos are decoded to RGB (3 channels)",
+    )
+
+
 @pytest.mark.parametrize(
     "mean,std,rescale,message",
     [
@@ -664,8 +697,11 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(demo_clip, tmp_path):
         (0.45, (0.2, -0.2, 0.2), 1 / 255, r"image_std must be positive"),
         (0.45, 0.2, 0.0, r"rescale_factor must be a positive finite number, got 0.0"),
         # Positive and finite, but every normalized pixel overflowed float32 (every video "not finite").
-        (0.45, (0.2, 1e-45, 0.2), 1 / 255, r"out of float32's range"),
-        (0.45, 0.2, 1e308, r"out of float32's range"),
+        (0.45, (0.2, 1e-45, 0.2), 1 / 255, r"out of the range a model takes"),
+        (0.45, 0.2, 1e308, r"out of the range a model takes"),
+        # Finite in float32, but past what the model's LayerNorm squares without overflow.
+        (0.45, 0.2, 1e20, r"values up to 65504"),
+        (0.0, 1e-3, 1.0, r"values up to 65504"),
         # A JSON object's keys were taken for the values: {"1": 0, ...} became (1, 2, 3).
         ({"1": 0.4, "2": 0.4, "3": 0.4}, 0.2, 1 / 255, r"image_mean must be 3 numbers"),
         (0.45, {0.2, 0.3, 0.25}, 1 / 255, r"image_std must be 3 numbers"),

@@ -17,6 +17,7 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 
 import torch
 
@@ -257,7 +258,6 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     import json
-    import warnings
 
     from .classify import load_model, resolve_device
     from .evaluate import (
@@ -293,9 +293,6 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 2
     with warnings.catch_warnings():
         warnings.simplefilter("always")
-        warnings.showwarning = lambda message, *_a, **_k: print(
-            f"timesformer: warning: {message}", file=sys.stderr
-        )
         try:
             metrics = evaluate(
                 args.data,
@@ -336,7 +333,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"{metrics['num_scored']} of {metrics['num_videos']} videos scored ({metrics['num_errors']} errors): "
             f"top-1 {percent(metrics['top1'])}, top-5 {percent(metrics['top5'])}, mean class accuracy "
             f"{percent(metrics['mean_class_accuracy'])}; {metrics['videos_per_second']:.2f} videos/s; "
-            f"results in {args.output}"
+            f"results in {printable(args.output)}"
         )
     if metrics["num_errors"]:
         _error(
@@ -436,7 +433,7 @@ def sample(args: argparse.Namespace) -> int:
     except OSError as exc:
         _error(f"cannot write {printable(args.out)}: {exc.strerror or exc}")
         return 1
-    print(f"wrote {args.out} (a synthetic clip: {LABELS[label]})")
+    print(f"wrote {printable(args.out)} (a synthetic clip: {LABELS[label]})")
     return 0
 
 
@@ -542,7 +539,12 @@ def _run(func, args) -> int:
     """Run a command: Ctrl-C stops it cleanly (exit 130), a reader that goes away (``| head``) ends it
     quietly, and a standard output that cannot be written (full disk) is one error line, exit 1."""
     try:
-        code = func(args)
+        with warnings.catch_warnings():
+            # A warning is one line like the errors, not Python's "file:line: UserWarning: ..." pair of lines.
+            warnings.showwarning = lambda message, *_a, **_k: print(
+                f"timesformer: warning: {printable(message)}", file=sys.stderr
+            )
+            code = func(args)
         sys.stdout.flush()
         return code
     except KeyboardInterrupt:

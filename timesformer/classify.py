@@ -100,6 +100,12 @@ def load_model(
             f"{directory}: attention_type 'space_only' gives one prediction per frame; classify and evaluate "
             "take models whose logits are per clip (divided_space_time or joint_space_time)"
         )
+    channels = net._input_channels()
+    if channels != 3:  # (else every video would fail in the forward, after decoding)
+        raise ValueError(
+            f"{directory}: the model takes {channels}-channel frames; videos are decoded to RGB (3 channels): "
+            "classify and evaluate take RGB models"
+        )
     config_file = preprocessor_file(directory)
     if config_file is not None:
         processor = VideoProcessor.from_pretrained(config_file)

@@ -490,6 +490,8 @@ class TimesformerConfig:
             return extra[name]
         if name in _TRANSFORMERS_DEFAULTS:
             return _TRANSFORMERS_DEFAULTS[name]
+        if name == "transformers_version":  # (a config.json of transformers' has it, kept as an extra key)
+            return None
         raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -609,6 +609,12 @@ def read_predictions(
                         logger.warning("%s: skipping a line that is not a prediction: %r", path, raw[:80])
         offset = end
     if repair and good_end < len(data):
+        # (A hand edit that dropped the last newline looks the same: said, since its video is done again.)
+        logger.warning(
+            "%s: cutting an incomplete last line (no newline: a write cut short); its video is evaluated again: %r",
+            path,
+            data[good_end : good_end + 80],
+        )
         with open(path, "r+b") as f:
             f.truncate(good_end)
     return records

@@ -317,16 +317,23 @@ def per_channel(name: str, values, channels: int = 3) -> tuple[float, ...]:
     return tuple(items)
 
 
+# The largest pixel value after normalization: float16's largest number. ImageNet's statistics give 2.7, raw
+# 0..255 pixels 255; 1e20 passed a float32 bound and overflowed the model's LayerNorm (every video "not finite").
+MAX_NORMALIZED = 65504.0
+
+
 def check_normalization(mean: Sequence[float], std: Sequence[float], rescale: float) -> None:
-    """``(u * rescale - mean) / std`` of every uint8 ``u`` must be a float32 number other than 0 for ``u``
-    above 0 (``std`` 1e-45 or ``rescale`` 1e308 passed as positive and finite, then made every video "not
-    finite"). ``std`` must be positive and ``rescale`` positive and finite (already checked)."""
+    """``(u * rescale - mean) / std`` of every uint8 ``u`` must be at most ``MAX_NORMALIZED`` in size, and
+    other than 0 in float32 for ``u`` above 0 (``std`` 1e-45 or ``rescale`` 1e308 passed as positive and
+    finite, then made every video "not finite"). ``std`` must be positive and ``rescale`` positive and finite
+    (already checked)."""
     for m, s in zip(mean, std, strict=True):
         scale = rescale / s
-        if not (scale > 1e-30 and (255 * rescale + abs(m)) / s < 1e30):
+        if not (scale > 1e-30 and (255 * rescale + abs(m)) / s <= MAX_NORMALIZED):
             raise ValueError(
                 f"rescale_factor {rescale!r}, image_mean {m!r} and image_std {s!r} normalize pixels to "
-                f"{scale:.3g} x u - {m / s:.3g}, out of float32's range (1e-30 to 1e30)"
+                f"{scale:.3g} x u - {m / s:.3g}, out of the range a model takes (scale over 1e-30, values up "
+                f"to {MAX_NORMALIZED:g})"
             )
 
 
@@ -427,6 +434,14 @@ class VideoProcessor:
                 f"{source}: crop_size {ch}x{cw}: crops over {MAX_RESIZED_PIXELS:,} pixels (2048x2048) are not "
                 "supported"
             )
+        if (ch, cw) != tuple(config.image_hw):
+            h, w = config.image_hw
+            warnings.warn(
+                f"{source}: crops of {ch}x{cw} for a model of image_size {h}x{w}: its position embeddings are "
+                f"interpolated to {ch // ph}x{cw // pw} patches (a checkpoint's preprocessor config has its "
+                "image_size; without one, the default crops are 224x224)",
+                stacklevel=2,
+            )
         if self.do_resize and (self.resize_to or self.fit_within) is not None:
             rh, rw = self.resize_to or self.fit_within
             if rh * rw > MAX_RESIZED_PIXELS:
@@ -511,12 +526,38 @@ class VideoProcessor:
         (``AutoVideoProcessor``: TimesformerVideoProcessor; ``AutoImageProcessor``: VideoMAEImageProcessor)."""
         import os
 
-        from .configuration import read_json_object
-        from .loading import PREPROCESSOR_NAMES, VIDEO_PREPROCESSOR_NAME, preprocessor_file
+        from .loading import PREPROCESSOR_NAME, PREPROCESSOR_NAMES, VIDEO_PREPROCESSOR_NAME, preprocessor_file
 
         file = path if os.path.isfile(path) else preprocessor_file(os.fspath(path))
         if file is None:
             raise FileNotFoundError(f"no {' or '.join(PREPROCESSOR_NAMES)} in {path}")
+        processor = cls._read(file)
+        image_file = os.path.join(os.path.dirname(file), PREPROCESSOR_NAME)
+        if os.path.basename(file) == VIDEO_PREPROCESSOR_NAME and os.path.isfile(image_file):
+            # save_pretrained writes both; an edit to the one model cards name would go unused, unsaid.
+            try:
+                image = cls._read(image_file).to_dict()
+                ours = processor.to_dict()
+                differ = ", ".join(sorted(k for k in ours if ours[k] != image[k]))
+                problem = f"disagree on {differ}" if differ else None
+            except (OSError, ValueError) as exc:
+                problem = f"disagree ({PREPROCESSOR_NAME} is invalid: {exc})"
+            if problem is not None:
+                warnings.warn(
+                    f"{file} and {PREPROCESSOR_NAME} beside it {problem}; using {VIDEO_PREPROCESSOR_NAME}, as "
+                    "transformers 5 does (edit both, or remove one)",
+                    stacklevel=2,
+                )
+        return processor
+
+    @classmethod
+    def _read(cls, file: str) -> VideoProcessor:
+        """The processor of one config file, with the defaults its name implies (``from_pretrained``)."""
+        import os
+
+        from .configuration import read_json_object
+        from .loading import VIDEO_PREPROCESSOR_NAME
+
         config = read_json_object(file)
         video = os.path.basename(file) == VIDEO_PREPROCESSOR_NAME
         try:
