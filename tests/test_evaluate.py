@@ -295,6 +295,25 @@ def _torchrun(videos: Path, out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
+def test_torchrun_gives_the_models_warnings_once(videos, tmp_path):
+    """Every rank loads the model: its preprocessing warning came once per rank."""
+    import shutil
+
+    from timesformer.assets import BUNDLED_MODEL
+    from timesformer.preprocess import VideoProcessor
+
+    model = tmp_path / "model"
+    shutil.copytree(BUNDLED_MODEL, model)
+    VideoProcessor.from_pretrained(model).save_pretrained(model)
+    image = model / "preprocessor_config.json"
+    image.write_text(json.dumps({**json.loads(image.read_text()), "image_std": [0.5, 0.5, 0.5]}))
+    proc = _torchrun(videos, tmp_path / "out", "--model", str(model), "--limit", "2")
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stdout + stderr
+    assert stderr.count("timesformer: warning:") == stderr.count("disagree on image_std") == 1, stderr
+
+
 def _rank_pids(parent: int) -> dict[int, int]:
     """``{rank: pid}`` of torchrun's worker processes (read from their environment)."""
     pids = {}

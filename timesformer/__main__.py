@@ -277,12 +277,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     try:
         # The ranks of a torchrun job join first, so that a device or model that fails on one machine stops
         # all.
-        init_distributed()
+        rank, _ = init_distributed()
     except ValueError as exc:  # torchrun's variables, set wrong by hand
         _error(printable(exc))
         return 2
     try:
-        with together("load the model"):
+        with together("load the model"), warnings.catch_warnings():
+            if rank > 0:  # (the model's warnings are the same on every rank: rank 0 gives them)
+                warnings.simplefilter("ignore")
             device = resolve_device(args.device) if args.device else default_device()
             model, processor = load_model(args.model, backend=args.backend, device=device, dtype=dtype)
     except RankError as exc:
