@@ -165,6 +165,14 @@ def test_dtype_reads_as_a_torch_dtype_under_either_spelling():
     both = TimesformerConfig(dtype="float16", torch_dtype="bfloat16")  # dtype wins, one value kept
     assert both.dtype == both.torch_dtype == torch.float16 and "torch_dtype" not in both.to_dict()
     assert TimesformerConfig(dtype="not a dtype").dtype == "not a dtype"  # kept as given, refused at load
+    # A rebuild from to_dict() (its "dtype": None) with the older name: the override was dropped.
+    assert (
+        TimesformerConfig.from_dict(TimesformerConfig().to_dict(), torch_dtype="bfloat16").dtype
+        == torch.bfloat16
+    )
+    config = TimesformerConfig()
+    config.update({"torch_dtype": "float16"})
+    assert config.dtype == torch.float16
 
 
 def test_to_dict_has_transformers_keys_and_values(hf):

@@ -297,7 +297,8 @@ def _torchrun(videos: Path, out: Path, *extra: str) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_torchrun_gives_the_models_warnings_once(videos, tmp_path):
-    """Every rank loads the model: its preprocessing warning came once per rank."""
+    """Every rank loads the model and reads DIR: its preprocessing warning and a line that is not a prediction
+    came once per rank."""
     import shutil
 
     from timesformer.assets import BUNDLED_MODEL
@@ -308,10 +309,13 @@ def test_torchrun_gives_the_models_warnings_once(videos, tmp_path):
     VideoProcessor.from_pretrained(model).save_pretrained(model)
     image = model / "preprocessor_config.json"
     image.write_text(json.dumps({**json.loads(image.read_text()), "image_std": [0.5, 0.5, 0.5]}))
-    proc = _torchrun(videos, tmp_path / "out", "--model", str(model), "--limit", "2")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / PREDICTIONS).write_text('{"note": "added by hand"}\n')
+    proc = _torchrun(videos, tmp_path / "out", "--model", str(model), "--limit", "2", "--resume")
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stdout + stderr
     assert stderr.count("timesformer: warning:") == stderr.count("disagree on image_std") == 1, stderr
+    assert stderr.count("skipping a line that is not a prediction") == 1, stderr
 
 
 def _rank_pids(parent: int) -> dict[int, int]:
@@ -820,6 +824,22 @@ def test_lines_of_another_model_are_not_overwritten(videos, bundled, tmp_path):
     with pytest.raises(ValueError, match=r"other settings: model weights"):
         evaluate(videos, model, processor, out, workers=0, limit=2, resume=True)
     assert (out / PREDICTIONS).read_text() == text
+
+
+def test_a_torn_first_line_alone_is_no_result(videos, bundled, tmp_path):
+    """A run killed while writing its first line left a line without its newline: the next run (without
+    --resume) was refused, the folder said to hold "lines that are not predictions of this model"."""
+    from timesformer.evaluate import evaluate
+
+    model, processor = bundled
+    out = tmp_path / "out"
+    evaluate(videos, model, processor, out, workers=0, limit=1)
+    line = (out / PREDICTIONS).read_bytes()
+    (out / PREDICTIONS).write_bytes(line[:30])
+    metrics = evaluate(videos, model, processor, out, workers=0, limit=1)
+    (again,) = (out / PREDICTIONS).read_text().splitlines()
+    first, again = json.loads(line), json.loads(again)
+    assert metrics["videos_evaluated"] == 1 and (again["path"], again["top"]) == (first["path"], first["top"])
 
 
 def test_repair_cuts_only_a_torn_line(tmp_path, caplog):

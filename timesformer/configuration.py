@@ -318,7 +318,8 @@ class TimesformerConfig:
             self._attn_implementation = attn_implementation
         if "torch_dtype" in kwargs:  # transformers' older name of the field (dtype wins when both are given)
             torch_dtype = kwargs.pop("torch_dtype")
-            kwargs.setdefault("dtype", torch_dtype)
+            if kwargs.get("dtype") is None:  # (to_dict's "dtype": None, rebuilt with a torch_dtype override)
+                kwargs["dtype"] = torch_dtype
         # Where the config was read from, as transformers' (not written to config.json).
         self.name_or_path = str(kwargs.pop("name_or_path", kwargs.pop("_name_or_path", "")))
         # Keys this package does not interpret ("architectures", "dtype", "transformers_version", ...).
@@ -566,8 +567,11 @@ class TimesformerConfig:
         for a model config)."""
         out = self.to_dict()
         del out["_name_or_path"]  # (where it was read from: not written, as transformers)
-        for name, default in (*GENERIC_FIELDS.items(), *_TRANSFORMERS_DEFAULTS.items()):
-            if name in out and out[name] == default:
+        for name, default in GENERIC_FIELDS.items():
+            if out.get(name) == default:
+                del out[name]
+        for name in _TRANSFORMERS_DEFAULTS:
+            if name in out and _is_default(name, out[name]):
                 del out[name]
         return out
 

@@ -638,12 +638,13 @@ def _recorded(output: Path, num_labels: int | None = None, warn: bool = True) ->
 
 
 def _holds_lines(output: Path) -> bool:
-    """Whether ``output``'s predictions files hold any line, a prediction or not (of a model with other
-    labels, edited by hand): a run without ``--resume`` must not rewrite them."""
+    """Whether ``output``'s predictions files hold any complete line, a prediction or not (of a model with
+    other labels, edited by hand): a run without ``--resume`` must not rewrite them. (A torn last line alone,
+    of a run killed while writing its first, is no result.)"""
     for file in (output / PREDICTIONS, *_part_files(output)):
         if file.is_file():
             with open(file, "rb") as f:
-                if any(line.strip() for line in f):
+                if any(line.endswith(b"\n") and line.strip() for line in f):
                     return True
     return False
 
@@ -1176,7 +1177,7 @@ def evaluate(
             output.mkdir(parents=True, exist_ok=True)
             if rank == 0:
                 lock = _lock(output)
-            recorded = _recorded(output, config.num_labels)
+            recorded = _recorded(output, config.num_labels, warn=rank == 0)
             held = bool(recorded) or _holds_lines(output)
             if held and not resume:
                 videos = len({r["path"] for r in recorded})

@@ -762,7 +762,8 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
     ) -> str:
         """The attention a model asked for ``requested_attention`` records, as ``transformers``' check: the name
         itself (``None``: ``"auto"``, the default here, where transformers' is ``"sdpa"``); a name that is no
-        attention or a backend that cannot run at all raises ``ValueError``."""
+        attention, or a backend this installation cannot provide at all, raises (whether one runs on the
+        model's device is resolved at its first forward, as ``backend`` says)."""
         name = "auto" if requested_attention is None else requested_attention
         backend = attn_backend(name)
         if backend != "auto":

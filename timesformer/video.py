@@ -175,7 +175,8 @@ def _open(path):
         container.close()
         if kind == "webp_pipe" and _animated_webp(path):
             raise VideoError(
-                path, "is an animated WebP, which FFmpeg's WebP reader cannot decode: convert it to a video (MP4)"
+                path,
+                "is an animated WebP, which FFmpeg's WebP reader cannot decode: convert it to a video (MP4)",
             )
         raise VideoError(path, f"is a still image ({kind.removesuffix('_pipe')}), not a video")
     return container
@@ -184,8 +185,11 @@ def _open(path):
 def _animated_webp(path) -> bool:
     """Whether a WebP file sets the animation flag of its extended header (``RIFF....WEBPVP8X``, flags byte
     0x02): FFmpeg reads it as a still image and decodes no frame of it."""
-    with open(path, "rb") as f:
-        head = f.read(21)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(21)
+    except OSError:  # (removed since it was opened: the still-image error stands)
+        return False
     return len(head) == 21 and head[:4] == b"RIFF" and head[8:16] == b"WEBPVP8X" and bool(head[20] & 0x02)
 
 
