@@ -713,6 +713,19 @@ def test_input_normalization_must_be_finite(mean, std, rescale, message):
         model.set_input_normalization(mean, std, rescale)
 
 
+def test_the_processor_checks_the_normalization_it_applies():
+    """The bound holds for the values applied: a std that ``do_normalize: false`` leaves unused is no reason
+    to refuse the config, and ``do_rescale: false`` (0..255 pixels) is checked as applied."""
+    from timesformer.preprocess import VideoProcessor
+
+    VideoProcessor(do_normalize=False, image_std=[1e-9] * 3)
+    with pytest.raises(ValueError, match="values up to 65504"):
+        VideoProcessor(image_std=[1e-9] * 3)
+    VideoProcessor(image_mean=0.0, image_std=0.01)  # 0..100 applied
+    with pytest.raises(ValueError, match="values up to 65504"):
+        VideoProcessor(do_rescale=False, image_mean=0.0, image_std=0.001)  # 0..255000 applied
+
+
 def test_demo_out_of_memory_without_a_message_is_one_line(monkeypatch, capsys):
     """Python's allocator raises MemoryError with no text: the message took its last line (IndexError)."""
     from timesformer import __main__ as cli

@@ -406,13 +406,13 @@ class VideoProcessor:
         self.rescale_factor = _number("rescale_factor", rescale_factor)
         if not self.rescale_factor > 0:
             raise ValueError(f"rescale_factor must be positive and finite, got {rescale_factor!r}")
-        check_normalization(self.image_mean, self.image_std, self.rescale_factor)
         for name, flag in (("do_resize", do_resize), ("do_center_crop", do_center_crop),
                            ("do_rescale", do_rescale), ("do_normalize", do_normalize)):  # fmt: skip
             if not isinstance(flag, bool):
                 raise ValueError(f"{name} must be true or false, got {flag!r}")
         self.do_resize, self.do_center_crop = do_resize, do_center_crop
         self.do_rescale, self.do_normalize = do_rescale, do_normalize
+        check_normalization(*self.normalization())  # the values applied (do_rescale / do_normalize)
 
     def check_model(self, config, source: str = "the preprocessor") -> None:
         """Refuse settings that cannot feed ``config``'s model, naming ``source`` (e.g. the config file): the
