@@ -411,7 +411,7 @@ def test_methods_trainer_and_accelerate_call(impl):
 def test_retrieve_modules_and_attention_checks_answer_as_transformers(impl):
     """``retrieve_modules_from_names`` (transformers' loading helpers) and ``get_correct_attn_implementation``
     were missing; ``register_for_auto_class`` (hub remote code) raises naming ``AutoModel.register``."""
-    _, model, _ = _model(impl, seed=5)
+    api, model, _ = _model(impl, seed=5)
     keys = [
         "classifier.bias",
         "timesformer.encoder.layer.1.output.dense.weight",
@@ -439,6 +439,9 @@ def test_retrieve_modules_and_attention_checks_answer_as_transformers(impl):
         for owner in (type(model), type(model.config)):
             with pytest.raises(NotImplementedError, match=r"register_for_auto_class.*\.register\("):
                 owner.register_for_auto_class()
+        for cls, auto in ((api.Classifier, "AutoModelForVideoClassification"), (api.Model, "AutoModel")):
+            with pytest.raises(NotImplementedError, match=rf"transformers\.{auto}\.register\("):
+                cls.register_for_auto_class()
 
 
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import logging
 import os
 import platform
 import statistics
@@ -537,9 +538,18 @@ def main(argv: list[str] | None = None) -> int:
     return _run(args.func, args)
 
 
+class _OneLine(logging.Handler):
+    """The package's log records (a newly initialized head, a skipped line of results) as the CLI's warnings."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"timesformer: {record.levelname.lower()}: {printable(record.getMessage())}", file=sys.stderr)
+
+
 def _run(func, args) -> int:
     """Run a command: Ctrl-C stops it cleanly (exit 130), a reader that goes away (``| head``) ends it
     quietly, and a standard output that cannot be written (full disk) is one error line, exit 1."""
+    package_log, handler = logging.getLogger("timesformer"), _OneLine(logging.WARNING)
+    package_log.addHandler(handler)
     try:
         with warnings.catch_warnings():
             # A warning is one line like the errors, not Python's "file:line: UserWarning: ..." pair of lines.
@@ -563,6 +573,8 @@ def _run(func, args) -> int:
             _error(f"cannot write the output: {exc.strerror or exc}")
             return 1
         raise
+    finally:
+        package_log.removeHandler(handler)
 
 
 if __name__ == "__main__":

@@ -639,6 +639,7 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
     base_model_prefix = "timesformer"
     main_input_name = "pixel_values"
     input_modalities = ("image",)  # as transformers' (its pipelines print it)
+    _auto_model = "AutoModel"  # the transformers auto class a model of this class registers with
 
     supports_gradient_checkpointing = True
     # What transformers' attention switch checks; flash_attention_2 maps to the fused kernels.
@@ -777,7 +778,8 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
         raise NotImplementedError(
             f"{cls.__name__}.register_for_auto_class is not provided (it is for hub remote code; this package is "
             "installed): call transformers.AutoConfig.register('timesformer', TimesformerConfig, exist_ok=True) "
-            f"and transformers.AutoModel.register(TimesformerConfig, {cls.__name__}, exist_ok=True) instead"
+            f"and transformers.{cls._auto_model}.register(TimesformerConfig, {cls.__name__}, exist_ok=True) "
+            "instead"
         )
 
     def retrieve_modules_from_names(
@@ -1448,6 +1450,7 @@ class TimesformerForVideoClassification(TimesformerPreTrainedModel):
 
     # The Trainer passes num_items_in_batch and leaves the gradient-accumulation scaling to the loss.
     accepts_loss_kwargs = True
+    _auto_model = "AutoModelForVideoClassification"
 
     def __init__(self, config: TimesformerConfig, *, backend: str | None = None) -> None:
         super().__init__(config, backend=backend)
