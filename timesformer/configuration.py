@@ -565,12 +565,18 @@ class TimesformerConfig:
     def to_diff_dict(self) -> dict[str, Any]:
         """``to_dict`` less the generic fields at their defaults and ``_name_or_path`` (what transformers writes
         for a model config)."""
-        out = self.to_dict()
-        del out["_name_or_path"]  # (where it was read from: not written, as transformers)
+        out = self._stored()
         for name, default in GENERIC_FIELDS.items():
             if out.get(name) == default:
                 del out[name]
-        for name in _TRANSFORMERS_DEFAULTS:
+        return out
+
+    def _stored(self) -> dict[str, Any]:
+        """``to_dict`` less ``_name_or_path`` (where it was read from) and transformers' generic keys this config
+        does not set: what ``config.json`` holds."""
+        out = self.to_dict()
+        del out["_name_or_path"]
+        for name in _TRANSFORMERS_DEFAULTS:  # (written where set: "architectures")
             if name in out and _is_default(name, out[name]):
                 del out[name]
         return out
@@ -735,13 +741,8 @@ class TimesformerConfig:
                 self.drop_path_rate,
             )
         os.makedirs(save_directory, exist_ok=True)
-        fields = self.to_dict()
-        del fields["_name_or_path"]
-        for name in _TRANSFORMERS_DEFAULTS:  # (written where set: "architectures")
-            if name in fields and _is_default(name, fields[name]):
-                del fields[name]
         with open(os.path.join(save_directory, CONFIG_NAME), "w", encoding="utf-8") as f:
-            f.write(json.dumps(fields, indent=2, sort_keys=True) + "\n")
+            f.write(json.dumps(self._stored(), indent=2, sort_keys=True) + "\n")
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> None:
         no_push_to_hub(self)

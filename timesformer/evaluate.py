@@ -585,11 +585,16 @@ def read_predictions(
     and with ``repair`` cut off the file, so that appending goes on after the last complete line. Lines that
     are not predictions (``is_prediction``: edited by hand, of a model with other labels) are skipped, with a
     warning unless not ``warn``, so a resumed run evaluates their videos again (the merge drops them)."""
+    return _read_lines(path, repair, num_labels, warn)[0]
+
+
+def _read_lines(path: Path, repair: bool, num_labels: int | None, warn: bool) -> tuple[list[dict], int]:
+    """``read_predictions``, and the number of complete lines that hold anything, predictions or not."""
     if not path.exists():
-        return []
+        return [], 0
     _check_regular(path)
     data = path.read_bytes()
-    records, good_end, offset = [], 0, 0
+    records, lines, good_end, offset = [], 0, 0, 0
     for raw in data.split(b"\n"):
         end = offset + len(raw) + 1
         # Only a line without its newline is torn (the writes append whole lines); a complete line that is
@@ -597,6 +602,7 @@ def read_predictions(
         if end <= len(data):
             good_end = end
             if raw.strip():
+                lines += 1
                 try:
                     record = json.loads(raw)
                 except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past Python's stack
@@ -617,7 +623,7 @@ def read_predictions(
         )
         with open(path, "r+b") as f:
             f.truncate(good_end)
-    return records
+    return records, lines
 
 
 def _part_files(output: Path) -> list[Path]:
@@ -631,22 +637,17 @@ def _absolute(record: dict) -> dict:
     return record
 
 
-def _recorded(output: Path, num_labels: int | None = None, warn: bool = True) -> list[dict]:
-    """Every prediction line in ``output``: ``predictions.jsonl``'s, then the ranks' part files'."""
-    files = [output / PREDICTIONS, *_part_files(output)]
-    return [_absolute(r) for file in files for r in read_predictions(file, False, num_labels, warn)]
-
-
-def _holds_lines(output: Path) -> bool:
-    """Whether ``output``'s predictions files hold any complete line, a prediction or not (of a model with
-    other labels, edited by hand): a run without ``--resume`` must not rewrite them. (A torn last line alone,
-    of a run killed while writing its first, is no result.)"""
+def _recorded(output: Path, num_labels: int | None = None, warn: bool = True) -> tuple[list[dict], int]:
+    """Every prediction line in ``output``, ``predictions.jsonl``'s then the ranks' part files', and the
+    number of complete lines there, predictions or not (of a model with other labels, edited by hand: a run
+    without ``--resume`` must not rewrite them; a torn last line alone, of a run killed while writing its
+    first, is no result)."""
+    records, lines = [], 0
     for file in (output / PREDICTIONS, *_part_files(output)):
-        if file.is_file():
-            with open(file, "rb") as f:
-                if any(line.endswith(b"\n") and line.strip() for line in f):
-                    return True
-    return False
+        got, count = _read_lines(file, False, num_labels, warn)
+        records += map(_absolute, got)
+        lines += count
+    return records, lines
 
 
 def _final(record: dict, labels: Mapping[str, int]) -> bool:
@@ -673,7 +674,7 @@ def merge_predictions(
 
     by_path: dict[str, dict] = {}
     parts = _part_files(output)
-    for record in _recorded(output, num_labels, warn):
+    for record in _recorded(output, num_labels, warn)[0]:
         kept = by_path.get(record["path"])
         if kept is None or standing(record) >= standing(kept):
             by_path[record["path"]] = record
@@ -1177,9 +1178,8 @@ def evaluate(
             output.mkdir(parents=True, exist_ok=True)
             if rank == 0:
                 lock = _lock(output)
-            recorded = _recorded(output, config.num_labels, warn=rank == 0)
-            held = bool(recorded) or _holds_lines(output)
-            if held and not resume:
+            recorded, lines = _recorded(output, config.num_labels, warn=rank == 0)
+            if lines and not resume:
                 videos = len({r["path"] for r in recorded})
                 what = (
                     f"predictions of {videos} videos"
@@ -1208,7 +1208,7 @@ def evaluate(
                 # The frames' preprocessing, field by field (the model folder's preprocessor config may change).
                 **{f"preprocessing {k}": v for k, v in processor.to_dict().items()},
             }
-            _check_settings(output, settings, compare=held, write=rank == 0)
+            _check_settings(output, settings, compare=lines > 0, write=rank == 0)
             if rank == 0 and world > 1:
                 token = os.urandom(8).hex()
                 (output / JOB_MARK).write_text(token)

@@ -745,11 +745,16 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
                 module.__dict__.setdefault("_is_hf_initialized", True)
 
     # --------------------------------------------------------------- backend
-    def _request_backend(self, name: str) -> None:
-        backend = attn_backend(name, "backend")
+    @staticmethod
+    def _checked_backend(name: str, what: str) -> str:
+        """The backend of ``name`` (``attn_backend``), refused where it cannot exist at all (not installed)."""
+        backend = attn_backend(name, what)
         if backend != "auto":
-            get_backend(backend)  # raises with the reason where the backend cannot exist at all
-        self._requested_backend = backend
+            get_backend(backend)  # raises with the reason
+        return backend
+
+    def _request_backend(self, name: str) -> None:
+        self._requested_backend = self._checked_backend(name, "backend")
         self.config._attn_implementation = name
 
     def set_backend(self, name: str) -> TimesformerPreTrainedModel:
@@ -766,9 +771,7 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
         attention, or a backend this installation cannot provide at all, raises (whether one runs on the
         model's device is resolved at its first forward, as ``backend`` says)."""
         name = "auto" if requested_attention is None else requested_attention
-        backend = attn_backend(name)
-        if backend != "auto":
-            get_backend(backend)
+        self._checked_backend(name, "attn_implementation")
         return name
 
     @classmethod
