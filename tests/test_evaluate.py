@@ -176,6 +176,78 @@ def test_temporal_clips_are_uniform_and_spatial_crops_follow_the_long_side():
         crop_boxes(224, 298, 224, 224, 2)
 
 
+@pytest.fixture(scope="module")
+def big_frames(tmp_path_factory) -> Path:
+    """48 frames of 240x320, 11 MB decoded, for views of 3 clips x 8 frames cut to 20 px."""
+    from _videos import write_indexed_video
+
+    path = tmp_path_factory.mktemp("big") / "big.mp4"
+    write_indexed_video(path, 48, 240, 320, gop=5)
+    return path
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
+@pytest.mark.parametrize(("uint8", "dtype"), [(False, "float32"), (False, "bfloat16"), (True, "uint8")])
+@pytest.mark.parametrize("crops", [1, 3])
+def test_views_cut_as_frames_decode_are_those_cut_after(big_frames, monkeypatch, native, uint8, dtype, crops):
+    import torch
+
+    from timesformer import preprocess
+    from timesformer.evaluate import cut_views, decode_views, read_views
+
+    if not native:
+        monkeypatch.setattr(preprocess, "native_available", lambda: False)
+    elif not preprocess.native_available():
+        pytest.fail("the native extension is not built (make install builds it)")
+    processor = preprocess.VideoProcessor(shortest_edge=23, crop_size=(20, 17), image_mean=[0.3, 0.5, 0.7])
+    dtype = getattr(torch, dtype)
+    got, cut_ms = read_views(str(big_frames), processor, 8, 2, 3, crops, dtype, uint8)
+    frames = decode_views(str(big_frames), 8, 2, 3)
+    want = cut_views(frames, processor, 8, crops, dtype, uint8)
+    assert got.shape == want.shape == ((3 * crops, 8, 20, 17, 3) if uint8 else (3 * crops, 8, 3, 20, 17))
+    assert got.dtype == want.dtype and got.is_contiguous() and torch.equal(got, want) and cut_ms > 0
+
+
+def test_views_are_cut_without_holding_the_decoded_frames(big_frames, monkeypatch):
+    """Every clip's frames were held at full resolution until cut (1080p, --clips 64: 3 GB and more)."""
+    import tracemalloc
+
+    import torch
+
+    from timesformer import video
+    from timesformer.evaluate import decode_views, read_views
+    from timesformer.preprocess import VideoProcessor
+
+    # Each decoded frame as a NumPy copy, which tracemalloc traces (PyAV's own buffers it does not).
+    displayed = video._as_displayed
+    monkeypatch.setattr(video, "_as_displayed", lambda rgb, matrix: displayed(rgb, matrix).copy())
+    processor = VideoProcessor(shortest_edge=20, crop_size=(20, 20))
+    peaks = []
+    for read in (
+        lambda: read_views(str(big_frames), processor, 8, 2, 6, 1, torch.float32, False)[0],
+        lambda: decode_views(str(big_frames), 8, 2, 6),  # (the instrument sees frames that are held)
+    ):
+        tracemalloc.start()
+        try:
+            read()
+            peaks.append(tracemalloc.get_traced_memory()[1] / (240 * 320 * 3))
+        finally:
+            tracemalloc.stop()
+    assert peaks[0] < 4 < 40 < peaks[1], f"decoded frames held at once: {peaks}"
+
+
+def test_a_frame_that_cannot_be_cut_is_an_error_of_its_video(big_frames):
+    import torch
+
+    from timesformer.evaluate import read_views
+    from timesformer.preprocess import VideoProcessor
+    from timesformer.video import VideoError
+
+    processor = VideoProcessor(resize_to=(5000, 5000))  # over the resize limit
+    with pytest.raises(VideoError, match=r"could not be preprocessed \(ValueError: frames of 240x320 would"):
+        read_views(str(big_frames), processor, 8, 2, 2, 1, torch.float32, False)
+
+
 # ------------------------------------------------------------------------------------- the runs
 
 

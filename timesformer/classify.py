@@ -218,7 +218,7 @@ def classify_videos(
             the mean of the views' softmax probabilities.
         max_frame_pixels: videos with larger frames are errors (``read_video``'s limit by default).
     """
-    from .evaluate import cut_views, decode_views
+    from .evaluate import cut_views, read_views
     from .video import MAX_NUM_FRAMES, VideoError, read_video
 
     if clips < 1 or crops not in (1, 3):
@@ -245,11 +245,15 @@ def classify_videos(
                     seed=seed,
                     max_frame_pixels=max_frame_pixels,
                 )
-            else:
-                frames = decode_views(path, num_frames, sample_rate, clips, max_frame_pixels)
-            decoded = time.perf_counter()
-            # uint8 to the device (4x less to copy than floats), preprocessed there: (views, T, 3, h, w).
-            pixels = cut_views(frames.to(device), processor, num_frames, crops, dtype, uint8=False)
+                decoded = time.perf_counter()
+                # uint8 to the device (4x less to copy than floats), preprocessed there: (views, T, 3, h, w).
+                pixels = cut_views(frames.to(device), processor, num_frames, crops, dtype, uint8=False)
+            else:  # cut on the CPU as decoded: clips * T frames at full resolution would not fit (4K, 64 clips)
+                pixels, cut_ms = read_views(
+                    path, processor, num_frames, sample_rate, clips, crops, dtype, False, max_frame_pixels
+                )
+                decoded = time.perf_counter() - cut_ms / 1e3
+                pixels = pixels.to(device)
             synchronize(device)
             done = time.perf_counter()
         except (VideoError, ValueError) as exc:

@@ -461,6 +461,54 @@ def decode_views(
     )
 
 
+def read_views(
+    path: str,
+    processor,
+    num_frames: int,
+    sample_rate: int,
+    clips: int,
+    crops: int,
+    dtype: torch.dtype,
+    uint8: bool,
+    max_frame_pixels: int = MAX_FRAME_PIXELS,
+) -> tuple[torch.Tensor, float]:
+    """``cut_views`` of ``decode_views``' clips, each frame cut into its views as soon as it is decoded (on the
+    CPU), so that one full-resolution frame is held at a time, not ``clips * T`` (1080p, 64 clips: 3 GB); the
+    same values, as the views are cut frame by frame. Returns the views and the milliseconds spent cutting.
+    A frame that cannot be cut (an aspect ratio too extreme to resize) is a ``VideoError`` of this video."""
+    from .video import VideoError, read_video
+
+    spent = [0.0]
+
+    def cut(frame: torch.Tensor) -> torch.Tensor:  # (H, W, 3) -> this frame in each view: (crops, 1, ...)
+        start = time.perf_counter()
+        one = frame[None]
+        try:
+            boxes = processor.view_boxes(frame.shape[0], frame.shape[1], crops)
+            if uint8:
+                views = processor.resize_crops(one, boxes)
+            else:
+                views = [processor.preprocess(one, dtype, box=box) for box in boxes]
+        except Exception as exc:
+            raise VideoError(path, f"could not be preprocessed ({type(exc).__name__}: {exc})") from exc
+        spent[0] += time.perf_counter() - start
+        return torch.stack(views)
+
+    def indices(total: int) -> list[int]:
+        return views_frame_indices(total, num_frames, sample_rate, clips)
+
+    frames = read_video(
+        path,
+        indices=indices,
+        max_frame_pixels=max_frame_pixels,
+        max_num_frames=num_frames * clips,
+        transform=cut,
+    )
+    # (clips * T, crops, 1, ...) -> (clips * crops, T, ...), clip-major as cut_views.
+    views = frames.squeeze(2).unflatten(0, (clips, num_frames)).transpose(1, 2).flatten(0, 1)
+    return views.contiguous(), spent[0] * 1e3
+
+
 def cut_views(frames: torch.Tensor, processor, num_frames: int, crops: int, dtype: torch.dtype, uint8: bool):
     """The views of one video from its decoded clips ``(clips * T, H, W, 3)`` (uint8, on any device): ``(V, T,
     3, h, w)`` pixel values of ``dtype`` (``V = clips * crops``, clip-major), or with ``uint8`` the resized and
@@ -516,18 +564,23 @@ class VideoViews(torch.utils.data.Dataset):
         }
         try:
             start = time.perf_counter()
-            frames = decode_views(
-                sample.path, self.num_frames, self.sample_rate, self.clips, self.max_frame_pixels
-            )
-            decoded = time.perf_counter()
-            item["decode_ms"] = (decoded - start) * 1e3
             if self.raw:
-                item["frames"] = frames
-            else:
-                item["views"] = cut_views(
-                    frames, self.processor, self.num_frames, self.crops, self.dtype, self.uint8
+                item["frames"] = decode_views(
+                    sample.path, self.num_frames, self.sample_rate, self.clips, self.max_frame_pixels
                 )
-                item["preprocess_ms"] = (time.perf_counter() - decoded) * 1e3
+            else:
+                item["views"], item["preprocess_ms"] = read_views(
+                    sample.path,
+                    self.processor,
+                    self.num_frames,
+                    self.sample_rate,
+                    self.clips,
+                    self.crops,
+                    self.dtype,
+                    self.uint8,
+                    self.max_frame_pixels,
+                )
+            item["decode_ms"] = (time.perf_counter() - start) * 1e3 - item["preprocess_ms"]
         except VideoError as exc:
             item["error"] = exc.reason
         except Exception as exc:  # anything else about this one video: recorded, the run goes on
@@ -1136,8 +1189,9 @@ def evaluate(
         uint8_frames: send resized and cropped uint8 frames to the model, normalized inside it (default: on
             the ``triton`` backend, where the fused patch embedding does it).
         device_preprocess: the workers only decode; the decoded uint8 frames go to the model's device, where
-            the views are resized, cropped (and normalized) (default: on CUDA where the native extension has
-            its CUDA kernel).
+            the views are resized, cropped (and normalized) (default: for one clip, on CUDA where the native
+            extension has its CUDA kernel). Otherwise the workers cut each frame into its views as it is
+            decoded, holding one full-resolution frame at a time (``read_views``).
         max_frame_pixels: videos with larger frames are error lines (``read_video``).
         model_name: recorded in the metrics.
         progress: show the progress bar (default: on a terminal).
@@ -1226,8 +1280,8 @@ def evaluate(
         uint8 = model.backend == "triton" if uint8_frames is None else uint8_frames
         if uint8:
             model.set_input_normalization(*processor.normalization())
-        if device_preprocess is None:
-            device_preprocess = device.type == "cuda" and native_cuda_available()
+        if device_preprocess is None:  # (several clips are cut as decoded instead: read_views)
+            device_preprocess = device.type == "cuda" and native_cuda_available() and clips == 1
         dataset = VideoViews(
             todo,
             processor,

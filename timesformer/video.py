@@ -446,6 +446,7 @@ def read_video(
     indices: Sequence[int] | Callable[[int], Sequence[int]] | None = None,
     max_frame_pixels: int = MAX_FRAME_PIXELS,
     max_num_frames: int = MAX_NUM_FRAMES,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Decode the sampled frames of a video.
 
@@ -461,10 +462,14 @@ def read_video(
         max_frame_pixels: refuse a video whose frames have more pixels (width x height, read from the stream
             before decoding; default 4096 x 4096).
         max_num_frames: refuse to return more frames than this (default 1024).
+        transform: a function of one uint8 ``(height, width, 3)`` frame, called once per distinct frame as
+            soon as it is decoded, whose results are returned in the frames' place: to preprocess frames
+            without holding them all at full resolution.
 
     Returns:
         uint8 ``(num_frames, height, width, 3)`` RGB frames (``len(indices)`` frames when given), of
         ``video_info``'s size: frames of another size (a stream whose size changes midway) are scaled to it.
+        With ``transform``, its results stacked: ``(num_frames, *result_shape)``.
 
     Raises:
         VideoError: missing file, not a video (a still image: PNG, JPEG, a one-frame GIF, an AVIF or HEIC photo),
@@ -509,7 +514,7 @@ def read_video(
         wanted = sorted(set(indices))
         # (The header's size, as the first open read it: a raw stream, counted by decoding, has the last
         # frame's on its stream now.)
-        to_rgb = _ToRGB(max_frame_pixels, path, size=index.size)
+        to_rgb = _ToRGB(max_frame_pixels, path, size=index.size, transform=transform)
         frames: dict[int, np.ndarray] = {}
         # Frames that share a timestamp (a broken muxer's) are told apart by their order from the start only:
         # a seek may land between them.
@@ -540,12 +545,14 @@ def read_video(
             )
     finally:
         container.close()
-    shapes = sorted({frames[i].shape[:2] for i in wanted})
+    shapes = sorted(to_rgb.shapes)
     if len(shapes) > 1:  # sizes are one (``_ToRGB``): a display matrix that turns some frames only
         (h0, w0), (h1, w1) = shapes[0], shapes[-1]
         raise VideoError(
             path, f"the display rotation changes within the video ({w0}x{h0} and {w1}x{h1} frames)"
         )
+    if transform is not None:
+        return torch.stack([frames[i] for i in indices])
     return torch.from_numpy(np.stack([frames[i] for i in indices]))
 
 
@@ -727,16 +734,27 @@ class _ToRGB:
 
     With a reformatter of its own: ``frame.to_ndarray(format=...)`` goes through one that PyAV 19 keeps for
     the whole process, whose conversion threads do not survive a fork, so a DataLoader worker forked after
-    its parent had decoded deadlocks in it."""
+    its parent had decoded deadlocks in it.
 
-    def __init__(self, max_frame_pixels: int, path, size: tuple[int, int] | None = None) -> None:
+    ``transform`` (``read_video``'s) is applied to each converted frame; ``shapes`` holds the ``(H, W)`` of
+    every frame converted (turned as displayed)."""
+
+    def __init__(
+        self,
+        max_frame_pixels: int,
+        path,
+        size: tuple[int, int] | None = None,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         from av.video.reformatter import VideoReformatter
 
         self.reformatter = VideoReformatter()
         self.max_frame_pixels, self.path = max_frame_pixels, path
         self.size = size if size and size[0] > 0 and size[1] > 0 else None
+        self.transform = transform
+        self.shapes: set[tuple[int, int]] = set()
 
-    def __call__(self, frame) -> np.ndarray:
+    def __call__(self, frame) -> np.ndarray | torch.Tensor:
         _check_pixels(frame, self.max_frame_pixels, self.path)
         if self.size is None:
             self.size = (frame.width, frame.height)
@@ -747,7 +765,9 @@ class _ToRGB:
             rgb = self.reformatter.reformat(
                 frame, width=width, height=height, format="rgb24", interpolation="BICUBIC"
             ).to_ndarray()
-        return np.ascontiguousarray(_as_displayed(rgb, _display_matrix(frame)))
+        rgb = np.ascontiguousarray(_as_displayed(rgb, _display_matrix(frame)))
+        self.shapes.add(rgb.shape[:2])
+        return rgb if self.transform is None else self.transform(torch.from_numpy(rgb))
 
 
 def _display_matrix(frame) -> np.ndarray | None:
