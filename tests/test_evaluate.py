@@ -610,6 +610,44 @@ def test_a_dead_worker_names_the_videos_it_may_have_been_reading(videos, bundled
     assert len(_paths(tmp_path / "out")) == 1
 
 
+def test_a_video_a_worker_dies_on_is_an_error_line_and_the_run_goes_on(
+    videos, bundled, reference, tmp_path, monkeypatch, caplog
+):
+    """A video that crashed the decoder stopped every run, --resume included, at the same place."""
+    from timesformer import evaluate as ev
+
+    deadly = str(videos / LABELS[2] / "clip0.mp4")
+    read_views = ev.read_views
+
+    def crashing(path, *args):  # (the DataLoader's workers are forked: they see this function)
+        if path == deadly:
+            os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does; a crash is SIGSEGV
+        return read_views(path, *args)
+
+    monkeypatch.setattr(ev, "read_views", crashing)
+    model, processor = bundled
+    with caplog.at_level("WARNING", logger="timesformer"):
+        metrics = ev.evaluate(videos, model, processor, tmp_path / "out", workers=2, batch_size=2)
+    assert metrics["num_videos"] == 9 and metrics["num_missing"] == 0
+    lines = {r["path"]: r for r in read_predictions(tmp_path / "out" / PREDICTIONS)}
+    want = {r["path"]: r for r in read_predictions(reference / PREDICTIONS)}
+    assert lines[deadly]["error"].startswith("the decoding worker died reading it (DataLoader worker (pid")
+
+    def untimed(records: dict) -> dict:
+        return {p: {k: v for k, v in r.items() if k != "time_ms"} for p, r in records.items() if p != deadly}
+
+    assert untimed(lines) == untimed(want) and len(lines) == len(want)
+    (warned,) = [m for m in caplog.messages if "worker died" in m]
+    assert warned.startswith(f"a decoding worker died while reading {deadly} (DataLoader worker (pid")
+    assert warned.endswith("; it is an error line and the run goes on")
+    # Workers that keep dying stop the run, keeping its lines.
+    monkeypatch.setattr(ev, "MAX_WORKER_DEATHS", 0)
+    with pytest.raises(
+        ev.WorkerError, match=f"decoding workers died 1 times .* the last while reading {deadly}"
+    ):
+        ev.evaluate(videos, model, processor, tmp_path / "again", workers=1, batch_size=1)
+
+
 @pytest.mark.parametrize("error, code", [("OutputError", 1), ("WorkerError", 1), ("FileExistsError", 2)])
 def test_exit_codes_tell_a_failed_run_from_a_bad_setup(videos, tmp_path, monkeypatch, capsys, error, code):
     from timesformer import __main__ as cli

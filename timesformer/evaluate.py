@@ -24,10 +24,13 @@ import hashlib
 import json
 import logging
 import math
+import multiprocessing
 import os
 import re
+import signal
 import socket
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -49,6 +52,8 @@ SETTINGS = "settings.json"
 # One file per rank while a distributed run works; merged into PREDICTIONS by rank 0 at the end.
 PART = "predictions.part-{rank:05d}.jsonl"
 MAX_DEFAULT_WORKERS = 16
+# Decoding workers that may die on a video (its error line) before a run stops: more is no longer one bad file.
+MAX_WORKER_DEATHS = 8
 # A list file is read whole (1 GiB: some ten million lines).
 MAX_LIST_BYTES = 2**30
 # How long a torchrun rank waits for the others in a collective (the first barrier, the final count).
@@ -547,6 +552,7 @@ class VideoViews(torch.utils.data.Dataset):
         self.samples, self.processor = list(samples), processor
         self.num_frames, self.sample_rate, self.clips, self.crops = num_frames, sample_rate, clips, crops
         self.dtype, self.uint8, self.raw = dtype, uint8, raw
+        self.reading = None  # shared (pid, item) slots of the DataLoader workers: ``_reading``
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -554,6 +560,7 @@ class VideoViews(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         from .video import VideoError
 
+        self._reading(i)
         sample = self.samples[i]
         item = {
             "path": sample.path,
@@ -584,9 +591,17 @@ class VideoViews(torch.utils.data.Dataset):
         except VideoError as exc:
             item["error"] = exc.reason
         except Exception as exc:  # anything else about this one video: recorded, the run goes on
-            stage = "preprocessed" if "decode_ms" in item else "read"
-            item["error"] = f"could not be {stage} ({type(exc).__name__}: {exc})"
+            item["error"] = f"could not be read ({type(exc).__name__}: {exc})"
+        finally:
+            self._reading(-1)
         return item
+
+    def _reading(self, i: int) -> None:
+        """In a DataLoader worker, record in ``reading`` (shared with the main process) that it reads item
+        ``i`` (-1: none), so that a worker that dies can be told from the video it died on (``_batches``)."""
+        info = torch.utils.data.get_worker_info()
+        if self.reading is not None and info is not None:
+            self.reading[2 * info.id : 2 * info.id + 2] = [os.getpid(), i]
 
 
 def _collate(items: list[dict]) -> list[dict]:
@@ -1295,14 +1310,8 @@ def evaluate(
             max_frame_pixels=max_frame_pixels,
         )
         workers = min(default_workers() if workers is None else workers, len(todo))
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=batch_size,
-            num_workers=workers,
-            collate_fn=_collate,
-            pin_memory=device.type == "cuda",  # the decoded frames too, for the non-blocking copies
-            prefetch_factor=2 if workers > 0 else None,
-        )
+        if workers > 0:
+            dataset.reading = multiprocessing.RawArray("q", [-1] * 2 * workers)
         mine_file = output / (PREDICTIONS if world == 1 else PART.format(rank=rank))
         read_predictions(mine_file, repair=True, warn=False)  # cut a torn last line before appending
         # Rank 0's share under torchrun (the others' progress is not sent to it), and said so.
@@ -1313,20 +1322,58 @@ def evaluate(
         start = time.perf_counter()
         written = 0
         out = open(mine_file, "a")  # noqa: SIM115 (closed below, where a failed close is an OutputError)
+
+        def write(records: list[dict]) -> None:
+            nonlocal written
+            with _writing(mine_file):
+                out.write("".join(json.dumps(r) + "\n" for r in records))
+                out.flush()
+                os.fsync(out.fileno())
+            written += len(records)
+            bar.step(len(records))
+            if on_batch is not None:
+                on_batch(written)
+
         try:
-            for batch in _batches(loader, todo, batch_size):
-                if device_preprocess:
-                    _cut_on_device(batch, processor, device, num_frames, crops, dtype, uint8)
-                records = _score(batch, model, device, id2label, top_k, totals)
-                scored += sum("time_ms" in r for r in records)
-                with _writing(mine_file):
-                    out.write("".join(json.dumps(r) + "\n" for r in records))
-                    out.flush()
-                    os.fsync(out.fileno())
-                written += len(records)
-                bar.step(len(records))
-                if on_batch is not None:
-                    on_batch(written)
+            left = list(range(len(todo)))  # the videos of todo without a line yet, in order
+            deaths = 0
+            while left:
+                loader = torch.utils.data.DataLoader(
+                    dataset,
+                    batch_size=batch_size,
+                    sampler=list(left),
+                    num_workers=workers,
+                    collate_fn=_collate,
+                    pin_memory=device.type == "cuda",  # the decoded frames too, for the non-blocking copies
+                    prefetch_factor=2 if workers > 0 else None,
+                )
+                try:
+                    for batch in _batches(loader, [todo[i] for i in left], batch_size):
+                        if device_preprocess:
+                            _cut_on_device(batch, processor, device, num_frames, crops, dtype, uint8)
+                        records = _score(batch, model, device, id2label, top_k, totals)
+                        scored += sum("time_ms" in r for r in records)
+                        write(records)
+                        del left[: len(batch)]
+                    break
+                except _DiedReading as died:
+                    # The video a worker died on is an error line (tried again by --resume), and the run goes
+                    # on with fresh workers: one video that crashes the decoder no longer stops every run.
+                    sample, deaths = todo[died.index], deaths + 1
+                    if deaths > MAX_WORKER_DEATHS:
+                        raise WorkerError(
+                            f"decoding workers died {deaths} times ({died.cause}), the last while reading "
+                            f"{sample.path}; the results so far are kept, run again with --resume"
+                        ) from None
+                    logger.warning(
+                        "a decoding worker died while reading %s (%s); it is an error line and the run goes on",
+                        sample.path,
+                        died.cause,
+                    )
+                    item = {"path": sample.path, "label": sample.label}
+                    error = f"the decoding worker died reading it ({died.cause}): a decoder crash, or out of memory"
+                    write([_record(item, id2label, error=error)])
+                    left.remove(died.index)
         finally:
             # After a failed write the close flushes the same bytes again (a full disk fails again): that too
             # is the OutputError naming the file, not a bare OSError.
@@ -1467,32 +1514,67 @@ def _writing(path: Path):
         ) from exc
 
 
+class _DiedReading(Exception):
+    """A DataLoader worker died while it read item ``index`` of the loader's dataset."""
+
+    def __init__(self, index: int, cause: str) -> None:
+        super().__init__(index, cause)
+        self.index, self.cause = index, cause
+
+
 def _batches(loader, todo: Sequence[Sample], batch_size: int):
-    """The loader's batches; a worker that dies becomes a ``WorkerError`` naming the videos it may have been
-    reading (the DataLoader only says that a worker exited)."""
+    """The loader's batches. A worker that dies while it reads a video (a decoder crash, out of memory) is a
+    ``_DiedReading`` naming that video (``VideoViews.reading``); one that dies elsewhere a ``WorkerError``
+    naming the videos it may have been reading (the DataLoader only says that a worker exited)."""
     done = 0
     iterator = iter(loader)
-    while True:
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            return
-        except RuntimeError as exc:
-            # The DataLoader's words for a worker that died (an exception raised inside a worker is re-raised
-            # as itself, "Caught ... in DataLoader worker process", and is not this).
-            if not _WORKER_DIED.search(str(exc)):
-                raise
-            pending = [s.path for s in todo[done : done + batch_size * max(1, loader.num_workers) * 2]]
-            shown = ", ".join(pending[:4]) + (f" and {len(pending) - 4} more" if len(pending) > 4 else "")
-            raise WorkerError(
-                f"a decoding worker died ({exc}); the results so far are kept, run again with --resume. If it "
-                f"dies again here, one of the next videos crashes the decoder or exhausts memory: {shown}"
-            ) from exc
-        done += len(batch)
-        yield batch
+    with _quiet_sigchld(loader.num_workers > 0):
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except RuntimeError as exc:
+                # The DataLoader's words for a worker that died (an exception raised inside a worker is re-raised
+                # as itself, "Caught ... in DataLoader worker process", and is not this).
+                died = _WORKER_DIED.search(str(exc))
+                if not died:
+                    raise
+                pids = {int(p) for p in re.findall(r"\d+", died["pids"])}
+                reading = loader.dataset.reading or []
+                for pid, index in zip(reading[::2], reading[1::2], strict=True):
+                    if pid in pids and index >= 0:
+                        raise _DiedReading(index, str(exc)) from exc
+                pending = [s.path for s in todo[done : done + batch_size * max(1, loader.num_workers) * 2]]
+                shown = ", ".join(pending[:4]) + (f" and {len(pending) - 4} more" if len(pending) > 4 else "")
+                raise WorkerError(
+                    f"a decoding worker died ({exc}); the results so far are kept, run again with --resume. If it "
+                    f"dies again here, one of the next videos crashes the decoder or exhausts memory: {shown}"
+                ) from exc
+            done += len(batch)
+            yield batch
 
 
-_WORKER_DIED = re.compile(r"DataLoader worker \(pid.*(exited unexpectedly|killed by signal)")
+@contextlib.contextmanager
+def _quiet_sigchld(workers: bool):
+    """Without torch's SIGCHLD handler while the loader runs: it raises "DataLoader worker ... killed" in the
+    main thread wherever it is when a worker dies (in the model's forward, it was taken for the model's
+    failure, and the next batch's transfer from the dead worker an EOFError). The DataLoader still finds a
+    dead worker (every 5 s while it waits, and when a transfer fails) and says so from ``next()``."""
+    sigchld = getattr(signal, "SIGCHLD", None)
+    if not workers or sigchld is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.signal(sigchld, signal.SIG_DFL)  # torch's, set by iter(loader)
+    try:
+        yield
+    finally:
+        signal.signal(sigchld, handler)
+
+
+_WORKER_DIED = re.compile(
+    r"DataLoader worker \(pids? ?(?:\(s\) )?(?P<pids>[\d, ]+)\) (exited unexpectedly|is killed by signal)"
+)
 
 
 def _check_settings(output: Path, settings: dict, compare: bool, write: bool) -> None:
