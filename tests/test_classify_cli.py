@@ -133,6 +133,24 @@ def test_results_and_errors_stream_in_order_below_the_bar(model_dir, videos, tmp
     assert rest[4].startswith("time per video")
 
 
+def test_warnings_start_a_line_of_their_own_under_the_bar(model_dir, videos, monkeypatch):
+    """A warning during the run ("the model failed on a batch") was printed at the end of the bar's line."""
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    fail_batches_of_several(monkeypatch)
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    assert main(["classify", *videos, "--model", str(model_dir), "--batch-size", "2"]) == 0
+    screen = [line.rsplit("\r", 1)[-1].replace("\x1b[K", "") for line in term.getvalue().split("\n")]
+    warned = [line for line in screen if "warning" in line]
+    assert len(warned) == 2 and all(
+        line.startswith("timesformer: warning: the model failed") for line in warned
+    )
+
+
 def test_strategy_and_seed_choose_the_frames_of_three_crops_and_are_refused_with_clips(
     model_dir, videos, capsys
 ):

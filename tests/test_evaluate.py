@@ -735,19 +735,20 @@ finally:
 """
 
 
-def _two_ranks(scenario: str, tmp_path: Path) -> list[str]:
+def _as_ranks(*commands: list[str], timeout: int = 120) -> list[tuple[int, str, str]]:
+    """Each command as one rank of a job (as on one machine each), with its exit status, stdout and stderr."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     procs = []
-    for rank in range(2):
+    for rank, command in enumerate(commands):
         env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-               "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": "1"}  # fmt: skip
+               "WORLD_SIZE": str(len(commands)), "LOCAL_RANK": "0", "OMP_NUM_THREADS": "1"}  # fmt: skip
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-c", _RANK_SCRIPT, scenario, str(tmp_path)],
+                [sys.executable, *command],
                 cwd=ROOT,
                 env=env,
                 stdout=subprocess.PIPE,
@@ -755,12 +756,36 @@ def _two_ranks(scenario: str, tmp_path: Path) -> list[str]:
                 text=True,
             )
         )
+    outputs = [proc.communicate(timeout=timeout) for proc in procs]
+    return [(proc.returncode, *output) for proc, output in zip(procs, outputs, strict=True)]
+
+
+def _two_ranks(scenario: str, tmp_path: Path) -> list[str]:
     results = []
-    for proc in procs:
-        stdout, stderr = proc.communicate(timeout=120)
-        assert proc.returncode == 0, stderr
+    for code, stdout, stderr in _as_ranks(*[["-c", _RANK_SCRIPT, scenario, str(tmp_path)]] * 2):
+        assert code == 0, stderr
         results.append(stdout.strip())
     return results
+
+
+def test_machines_that_hold_the_model_at_other_paths_resume(videos, tmp_path):
+    """The first run allowed it (the weights' digest is compared), and --resume refused it: rank 1's model path
+    was compared with the one rank 0 recorded."""
+    import shutil
+
+    from timesformer.assets import BUNDLED_MODEL
+
+    for name in ("a", "b"):
+        shutil.copytree(BUNDLED_MODEL, tmp_path / name)
+    out = tmp_path / "out"
+    for extra in (["--limit", "2"], ["--limit", "4", "--resume"]):
+        ranks = _as_ranks(
+            *[["-m", *_evaluate_args(videos, out, "--no-progress", "--model", str(tmp_path / m), *extra)]
+              for m in ("a", "b")],
+            timeout=300,
+        )  # fmt: skip
+        assert [code for code, _, _ in ranks] == [0, 0], ranks
+    assert len(_paths(out)) == 4
 
 
 @pytest.mark.parametrize(
@@ -1033,6 +1058,36 @@ def test_a_stray_local_world_size_is_named(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "two")
     with pytest.raises(ValueError, match="environment variable LOCAL_WORLD_SIZE must be an integer"):
         default_workers()
+
+
+def test_a_job_torchrun_restarts_goes_on_with_its_lines(videos, bundled, tmp_path, monkeypatch):
+    """``torchrun --max-restarts N``: the restarted ranks refused the DIR their first attempt had written to."""
+    from timesformer.evaluate import evaluate
+
+    model, processor = bundled
+    out = tmp_path / "out"
+    evaluate(videos, model, processor, out, workers=0, limit=2)
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        evaluate(videos, model, processor, out, workers=0, limit=3)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    evaluate(videos, model, processor, out, workers=0, limit=3)
+    assert len(_paths(out)) == 3
+
+
+def test_each_local_rank_takes_its_own_gpu_for_plain_cuda(monkeypatch):
+    """``--device cuda`` under torchrun put every rank on GPU 0 (no GPU here: CUDA's answers are stood in)."""
+    import torch
+
+    from timesformer.evaluate import default_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    for name, value in {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(name, value)
+    cuda1 = torch.device("cuda", 1)
+    assert default_device() == default_device(torch.device("cuda")) == cuda1
+    assert default_device(torch.device("cuda", 3)) == torch.device("cuda", 3)  # as asked
+    assert default_device(torch.device("cpu")) == torch.device("cpu")
 
 
 # --------------------------------------------------------------------------- what a dataset folder may hold

@@ -164,12 +164,10 @@ def info(_: argparse.Namespace) -> int:
 
 
 def _error(message: str) -> None:
-    if sys.stderr is None:  # closed (2>&-): nowhere to say it; print would write it to stdout
-        return
     if sys.stdout is not None and not sys.stdout.closed:
         with contextlib.suppress(OSError, ValueError):
             sys.stdout.flush()  # the results before it come first when both go to one place
-    print(f"timesformer: error: {message}", file=sys.stderr)
+    _say(f"error: {message}")
 
 
 def printable(text: str) -> str:
@@ -286,7 +284,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         with together("load the model"), warnings.catch_warnings():
             if rank > 0:  # (the model's warnings are the same on every rank: rank 0 gives them)
                 warnings.simplefilter("ignore")
-            device = resolve_device(args.device) if args.device else default_device()
+            device = default_device(resolve_device(args.device) if args.device else None)
             model, processor = load_model(args.model, backend=args.backend, device=device, dtype=dtype)
     except RankError as exc:
         _error(printable(exc))
@@ -542,7 +540,18 @@ class _OneLine(logging.Handler):
     """The package's log records (a newly initialized head, a skipped line of results) as the CLI's warnings."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        print(f"timesformer: {record.levelname.lower()}: {printable(record.getMessage())}", file=sys.stderr)
+        _say(f"{record.levelname.lower()}: {printable(record.getMessage())}")
+
+
+def _say(text: str) -> None:
+    """A ``timesformer: ...`` line on stderr, on a line of its own (an unfinished progress bar is erased first,
+    and drawn again below it at its next step). Nothing where stderr is closed (``2>&-``)."""
+    if sys.stderr is None:  # (print would write it to stdout)
+        return
+    from .evaluate import Progress
+
+    Progress.clear_drawn()
+    print(f"timesformer: {text}", file=sys.stderr)
 
 
 def _run(func, args) -> int:
@@ -553,9 +562,7 @@ def _run(func, args) -> int:
     try:
         with warnings.catch_warnings():
             # A warning is one line like the errors, not Python's "file:line: UserWarning: ..." pair of lines.
-            warnings.showwarning = lambda message, *_a, **_k: print(
-                f"timesformer: warning: {printable(message)}", file=sys.stderr
-            )
+            warnings.showwarning = lambda message, *_a, **_k: _say(f"warning: {printable(message)}")
             code = func(args)
         sys.stdout.flush()
         return code

@@ -1075,11 +1075,17 @@ def _check_same_work(
             )
 
 
-def default_device() -> torch.device:
-    """``cuda:LOCAL_RANK`` where CUDA is available (one GPU per local rank), else the CPU."""
-    if torch.cuda.is_available():
+def default_device(device: torch.device | None = None) -> torch.device:
+    """This rank's device: ``device``, but ``cuda:LOCAL_RANK`` for ``cuda`` without an index (one GPU per
+    local rank: plain ``cuda`` put every rank on GPU 0); by default ``cuda:LOCAL_RANK`` where CUDA is
+    available, else the CPU."""
+    if device is None:
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        device = torch.device("cuda")
+    if device.type == "cuda" and device.index is None:
         return torch.device("cuda", _world()[2] % torch.cuda.device_count())
-    return torch.device("cpu")
+    return device
 
 
 def cpu_cores() -> int:
@@ -1100,7 +1106,10 @@ def default_workers() -> int:
 class Progress:
     """A one-line progress bar on stderr: videos done, videos/s, ETA. By default only on a terminal, and only
     for at least ``min_total`` videos; ``clear`` erases an unfinished bar before other output (the next
-    ``step`` draws it again below that output). Off where stderr is closed."""
+    ``step`` draws it again below that output), ``clear_drawn`` whichever bar is unfinished (before a warning
+    line). Off where stderr is closed."""
+
+    drawn: Progress | None = None  # the bar drawn unfinished, if any
 
     def __init__(
         self, total: int, enabled: bool | None = None, stream=None, min_total: int = 1, label: str = ""
@@ -1125,6 +1134,7 @@ class Progress:
         bar = "#" * (30 * self.done // self.total) + "." * (30 - 30 * self.done // self.total)
         eta_text = f"{eta:.0f} s" if math.isfinite(eta) else "?"
         self.open = self.done < self.total
+        Progress.drawn = self if self.open else None
         print(
             f"\r{self.label}[{bar}] {self.done}/{self.total} videos, {rate:.2f}/s, ETA {eta_text}  ",
             end="" if self.open else "\n",
@@ -1136,6 +1146,12 @@ class Progress:
         if self.open:
             print("\r\x1b[K", end="", file=self.stream, flush=True)
             self.open = False
+            Progress.drawn = None
+
+    @staticmethod
+    def clear_drawn() -> None:
+        if Progress.drawn is not None:
+            Progress.drawn.clear()
 
 
 def _closes_its_process_group(fn):
@@ -1199,7 +1215,8 @@ def evaluate(
         num_frames: frames per clip (default: the model's); sample_rate: spacing of a clip's frames.
         top_k: labels kept per video in the predictions.
         resume: skip the videos already in ``output``'s predictions (complete lines; a torn last line is
-            redone). Without it, an ``output`` that holds predictions is refused.
+            redone). Without it, an ``output`` that holds predictions is refused, except in a job that torchrun
+            restarted (``--max-restarts``; ``TORCHELASTIC_RESTART_COUNT`` above 0): its lines are the job's own.
         limit: evaluate only the first ``limit`` videos of the sorted list.
         uint8_frames: send resized and cropped uint8 frames to the model, normalized inside it (default: on
             the ``triton`` backend, where the fused patch embedding does it).
@@ -1213,6 +1230,7 @@ def evaluate(
         on_batch: called with the number of videos written after each batch (for tests and tools).
     """
     output = Path(output)
+    resume = resume or _env_int("TORCHELASTIC_RESTART_COUNT", 0) > 0
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     rank, world = init_distributed()
@@ -1277,7 +1295,9 @@ def evaluate(
                 # The frames' preprocessing, field by field (the model folder's preprocessor config may change).
                 **{f"preprocessing {k}": v for k, v in processor.to_dict().items()},
             }
-            _check_settings(output, settings, compare=lines > 0, write=rank == 0)
+            # (Not the model's name on the other ranks: the folder may lie at another path on each machine.)
+            compared = settings if rank == 0 else {k: v for k, v in settings.items() if k != "model"}
+            _check_settings(output, compared, compare=lines > 0, write=rank == 0)
             if rank == 0 and world > 1:
                 token = os.urandom(8).hex()
                 (output / JOB_MARK).write_text(token)
