@@ -428,6 +428,31 @@ def test_an_mpeg_ts_whose_clock_goes_back_is_read_in_playback_order(tmp_path):
         assert _indices(read_video(path, indices=wanted)) == wanted, wanted
 
 
+@pytest.mark.parametrize(("format", "ticks"), [("mpegts", 3600), ("matroska", 40)])
+def test_one_frame_with_a_wrong_timestamp_does_not_stand_for_the_frames_after_it(tmp_path, format, ticks):
+    """Frame 20's timestamp 1000 frames late (one bit error in a broadcast capture) numbered it as the last
+    frame: it was taken for every wanted frame from 20 on, with no error ([.., 19, 20, 20, 20, ...])."""
+    import fractions
+
+    path = tmp_path / f"glitch.{format}"
+    codec, packets = _h264_packets(40)
+
+    def restamp(packet):
+        late = 1000 if packet.pts == 20 else 0
+        packet.pts, packet.dts = (packet.pts + late) * ticks + 126_000, packet.dts * ticks + 126_000
+
+    _mux(path, codec, packets, time_base=fractions.Fraction(1, 25 * ticks), restamp=restamp, format=format)
+    assert _full_decode(path) == list(range(40))  # what the test relies on: the decoder plays them in order
+    assert video_info(path)["frames"] == 40
+    assert _indices(read_video(path, indices=list(range(40)))) == list(range(40))
+    # Frames numbered as they play (counted: a read that sees the timestamps go back), or by timestamp (a
+    # seek that never meets frame 20); never one frame for several.
+    by_timestamp = [*range(20), *range(21, 40), 20]
+    for wanted in ([21, 22, 23, 24], [19, 20, 21], [39], [0, 39], sample_frame_indices(8, 4, 40, "center")):
+        got = _indices(read_video(path, indices=wanted))
+        assert got in (wanted, [by_timestamp[i] for i in wanted]), (wanted, got)
+
+
 def test_mpeg_ts_packets_without_timestamps_are_frames(tmp_path):
     """MPEG-TS may leave a packet's timestamps out. The index skipped such packets: 50 frames of 60, and
     clips with uneven gaps."""

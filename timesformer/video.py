@@ -701,18 +701,24 @@ class _Taken:
         self.wanted, self.to_rgb = wanted, to_rgb
         self.frames: dict[int, np.ndarray] = {}
         self.k = 0
+        self.previous: int | None = None
 
     def add(self, number: int, frame) -> bool:
         """Take the frame numbered ``number`` for itself and the wanted frames before it that did not come;
-        ``True`` once every wanted frame is taken."""
+        ``True`` once every wanted frame is taken, by a frame that follows the one before it. A frame numbered
+        past a gap may carry a wrong timestamp (one bit error in a broadcast capture: frame 20 numbered as the
+        last), which only the next frame, numbered back, shows: the caller decodes on to it, so that one
+        frame does not stand silently for all the frames after it."""
         wanted, k = self.wanted, self.k
+        jumped = self.previous is not None and number > self.previous + 1
+        self.previous = number
         if k < len(wanted) and wanted[k] <= number:
             rgb = self.to_rgb(frame)
             while k < len(wanted) and wanted[k] <= number:
                 self.frames[wanted[k]] = rgb
                 k += 1
             self.k = k
-        return k == len(wanted)
+        return k == len(wanted) and not jumped
 
 
 def _check_pixels(frame, max_frame_pixels: int, path) -> None:
