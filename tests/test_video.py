@@ -453,6 +453,32 @@ def test_one_frame_with_a_wrong_timestamp_does_not_stand_for_the_frames_after_it
         assert got in (wanted, [by_timestamp[i] for i in wanted]), (wanted, got)
 
 
+def test_a_complete_flv_with_a_wrong_duration_is_not_truncated(tmp_path):
+    """FFmpeg's FLV muxer, given a raw H.264 stream copied as is (``add_stream_from_template``), records 1334 s
+    for 1.3 s of frames: the whole file was refused as truncated, though every frame decodes."""
+    import fractions
+    import io
+
+    raw = io.BytesIO()
+    with av.open(raw, "w", format="h264") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 96, 48, "yuv420p"
+        for i in range(40):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(index_frame(i, 48, 96), format="rgb24")))
+        out.mux(stream.encode())
+    raw.seek(0)
+    path = tmp_path / "copy.flv"
+    with av.open(raw, format="h264") as src, av.open(str(path), "w") as dst:
+        copy = dst.add_stream_from_template(src.streams.video[0])
+        for k, packet in enumerate(p for p in src.demux(video=0) if p.size):
+            packet.stream, packet.time_base, packet.pts, packet.dts = copy, fractions.Fraction(1, 30), k, k
+            dst.mux(packet)
+    with av.open(str(path)) as c:
+        assert c.duration / 1e6 > 100  # what the test relies on: the muxer's duration
+    assert _full_decode(path) == list(range(40))
+    assert _indices(read_video(path, 8, 4, strategy="uniform")) == sample_frame_indices(8, 4, 40, "uniform")
+
+
 def test_mpeg_ts_packets_without_timestamps_are_frames(tmp_path):
     """MPEG-TS may leave a packet's timestamps out. The index skipped such packets: 50 frames of 60, and
     clips with uneven gaps."""

@@ -370,8 +370,10 @@ def _check_complete(container, stream, pts: list[int], end: int, hidden: int, pa
         seconds = float(stream.duration * stream.time_base)
     elif (tagged := _duration_tag(stream)) is not None:
         seconds = tagged
-    elif container.duration is not None and len(container.streams) == 1:
-        # The container's duration covers all streams: only trusted when video is the only one.
+    elif container.duration is not None and len(container.streams) == 1 and container.format.name != "flv":
+        # The container's duration covers all streams: only trusted when video is the only one. Not FLV's: a
+        # hint (onMetaData, or the last tag's time), which FFmpeg's own muxer gets wrong for a stream copy
+        # from a raw H.264 stream (1334 s announced for 1.3 s of frames).
         seconds = container.duration / 1e6
     if not seconds:
         return
