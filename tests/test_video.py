@@ -453,6 +453,26 @@ def test_one_frame_with_a_wrong_timestamp_does_not_stand_for_the_frames_after_it
         assert got in (wanted, [by_timestamp[i] for i in wanted]), (wanted, got)
 
 
+def test_a_read_that_takes_too_long_is_an_error_of_its_video(tmp_path, monkeypatch):
+    """A few KB can hold minutes of decoding (one 4096x4096 keyframe, then 30,000 empty frames): such a file
+    held classify and evaluate for as long. The clock here advances one second per packet or frame read."""
+    import itertools
+    import types
+
+    path = tmp_path / "long.mp4"
+    write_indexed_video(path, 60, 32, 64, gop=60)  # one keyframe: the last frame is decoded from the first
+    ticks = itertools.count()
+    monkeypatch.setattr(video, "time", types.SimpleNamespace(monotonic=lambda: float(next(ticks))))
+    for read in (lambda **k: read_video(path, indices=[59], **k), lambda **k: video_info(path, **k)):
+        with pytest.raises(VideoError, match=r"long.mp4: took over 30 s to read \(max_seconds\): far more"):
+            read(max_seconds=30)
+        read(max_seconds=1000)
+        read(max_seconds=None)
+    for bad in (0, -1, True, "30"):
+        with pytest.raises(ValueError, match="max_seconds must be a positive number of seconds or None"):
+            read_video(path, indices=[0], max_seconds=bad)
+
+
 def test_a_complete_flv_with_a_wrong_duration_is_not_truncated(tmp_path):
     """FFmpeg's FLV muxer, given a raw H.264 stream copied as is (``add_stream_from_template``), records 1334 s
     for 1.3 s of frames: the whole file was refused as truncated, though every frame decodes."""

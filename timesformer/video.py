@@ -22,10 +22,13 @@ video track is the one FFmpeg picks, never a cover image.
 from __future__ import annotations
 
 import bisect
+import contextlib
+import contextvars
 import itertools
 import math
 import operator
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
@@ -110,8 +113,17 @@ def _integer(value, name: str) -> int:
 MAX_FRAME_PIXELS = 4096 * 4096
 MAX_NUM_FRAMES = 1024
 
-# Seconds FFmpeg may wait in one open or read call before giving up (a regular file never comes close).
+# Seconds FFmpeg may wait in one open or read call before giving up.
 IO_TIMEOUT_S = 60.0
+# Seconds one read_video or video_info call may take, checked at each packet and frame: a few KB can hold
+# minutes of decoding (one 4096x4096 keyframe, then 30,000 empty frames, all decoded to reach the last ones),
+# and one such file must not hold a dataset's evaluation for that long. A keyword argument of both.
+MAX_READ_SECONDS = 600.0
+# (time.monotonic() past which the current call gives up, its limit): per thread, as classify's decoding
+# threads each read their own video.
+_DEADLINE: contextvars.ContextVar[tuple[float, float] | None] = contextvars.ContextVar(
+    "deadline", default=None
+)
 
 # Reads in a row that may ask to be retried (EAGAIN) before the file is taken for corrupt. The MPEG-TS demuxer
 # asks while it resyncs over junk bytes (a capture's zero padding, a zeroed gap), each time past up to 64 KB more
@@ -216,6 +228,31 @@ def _check_not_still(container, total: int, path) -> None:
         raise VideoError(path, f"is a still image ({kind}), not a video")
 
 
+class _TooSlow(Exception):
+    """The read took longer than its limit (``MAX_READ_SECONDS``): ``_within`` says so for its video."""
+
+
+@contextlib.contextmanager
+def _within(max_seconds: float | None, path):
+    """The reads of the block (``_retrying``) given up after ``max_seconds`` (``None``: no limit), as a
+    ``VideoError`` of ``path``."""
+    if max_seconds is not None and (
+        isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float)) or not max_seconds > 0
+    ):
+        raise ValueError(f"max_seconds must be a positive number of seconds or None, got {max_seconds!r}")
+    token = _DEADLINE.set(None if max_seconds is None else (time.monotonic() + max_seconds, max_seconds))
+    try:
+        yield
+    except _TooSlow:
+        raise VideoError(
+            path,
+            f"took over {max_seconds:g} s to read (max_seconds): far more frames to decode than its size "
+            "suggests, or a file that stalls the demuxer",
+        ) from None
+    finally:
+        _DEADLINE.reset(token)
+
+
 def _retrying(read: Callable[[], Iterator]) -> Iterator:
     """The items of ``read()`` (``container.demux`` or ``container.decode``), read on where FFmpeg asks to retry
     (EAGAIN, ``BlockingIOError``): the MPEG-TS demuxer does while it resyncs over junk bytes, and each retry
@@ -227,10 +264,13 @@ def _retrying(read: Callable[[], Iterator]) -> Iterator:
     import av
 
     retries = 0
+    deadline = _DEADLINE.get()
     while True:
         try:
             for item in read():
                 retries = 0
+                if deadline is not None and time.monotonic() > deadline[0]:
+                    raise _TooSlow(deadline[1])
                 yield item
             return
         except IndexError:
@@ -449,6 +489,7 @@ def read_video(
     max_frame_pixels: int = MAX_FRAME_PIXELS,
     max_num_frames: int = MAX_NUM_FRAMES,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    max_seconds: float | None = MAX_READ_SECONDS,
 ) -> torch.Tensor:
     """Decode the sampled frames of a video.
 
@@ -467,6 +508,8 @@ def read_video(
         transform: a function of one uint8 ``(height, width, 3)`` frame, called once per distinct frame as
             soon as it is decoded, whose results are returned in the frames' place: to preprocess frames
             without holding them all at full resolution.
+        max_seconds: give up on a video whose reading takes longer (default 600; ``None``: no limit), checked
+            at each packet and frame (one blocking FFmpeg call is bounded by ``IO_TIMEOUT_S`` instead).
 
     Returns:
         uint8 ``(num_frames, height, width, 3)`` RGB frames (``len(indices)`` frames when given), of
@@ -500,53 +543,56 @@ def read_video(
     elif not callable(indices):
         indices = _frame_numbers(indices)
         check_count(len(indices), "len(indices)")
-    container, stream, index = _indexed(path, max_frame_pixels)
-    pts_index, total = index.pts, index.total
-    try:
-        if indices is None:
-            rng = np.random.default_rng(seed)
-            indices = sample_frame_indices(num_frames, sample_rate, total, strategy, rng)
-        else:
-            if callable(indices):  # chosen from the frame count, found by this one pass over the packets
-                indices = _frame_numbers(indices(total))
-                check_count(len(indices), "len(indices)")
-            bad = [i for i in indices if not 0 <= i < total]
-            if bad or not indices:
-                raise ValueError(f"frame indices must be in [0, {total}) for {path}, got {bad or indices}")
-        wanted = sorted(set(indices))
-        # (The header's size, as the first open read it: a raw stream, counted by decoding, has the last
-        # frame's on its stream now.)
-        to_rgb = _ToRGB(max_frame_pixels, path, size=index.size, transform=transform)
-        frames: dict[int, np.ndarray] = {}
-        # Frames that share a timestamp (a broken muxer's) are told apart by their order from the start only:
-        # a seek may land between them.
-        if pts_index is not None and len(set(pts_index)) == total and index.ordered:
-            frames = _decode_by_pts(container, stream, index, wanted, to_rgb, path)
-        if len(frames) < len(wanted):
-            # No timestamps, duplicate ones, decoded timestamps that match no packet, a seek that fails (no
-            # keyframe before the frame: a file that starts mid-GOP) or lands past the first frame (MPEG-TS):
-            # the whole clip is taken from the start of a fresh open, numbered as the seek numbers it, so that
-            # all its frames have one numbering (a seek to time 0 is not the start where timestamps begin
-            # below 0).
-            # Timestamps, then counting where they come out of order; counting alone where the clock goes back.
-            for numbered_by in (pts_index, None) if index.ordered else (None,):
-                container.close()
-                container = _open(path)
-                stream = _video_stream(container)
-                stream.thread_type = "AUTO"
-                taken = _decode_sequentially(container, stream, numbered_by, wanted, to_rgb)
-                if taken is not None:
-                    frames = taken
-                    break
-        missing = [i for i in wanted if i not in frames]
-        if missing:
-            got = bisect.bisect_left(wanted, missing[0])
-            raise VideoError(
-                path,
-                f"corrupt or truncated video (frame {missing[0]} of {total} could not be decoded; {got} were)",
-            )
-    finally:
-        container.close()
+    with _within(max_seconds, path):
+        container, stream, index = _indexed(path, max_frame_pixels)
+        pts_index, total = index.pts, index.total
+        try:
+            if indices is None:
+                rng = np.random.default_rng(seed)
+                indices = sample_frame_indices(num_frames, sample_rate, total, strategy, rng)
+            else:
+                if callable(indices):  # chosen from the frame count, found by this one pass over the packets
+                    indices = _frame_numbers(indices(total))
+                    check_count(len(indices), "len(indices)")
+                bad = [i for i in indices if not 0 <= i < total]
+                if bad or not indices:
+                    raise ValueError(
+                        f"frame indices must be in [0, {total}) for {path}, got {bad or indices}"
+                    )
+            wanted = sorted(set(indices))
+            # (The header's size, as the first open read it: a raw stream, counted by decoding, has the last
+            # frame's on its stream now.)
+            to_rgb = _ToRGB(max_frame_pixels, path, size=index.size, transform=transform)
+            frames: dict[int, np.ndarray] = {}
+            # Frames that share a timestamp (a broken muxer's) are told apart by their order from the start only:
+            # a seek may land between them.
+            if pts_index is not None and len(set(pts_index)) == total and index.ordered:
+                frames = _decode_by_pts(container, stream, index, wanted, to_rgb, path)
+            if len(frames) < len(wanted):
+                # No timestamps, duplicate ones, decoded timestamps that match no packet, a seek that fails (no
+                # keyframe before the frame: a file that starts mid-GOP) or lands past the first frame (MPEG-TS):
+                # the whole clip is taken from the start of a fresh open, numbered as the seek numbers it, so that
+                # all its frames have one numbering (a seek to time 0 is not the start where timestamps begin
+                # below 0).
+                # Timestamps, then counting where they come out of order; counting alone where the clock goes back.
+                for numbered_by in (pts_index, None) if index.ordered else (None,):
+                    container.close()
+                    container = _open(path)
+                    stream = _video_stream(container)
+                    stream.thread_type = "AUTO"
+                    taken = _decode_sequentially(container, stream, numbered_by, wanted, to_rgb)
+                    if taken is not None:
+                        frames = taken
+                        break
+            missing = [i for i in wanted if i not in frames]
+            if missing:
+                got = bisect.bisect_left(wanted, missing[0])
+                raise VideoError(
+                    path,
+                    f"corrupt or truncated video (frame {missing[0]} of {total} could not be decoded; {got} were)",
+                )
+        finally:
+            container.close()
     shapes = sorted(to_rgb.shapes)
     if len(shapes) > 1:  # sizes are one (``_ToRGB``): a display matrix that turns some frames only
         (h0, w0), (h1, w1) = shapes[0], shapes[-1]
@@ -852,26 +898,32 @@ def _decode_sequentially(
     return taken.frames
 
 
-def video_info(path: str | os.PathLike, max_frame_pixels: int = MAX_FRAME_PIXELS) -> dict:
+def video_info(
+    path: str | os.PathLike,
+    max_frame_pixels: int = MAX_FRAME_PIXELS,
+    max_seconds: float | None = MAX_READ_SECONDS,
+) -> dict:
     """Frame count (exact, from the packet index), size (as ``read_video`` returns frames: turned as the first
     frame's display matrix says), average frame rate and codec of a video, with ``read_video``'s checks (the
-    pixel limit ``max_frame_pixels``, still images, files cut short, no frames), so that frame numbers chosen
+    pixel limit ``max_frame_pixels``, the time limit ``max_seconds``, still images, files cut short, no frames),
+    so that frame numbers chosen
     from it are ones ``read_video`` takes.
 
     Raises:
         VideoError: as ``read_video``.
     """
-    container, stream, index = _indexed(path, max_frame_pixels)
-    try:
-        rate = stream.average_rate
-        # (Within max_frame_pixels: _indexed checked the stored size.)
-        height, width = _displayed_size(path, index.size[1], index.size[0])
-        return {
-            "frames": index.total,
-            "height": height,
-            "width": width,
-            "fps": float(rate) if rate else None,
-            "codec": stream.codec_context.name,
-        }
-    finally:
-        container.close()
+    with _within(max_seconds, path):
+        container, stream, index = _indexed(path, max_frame_pixels)
+        try:
+            rate = stream.average_rate
+            # (Within max_frame_pixels: _indexed checked the stored size.)
+            height, width = _displayed_size(path, index.size[1], index.size[0])
+            return {
+                "frames": index.total,
+                "height": height,
+                "width": width,
+                "fps": float(rate) if rate else None,
+                "codec": stream.codec_context.name,
+            }
+        finally:
+            container.close()
