@@ -287,6 +287,12 @@ def test_directory_is_not_a_video(tmp_path):
         read_video(tmp_path)
 
 
+def test_a_name_with_a_nul_character_is_an_error_of_that_video(tmp_path):
+    """(It was a ValueError from os.stat: classify caught it, but not as the video's own error.)"""
+    with pytest.raises(VideoError, match="is not a file name \\(it holds a NUL character\\)"):
+        read_video(str(tmp_path / "a\0b.mp4"))
+
+
 def test_index_frames_decode_back():
     for i in (0, 1, 513, 1023):
         assert read_index(index_frame(i, 48, 80)) == i

@@ -159,6 +159,8 @@ def _open(path):
         info = os.stat(path)
     except FileNotFoundError:
         raise VideoError(path, "no such file") from None
+    except ValueError:  # "embedded null byte": no file has such a name
+        raise VideoError(path, "is not a file name (it holds a NUL character)") from None
     except OSError as exc:
         raise VideoError(path, f"cannot be read ({exc.strerror or type(exc).__name__})") from None
     if stat.S_ISDIR(info.st_mode):
