@@ -1060,20 +1060,6 @@ def test_a_stray_local_world_size_is_named(monkeypatch):
         default_workers()
 
 
-def test_a_job_torchrun_restarts_goes_on_with_its_lines(videos, bundled, tmp_path, monkeypatch):
-    """``torchrun --max-restarts N``: the restarted ranks refused the DIR their first attempt had written to."""
-    from timesformer.evaluate import evaluate
-
-    model, processor = bundled
-    out = tmp_path / "out"
-    evaluate(videos, model, processor, out, workers=0, limit=2)
-    with pytest.raises(FileExistsError, match="pass --resume"):
-        evaluate(videos, model, processor, out, workers=0, limit=3)
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
-    evaluate(videos, model, processor, out, workers=0, limit=3)
-    assert len(_paths(out)) == 3
-
-
 def test_each_local_rank_takes_its_own_gpu_for_plain_cuda(monkeypatch):
     """``--device cuda`` under torchrun put every rank on GPU 0 (no GPU here: CUDA's answers are stood in)."""
     import torch

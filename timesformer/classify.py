@@ -248,12 +248,20 @@ def classify_videos(
                 decoded = time.perf_counter()
                 # uint8 to the device (4x less to copy than floats), preprocessed there: (views, T, 3, h, w).
                 pixels = cut_views(frames.to(device), processor, num_frames, crops, dtype, uint8=False)
-            else:  # cut on the CPU as decoded: clips * T frames at full resolution would not fit (4K, 64 clips)
+            else:  # each frame cut on the device as decoded: clips * T frames at full resolution may not fit
                 pixels, cut_ms = read_views(
-                    path, processor, num_frames, sample_rate, clips, crops, dtype, False, max_frame_pixels
+                    path,
+                    processor,
+                    num_frames,
+                    sample_rate,
+                    clips,
+                    crops,
+                    dtype,
+                    False,
+                    max_frame_pixels,
+                    device,
                 )
                 decoded = time.perf_counter() - cut_ms / 1e3
-                pixels = pixels.to(device)
             synchronize(device)
             done = time.perf_counter()
         except (VideoError, ValueError) as exc:

@@ -452,17 +452,27 @@ def views_frame_indices(total: int, num_frames: int, sample_rate: int, clips: in
 
 
 def decode_views(
-    path: str, num_frames: int, sample_rate: int, clips: int, max_frame_pixels: int = MAX_FRAME_PIXELS
+    path: str,
+    num_frames: int,
+    sample_rate: int,
+    clips: int,
+    max_frame_pixels: int = MAX_FRAME_PIXELS,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The ``clips`` uniform clips of a video, decoded in one pass: uint8 ``(clips * T, H, W, 3)``, clip after
-    clip (``views_frame_indices``; ``read_video`` takes repeated and unsorted indices)."""
+    clip (``views_frame_indices``; ``read_video`` takes repeated and unsorted indices), or ``transform``'s
+    results in their place (``read_video``)."""
     from .video import read_video
 
     def indices(total: int) -> list[int]:
         return views_frame_indices(total, num_frames, sample_rate, clips)
 
     return read_video(
-        path, indices=indices, max_frame_pixels=max_frame_pixels, max_num_frames=num_frames * clips
+        path,
+        indices=indices,
+        max_frame_pixels=max_frame_pixels,
+        max_num_frames=num_frames * clips,
+        transform=transform,
     )
 
 
@@ -476,18 +486,20 @@ def read_views(
     dtype: torch.dtype,
     uint8: bool,
     max_frame_pixels: int = MAX_FRAME_PIXELS,
+    device: torch.device | None = None,
 ) -> tuple[torch.Tensor, float]:
-    """``cut_views`` of ``decode_views``' clips, each frame cut into its views as soon as it is decoded (on the
-    CPU), so that one full-resolution frame is held at a time, not ``clips * T`` (1080p, 64 clips: 3 GB); the
-    same values, as the views are cut frame by frame. Returns the views and the milliseconds spent cutting.
-    A frame that cannot be cut (an aspect ratio too extreme to resize) is a ``VideoError`` of this video."""
-    from .video import VideoError, read_video
+    """``cut_views`` of ``decode_views``' clips, each frame cut into its views as soon as it is decoded (on
+    ``device``: the frame is copied there first; default the CPU), so that one full-resolution frame is held at
+    a time, not ``clips * T`` (1080p, 64 clips: 3 GB); the same values, as the views are cut frame by frame.
+    Returns the views and the milliseconds spent cutting (on a GPU: launching). A frame that cannot be cut (an
+    aspect ratio too extreme to resize) is a ``VideoError`` of this video."""
+    from .video import VideoError
 
     spent = [0.0]
 
     def cut(frame: torch.Tensor) -> torch.Tensor:  # (H, W, 3) -> this frame in each view: (crops, 1, ...)
         start = time.perf_counter()
-        one = frame[None]
+        one = frame[None] if device is None else frame[None].to(device)
         try:
             boxes = processor.view_boxes(frame.shape[0], frame.shape[1], crops)
             if uint8:
@@ -499,16 +511,7 @@ def read_views(
         spent[0] += time.perf_counter() - start
         return torch.stack(views)
 
-    def indices(total: int) -> list[int]:
-        return views_frame_indices(total, num_frames, sample_rate, clips)
-
-    frames = read_video(
-        path,
-        indices=indices,
-        max_frame_pixels=max_frame_pixels,
-        max_num_frames=num_frames * clips,
-        transform=cut,
-    )
+    frames = decode_views(path, num_frames, sample_rate, clips, max_frame_pixels, transform=cut)
     # (clips * T, crops, 1, ...) -> (clips * crops, T, ...), clip-major as cut_views.
     views = frames.squeeze(2).unflatten(0, (clips, num_frames)).transpose(1, 2).flatten(0, 1)
     return views.contiguous(), spent[0] * 1e3
@@ -1215,8 +1218,7 @@ def evaluate(
         num_frames: frames per clip (default: the model's); sample_rate: spacing of a clip's frames.
         top_k: labels kept per video in the predictions.
         resume: skip the videos already in ``output``'s predictions (complete lines; a torn last line is
-            redone). Without it, an ``output`` that holds predictions is refused, except in a job that torchrun
-            restarted (``--max-restarts``; ``TORCHELASTIC_RESTART_COUNT`` above 0): its lines are the job's own.
+            redone). Without it, an ``output`` that holds predictions is refused.
         limit: evaluate only the first ``limit`` videos of the sorted list.
         uint8_frames: send resized and cropped uint8 frames to the model, normalized inside it (default: on
             the ``triton`` backend, where the fused patch embedding does it).
@@ -1230,7 +1232,6 @@ def evaluate(
         on_batch: called with the number of videos written after each batch (for tests and tools).
     """
     output = Path(output)
-    resume = resume or _env_int("TORCHELASTIC_RESTART_COUNT", 0) > 0
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     rank, world = init_distributed()

@@ -507,9 +507,10 @@ def read_video(
         max_frame_pixels: refuse a video whose frames have more pixels (width x height, read from the stream
             before decoding; default 4096 x 4096).
         max_num_frames: refuse to return more frames than this (default 1024).
-        transform: a function of one uint8 ``(height, width, 3)`` frame, called once per distinct frame as
-            soon as it is decoded, whose results are returned in the frames' place: to preprocess frames
-            without holding them all at full resolution.
+        transform: a function of one uint8 ``(height, width, 3)`` frame, called on each wanted frame as soon as
+            it is decoded (once per distinct frame, and again where a read starts over: a file whose seeks
+            cannot be trusted), whose results are returned in the frames' place: to preprocess frames without
+            holding them all at full resolution.
         max_seconds: give up on a video whose reading takes longer (default 600; ``None``: no limit), checked
             at each packet and frame (one blocking FFmpeg call is bounded by ``IO_TIMEOUT_S`` instead).
 
@@ -562,9 +563,13 @@ def read_video(
                         f"frame indices must be in [0, {total}) for {path}, got {bad or indices}"
                     )
             wanted = sorted(set(indices))
-            # (The header's size, as the first open read it: a raw stream, counted by decoding, has the last
-            # frame's on its stream now.)
-            to_rgb = _ToRGB(max_frame_pixels, path, size=index.size, transform=transform)
+
+            def converter() -> _ToRGB:  # one per pass: the shapes seen are those of the frames returned
+                # (The header's size, as the first open read it: a raw stream, counted by decoding, has the
+                # last frame's on its stream now.)
+                return _ToRGB(max_frame_pixels, path, size=index.size, transform=transform)
+
+            to_rgb = converter()
             frames: dict[int, np.ndarray] = {}
             # Frames that share a timestamp (a broken muxer's) are told apart by their order from the start only:
             # a seek may land between them.
@@ -582,6 +587,7 @@ def read_video(
                     container = _open(path)
                     stream = _video_stream(container)
                     stream.thread_type = "AUTO"
+                    to_rgb = converter()
                     taken = _decode_sequentially(container, stream, numbered_by, wanted, to_rgb)
                     if taken is not None:
                         frames = taken
