@@ -1119,7 +1119,7 @@ class Progress:
     ):
         self.stream = sys.stderr if stream is None else stream
         self.label = label
-        self.total, self.done, self.open = total, 0, False
+        self.total, self.done = total, 0
         self.enabled = (
             self.stream is not None
             and (self.stream.isatty() if enabled is None else enabled)
@@ -1136,19 +1136,17 @@ class Progress:
         eta = (self.total - self.done) / rate if rate else math.inf
         bar = "#" * (30 * self.done // self.total) + "." * (30 - 30 * self.done // self.total)
         eta_text = f"{eta:.0f} s" if math.isfinite(eta) else "?"
-        self.open = self.done < self.total
-        Progress.drawn = self if self.open else None
+        Progress.drawn = self if self.done < self.total else None
         print(
             f"\r{self.label}[{bar}] {self.done}/{self.total} videos, {rate:.2f}/s, ETA {eta_text}  ",
-            end="" if self.open else "\n",
+            end="" if Progress.drawn is self else "\n",
             file=self.stream,
             flush=True,
         )
 
     def clear(self) -> None:
-        if self.open:
+        if Progress.drawn is self:
             print("\r\x1b[K", end="", file=self.stream, flush=True)
-            self.open = False
             Progress.drawn = None
 
     @staticmethod

@@ -119,11 +119,9 @@ IO_TIMEOUT_S = 60.0
 # minutes of decoding (one 4096x4096 keyframe, then 30,000 empty frames, all decoded to reach the last ones),
 # and one such file must not hold a dataset's evaluation for that long. A keyword argument of both.
 MAX_READ_SECONDS = 600.0
-# (time.monotonic() past which the current call gives up, its limit): per thread, as classify's decoding
-# threads each read their own video.
-_DEADLINE: contextvars.ContextVar[tuple[float, float] | None] = contextvars.ContextVar(
-    "deadline", default=None
-)
+# The time.monotonic() past which the current call gives up: per thread, as classify's decoding threads each
+# read their own video.
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
 
 # Reads in a row that may ask to be retried (EAGAIN) before the file is taken for corrupt. The MPEG-TS demuxer
 # asks while it resyncs over junk bytes (a capture's zero padding, a zeroed gap), each time past up to 64 KB more
@@ -242,7 +240,7 @@ def _within(max_seconds: float | None, path):
         isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float)) or not max_seconds > 0
     ):
         raise ValueError(f"max_seconds must be a positive number of seconds or None, got {max_seconds!r}")
-    token = _DEADLINE.set(None if max_seconds is None else (time.monotonic() + max_seconds, max_seconds))
+    token = _DEADLINE.set(None if max_seconds is None else time.monotonic() + max_seconds)
     try:
         yield
     except _TooSlow:
@@ -271,8 +269,8 @@ def _retrying(read: Callable[[], Iterator]) -> Iterator:
         try:
             for item in read():
                 retries = 0
-                if deadline is not None and time.monotonic() > deadline[0]:
-                    raise _TooSlow(deadline[1])
+                if deadline is not None and time.monotonic() > deadline:
+                    raise _TooSlow
                 yield item
             return
         except IndexError:
@@ -570,7 +568,7 @@ def read_video(
                 return _ToRGB(max_frame_pixels, path, size=index.size, transform=transform)
 
             to_rgb = converter()
-            frames: dict[int, np.ndarray] = {}
+            frames: dict[int, torch.Tensor] = {}
             # Frames that share a timestamp (a broken muxer's) are told apart by their order from the start only:
             # a seek may land between them.
             if pts_index is not None and len(set(pts_index)) == total and index.ordered:
@@ -607,9 +605,7 @@ def read_video(
         raise VideoError(
             path, f"the display rotation changes within the video ({w0}x{h0} and {w1}x{h1} frames)"
         )
-    if transform is not None:
-        return torch.stack([frames[i] for i in indices])
-    return torch.from_numpy(np.stack([frames[i] for i in indices]))
+    return torch.stack([frames[i] for i in indices])
 
 
 def _frame_numbers(indices) -> list[int]:
@@ -631,7 +627,7 @@ def _decode_by_pts(container, stream, index: _Index, wanted: list[int], to_rgb: 
     numbering does not hold, for the caller to decode from the start: a seek that fails or still lands past
     the run's first frame from ``SEEK_BACKOFF`` keyframes before it, a decoded timestamp that matches no
     packet or comes out of order."""
-    frames: dict[int, np.ndarray] = {}
+    frames: dict[int, torch.Tensor] = {}
     keys = set(index.keyframes)
     for run in _runs(wanted, index.keyframes):
         key = bisect.bisect_right(index.keyframes, run[0]) - 1
@@ -678,7 +674,7 @@ def _decode_run(
     run: list[int],
     to_rgb: _ToRGB,
     path,
-) -> dict[int, np.ndarray] | None:
+) -> dict[int, torch.Tensor] | None:
     """The frames ``run`` (sorted), decoded from a seek to the keyframe at or before timestamp ``target``;
     ``None`` where the seek landed past the run's first frame or at the end (or that frame does not decode,
     which the caller tells apart by decoding from the start), ``{}`` where the numbering cannot be trusted."""
@@ -755,7 +751,7 @@ class _Taken:
 
     def __init__(self, wanted: list[int], to_rgb: _ToRGB) -> None:
         self.wanted, self.to_rgb = wanted, to_rgb
-        self.frames: dict[int, np.ndarray] = {}
+        self.frames: dict[int, torch.Tensor] = {}
         self.k = 0
         self.previous: int | None = None
 
@@ -798,8 +794,8 @@ class _ToRGB:
     the whole process, whose conversion threads do not survive a fork, so a DataLoader worker forked after
     its parent had decoded deadlocks in it.
 
-    ``transform`` (``read_video``'s) is applied to each converted frame; ``shapes`` holds the ``(H, W)`` of
-    every frame converted (turned as displayed)."""
+    Frames come as ``(H, W, 3)`` tensors, or ``transform``'s (``read_video``'s) results of them; ``shapes``
+    holds the ``(H, W)`` of every frame converted (turned as displayed)."""
 
     def __init__(
         self,
@@ -816,7 +812,7 @@ class _ToRGB:
         self.transform = transform
         self.shapes: set[tuple[int, int]] = set()
 
-    def __call__(self, frame) -> np.ndarray | torch.Tensor:
+    def __call__(self, frame) -> torch.Tensor:
         _check_pixels(frame, self.max_frame_pixels, self.path)
         if self.size is None:
             self.size = (frame.width, frame.height)
@@ -827,9 +823,9 @@ class _ToRGB:
             rgb = self.reformatter.reformat(
                 frame, width=width, height=height, format="rgb24", interpolation="BICUBIC"
             ).to_ndarray()
-        rgb = np.ascontiguousarray(_as_displayed(rgb, _display_matrix(frame)))
-        self.shapes.add(rgb.shape[:2])
-        return rgb if self.transform is None else self.transform(torch.from_numpy(rgb))
+        rgb = torch.from_numpy(np.ascontiguousarray(_as_displayed(rgb, _display_matrix(frame))))
+        self.shapes.add(tuple(rgb.shape[:2]))
+        return rgb if self.transform is None else self.transform(rgb)
 
 
 def _display_matrix(frame) -> np.ndarray | None:
@@ -884,7 +880,7 @@ def _displayed_size(path, height: int, width: int) -> tuple[int, int]:
 
 def _decode_sequentially(
     container, stream, pts_index: list[int] | None, wanted: list[int], to_rgb: _ToRGB
-) -> dict[int, np.ndarray] | None:
+) -> dict[int, torch.Tensor] | None:
     """The slow, safe way, from the start of a freshly opened ``container``: for streams without timestamps,
     with duplicate ones, whose timestamps do not match their packets or do not seek. Frames are numbered as
     ``_decode_by_pts`` numbers them, by their timestamps' places in ``pts_index`` (counted where a timestamp
@@ -914,8 +910,7 @@ def video_info(
     """Frame count (exact, from the packet index), size (as ``read_video`` returns frames: turned as the first
     frame's display matrix says), average frame rate and codec of a video, with ``read_video``'s checks (the
     pixel limit ``max_frame_pixels``, the time limit ``max_seconds``, still images, files cut short, no frames),
-    so that frame numbers chosen
-    from it are ones ``read_video`` takes.
+    so that frame numbers chosen from it are ones ``read_video`` takes.
 
     Raises:
         VideoError: as ``read_video``.
