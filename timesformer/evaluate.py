@@ -1548,30 +1548,58 @@ def _batches(loader, todo: Sequence[Sample], batch_size: int):
     done = 0
     iterator = iter(loader)
     with _quiet_sigchld(loader.num_workers > 0):
-        while True:
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                return
-            except RuntimeError as exc:
-                # The DataLoader's words for a worker that died (an exception raised inside a worker is re-raised
-                # as itself, "Caught ... in DataLoader worker process", and is not this).
-                died = _WORKER_DIED.search(str(exc))
-                if not died:
-                    raise
-                pids = {int(p) for p in re.findall(r"\d+", died["pids"])}
-                reading = loader.dataset.reading or []
-                for pid, index in zip(reading[::2], reading[1::2], strict=True):
-                    if pid in pids and index >= 0:
-                        raise _DiedReading(index, str(exc)) from exc
-                pending = [s.path for s in todo[done : done + batch_size * max(1, loader.num_workers) * 2]]
-                shown = ", ".join(pending[:4]) + (f" and {len(pending) - 4} more" if len(pending) > 4 else "")
-                raise WorkerError(
-                    f"a decoding worker died ({exc}); the results so far are kept, run again with --resume. If it "
-                    f"dies again here, one of the next videos crashes the decoder or exhausts memory: {shown}"
-                ) from exc
-            done += len(batch)
-            yield batch
+        try:
+            while True:
+                try:
+                    batch = next(iterator)
+                except StopIteration:
+                    return
+                except (RuntimeError, EOFError, ConnectionError) as exc:
+                    # The DataLoader's words for a worker that died (an exception raised inside a worker is
+                    # re-raised as itself, "Caught ... in DataLoader worker process", and is not this), or a
+                    # transfer from a worker that died, broken before the DataLoader noticed.
+                    died = _WORKER_DIED.search(str(exc)) if isinstance(exc, RuntimeError) else None
+                    if isinstance(exc, RuntimeError) and not died:
+                        raise
+                    pids = {int(p) for p in re.findall(r"\d+", died["pids"])} if died else set()
+                    reading = loader.dataset.reading or []
+                    for pid, index in zip(reading[::2], reading[1::2], strict=True):
+                        if index >= 0 and (pid in pids if died else _exited(pid)):
+                            raise _DiedReading(index, str(exc) or type(exc).__name__) from exc
+                    if not died:
+                        raise
+                    pending = [
+                        s.path for s in todo[done : done + batch_size * max(1, loader.num_workers) * 2]
+                    ]
+                    shown = ", ".join(pending[:4]) + (
+                        f" and {len(pending) - 4} more" if len(pending) > 4 else ""
+                    )
+                    raise WorkerError(
+                        f"a decoding worker died ({exc}); the results so far are kept, run again with --resume. If "
+                        f"it dies again here, one of the next videos crashes the decoder or exhausts memory: {shown}"
+                    ) from exc
+                done += len(batch)
+                yield batch
+        finally:
+            # Its workers shut down (and forgotten by torch) before torch's SIGCHLD handler is back, which would
+            # otherwise raise about a dead one later, anywhere.
+            del iterator
+
+
+def _exited(pid: int, wait_s: float = 5.0) -> bool:
+    """Whether the child process ``pid`` has exited, or does within ``wait_s`` (one killed a moment ago)."""
+    if not hasattr(os, "waitid"):
+        return False
+    end = time.monotonic() + wait_s
+    while True:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+        except ChildProcessError:  # already reaped (the DataLoader's own check)
+            return True
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager
