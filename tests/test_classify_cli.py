@@ -282,3 +282,19 @@ def test_models_that_cannot_classify_clips_are_refused_at_load(
     assert main(["classify", videos[0], "--model", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("timesformer: error: cannot load the model") and reason in err
+
+
+def test_a_base_checkpoint_without_a_head_is_refused_at_load(model_dir, videos, tmp_path, capsys):
+    """It loaded with a fresh random head and a warning, then printed its noise as confident labels."""
+    from timesformer.modeling import TimesformerModel
+
+    config = TimesformerConfig.from_pretrained(model_dir)
+    assert config.num_labels > 1  # (its classes named, as a base checkpoint's config may have them)
+    TimesformerModel(config).save_pretrained(tmp_path)
+    assert main(["classify", videos[0], "--model", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # (after loading's warning about the head)
+    assert err.startswith("timesformer: error: cannot load the model")
+    assert err.endswith(
+        "a base checkpoint without classifier weights (classifier.bias, classifier.weight): it cannot classify "
+        "before it is fine-tuned"
+    )

@@ -649,6 +649,70 @@ def test_a_video_a_worker_dies_on_is_an_error_line_and_the_run_goes_on(
         ev.evaluate(videos, model, processor, tmp_path / "again", workers=1, batch_size=1)
 
 
+_CRASHING_RUN = """
+import os, signal, sys
+from timesformer import evaluate as ev
+from timesformer.classify import load_model
+
+read_views = ev.read_views
+
+def crashing(path, *args):
+    if path == sys.argv[1]:
+        os.kill(os.getpid(), signal.SIGKILL)  # a decoder crash (SIGSEGV), the OOM killer
+    return read_views(path, *args)
+
+ev.read_views = crashing
+model, processor = load_model(backend="sdpa", device="cpu")
+name = "(bundled) synthetic-motion"  # the command line's
+ev.evaluate(sys.argv[2], model, processor, sys.argv[3], workers=0, batch_size=2, resume=True, model_name=name)
+"""
+
+
+def test_a_video_that_crashes_the_process_decoding_it_is_an_error_line_of_the_run_after_two(
+    videos, bundled, reference, tmp_path
+):
+    """With --workers 0 a decoder crash ends the run itself, and every --resume ended at the same video. The
+    first resume tries it again (a run killed from outside while it decoded a video is no crash:
+    test_sigkill_at_any_moment_then_resume_loses_nothing)."""
+    from timesformer import evaluate as ev
+
+    deadly, out = str(videos / LABELS[2] / "clip0.mp4"), tmp_path / "out"
+    marker = out / f"{ev.READING}00000"
+
+    def crashing_run() -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-c", _CRASHING_RUN, deadly, str(videos), str(out)]
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+    assert crashing_run().returncode == -signal.SIGKILL
+    assert 0 < len(_paths(out)) < 9 and marker.read_text() == f"1\n{deadly}"
+    again = crashing_run()
+    assert again.returncode == -signal.SIGKILL and marker.read_text() == f"2\n{deadly}"
+    assert f"1 run(s) in a row ended while reading {deadly} (a decoder crash" in again.stderr
+    # The next run (which would crash on it again) makes it an error line and goes on. (A rank's marker of a
+    # larger run, naming a video done since, is no error and goes.)
+    (out / f"{ev.READING}00007").write_text(f"1\n{_paths(out)[0]}")
+    third = crashing_run()
+    assert third.returncode == 0, third.stderr
+    assert f"2 run(s) in a row ended while reading {deadly} (a decoder crash" in third.stderr
+    lines = {r["path"]: r for r in read_predictions(out / PREDICTIONS)}
+    want = {r["path"]: r for r in read_predictions(reference / PREDICTIONS)}
+    assert (
+        lines[deadly]["error"] == "2 runs in a row ended while reading it (a decoder crash, or out of memory)"
+    )
+
+    def untimed(records: dict) -> dict:
+        return {p: {k: v for k, v in r.items() if k != "time_ms"} for p, r in records.items() if p != deadly}
+
+    assert untimed(lines) == untimed(want) and len(lines) == len(want)
+    assert not list(out.glob(ev.READING + "*"))
+    # The one after tries it again, like any error line.
+    model, processor = bundled
+    ev.evaluate(
+        videos, model, processor, out, workers=0, resume=True, model_name="(bundled) synthetic-motion"
+    )
+    assert _metrics(out) == _metrics(reference)
+
+
 @pytest.mark.parametrize("error, code", [("OutputError", 1), ("WorkerError", 1), ("FileExistsError", 2)])
 def test_exit_codes_tell_a_failed_run_from_a_bad_setup(videos, tmp_path, monkeypatch, capsys, error, code):
     from timesformer import __main__ as cli
@@ -896,7 +960,16 @@ def test_two_machines_stop_together_when_one_cannot_set_up(videos, tmp_path):
         ({"RANK": "3"}, "RANK=3, WORLD_SIZE=1, LOCAL_RANK=0 do not describe a torchrun job"),
         ({"RANK": "-1", "WORLD_SIZE": "2"}, "RANK=-1, WORLD_SIZE=2"),
         ({"WORLD_SIZE": "0"}, "WORLD_SIZE=0"),
-        ({"RANK": "abc"}, "environment variable RANK must be an integer (set by torchrun), got 'abc'"),
+        (
+            {"RANK": "abc"},
+            "environment variable RANK must be an integer (set by torchrun) below 2**31, got 'abc'",
+        ),
+        ({"RANK": "0_0"}, "environment variable RANK must be an integer"),  # int() reads these
+        ({"RANK": "\u0661"}, "environment variable RANK must be an integer"),
+        (
+            {"WORLD_SIZE": "9" * 23},
+            "environment variable WORLD_SIZE must be an integer (set by torchrun) below",
+        ),
         ({"WORLD_SIZE": ""}, "environment variable WORLD_SIZE must be an integer"),
     ],
 )

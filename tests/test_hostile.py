@@ -506,6 +506,12 @@ def test_bad_setups_fail_before_decoding_with_one_line(model_dir, demo_clip):
     _one_error_line(
         _cli("classify", missing, "--model", model_dir), "crops over 4,194,304 pixels (2048x2048) are not"
     )
+    # Within the pixels, but so many patches (attention costs their square) that a video took hours.
+    _edit_json(preprocessor, size={"shortest_edge": 36}, crop_size=1032)
+    _one_error_line(
+        _cli("classify", missing, "--model", model_dir),
+        "crop_size 1032x1032 is 129x129 patches of 8x8 per frame; at most 16,384 are supported",
+    )
     # A resize that would refuse every 16:9 video.
     _edit_json(preprocessor, size={"shortest_edge": 2048}, crop_size=32)
     _one_error_line(

@@ -216,6 +216,25 @@ def test_bin_with_code_is_refused(saved):
         TimesformerForVideoClassification.from_pretrained(path)
 
 
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        # An AttributeError ('int' object has no attribute 'startswith'), a TypeError for one such key.
+        (lambda state: dict(enumerate(state.values())), "does not hold a state dict of tensors"),
+        (lambda state: {**state, 7: torch.randn(2)}, "does not hold a state dict of tensors"),
+        # torch's RuntimeError from load_state_dict, naming no file.
+        (lambda state: {k: v.to("meta") for k, v in state.items()}, "are not dense tensors that hold"),
+        (lambda state: {k: v.to_sparse() if v.dim() == 2 else v for k, v in state.items()}, "are not dense"),
+    ],
+    ids=["int keys", "one int key", "meta", "sparse"],
+)
+def test_a_bin_of_odd_keys_or_tensors_is_refused_naming_it(saved, edit, message):
+    path, state = saved
+    _rewrite(path, edit(state), "bin")
+    with pytest.raises(CheckpointError, match=f"weights file .*pytorch_model.bin.*{message}"):
+        TimesformerForVideoClassification.from_pretrained(path)
+
+
 @pytest.mark.parametrize("fmt", ["bin", "safetensors"])
 def test_declared_tensors_are_not_read_before_the_keys_are_checked(saved, fmt):
     """A checkpoint with a large tensor the model does not have is refused without reading it into memory

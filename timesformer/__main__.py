@@ -1,6 +1,8 @@
 """The ``timesformer`` command (also ``python -m timesformer``).
 
 - ``classify VIDEO...``: top-k labels per video (default model: the bundled one, offline);
+- ``evaluate DATA --output DIR``: accuracy and a confusion matrix over a labelled video set, resumable,
+  across processes and machines under ``torchrun`` (``timesformer.evaluate``);
 - ``sample OUT.mp4``: write a synthetic clip the bundled model knows (a real H.264 MP4);
 - ``info``: versions, devices, which backends run here and why, whether the native extension is built;
 - ``bench``: the benchmark suite (``python -m bench``) from a repository checkout;

@@ -75,8 +75,8 @@ def load_model(
             "no bundled model is shipped with this build yet; pass --model DIR (or a hub id)"
         )
     source = bundled_model_dir() if model is None else model
-    net = TimesformerForVideoClassification.from_pretrained(
-        source, backend=backend, device=device, dtype=dtype
+    net, info = TimesformerForVideoClassification.from_pretrained(
+        source, backend=backend, device=device, dtype=dtype, output_loading_info=True
     )
     # The same folder (or hub snapshot, now holding the weights too) for the preprocessor's config; for a PEFT
     # adapter's folder without one, its base model's (name_or_path: where the base weights came from).
@@ -92,6 +92,12 @@ def load_model(
         raise ValueError(
             f"{directory}: num_labels is {config.num_labels}: a classifier needs at least one class (a base "
             "checkpoint without a head cannot classify)"
+        )
+    if info["missing_keys"] and not net._hf_peft_config_loaded:
+        # (from_pretrained gives it a fresh head, as transformers does, to be fine-tuned: its scores are noise.)
+        raise ValueError(
+            f"{directory}: a base checkpoint without classifier weights ({', '.join(sorted(info['missing_keys']))}"
+            "): it cannot classify before it is fine-tuned"
         )
     if config.attention_type == "space_only":
         # Its logits are per frame ((batch * frames, labels)), as transformers' model returns them; how to pool
@@ -209,7 +215,7 @@ def classify_videos(
         model: a ``TimesformerForVideoClassification`` in eval mode.
         processor: a ``VideoProcessor``.
         top_k: labels per video.
-        batch_size: clips per forward.
+        batch_size: videos per forward (each with ``clips * crops`` views).
         num_frames: frames per clip (default: the model config's).
         sample_rate, strategy, seed: frame sampling (``timesformer.video.read_video``).
         workers: decoding threads.

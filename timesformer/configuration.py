@@ -30,25 +30,25 @@ PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_class
 
 SUPPORTED_ACTIVATIONS = tuple(ACTIVATIONS)
 
-# name -> default, in the order transformers writes them.
-MODEL_FIELDS: dict[str, Any] = {
-    "image_size": 224,
-    "patch_size": 16,
-    "num_channels": 3,
-    "num_frames": 8,
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "intermediate_size": 3072,
-    "hidden_act": "gelu",
-    "hidden_dropout_prob": 0.0,
-    "attention_probs_dropout_prob": 0.0,
-    "initializer_range": 0.02,
-    "layer_norm_eps": 1e-6,
-    "qkv_bias": True,
-    "attention_type": "divided_space_time",
-    "drop_path_rate": 0,
-}
+# The model's own fields, in the order transformers writes them (their defaults: ``__init__``'s).
+MODEL_FIELDS = (
+    "image_size",
+    "patch_size",
+    "num_channels",
+    "num_frames",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "initializer_range",
+    "layer_norm_eps",
+    "qkv_bias",
+    "attention_type",
+    "drop_path_rate",
+)
 
 # The largest JSON file read (config.json, preprocessor_config.json, a shard index, adapter_config.json): far
 # above any real one (an index of a 100B-parameter model is a few MB), so that a hostile or corrupt file is

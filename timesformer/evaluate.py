@@ -40,9 +40,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .backends import get_backend
 from .classify import score_each, synchronize
 from .preprocess import native_cuda_available
-from .video import MAX_FRAME_PIXELS, MAX_NUM_FRAMES
+from .video import MAX_FRAME_PIXELS, MAX_NUM_FRAMES, VideoError, read_video, sample_frame_indices
 
 logger = logging.getLogger("timesformer")
 
@@ -62,6 +63,12 @@ DIST_TIMEOUT_S = 2 * 3600
 JOB_MARK = ".evaluate-job"
 # The ranks' hold on DIR while a run works in it (``_lock``, ``_hold_rank``).
 LOCK = ".evaluate-lock"
+# The video a rank decodes in its own process (``--workers 0``) while it does, and how many runs in a row
+# have: left by a decoder crash (or a kill from outside). ``_crashed`` reads them.
+READING = ".evaluate-reading-"  # and the rank, as in PART
+# Runs in a row that may end while decoding the same video before the next makes it an error line: one may
+# have been killed from outside (a preempted job), and that video is then tried again as if never begun.
+MAX_RUNS_ENDED_READING = 2
 
 
 # ------------------------------------------------------------------------------------------ the data
@@ -434,8 +441,6 @@ def clip_starts(total: int, window: int, clips: int) -> list[int]:
 def clip_indices(total: int, num_frames: int, sample_rate: int, clips: int) -> list[list[int]]:
     """Frame indices of ``clips`` uniform temporal clips of ``num_frames`` frames ``sample_rate`` apart (a video
     shorter than the window repeats its last sampled frame, as ``sample_frame_indices`` does)."""
-    from .video import sample_frame_indices
-
     window = num_frames * sample_rate
     if total < window:
         return [sample_frame_indices(num_frames, sample_rate, total, "center")] * clips
@@ -462,7 +467,6 @@ def decode_views(
     """The ``clips`` uniform clips of a video, decoded in one pass: uint8 ``(clips * T, H, W, 3)``, clip after
     clip (``views_frame_indices``; ``read_video`` takes repeated and unsorted indices), or ``transform``'s
     results in their place (``read_video``)."""
-    from .video import read_video
 
     def indices(total: int) -> list[int]:
         return views_frame_indices(total, num_frames, sample_rate, clips)
@@ -493,19 +497,15 @@ def read_views(
     a time, not ``clips * T`` (1080p, 64 clips: 3 GB); the same values, as the views are cut frame by frame.
     Returns the views and the milliseconds spent cutting (on a GPU: launching). A frame that cannot be cut (an
     aspect ratio too extreme to resize) is a ``VideoError`` of this video."""
-    from .video import VideoError
-
     spent = [0.0]
 
     def cut(frame: torch.Tensor) -> torch.Tensor:  # (H, W, 3) -> this frame in each view: (crops, 1, ...)
         start = time.perf_counter()
         one = frame[None] if device is None else frame[None].to(device)
         try:
-            boxes = processor.view_boxes(frame.shape[0], frame.shape[1], crops)
-            if uint8:
-                views = processor.resize_crops(one, boxes)
-            else:
-                views = [processor.preprocess(one, dtype, box=box) for box in boxes]
+            views = _views(
+                processor, one, processor.view_boxes(frame.shape[0], frame.shape[1], crops), dtype, uint8
+            )
         except Exception as exc:
             raise VideoError(path, f"could not be preprocessed ({type(exc).__name__}: {exc})") from exc
         spent[0] += time.perf_counter() - start
@@ -524,11 +524,15 @@ def cut_views(frames: torch.Tensor, processor, num_frames: int, crops: int, dtyp
     boxes = processor.view_boxes(frames.shape[1], frames.shape[2], crops)
     views = []
     for clip in frames.split(num_frames):
-        if uint8:
-            views += processor.resize_crops(clip, boxes)  # resized once for all its crops
-        else:
-            views += [processor.preprocess(clip, dtype, box=box) for box in boxes]
+        views += _views(processor, clip, boxes, dtype, uint8)
     return torch.stack(views)
+
+
+def _views(processor, frames: torch.Tensor, boxes, dtype: torch.dtype, uint8: bool) -> list[torch.Tensor]:
+    """One view of ``frames`` per box: uint8 frames resized once for all the boxes, or normalized pixels."""
+    if uint8:
+        return processor.resize_crops(frames, boxes)
+    return [processor.preprocess(frames, dtype, box=box) for box in boxes]
 
 
 class VideoViews(torch.utils.data.Dataset):
@@ -556,13 +560,13 @@ class VideoViews(torch.utils.data.Dataset):
         self.num_frames, self.sample_rate, self.clips, self.crops = num_frames, sample_rate, clips, crops
         self.dtype, self.uint8, self.raw = dtype, uint8, raw
         self.reading = None  # shared (pid, item) slots of the DataLoader workers: ``_reading``
+        self.marker: Path | None = None  # where this process names the video it decodes: ``_reading``
+        self.ended: Mapping[str, int] = {}  # the videos earlier runs ended on, and in how many: ``_crashed``
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> dict:
-        from .video import VideoError
-
         self._reading(i)
         sample = self.samples[i]
         item = {
@@ -600,11 +604,21 @@ class VideoViews(torch.utils.data.Dataset):
         return item
 
     def _reading(self, i: int) -> None:
-        """In a DataLoader worker, record in ``reading`` (shared with the main process) that it reads item
-        ``i`` (-1: none), so that a worker that dies can be told from the video it died on (``_batches``)."""
+        """Record that this process reads item ``i`` (-1: none), so that the video a decoder crash or the
+        out-of-memory killer ends it on is known: in a DataLoader worker, in ``reading`` (shared with the main
+        process, which goes on: ``_batches``); in the main process, in the file ``marker``, which the next
+        run reads (``_crashed``), with the runs in a row that have ended reading it."""
         info = torch.utils.data.get_worker_info()
         if self.reading is not None and info is not None:
             self.reading[2 * info.id : 2 * info.id + 2] = [os.getpid(), i]
+        elif self.marker is not None and info is None:
+            with _writing(self.marker):
+                if i >= 0:
+                    path = self.samples[i].path
+                    runs = self.ended.get(path, 0) + 1
+                    self.marker.write_text(f"{runs}\n{path}", errors="surrogateescape")
+                else:
+                    self.marker.unlink(missing_ok=True)
 
 
 def _collate(items: list[dict]) -> list[dict]:
@@ -719,6 +733,51 @@ def _recorded(output: Path, num_labels: int | None = None, warn: bool = True) ->
         records += map(_absolute, got)
         lines += count
     return records, lines
+
+
+def _markers(output: Path) -> list[Path]:
+    return [p for p in output.glob(READING + "*") if p.name.removeprefix(READING).isdigit()]
+
+
+def _crashed(
+    output: Path, labels: Mapping[str, int], done: set[str], warn: bool = True
+) -> tuple[dict[str, int], dict[str, int]]:
+    """The videos of ``labels`` not ``done`` that runs decoding in their own process (``--workers 0``) ended
+    on (their ``READING`` markers, left by a decoder crash, the out-of-memory killer, or a kill from outside),
+    with a warning naming each: ``{path: label}`` of those that ``MAX_RUNS_ENDED_READING`` runs in a row ended
+    on, error lines this time (which the next ``--resume`` tries again), so that a video that crashes the
+    decoder does not stop every run at itself; and ``{path: runs}`` of the others, tried again."""
+    crashed, ended = {}, {}
+    for marker in _markers(output):
+        _check_regular(marker)
+        with contextlib.suppress(OSError, ValueError):  # (a marker cut short by a full disk: no record)
+            runs, _, path = marker.read_text(errors="surrogateescape").partition("\n")
+            if path not in labels or path in done:
+                continue
+            ended[path] = int(runs)
+            if ended[path] >= MAX_RUNS_ENDED_READING:
+                crashed[path] = labels[path]
+            if warn:
+                then = (
+                    "it is an error line this time (the next --resume tries it again)"
+                    if path in crashed
+                    else "it is tried again, and if the run ends there again, it is an error line of the next"
+                )
+                warnings.warn(
+                    f"{ended[path]} run(s) in a row ended while reading {path} (a decoder crash, out of memory, "
+                    f"or a kill): {then}",
+                    stacklevel=2,
+                )
+    return crashed, ended
+
+
+def _release_markers(output: Path, rank: int, world: int) -> None:
+    """Remove this rank's ``READING`` marker, and for rank 0 those of ranks this run has not."""
+    for marker in _markers(output):
+        owner = int(marker.name.removeprefix(READING))
+        if owner == rank or (rank == 0 and owner >= world):
+            with _writing(marker):
+                marker.unlink(missing_ok=True)
 
 
 def _final(record: dict, labels: Mapping[str, int]) -> bool:
@@ -923,12 +982,13 @@ def _env_int(name: str, default: int) -> int:
     text = os.environ.get(name)
     if text is None:
         return default
-    try:
-        return int(text)
-    except ValueError:
+    # ASCII digits that fit the C int torch takes (int() also reads "1_0" and other scripts' digits, and a
+    # WORLD_SIZE past 2**31 was a traceback from the TCP store).
+    if not re.fullmatch(r"-?[0-9]{1,10}", text) or abs(int(text)) >= 2**31:
         raise ValueError(
-            f"environment variable {name} must be an integer (set by torchrun), got {text!r}"
-        ) from None
+            f"environment variable {name} must be an integer (set by torchrun) below 2**31, got {text!r}"
+        )
+    return int(text)
 
 
 def _world() -> tuple[int, int, int]:
@@ -1212,7 +1272,8 @@ def evaluate(
         clips: uniform temporal clips per video (``>= 1``). crops: 1 (center) or 3 (along the long side).
         batch_size: videos per forward (each with ``clips * crops`` views).
         workers: DataLoader worker processes that decode and preprocess (default: ``default_workers()``;
-            0 decodes in this process).
+            0 decodes in this process, where a decoder crash ends the run: the next makes that video an error
+            line, ``_crashed``).
         num_frames: frames per clip (default: the model's); sample_rate: spacing of a clip's frames.
         top_k: labels kept per video in the predictions.
         resume: skip the videos already in ``output``'s predictions (complete lines; a torn last line is
@@ -1238,18 +1299,7 @@ def evaluate(
     try:
         token = None
         with together("set up"):
-            if not 1 <= clips <= 64:
-                raise ValueError(f"clips must be 1 to 64, got {clips}")
-            if num_frames is not None and not 1 <= num_frames <= MAX_NUM_FRAMES:
-                raise ValueError(f"num_frames must be 1 to {MAX_NUM_FRAMES}, got {num_frames}")
-            if crops not in (1, 3):
-                raise ValueError(f"crops must be 1 or 3, got {crops}")
-            if batch_size < 1:
-                raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-            if sample_rate < 1:
-                raise ValueError(f"sample_rate must be >= 1, got {sample_rate}")
-            if limit is not None and limit < 1:
-                raise ValueError(f"limit must be >= 1, got {limit}")
+            _check_options(clips, crops, num_frames, sample_rate, batch_size, limit)
             config = model.config
             id2label = config.id2label  # int keys (TimesformerConfig checks them)
             with warnings.catch_warnings():
@@ -1277,6 +1327,7 @@ def evaluate(
                 )
             labels = {s.path: s.label for s in samples}
             done = {r["path"] for r in recorded if _final(r, labels)}
+            crashed, ended = _crashed(output, labels, done, warn=rank == 0)
             num_frames = num_frames or config.num_frames
             top_k = max(1, min(top_k, len(id2label)))
             settings = {
@@ -1308,10 +1359,11 @@ def evaluate(
                     (output / JOB_MARK).unlink(missing_ok=True)
             if rank > 0:
                 lock = _hold_rank(output, rank)
+        _release_markers(output, rank, world)  # (after the barrier: every rank has read them)
         # The videos still to do are split across the ranks (sample i of them to rank i % world_size), so a
         # resumed run is balanced however the interrupted one had progressed.
-        todo = [s for s in samples if s.path not in done][rank::world]
-        uint8 = model.backend == "triton" if uint8_frames is None else uint8_frames
+        todo = [s for s in samples if s.path not in done and s.path not in crashed][rank::world]
+        uint8 = get_backend(model.backend).fuses_input_normalization if uint8_frames is None else uint8_frames
         if uint8:
             model.set_input_normalization(*processor.normalization())
         if device_preprocess is None:  # (several clips are cut as decoded instead: read_views)
@@ -1331,11 +1383,14 @@ def evaluate(
         workers = min(default_workers() if workers is None else workers, len(todo))
         if workers > 0:
             dataset.reading = multiprocessing.RawArray("q", [-1] * 2 * workers)
+        else:
+            dataset.marker, dataset.ended = output / f"{READING}{rank:05d}", ended
         mine_file = output / (PREDICTIONS if world == 1 else PART.format(rank=rank))
         read_predictions(mine_file, repair=True, warn=False)  # cut a torn last line before appending
         # Rank 0's share under torchrun (the others' progress is not sent to it), and said so.
         label = f"rank 0 of {world}: " if world > 1 else ""
-        bar = Progress(len(todo), enabled=progress if rank == 0 else False, label=label)
+        crashed = crashed if rank == 0 else {}  # (its error lines are rank 0's)
+        bar = Progress(len(todo) + len(crashed), enabled=progress if rank == 0 else False, label=label)
         totals = {"decode": 0.0, "preprocess": 0.0, "model": 0.0}
         scored = 0  # videos of this run on this rank with a prediction: what ``totals`` sums over
         start = time.perf_counter()
@@ -1354,6 +1409,14 @@ def evaluate(
                 on_batch(written)
 
         try:
+            if crashed:
+                error = f"{MAX_RUNS_ENDED_READING} runs in a row ended while reading it (a decoder crash, or out of memory)"
+                write(
+                    [
+                        _record({"path": p, "label": label}, id2label, error=error)
+                        for p, label in crashed.items()
+                    ]
+                )
             left = list(range(len(todo)))  # the videos of todo without a line yet, in order
             deaths = 0
             while left:
@@ -1443,6 +1506,23 @@ def evaluate(
     finally:
         if lock is not None:
             _unlock(lock, rank)
+
+
+def _check_options(
+    clips: int, crops: int, num_frames: int | None, sample_rate: int, batch_size: int, limit: int | None
+) -> None:
+    if not 1 <= clips <= 64:
+        raise ValueError(f"clips must be 1 to 64, got {clips}")
+    if crops not in (1, 3):
+        raise ValueError(f"crops must be 1 or 3, got {crops}")
+    if num_frames is not None and not 1 <= num_frames <= MAX_NUM_FRAMES:
+        raise ValueError(f"num_frames must be 1 to {MAX_NUM_FRAMES}, got {num_frames}")
+    if sample_rate < 1:
+        raise ValueError(f"sample_rate must be >= 1, got {sample_rate}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
 
 
 def _lock(output: Path) -> int | None:

@@ -306,8 +306,15 @@ def _read_weights(path: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(
             f"could not read weights file {path}: {type(e).__name__}: {e} (corrupt or truncated?)"
         ) from e
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"weights file {path} does not hold a state dict of tensors")
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise CheckpointError(f"weights file {path} does not hold a state dict of tensors (names to tensors)")
+    odd = [k for k, v in state.items() if v.layout != torch.strided or v.is_meta]
+    if odd:  # (load_state_dict's own errors named neither the file nor what was wrong)
+        raise CheckpointError(
+            f"weights file {path}: {odd[:5]} are not dense tensors that hold their values (sparse, or meta)"
+        )
     return dict(state)
 
 

@@ -261,7 +261,6 @@ class TimesformerLayer(nn.Module):
         self.attention_type = config.attention_type
         self.num_heads = config.num_attention_heads
         self.num_frames = config.num_frames
-        self.layer_norm_eps = config.layer_norm_eps
         # Stochastic depth decay rule of the reference; a module as there (nn.Identity at rate 0).
         rate = float(
             torch.linspace(0, config.drop_path_rate, config.num_hidden_layers, device="cpu")[layer_index]
@@ -1418,9 +1417,11 @@ class TimesformerModel(TimesformerPreTrainedModel):
         """Encode clips.
 
         Args:
-            pixel_values: ``(batch, frames, channels, height, width)`` normalized pixels. Frame count and
-                resolution may differ from the config's (embeddings are interpolated, and every layer uses
-                the input's frames and patch grid); height and width must be multiples of the patch size.
+            pixel_values: ``(batch, frames, channels, height, width)`` normalized pixels, or uint8 frames
+                ``(batch, frames, height, width, channels)`` that the model normalizes itself (after
+                ``set_input_normalization``). Frame count and resolution may differ from the config's
+                (embeddings are interpolated, and every layer uses the input's frames and patch grid); height
+                and width must be multiples of the patch size.
             kwargs: arguments of other models that callers pass along (PEFT: ``input_ids=None``), accepted
                 as ``None`` only; any other value is a ``TypeError`` (see ``unused_forward_arguments``).
 

@@ -44,6 +44,10 @@ _PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box
 # file) would otherwise ask for tens of GB. 2**22 is 224 x 18724 (aspect ratios up to 1:83 at the usual
 # shortest edge), and 1526 x 2713 (854x480 video at the largest shortest edge check_model accepts).
 MAX_RESIZED_PIXELS = 2**22
+# The most patches a view's frame may have: attention over them costs their square (with patch_size 1, a
+# 2048x2048 crop of a 36 KB model folder asked for some 18 hours per video). 16384 is a 2048x2048 crop in
+# 16x16 patches; a 224 model has 196.
+MAX_PATCHES_PER_FRAME = 128 * 128
 
 
 def resize_output_size(
@@ -434,6 +438,11 @@ class VideoProcessor:
                 f"{source}: crop_size {ch}x{cw}: crops over {MAX_RESIZED_PIXELS:,} pixels (2048x2048) are not "
                 "supported"
             )
+        if (ch // ph) * (cw // pw) > MAX_PATCHES_PER_FRAME:
+            raise ValueError(
+                f"{source}: crop_size {ch}x{cw} is {ch // ph}x{cw // pw} patches of {ph}x{pw} per frame; at most "
+                f"{MAX_PATCHES_PER_FRAME:,} are supported (attention costs their square)"
+            )
         if (ch, cw) != tuple(config.image_hw):
             h, w = config.image_hw
             warnings.warn(
@@ -657,14 +666,9 @@ class VideoProcessor:
         size, crop = self.output_size(height, width)
         return crop_boxes(*size, *crop, crops)
 
-    def resize_crop(self, frames: torch.Tensor, box: tuple[int, int] | None = None) -> torch.Tensor:
-        """One view as uint8 frames ``(T, crop_h, crop_w, 3)``: resized (antialiased bilinear, as
-        ``preprocess``) and cropped, rounded back to 0..255 like the PIL resize of ``transformers``' processor.
-        For a model that normalizes uint8 frames itself (``set_input_normalization``)."""
-        return self.resize_crops(frames, [box])[0]
-
     def resize_crops(self, frames: torch.Tensor, boxes: list[tuple[int, int] | None]) -> list[torch.Tensor]:
-        """``resize_crop`` for several boxes of the same frames, resizing them once."""
+        """One view per box as uint8 frames ``(T, crop_h, crop_w, 3)``: resized once (antialiased bilinear, as
+        ``preprocess``), rounded back to 0..255, then cropped. For a model that normalizes uint8 frames itself."""
         if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8 or frames.dim() != 4:
             raise ValueError(
                 f"expected uint8 frames of shape (T, H, W, 3), got {getattr(frames, 'shape', frames)}"

@@ -223,11 +223,6 @@ def _still_image(container, total: int) -> str | None:
     return None
 
 
-def _check_not_still(container, total: int, path) -> None:
-    if (kind := _still_image(container, total)) is not None:
-        raise VideoError(path, f"is a still image ({kind}), not a video")
-
-
 class _TooSlow(Exception):
     """The read took longer than its limit (``MAX_READ_SECONDS``): ``_within`` says so for its video."""
 
@@ -466,7 +461,8 @@ def _indexed(path, max_frame_pixels: int):
             width, height = first or (width, height)
         else:
             total = len(pts_index)
-        _check_not_still(container, total, path)
+        if (kind := _still_image(container, total)) is not None:
+            raise VideoError(path, f"is a still image ({kind}), not a video")
         if pts_index is not None and total:
             _check_complete(container, stream, pts_index, end, hidden, path)
         if total == 0:

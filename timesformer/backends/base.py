@@ -67,6 +67,9 @@ class Backend:
     has_inference_path: bool = False
     # Whether torch.autocast applies to the backend's computation (it casts torch's ops, not Triton kernels).
     has_autocast: bool = True
+    # Whether uint8 frames are normalized inside another op at no cost (the fused patch embedding), so that
+    # input pipelines had better send them than normalized floats (4x the bytes).
+    fuses_input_normalization: bool = False
 
     def layer(
         self,

@@ -94,6 +94,7 @@ class TritonBackend(Backend):
     name = "triton"
     has_inference_path = True
     has_autocast = False
+    fuses_input_normalization = True
 
     def __init__(self) -> None:
         # The kernels have no backward and no dropout: training and autograd calls (every call off the
