@@ -141,14 +141,18 @@ def _linear_tile(
     # MEAN_ROWS the rows (b, 0 .. mean_rows-1).
     b = offs_m // out_rows
     r = offs_m % out_rows
+    offs_k = tl.arange(0, BLOCK_K)
     if INT64:
         b = b.to(tl.int64)
         r = r.to(tl.int64)
+        # (The weight's and output's column terms too: ``needs_int64`` also counts the weight, and a
+        # transposed input's k * stride_xk.)
+        offs_n = offs_n.to(tl.int64)
+        offs_k = offs_k.to(tl.int64)
     if MEAN_ROWS:
         x_rows = X + b * stride_xb
     else:
         x_rows = X + b * stride_xb + r * stride_xr
-    offs_k = tl.arange(0, BLOCK_K)
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     mean = tl.zeros([BLOCK_M], tl.float32)
