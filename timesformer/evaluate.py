@@ -63,11 +63,12 @@ DIST_TIMEOUT_S = 2 * 3600
 JOB_MARK = ".evaluate-job"
 # The ranks' hold on DIR while a run works in it (``_lock``, ``_hold_rank``).
 LOCK = ".evaluate-lock"
-# The video a rank decodes in its own process (``--workers 0``) while it does, and how many runs in a row
-# have: left by a decoder crash (or a kill from outside). ``_crashed`` reads them.
-READING = ".evaluate-reading-"  # and the rank, as in PART
-# Runs in a row that may end while decoding the same video before the next makes it an error line: one may
-# have been killed from outside (a preempted job), and that video is then tried again as if never begun.
+# One file per video a run decodes in its own process (``--workers 0``) while it does (a hash of its path
+# follows): the runs that ended reading it, then its path. Left by a decoder crash (or a kill from outside),
+# kept until the video has a final line; ``_ended`` reads them.
+READING = ".evaluate-reading-"
+# Runs that may end while decoding a video before ``--workers 0`` no longer tries it (an error line): one
+# may have been killed from outside (a preempted job), and that video is then tried again as if never begun.
 MAX_RUNS_ENDED_READING = 2
 
 
@@ -560,8 +561,10 @@ class VideoViews(torch.utils.data.Dataset):
         self.num_frames, self.sample_rate, self.clips, self.crops = num_frames, sample_rate, clips, crops
         self.dtype, self.uint8, self.raw = dtype, uint8, raw
         self.reading = None  # shared (pid, item) slots of the DataLoader workers: ``_reading``
-        self.marker: Path | None = None  # where this process names the video it decodes: ``_reading``
-        self.ended: Mapping[str, int] = {}  # the videos earlier runs ended on, and in how many: ``_crashed``
+        self.markers: Path | None = None  # where this process names the video it decodes: ``_reading``
+        self.ended: Mapping[str, int] = {}  # the videos earlier runs ended on, and in how many: ``_ended``
+        self._marker: Path | None = None  # the one of the video being read, and how to restore SIGTERM then
+        self._restore: Callable[[], None] | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -606,19 +609,38 @@ class VideoViews(torch.utils.data.Dataset):
     def _reading(self, i: int) -> None:
         """Record that this process reads item ``i`` (-1: none), so that the video a decoder crash or the
         out-of-memory killer ends it on is known: in a DataLoader worker, in ``reading`` (shared with the main
-        process, which goes on: ``_batches``); in the main process, in the file ``marker``, which the next
-        run reads (``_crashed``), with the runs in a row that have ended reading it."""
+        process, which goes on: ``_batches``); in the main process, in a file in ``markers`` that the next run
+        reads (``_ended``), with the runs that have ended reading it."""
         info = torch.utils.data.get_worker_info()
         if self.reading is not None and info is not None:
             self.reading[2 * info.id : 2 * info.id + 2] = [os.getpid(), i]
-        elif self.marker is not None and info is None:
-            with _writing(self.marker):
-                if i >= 0:
-                    path = self.samples[i].path
-                    runs = self.ended.get(path, 0) + 1
-                    self.marker.write_text(f"{runs}\n{path}", errors="surrogateescape")
-                else:
-                    self.marker.unlink(missing_ok=True)
+        elif self.markers is not None and info is None:
+            if i >= 0:
+                self._marker = _marker(self.markers, self.samples[i].path)
+                runs = self.ended.get(self.samples[i].path, 0) + 1
+                with _writing(self._marker):
+                    self._marker.write_bytes(b"%d\n%s" % (runs, os.fsencode(self.samples[i].path)))
+                # torchrun stops the other ranks of a job with SIGTERM, which runs no ``finally``: as an
+                # exception it does, and a rank stopped while decoding leaves no marker of a crash.
+                self._restore = _raise_on_sigterm()
+            elif self._marker is not None:
+                if self._restore is not None:
+                    self._restore()
+                with _writing(self._marker):
+                    self._marker.unlink(missing_ok=True)
+                self._marker = self._restore = None
+
+
+def _raise_on_sigterm() -> Callable[[], None] | None:
+    """Turn SIGTERM into ``SystemExit(143)`` (in the main thread); returns what restores the handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    handler = signal.signal(signal.SIGTERM, stop)
+    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if handler is None else handler)
 
 
 def _collate(items: list[dict]) -> list[dict]:
@@ -735,47 +757,55 @@ def _recorded(output: Path, num_labels: int | None = None, warn: bool = True) ->
     return records, lines
 
 
-def _markers(output: Path) -> list[Path]:
-    return [p for p in output.glob(READING + "*") if p.name.removeprefix(READING).isdigit()]
+def _marker(output: Path, path: str) -> Path:
+    return output / (READING + hashlib.sha256(os.fsencode(path)).hexdigest()[:20])
 
 
-def _crashed(
-    output: Path, labels: Mapping[str, int], done: set[str], warn: bool = True
+def _ended(
+    output: Path, labels: Mapping[str, int], done: set[str], in_process: bool, warn: bool = True
 ) -> tuple[dict[str, int], dict[str, int]]:
     """The videos of ``labels`` not ``done`` that runs decoding in their own process (``--workers 0``) ended
-    on (their ``READING`` markers, left by a decoder crash, the out-of-memory killer, or a kill from outside),
-    with a warning naming each: ``{path: label}`` of those that ``MAX_RUNS_ENDED_READING`` runs in a row ended
-    on, error lines this time (which the next ``--resume`` tries again), so that a video that crashes the
-    decoder does not stop every run at itself; and ``{path: runs}`` of the others, tried again."""
-    crashed, ended = {}, {}
-    for marker in _markers(output):
-        _check_regular(marker)
-        with contextlib.suppress(OSError, ValueError):  # (a marker cut short by a full disk: no record)
-            runs, _, path = marker.read_text(errors="surrogateescape").partition("\n")
-            if path not in labels or path in done:
-                continue
-            ended[path] = int(runs)
-            if ended[path] >= MAX_RUNS_ENDED_READING:
+    on (their ``READING`` markers, left by a decoder crash, the out-of-memory killer or a kill from outside):
+    ``{path: runs}``, and ``{path: label}`` of those that ``MAX_RUNS_ENDED_READING`` runs ended on, which a
+    run decoding ``in_process`` does not try (error lines; a worker process that dies on one does not end
+    the run). Warns about each."""
+    ended, crashed = {}, {}
+    for _, runs, path in _markers(output):
+        if path in labels and path not in done:
+            ended[path] = runs
+            if ended[path] >= MAX_RUNS_ENDED_READING and in_process:
                 crashed[path] = labels[path]
             if warn:
                 then = (
-                    "it is an error line this time (the next --resume tries it again)"
+                    "it is an error line (--workers 1 or more tries it again: there a crash ends a worker, not "
+                    "the run)"
                     if path in crashed
-                    else "it is tried again, and if the run ends there again, it is an error line of the next"
+                    else "it is tried again"
+                    + (", and it is an error line if the run ends there again" if in_process else "")
                 )
                 warnings.warn(
-                    f"{ended[path]} run(s) in a row ended while reading {path} (a decoder crash, out of memory, "
-                    f"or a kill): {then}",
+                    f"{ended[path]} run(s) ended while reading {path} (a decoder crash, out of memory, or a kill): "
+                    f"{then}",
                     stacklevel=2,
                 )
-    return crashed, ended
+    return ended, crashed
 
 
-def _release_markers(output: Path, rank: int, world: int) -> None:
-    """Remove this rank's ``READING`` marker, and for rank 0 those of ranks this run has not."""
-    for marker in _markers(output):
-        owner = int(marker.name.removeprefix(READING))
-        if owner == rank or (rank == 0 and owner >= world):
+def _markers(output: Path) -> list[tuple[Path, int, str]]:
+    """``(file, runs, path)`` of each ``READING`` marker in ``output`` (one cut short by a full disk: none)."""
+    markers = []
+    for marker in output.glob(READING + "*"):
+        _check_regular(marker)
+        with contextlib.suppress(OSError, ValueError), open(marker, "rb") as f:
+            runs, _, path = f.read(2**16).partition(b"\n")  # (a path is at most 4096 bytes)
+            markers.append((marker, int(runs), os.fsdecode(path)))
+    return markers
+
+
+def _release_markers(output: Path, done: set[str]) -> None:
+    """Remove the ``READING`` markers of the videos ``done``."""
+    for marker, _, path in _markers(output):
+        if path in done:
             with _writing(marker):
                 marker.unlink(missing_ok=True)
 
@@ -1272,8 +1302,8 @@ def evaluate(
         clips: uniform temporal clips per video (``>= 1``). crops: 1 (center) or 3 (along the long side).
         batch_size: videos per forward (each with ``clips * crops`` views).
         workers: DataLoader worker processes that decode and preprocess (default: ``default_workers()``;
-            0 decodes in this process, where a decoder crash ends the run: the next makes that video an error
-            line, ``_crashed``).
+            0 decodes in this process, where a decoder crash ends the run: the next two runs make that video
+            an error line, ``_ended``).
         num_frames: frames per clip (default: the model's); sample_rate: spacing of a clip's frames.
         top_k: labels kept per video in the predictions.
         resume: skip the videos already in ``output``'s predictions (complete lines; a torn last line is
@@ -1327,7 +1357,7 @@ def evaluate(
                 )
             labels = {s.path: s.label for s in samples}
             done = {r["path"] for r in recorded if _final(r, labels)}
-            crashed, ended = _crashed(output, labels, done, warn=rank == 0)
+            ended, crashed = _ended(output, labels, done, in_process=workers == 0, warn=rank == 0)
             num_frames = num_frames or config.num_frames
             top_k = max(1, min(top_k, len(id2label)))
             settings = {
@@ -1353,13 +1383,14 @@ def evaluate(
                 (output / JOB_MARK).write_text(token)
         if world > 1:
             try:  # also the barrier before any rank writes: every rank has read the same results (the same split)
-                _check_same_work(output, samples, done, token, settings)
+                _check_same_work(output, samples, done | set(crashed), token, settings)
             finally:
                 if rank == 0:
                     (output / JOB_MARK).unlink(missing_ok=True)
             if rank > 0:
                 lock = _hold_rank(output, rank)
-        _release_markers(output, rank, world)  # (after the barrier: every rank has read them)
+        if rank == 0:  # (after the barrier: every rank has read them)
+            _release_markers(output, done)
         # The videos still to do are split across the ranks (sample i of them to rank i % world_size), so a
         # resumed run is balanced however the interrupted one had progressed.
         todo = [s for s in samples if s.path not in done and s.path not in crashed][rank::world]
@@ -1384,7 +1415,7 @@ def evaluate(
         if workers > 0:
             dataset.reading = multiprocessing.RawArray("q", [-1] * 2 * workers)
         else:
-            dataset.marker, dataset.ended = output / f"{READING}{rank:05d}", ended
+            dataset.markers, dataset.ended = output, ended
         mine_file = output / (PREDICTIONS if world == 1 else PART.format(rank=rank))
         read_predictions(mine_file, repair=True, warn=False)  # cut a torn last line before appending
         # Rank 0's share under torchrun (the others' progress is not sent to it), and said so.
@@ -1410,7 +1441,10 @@ def evaluate(
 
         try:
             if crashed:
-                error = f"{MAX_RUNS_ENDED_READING} runs in a row ended while reading it (a decoder crash, or out of memory)"
+                error = (
+                    f"{MAX_RUNS_ENDED_READING} or more runs ended while reading it (a decoder crash, or out of "
+                    "memory); --workers 0 does not try it again, --workers 1 or more does"
+                )
                 write(
                     [
                         _record({"path": p, "label": label}, id2label, error=error)
@@ -1481,6 +1515,7 @@ def evaluate(
             return {}
         with _writing(output / PREDICTIONS):
             records = merge_predictions(output, samples, model.config.num_labels, warn=False)
+            _release_markers(output, {r["path"] for r in records if _final(r, labels)})
         metrics = compute_metrics(records, samples, id2label)
         metrics.update(
             views={
