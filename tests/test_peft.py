@@ -498,3 +498,24 @@ def test_classify_and_evaluate_load_an_adapter_with_its_base_models_preprocessin
     _adapted(base, peft.LoraConfig(**LORA), 35).save_pretrained(tmp_path / "adapter")
     model, processor = load_model(tmp_path / "adapter", backend="sdpa")
     assert model.active_adapters() == ["default"] and list(processor.image_mean) == [0.1] * 3
+
+
+@pytest.mark.parametrize("head", [True, False])
+def test_classify_takes_an_adapter_on_a_headless_base_only_if_it_carries_the_head(tmp_path, head):
+    """A base checkpoint without a head is refused by classify (its fresh head is noise), unless the adapter
+    brings a trained one; an adapter without it was accepted, printing the noise."""
+    from timesformer.classify import load_model
+
+    ours = _pair("sdpa", seed=36)[0]
+    ours.timesformer.save_pretrained(tmp_path / "base")  # a headless checkpoint, its config naming 3+ classes
+    base = timesformer.TimesformerForVideoClassification.from_pretrained(tmp_path / "base", backend="sdpa")
+    config = peft.LoraConfig(**LORA, modules_to_save=["classifier"] if head else None)
+    _adapted(base, config, 36).save_pretrained(tmp_path / "adapter")
+    if head:
+        model, _ = load_model(tmp_path / "adapter", backend="sdpa")
+        assert model.active_adapters() == ["default"]
+    else:
+        with pytest.raises(
+            ValueError, match=r"without classifier weights .* \(its adapter does not carry them"
+        ):
+            load_model(tmp_path / "adapter", backend="sdpa")

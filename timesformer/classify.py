@@ -93,11 +93,16 @@ def load_model(
             f"{directory}: num_labels is {config.num_labels}: a classifier needs at least one class (a base "
             "checkpoint without a head cannot classify)"
         )
-    if info["missing_keys"] and not net._hf_peft_config_loaded:
-        # (from_pretrained gives it a fresh head, as transformers does, to be fine-tuned: its scores are noise.)
+    # (from_pretrained gives it a fresh head, as transformers does, to be fine-tuned: its scores are noise. An
+    # adapter may carry a trained one: PEFT's modules_to_save.)
+    if info["missing_keys"] and not (
+        net._hf_peft_config_loaded
+        and any("classifier" in (c.modules_to_save or ()) for c in net.peft_config.values())
+    ):
         raise ValueError(
             f"{directory}: a base checkpoint without classifier weights ({', '.join(sorted(info['missing_keys']))}"
             "): it cannot classify before it is fine-tuned"
+            + (" (its adapter does not carry them: modules_to_save)" if net._hf_peft_config_loaded else "")
         )
     if config.attention_type == "space_only":
         # Its logits are per frame ((batch * frames, labels)), as transformers' model returns them; how to pool
