@@ -1366,11 +1366,7 @@ def evaluate(
                 # package upgrade's bundled model) has the same name.
                 "model weights": weights_digest(model),
                 "dtype": str(dtype).removeprefix("torch."),
-                "num_frames": num_frames,
-                "sample_rate": sample_rate,
-                "clips": clips,
-                "crops": crops,
-                "top_k": top_k,
+                **dict(num_frames=num_frames, sample_rate=sample_rate, clips=clips, crops=crops, top_k=top_k),
                 "max_frame_pixels": max_frame_pixels,
                 # The frames' preprocessing, field by field (the model folder's preprocessor config may change).
                 **{f"preprocessing {k}": v for k, v in processor.to_dict().items()},
@@ -1416,8 +1412,6 @@ def evaluate(
             dataset.reading = multiprocessing.RawArray("q", [-1] * 2 * workers)
         else:
             dataset.markers, dataset.ended = output, ended
-        mine_file = output / (PREDICTIONS if world == 1 else PART.format(rank=rank))
-        read_predictions(mine_file, repair=True, warn=False)  # cut a torn last line before appending
         # Rank 0's share under torchrun (the others' progress is not sent to it), and said so.
         label = f"rank 0 of {world}: " if world > 1 else ""
         crashed = crashed if rank == 0 else {}  # (its error lines are rank 0's)
@@ -1425,31 +1419,14 @@ def evaluate(
         totals = {"decode": 0.0, "preprocess": 0.0, "model": 0.0}
         scored = 0  # videos of this run on this rank with a prediction: what ``totals`` sums over
         start = time.perf_counter()
-        written = 0
-        out = open(mine_file, "a")  # noqa: SIM115 (closed below, where a failed close is an OutputError)
-
-        def write(records: list[dict]) -> None:
-            nonlocal written
-            with _writing(mine_file):
-                out.write("".join(json.dumps(r) + "\n" for r in records))
-                out.flush()
-                os.fsync(out.fileno())
-            written += len(records)
-            bar.step(len(records))
-            if on_batch is not None:
-                on_batch(written)
-
-        try:
+        with _Lines(output / (PREDICTIONS if world == 1 else PART.format(rank=rank)), bar, on_batch) as lines:
             if crashed:
                 error = (
                     f"{MAX_RUNS_ENDED_READING} or more runs ended while reading it (a decoder crash, or out of "
                     "memory); --workers 0 does not try it again, --workers 1 or more does"
                 )
-                write(
-                    [
-                        _record({"path": p, "label": label}, id2label, error=error)
-                        for p, label in crashed.items()
-                    ]
+                lines.write(
+                    [_record({"path": p, "label": y}, id2label, error=error) for p, y in crashed.items()]
                 )
             left = list(range(len(todo)))  # the videos of todo without a line yet, in order
             deaths = 0
@@ -1469,7 +1446,7 @@ def evaluate(
                             _cut_on_device(batch, processor, device, num_frames, crops, dtype, uint8)
                         records = _score(batch, model, device, id2label, top_k, totals)
                         scored += sum("time_ms" in r for r in records)
-                        write(records)
+                        lines.write(records)
                         del left[: len(batch)]
                     break
                 except _DiedReading as died:
@@ -1488,13 +1465,9 @@ def evaluate(
                     )
                     item = {"path": sample.path, "label": sample.label}
                     error = f"the decoding worker died reading it ({died.cause}): a decoder crash, or out of memory"
-                    write([_record(item, id2label, error=error)])
+                    lines.write([_record(item, id2label, error=error)])
                     left.remove(died.index)
-        finally:
-            # After a failed write the close flushes the same bytes again (a full disk fails again): that too
-            # is the OutputError naming the file, not a bare OSError.
-            with _writing(mine_file):
-                out.close()
+        written = lines.count
         counts = [written, scored, totals["decode"], totals["preprocess"], totals["model"]]
         if world > 1:
             # The barrier also makes rank 0's wall time the job's (it waits for the slowest rank), and the
@@ -1541,6 +1514,35 @@ def evaluate(
     finally:
         if lock is not None:
             _unlock(lock, rank)
+
+
+class _Lines:
+    """This rank's predictions file, appended to a batch of lines at a time, each batch flushed to the disk
+    (a run killed at any moment keeps its complete lines), and counted on ``bar`` and by ``on_batch``."""
+
+    def __init__(self, path: Path, bar: Progress, on_batch: Callable[[int], None] | None) -> None:
+        read_predictions(path, repair=True, warn=False)  # cut a torn last line before appending
+        self.path, self.bar, self.on_batch, self.count = path, bar, on_batch, 0
+        self.file = open(path, "a")  # noqa: SIM115 (closed by __exit__, where a failed close is an OutputError)
+
+    def write(self, records: list[dict]) -> None:
+        with _writing(self.path):
+            self.file.write("".join(json.dumps(r) + "\n" for r in records))
+            self.file.flush()
+            os.fsync(self.file.fileno())
+        self.count += len(records)
+        self.bar.step(len(records))
+        if self.on_batch is not None:
+            self.on_batch(self.count)
+
+    def __enter__(self) -> _Lines:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        # After a failed write the close flushes the same bytes again (a full disk fails again): that too is
+        # the OutputError naming the file, not a bare OSError.
+        with _writing(self.path):
+            self.file.close()
 
 
 def _check_options(
