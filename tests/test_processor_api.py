@@ -429,3 +429,23 @@ def test_shortest_edge_within_longest_edge_refuses_a_side_of_no_pixels():
     ):
         ours(torch.full((1, 2, 1000, 3), 7, dtype=torch.uint8))
     assert ours(torch.full((1, 20, 30, 3), 7, dtype=torch.uint8), return_tensors=None).shape[-2:] == (16, 16)
+
+
+@pytest.mark.parametrize("attention_type", ["divided_space_time", "joint_space_time", "space_only"])
+def test_check_model_bounds_the_patches_attention_runs_over(attention_type):
+    """A 36 KB model folder (patch_size 1, a 2048 crop; or joint attention over 4096 frames) asked for hours
+    per video: attention costs the square of its patches."""
+    crop = {"height": 40, "width": 40}  # 25 patches of 8x8 a frame
+    ours = VideoProcessor(shortest_edge=40, crop_size=crop)
+    config = dict(attention_type=attention_type, patch_size=8, image_size=40)
+    ours.check_model(TimesformerConfig(**config, num_frames=2621))  # 65,525 patches a clip
+    if attention_type == "joint_space_time":
+        with pytest.raises(
+            ValueError, match=r"40x40 and num_frames 2622 are 65,550 patches per clip in joint"
+        ):
+            ours.check_model(TimesformerConfig(**config, num_frames=2622))
+    else:
+        ours.check_model(TimesformerConfig(**config, num_frames=4096))
+    wide = VideoProcessor(shortest_edge=40, crop_size=1032)  # (1 M pixels, under the pixel bound)
+    with pytest.raises(ValueError, match=r"129x129 patches of 8x8 per frame; at most 16,384 are supported"):
+        wide.check_model(TimesformerConfig(**config))

@@ -48,6 +48,9 @@ MAX_RESIZED_PIXELS = 2**22
 # 2048x2048 crop of a 36 KB model folder asked for some 18 hours per video). 16384 is a 2048x2048 crop in
 # 16x16 patches; a 224 model has 196.
 MAX_PATCHES_PER_FRAME = 128 * 128
+# The same for joint space-time attention, over all of a clip's patches at once: 4 frames of the most patches,
+# or 334 frames of a 224 model's.
+MAX_JOINT_TOKENS = 4 * MAX_PATCHES_PER_FRAME
 
 
 def resize_output_size(
@@ -442,6 +445,13 @@ class VideoProcessor:
             raise ValueError(
                 f"{source}: crop_size {ch}x{cw} is {ch // ph}x{cw // pw} patches of {ph}x{pw} per frame; at most "
                 f"{MAX_PATCHES_PER_FRAME:,} are supported (attention costs their square)"
+            )
+        joint = config.num_frames * (ch // ph) * (cw // pw)
+        if config.attention_type == "joint_space_time" and joint > MAX_JOINT_TOKENS:
+            raise ValueError(
+                f"{source}: crop_size {ch}x{cw} and num_frames {config.num_frames} are {joint:,} patches per clip in "
+                f"joint space-time attention; at most {MAX_JOINT_TOKENS:,} are supported (attention costs their "
+                "square)"
             )
         if (ch, cw) != tuple(config.image_hw):
             h, w = config.image_hw
