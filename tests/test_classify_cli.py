@@ -298,3 +298,19 @@ def test_a_base_checkpoint_without_a_head_is_refused_at_load(model_dir, videos, 
         "a base checkpoint without classifier weights (classifier.bias, classifier.weight): it cannot classify "
         "before it is fine-tuned"
     )
+
+
+def test_an_error_text_is_escaped_on_its_line(videos, monkeypatch, capsys):
+    """An error's text comes from the decoder (FFmpeg's messages, a file's metadata): control characters in it
+    reached the terminal, and a newline began a line that looked like a result."""
+    import timesformer.video
+    from timesformer.video import VideoError
+
+    def failing(path, *args, **kwargs):
+        raise VideoError(path, "bad\x1b[2J\n  99.99%  moving right")
+
+    monkeypatch.setattr(timesformer.video, "read_video", failing)
+    assert main(["classify", videos[0]]) == 1
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\\x1b[2J\\n  99.99%  moving right" in err
+    assert not any(line.startswith("  99.99%") for line in err.splitlines())

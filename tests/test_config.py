@@ -88,6 +88,14 @@ def test_num_labels_and_overrides():
         ("id2label", {"0": ["x"]}, r"id2label names must be strings, got \['x'\] for class 0"),
         ("id2label", {"0": True}, "id2label names must be strings, got True for class 0"),
         ("hidden_dropout_prob", 1.5, r"hidden_dropout_prob must be a number in \[0, 1\), got 1.5"),
+        ("hidden_dropout_prob", 1, r"hidden_dropout_prob must be a number in \[0, 1\), got 1"),
+        (
+            "drop_path_rate",
+            1.0,
+            r"drop_path_rate must be a number in \[0, 1\), got 1.0",
+        ),  # (every layer dropped)
+        ("patch_size", 0, "image_size and patch_size must be positive"),  # (not a ZeroDivisionError)
+        ("image_size", 0, "image_size and patch_size must be positive"),
         ("problem_type", "ranking", "problem_type must be None or one of"),
         ("layer_norm_eps", -1.0, "layer_norm_eps must be a positive finite number"),
         # 0 divided by zero when a head was newly initialized; NaN or -1 gave a head of std about 0.9.
@@ -100,6 +108,15 @@ def test_num_labels_and_overrides():
 def test_invalid_values_name_field_and_value(field, value, message):
     with pytest.raises(ValueError, match=message):
         TimesformerConfig(**{field: value})
+
+
+def test_each_limit_itself_is_accepted():
+    from timesformer.configuration import LIMITS, MAX_LABELS
+
+    divisible = {"hidden_size": dict(num_attention_heads=16), "num_attention_heads": dict(hidden_size=1024)}
+    for name, limit in LIMITS.items():
+        assert getattr(TimesformerConfig(**{name: limit}, **divisible.get(name, {})), name) == limit
+    assert TimesformerConfig(num_labels=MAX_LABELS).num_labels == MAX_LABELS
 
 
 def test_id2label_names_may_be_numpy_integers_and_strings():

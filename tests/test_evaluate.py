@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import fail_batches_of_several
 
 from timesformer.evaluate import (
@@ -27,6 +29,7 @@ from timesformer.evaluate import (
 )
 from timesformer.preprocess import crop_boxes
 from timesformer.synthetic import LABELS, sample_clip
+from timesformer.video import sample_frame_indices
 
 ROOT = Path(__file__).resolve().parent.parent
 LABEL2ID = {name: i for i, name in enumerate(LABELS)}
@@ -165,13 +168,19 @@ def test_temporal_clips_are_uniform_and_spatial_crops_follow_the_long_side():
     assert clip_starts(100, 32, 1) == [34]
     assert clip_starts(100, 32, 3) == [0, 34, 68]
     assert clip_starts(20, 32, 3) == [0, 0, 0]
-    clips = clip_indices(100, 8, 4, 3)
-    assert len(clips) == 3 and all(len(c) == 8 for c in clips)
-    assert clips[0][0] == 0 and clips[-1][-1] == 99 and clips[0] < clips[1] < clips[2]
+    assert clip_starts(100, 32, 4) == [0, 23, 45, 68]  # rounded, not floored
+    assert clip_indices(100, 8, 4, 3) == [
+        [0, 4, 9, 13, 18, 22, 27, 31],
+        [34, 38, 43, 47, 52, 56, 61, 65],
+        [68, 72, 77, 81, 86, 90, 95, 99],
+    ]
+    for total in (32, 33, 99, 100, 101, 301):  # one clip is the "center" strategy's
+        assert clip_indices(total, 8, 4, 1) == [sample_frame_indices(8, 4, total, "center")]
     assert clip_indices(10, 8, 4, 2) == [[0, 4, 8, 8, 8, 8, 8, 8]] * 2  # short video: the last frame repeats
     assert crop_boxes(224, 298, 224, 224, 1) == [(0, 37)]
     assert crop_boxes(224, 298, 224, 224, 3) == [(0, 0), (0, 37), (0, 74)]  # left, center, right
     assert crop_boxes(298, 224, 224, 224, 3) == [(0, 0), (37, 0), (74, 0)]  # top, center, bottom
+    assert crop_boxes(256, 256, 224, 224, 3) == [(16, 0), (16, 16), (16, 32)]  # square: left to right
     with pytest.raises(ValueError, match="crops must be 1 or 3, got 2"):
         crop_boxes(224, 298, 224, 224, 2)
 
@@ -512,6 +521,31 @@ def test_resume_refuses_other_settings(videos, bundled, tmp_path):
     (fresh / "settings.json").write_text(json.dumps({"num_frames": 2}))
     evaluate(videos, model, processor, fresh, workers=0, limit=1)
     assert json.loads((fresh / "settings.json").read_text())["num_frames"] == 8
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(sample_rate=2), "sample_rate 2 (was 4)"),
+        (dict(crops=3), "crops 3 (was 1)"),
+        (dict(top_k=2), "top_k 2 (was 4)"),  # (5 of the 4 classes)
+        (dict(max_frame_pixels=10**6), "max_frame_pixels 1000000 (was 16777216)"),
+    ],
+)
+def test_resume_refuses_each_other_setting(videos, bundled, tmp_path, change, message):
+    from timesformer.evaluate import SETTINGS, evaluate
+
+    model, processor = bundled
+    out = tmp_path / "out"
+    evaluate(videos, model, processor, out, workers=0, limit=1, model_name="m")
+    recorded = json.loads((out / SETTINGS).read_text())
+    assert {k for k in recorded if not k.startswith("preprocessing ")} == {
+        "model", "model weights", "dtype", "num_frames", "sample_rate", "clips", "crops", "top_k",
+        "max_frame_pixels",
+    }  # fmt: skip
+    with pytest.raises(ValueError, match=f"other settings: {re.escape(message)}"):
+        evaluate(videos, model, processor, out, workers=0, limit=2, resume=True, model_name="m", **change)
+    assert len(_paths(out)) == 1
 
 
 def test_top5_accuracy_does_not_depend_on_top_k(videos, bundled, tmp_path):
@@ -1642,3 +1676,59 @@ def test_results_files_that_are_not_files_or_objects_are_refused(videos, bundled
     thread.join(60)
     assert not thread.is_alive(), "evaluate waits on the FIFO"
     assert "expected a file of results, got not a regular file (a FIFO" in str(result.get("error")), result
+
+
+# ------------------------------------------------------------------------------- records and metrics
+
+
+def _line(path: str, label: int, predicted: list[int] | None = None, error: str | None = None) -> dict:
+    record = {"path": path, "label": LABELS[label], "label_id": label}
+    if error is not None:
+        return {**record, "error": error}
+    top = [{"label": LABELS[i], "label_id": i, "probability": 0.1} for i in predicted]
+    return {**record, "top": top, "correct": predicted[0] == label}
+
+
+def test_top5_is_counted_from_the_five_best_whatever_top_k(monkeypatch):
+    """A video whose label ranks third is a top-5 hit with top_k 1 (the test over the bundled model, every
+    video right, could not tell)."""
+    from timesformer import evaluate as ev
+
+    probs = torch.tensor([0.4, 0.3, 0.05, 0.25])  # label 2 ranks fourth of four, label 3 third
+    monkeypatch.setattr(ev, "score_each", lambda model, views, device: [(probs, 1.0, None)] * len(views))
+    item = {"path": "/v", "views": None, "error": None, "decode_ms": 1.0, "preprocess_ms": 1.0}
+    totals = {"decode": 0.0, "preprocess": 0.0, "model": 0.0}
+    (record,) = ev._score([{**item, "label": 3}], None, "cpu", dict(enumerate(LABELS)), 1, totals)
+    assert [t["label_id"] for t in record["top"]] == [0] and record["correct_top5"] is True
+    assert not record["correct"]
+
+
+def test_mean_class_accuracy_weighs_each_class_once():
+    from timesformer.evaluate import Sample, compute_metrics
+
+    lines = [_line(f"/a{i}", 0, [0, 1]) for i in range(3)] + [_line("/b", 1, [0, 1])]
+    samples = [Sample(r["path"], r["label_id"]) for r in lines]
+    metrics = compute_metrics(lines, samples, dict(enumerate(LABELS)))
+    assert metrics["top1"] == 0.75 and metrics["mean_class_accuracy"] == 0.5  # (1 + 0) / 2, not 3 / 4
+    assert metrics["top5"] == 1.0 and metrics["confusion_pairs"] == [[0, 0, 3], [1, 0, 1]]
+
+
+def test_merge_keeps_the_last_of_equal_lines(tmp_path):
+    """Of two lines that stand alike (two error lines of a video tried twice), the newer one."""
+    from timesformer.evaluate import Sample, merge_predictions
+
+    older, newer = _line("/v", 1, error="could not be read"), _line("/v", 1, error="model forward failed")
+    done = [_line("/w", 2, [2]), _line("/w", 2, [3])]
+    (tmp_path / PREDICTIONS).write_text(
+        "".join(json.dumps(r) + "\n" for r in [older, done[0], newer, done[1]])
+    )
+    merged = merge_predictions(tmp_path, [Sample("/v", 1), Sample("/w", 2)])
+    assert merged == [newer, done[1]]
+
+
+def test_a_label_index_of_the_models_range_only_is_a_prediction():
+    from timesformer.evaluate import is_prediction
+
+    assert is_prediction(_line("/v", 3, [0]), num_labels=4)
+    assert not is_prediction(_line("/v", 3, [0]), num_labels=3)  # the label past the classes
+    assert not is_prediction({**_line("/v", 0, [0]), "top": [{"label_id": 4}]}, num_labels=4)

@@ -449,3 +449,14 @@ def test_check_model_bounds_the_patches_attention_runs_over(attention_type):
     wide = VideoProcessor(shortest_edge=40, crop_size=1032)  # (1 M pixels, under the pixel bound)
     with pytest.raises(ValueError, match=r"129x129 patches of 8x8 per frame; at most 16,384 are supported"):
         wide.check_model(TimesformerConfig(**config))
+
+
+def test_without_rescale_pixels_are_normalized_on_the_0_255_scale_as_transformers():
+    """``do_rescale: false`` (a mean and std given in 0..255 units) was checked only by its range bound."""
+    settings = dict(image_mean=[110.0, 120.0, 100.0], image_std=[60.0, 58.0, 62.0], do_rescale=False)
+    fields = dict(size={"shortest_edge": 24}, crop_size={"height": 16, "width": 16})
+    frames = [PIL.fromarray(f.numpy()) for f in _frames(2, 30, 40, seed=9)]
+    expected = transformers.VideoMAEImageProcessorPil(**fields, **settings)(frames, return_tensors="pt")
+    got = VideoProcessor.from_dict({**fields, **settings})(frames, return_tensors="pt")["pixel_values"]
+    _close_to(got, expected["pixel_values"], [s / 255 for s in settings["image_std"]])  # a level is 1 / std
+    assert got.abs().max() > 1.5  # (rescaled, they would all lie within 0.04 of -2)

@@ -113,3 +113,20 @@ def test_sdpa_drop_path_granularity_matches_reference(monkeypatch):
     model(random_clip(kwargs, batch=b))
     # The first layer's rate is 0 (linear decay rule); the second draws three masks.
     assert shapes == [(b, n, 1, 1), (b, t), (b, 1, 1)]
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_eval_mode_drops_nothing_while_autograd_records(backend):
+    """With gradients on, a backend runs its training path (not the inference one); in eval mode that path
+    must not drop paths or units, which only one eager module-mode test could tell."""
+    kwargs = small_config_kwargs("divided_space_time", seed=41, num_hidden_layers=2)
+    kwargs.update(drop_path_rate=0.6, hidden_dropout_prob=0.4, attention_probs_dropout_prob=0.4)
+    model = randomize_(
+        timesformer.TimesformerForVideoClassification(timesformer.TimesformerConfig(**kwargs)), 41
+    )
+    model.set_backend(backend).eval()
+    x = random_clip(kwargs, batch=2, seed=41)
+    first, second = model(x).logits, model(x).logits
+    assert first.requires_grad and torch.equal(first, second)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, first, rtol=1e-5, atol=1e-5)
