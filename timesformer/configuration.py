@@ -432,14 +432,7 @@ class TimesformerConfig:
             if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
                 raise ValueError(f"{name} must be an int from 1 to {limit:,}, got {value!r}")
 
-        for name in (
-            "num_channels",
-            "num_frames",
-            "hidden_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "intermediate_size",
-        ):
+        for name in (n for n in LIMITS if n != "image_size"):  # (image_size: a pair, checked below)
             positive_int(name)
         (ih, iw), (ph, pw) = self.image_hw, self.patch_hw
         if min(ih, iw, ph, pw) <= 0 or max(ih, iw) > LIMITS["image_size"]:

@@ -616,10 +616,10 @@ class VideoViews(torch.utils.data.Dataset):
             self.reading[2 * info.id : 2 * info.id + 2] = [os.getpid(), i]
         elif self.markers is not None and info is None:
             if i >= 0:
-                self._marker = _marker(self.markers, self.samples[i].path)
-                runs = self.ended.get(self.samples[i].path, 0) + 1
+                path = self.samples[i].path
+                self._marker = _marker(self.markers, path)
                 with _writing(self._marker):
-                    self._marker.write_bytes(b"%d\n%s" % (runs, os.fsencode(self.samples[i].path)))
+                    self._marker.write_bytes(b"%d\n%s" % (self.ended.get(path, 0) + 1, os.fsencode(path)))
                 # torchrun stops the other ranks of a job with SIGTERM, which runs no ``finally``: as an
                 # exception it does, and a rank stopped while decoding leaves no marker of a crash.
                 self._restore = _raise_on_sigterm()
