@@ -130,3 +130,49 @@ def test_eval_mode_drops_nothing_while_autograd_records(backend):
     assert first.requires_grad and torch.equal(first, second)
     with torch.no_grad():
         torch.testing.assert_close(model(x).logits, first, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "triton"])
+def test_a_trainable_head_on_a_frozen_backbone_gets_its_gradient(backend):
+    """Linear probing: the encoder is frozen (its inference path runs, as in eval mode without autograd) but
+    the head trains, so the head must record autograd; the fused head's cached weights dropped its graph."""
+    kwargs = small_config_kwargs("divided_space_time", seed=43, num_hidden_layers=1)
+    model = randomize_(
+        timesformer.TimesformerForVideoClassification(timesformer.TimesformerConfig(**kwargs)), 43
+    ).eval()
+    model.timesformer.requires_grad_(False)
+    x, labels = random_clip(kwargs, batch=2, seed=43), torch.tensor([1, 0])
+    grads = {}
+    for name in ("eager", backend):
+        model.set_backend(name).zero_grad()
+        model(x, labels=labels).loss.backward()
+        grads[name] = [p.grad.clone() for p in model.classifier.parameters()]
+    torch.testing.assert_close(grads[backend], grads["eager"], rtol=1e-4, atol=1e-5)
+
+
+def test_triton_never_drops_a_forward_mode_tangent():
+    """A dual input (forward-mode AD), even under no_grad, takes the path sdpa takes: the kernels have no
+    forward-AD rule, and returned the logits with the tangent silently gone."""
+    import torch.autograd.forward_ad as fwAD
+
+    kwargs = small_config_kwargs("divided_space_time", seed=44, num_hidden_layers=1)
+    model = randomize_(
+        timesformer.TimesformerForVideoClassification(timesformer.TimesformerConfig(**kwargs)), 44
+    ).eval()
+    x = random_clip(kwargs, batch=1, seed=44)
+    tangent = torch.randn_like(x)
+
+    def outcome(backend):
+        model.set_backend(backend)
+        try:
+            with torch.no_grad(), fwAD.dual_level():
+                return fwAD.unpack_dual(model(fwAD.make_dual(x, tangent)).logits).tangent
+        except Exception as e:  # torch's fused attention may have no forward-AD rule: sdpa says so
+            return type(e)
+
+    expected, got = outcome("sdpa"), outcome("triton")
+    assert got is not None
+    if isinstance(expected, torch.Tensor):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    else:
+        assert got is expected

@@ -115,13 +115,16 @@ class Backend:
         """
         # Not under torch.jit.trace (the legacy ONNX export): the inference path's in-place residual updates
         # of slices come out of the ONNX exporter wrong. Not under torch.func's transforms (vmap): the
-        # kernels' custom ops have no batching rules, and the in-place ones cannot fall back to a loop.
+        # kernels' custom ops have no batching rules, and the in-place ones cannot fall back to a loop. Not
+        # inside a forward-mode AD level (a dual input, even under no_grad): the kernels would drop its
+        # tangent silently, where torch's ops carry it or say they cannot.
         inference = (
             self.has_inference_path
             and not model.training
             and not needs_autograd(model, pixel_values)
             and not torch.jit.is_tracing()
             and not torch._C._are_functorch_transforms_active()
+            and getattr(torch.autograd.forward_ad, "_current_level", -1) < 0
         )
         x, num_frames, (gh, gw) = self.embed(model.embeddings, pixel_values, inference)
         fwd = ForwardContext(num_frames, num_patches=gh * gw, training=model.training, inference=inference)

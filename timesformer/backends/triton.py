@@ -154,7 +154,17 @@ class TritonBackend(Backend):
     def classify(
         self, layernorm: nn.LayerNorm | None, classifier: nn.Module, cls: torch.Tensor, fwd: ForwardContext
     ) -> torch.Tensor:
-        if not fwd.inference or type(classifier) is not nn.Linear or layernorm is None:  # called as is
+        # A trainable head on a frozen backbone (linear probing) records autograd here even where the
+        # encoder took the inference path: the fused head's cached weights would drop its graph.
+        if (
+            not fwd.inference
+            or type(classifier) is not nn.Linear
+            or layernorm is None
+            or (
+                torch.is_grad_enabled()
+                and any(p.requires_grad for m in (layernorm, classifier) for p in m.parameters())
+            )
+        ):  # called as is
             return self.fallback.classify(layernorm, classifier, cls, fwd)
         w, c1, c2 = _ln_proj(classifier, "triton_head", layernorm, classifier)
         return _linear.layer_norm_linear(cls, w, c1, c2, _eps(layernorm))[:, 0]
