@@ -121,6 +121,66 @@ def test_folded_weights_follow_load_state_dict_inplace_edits_and_to():
         assert_close(out, _eager_reference(model, xd), rel=1e-12, abs_=1e-12)
 
 
+def test_folded_weights_follow_load_state_dict_after_moving_under_inference_mode():
+    """``.to()`` under ``torch.inference_mode`` makes every parameter an inference tensor, which has no version
+    counter: load_state_dict's in-place copies then left the old folded weights in use."""
+    model = _model("sdpa")
+    x = random_clip(KWARGS)
+    other = randomize_(TimesformerModel(model.config), seed=98).state_dict()
+    with torch.inference_mode():
+        model.double().float()  # as `model.to("cuda")` in a server's start-up
+        model(x)
+        model.load_state_dict(other)
+        got = model(x).last_hidden_state
+        assert_close(got, _eager_reference(model, x))
+
+
+def test_a_weight_set_to_its_own_transpose_is_prepared_again():
+    """Same storage, address, shape and version counter as before: only the strides tell."""
+    model = _model("sdpa").requires_grad_(False)
+    x = random_clip(KWARGS)
+    with torch.no_grad():
+        model(x)
+        dense = model.encoder.layer[0].temporal_dense
+        dense.weight = torch.nn.Parameter(dense.weight.t(), requires_grad=False)
+        assert_close(model(x).last_hidden_state, _eager_reference(model, x))
+
+
+def test_the_weight_cache_is_safe_across_threads(monkeypatch):
+    """Threads serving one model share its caches; with more input sizes than entries, one thread's eviction
+    removed the entry another had just found (KeyError)."""
+    import sys
+    import threading
+
+    from timesformer import weight_cache
+
+    monkeypatch.setattr(weight_cache, "MAX_ENTRIES_PER_MODULE", 4)
+    module, errors = torch.nn.Linear(3, 3), []
+
+    def work(offset):
+        try:
+            for i in range(3000):
+                key = f"table_{(offset + i) % 7}"
+                assert (
+                    weight_cache.cached_weights(module, key, (module.weight,), lambda w: (w + 1,))[0]
+                    is not None
+                )
+        except Exception as e:  # reported below, with every thread's
+            errors.append(repr(e))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
+
+
 def test_data_edits_need_clear_weight_cache():
     model = _model("sdpa")
     x = random_clip(KWARGS)

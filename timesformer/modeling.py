@@ -891,9 +891,10 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
     def clear_weight_cache(self) -> None:
         """Drop prepared weights (e.g. the folded temporal projection).
 
-        Only needed after editing parameters through ``.data`` (or in place, for a model created under
-        ``torch.inference_mode``), which bypasses the version counters the caches watch;
-        ``load_state_dict``, ``.to()``, optimizer steps and in-place edits are picked up automatically.
+        Only needed after editing parameters through ``.data`` (or in place, for a model created or moved
+        under ``torch.inference_mode``), which bypasses the version counters the caches watch;
+        ``load_state_dict`` (the model's own), ``.to()``, optimizer steps and in-place edits are picked up
+        automatically.
         """
         clear_weight_cache(self)
 
@@ -902,6 +903,14 @@ class TimesformerPreTrainedModel(AdapterMixin, nn.Module):
         # tensors they keep alive) now rather than at the next forward.
         clear_weight_cache(self)
         return super()._apply(fn, *args, **kwargs)
+
+    def load_state_dict(self, *args, **kwargs):
+        # Copies in place, which the version counters see, except on inference tensors (a model moved with
+        # .to() under torch.inference_mode has only those): the caches are dropped whatever happens.
+        try:
+            return super().load_state_dict(*args, **kwargs)
+        finally:
+            clear_weight_cache(self)
 
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
         """Parameter count, as ``transformers``: ``only_trainable`` counts those that require grad,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
@@ -82,13 +83,17 @@ def replacements() -> int:
 
 def fingerprint(t: torch.Tensor) -> tuple:
     """What identifies ``t``'s current values without reading them: address, version counter (bumped by
-    in-place edits), dtype, device and shape. Inference tensors (``torch.inference_mode``) carry no
-    version counter."""
+    in-place edits), dtype, device, shape and strides (a weight set to its own transpose keeps the rest).
+    Inference tensors (``torch.inference_mode``) carry no version counter."""
     version = None if t.is_inference() else t._version
-    return (t.data_ptr(), version, t.dtype, t.device, tuple(t.shape))
+    return (t.data_ptr(), version, t.dtype, t.device, tuple(t.shape), t.stride())
 
 
 _EMPTY: Mapping = MappingProxyType({})
+
+# Held while a cache is read or changed (not while weights are prepared): threads serving one model share its
+# caches, and one thread's eviction could otherwise remove the entry another had just found.
+_lock = threading.Lock()
 
 
 def entries(module: nn.Module) -> Mapping[str, object]:
@@ -119,23 +124,24 @@ def cached_weights(
         # cannot be traced (graph breaks), and a cached tensor would be recorded as a constant.
         return prepare(*(s.detach() for s in sources))
     count_optimizer_steps()
-    cache = module.__dict__.get("_weight_cache")
-    if cache is None:
-        cache = module.__dict__["_weight_cache"] = OrderedDict()
     stamp = (_optimizer_steps, replacements(), *(fingerprint(s) for s in sources))
-    hit = cache.get(key)
-    if hit is not None and hit[0] == stamp:
-        cache.move_to_end(key)
-        return hit[2]
+    with _lock:
+        cache = module.__dict__.setdefault("_weight_cache", OrderedDict())
+        hit = cache.get(key)
+        if hit is not None and hit[0] == stamp:
+            cache.move_to_end(key)
+            return hit[2]
     with torch.no_grad():
         prepared = prepare(*(s.detach() for s in sources))
-    cache[key] = (stamp, tuple(s.detach() for s in sources), prepared)
-    cache.move_to_end(key)
-    while len(cache) > MAX_ENTRIES_PER_MODULE:
-        cache.popitem(last=False)  # the least recently used: e.g. tables for an input size seen once
+    with _lock:
+        cache[key] = (stamp, tuple(s.detach() for s in sources), prepared)
+        cache.move_to_end(key)
+        while len(cache) > MAX_ENTRIES_PER_MODULE:
+            cache.popitem(last=False)  # the least recently used: e.g. tables for an input size seen once
     return prepared
 
 
 def clear_weight_cache(root: nn.Module) -> None:
-    for module in root.modules():
-        module.__dict__.pop("_weight_cache", None)
+    with _lock:
+        for module in root.modules():
+            module.__dict__.pop("_weight_cache", None)
