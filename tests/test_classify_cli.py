@@ -217,6 +217,35 @@ def test_bad_videos_fail_alone(model_dir, videos, tmp_path, capsys):
         assert line.startswith("timesformer: error: ") and str(path) in line and reason in line
 
 
+def test_closing_the_results_early_stops_the_decoding_threads(model_dir, videos, monkeypatch):
+    """Ctrl-C or a closed pipe ends the generator: the videos queued for decoding are not read and the one
+    being read stops; the pool's exit waited for all of them (minutes with large files)."""
+    import time
+
+    from timesformer import video
+    from timesformer.classify import classify_videos, load_model
+
+    model, processor = load_model(str(model_dir), backend="sdpa")
+    real, started = video.read_video, []
+
+    def read_video(path, *args, **kwargs):
+        started.append(path)
+        if len(started) > 1:  # a long read: as slow as a large file, stopping as the real reads do
+            stop = video._STOP.get()
+            if stop is None or not stop.wait(timeout=20):
+                raise AssertionError("the read was never told to stop")
+            raise video.ReadStopped
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(video, "read_video", read_video)
+    results = classify_videos(videos * 3, model, processor, batch_size=1, workers=1)
+    assert next(results).error is None
+    begin = time.monotonic()
+    results.close()
+    assert time.monotonic() - begin < 10
+    assert len(started) <= 2  # the first video and at most the one being read, not the queue of 4
+
+
 def test_missing_model(tmp_path, videos, capsys):
     assert main(["classify", videos[0], "--model", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip()

@@ -491,6 +491,23 @@ def test_a_read_that_takes_too_long_is_an_error_of_its_video(tmp_path, monkeypat
             read_video(path, indices=[0], max_seconds=bad)
 
 
+def test_a_read_stops_once_its_stop_event_is_set(tmp_path):
+    """classify's decoding threads read under ``stop_reads_on``: once its generator is closed (Ctrl-C, a closed
+    pipe), a read stops at its next packet or frame instead of holding the exit for the whole video."""
+    import threading
+
+    path = tmp_path / "clip.mp4"
+    write_indexed_video(path, 30, 32, 48)
+    event = threading.Event()
+    with video.stop_reads_on(event):
+        assert _indices(read_video(path, indices=[3, 29])) == [3, 29]  # not set: reads as usual
+        event.set()
+        for read in (lambda: read_video(path, indices=[29]), lambda: video_info(path)):
+            with pytest.raises(video.ReadStopped):
+                read()
+    assert _indices(read_video(path, indices=[29])) == [29]  # outside the block: the event is not looked at
+
+
 def test_a_complete_flv_with_a_wrong_duration_is_not_truncated(tmp_path):
     """FFmpeg's FLV muxer, given a raw H.264 stream copied as is (``add_stream_from_template``), records 1334 s
     for 1.3 s of frames: the whole file was refused as truncated, though every frame decodes."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -230,7 +231,7 @@ def classify_videos(
         max_frame_pixels: videos with larger frames are errors (``read_video``'s limit by default).
     """
     from .evaluate import cut_views, read_views
-    from .video import MAX_NUM_FRAMES, VideoError, read_video
+    from .video import MAX_NUM_FRAMES, VideoError, read_video, stop_reads_on
 
     if clips < 1 or crops not in (1, 3):
         raise ValueError(f"clips must be >= 1 and crops 1 or 3, got clips={clips}, crops={crops}")
@@ -244,7 +245,13 @@ def classify_videos(
     id2label = model.config.id2label
     top_k = max(1, min(top_k, len(id2label)))
 
+    stop = threading.Event()  # set when this generator ends: the decoding threads' reads then stop
+
     def load(path: str):
+        with stop_reads_on(stop):
+            return read(path)
+
+    def read(path: str):
         try:
             start = time.perf_counter()
             if clips == 1:  # the strategy's frames (then cropped once or three times)
@@ -292,26 +299,32 @@ def classify_videos(
                 pred.labels = [(id2label.get(k, str(k)), q) for k, q in zip(indices, values, strict=True)]
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        # Keep about two batches of videos decoding ahead of the model, not the whole list in memory.
-        ahead = 2 * batch_size + workers
-        futures = [pool.submit(load, p) for p in paths[:ahead]]
-        submitted = len(futures)
-        batch: list[tuple[Prediction, torch.Tensor]] = []
-        pending: list[Prediction] = []  # results in input order, waiting for their batch
-        for k in range(len(paths)):
-            item = futures[k].result()
-            futures[k] = None  # let the pixels go once used
-            if submitted < len(paths):
-                futures.append(pool.submit(load, paths[submitted]))
-                submitted += 1
-            if isinstance(item, Prediction):
-                pending.append(item)
-            else:
-                pending.append(item[0])
-                batch.append(item)
-            if len(batch) == batch_size or k == len(paths) - 1:
-                if batch:
-                    run(batch)
-                    batch = []
-                yield from pending
-                pending = []
+        try:
+            # Keep about two batches of videos decoding ahead of the model, not the whole list in memory.
+            ahead = 2 * batch_size + workers
+            futures = [pool.submit(load, p) for p in paths[:ahead]]
+            submitted = len(futures)
+            batch: list[tuple[Prediction, torch.Tensor]] = []
+            pending: list[Prediction] = []  # results in input order, waiting for their batch
+            for k in range(len(paths)):
+                item = futures[k].result()
+                futures[k] = None  # let the pixels go once used
+                if submitted < len(paths):
+                    futures.append(pool.submit(load, paths[submitted]))
+                    submitted += 1
+                if isinstance(item, Prediction):
+                    pending.append(item)
+                else:
+                    pending.append(item[0])
+                    batch.append(item)
+                if len(batch) == batch_size or k == len(paths) - 1:
+                    if batch:
+                        run(batch)
+                        batch = []
+                    yield from pending
+                    pending = []
+        finally:
+            # Closed early (Ctrl-C, a closed pipe, a caller's break): the queued videos are not read and
+            # the ones being read stop, instead of the pool's exit waiting for all of them.
+            stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)

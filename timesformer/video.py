@@ -28,6 +28,7 @@ import itertools
 import math
 import operator
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
@@ -122,6 +123,11 @@ MAX_READ_SECONDS = 600.0
 # The time.monotonic() past which the current call gives up: per thread, as classify's decoding threads each
 # read their own video.
 _DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
+# Set (``stop_reads_on``) by a caller that may give up its reads: classify's decoding threads, whose results
+# nobody reads once its generator is closed or interrupted (Ctrl-C, a closed pipe). A read stops at its next
+# packet or frame; without it, shutting the threads down waited for every queued video (up to
+# MAX_READ_SECONDS each).
+_STOP: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("stop", default=None)
 
 # Reads in a row that may ask to be retried (EAGAIN) before the file is taken for corrupt. The MPEG-TS demuxer
 # asks while it resyncs over junk bytes (a capture's zero padding, a zeroed gap), each time past up to 64 KB more
@@ -227,6 +233,21 @@ class _TooSlow(Exception):
     """The read took longer than its limit (``MAX_READ_SECONDS``): ``_within`` says so for its video."""
 
 
+class ReadStopped(Exception):
+    """The read was given up because the event of ``stop_reads_on`` was set."""
+
+
+@contextlib.contextmanager
+def stop_reads_on(event: threading.Event):
+    """The reads of this thread inside the block raise ``ReadStopped`` at their next packet or frame once
+    ``event`` is set (another thread sets it)."""
+    token = _STOP.set(event)
+    try:
+        yield
+    finally:
+        _STOP.reset(token)
+
+
 @contextlib.contextmanager
 def _within(max_seconds: float | None, path):
     """The reads of the block (``_retrying``) given up after ``max_seconds`` (``None``: no limit), as a
@@ -259,13 +280,15 @@ def _retrying(read: Callable[[], Iterator]) -> Iterator:
     import av
 
     retries = 0
-    deadline = _DEADLINE.get()
+    deadline, stop = _DEADLINE.get(), _STOP.get()
     while True:
         try:
             for item in read():
                 retries = 0
                 if deadline is not None and time.monotonic() > deadline:
                     raise _TooSlow
+                if stop is not None and stop.is_set():
+                    raise ReadStopped
                 yield item
             return
         except IndexError:
