@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from ._compile import assume_constant_result
+
 logger = logging.getLogger("timesformer")
 
 # transformers' IMAGENET_DEFAULT_MEAN / _STD: TimesformerVideoProcessor's defaults (VideoMAEImageProcessor's
@@ -220,7 +222,7 @@ def native_available() -> bool:
     return hasattr(torch.ops, "timesformer_csrc") and hasattr(torch.ops.timesformer_csrc, "preprocess_frames")
 
 
-@torch.compiler.assume_constant_result  # a dispatcher query torch.compile cannot trace
+@assume_constant_result  # a dispatcher query torch.compile cannot trace
 def native_cuda_available() -> bool:
     """Whether the native extension is built with its CUDA kernel (frames can be preprocessed on the GPU)."""
     return native_available() and torch._C._dispatch_has_kernel_for_dispatch_key(

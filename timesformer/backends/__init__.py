@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import torch
 
+from .._compile import assume_constant_result
 from .base import Backend, BackendUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -206,7 +207,7 @@ def _auto_name(device: torch.device, head_dim: int | None, dtype: torch.dtype | 
 # Evaluated by torch.compile while it traces a forward, not traced into: the checks read the environment
 # (importlib's find_spec, which torch 2.11's dynamo refuses to trace, device queries, logging), and their
 # answer is a constant of the run.
-@torch.compiler.assume_constant_result
+@assume_constant_result
 def _resolve_name(
     requested: str, device: torch.device, head_dim: int | None, dtype: torch.dtype | None
 ) -> str:
