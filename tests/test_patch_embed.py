@@ -119,27 +119,33 @@ def test_strided_inputs_and_output(dtype):
     assert_kernel_accuracy(out, exact, plain)
 
 
-def _frames(batch, frames, height, width, channels, seed):
-    """uint8 channels-last frames as a strided view: every other frame of an RGBA-like buffer, alpha dropped."""
+def _frames(batch, frames, height, width, channels, seed, near_mean=False):
+    """uint8 channels-last frames as a strided view: every other frame of an RGBA-like buffer, alpha dropped.
+    ``near_mean``: within 2 of MEAN's colour (a flat grey region: normalized pixels near 0)."""
     gen = torch.Generator().manual_seed(seed)
-    buf = torch.randint(
-        0, 256, (batch, 2 * frames, height, width, channels + 1), generator=gen, dtype=torch.uint8
-    )
+    shape = (batch, 2 * frames, height, width, channels + 1)
+    if near_mean:
+        colour = torch.tensor([round(m / RESCALE) for m in MEAN[:channels]] + [0])
+        buf = (colour + torch.randint(-2, 3, shape, generator=gen)).clamp(0, 255).to(torch.uint8)
+    else:
+        buf = torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8)
     return buf.to(DEVICE)[:, ::2, ..., :channels]
 
 
 # Parameters at their usual scale (conv weights of std 0.14, the fan-in scale), and all 200x smaller: the
 # weights folded with rescale / std into float16 then fell below its smallest normal number (6.1e-5), where
-# they lose precision (3-5x plain torch's error).
+# they lose precision (3-5x plain torch's error). Frames near the mean colour: the folded weights' rounding
+# multiplied the raw pixel values, and such frames had 2.6x plain torch's error.
+@pytest.mark.parametrize("frames_kind", ("random", "near_mean"))
 @pytest.mark.parametrize("scale", (1.0, 0.005))
 @pytest.mark.parametrize("layout", ("divided_space_time", "space_only"))
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
-def test_uint8_frames_with_folded_normalization(dtype, layout, scale):
+def test_uint8_frames_with_folded_normalization(dtype, layout, scale, frames_kind):
     batch, frames, channels, height, width, patch_h, patch_w, hidden = 2, 3, 3, 8, 12, 4, 4, 40
     space_only = layout == "space_only"
     num_patches = (height // patch_h) * (width // patch_w)
-    seed = stable_seed("u8", dtype, layout, scale)
-    u8 = _frames(batch, frames, height, width, channels, seed)
+    seed = stable_seed("u8", dtype, layout, scale, frames_kind)
+    u8 = _frames(batch, frames, height, width, channels, seed, near_mean=frames_kind == "near_mean")
     assert not u8.is_contiguous()
     params = _params(channels, patch_h, patch_w, hidden, num_patches, frames, seed, space_only)
     weight, bias, pos, time, cls = _to([None if p is None else p * scale for p in params], dtype)
@@ -158,10 +164,10 @@ def test_uint8_frames_with_folded_normalization(dtype, layout, scale):
         cls,
         space_only=space_only,
     )
-    w_folded, b_folded = kp.fold_normalization(weight, bias, MEAN, STD)
+    w_folded, b_folded, shift = kp.fold_normalization(weight, bias, MEAN, STD, RESCALE)
     assert w_folded.dtype == dtype and b_folded.dtype == torch.float32
     out = poisoned(_out_shape(batch, frames, num_patches, hidden, space_only), dtype)
-    u8_options = dict(channels_last=True, space_only=space_only, pixel_scale=RESCALE)
+    u8_options = dict(channels_last=True, space_only=space_only, pixel_scale=RESCALE, pixel_shift=shift)
     kp.patch_embed_fwd(u8, w_folded, b_folded, pos, time, cls, out, **u8_options)
     assert_kernel_accuracy(out, exact, plain)
     op_out = kp.patch_embed(u8, w_folded, b_folded, pos, time, cls, **u8_options)
@@ -171,18 +177,20 @@ def test_uint8_frames_with_folded_normalization(dtype, layout, scale):
 def test_fold_normalization_is_exact_algebra():
     weight, bias = _params(3, 4, 3, 24, 6, 2, seed=5)[:2]
     u8 = _frames(2, 2, 8, 9, 3, seed=6).cpu()
-    w_folded, b_folded = kp.fold_normalization(weight, bias, MEAN, STD)
+    w_folded, b_folded, shift = kp.fold_normalization(weight, bias, MEAN, STD, RESCALE)
     assert w_folded.dtype == b_folded.dtype == torch.float64
+    assert shift.dtype == torch.float32 and shift.tolist() == [124, 116, 104]  # MEAN * 255, rounded
     ref = torch.nn.functional.conv2d(
         torch_ops.normalize_frames(u8, MEAN, STD, RESCALE, torch.float64).flatten(0, 1),
         weight,
         bias,
         stride=(4, 3),
     )
-    folded = RESCALE * torch.nn.functional.conv2d(
-        u8.permute(0, 1, 4, 2, 3).flatten(0, 1).double(), w_folded, stride=(4, 3)
-    ) + b_folded.view(-1, 1, 1)
+    shifted = u8.permute(0, 1, 4, 2, 3).flatten(0, 1).double() - shift.double().view(-1, 1, 1)
+    folded = RESCALE * torch.nn.functional.conv2d(shifted, w_folded, stride=(4, 3)) + b_folded.view(-1, 1, 1)
     assert rel_err(folded, ref) < 1e-14
+    # The shift stays a pixel value whatever the statistics (the difference must stay within -255..255).
+    assert kp.fold_normalization(weight, bias, (-1, 0.5, 9), STD, RESCALE)[2].tolist() == [0, 128, 255]
 
 
 @pytest.mark.parametrize("int64", [False, True])
@@ -220,10 +228,10 @@ def test_op_passes_opcheck_and_compiles():
         torch.ops.timesformer.patch_embed.default, (pixels, weight, bias, pos, time, cls, False, False)
     )
     u8 = _frames(2, 3, 8, 12, 3, seed=9)
-    w_folded, b_folded = kp.fold_normalization(weight.bfloat16(), bias, MEAN, STD)
+    w_folded, b_folded, shift = kp.fold_normalization(weight.bfloat16(), bias, MEAN, STD, RESCALE)
     torch.library.opcheck(
         torch.ops.timesformer.patch_embed.default,
-        (u8, w_folded, b_folded, pos.bfloat16(), None, cls.bfloat16(), True, True, RESCALE),
+        (u8, w_folded, b_folded, pos.bfloat16(), None, cls.bfloat16(), True, True, RESCALE, shift),
     )
 
     def f(pixels):
@@ -308,8 +316,19 @@ def test_bad_input_is_rejected_with_the_numbers():
     with pytest.raises(ValueError, match=r"out must be float32 on .* like the weight, got float16"):
         bad(6, out.half())
     with pytest.raises(ValueError, match=r"mean must have 3 values \(one per channel\), got 2"):
-        kp.fold_normalization(weight, bias, MEAN[:2], STD)
+        kp.fold_normalization(weight, bias, MEAN[:2], STD, RESCALE)
     with pytest.raises(ValueError, match=r"std must be nonzero"):
-        kp.fold_normalization(weight, bias, MEAN, (1.0, 0.0, 1.0))
+        kp.fold_normalization(weight, bias, MEAN, (1.0, 0.0, 1.0), RESCALE)
+    with pytest.raises(ValueError, match=r"rescale must be a positive finite number, got 0"):
+        kp.fold_normalization(weight, bias, MEAN, STD, 0)
     with pytest.raises(ValueError, match=r"pixel_scale must be a finite number, got nan"):
         call(*good, pixel_scale=float("nan"))
+    with pytest.raises(ValueError, match=r"pixel_shift applies to uint8 frames \(channels_last\) only"):
+        call(*good, pixel_shift=torch.zeros(3, device=DEVICE))
+    u8 = _frames(2, 3, 8, 12, 3, seed=3)
+    with pytest.raises(
+        ValueError, match=r"pixel_shift must have shape \(3,\) \(one per channel\), got \(4,\)"
+    ):
+        call(u8, *good[1:], channels_last=True, pixel_shift=torch.zeros(4, device=DEVICE))
+    with pytest.raises(ValueError, match=r"pixel_shift must be float32, got float16"):
+        call(u8, *good[1:], channels_last=True, pixel_shift=torch.zeros(3, device=DEVICE).half())

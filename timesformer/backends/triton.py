@@ -129,15 +129,15 @@ class TritonBackend(Backend):
             )
         if frames_u8:
             norm = embeddings.input_normalization
-            weight, bias = cached_weights(
+            weight, bias, pixel_shift = cached_weights(
                 embeddings,
                 f"triton_patch_fold_{norm}",
                 (conv.weight, conv.bias),
-                lambda w, b: _patch.fold_normalization(w, b, norm.mean, norm.std),
+                lambda w, b: _patch.fold_normalization(w, b, norm.mean, norm.std, norm.rescale_factor),
             )
             pixel_scale = norm.rescale_factor
         else:
-            weight, bias, pixel_scale = conv.weight, conv.bias, 1.0
+            weight, bias, pixel_scale, pixel_shift = conv.weight, conv.bias, 1.0, None
         x = _patch.patch_embed(
             pixel_values,
             weight,
@@ -148,6 +148,7 @@ class TritonBackend(Backend):
             channels_last=frames_u8,
             space_only=space_only,
             pixel_scale=pixel_scale,
+            pixel_shift=pixel_shift,
         )
         return x, frames, grid
 

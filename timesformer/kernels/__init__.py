@@ -6,8 +6,8 @@
 - ``linear``: one GEMM with the LayerNorm folded in (``LN -> qkv``, ``LN -> fc1``, final LN -> head) and
   epilogues for bias, activation, in-place residual add and the CLS frame-mean;
 - ``patch_embed``: im2col GEMM from float pixels or uint8 frames (mean and std folded into the weights by
-  ``fold_normalization``, the rescale applied to the fp32 product) with bias, position and time embeddings and the CLS
-  row, written in the model's row order.
+  ``fold_normalization``, the frames less their integer mean colour, the rescale applied to the fp32 product) with
+  bias, position and time embeddings and the CLS row, written in the model's row order.
 
 Each module is ordered bottom-up (what a function calls comes before it), the same way: the
 ``@triton.jit`` kernel (arguments grouped: pointers, strides, sizes, feature flags, tile sizes), argument

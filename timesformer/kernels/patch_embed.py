@@ -18,8 +18,9 @@ row are read once either way (each pixel belongs to one patch); the ``D / BLOCK_
 block are neighbours in the grid, so they share its pixels in L2.
 
 Inputs: float ``pixel_values (B, T, C, H, W)``, or uint8 frames ``(B, T, H, W, C)`` as a video decoder gives
-them, normalized ``(u * rescale - mean[c]) / std[c]`` by folding ``mean`` and ``std`` into the weights
-(``fold_normalization``) and ``rescale`` into the epilogue (``pixel_scale``).
+them, normalized ``(u * rescale - mean[c]) / std[c]`` by folding ``mean`` and ``std`` into the weights and bias
+(``fold_normalization``), subtracting an integer near each channel's mean from the pixels (``pixel_shift``) and
+applying ``rescale`` in the epilogue (``pixel_scale``).
 
 Pure-torch references: ``timesformer.torch_ops.patch_embed`` and ``timesformer.torch_ops.normalize_frames``.
 """
@@ -51,7 +52,7 @@ from ._triton_utils import mma, to_dtype
 
 @triton.jit
 def _patch_embed_kernel(
-    # Pointers: pixels, conv weight, bias, position table, time table, CLS token, output
+    # Pointers: pixels, conv weight, bias, position table, time table, CLS token, output, uint8 pixel shift
     X,
     W,
     Bias,
@@ -59,6 +60,7 @@ def _patch_embed_kernel(
     Time,
     Cls,
     Out,
+    Shift,
     # Strides of the pixels in logical (batch, frame, channel, y, x) order, whatever the memory order
     stride_xb,
     stride_xt,
@@ -81,6 +83,8 @@ def _patch_embed_kernel(
     stride_os,
     stride_or,
     stride_od,
+    # Stride of the uint8 pixels' per-channel shift (channel)
+    stride_sc,
     # Sizes: GEMM rows (B * T * N), columns (D), reduction (K = C * ph * pw); frames T, patches N per frame,
     # patches per grid row
     num_rows,
@@ -164,10 +168,12 @@ def _patch_embed_kernel(
             other=0.0,
         )
         if PIXELS_U8:
-            # 0..255 are exact in every compute dtype: the conversion is exact, and the normalization is
-            # folded into W and pixel_scale (fold_normalization), so the raw values go straight into the
-            # product.
-            x = to_dtype(x.to(tl.float32), W.dtype.element_ty, INTERPRET)
+            # The normalization is folded into W, Bias and pixel_scale (fold_normalization). The pixels
+            # enter the product less an integer per channel near its mean: the difference (-255..255) is
+            # exact in every compute dtype, and the rounding of W multiplies it, not the raw value, so a flat
+            # frame near the mean colour is as accurate as the unfused normalize-then-convolve.
+            shift = tl.load(Shift + c * stride_sc, mask=k_ok, other=0.0)
+            x = to_dtype(x.to(tl.float32) - shift[None, :], W.dtype.element_ty, INTERPRET)
         acc += mma(x, w, DOT_PRECISION, INTERPRET)
 
     # Epilogue in fp32, one rounding: * pixel_scale + bias + pos[1 + n] (+ time[t]).
@@ -201,7 +207,16 @@ _OP = "patch_embed"
 
 
 def _check_patch_embed(
-    pixels, weight, bias, pos, time, cls, channels_last: bool, space_only: bool, pixel_scale: float
+    pixels,
+    weight,
+    bias,
+    pos,
+    time,
+    cls,
+    channels_last: bool,
+    space_only: bool,
+    pixel_scale: float,
+    pixel_shift,
 ) -> tuple[tuple[int, int, int], tuple[int, int, int, int, int]]:
     """Validate the op's inputs; returns ``(out_shape, (B, T, N, grid_w, D))``."""
     if not math.isfinite(pixel_scale):
@@ -264,6 +279,16 @@ def _check_patch_embed(
         check_shape(_OP, name, x, shape, f" (1 + {grid_h}x{grid_w} patches)" if name == "pos" else "")
         if x.dtype not in (weight.dtype, torch.float32):
             raise ValueError(f"{_OP}: {name} must be {allowed}, got {dtype_name(x.dtype)}")
+    if pixel_shift is not None:
+        if not channels_last:
+            raise ValueError(
+                f"{_OP}: pixel_shift applies to uint8 frames (channels_last) only, got float pixels"
+            )
+        check_tensor(_OP, "pixel_shift", pixel_shift)
+        check_shape(_OP, "pixel_shift", pixel_shift, (channels,), " (one per channel)")
+        if pixel_shift.dtype != torch.float32:
+            raise ValueError(f"{_OP}: pixel_shift must be float32, got {dtype_name(pixel_shift.dtype)}")
+        tables["pixel_shift"] = (pixel_shift, (channels,))
     for name, x in {"pixels": pixels, **{k: v for k, (v, _) in tables.items()}}.items():
         if x.device != weight.device:
             raise ValueError(f"{_OP}: {name} must be on the weight's device {weight.device}, got {x.device}")
@@ -294,7 +319,19 @@ def _launch_config(dtype: torch.dtype, pixels_u8: bool) -> dict:
 
 
 def _launch(
-    pixels, weight, bias, pos, time, cls, out, sizes, channels_last, space_only, pixel_scale, int64
+    pixels,
+    weight,
+    bias,
+    pos,
+    time,
+    cls,
+    out,
+    sizes,
+    channels_last,
+    space_only,
+    pixel_scale,
+    pixel_shift,
+    int64,
 ) -> torch.Tensor:
     """Launch on checked arguments (``sizes``: ``_check_patch_embed``'s ``(B, T, N, grid_w, D)``)."""
     batch, frames, num_patches, grid_w, hidden = sizes
@@ -307,6 +344,8 @@ def _launch(
     grid = (triton.cdiv(num_rows, cfg["BLOCK_M"]) * triton.cdiv(hidden, cfg["BLOCK_N"]),)
     tables = [bias, pos, cls] + ([] if time is None else [time])
     time_arg = pos if time is None else time  # never read without HAS_TIME
+    if pixel_shift is None:  # (float pixels never read it)
+        pixel_shift = torch.zeros(x.shape[2], dtype=torch.float32, device=x.device)
     with on_device(x):
         _patch_embed_kernel[grid](
             x,
@@ -316,6 +355,7 @@ def _launch(
             time_arg,
             cls,
             out,
+            pixel_shift,
             *x.stride(),
             *weight.stride(),
             bias.stride(0),
@@ -323,6 +363,7 @@ def _launch(
             *time_arg.stride(),
             cls.stride(0),
             *out.stride(),
+            pixel_shift.stride(0),
             num_rows,
             hidden,
             weight[0].numel(),
@@ -354,6 +395,7 @@ def patch_embed_fwd(
     channels_last: bool,
     space_only: bool,
     pixel_scale: float = 1.0,
+    pixel_shift: torch.Tensor | None = None,
     int64: bool | None = None,
 ) -> torch.Tensor:
     """Launcher of ``patch_embed``: writes every element of ``out`` and returns it.
@@ -374,11 +416,13 @@ def patch_embed_fwd(
         space_only: space-only layout, no time embedding.
         pixel_scale: factor of the product, before the bias (the processor's ``rescale_factor`` for uint8
             frames and ``fold_normalization``'s weights).
+        pixel_shift: float32 ``(C,)`` subtracted from the uint8 pixels before the product (``fold_normalization``'s
+            shift; integers from 0 to 255 keep the difference exact); ``None``: zeros.
         int64: index in 64 bits (default: only where offsets need it).
     """
     pixel_scale = float(pixel_scale)
     out_shape, sizes = _check_patch_embed(
-        pixels, weight, bias, pos, time, cls, channels_last, space_only, pixel_scale
+        pixels, weight, bias, pos, time, cls, channels_last, space_only, pixel_scale, pixel_shift
     )
     check_out(
         _OP,
@@ -392,7 +436,19 @@ def patch_embed_fwd(
         reads={"pixels": pixels, "weight": weight, "bias": bias, "pos": pos, "time": time, "cls": cls},
     )
     return _launch(
-        pixels, weight, bias, pos, time, cls, out, sizes, channels_last, space_only, pixel_scale, int64
+        pixels,
+        weight,
+        bias,
+        pos,
+        time,
+        cls,
+        out,
+        sizes,
+        channels_last,
+        space_only,
+        pixel_scale,
+        pixel_shift,
+        int64,
     )
 
 
@@ -410,20 +466,32 @@ def _patch_embed_op(
     channels_last: bool,
     space_only: bool,
     pixel_scale: float = 1.0,
+    pixel_shift: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    out_shape, sizes = _check_patch_embed(
-        pixels, weight, bias, pos, time, cls, channels_last, space_only, pixel_scale
-    )
+    args = (pixels, weight, bias, pos, time, cls, channels_last, space_only, pixel_scale, pixel_shift)
+    out_shape, sizes = _check_patch_embed(*args)
     out = torch.empty(out_shape, dtype=weight.dtype, device=weight.device)
     return _launch(
-        pixels, weight, bias, pos, time, cls, out, sizes, channels_last, space_only, pixel_scale, None
+        pixels,
+        weight,
+        bias,
+        pos,
+        time,
+        cls,
+        out,
+        sizes,
+        channels_last,
+        space_only,
+        pixel_scale,
+        pixel_shift,
+        None,
     )
 
 
 @_patch_embed_op.register_fake
-def _(pixels, weight, bias, pos, time, cls, channels_last, space_only, pixel_scale=1.0):
+def _(pixels, weight, bias, pos, time, cls, channels_last, space_only, pixel_scale=1.0, pixel_shift=None):
     out_shape, _ = _check_patch_embed(
-        pixels, weight, bias, pos, time, cls, channels_last, space_only, pixel_scale
+        pixels, weight, bias, pos, time, cls, channels_last, space_only, pixel_scale, pixel_shift
     )
     return weight.new_empty(out_shape)
 
@@ -439,12 +507,13 @@ def patch_embed(
     channels_last: bool = False,
     space_only: bool = False,
     pixel_scale: float = 1.0,
+    pixel_shift: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Embeddings of a clip in the model's layout: conv patch embedding, CLS, position and time embeddings.
 
     Args:
         pixels: float ``(B, T, C, H, W)`` in the weight's dtype (normalized pixel values), or with
-            ``channels_last`` uint8 frames ``(B, T, H, W, C)`` (pass the weight and bias of
+            ``channels_last`` uint8 frames ``(B, T, H, W, C)`` (pass the weight, bias and shift of
             ``fold_normalization`` and the ``rescale`` as ``pixel_scale``). Any strides; ``H``, ``W``
             multiples of the patch size ``(ph, pw)``.
         weight: ``(D, C, ph, pw)`` conv weight, float32 / float16 / bfloat16: the output dtype.
@@ -455,6 +524,8 @@ def patch_embed(
         channels_last: the pixels are uint8 ``(B, T, H, W, C)`` frames.
         space_only: the space-only layout (no time embedding).
         pixel_scale: factor of the conv's product, applied before the bias (in the fp32 epilogue).
+        pixel_shift: float32 ``(C,)``, uint8 frames only: subtracted from each pixel before the product
+            (``fold_normalization``'s shift); ``None``: zeros.
 
     Returns:
         A new contiguous ``(B, 1 + N * T, D)`` tensor, row 0 CLS and row ``1 + n * T + t`` patch ``n`` of frame
@@ -462,7 +533,7 @@ def patch_embed(
         weight: everything after the product is added in fp32 and rounded once.
     """
     return torch.ops.timesformer.patch_embed(
-        pixels, weight, bias, pos, time, cls, channels_last, space_only, float(pixel_scale)
+        pixels, weight, bias, pos, time, cls, channels_last, space_only, float(pixel_scale), pixel_shift
     )
 
 
@@ -474,32 +545,37 @@ def fold_normalization(
     bias: torch.Tensor,
     mean: Sequence[float] | torch.Tensor,
     std: Sequence[float] | torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    rescale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fold the image processor's normalization ``(u * rescale - mean[c]) / std[c]`` into the conv: returns
-    ``(W', bias')`` for ``patch_embed(frames, W', bias', ..., channels_last=True, pixel_scale=rescale)``.
+    ``(W', bias', shift)`` for ``patch_embed(frames, W', bias', ..., channels_last=True, pixel_scale=rescale,
+    pixel_shift=shift)``.
 
-    ``conv(W, (u * rescale - mean) / std) + bias = rescale * conv(W', u) + bias'`` with
+    With ``shift[c]`` the integer nearest ``mean[c] / rescale`` (the mean colour in pixel units, 0 to 255):
+    ``conv(W, (u * rescale - mean) / std) + bias = rescale * conv(W', u - shift) + bias'`` where
     ``W'[d, c, kh, kw] = W[d, c, kh, kw] / std[c]`` and
-    ``bias'[d] = bias[d] - sum_{c, kh, kw} W[d, c, kh, kw] * mean[c] / std[c]``.
+    ``bias'[d] = bias[d] - sum_{c, kh, kw} W'[d, c, kh, kw] * (mean[c] - shift[c] * rescale)``.
 
-    The kernel does not normalize the pixels it loads: it multiplies the raw uint8 values (exact in every
-    compute dtype) by ``W'``. Why fold rather than normalize each loaded pixel before the product: the main
-    loop stays a plain product (no per-element multiply-add, no channel lookup per loaded pixel); the
-    algebra is exact (the conv is linear); and the only rounding it adds is one rounding of each ``W'`` to
-    the weight's dtype, the same size of error as rounding each normalized pixel to that dtype, which the
-    unfused pipeline does. ``rescale`` stays out of ``W'``: folded in, it took float16 weights below about
-    3.5e-3 into float16's subnormal range (``W * rescale / std`` under 6.1e-5), where they lose precision. It
-    is applied to the fp32 product instead. Computed once per weight (callers cache it).
+    Why fold rather than normalize each loaded pixel before the product: the main loop stays a plain product
+    (no per-element multiply-add with a per-channel scale); the algebra is exact (the conv is linear). The
+    rounding it adds is one rounding of each ``W'`` to the weight's dtype, and the kernel multiplies it by
+    ``u - shift``, an exact integer of the size of the normalized pixel: the same size of error as rounding
+    each normalized pixel, which the unfused pipeline does. (Multiplied by the raw ``u`` instead, a flat frame
+    near the mean colour, whose normalized pixels are near 0, came out with 2.6 times that error.)
+    ``rescale`` stays out of ``W'``: folded in, it took float16 weights below about 3.5e-3 into float16's
+    subnormal range (``W * rescale / std`` under 6.1e-5), where they lose precision. It is applied to the
+    fp32 product instead. Computed once per weight (callers cache it).
 
     Args:
         weight: ``(D, C, ph, pw)`` conv weight.
         bias: ``(D,)``.
         mean, std: ``C`` numbers each (sequences or tensors).
+        rescale: the processor's ``rescale_factor`` (``1 / 255``), a positive finite number.
 
     Returns:
-        ``(weight', bias')``: computed in float64 and cast once, ``weight'`` to the weight's dtype, ``bias'`` to
-        float32 at least (it is added in the kernel's fp32 epilogue, and can be larger than the bias itself:
-        keeping it in fp32 costs nothing and avoids a 16-bit rounding).
+        ``(weight', bias', shift)``: computed in float64 and cast once, ``weight'`` to the weight's dtype,
+        ``bias'`` to float32 at least (it is added in the kernel's fp32 epilogue, and can be larger than the
+        bias itself: keeping it in fp32 costs nothing and avoids a 16-bit rounding), ``shift`` ``(C,)`` float32.
     """
     if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
         raise ValueError(
@@ -516,12 +592,14 @@ def fold_normalization(
             )
     if not bool((std64 != 0).all()):
         raise ValueError(f"fold_normalization: std must be nonzero, got {std64.tolist()}")
+    if not (isinstance(rescale, (int, float)) and 0 < rescale < math.inf):
+        raise ValueError(f"fold_normalization: rescale must be a positive finite number, got {rescale!r}")
     if tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(
             f"fold_normalization: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}"
         )
-    w64 = weight.detach().to(torch.float64)
-    w_folded = (w64 / std64.view(1, channels, 1, 1)).to(weight.dtype)
-    shift = (mean64 / std64).view(1, channels, 1, 1)
-    b_folded = bias.detach().to(torch.float64) - (w64 * shift).sum(dim=(1, 2, 3))
-    return w_folded, b_folded.to(torch.promote_types(bias.dtype, torch.float32))
+    w64 = weight.detach().to(torch.float64) / std64.view(1, channels, 1, 1)
+    shift = (mean64 / rescale).round().clamp(0, 255)
+    rest = (mean64 - shift * rescale).view(1, channels, 1, 1)
+    b_folded = bias.detach().to(torch.float64) - (w64 * rest).sum(dim=(1, 2, 3))
+    return w64.to(weight.dtype), b_folded.to(torch.promote_types(bias.dtype, torch.float32)), shift.float()
