@@ -1732,3 +1732,52 @@ def test_a_label_index_of_the_models_range_only_is_a_prediction():
     assert is_prediction(_line("/v", 3, [0]), num_labels=4)
     assert not is_prediction(_line("/v", 3, [0]), num_labels=3)  # the label past the classes
     assert not is_prediction({**_line("/v", 0, [0]), "top": [{"label_id": 4}]}, num_labels=4)
+
+
+def test_files_in_dir_are_never_written_through_a_link(tmp_path):
+    """DIR's lock file is truncated and written, and each result file is written to ``NAME.tmp`` first: a link
+    placed at either name had its target emptied or overwritten."""
+    from timesformer import evaluate as ev
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("important data")
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / ev.LOCK).symlink_to(victim)
+    with pytest.raises(
+        ValueError, match=r"\.evaluate-lock: expected evaluate's lock file, got a symbolic link"
+    ):
+        ev._lock(output)
+    (output / ev.LOCK).unlink()
+    os.mkfifo(output / ev.LOCK)
+    with pytest.raises(
+        ValueError, match=r"\.evaluate-lock: expected evaluate's lock file, got something else"
+    ):
+        ev._lock(output)
+    (output / ev.LOCK).unlink()
+
+    (output / "metrics.json.tmp").symlink_to(victim)
+    ev._replace_file(output / "metrics.json", b"{}\n")
+    assert victim.read_text() == "important data"
+    assert (output / "metrics.json").read_bytes() == b"{}\n" and not (output / "metrics.json").is_symlink()
+    assert not os.path.lexists(output / "metrics.json.tmp")
+
+
+def test_a_result_file_is_replaced_whole_or_not_at_all(tmp_path):
+    """A write that fails part way (a full disk) names its file and leaves the old contents; confusion.png and
+    metrics.md were written in place (a failure left an empty PNG), and the error named metrics.json."""
+    import errno
+
+    from timesformer import evaluate as ev
+
+    path = tmp_path / "confusion.png"
+    path.write_bytes(b"the previous plot")
+
+    def chunks():
+        yield b"half a plot"
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(ev.OutputError, match=r"cannot write .*confusion\.png: No space left on device"):
+        ev._replace_file(path, chunks())
+    assert path.read_bytes() == b"the previous plot"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion.png"]

@@ -21,6 +21,7 @@ import datetime
 import errno
 import functools
 import hashlib
+import io
 import json
 import logging
 import math
@@ -29,11 +30,12 @@ import os
 import re
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -840,13 +842,7 @@ def merge_predictions(
             by_path[record["path"]] = record
     rank = {s.path: i for i, s in enumerate(samples)}
     records = sorted(by_path.values(), key=lambda r: (rank.get(r["path"], len(rank)), r["path"]))
-    tmp = output / (PREDICTIONS + ".tmp")
-    with open(tmp, "w") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(output / PREDICTIONS)
+    _replace_file(output / PREDICTIONS, ((json.dumps(r) + "\n").encode() for r in records))
     for part in parts:
         part.unlink()
     return records
@@ -945,10 +941,9 @@ def percent(x) -> str:
 
 
 def write_reports(output: Path, metrics: dict, id2label: dict[int, str]) -> None:
-    """``metrics.json``, ``metrics.md`` and ``confusion.png`` (when matplotlib is installed)."""
-    tmp = output / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=1) + "\n")
-    tmp.replace(output / "metrics.json")
+    """``metrics.json``, ``metrics.md`` and ``confusion.png`` (when matplotlib is installed), each replaced
+    whole (``_replace_file``)."""
+    _replace_file(output / "metrics.json", (json.dumps(metrics, indent=1) + "\n").encode())
     views = metrics["views"]
     lines = [
         "# Evaluation",
@@ -969,7 +964,7 @@ def write_reports(output: Path, metrics: dict, id2label: dict[int, str]) -> None
         f"| {_cell(name)} | {c['videos']} | {percent(c['top1'])} |"
         for name, c in metrics["per_class"].items()
     ]
-    (output / "metrics.md").write_text("\n".join(lines) + "\n")
+    _replace_file(output / "metrics.md", ("\n".join(lines) + "\n").encode())
     try:
         import matplotlib
 
@@ -997,12 +992,35 @@ def write_reports(output: Path, metrics: dict, id2label: dict[int, str]) -> None
         ax.set_ylabel("true")
         ax.set_title(f"top-1 {percent(metrics['top1'])} over {metrics['num_scored']} videos")
         fig.tight_layout()
-        fig.savefig(output / "confusion.png", dpi=100)
+        with io.BytesIO() as png:
+            fig.savefig(png, dpi=100, format="png")
+            image_bytes = png.getvalue()
     except (ValueError, RuntimeError) as exc:  # the metrics are written: a plot that fails only says so
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
         warnings.warn(f"confusion.png not written (the metrics are): {reason}", stacklevel=2)
+        return
     finally:
         plt.close(fig)
+    _replace_file(output / "confusion.png", image_bytes)
+
+
+def _replace_file(path: Path, data: bytes | Iterable[bytes]) -> None:
+    """Write ``path`` (``data``, or its chunks in turn) whole or not at all: into ``path.tmp``, synced, then
+    renamed over ``path``; a failure (a full disk) names ``path`` and leaves its old contents. Whatever lies at
+    ``path.tmp`` is removed first, never written through: a link there would have had its target overwritten."""
+    tmp = path.with_name(path.name + ".tmp")
+    with _writing(path):
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.writelines([data] if isinstance(data, bytes) else data)
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 # ------------------------------------------------------------------------------------- distribution
@@ -1508,8 +1526,7 @@ def evaluate(
                 k: (v / scored_all if scored_all else None) for k, v in zip(totals, counts[2:], strict=True)
             },
         )
-        with _writing(output / "metrics.json"):
-            write_reports(output, metrics, id2label)
+        write_reports(output, metrics, id2label)
         return metrics
     finally:
         if lock is not None:
@@ -1577,7 +1594,19 @@ def _lock(output: Path) -> int | None:
     import fcntl
 
     path = output / LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    # Not through a link (the file is truncated and written: a link placed there would have its target
+    # emptied), and only a regular file.
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise ValueError(f"{path}: expected evaluate's lock file, got a symbolic link; remove it") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError(
+            f"{path}: expected evaluate's lock file, got something else than a regular file; remove it"
+        )
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -1762,9 +1791,7 @@ def _check_settings(output: Path, settings: dict, compare: bool, write: bool) ->
                 "or choose another --output"
             )
     elif write:  # before any video: a failure here is a bad setup (exit 2), as an unwritable DIR is
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(settings, indent=1) + "\n")
-        tmp.replace(path)
+        _replace_file(path, (json.dumps(settings, indent=1) + "\n").encode())
 
 
 def _cut_on_device(
