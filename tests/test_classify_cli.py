@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 
 import pytest
@@ -271,6 +272,32 @@ def test_sample_writes_a_clip_classify_can_read(tmp_path, model_dir, capsys):
     for bad in ("flying", "99"):
         assert main(["sample", str(tmp_path / "x.mp4"), "--label", bad]) == 2
         assert capsys.readouterr().err.startswith("timesformer: error: ")
+
+
+def test_sample_writes_a_local_file_whole_or_not_at_all(tmp_path, monkeypatch, capsys):
+    """The name is a file name, not an FFmpeg URL (``file:x.mp4`` wrote ``x.mp4``, ``tcp:x.mp4`` tried the
+    network); a failed write keeps the clip that was there, and leaves nothing beside it."""
+    import errno
+
+    from timesformer import synthetic
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("file:a.mp4", "tcp:b.mp4"):
+        assert main(["sample", name]) == 0
+        assert read_video(tmp_path / name, 4, 2).shape[0] == 4
+    before = (tmp_path / "tcp:b.mp4").read_bytes()
+    real = synthetic._encode
+
+    def encode_then_fill_the_disk(file, *args, **kwargs):
+        real(file, *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(synthetic, "_encode", encode_then_fill_the_disk)
+    capsys.readouterr()
+    assert main(["sample", "tcp:b.mp4"]) == 1
+    assert "cannot write tcp:b.mp4: No space left on device" in capsys.readouterr().err
+    assert (tmp_path / "tcp:b.mp4").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["file:a.mp4", "tcp:b.mp4"]
 
 
 def test_synthetic_clips_are_a_function_of_the_seed():

@@ -43,6 +43,7 @@ Rendering is vectorized over frames and pixels with torch: about 1 to 3 ms per c
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -451,8 +452,24 @@ def write_video(
             pixel taller or wider than the frames.
         crf: constant-quality factor of the encoders that have one (x264, x265, VP8/9, AV1; lower is
             better): 18 is visually lossless for these clips; other encoders get a high bitrate instead.
+
+    ``path`` is a local file, whatever it reads like to FFmpeg (``tcp:x.mp4``, ``pipe:1.mp4``), written whole
+    or not at all: the clip is encoded into a new hidden file beside it, which then replaces ``path`` (a full
+    disk left a partial file at ``path``, in place of a good clip that was there).
     """
-    _encode(os.fspath(path), frames, fps, codec, pix_fmt, crf)
+    import secrets
+
+    path = os.path.abspath(os.fspath(path))
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}{os.path.splitext(name)[1]}")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666))
+    try:
+        _encode("file:" + tmp, frames, fps, codec, pix_fmt, crf)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def roundtrip(
