@@ -370,3 +370,27 @@ def test_an_error_text_is_escaped_on_its_line(videos, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "\x1b" not in err and "\\x1b[2J\\n  99.99%  moving right" in err
     assert not any(line.startswith("  99.99%") for line in err.splitlines())
+
+
+def test_names_the_terminal_cannot_show_are_escaped(model_dir, videos, tmp_path):
+    """An ASCII stdout (a C locale without UTF-8 mode) and a non-ASCII file name or label: a traceback."""
+    import shutil
+    import subprocess
+
+    video = tmp_path / "clé.mp4"
+    shutil.copy(videos[0], video)
+    env = dict(os.environ, PYTHONIOENCODING="ascii")
+    command = [
+        sys.executable,
+        "-m",
+        "timesformer",
+        "classify",
+        str(video),
+        "--model",
+        str(model_dir),
+        "--top-k",
+        "1",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == str(tmp_path / "cl\\xe9.mp4")

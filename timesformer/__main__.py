@@ -464,6 +464,10 @@ def bench(suite_args: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # A label or file name the terminal's encoding cannot show (an ASCII locale) is escaped, not a traceback.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     if argv[:1] == ["bench"]:  # every other argument is the suite's (argparse would claim --help)
         return bench(argv[1:])
     parser = argparse.ArgumentParser(prog="timesformer", description=__doc__.splitlines()[0])
