@@ -208,6 +208,19 @@ def test_layer_norm_linear_is_accurate_for_rows_far_from_zero(dtype, offset):
         assert err <= 1e-5
 
 
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
+def test_a_huge_first_tile_leaves_the_row_finite(dtype):
+    """A row whose first K tile has a mean past 1.8e19 (finite in bfloat16 and float32): its squared distance
+    from the empty running mean overflowed, and times that merge's zero count made the row NaN."""
+    k, n = 24, 8
+    x64 = _stream(1, 3, k, 31)
+    x64[0, 1, 3] = 1e30 if dtype != torch.float16 else 6e4
+    x, *params = _cast(dtype, x64, *_ln_linear_params(k, n, 32))
+    out, plain = _run_ln_linear(x, *params, 1e-6, "linear")
+    assert torch.isfinite(plain).all()
+    assert torch.isfinite(out).all()
+
+
 # NaN bit patterns: Python's, the one a GPU's arithmetic produces, a small payload, a negative one.
 NAN_BITS = [0x7FC00000, 0x7FFFFFFF, 0x7F800001, -1]
 

@@ -196,7 +196,8 @@ def _linear_tile(
             delta = (mean_b - shift) - mean
             total = count_a + count_b
             mean += delta * (count_b / total)
-            m2 += tl.sum(dev * dev, 1) + delta * delta * (count_a * count_b / total)
+            # (The count factor first: it is 0 on the first tile, whose delta squared may overflow.)
+            m2 += tl.sum(dev * dev, 1) + delta * (delta * (count_a * count_b / total))
             if CENTER:
                 # fp32 rows multiplied raw would leave mean * c1 to cancel at fp32 precision, ~|mean|/std ulps
                 # where torch centers first, and a TF32 product rounds its inputs relative to their size.
