@@ -18,3 +18,28 @@ def test_info(capsys, monkeypatch):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "cpu" in out and "sdpa    yes" in out and "triton  no" in out
+
+
+def test_a_second_ctrl_c_does_not_break_into_the_clean_up(capsys):
+    """What an interrupted command held is released as ``_run`` handles the interrupt (evaluate's DataLoader
+    joins its workers then): a second Ctrl-C there printed a traceback. SIGINT is ignored until it is done,
+    then handled as before."""
+    import signal
+
+    from timesformer.__main__ import _run
+
+    seen = []
+
+    class Held:  # stands for the DataLoader iterator in the interrupted command's frame
+        def __del__(self):
+            seen.append(signal.getsignal(signal.SIGINT))
+
+    def command(_args):
+        held = Held()  # noqa: F841 (freed with the interrupted frame)
+        raise KeyboardInterrupt
+
+    before = signal.getsignal(signal.SIGINT)
+    assert _run(command, None) == 130
+    assert seen == [signal.SIG_IGN]
+    assert signal.getsignal(signal.SIGINT) is before
+    assert "interrupted" in capsys.readouterr().err

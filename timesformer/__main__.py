@@ -17,8 +17,10 @@ import errno
 import logging
 import os
 import platform
+import signal
 import statistics
 import sys
+import threading
 import time
 import warnings
 
@@ -565,6 +567,7 @@ def _run(func, args) -> int:
     quietly, and a standard output that cannot be written (full disk) is one error line, exit 1."""
     package_log, handler = logging.getLogger("timesformer"), _OneLine(logging.WARNING)
     package_log.addHandler(handler)
+    sigint = None
     try:
         with warnings.catch_warnings():
             # A warning is one line like the errors, not Python's "file:line: UserWarning: ..." pair of lines.
@@ -573,6 +576,10 @@ def _run(func, args) -> int:
         sys.stdout.flush()
         return code
     except KeyboardInterrupt:
+        # What the interrupted command held (evaluate's worker processes) is released as this block ends: a
+        # second Ctrl-C then broke into that clean-up with a traceback. Ignored until it is done.
+        if threading.current_thread() is threading.main_thread():
+            sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
         print(file=sys.stderr)
         _error("interrupted")
         return 130
@@ -588,6 +595,8 @@ def _run(func, args) -> int:
         raise
     finally:
         package_log.removeHandler(handler)
+        if sigint is not None:
+            signal.signal(signal.SIGINT, sigint)
 
 
 if __name__ == "__main__":
