@@ -91,6 +91,15 @@ def fingerprint(t: torch.Tensor) -> tuple:
 
 _EMPTY: Mapping = MappingProxyType({})
 
+
+class _Entries(OrderedDict):
+    """A module's cache. A copy of the module (``copy.deepcopy``, pickling, ``torch.save`` of a whole model)
+    gets an empty one: the entries name the original's tensors by address, which the copy's may come to
+    reuse, and they would have grown a saved model by up to its size again."""
+
+    def __reduce__(self):
+        return (type(self), ())
+
 # Held while a cache is read or changed (not while weights are prepared): threads serving one model share its
 # caches, and one thread's eviction could otherwise remove the entry another had just found.
 _lock = threading.Lock()
@@ -126,7 +135,7 @@ def cached_weights(
     count_optimizer_steps()
     stamp = (_optimizer_steps, replacements(), *(fingerprint(s) for s in sources))
     with _lock:
-        cache = module.__dict__.setdefault("_weight_cache", OrderedDict())
+        cache = module.__dict__.setdefault("_weight_cache", _Entries())
         hit = cache.get(key)
         if hit is not None and hit[0] == stamp:
             cache.move_to_end(key)
