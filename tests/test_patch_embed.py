@@ -332,3 +332,36 @@ def test_bad_input_is_rejected_with_the_numbers():
         call(u8, *good[1:], channels_last=True, pixel_shift=torch.zeros(4, device=DEVICE))
     with pytest.raises(ValueError, match=r"pixel_shift must be float32, got float16"):
         call(u8, *good[1:], channels_last=True, pixel_shift=torch.zeros(3, device=DEVICE).half())
+
+
+def test_launches_from_several_threads():
+    """Threads sharing a model launch kernels at once; in Triton's interpreter, whose launch state is
+    process-wide, they broke each other's grids (``x >= grid_dim[0]``) unless run one at a time."""
+    import sys
+    import threading
+
+    weight, bias, pos, time, cls = _to(_params(3, 4, 4, 24, 6, 3, seed=13), torch.float32)
+    inputs = [
+        torch.randn(b, 3, 3, 8, 12, generator=torch.Generator().manual_seed(b)).to(DEVICE) for b in (1, 2, 3)
+    ]
+    expected = [kp.patch_embed(x, weight, bias, pos, time, cls) for x in inputs]
+    errors = []
+
+    def work(k):
+        try:
+            for _ in range(15):
+                assert torch.equal(kp.patch_embed(inputs[k], weight, bias, pos, time, cls), expected[k])
+        except Exception as e:  # reported below, with every thread's
+            errors.append(repr(e))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []

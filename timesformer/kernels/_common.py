@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Callable, Sequence
 
 import torch
@@ -34,10 +35,16 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+# Triton's interpreter keeps the launch being run (its grid) in one process-wide object: launches from two
+# threads at once (threads sharing a model on the CPU) broke each other's ("x >= grid_dim[0]"), so they run one
+# at a time there.
+_INTERPRETER_LOCK = threading.RLock()
+
+
 def on_device(x: torch.Tensor) -> contextlib.AbstractContextManager:
     """A block whose launches go to ``x``'s GPU. Triton launches on the current CUDA device and its stream,
     not on the tensors' device: a model on ``cuda:1`` while ``cuda:0`` is current (torchrun ranks without
-    ``torch.cuda.set_device``) would launch on the wrong GPU."""
+    ``torch.cuda.set_device``) would launch on the wrong GPU. In the interpreter: one launch at a time."""
     if x.is_cuda:
         return torch.cuda.device(x.device)
     if not interpreting():
@@ -46,7 +53,7 @@ def on_device(x: torch.Tensor) -> contextlib.AbstractContextManager:
             f"the Triton kernels run on CUDA tensors, or on the CPU in Triton's interpreter (TRITON_INTERPRET=1 "
             f"set before importing timesformer); got tensors on {x.device}"
         )
-    return contextlib.nullcontext()
+    return _INTERPRETER_LOCK
 
 
 def dtype_name(dtype: torch.dtype) -> str:
