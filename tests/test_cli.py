@@ -43,3 +43,15 @@ def test_a_second_ctrl_c_does_not_break_into_the_clean_up(capsys):
     assert seen == [signal.SIG_IGN]
     assert signal.getsignal(signal.SIGINT) is before
     assert "interrupted" in capsys.readouterr().err
+
+
+def test_the_streams_error_handling_is_restored_after_a_command():
+    import sys
+
+    from timesformer.__main__ import _run
+
+    before = sys.stdout.errors, sys.stderr.errors
+    seen = []
+    assert _run(lambda _args: seen.append(sys.stdout.errors) or 0, None) == 0
+    assert seen == ["backslashreplace"]
+    assert (sys.stdout.errors, sys.stderr.errors) == before

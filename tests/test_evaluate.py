@@ -1781,3 +1781,20 @@ def test_a_result_file_is_replaced_whole_or_not_at_all(tmp_path):
         ev._replace_file(path, chunks())
     assert path.read_bytes() == b"the previous plot"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion.png"]
+
+
+def test_settings_that_cannot_be_written_are_a_bad_setup(tmp_path, monkeypatch):
+    """settings.json is written before any video: its failure is the setup's plain OSError (exit 2), not an
+    OutputError of the run (exit 1, advice to --resume)."""
+    import errno
+
+    from timesformer import evaluate as ev
+
+    def full(_fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ev.os, "fsync", full)
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        ev._check_settings(tmp_path, {"model": "m"}, compare=False, write=True)
+    assert not isinstance(caught.value, ev.OutputError)
+    assert list(tmp_path.iterdir()) == []

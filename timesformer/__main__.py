@@ -466,10 +466,6 @@ def bench(suite_args: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    # A label or file name the terminal's encoding cannot show (an ASCII locale) is escaped, not a traceback.
-    for stream in (sys.stdout, sys.stderr):
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="backslashreplace")
     if argv[:1] == ["bench"]:  # every other argument is the suite's (argparse would claim --help)
         return bench(argv[1:])
     parser = argparse.ArgumentParser(prog="timesformer", description=__doc__.splitlines()[0])
@@ -568,6 +564,14 @@ def _run(func, args) -> int:
     package_log, handler = logging.getLogger("timesformer"), _OneLine(logging.WARNING)
     package_log.addHandler(handler)
     sigint = None
+    # A label or file name the terminal's encoding cannot show (an ASCII locale) is escaped, not a traceback;
+    # the streams' own setting is back after the command (a program or notebook that called main()).
+    streams = [(s, s.errors) for s in (sys.stdout, sys.stderr) if hasattr(s, "reconfigure")]
+    for stream, _ in streams:
+        with contextlib.suppress(
+            OSError, ValueError
+        ):  # (a closed stream: the command says so when it writes)
+            stream.reconfigure(errors="backslashreplace")
     try:
         with warnings.catch_warnings():
             # A warning is one line like the errors, not Python's "file:line: UserWarning: ..." pair of lines.
@@ -597,6 +601,9 @@ def _run(func, args) -> int:
         package_log.removeHandler(handler)
         if sigint is not None:
             signal.signal(signal.SIGINT, sigint)
+        for stream, errors in streams:
+            with contextlib.suppress(OSError, ValueError):  # (a stream closed meanwhile)
+                stream.reconfigure(errors=errors)
 
 
 if __name__ == "__main__":

@@ -1004,12 +1004,14 @@ def write_reports(output: Path, metrics: dict, id2label: dict[int, str]) -> None
     _replace_file(output / "confusion.png", image_bytes)
 
 
-def _replace_file(path: Path, data: bytes | Iterable[bytes]) -> None:
+def _replace_file(path: Path, data: bytes | Iterable[bytes], *, setup: bool = False) -> None:
     """Write ``path`` (``data``, or its chunks in turn) whole or not at all: into ``path.tmp``, synced, then
     renamed over ``path``; a failure (a full disk) names ``path`` and leaves its old contents. Whatever lies at
-    ``path.tmp`` is removed first, never written through: a link there would have had its target overwritten."""
+    ``path.tmp`` is removed first, never written through: a link there would have had its target overwritten.
+    ``setup``: before any video, where a failure is the plain ``OSError`` of a bad setup (exit 2), not an
+    ``OutputError`` of the run."""
     tmp = path.with_name(path.name + ".tmp")
-    with _writing(path):
+    with contextlib.nullcontext() if setup else _writing(path):
         tmp.unlink(missing_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         try:
@@ -1791,7 +1793,7 @@ def _check_settings(output: Path, settings: dict, compare: bool, write: bool) ->
                 "or choose another --output"
             )
     elif write:  # before any video: a failure here is a bad setup (exit 2), as an unwritable DIR is
-        _replace_file(path, (json.dumps(settings, indent=1) + "\n").encode())
+        _replace_file(path, (json.dumps(settings, indent=1) + "\n").encode(), setup=True)
 
 
 def _cut_on_device(

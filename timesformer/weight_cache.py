@@ -100,15 +100,18 @@ class _Entries(OrderedDict):
     def __reduce__(self):
         return (type(self), ())
 
+
 # Held while a cache is read or changed (not while weights are prepared): threads serving one model share its
 # caches, and one thread's eviction could otherwise remove the entry another had just found.
 _lock = threading.Lock()
 
 
 def entries(module: nn.Module) -> Mapping[str, object]:
-    """``module``'s cache entries by key (read only; an entry is replaced, never mutated, when its weights
-    are prepared again)."""
-    return module.__dict__.get("_weight_cache", _EMPTY)
+    """A snapshot of ``module``'s cache entries by key (an entry is replaced, never mutated, when its weights
+    are prepared again), taken under the lock: another thread may change the cache meanwhile."""
+    with _lock:
+        cache = module.__dict__.get("_weight_cache")
+        return _EMPTY if cache is None else MappingProxyType(dict(cache))
 
 
 def cached_weights(
