@@ -175,6 +175,33 @@ def plain_torch_attention(tf32: bool = False):
         yield
 
 
+def errors_in_threads(work, count: int) -> list[str]:
+    """Run ``work(k)`` in ``count`` threads at once, switching between them as often as the interpreter can
+    (so that races show), and return the exceptions they raised, as reprs."""
+    import sys
+    import threading
+
+    errors = []
+
+    def run(k):
+        try:
+            work(k)
+        except Exception as e:  # reported to the caller, with every thread's
+            errors.append(repr(e))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(count)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    return errors
+
+
 def fail_batches_of_several(monkeypatch) -> None:
     """Make ``timesformer.classify.score_views`` (classify's and evaluate's forward) fail (as out of memory) on
     a batch of more than one video."""

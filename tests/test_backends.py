@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import assert_close, random_clip, randomize_, small_config_kwargs
+from conftest import assert_close, errors_in_threads, random_clip, randomize_, small_config_kwargs
 
 import timesformer
 from timesformer import BackendUnavailableError, TimesformerForVideoClassification, TimesformerModel
@@ -149,36 +149,19 @@ def test_a_weight_set_to_its_own_transpose_is_prepared_again():
 def test_the_weight_cache_is_safe_across_threads(monkeypatch):
     """Threads serving one model share its caches; with more input sizes than entries, one thread's eviction
     removed the entry another had just found (KeyError)."""
-    import sys
-    import threading
-
     from timesformer import weight_cache
 
     monkeypatch.setattr(weight_cache, "MAX_ENTRIES_PER_MODULE", 4)
-    module, errors = torch.nn.Linear(3, 3), []
+    module = torch.nn.Linear(3, 3)
 
     def work(offset):
-        try:
-            for i in range(3000):
-                key = f"table_{(offset + i) % 7}"
-                assert (
-                    weight_cache.cached_weights(module, key, (module.weight,), lambda w: (w + 1,))[0]
-                    is not None
-                )
-        except Exception as e:  # reported below, with every thread's
-            errors.append(repr(e))
+        for i in range(3000):
+            key = f"table_{(offset + i) % 7}"
+            assert (
+                weight_cache.cached_weights(module, key, (module.weight,), lambda w: (w + 1,))[0] is not None
+            )
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(interval)
-    assert errors == []
+    assert errors_in_threads(work, 4) == []
 
 
 def test_a_copied_model_starts_without_prepared_weights():

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICE, KERNEL_DTYPES, assert_kernel_accuracy, poisoned, rel_err, stable_seed
+from conftest import (
+    DEVICE,
+    KERNEL_DTYPES,
+    assert_kernel_accuracy,
+    errors_in_threads,
+    poisoned,
+    rel_err,
+    stable_seed,
+)
 
 from timesformer import torch_ops
 from timesformer.kernels import patch_embed as kp
@@ -337,31 +345,14 @@ def test_bad_input_is_rejected_with_the_numbers():
 def test_launches_from_several_threads():
     """Threads sharing a model launch kernels at once; in Triton's interpreter, whose launch state is
     process-wide, they broke each other's grids (``x >= grid_dim[0]``) unless run one at a time."""
-    import sys
-    import threading
-
     weight, bias, pos, time, cls = _to(_params(3, 4, 4, 24, 6, 3, seed=13), torch.float32)
     inputs = [
         torch.randn(b, 3, 3, 8, 12, generator=torch.Generator().manual_seed(b)).to(DEVICE) for b in (1, 2, 3)
     ]
     expected = [kp.patch_embed(x, weight, bias, pos, time, cls) for x in inputs]
-    errors = []
 
     def work(k):
-        try:
-            for _ in range(15):
-                assert torch.equal(kp.patch_embed(inputs[k], weight, bias, pos, time, cls), expected[k])
-        except Exception as e:  # reported below, with every thread's
-            errors.append(repr(e))
+        for _ in range(15):
+            assert torch.equal(kp.patch_embed(inputs[k], weight, bias, pos, time, cls), expected[k])
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(interval)
-    assert errors == []
+    assert errors_in_threads(work, 3) == []

@@ -568,9 +568,8 @@ def _run(func, args) -> int:
     # the streams' own setting is back after the command (a program or notebook that called main()).
     streams = [(s, s.errors) for s in (sys.stdout, sys.stderr) if hasattr(s, "reconfigure")]
     for stream, _ in streams:
-        with contextlib.suppress(
-            OSError, ValueError
-        ):  # (a closed stream: the command says so when it writes)
+        # (A closed stream: the command says so when it writes.)
+        with contextlib.suppress(OSError, ValueError):
             stream.reconfigure(errors="backslashreplace")
     try:
         with warnings.catch_warnings():

@@ -27,6 +27,7 @@ from .modeling import TimesformerForVideoClassification, TimesformerModel, inter
 from .outputs import ModelOutput, output_types
 from .weight_cache import count_optimizer_steps, fingerprint, optimizer_steps, replacements
 from .weight_cache import entries as cache_entries
+from .weight_cache import entry as cache_entry
 
 # Eager runs before each capture (PyTorch's CUDA-graph docs use 3): they compile the Triton kernels for
 # the shape, fill the prepared-weight cache and let lazy initializations (cuBLAS handles, workspaces)
@@ -144,7 +145,7 @@ class _Snapshot:
             optimizer_steps() == self.optimizer_steps
             and replacements() == self.replacements
             and state == self.state
-            and all(cache_entries(m).get(key) is entry for m, key, entry in self.prepared)
+            and all(cache_entry(m, key) is entry for m, key, entry in self.prepared)
             and all(d.get(name) == value for d, name, value in self.attributes)
         )
         return unchanged, training

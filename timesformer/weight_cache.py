@@ -114,6 +114,13 @@ def entries(module: nn.Module) -> Mapping[str, object]:
         return _EMPTY if cache is None else MappingProxyType(dict(cache))
 
 
+def entry(module: nn.Module, key: str) -> object | None:
+    """``module``'s entry under ``key``, or ``None``: one dict lookup, atomic without the lock and without
+    ``entries``' copy (a CUDA-graph runner checks its entries on every call)."""
+    cache = module.__dict__.get("_weight_cache")
+    return None if cache is None else cache.get(key)
+
+
 def cached_weights(
     module: nn.Module,
     key: str,

@@ -319,21 +319,22 @@ def _launch_config(dtype: torch.dtype, pixels_u8: bool) -> dict:
 
 
 def _launch(
+    out,
+    sizes,
+    int64,
     pixels,
     weight,
     bias,
     pos,
     time,
     cls,
-    out,
-    sizes,
     channels_last,
     space_only,
     pixel_scale,
     pixel_shift,
-    int64,
 ) -> torch.Tensor:
-    """Launch on checked arguments (``sizes``: ``_check_patch_embed``'s ``(B, T, N, grid_w, D)``)."""
+    """Launch on checked arguments (the op's, after ``out``, ``sizes``: ``_check_patch_embed``'s
+    ``(B, T, N, grid_w, D)``, and ``int64``)."""
     batch, frames, num_patches, grid_w, hidden = sizes
     if out.numel() == 0:
         return out
@@ -420,10 +421,8 @@ def patch_embed_fwd(
             shift; integers from 0 to 255 keep the difference exact); ``None``: zeros.
         int64: index in 64 bits (default: only where offsets need it).
     """
-    pixel_scale = float(pixel_scale)
-    out_shape, sizes = _check_patch_embed(
-        pixels, weight, bias, pos, time, cls, channels_last, space_only, pixel_scale, pixel_shift
-    )
+    args = (pixels, weight, bias, pos, time, cls, channels_last, space_only, float(pixel_scale), pixel_shift)
+    out_shape, sizes = _check_patch_embed(*args)
     check_out(
         _OP,
         "out",
@@ -435,21 +434,7 @@ def patch_embed_fwd(
         last_stride=False,
         reads={"pixels": pixels, "weight": weight, "bias": bias, "pos": pos, "time": time, "cls": cls},
     )
-    return _launch(
-        pixels,
-        weight,
-        bias,
-        pos,
-        time,
-        cls,
-        out,
-        sizes,
-        channels_last,
-        space_only,
-        pixel_scale,
-        pixel_shift,
-        int64,
-    )
+    return _launch(out, sizes, int64, *args)
 
 
 # ----------------------------------------------------------------------------------------------------- the op
@@ -471,21 +456,7 @@ def _patch_embed_op(
     args = (pixels, weight, bias, pos, time, cls, channels_last, space_only, pixel_scale, pixel_shift)
     out_shape, sizes = _check_patch_embed(*args)
     out = torch.empty(out_shape, dtype=weight.dtype, device=weight.device)
-    return _launch(
-        pixels,
-        weight,
-        bias,
-        pos,
-        time,
-        cls,
-        out,
-        sizes,
-        channels_last,
-        space_only,
-        pixel_scale,
-        pixel_shift,
-        None,
-    )
+    return _launch(out, sizes, None, *args)
 
 
 @_patch_embed_op.register_fake
